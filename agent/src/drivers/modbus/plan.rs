@@ -1,0 +1,145 @@
+//! The request planner: from a device's points, the fewest read requests the
+//! protocol allows. Pure: a point list in, a list of requests out.
+//!
+//! Points are sorted by table and address and packed greedily: a request grows
+//! while the next point still fits within the protocol limit (125 registers,
+//! 2000 bits) and the unused run before it is no longer than `max_gap`. For
+//! spans on a line this greedy packing is minimal: any plan must start a new
+//! request at the first point the previous one cannot reach.
+
+use super::config::{ModbusPoint, Table};
+
+/// Protocol limit of one read of holding or input registers (FC 3/4).
+pub const MAX_REGISTERS: u16 = 125;
+/// Protocol limit of one read of coils or discrete inputs (FC 1/2).
+pub const MAX_BITS: u16 = 2000;
+
+/// One read request and the points it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub table: Table,
+    pub start: u16,
+    pub count: u16,
+    /// Indices into the device's point list.
+    pub points: Vec<usize>,
+}
+
+impl ReadRequest {
+    fn end(&self) -> u32 {
+        u32::from(self.start) + u32::from(self.count)
+    }
+}
+
+/// Plans the reads for `points`, spanning at most `max_gap` unused registers
+/// (or bits) inside one request.
+pub fn plan(points: &[ModbusPoint], max_gap: u16) -> Vec<ReadRequest> {
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by_key(|&i| (points[i].table, points[i].address));
+
+    let mut requests: Vec<ReadRequest> = Vec::new();
+    for i in order {
+        let p = &points[i];
+        let start = u32::from(p.address);
+        let end = start + u32::from(p.data_type.width());
+        let limit = u32::from(if p.table.is_bits() {
+            MAX_BITS
+        } else {
+            MAX_REGISTERS
+        });
+        if let Some(cur) = requests.last_mut() {
+            let same_table = cur.table == p.table;
+            let gap = start.saturating_sub(cur.end());
+            let new_end = end.max(cur.end());
+            if same_table && gap <= u32::from(max_gap) && new_end - u32::from(cur.start) <= limit {
+                cur.count = (new_end - u32::from(cur.start)) as u16;
+                cur.points.push(i);
+                continue;
+            }
+        }
+        requests.push(ReadRequest {
+            table: p.table,
+            start: p.address,
+            count: (end - start) as u16,
+            points: vec![i],
+        });
+    }
+    requests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::modbus::config::{DataType, WordOrder};
+
+    fn pt(table: Table, address: u16, data_type: DataType) -> ModbusPoint {
+        ModbusPoint {
+            id: format!("p{address}"),
+            quantity: "q".into(),
+            unit: String::new(),
+            room: None,
+            table,
+            address,
+            data_type,
+            bit: (data_type == DataType::Bit).then_some(0),
+            order: WordOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+        }
+    }
+
+    #[test]
+    fn contiguous_registers_are_one_request() {
+        let pts: Vec<_> = (0..8)
+            .map(|a| pt(Table::Holding, a * 2, DataType::Float32))
+            .collect();
+        let reqs = plan(&pts, 0);
+        assert_eq!(reqs.len(), 1);
+        assert_eq!((reqs[0].start, reqs[0].count), (0, 16));
+    }
+
+    #[test]
+    fn a_gap_wider_than_allowed_splits_the_request() {
+        let pts = vec![
+            pt(Table::Input, 0, DataType::Int16),
+            pt(Table::Input, 10, DataType::Int16),
+        ];
+        assert_eq!(plan(&pts, 8).len(), 2);
+        assert_eq!(plan(&pts, 9).len(), 1);
+        assert_eq!(plan(&pts, 9)[0].count, 11);
+    }
+
+    #[test]
+    fn tables_never_share_a_request() {
+        let pts = vec![
+            pt(Table::Input, 0, DataType::Int16),
+            pt(Table::Holding, 1, DataType::Int16),
+        ];
+        assert_eq!(plan(&pts, 100).len(), 2);
+    }
+
+    #[test]
+    fn the_register_limit_is_respected() {
+        let pts: Vec<_> = (0..200)
+            .map(|a| pt(Table::Holding, a, DataType::Uint16))
+            .collect();
+        let reqs = plan(&pts, 0);
+        assert_eq!(
+            reqs.iter().map(|r| r.count).collect::<Vec<_>>(),
+            vec![125, 75]
+        );
+    }
+
+    #[test]
+    fn bits_of_one_register_share_it() {
+        let mut a = pt(Table::Holding, 3, DataType::Bit);
+        let mut b = pt(Table::Holding, 3, DataType::Bit);
+        a.bit = Some(0);
+        b.bit = Some(5);
+        let reqs = plan(&[a, b], 0);
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(
+            (reqs[0].start, reqs[0].count, reqs[0].points.len()),
+            (3, 1, 2)
+        );
+    }
+}

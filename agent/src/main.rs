@@ -1,0 +1,102 @@
+//! `roomguard-agent`: parse flags, load the config, run until a signal.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use roomguard_agent::config::{AgentConfig, SAMPLE};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "RoomGuard edge agent: polls Modbus devices and publishes readings to MQTT"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Poll the configured devices and publish their readings.
+    Run {
+        /// Agent configuration file (TOML).
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every problem by its path.
+    Validate { config: PathBuf },
+    /// Print a commented sample configuration.
+    SampleConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::SampleConfig => {
+            print!("{SAMPLE}");
+            Ok(())
+        }
+        Command::Validate { config } => match AgentConfig::load(&config) {
+            Ok(cfg) => {
+                let points: usize = cfg.modbus.iter().map(|d| d.points.len()).sum();
+                println!(
+                    "{}: ok ({} devices, {points} points)",
+                    config.display(),
+                    cfg.modbus.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
+        Command::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = match AgentConfig::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                tracing::info!(site = %cfg.site, agent = %cfg.agent, broker = %cfg.mqtt.url, "agent starting");
+                roomguard_agent::run::run(cfg, shutdown_signal()).await
+            })?;
+            Ok(())
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

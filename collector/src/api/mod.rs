@@ -1,0 +1,153 @@
+//! The HTTP side: health, self-metrics, the latest-values API and a plain live
+//! page. Handlers read the store through short-lived read-only connections on
+//! the blocking pool, so a slow query never holds up ingest.
+
+use crate::metrics::Metrics;
+use crate::store::sqlite::SqliteReader;
+use crate::store::{LatestRow, StoreError};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct AppState {
+    pub store_path: PathBuf,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/latest", get(latest))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An API error: a status and a message naming what is wrong.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}"),
+        )
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see docs/API.md".into(),
+    )
+}
+
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    let connected = st.metrics.broker_connected.get() == 1;
+    let body = json!({
+        "status": if connected { "ok" } else { "degraded" },
+        "broker_connected": connected,
+        "readings_stored": st.metrics.readings_stored.get(),
+        "messages_rejected": st.metrics.rejected_total(),
+        "store_errors": st.metrics.store_errors.get(),
+    });
+    let code = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatestQuery {
+    site: Option<String>,
+    room: Option<String>,
+}
+
+/// One point's latest reading as the API shows it.
+#[derive(Debug, Serialize)]
+struct LatestJson {
+    site: String,
+    point: String,
+    agent: String,
+    room: String,
+    device: String,
+    quantity: String,
+    unit: String,
+    /// Event time, RFC 3339 (UTC).
+    ts: String,
+    value: Option<f64>,
+    quality: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl From<LatestRow> for LatestJson {
+    fn from(r: LatestRow) -> Self {
+        LatestJson {
+            ts: rfc3339(r.ts),
+            quality: if r.bad.is_none() { "good" } else { "bad" },
+            reason: r.bad,
+            site: r.site,
+            point: r.point,
+            agent: r.agent,
+            room: r.room,
+            device: r.device,
+            quantity: r.quantity,
+            unit: r.unit,
+            value: r.value,
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+async fn latest(
+    State(st): State<Arc<AppState>>,
+    query: Result<Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let path = st.store_path.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        SqliteReader::open(&path)?.latest(q.site.as_deref(), q.room.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let points: Vec<LatestJson> = rows.into_iter().map(Into::into).collect();
+    Ok(Json(json!({ "points": points })))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("live.html"))
+}

@@ -1,0 +1,170 @@
+//! The collector's configuration file, loaded and checked before anything
+//! starts; every problem is reported by its path.
+
+use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Environment variables `ROOMGUARD_COLLECTOR__MQTT__URL` and the like override keys.
+pub const ENV_PREFIX: &str = "ROOMGUARD_COLLECTOR";
+
+/// A commented sample, printed by `roomguard-collector sample-config`.
+pub const SAMPLE: &str = include_str!("../sample-config.toml");
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the API and the web page (port 0 picks a free port).
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// External broker (`mqtt://host:port`). When absent, the collector starts
+    /// its own embedded broker on `embedded_listen`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Where the embedded broker listens when no `url` is given.
+    #[serde(default = "default_embedded_listen")]
+    pub embedded_listen: SocketAddr,
+    /// Fixed client id, so the broker keeps the collector's session.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: None,
+            embedded_listen: default_embedded_listen(),
+            client_id: default_client_id(),
+        }
+    }
+}
+
+fn default_embedded_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+
+fn default_client_id() -> String {
+    "roomguard-collector".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file; created with its directory when missing.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("var/roomguard.db")
+}
+
+impl CollectorConfig {
+    pub fn load(file: &Path) -> Result<CollectorConfig, ConfigError> {
+        let cfg: CollectorConfig = conf::load(file, ENV_PREFIX)?;
+        cfg.check().into_result(file)?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str, name: &Path) -> Result<CollectorConfig, ConfigError> {
+        let cfg: CollectorConfig = conf::parse(text, name)?;
+        cfg.check().into_result(name)?;
+        Ok(cfg)
+    }
+
+    /// The external broker, if one is configured.
+    pub fn broker(&self) -> Option<Result<BrokerUrl, String>> {
+        self.mqtt.url.as_deref().map(str::parse)
+    }
+
+    fn check(&self) -> Problems {
+        let mut p = Problems::default();
+        if let Some(Err(e)) = self.broker() {
+            p.push("mqtt.url", e);
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 128 {
+            p.push("mqtt.client_id", "must be 1–128 characters");
+        }
+        if self.mqtt.url.is_none()
+            && self.http.listen.port() != 0
+            && self.mqtt.embedded_listen == self.http.listen
+        {
+            p.push("mqtt.embedded_listen", "is the same address as http.listen");
+        }
+        if self.store.path.as_os_str().is_empty() {
+            p.push("store.path", "must name a file");
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_and_demo_configs_are_valid() {
+        CollectorConfig::parse(SAMPLE, Path::new("sample")).unwrap();
+        CollectorConfig::parse(
+            include_str!("../../configs/demo/collector.toml"),
+            Path::new("demo"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_means_embedded_broker_and_defaults() {
+        let cfg = CollectorConfig::parse("", Path::new("empty")).unwrap();
+        assert!(cfg.broker().is_none());
+        assert_eq!(cfg.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn bad_values_are_named_by_path() {
+        let err =
+            CollectorConfig::parse("[mqtt]\nurl = \"http://x\"\n", Path::new("c")).unwrap_err();
+        assert_eq!(err.problems()[0].path, "mqtt.url");
+        let err =
+            CollectorConfig::parse("[http]\nlisten = \"nowhere\"\n", Path::new("c")).unwrap_err();
+        assert_eq!(err.problems()[0].path, "http.listen");
+        let err = CollectorConfig::parse("[store]\npth = \"x\"\n", Path::new("c")).unwrap_err();
+        assert!(err.problems()[0].path.starts_with("store"), "{err}");
+    }
+}

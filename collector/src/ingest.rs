@@ -1,0 +1,109 @@
+//! Ingest: subscribes to every agent's topics, validates each message, and
+//! hands accepted batches to the store writer. A message that fails is
+//! logged with its reason, counted, and dropped; nothing an agent sends can
+//! stop ingest.
+
+use crate::metrics::Metrics;
+use crate::store::{now_ms, WriteCmd};
+use roomguard_protocol::conf::BrokerUrl;
+use roomguard_protocol::{decode_batch, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Connects to `broker` and ingests until the store's queue closes.
+pub async fn run(
+    broker: BrokerUrl,
+    client_id: String,
+    metrics: Arc<Metrics>,
+    store: mpsc::Sender<WriteCmd>,
+) {
+    let mut opts = MqttOptions::new(client_id, broker.host, broker.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    // Persistent session: QoS 1 messages published while we are away are kept
+    // by the broker and delivered on reconnect.
+    opts.set_clean_session(false);
+    // Accept a little more than the limit so oversized payloads reach the
+    // decoder and are counted with a reason instead of killing the connection.
+    opts.set_max_packet_size(MAX_PAYLOAD_BYTES * 2, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let filter = Topic::collector_filter();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "collector connected to broker"
+                );
+                metrics.broker_connected.set(1);
+                metrics.broker_connects.inc();
+                backoff = Duration::from_millis(250);
+                // Subscribe on every connection: a broker that lost our
+                // session (restart without persistence) has lost it too.
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if !handle(&p, &metrics, &store).await {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.broker_connected.set(0);
+                tracing::warn!(error = %e, retry_in = ?backoff, "broker connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Validates one message and queues it for storage. Returns false when the
+/// store has shut down.
+async fn handle(p: &Publish, metrics: &Metrics, store: &mpsc::Sender<WriteCmd>) -> bool {
+    metrics.messages_received.inc();
+    let topic = match Topic::parse(&p.topic) {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = match e {
+                TopicError::UnknownVersion(_) => "unknown_version",
+                _ => "bad_topic",
+            };
+            tracing::warn!(topic = %p.topic.chars().take(160).collect::<String>(), error = %e, "message rejected");
+            metrics.reject(reason);
+            return true;
+        }
+    };
+    let cmd = match topic.kind {
+        TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {
+            Ok(batch) => {
+                metrics.batches_accepted.inc();
+                metrics.readings_accepted.add(batch.readings.len() as u64);
+                WriteCmd::Batch(batch)
+            }
+            Err(e) => {
+                tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");
+                metrics.reject(e.label());
+                return true;
+            }
+        },
+        TopicKind::Status => match Status::from_json(&p.payload) {
+            Ok(s) if s.site == topic.site && s.agent == topic.agent => WriteCmd::Status(s),
+            Ok(_) => {
+                tracing::warn!(site = %topic.site, agent = %topic.agent, "status names another agent than its topic; rejected");
+                metrics.reject("identity_mismatch");
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(site = %topic.site, agent = %topic.agent, error = %e, "status rejected");
+                metrics.reject("bad_status");
+                return true;
+            }
+        },
+    };
+    store.send(cmd).await.is_ok()
+}

@@ -1,0 +1,13 @@
+//! RoomGuard collector: takes in every agent's batches from MQTT, validates
+//! them, stores them in the embedded SQLite store and serves the API.
+//!
+//! `ingest` (MQTT → validation) feeds `store` (one writer thread) through a
+//! bounded queue; `api` reads the store; `broker` is the embedded MQTT broker
+//! used when no external one is configured.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,156 @@
+//! `roomguard-collector`: parse flags, load the config, wire ingest, store,
+//! broker and API, run until a signal.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use roomguard_collector::config::{CollectorConfig, SAMPLE};
+use roomguard_collector::{api, broker, ingest, metrics::Metrics, store};
+use roomguard_protocol::conf::BrokerUrl;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "RoomGuard collector: stores readings from MQTT and serves the API"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest, store and serve.
+    Run {
+        /// Collector configuration file (TOML).
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every problem by its path.
+    Validate { config: PathBuf },
+    /// Print a commented sample configuration.
+    SampleConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::SampleConfig => {
+            print!("{SAMPLE}");
+            Ok(())
+        }
+        Command::Validate { config } => match CollectorConfig::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
+        Command::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = match CollectorConfig::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(run(cfg))
+        }
+    }
+}
+
+async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let broker_url = match cfg.broker() {
+        Some(url) => url.map_err(anyhow::Error::msg)?,
+        None => {
+            let addr = broker::start(
+                cfg.mqtt.embedded_listen,
+                roomguard_protocol::MAX_PAYLOAD_BYTES * 2,
+            )?;
+            BrokerUrl {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            }
+        }
+    };
+    let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?;
+    let (store_tx, writer_thread) =
+        store::spawn_writer(writer, metrics.clone()).context("cannot start the store writer")?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let app = api::router(Arc::new(api::AppState {
+        store_path: cfg.store.path.clone(),
+        metrics: metrics.clone(),
+    }));
+
+    let ingest = tokio::spawn(ingest::run(
+        broker_url.clone(),
+        cfg.mqtt.client_id.clone(),
+        metrics.clone(),
+        store_tx,
+    ));
+
+    // Scripts and tests wait for this line instead of sleeping.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "http": http_addr,
+            "mqtt": format!("{}:{}", broker_url.host, broker_url.port),
+        })
+    );
+    tracing::info!(%http_addr, broker = %format!("{}:{}", broker_url.host, broker_url.port), "collector serving");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+
+    tracing::info!("shutting down: finishing queued writes");
+    ingest.abort();
+    let _ = ingest.await;
+    // The writer stops once the last sender (held by ingest) is gone, after
+    // committing what was queued.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,207 @@
+//! The collector's self-metrics, rendered in the Prometheus text format at
+//! `/metrics`. Plain atomics: cheap on the ingest path, no registry needed.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Sum and count of durations (a summary without quantiles).
+#[derive(Debug, Default)]
+pub struct Timer {
+    micros: Counter,
+    count: Counter,
+}
+
+impl Timer {
+    pub fn observe(&self, d: Duration) {
+        self.micros.add(d.as_micros() as u64);
+        self.count.inc();
+    }
+}
+
+/// Reasons a message is rejected; one counter each.
+pub const REJECT_REASONS: [&str; 7] = [
+    "too_large",
+    "malformed",
+    "unknown_version",
+    "identity_mismatch",
+    "invalid",
+    "bad_topic",
+    "bad_status",
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub messages_received: Counter,
+    pub batches_accepted: Counter,
+    pub readings_accepted: Counter,
+    pub rejected: [Counter; REJECT_REASONS.len()],
+    pub batches_stored: Counter,
+    pub readings_stored: Counter,
+    pub readings_duplicate: Counter,
+    pub store_errors: Counter,
+    pub store_write_seconds: Timer,
+    pub write_queue_depth: Gauge,
+    pub broker_connected: Gauge,
+    pub broker_connects: Counter,
+}
+
+impl Metrics {
+    /// Counts a rejection under `reason`, one of [`REJECT_REASONS`].
+    pub fn reject(&self, reason: &str) {
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.rejected[i].inc();
+        }
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(Counter::get).sum()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "roomguard_messages_received_total",
+            "MQTT messages received.",
+            self.messages_received.get(),
+        );
+        counter(
+            "roomguard_batches_accepted_total",
+            "Batches that passed validation.",
+            self.batches_accepted.get(),
+        );
+        counter(
+            "roomguard_readings_accepted_total",
+            "Readings in accepted batches.",
+            self.readings_accepted.get(),
+        );
+        counter(
+            "roomguard_batches_stored_total",
+            "Batches committed to the store.",
+            self.batches_stored.get(),
+        );
+        counter(
+            "roomguard_readings_stored_total",
+            "Readings committed to the store.",
+            self.readings_stored.get(),
+        );
+        counter(
+            "roomguard_readings_duplicate_total",
+            "Readings received again and not stored twice.",
+            self.readings_duplicate.get(),
+        );
+        counter(
+            "roomguard_store_errors_total",
+            "Failed store writes.",
+            self.store_errors.get(),
+        );
+        counter(
+            "roomguard_broker_connects_total",
+            "Successful broker connections.",
+            self.broker_connects.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_messages_rejected_total Messages refused, by reason.\n# TYPE roomguard_messages_rejected_total counter"
+        );
+        for (reason, c) in REJECT_REASONS.iter().zip(self.rejected.iter()) {
+            let _ = writeln!(
+                out,
+                "roomguard_messages_rejected_total{{reason=\"{reason}\"}} {}",
+                c.get()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_store_write_seconds Time spent in store transactions.\n# TYPE roomguard_store_write_seconds summary\nroomguard_store_write_seconds_sum {}\nroomguard_store_write_seconds_count {}",
+            self.store_write_seconds.micros.get() as f64 / 1e6,
+            self.store_write_seconds.count.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_write_queue_depth Batches waiting for the store writer.\n# TYPE roomguard_write_queue_depth gauge\nroomguard_write_queue_depth {}",
+            self.write_queue_depth.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_broker_connected 1 while connected to the MQTT broker.\n# TYPE roomguard_broker_connected gauge\nroomguard_broker_connected {}",
+            self.broker_connected.get()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_rendered_by_reason() {
+        let m = Metrics::default();
+        m.reject("identity_mismatch");
+        m.reject("identity_mismatch");
+        m.reject("malformed");
+        let text = m.render();
+        assert!(
+            text.contains("roomguard_messages_rejected_total{reason=\"identity_mismatch\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("roomguard_messages_rejected_total{reason=\"malformed\"} 1"),
+            "{text}"
+        );
+        assert_eq!(m.rejected_total(), 3);
+    }
+
+    #[test]
+    fn every_protocol_reject_reason_has_a_counter() {
+        use roomguard_protocol::RejectReason as R;
+        for r in [
+            R::TooLarge(0),
+            R::Malformed(String::new()),
+            R::UnknownVersion(0),
+            R::IdentityMismatch {
+                payload_site: String::new(),
+                payload_agent: String::new(),
+                topic_site: String::new(),
+                topic_agent: String::new(),
+            },
+            R::Invalid(String::new()),
+        ] {
+            assert!(REJECT_REASONS.contains(&r.label()), "{}", r.label());
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The embedded store: SQLite in WAL mode, written by one thread in batched
+//! transactions, read by any number of short-lived read-only connections
+//! (WAL readers never block the writer).
+//!
+//! Schema: a point catalogue (`points`, which also holds each point's latest
+//! value) and samples keyed by `(point_id, ts)` in a WITHOUT ROWID table, so a
+//! sample costs one B-tree entry and a point's history is one range scan.
+
+use super::{LatestRow, StoreError, WriteStats};
+use roomguard_protocol::{Batch, Quality, Status};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS points (
+    id          INTEGER PRIMARY KEY,
+    site        TEXT NOT NULL,
+    point       TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    quantity    TEXT NOT NULL,
+    unit        TEXT NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    last_ts     INTEGER,
+    last_value  REAL,
+    last_bad    TEXT,
+    UNIQUE (site, point)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    point_id INTEGER NOT NULL,
+    ts       INTEGER NOT NULL,
+    value    REAL,
+    bad      TEXT,
+    PRIMARY KEY (point_id, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    status_json TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (site, agent)
+);
+"#;
+
+/// Catalogue fields of a point, cached by the writer to avoid a lookup per reading.
+#[derive(Debug, Clone, PartialEq)]
+struct PointMeta {
+    id: i64,
+    agent: String,
+    room: String,
+    device: String,
+    quantity: String,
+    unit: String,
+}
+
+/// The single writer. Owns its connection; not shared between threads.
+pub struct SqliteWriter {
+    conn: Connection,
+    points: HashMap<(String, String), PointMeta>,
+}
+
+fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl SqliteWriter {
+    /// Opens (creating when missing) the database at `path` and its schema.
+    pub fn open(path: &Path) -> Result<SqliteWriter, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                message: format!("cannot switch to WAL mode (journal_mode is {mode})"),
+            });
+        }
+        // NORMAL is durable across process crashes in WAL mode; only an OS
+        // crash or power loss can lose the last transactions.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        apply_pragmas(&conn).map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(SqliteWriter {
+            conn,
+            points: HashMap::new(),
+        })
+    }
+
+    /// Stores `batches` in one transaction.
+    pub fn write_batches(
+        &mut self,
+        batches: &[Batch],
+        now_ms: i64,
+    ) -> Result<WriteStats, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut stats = WriteStats::default();
+        // Newest reading per point in this transaction, applied once at the end.
+        let mut newest: HashMap<i64, (i64, Option<f64>, Option<String>)> = HashMap::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO samples (point_id, ts, value, bad) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for batch in batches {
+                for r in &batch.readings {
+                    let id = point_id(&tx, &mut self.points, &batch.site, &batch.agent, r, now_ms)?;
+                    let bad = match &r.quality {
+                        Quality::Good => None,
+                        Quality::Bad(reason) => Some(reason.clone()),
+                    };
+                    let value = if bad.is_none() { r.value } else { None };
+                    let inserted = insert.execute(params![id, r.ts, value, bad])?;
+                    if inserted == 0 {
+                        stats.duplicates += 1;
+                    } else {
+                        stats.readings += 1;
+                    }
+                    match newest.get(&id) {
+                        Some((ts, _, _)) if *ts > r.ts => {}
+                        _ => {
+                            newest.insert(id, (r.ts, value, bad));
+                        }
+                    }
+                }
+                stats.batches += 1;
+            }
+            let mut latest = tx.prepare_cached(
+                "UPDATE points SET last_ts = ?2, last_value = ?3, last_bad = ?4, last_seen = ?5
+                 WHERE id = ?1 AND (last_ts IS NULL OR last_ts <= ?2)",
+            )?;
+            for (id, (ts, value, bad)) in &newest {
+                latest.execute(params![id, ts, value, bad, now_ms])?;
+            }
+        }
+        tx.commit()?;
+        Ok(stats)
+    }
+
+    /// Records an agent's latest status.
+    pub fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), StoreError> {
+        let state = serde_json::to_value(status.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let json = String::from_utf8_lossy(&status.to_json()).into_owned();
+        self.conn.execute(
+            "INSERT INTO agents (site, agent, state, status_json, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (site, agent) DO UPDATE SET state = excluded.state,
+                 status_json = excluded.status_json, updated_at = excluded.updated_at",
+            params![status.site, status.agent, state, json, now_ms],
+        )?;
+        Ok(())
+    }
+}
+
+/// The catalogue id of a reading's point, creating or updating its entry.
+fn point_id(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &mut HashMap<(String, String), PointMeta>,
+    site: &str,
+    agent: &str,
+    r: &roomguard_protocol::Reading,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    let wanted = |id| PointMeta {
+        id,
+        agent: agent.to_owned(),
+        room: r.room.clone(),
+        device: r.device.clone(),
+        quantity: r.quantity.clone(),
+        unit: r.unit.clone(),
+    };
+    let key = (site.to_owned(), r.point.clone());
+    if let Some(meta) = cache.get(&key) {
+        if *meta == wanted(meta.id) {
+            return Ok(meta.id);
+        }
+    }
+    // Unknown to the cache, or its room/device/unit changed: upsert.
+    tx.prepare_cached(
+        "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+         ON CONFLICT (site, point) DO UPDATE SET agent = excluded.agent, room = excluded.room,
+             device = excluded.device, quantity = excluded.quantity, unit = excluded.unit",
+    )?
+    .execute(params![site, r.point, agent, r.room, r.device, r.quantity, r.unit, now_ms])?;
+    let id: i64 = tx
+        .prepare_cached("SELECT id FROM points WHERE site = ?1 AND point = ?2")?
+        .query_row(params![site, r.point], |row| row.get(0))?;
+    cache.insert(key, wanted(id));
+    Ok(id)
+}
+
+/// A read-only view for API requests. Cheap to open; one per request.
+pub struct SqliteReader {
+    conn: Connection,
+}
+
+impl SqliteReader {
+    pub fn open(path: &PathBuf) -> Result<SqliteReader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        apply_pragmas(&conn)?;
+        Ok(SqliteReader { conn })
+    }
+
+    /// The latest reading of every point, optionally of one site or room.
+    pub fn latest(
+        &self,
+        site: Option<&str>,
+        room: Option<&str>,
+    ) -> Result<Vec<LatestRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT site, point, agent, room, device, quantity, unit, last_ts, last_value, last_bad
+             FROM points
+             WHERE last_ts IS NOT NULL AND (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2)
+             ORDER BY site, room, device, point",
+        )?;
+        let rows = stmt.query_map(params![site, room], |row| {
+            Ok(LatestRow {
+                site: row.get(0)?,
+                point: row.get(1)?,
+                agent: row.get(2)?,
+                room: row.get(3)?,
+                device: row.get(4)?,
+                quantity: row.get(5)?,
+                unit: row.get(6)?,
+                ts: row.get(7)?,
+                value: row.get(8)?,
+                bad: row.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Number of stored samples (for health and tests).
+    pub fn sample_count(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomguard_protocol::{Reading, PROTOCOL_VERSION};
+
+    fn batch(seq: u64, ts: i64, value: f64) -> Batch {
+        Batch {
+            v: PROTOCOL_VERSION,
+            site: "s".into(),
+            agent: "a".into(),
+            seq,
+            device: "d".into(),
+            polled_at: ts,
+            backfill: false,
+            readings: vec![
+                Reading {
+                    point: "d.t".into(),
+                    room: "r".into(),
+                    device: "d".into(),
+                    quantity: "temperature".into(),
+                    unit: "°C".into(),
+                    value: Some(value),
+                    ts,
+                    quality: Quality::Good,
+                },
+                Reading {
+                    point: "d.h".into(),
+                    room: "r".into(),
+                    device: "d".into(),
+                    quantity: "humidity".into(),
+                    unit: "%RH".into(),
+                    value: None,
+                    ts,
+                    quality: Quality::Bad("timeout".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn latest_is_the_newest_by_event_time_even_when_older_data_arrives_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut w = SqliteWriter::open(&path).unwrap();
+        w.write_batches(&[batch(2, 2_000_000_000_000, 25.0)], 0)
+            .unwrap();
+        w.write_batches(&[batch(1, 1_999_999_999_000, 21.0)], 0)
+            .unwrap();
+        let r = SqliteReader::open(&path).unwrap();
+        let latest = r.latest(None, None).unwrap();
+        let t = latest.iter().find(|l| l.point == "d.t").unwrap();
+        assert_eq!((t.ts, t.value), (2_000_000_000_000, Some(25.0)));
+        let h = latest.iter().find(|l| l.point == "d.h").unwrap();
+        assert_eq!((h.value, h.bad.as_deref()), (None, Some("timeout")));
+        assert_eq!(r.sample_count().unwrap(), 4);
+    }
+
+    #[test]
+    fn the_same_reading_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut w = SqliteWriter::open(&path).unwrap();
+        let s1 = w
+            .write_batches(&[batch(1, 2_000_000_000_000, 25.0)], 0)
+            .unwrap();
+        let s2 = w
+            .write_batches(&[batch(1, 2_000_000_000_000, 25.0)], 0)
+            .unwrap();
+        assert_eq!((s1.readings, s1.duplicates), (2, 0));
+        assert_eq!((s2.readings, s2.duplicates), (0, 2));
+    }
+
+    #[test]
+    fn a_point_moved_to_another_room_is_updated_in_the_catalogue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut w = SqliteWriter::open(&path).unwrap();
+        w.write_batches(&[batch(1, 2_000_000_000_000, 25.0)], 0)
+            .unwrap();
+        let mut b = batch(2, 2_000_000_001_000, 26.0);
+        b.readings[0].room = "r2".into();
+        w.write_batches(&[b], 0).unwrap();
+        let r = SqliteReader::open(&path).unwrap();
+        assert_eq!(r.latest(None, Some("r2")).unwrap().len(), 1);
+    }
+}

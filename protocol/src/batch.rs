@@ -1,0 +1,336 @@
+//! A batch: the readings of one device poll, the unit of delivery.
+//!
+//! One message per poll (never one per value) keeps broker load proportional to
+//! devices rather than points, and gives every reading of a poll one sequence
+//! number, which is what the collector deduplicates on.
+
+use crate::ident::validate_id;
+use crate::topic::Topic;
+use crate::{MAX_PAYLOAD_BYTES, MAX_READINGS_PER_BATCH, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Readings stamped before this (2000-01-01T00:00:00Z, in ms) come from a
+/// device or agent whose clock was never set.
+pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
+
+/// How far ahead of the collector's clock a reading may be stamped.
+pub const MAX_FUTURE_SKEW_MS: i64 = 24 * 3600 * 1000;
+
+/// Longest unit or bad-quality reason accepted.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// Everything one device poll produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Payload version, always [`PROTOCOL_VERSION`] when written by this build.
+    pub v: u32,
+    pub site: String,
+    pub agent: String,
+    /// Per-agent sequence number. Strictly increasing across agent restarts
+    /// (gaps are allowed); `(site, agent, seq)` identifies a batch.
+    pub seq: u64,
+    /// The device that was polled.
+    pub device: String,
+    /// When the poll started, ms since the Unix epoch (UTC).
+    pub polled_at: i64,
+    /// True when the batch is sent late from the agent's backlog rather than live.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backfill: bool,
+    pub readings: Vec<Reading>,
+}
+
+/// One value of one point at one time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Point id, unique within the site.
+    pub point: String,
+    pub room: String,
+    pub device: String,
+    /// What is measured: `temperature`, `humidity`, `h2_lfl`, `voltage`, … (see docs/PROTOCOL.md).
+    pub quantity: String,
+    /// Unit of `value`: `°C`, `%RH`, `%LFL`, `V`, `A`, `Hz`, or empty for states.
+    pub unit: String,
+    /// The value; absent when `quality` is bad.
+    pub value: Option<f64>,
+    /// Event time: when the value was read, ms since the Unix epoch (UTC).
+    pub ts: i64,
+    pub quality: Quality,
+}
+
+/// Whether a reading can be trusted. A bad reading says why, so that "the
+/// sensor says 0" and "the sensor did not answer" are never confused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Good,
+    Bad(String),
+}
+
+impl Quality {
+    pub fn is_good(&self) -> bool {
+        matches!(self, Quality::Good)
+    }
+}
+
+/// Why the collector refused a message. Each has a stable label for the
+/// `rejected by reason` counter.
+#[derive(Debug, Error, PartialEq)]
+pub enum RejectReason {
+    #[error("payload is {0} bytes, the limit is {MAX_PAYLOAD_BYTES}")]
+    TooLarge(usize),
+    #[error("payload is not a valid batch: {0}")]
+    Malformed(String),
+    #[error("payload version {0} is not known to this build (it speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u32),
+    #[error("payload says site {payload_site:?} agent {payload_agent:?} but was published on the topic of site {topic_site:?} agent {topic_agent:?}")]
+    IdentityMismatch {
+        payload_site: String,
+        payload_agent: String,
+        topic_site: String,
+        topic_agent: String,
+    },
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+}
+
+impl RejectReason {
+    /// Stable metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::TooLarge(_) => "too_large",
+            RejectReason::Malformed(_) => "malformed",
+            RejectReason::UnknownVersion(_) => "unknown_version",
+            RejectReason::IdentityMismatch { .. } => "identity_mismatch",
+            RejectReason::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl Batch {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail; non-finite
+        // floats become null, which decode_batch then refuses for good readings.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Decodes and validates a batch received on `topic`.
+///
+/// `now_ms` is the receiver's clock, used to refuse readings stamped
+/// implausibly far in the future. Pure: no I/O, safe on any input.
+pub fn decode_batch(topic: &Topic, payload: &[u8], now_ms: i64) -> Result<Batch, RejectReason> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(RejectReason::TooLarge(payload.len()));
+    }
+    // Read the version first so that a future, differently shaped payload is
+    // reported as an unknown version rather than as garbage.
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    let VersionOnly { v } = serde_json::from_slice(payload)
+        .map_err(|e| RejectReason::Malformed(short(&e.to_string())))?;
+    if v != PROTOCOL_VERSION {
+        return Err(RejectReason::UnknownVersion(v));
+    }
+    let batch: Batch = serde_json::from_slice(payload)
+        .map_err(|e| RejectReason::Malformed(short(&e.to_string())))?;
+    if batch.site != topic.site || batch.agent != topic.agent {
+        return Err(RejectReason::IdentityMismatch {
+            payload_site: short(&batch.site),
+            payload_agent: short(&batch.agent),
+            topic_site: topic.site.clone(),
+            topic_agent: topic.agent.clone(),
+        });
+    }
+    batch.validate(now_ms)?;
+    Ok(batch)
+}
+
+impl Batch {
+    fn validate(&self, now_ms: i64) -> Result<(), RejectReason> {
+        let invalid = |what: String| Err(RejectReason::Invalid(what));
+        if let Err(e) = validate_id(&self.device) {
+            return invalid(format!("device {:?} {e}", short(&self.device)));
+        }
+        if self.readings.is_empty() {
+            return invalid("batch has no readings".into());
+        }
+        if self.readings.len() > MAX_READINGS_PER_BATCH {
+            return invalid(format!(
+                "{} readings, the limit is {MAX_READINGS_PER_BATCH}",
+                self.readings.len()
+            ));
+        }
+        for (i, r) in self.readings.iter().enumerate() {
+            for (field, id) in [
+                ("point", &r.point),
+                ("room", &r.room),
+                ("device", &r.device),
+                ("quantity", &r.quantity),
+            ] {
+                if let Err(e) = validate_id(id) {
+                    return invalid(format!("readings[{i}].{field} {:?} {e}", short(id)));
+                }
+            }
+            if r.unit.len() > MAX_TEXT_LEN || r.unit.chars().any(char::is_control) {
+                return invalid(format!(
+                    "readings[{i}].unit is too long or has control characters"
+                ));
+            }
+            if r.ts < MIN_TIMESTAMP_MS || r.ts > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
+                return invalid(format!(
+                    "readings[{i}].ts {} is outside 2000-01-01 .. now + 24 h",
+                    r.ts
+                ));
+            }
+            match (&r.quality, r.value) {
+                (Quality::Good, None) => {
+                    return invalid(format!("readings[{i}] is good but has no value"));
+                }
+                (_, Some(v)) if !v.is_finite() => {
+                    return invalid(format!("readings[{i}].value is not finite"));
+                }
+                (Quality::Bad(reason), _) if reason.len() > MAX_TEXT_LEN => {
+                    return invalid(format!("readings[{i}].quality reason is too long"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn topic() -> Topic {
+        Topic::parse(&Topic::batch("site-a", "edge-1")).unwrap()
+    }
+
+    fn batch() -> Batch {
+        Batch {
+            v: PROTOCOL_VERSION,
+            site: "site-a".into(),
+            agent: "edge-1".into(),
+            seq: 7,
+            device: "th-1".into(),
+            polled_at: NOW,
+            backfill: false,
+            readings: vec![
+                Reading {
+                    point: "th-1.temperature".into(),
+                    room: "machine-room".into(),
+                    device: "th-1".into(),
+                    quantity: "temperature".into(),
+                    unit: "°C".into(),
+                    value: Some(23.5),
+                    ts: NOW,
+                    quality: Quality::Good,
+                },
+                Reading {
+                    point: "th-1.humidity".into(),
+                    room: "machine-room".into(),
+                    device: "th-1".into(),
+                    quantity: "humidity".into(),
+                    unit: "%RH".into(),
+                    value: None,
+                    ts: NOW,
+                    quality: Quality::Bad("timeout after 1s".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_json() {
+        let b = batch();
+        assert_eq!(decode_batch(&topic(), &b.to_json(), NOW), Ok(b));
+    }
+
+    #[test]
+    fn quality_is_written_as_good_or_bad_with_reason() {
+        let json = String::from_utf8(batch().to_json()).unwrap();
+        assert!(json.contains(r#""quality":"good""#), "{json}");
+        assert!(
+            json.contains(r#""quality":{"bad":"timeout after 1s"}"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn identity_that_differs_from_the_topic_is_rejected() {
+        let mut b = batch();
+        b.agent = "edge-2".into();
+        let err = decode_batch(&topic(), &b.to_json(), NOW).unwrap_err();
+        assert_eq!(err.label(), "identity_mismatch");
+    }
+
+    #[test]
+    fn unknown_payload_version_is_rejected_before_its_shape_is_read() {
+        let err = decode_batch(&topic(), br#"{"v":9,"whatever":true}"#, NOW).unwrap_err();
+        assert_eq!(err, RejectReason::UnknownVersion(9));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for p in [
+            &b""[..],
+            b"null",
+            b"{",
+            b"\xff\xfe",
+            br#"{"v":1}"#,
+            br#"{"v":"1"}"#,
+        ] {
+            let err = decode_batch(&topic(), p, NOW).unwrap_err();
+            assert_eq!(err.label(), "malformed", "{:?}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn good_reading_without_value_is_invalid() {
+        let mut b = batch();
+        b.readings[0].value = Some(f64::NAN); // serialises as null
+        let err = decode_batch(&topic(), &b.to_json(), NOW).unwrap_err();
+        assert_eq!(err.label(), "invalid");
+    }
+
+    #[test]
+    fn timestamps_from_the_far_future_or_unset_clocks_are_invalid() {
+        for ts in [0, NOW + MAX_FUTURE_SKEW_MS + 1] {
+            let mut b = batch();
+            b.readings[1].ts = ts;
+            let err = decode_batch(&topic(), &b.to_json(), NOW).unwrap_err();
+            assert_eq!(err.label(), "invalid", "ts {ts}");
+        }
+    }
+
+    #[test]
+    fn oversized_payload_is_rejected_unparsed() {
+        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert_eq!(
+            decode_batch(&topic(), &big, NOW),
+            Err(RejectReason::TooLarge(MAX_PAYLOAD_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn bad_point_ids_are_invalid() {
+        let mut b = batch();
+        b.readings[0].point = "a/b".into();
+        assert_eq!(
+            decode_batch(&topic(), &b.to_json(), NOW)
+                .unwrap_err()
+                .label(),
+            "invalid"
+        );
+    }
+}

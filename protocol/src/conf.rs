@@ -1,0 +1,348 @@
+//! Configuration conventions shared by every RoomGuard binary: TOML files read
+//! with the `config` crate, environment overrides, durations written as `"5s"`,
+//! and errors that name the offending key by its path
+//! (`devices[1].points[3].address: …`), all problems reported at once.
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// One thing wrong with a configuration, at a path such as `devices[0].unit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects every problem of a configuration so they can be reported together.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn list(&self) -> &[Problem] {
+        &self.0
+    }
+
+    /// `Ok(())` when nothing was found, else every problem.
+    pub fn into_result(self, file: &Path) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                problems: self.0,
+            })
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read or parse: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {problem}")]
+    Field { file: PathBuf, problem: Problem },
+    #[error("{file}: {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem named, for callers that print or test them one by one.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Parse { message, .. } => vec![Problem {
+                path: String::new(),
+                message: message.clone(),
+            }],
+            ConfigError::Field { problem, .. } => vec![problem.clone()],
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads a TOML file into `T`, with environment variables named
+/// `{env_prefix}__SECTION__KEY` overriding keys (for secrets and containers).
+///
+/// A structural error (unknown key, wrong type) is reported with its path;
+/// semantic checks are the caller's, collected in [`Problems`].
+pub fn load<T: DeserializeOwned>(file: &Path, env_prefix: &str) -> Result<T, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        file: file.to_owned(),
+        message,
+    };
+    if !file.is_file() {
+        return Err(parse_err("no such file".into()));
+    }
+    let built = config::Config::builder()
+        .add_source(config::File::from(file).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(env_prefix)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| parse_err(e.to_string()))?;
+    from_config(built, file)
+}
+
+/// Parses TOML text, as [`load`] does a file (for `validate` on stdin and tests).
+pub fn parse<T: DeserializeOwned>(text: &str, name: &Path) -> Result<T, ConfigError> {
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map_err(|e| ConfigError::Parse {
+            file: name.to_owned(),
+            message: e.to_string(),
+        })?;
+    from_config(built, name)
+}
+
+fn from_config<T: DeserializeOwned>(built: config::Config, file: &Path) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(built).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Field {
+            file: file.to_owned(),
+            problem: Problem {
+                path: if path == "." { String::new() } else { path },
+                message: e.into_inner().to_string(),
+            },
+        }
+    })
+}
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h`, `7d` (one unit only).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| {
+            format!("{s:?} has no unit; write e.g. \"500ms\", \"5s\", \"2m\", \"1h\"")
+        })?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use ms, s, m, h or d"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+/// Serde adapter: `#[serde(with = "roomguard_protocol::conf::duration")]`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", v.as_millis()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Top {
+        devices: Vec<Dev>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Dev {
+        id: String,
+        #[serde(with = "duration")]
+        interval: Duration,
+        points: Vec<Pt>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Pt {
+        address: u16,
+    }
+
+    #[test]
+    fn durations_take_one_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
+
+    #[test]
+    fn a_bad_value_is_named_by_its_path() {
+        let toml = r#"
+            [[devices]]
+            id = "a"
+            interval = "1s"
+            points = [{ address = 1 }]
+            [[devices]]
+            id = "b"
+            interval = "1s"
+            points = [{ address = 1 }, { address = 2 }, { address = 3 }, { address = "forty" }]
+        "#;
+        let err = parse::<Top>(toml, Path::new("agent.toml")).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.path, "devices[1].points[3].address", "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_path() {
+        let toml = r#"
+            [[devices]]
+            id = "a"
+            interval = "1s"
+            points = []
+            colour = "red"
+        "#;
+        let err = parse::<Top>(toml, Path::new("x.toml")).unwrap_err();
+        let p = &err.problems()[0];
+        assert!(p.path.starts_with("devices[0]"), "{err}");
+        assert!(p.message.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named_by_its_path() {
+        let toml = r#"
+            [[devices]]
+            id = "a"
+            interval = "soon"
+            points = []
+        "#;
+        let err = parse::<Top>(toml, Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.problems()[0].path, "devices[0].interval", "{err}");
+    }
+}
+
+/// A broker address from a URL: `mqtt://host:1883` (`tcp://` also accepted).
+/// TLS (`mqtts://`) is not built in yet and is refused with a clear message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let rest = if let Some(r) = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+        {
+            r
+        } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
+            return Err(format!(
+                "{url:?}: TLS to the broker is not supported by this build yet"
+            ));
+        } else {
+            return Err(format!("{url:?} is not an mqtt://host:port URL"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("{url:?}: port {p:?} is not a number 1–65535"))?;
+                (h, port)
+            }
+            _ => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("{url:?} has no host"));
+        }
+        if port == 0 {
+            return Err(format!("{url:?}: port 0 is not a broker port"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::BrokerUrl;
+
+    #[test]
+    fn broker_urls_default_to_port_1883() {
+        let u: BrokerUrl = "mqtt://broker.local".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("broker.local", 1883));
+        let u: BrokerUrl = "tcp://127.0.0.1:18830".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 18830));
+        let u: BrokerUrl = "mqtt://[::1]:1884".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
+    }
+
+    #[test]
+    fn other_schemes_and_bad_ports_are_refused() {
+        assert!("http://x".parse::<BrokerUrl>().is_err());
+        assert!("mqtts://x"
+            .parse::<BrokerUrl>()
+            .unwrap_err()
+            .contains("TLS"));
+        assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
+    }
+}

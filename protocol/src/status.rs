@@ -1,0 +1,81 @@
+//! The agent's retained status message and its last will.
+//!
+//! The broker keeps the newest status per agent, so a collector (or a person
+//! with `mosquitto_sub`) learns every agent's state the moment it subscribes.
+//! The last will, set at connect, replaces it with `offline` when the agent
+//! vanishes without saying goodbye.
+
+use crate::PROTOCOL_VERSION;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    Online,
+    Offline,
+}
+
+/// Health of one device as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceHealth {
+    pub device: String,
+    /// Last poll that returned at least one good reading, ms since epoch.
+    pub last_success: Option<i64>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    /// Duration of the last poll in milliseconds.
+    pub last_latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub v: u32,
+    pub site: String,
+    pub agent: String,
+    pub state: AgentState,
+    /// When this status was written, ms since epoch; absent in the last will,
+    /// whose time is only known to the broker.
+    #[serde(default)]
+    pub at: Option<i64>,
+    /// Agent software version.
+    #[serde(default)]
+    pub software: Option<String>,
+    #[serde(default)]
+    pub devices: Vec<DeviceHealth>,
+}
+
+impl Status {
+    /// The last-will payload registered at connect.
+    pub fn offline(site: &str, agent: &str) -> Status {
+        Status {
+            v: PROTOCOL_VERSION,
+            site: site.into(),
+            agent: agent.into(),
+            state: AgentState::Offline,
+            at: None,
+            software: None,
+            devices: Vec::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a status; identity checks are the caller's (it knows the topic).
+    pub fn from_json(payload: &[u8]) -> Result<Status, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_will_reads_offline() {
+        let s = Status::from_json(&Status::offline("s", "a").to_json()).unwrap();
+        assert_eq!(s.state, AgentState::Offline);
+        assert!(s.devices.is_empty());
+    }
+}

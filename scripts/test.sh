@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need from Debian's packages when missing, builds the
+# binaries the end-to-end tests start, and runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# program -> Debian package
+declare -A needs=(
+  [mosquitto]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
+)
+missing=()
+for prog in "${!needs[@]}"; do
+  if ! command -v "$prog" >/dev/null && [ ! -x "/usr/sbin/$prog" ]; then
+    missing+=("${needs[$prog]}")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "==> installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "==> building"
+cargo build --workspace --bins --locked
+echo "==> testing"
+cargo test --workspace --locked

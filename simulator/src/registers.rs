@@ -1,0 +1,186 @@
+//! The demo site's Modbus register map: which unit id is which device, and how
+//! each value is encoded, in the ways real devices of each kind encode them.
+//!
+//! `configs/demo/agent.toml` reads exactly this map; docs/SIMULATOR.md lists it.
+
+use crate::model::{SiteValues, CELLS};
+use std::collections::HashMap;
+
+/// Unit ids of the simulated devices behind the one Modbus TCP gateway.
+pub mod unit {
+    /// Machine room, cold-aisle inlet temperature/humidity (×10 int16 input registers).
+    pub const MR_TH_INLET: u8 = 1;
+    /// Machine room, hot-aisle temperature/humidity.
+    pub const MR_TH_HOT: u8 = 2;
+    /// Machine room smoke detectors (discrete input 0 = alarm; input register 0 status word).
+    pub const MR_SMOKE_1: u8 = 3;
+    pub const MR_SMOKE_2: u8 = 5;
+    /// Machine room water-leak rope (discrete input 0).
+    pub const MR_LEAK: u8 = 4;
+    /// Distribution room three-phase meter, float32 ABCD (big-endian words).
+    pub const PD_METER_ABCD: u8 = 10;
+    /// The same meter model with CDAB word order (low word first), as many meters ship.
+    pub const PD_METER_CDAB: u8 = 11;
+    /// Distribution room main breaker and surge protector status (discrete inputs).
+    pub const PD_BREAKER: u8 = 12;
+    /// Battery room hydrogen detector, % LFL ×10 in input register 0.
+    pub const BR_H2: u8 = 20;
+    /// Battery management system (holding registers).
+    pub const BR_BMS: u8 = 21;
+    /// Battery room ambient temperature/humidity.
+    pub const BR_TH: u8 = 22;
+}
+
+/// The four Modbus data tables of one device.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tables {
+    pub coils: Vec<bool>,
+    pub discrete_inputs: Vec<bool>,
+    pub input_registers: Vec<u16>,
+    pub holding_registers: Vec<u16>,
+}
+
+/// Every simulated device by unit id.
+pub type Site = HashMap<u8, Tables>;
+
+fn x10_i16(v: f64) -> u16 {
+    ((v * 10.0).round().clamp(i16::MIN as f64, i16::MAX as f64) as i16) as u16
+}
+
+fn x10_u16(v: f64) -> u16 {
+    (v * 10.0).round().clamp(0.0, u16::MAX as f64) as u16
+}
+
+/// float32 as two registers, high word first (ABCD).
+fn f32_abcd(v: f64) -> [u16; 2] {
+    let b = (v as f32).to_bits();
+    [(b >> 16) as u16, b as u16]
+}
+
+/// float32 as two registers, low word first (CDAB).
+fn f32_cdab(v: f64) -> [u16; 2] {
+    let [hi, lo] = f32_abcd(v);
+    [lo, hi]
+}
+
+fn th_sensor(temp: f64, rh: f64) -> Tables {
+    Tables {
+        input_registers: vec![x10_i16(temp), x10_u16(rh)],
+        ..Tables::default()
+    }
+}
+
+fn smoke_head(alarm: bool) -> Tables {
+    Tables {
+        discrete_inputs: vec![alarm],
+        // Status word: bit 0 alarm, bit 1 fault, bit 2 dirty chamber.
+        input_registers: vec![u16::from(alarm)],
+        ..Tables::default()
+    }
+}
+
+/// Meter layout (holding registers, 2 each): 0 Ua, 2 Ub, 4 Uc, 6 Ia, 8 Ib,
+/// 10 Ic, 12 frequency, 14 total active power kW.
+fn meter(v: &SiteValues, enc: fn(f64) -> [u16; 2]) -> Tables {
+    let mut regs = Vec::with_capacity(16);
+    for x in v
+        .phase_v
+        .iter()
+        .chain(v.phase_a.iter())
+        .chain([v.frequency_hz, v.active_power_kw].iter())
+    {
+        regs.extend_from_slice(&enc(*x));
+    }
+    Tables {
+        holding_registers: regs,
+        ..Tables::default()
+    }
+}
+
+/// BMS layout (holding registers): 0 pack voltage ×10, 1 pack current ×10
+/// (int16, + = discharge), 2 SOC ×10, 3 fault bits, 4..9 reserved (0),
+/// 10..17 cell temperatures ×10 int16.
+fn bms(v: &SiteValues) -> Tables {
+    let mut regs = vec![0u16; 10 + CELLS];
+    regs[0] = x10_u16(v.pack_voltage_v);
+    regs[1] = x10_i16(v.pack_current_a);
+    regs[2] = x10_u16(v.soc_pct);
+    regs[3] = v.bms_faults;
+    for (i, t) in v.cell_temp_c.iter().enumerate() {
+        regs[10 + i] = x10_i16(*t);
+    }
+    Tables {
+        holding_registers: regs,
+        ..Tables::default()
+    }
+}
+
+/// Encodes the site's values into every device's tables.
+pub fn encode(v: &SiteValues) -> Site {
+    let mut site = Site::new();
+    site.insert(unit::MR_TH_INLET, th_sensor(v.inlet_temp_c, v.inlet_rh));
+    site.insert(
+        unit::MR_TH_HOT,
+        th_sensor(v.hot_aisle_temp_c, v.hot_aisle_rh),
+    );
+    site.insert(unit::MR_SMOKE_1, smoke_head(v.smoke_1));
+    site.insert(unit::MR_SMOKE_2, smoke_head(v.smoke_2));
+    site.insert(
+        unit::MR_LEAK,
+        Tables {
+            discrete_inputs: vec![v.water_leak],
+            ..Tables::default()
+        },
+    );
+    site.insert(unit::PD_METER_ABCD, meter(v, f32_abcd));
+    site.insert(unit::PD_METER_CDAB, meter(v, f32_cdab));
+    site.insert(
+        unit::PD_BREAKER,
+        Tables {
+            discrete_inputs: vec![v.breaker_closed, v.spd_failed],
+            ..Tables::default()
+        },
+    );
+    site.insert(
+        unit::BR_H2,
+        Tables {
+            input_registers: vec![x10_u16(v.h2_lfl), 0],
+            ..Tables::default()
+        },
+    );
+    site.insert(unit::BR_BMS, bms(v));
+    site.insert(
+        unit::BR_TH,
+        th_sensor(v.battery_room_temp_c, v.battery_room_rh),
+    );
+    site
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{sample, Noise, Scenario};
+
+    #[test]
+    fn negative_temperatures_are_twos_complement() {
+        assert_eq!(x10_i16(-12.3), (-123i16) as u16);
+    }
+
+    #[test]
+    fn cdab_swaps_the_words_of_abcd() {
+        let [a, b] = f32_abcd(230.1);
+        assert_eq!(f32_cdab(230.1), [b, a]);
+        assert_eq!(
+            f32::from_bits((u32::from(a) << 16) | u32::from(b)),
+            230.1f32
+        );
+    }
+
+    #[test]
+    fn every_device_has_its_registers() {
+        let site = encode(&sample(Scenario::Normal, 0.0, &mut Noise::new(1)));
+        assert_eq!(site[&unit::PD_METER_ABCD].holding_registers.len(), 16);
+        assert_eq!(site[&unit::BR_BMS].holding_registers.len(), 18);
+        assert_eq!(site.len(), 11);
+    }
+}

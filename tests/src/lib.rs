@@ -1,0 +1,365 @@
+//! Harness for RoomGuard's end-to-end tests: starts the built binaries and real
+//! services (Mosquitto) as separate processes on ports the OS hands out, waits
+//! for readiness by polling, never by fixed sleeps, and kills everything when a
+//! test ends. A process's logs are printed when the test fails.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Whether we run in CI, where a missing external program fails the test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Finds an external program. Outside CI a missing program skips the test
+/// loudly (returns None); in CI it fails it.
+pub fn external(program: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let msg = format!(
+            "`{program}` is not installed (Debian package {package}); the README's test command installs it"
+        );
+        assert!(!in_ci(), "{msg}");
+        eprintln!("\n*** SKIPPING: {msg} ***\n");
+    }
+    found
+}
+
+/// Path of one of the workspace's binaries, built next to this test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port that was free a moment ago, for programs that cannot report the
+/// port they bound (Mosquitto). Callers retry if they lose the race.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on loopback")
+}
+
+/// A child process killed (and its logs shown, if the test failed) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr_log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout captured line by line and stderr in a log file
+    /// under `log_dir`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Proc> {
+        let stderr_log = log_dir.join(format!("{name}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_log)?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            lines: rx,
+            stderr_log,
+        })
+    }
+
+    /// Waits for the `{"event":"ready",…}` line the RoomGuard binaries print.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited with {status} before it was ready:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} not ready after {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["event"] == "ready" {
+                            return Ok(v);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} still running after {timeout:?}", self.name)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        lines[from..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last log lines of {} ----\n{}\n----",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+}
+
+/// A real Mosquitto broker on a loopback port, without persistence.
+pub struct Mosquitto {
+    pub proc: Proc,
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto; `None` when it is not installed outside CI.
+    pub fn start(dir: &Path) -> Result<Option<Mosquitto>> {
+        let Some(program) = external("mosquitto", "mosquitto") else {
+            return Ok(None);
+        };
+        // The port is chosen before Mosquitto binds it; retry if another
+        // process took it in between.
+        let mut last_err = anyhow!("mosquitto did not start");
+        for attempt in 0..5 {
+            let port = free_port();
+            let conf = dir.join(format!("mosquitto-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+            )?;
+            let mut cmd = Command::new(&program);
+            cmd.arg("-c").arg(&conf);
+            let mut proc = Proc::spawn(&format!("mosquitto-{attempt}"), cmd, dir)?;
+            match wait_port(&mut proc, port, Duration::from_secs(10)) {
+                Ok(()) => return Ok(Some(Mosquitto { proc, port, conf })),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGKILL, so sessions and queued messages are lost).
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn restart(&mut self, dir: &Path) -> Result<()> {
+        let program = external("mosquitto", "mosquitto").context("mosquitto vanished")?;
+        let mut cmd = Command::new(program);
+        cmd.arg("-c").arg(&self.conf);
+        self.proc = Proc::spawn("mosquitto-restarted", cmd, dir)?;
+        wait_port(&mut self.proc, self.port, Duration::from_secs(10))
+    }
+}
+
+fn wait_port(proc: &mut Proc, port: u16, timeout: Duration) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !proc.is_running() {
+            bail!("{} exited:\n{}", proc.name, proc.log_tail());
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{} not listening on {port} after {timeout:?}", proc.name)
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GETs a JSON document; `None` on any failure (for use inside `eventually`).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
+    let res = client
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    res.json().await.ok()
+}
+
+/// Repository root (for the shipped configs).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The demo agent config pointed at a simulator and a broker of this test.
+pub fn demo_agent_config(modbus: &str, broker_url: &str, state_dir: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(repo_root().join("configs/demo/agent.toml"))?;
+    let text = text
+        .replace("127.0.0.1:5020", modbus)
+        .replace("mqtt://127.0.0.1:11883", broker_url)
+        .replace(
+            "\"var/demo/agent\"",
+            &format!("{:?}", state_dir.display().to_string()),
+        );
+    Ok(text)
+}
+
+/// The simulator on free ports; returns it with its Modbus and control addresses.
+pub fn start_simulator(dir: &Path, extra: &[&str]) -> Result<(Proc, String, String)> {
+    let mut cmd = Command::new(workspace_bin("roomguard-sim"));
+    cmd.args(["--modbus", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+        .args(extra);
+    let mut sim = Proc::spawn("simulator", cmd, dir)?;
+    let ready = sim.wait_ready(Duration::from_secs(20))?;
+    let modbus = ready["modbus"]
+        .as_str()
+        .context("modbus address")?
+        .to_owned();
+    let control = ready["control"]
+        .as_str()
+        .context("control address")?
+        .to_owned();
+    Ok((sim, modbus, control))
+}
+
+/// A collector with its store in `dir`, using `broker_url` or, when `None`,
+/// its embedded broker on a free port. Returns it with its HTTP base URL and
+/// the broker URL it uses.
+pub fn start_collector(dir: &Path, broker_url: Option<&str>) -> Result<(Proc, String, String)> {
+    let mqtt = match broker_url {
+        Some(url) => format!("url = {url:?}"),
+        None => "embedded_listen = \"127.0.0.1:0\"".to_owned(),
+    };
+    let conf = dir.join("collector.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n",
+            dir.join("store.db").display().to_string()
+        ),
+    )?;
+    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
+    cmd.arg("run").arg(&conf);
+    let mut collector = Proc::spawn("collector", cmd, dir)?;
+    let ready = collector.wait_ready(Duration::from_secs(20))?;
+    let http = format!("http://{}", ready["http"].as_str().context("http address")?);
+    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?);
+    Ok((collector, http, mqtt))
+}
+
+/// An agent running `config_text`.
+pub fn start_agent(dir: &Path, config_text: &str) -> Result<Proc> {
+    let conf = dir.join("agent.toml");
+    std::fs::write(&conf, config_text)?;
+    let mut cmd = Command::new(workspace_bin("roomguard-agent"));
+    cmd.arg("run").arg(&conf);
+    Proc::spawn("agent", cmd, dir)
+}
+
+/// The latest reading of `point` from the collector's API.
+pub async fn latest_point(client: &reqwest::Client, http: &str, point: &str) -> Option<Value> {
+    let doc = get_json(client, &format!("{http}/api/v1/latest")).await?;
+    doc["points"]
+        .as_array()?
+        .iter()
+        .find(|p| p["point"] == point)
+        .cloned()
+}

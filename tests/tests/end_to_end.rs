@@ -1,0 +1,325 @@
+//! The whole path, register to API, across the real binaries: simulator →
+//! agent → MQTT (a real Mosquitto, or the collector's embedded broker) →
+//! collector → SQLite → `/api/v1/latest`.
+
+use anyhow::{Context, Result};
+use roomguard_e2e::*;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn value(p: &Value) -> Option<f64> {
+    if p["quality"] == "good" {
+        p["value"].as_f64()
+    } else {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_shows_rising_h2(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    // Double speed keeps the drill short without changing its shape.
+    let (_sim, modbus, control) = start_simulator(dir.path(), &["--speed", "2"])?;
+    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let agent_conf = demo_agent_config(&modbus, &broker.url(), &dir.path().join("agent-state"))?;
+    let _agent = start_agent(dir.path(), &agent_conf)?;
+    let client = reqwest::Client::new();
+
+    // A value the simulator holds constant in normal operation: state of charge 100.0 %.
+    let soc = eventually(
+        PATIENCE,
+        "BMS state of charge in /api/v1/latest",
+        || async {
+            latest_point(&client, &http, "br-bms-1.soc")
+                .await
+                .as_ref()
+                .and_then(value)
+        },
+    )
+    .await?;
+    assert_eq!(soc, 100.0);
+
+    // Noisy values: compare with what the simulator says it serves right now.
+    let sim_values = get_json(&client, &format!("http://{control}/values"))
+        .await
+        .context("sim values")?;
+    let inlet = eventually(PATIENCE, "inlet temperature", || async {
+        latest_point(&client, &http, "mr-th-inlet.temperature")
+            .await
+            .as_ref()
+            .and_then(value)
+    })
+    .await?;
+    let served = sim_values["inlet_temp_c"]
+        .as_f64()
+        .context("inlet_temp_c")?;
+    assert!(
+        (inlet - served).abs() < 1.0,
+        "API says {inlet} °C, simulator serves about {served} °C"
+    );
+
+    // Word order: the CDAB meter decodes to the same plausible voltage as the ABCD one.
+    let cdab = eventually(PATIENCE, "CDAB meter voltage", || async {
+        latest_point(&client, &http, "pd-meter-2.voltage_a")
+            .await
+            .as_ref()
+            .and_then(value)
+    })
+    .await?;
+    assert!(
+        (200.0..240.0).contains(&cdab),
+        "CDAB voltage decoded as {cdab}"
+    );
+
+    let h2_before = eventually(PATIENCE, "hydrogen reading", || async {
+        latest_point(&client, &http, "br-h2-1.h2")
+            .await
+            .as_ref()
+            .and_then(value)
+    })
+    .await?;
+    assert!(h2_before < 10.0, "normal site has {h2_before} %LFL H2");
+
+    let res = client
+        .put(format!("http://{control}/scenario"))
+        .json(&json!({ "scenario": "thermal_runaway" }))
+        .send()
+        .await?;
+    assert!(
+        res.status().is_success(),
+        "switching scenario: {}",
+        res.status()
+    );
+
+    // Watch H2 climb past the 10 % LFL warning stage, rising on the way.
+    let mut seen: Vec<f64> = vec![h2_before];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while seen.last().is_some_and(|v| *v <= 10.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "H2 never passed 10 %LFL: {seen:?}"
+        );
+        if let Some(v) = latest_point(&client, &http, "br-h2-1.h2")
+            .await
+            .as_ref()
+            .and_then(value)
+        {
+            if seen.last() != Some(&v) {
+                seen.push(v);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rises = seen.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(rises >= 3, "H2 did not rise steadily: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_broker_carries_readings_with_nothing_else_installed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_sim, modbus, _control) = start_simulator(dir.path(), &[])?;
+    let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
+    let agent_conf = demo_agent_config(&modbus, &mqtt, &dir.path().join("agent-state"))?;
+    let _agent = start_agent(dir.path(), &agent_conf)?;
+    let client = reqwest::Client::new();
+
+    let closed = eventually(
+        PATIENCE,
+        "breaker state via the embedded broker",
+        || async {
+            latest_point(&client, &http, "pd-breaker-1.closed")
+                .await
+                .as_ref()
+                .and_then(value)
+        },
+    )
+    .await?;
+    assert_eq!(closed, 1.0);
+    let health = get_json(&client, &format!("{http}/healthz"))
+        .await
+        .context("healthz")?;
+    assert_eq!(health["broker_connected"], true, "{health}");
+    Ok(())
+}
+
+fn batch(site: &str, agent: &str, point: &str, value: f64) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    json!({
+        "v": 1, "site": site, "agent": agent, "seq": 1, "device": "probe", "polled_at": now,
+        "readings": [{
+            "point": point, "room": "test-room", "device": "probe", "quantity": "temperature",
+            "unit": "°C", "value": value, "ts": now, "quality": "good"
+        }]
+    })
+}
+
+async fn rejected(client: &reqwest::Client, http: &str, reason: &str) -> u64 {
+    let Ok(res) = client.get(format!("{http}/metrics")).send().await else {
+        return 0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    let key = format!("roomguard_messages_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_forged_and_unknown_version_messages_are_counted_and_ingest_goes_on() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    let Some(mosquitto_pub) = external("mosquitto_pub", "mosquitto-clients") else {
+        return Ok(());
+    };
+    let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let client = reqwest::Client::new();
+    eventually(PATIENCE, "collector connected to the broker", || async {
+        let h = get_json(&client, &format!("{http}/healthz")).await?;
+        (h["broker_connected"] == true).then_some(())
+    })
+    .await?;
+
+    let publish = |topic: &str, payload: &str| -> Result<()> {
+        let status = Command::new(&mosquitto_pub)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
+            .status()?;
+        anyhow::ensure!(status.success(), "mosquitto_pub failed: {status}");
+        Ok(())
+    };
+    // Garbage, a batch claiming to be another agent, a future version, a NaN-ish value.
+    publish("roomguard/v1/site-a/edge-1/batch", "{not json")?;
+    publish(
+        "roomguard/v1/site-a/edge-1/batch",
+        &batch("site-a", "edge-2", "forged.t", 99.0).to_string(),
+    )?;
+    publish(
+        "roomguard/v2/site-a/edge-1/batch",
+        &batch("site-a", "edge-1", "v2.t", 1.0).to_string(),
+    )?;
+    let mut no_value = batch("site-a", "edge-1", "novalue.t", 1.0);
+    no_value["readings"][0]["value"] = Value::Null;
+    publish("roomguard/v1/site-a/edge-1/batch", &no_value.to_string())?;
+    // And then an honest batch, which must still be stored.
+    publish(
+        "roomguard/v1/site-a/edge-1/batch",
+        &batch("site-a", "edge-1", "honest.t", 21.5).to_string(),
+    )?;
+
+    let honest = eventually(PATIENCE, "the honest batch after the bad ones", || async {
+        latest_point(&client, &http, "honest.t")
+            .await
+            .as_ref()
+            .and_then(value)
+    })
+    .await?;
+    assert_eq!(honest, 21.5);
+    for reason in [
+        "malformed",
+        "identity_mismatch",
+        "unknown_version",
+        "invalid",
+    ] {
+        let n = eventually(
+            PATIENCE,
+            &format!("a {reason} rejection counted"),
+            || async {
+                let n = rejected(&client, &http, reason).await;
+                (n >= 1).then_some(n)
+            },
+        )
+        .await?;
+        assert_eq!(n, 1, "{reason}");
+    }
+    for forged in ["forged.t", "v2.t", "novalue.t"] {
+        assert!(
+            latest_point(&client, &http, forged).await.is_none(),
+            "{forged} was stored"
+        );
+    }
+    assert!(collector.is_running(), "the collector died on bad input");
+    Ok(())
+}
+
+#[test]
+fn a_bad_config_is_refused_before_start_with_every_problem_named_by_path() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("agent.toml");
+    std::fs::write(
+        &conf,
+        r#"
+site = "demo site"
+agent = "edge-01"
+[mqtt]
+url = "http://nowhere"
+[[modbus]]
+id = "th"
+room = "machine-room"
+address = "localhost"
+[[modbus.points]]
+id = "th.t"
+quantity = "temperature"
+table = "coil"
+address = 0
+type = "int16"
+"#,
+    )?;
+    for sub in ["validate", "run"] {
+        let out = Command::new(workspace_bin("roomguard-agent"))
+            .arg(sub)
+            .arg(&conf)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub}: {stderr}");
+        for path in [
+            "site:",
+            "mqtt.url:",
+            "modbus[0].address:",
+            "modbus[0].points[0].type:",
+        ] {
+            assert!(
+                stderr.contains(path),
+                "{sub}: {path} not named in:\n{stderr}"
+            );
+        }
+    }
+
+    let conf = dir.path().join("collector.toml");
+    std::fs::write(&conf, "[http]\nlisten = \"127.0.0.1:8080\"\nport = 9\n")?;
+    let out = Command::new(workspace_bin("roomguard-collector"))
+        .arg("run")
+        .arg(&conf)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http") && stderr.contains("port"),
+        "{stderr}"
+    );
+    Ok(())
+}
