@@ -323,3 +323,60 @@ type = "int16"
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    let (_sim, modbus, _control) = start_simulator(dir.path(), &[])?;
+    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    // A short keep-alive so the broker notices the dead agent within seconds.
+    let agent_conf = demo_agent_config(&modbus, &broker.url(), &dir.path().join("agent-state"))?
+        .replace(
+            "status_interval = \"5s\"",
+            "status_interval = \"1s\"\nkeep_alive = \"2s\"",
+        );
+    let mut agent = start_agent(dir.path(), &agent_conf)?;
+    let client = reqwest::Client::new();
+
+    let agent_state = |want: &'static str| {
+        let client = client.clone();
+        let url = format!("{http}/api/v1/agents");
+        move || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let doc = get_json(&client, &url).await?;
+                let a = doc["agents"]
+                    .as_array()?
+                    .iter()
+                    .find(|a| a["agent"] == "edge-01")?
+                    .clone();
+                (a["state"] == want).then_some(a)
+            }
+        }
+    };
+    let online = eventually(PATIENCE, "agent online with device health", || {
+        let check = agent_state("online");
+        async move {
+            let a = check().await?;
+            let healthy = a["devices"]
+                .as_array()?
+                .iter()
+                .any(|d| d["device"] == "br-h2-1" && d["last_success"].is_i64());
+            healthy.then_some(a)
+        }
+    })
+    .await?;
+    assert_eq!(
+        online["devices"].as_array().map(Vec::len),
+        Some(11),
+        "{online}"
+    );
+
+    agent.kill(); // SIGKILL: no goodbye, only the broker's last will can tell
+    eventually(PATIENCE, "agent shown offline", agent_state("offline")).await?;
+    Ok(())
+}

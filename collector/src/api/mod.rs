@@ -26,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/latest", get(latest))
+        .route("/api/v1/agents", get(agents))
         .fallback(not_found)
         .with_state(state)
 }
@@ -47,6 +48,19 @@ impl From<StoreError> for ApiError {
             format!("store unavailable: {e}"),
         )
     }
+}
+
+/// Runs a query on a fresh read-only connection on the blocking pool.
+async fn read_store<T, F>(st: &AppState, query: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&SqliteReader) -> Result<T, StoreError> + Send + 'static,
+{
+    let path = st.store_path.clone();
+    tokio::task::spawn_blocking(move || query(&SqliteReader::open(&path)?))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 async fn not_found() -> ApiError {
@@ -138,14 +152,26 @@ async fn latest(
     query: Result<Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let path = st.store_path.clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        SqliteReader::open(&path)?.latest(q.site.as_deref(), q.room.as_deref())
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let rows = read_store(&st, move |r| r.latest(q.site.as_deref(), q.room.as_deref())).await?;
     let points: Vec<LatestJson> = rows.into_iter().map(Into::into).collect();
     Ok(Json(json!({ "points": points })))
+}
+
+async fn agents(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let rows = read_store(&st, |r| r.agents()).await?;
+    let agents: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|a| {
+            json!({
+                "site": a.site,
+                "agent": a.agent,
+                "state": a.state,
+                "received_at": rfc3339(a.updated_at),
+                "devices": a.status.get("devices").cloned().unwrap_or_else(|| json!([])),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "agents": agents })))
 }
 
 async fn page() -> Html<&'static str> {

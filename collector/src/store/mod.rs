@@ -51,6 +51,19 @@ pub struct LatestRow {
     pub bad: Option<String>,
 }
 
+/// An agent's last status.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    pub site: String,
+    pub agent: String,
+    /// `online` or `offline`.
+    pub state: String,
+    /// The status document as the agent (or its last will) sent it.
+    pub status: serde_json::Value,
+    /// When the collector received it, ms since the epoch.
+    pub updated_at: i64,
+}
+
 /// What the writer is asked to store.
 #[derive(Debug)]
 pub enum WriteCmd {

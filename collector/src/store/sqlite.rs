@@ -6,7 +6,7 @@
 //! value) and samples keyed by `(point_id, ts)` in a WITHOUT ROWID table, so a
 //! sample costs one B-tree entry and a point's history is one range scan.
 
-use super::{LatestRow, StoreError, WriteStats};
+use super::{AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Quality, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -251,6 +251,24 @@ impl SqliteReader {
                 ts: row.get(7)?,
                 value: row.get(8)?,
                 bad: row.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every agent's last status, as it sent it, with when it arrived.
+    pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT site, agent, state, status_json, updated_at FROM agents ORDER BY site, agent",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            let json: String = row.get(3)?;
+            Ok(AgentRow {
+                site: row.get(0)?,
+                agent: row.get(1)?,
+                state: row.get(2)?,
+                status: serde_json::from_str(&json).unwrap_or(serde_json::Value::Null),
+                updated_at: row.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
