@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 declare -A needs=(
   [mosquitto]=mosquitto
   [mosquitto_pub]=mosquitto-clients
+  [snmpd]=snmpd
+  [socat]=socat
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -1,12 +1,16 @@
 //! The agent's configuration file: who it is, where its broker is, and which
-//! devices it polls. Loaded and checked completely before anything starts;
-//! every problem is reported by its path.
+//! devices it polls. Loaded, resolved against device profiles and checked
+//! completely before anything starts; every problem is reported by its path.
 
-use crate::drivers::modbus::config::ModbusDevice;
+use crate::drivers::modbus::config::{BusConfig, ModbusDevice, ModbusPoint, Transport};
+use crate::drivers::modbus::plan::{plan_subset, ReadRequest};
+use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable};
+use crate::profiles::{Profile, Profiles};
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
 use roomguard_protocol::validate_id;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,10 +30,20 @@ pub struct AgentConfig {
     /// Where the agent keeps its state (the batch sequence number).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Extra device profiles (`*.toml`), besides the shipped ones.
+    #[serde(default)]
+    pub profiles_dir: Option<PathBuf>,
     pub mqtt: MqttConfig,
-    /// Modbus devices (TCP, or RTU behind a TCP gateway by unit id).
+    /// Prometheus `/metrics` for the agent itself; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// Serial lines and shared gateways. TCP devices given by `address` need none.
+    #[serde(default)]
+    pub modbus_buses: Vec<BusConfig>,
     #[serde(default)]
     pub modbus: Vec<ModbusDevice>,
+    #[serde(default)]
+    pub snmp: Vec<SnmpDevice>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -59,18 +73,84 @@ fn default_status_interval() -> Duration {
     Duration::from_secs(10)
 }
 
-impl AgentConfig {
-    /// Reads and checks `file`; every problem is reported at once.
-    pub fn load(file: &Path) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig = conf::load(file, ENV_PREFIX)?;
-        cfg.check().into_result(file)?;
-        Ok(cfg)
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the agent's `/metrics` (port 0 picks a free one).
+    pub listen: SocketAddr,
+}
+
+/// A Modbus device ready to poll: its points resolved from profile and
+/// config, planned into reads per poll group.
+#[derive(Debug, Clone)]
+pub struct ModbusSpec {
+    pub id: String,
+    pub room: String,
+    pub unit: u8,
+    pub timeout: Duration,
+    /// Points with their full ids (`{device}.{point}`).
+    pub points: Vec<ModbusPoint>,
+    pub groups: Vec<PollGroup>,
+}
+
+/// Points of one device polled at one rate, and the reads that fetch them.
+#[derive(Debug, Clone)]
+pub struct PollGroup {
+    pub interval: Duration,
+    pub requests: Vec<ReadRequest>,
+}
+
+/// A bus and the devices on it.
+#[derive(Debug, Clone)]
+pub struct BusSpec {
+    pub bus: BusConfig,
+    pub devices: Vec<ModbusSpec>,
+}
+
+/// An SNMP device ready to poll.
+#[derive(Debug, Clone)]
+pub struct SnmpSpec {
+    pub device: SnmpDevice,
+    /// Points and tables resolved from profile and config (ids within the device).
+    pub points: Vec<SnmpPoint>,
+    pub tables: Vec<SnmpTable>,
+}
+
+/// A loaded configuration with everything resolved.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub config: AgentConfig,
+    pub buses: Vec<BusSpec>,
+    pub snmp: Vec<SnmpSpec>,
+    /// Secrets written in plain text in the file: worth a warning.
+    pub warnings: Vec<String>,
+}
+
+impl Agent {
+    pub fn device_count(&self) -> usize {
+        self.buses.iter().map(|b| b.devices.len()).sum::<usize>() + self.snmp.len()
     }
 
-    pub fn parse(text: &str, name: &Path) -> Result<AgentConfig, ConfigError> {
+    pub fn point_count(&self) -> usize {
+        self.buses
+            .iter()
+            .flat_map(|b| &b.devices)
+            .map(|d| d.points.len())
+            .sum::<usize>()
+            + self.snmp.iter().map(|s| s.points.len()).sum::<usize>()
+    }
+}
+
+impl AgentConfig {
+    /// Reads, resolves and checks `file`; every problem is reported at once.
+    pub fn load(file: &Path) -> Result<Agent, ConfigError> {
+        let cfg: AgentConfig = conf::load(file, ENV_PREFIX)?;
+        cfg.resolve(file)
+    }
+
+    pub fn parse(text: &str, name: &Path) -> Result<Agent, ConfigError> {
         let cfg: AgentConfig = conf::parse(text, name)?;
-        cfg.check().into_result(name)?;
-        Ok(cfg)
+        cfg.resolve(name)
     }
 
     pub fn client_id(&self) -> String {
@@ -84,7 +164,7 @@ impl AgentConfig {
         self.mqtt.url.parse()
     }
 
-    fn check(&self) -> Problems {
+    fn resolve(self, file: &Path) -> Result<Agent, ConfigError> {
         let mut p = Problems::default();
         if let Err(e) = validate_id(&self.site) {
             p.push("site", format!("{:?} {e}", self.site));
@@ -98,14 +178,33 @@ impl AgentConfig {
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             p.push("mqtt.keep_alive", "must be at least 1s");
         }
-        if self.modbus.is_empty() {
+        if self.modbus.is_empty() && self.snmp.is_empty() {
             p.push(
                 "modbus",
                 "no devices configured; the agent would have nothing to poll",
             );
         }
+        let profiles_dir = self.profiles_dir.as_ref().map(|d| relative_to(file, d));
+        let profiles = Profiles::load(profiles_dir.as_deref(), &mut p);
+
+        let mut buses: BTreeMap<String, BusSpec> = BTreeMap::new();
+        for (i, b) in self.modbus_buses.iter().enumerate() {
+            b.check(&format!("modbus_buses[{i}]"), &mut p);
+            if buses.contains_key(&b.id) {
+                p.push(
+                    format!("modbus_buses[{i}].id"),
+                    format!("{:?} is used by another bus", b.id),
+                );
+            }
+            buses.insert(
+                b.id.clone(),
+                BusSpec {
+                    bus: b.clone(),
+                    devices: Vec::new(),
+                },
+            );
+        }
         let mut device_ids = HashSet::new();
-        let mut point_ids = HashSet::new();
         for (i, d) in self.modbus.iter().enumerate() {
             let path = format!("modbus[{i}]");
             if validate_id(&d.id).is_ok() && !device_ids.insert(d.id.clone()) {
@@ -114,10 +213,244 @@ impl AgentConfig {
                     format!("{:?} is used by another device", d.id),
                 );
             }
-            d.check(&path, &mut p, &mut point_ids);
+            let bus_id = match (&d.bus, &d.address) {
+                (Some(bus), None) if buses.contains_key(bus) => Some(bus.clone()),
+                (Some(bus), None) => {
+                    p.push(
+                        format!("{path}.bus"),
+                        format!("no [[modbus_buses]] has id {bus:?}"),
+                    );
+                    None
+                }
+                (None, Some(addr)) if crate::drivers::modbus::config::is_host_port(addr) => {
+                    let bus = BusConfig::tcp(addr);
+                    let id = bus.id.clone();
+                    buses.entry(id.clone()).or_insert(BusSpec {
+                        bus,
+                        devices: Vec::new(),
+                    });
+                    Some(id)
+                }
+                (None, Some(addr)) => {
+                    p.push(
+                        format!("{path}.address"),
+                        format!("{addr:?} is not host:port"),
+                    );
+                    None
+                }
+                _ => {
+                    p.push(
+                        path.clone(),
+                        "give either bus = \"<bus id>\" or address = \"host:port\"",
+                    );
+                    None
+                }
+            };
+            // Points are checked even when the bus is wrong, so every problem shows at once.
+            let bus = bus_id
+                .as_ref()
+                .and_then(|id| buses.get(id))
+                .map_or_else(|| BusConfig::tcp("unknown:0"), |b| b.bus.clone());
+            if bus.transport != Transport::Tcp && !(1..=247).contains(&d.unit) {
+                p.push(format!("{path}.unit"), "must be 1–247 on a serial line");
+            }
+            let spec = resolve_modbus(d, &bus, &profiles, &path, &mut p);
+            if let (Some(spec), Some(b)) = (spec, bus_id.and_then(|id| buses.get_mut(&id))) {
+                b.devices.push(spec);
+            }
         }
-        p
+
+        let mut warnings = Vec::new();
+        let mut snmp = Vec::new();
+        for (i, d) in self.snmp.iter().enumerate() {
+            let path = format!("snmp[{i}]");
+            d.check(&path, &mut p);
+            if validate_id(&d.id).is_ok() && !device_ids.insert(d.id.clone()) {
+                p.push(
+                    format!("{path}.id"),
+                    format!("{:?} is used by another device", d.id),
+                );
+            }
+            if d.community.is_inline()
+                || d.v3
+                    .as_ref()
+                    .is_some_and(|v| v.auth_password.is_inline() || v.priv_password.is_inline())
+            {
+                warnings.push(format!(
+                    "{path}: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\""
+                ));
+            }
+            if let Some(spec) = resolve_snmp(d, &profiles, &path, &mut p) {
+                snmp.push(spec);
+            }
+        }
+        p.into_result(file)?;
+        Ok(Agent {
+            buses: buses
+                .into_values()
+                .filter(|b| !b.devices.is_empty())
+                .collect(),
+            snmp,
+            warnings,
+            config: self,
+        })
     }
+}
+
+fn relative_to(file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
+fn unknown_profile(name: &str, profiles: &Profiles) -> String {
+    format!(
+        "no profile named {name:?}; known: {}",
+        profiles.names().join(", ")
+    )
+}
+
+fn resolve_modbus(
+    d: &ModbusDevice,
+    bus: &BusConfig,
+    profiles: &Profiles,
+    path: &str,
+    p: &mut Problems,
+) -> Option<ModbusSpec> {
+    if let Err(e) = validate_id(&d.id) {
+        p.push(format!("{path}.id"), format!("{:?} {e}", d.id));
+    }
+    if let Err(e) = validate_id(&d.room) {
+        p.push(format!("{path}.room"), format!("{:?} {e}", d.room));
+    }
+    if d.interval < Duration::from_millis(100) {
+        p.push(format!("{path}.interval"), "must be at least 100ms");
+    }
+    let mut points: Vec<ModbusPoint> = Vec::new();
+    if let Some(name) = &d.profile {
+        match profiles.get(name) {
+            Some(Profile::Modbus(prof)) => points.extend(prof.points.iter().cloned()),
+            Some(Profile::Snmp(_)) => p.push(
+                format!("{path}.profile"),
+                format!("{name:?} is an SNMP profile"),
+            ),
+            None => p.push(format!("{path}.profile"), unknown_profile(name, profiles)),
+        }
+    }
+    for (id, o) in &d.overrides {
+        match points.iter_mut().find(|pt| &pt.id == id) {
+            Some(pt) => pt.apply(o),
+            None => p.push(
+                format!("{path}.overrides.{id}"),
+                "no such point in the profile",
+            ),
+        }
+    }
+    points.retain(|pt| !d.overrides.get(&pt.id).is_some_and(|o| o.disabled));
+    if let Some(order) = d.order {
+        for pt in &mut points {
+            pt.order = order;
+        }
+    }
+    let from_profile = points.len();
+    points.extend(d.points.iter().cloned());
+    if points.is_empty() {
+        p.push(
+            format!("{path}.points"),
+            "a device needs a profile or at least one point",
+        );
+    }
+    let mut ids = HashSet::new();
+    for (i, pt) in points.iter().enumerate() {
+        let ppath = if i < from_profile {
+            format!(
+                "{path}.profile({}).points[{i}]",
+                d.profile.as_deref().unwrap_or("")
+            )
+        } else {
+            format!("{path}.points[{}]", i - from_profile)
+        };
+        pt.check(&ppath, p, &mut ids);
+    }
+    for pt in &mut points {
+        pt.id = format!("{}.{}", d.id, pt.id);
+        if pt.room.is_none() {
+            pt.room = Some(d.room.clone());
+        }
+    }
+    // Poll groups: points sharing an interval are planned together.
+    let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
+    for (i, pt) in points.iter().enumerate() {
+        by_interval
+            .entry(pt.interval.unwrap_or(d.interval))
+            .or_default()
+            .push(i);
+    }
+    let max_gap = if d.contiguous_only { 0 } else { d.max_gap };
+    let groups = by_interval
+        .into_iter()
+        .map(|(interval, idx)| PollGroup {
+            interval,
+            requests: plan_subset(&points, idx, max_gap),
+        })
+        .collect();
+    Some(ModbusSpec {
+        id: d.id.clone(),
+        room: d.room.clone(),
+        unit: d.unit,
+        timeout: d.timeout.unwrap_or(bus.timeout),
+        points,
+        groups,
+    })
+}
+
+fn resolve_snmp(
+    d: &SnmpDevice,
+    profiles: &Profiles,
+    path: &str,
+    p: &mut Problems,
+) -> Option<SnmpSpec> {
+    let mut points = Vec::new();
+    let mut tables = Vec::new();
+    if let Some(name) = &d.profile {
+        match profiles.get(name) {
+            Some(Profile::Snmp(prof)) => {
+                points.extend(prof.points.iter().cloned());
+                tables.extend(prof.tables.iter().cloned());
+            }
+            Some(Profile::Modbus(_)) => p.push(
+                format!("{path}.profile"),
+                format!("{name:?} is a Modbus profile"),
+            ),
+            None => p.push(format!("{path}.profile"), unknown_profile(name, profiles)),
+        }
+    }
+    for (id, o) in &d.overrides {
+        match points.iter_mut().find(|pt: &&mut SnmpPoint| &pt.id == id) {
+            Some(pt) => pt.apply(o),
+            None => p.push(
+                format!("{path}.overrides.{id}"),
+                "no such point in the profile",
+            ),
+        }
+    }
+    points.retain(|pt| !d.overrides.get(&pt.id).is_some_and(|o| o.disabled));
+    points.extend(d.points.iter().cloned());
+    tables.extend(d.tables.iter().cloned());
+    if points.is_empty() && tables.is_empty() {
+        p.push(
+            format!("{path}.points"),
+            "a device needs a profile, points or tables",
+        );
+    }
+    SnmpDevice::check_points(path, &points, &tables, p);
+    Some(SnmpSpec {
+        device: d.clone(),
+        points,
+        tables,
+    })
 }
 
 #[cfg(test)]
@@ -133,6 +466,14 @@ mod tests {
 
     #[test]
     fn the_sample_config_is_valid() {
+        // The sample reads its secrets from the environment.
+        for var in [
+            "ROOMGUARD_UPS_COMMUNITY",
+            "ROOMGUARD_PDU_AUTH",
+            "ROOMGUARD_PDU_PRIV",
+        ] {
+            std::env::set_var(var, "sample-secret");
+        }
         assert_eq!(problems(SAMPLE), Vec::<String>::new());
     }
 
@@ -198,7 +539,7 @@ mod tests {
             id = "d"
             room = "r"
             address = "127.0.0.1:502"
-            points = []
+            profile = "generic-th-sensor"
             [[modbus]]
             id = "e"
             room = "r"
@@ -212,5 +553,108 @@ mod tests {
         "#;
         let got = problems(text);
         assert!(got[0].starts_with("modbus[1].points[0].address"), "{got:?}");
+    }
+
+    #[test]
+    fn profiles_are_instantiated_with_overrides_and_poll_groups() {
+        let text = r#"
+            site = "s"
+            agent = "a"
+            [mqtt]
+            url = "mqtt://127.0.0.1"
+            [[modbus]]
+            id = "meter-1"
+            room = "dist"
+            address = "10.0.0.5:502"
+            profile = "three-phase-meter"
+            order = "cdab"
+            interval = "2s"
+            overrides = { voltage_c = { disabled = true }, current_a = { scale = 0.5 } }
+        "#;
+        let agent = AgentConfig::parse(text, Path::new("a.toml")).unwrap();
+        let dev = &agent.buses[0].devices[0];
+        assert!(dev.points.iter().all(|p| p.id.starts_with("meter-1.")));
+        assert!(!dev.points.iter().any(|p| p.id == "meter-1.voltage_c"));
+        let ia = dev
+            .points
+            .iter()
+            .find(|p| p.id == "meter-1.current_a")
+            .unwrap();
+        assert_eq!(
+            (ia.scale, ia.order),
+            (0.5, crate::drivers::modbus::config::WordOrder::Cdab)
+        );
+        let intervals: Vec<u64> = dev.groups.iter().map(|g| g.interval.as_secs()).collect();
+        assert_eq!(intervals, vec![2, 60], "energy is its own 60 s poll group");
+    }
+
+    #[test]
+    fn unknown_profiles_and_overrides_are_named() {
+        let text = r#"
+            site = "s"
+            agent = "a"
+            [mqtt]
+            url = "mqtt://127.0.0.1"
+            [[modbus]]
+            id = "x"
+            room = "r"
+            address = "10.0.0.5:502"
+            profile = "no-such"
+            [[modbus]]
+            id = "y"
+            room = "r"
+            address = "10.0.0.5:502"
+            profile = "generic-th-sensor"
+            overrides = { temprature = { scale = 0.01 } }
+        "#;
+        let got = problems(text);
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("modbus[0].profile: no profile named \"no-such\"")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("modbus[1].overrides.temprature")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn devices_sharing_a_serial_bus_are_scheduled_together() {
+        let text = r#"
+            site = "s"
+            agent = "a"
+            [mqtt]
+            url = "mqtt://127.0.0.1"
+            [[modbus_buses]]
+            id = "rs485-1"
+            transport = "rtu"
+            serial_port = "/dev/ttyUSB0"
+            baud_rate = 9600
+            [[modbus]]
+            id = "th-1"
+            room = "r"
+            bus = "rs485-1"
+            unit = 1
+            profile = "generic-th-sensor"
+            [[modbus]]
+            id = "th-2"
+            room = "r"
+            bus = "rs485-1"
+            unit = 2
+            profile = "generic-th-sensor"
+            [[modbus]]
+            id = "th-3"
+            room = "r"
+            bus = "rs485-2"
+            unit = 0
+            profile = "generic-th-sensor"
+        "#;
+        let got = problems(text);
+        assert_eq!(
+            got,
+            vec!["modbus[2].bus: no [[modbus_buses]] has id \"rs485-2\"".to_string()]
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     version,
-    about = "RoomGuard edge agent: polls Modbus devices and publishes readings to MQTT"
+    about = "RoomGuard edge agent: polls Modbus and SNMP devices and publishes readings to MQTT"
 )]
 struct Args {
     #[command(subcommand)]
@@ -26,6 +26,8 @@ enum Command {
     Validate { config: PathBuf },
     /// Print a commented sample configuration.
     SampleConfig,
+    /// Print the built-in device profiles.
+    Profiles,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,13 +37,23 @@ fn main() -> anyhow::Result<()> {
             print!("{SAMPLE}");
             Ok(())
         }
+        Command::Profiles => {
+            for (file, text) in roomguard_agent::profiles::Profiles::built_in() {
+                println!("# ---- {file}\n{text}");
+            }
+            Ok(())
+        }
         Command::Validate { config } => match AgentConfig::load(&config) {
-            Ok(cfg) => {
-                let points: usize = cfg.modbus.iter().map(|d| d.points.len()).sum();
+            Ok(agent) => {
+                for w in &agent.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
-                    "{}: ok ({} devices, {points} points)",
+                    "{}: ok ({} devices on {} Modbus buses and SNMP, {} scalar points)",
                     config.display(),
-                    cfg.modbus.len()
+                    agent.device_count(),
+                    agent.buses.len(),
+                    agent.point_count()
                 );
                 Ok(())
             }
@@ -58,8 +70,8 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let cfg = match AgentConfig::load(&config) {
-                Ok(cfg) => cfg,
+            let agent = match AgentConfig::load(&config) {
+                Ok(agent) => agent,
                 Err(e) => {
                     eprintln!("{e}");
                     std::process::exit(2);
@@ -70,9 +82,13 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
+            for w in &agent.warnings {
+                tracing::warn!("{w}");
+            }
             runtime.block_on(async {
+                let cfg = &agent.config;
                 tracing::info!(site = %cfg.site, agent = %cfg.agent, broker = %cfg.mqtt.url, "agent starting");
-                roomguard_agent::run::run(cfg, shutdown_signal()).await
+                roomguard_agent::run::run(agent, shutdown_signal()).await
             })?;
             Ok(())
         }

@@ -1,23 +1,27 @@
-//! The running agent: one polling task per device, one publisher that numbers
-//! and sends each poll as a batch, one MQTT event loop, and the retained status.
+//! The running agent: one polling task per Modbus bus and per SNMP device,
+//! one publisher that numbers and sends each poll as a batch, one MQTT event
+//! loop, the retained status, and (optionally) `/metrics`.
 //!
 //! ```text
-//! device task ──┐  bounded channel   ┌ publisher ─ seq ─ batch ─► MQTT client ─► event loop ─► broker
-//! device task ──┼──────────────────► ┤
-//! device task ──┘                    └ status (health of every device, retained)
+//! bus task (Modbus) ──┐  bounded channel   ┌ publisher ─ seq ─ batch ─► MQTT client ─► event loop ─► broker
+//! bus task (Modbus) ──┼──────────────────► ┤
+//! SNMP device task ───┘                    └ status (health of every device, retained)
 //! ```
 
-use crate::config::AgentConfig;
-use crate::drivers::modbus::ModbusDriver;
-use crate::drivers::PollResult;
+use crate::config::Agent;
+use crate::drivers::modbus::bus::BusRunner;
+use crate::drivers::snmp::SnmpPoller;
+use crate::drivers::DevicePoll;
+use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
 use roomguard_protocol::{AgentState, Batch, DeviceHealth, Status, Topic, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
@@ -32,6 +36,8 @@ pub enum AgentError {
     Sequence(#[from] std::io::Error),
     #[error("mqtt.url: {0}")]
     Broker(String),
+    #[error("metrics.listen: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Wall-clock time in ms since the Unix epoch.
@@ -51,15 +57,9 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(r % nanos)
 }
 
-struct DevicePoll {
-    device: String,
-    polled_at: i64,
-    latency: Duration,
-    result: PollResult,
-}
-
 /// Runs the agent until `shutdown` completes, then publishes "offline".
-pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let cfg = &agent.config;
     std::fs::create_dir_all(&cfg.state_dir)?;
     let seq = Sequence::open(&cfg.state_dir.join("sequence"))?;
     let broker = cfg.broker().map_err(AgentError::Broker)?;
@@ -83,15 +83,54 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let (client, eventloop) = AsyncClient::new(opts, 64);
     let connected = Arc::new(Notify::new());
 
-    let (tx, rx) = mpsc::channel::<DevicePoll>(POLL_QUEUE);
+    let device_ids: Vec<String> = agent
+        .buses
+        .iter()
+        .flat_map(|b| b.devices.iter().map(|d| d.id.clone()))
+        .chain(agent.snmp.iter().map(|s| s.device.id.clone()))
+        .collect();
+    let metrics = Arc::new(AgentMetrics::new(device_ids.iter().map(String::as_str)));
     let mut tasks = tokio::task::JoinSet::new();
-    for dev in &cfg.modbus {
-        let driver = ModbusDriver::new(dev.clone());
-        tracing::info!(device = %dev.id, requests = driver.requests_per_poll(), points = dev.points.len(), "polling");
-        tasks.spawn(poll_device(driver, dev.interval, tx.clone()));
+    let metrics_addr = match &cfg.metrics {
+        Some(m) => {
+            let listener = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(AgentError::Metrics)?;
+            let addr = listener.local_addr().map_err(AgentError::Metrics)?;
+            let app = crate::metrics::router(metrics.clone());
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
+
+    let (tx, rx) = mpsc::channel::<DevicePoll>(POLL_QUEUE);
+    for bus in &agent.buses {
+        for d in &bus.devices {
+            let requests: Vec<usize> = d.groups.iter().map(|g| g.requests.len()).collect();
+            tracing::info!(bus = %bus.bus.id, device = %d.id, points = d.points.len(), ?requests, "polling");
+        }
+        tasks.spawn(BusRunner::new(bus.clone()).run(tx.clone()));
+    }
+    for s in &agent.snmp {
+        tracing::info!(device = %s.device.id, points = s.points.len(), tables = s.tables.len(), "polling (SNMP)");
+        tasks.spawn(SnmpPoller::new(s.clone()).run(tx.clone()));
     }
     drop(tx);
-    let connection = tokio::spawn(drive_connection(eventloop, connected.clone()));
+    // Scripts and tests wait for this line rather than sleeping.
+    println!(
+        "{}",
+        serde_json::json!({ "event": "ready", "metrics": metrics_addr })
+    );
+    let connection = tokio::spawn(drive_connection(
+        eventloop,
+        connected.clone(),
+        metrics.clone(),
+    ));
     let publisher = Publisher {
         client: client.clone(),
         site: cfg.site.clone(),
@@ -99,11 +138,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         batch_topic: Topic::batch(&cfg.site, &cfg.agent),
         status_topic,
         seq,
-        health: cfg
-            .modbus
+        health: device_ids
             .iter()
-            .map(|d| (d.id.clone(), DeviceHealth::new(&d.id)))
+            .map(|d| (d.clone(), DeviceHealth::new(d)))
             .collect(),
+        metrics,
     };
     tokio::select! {
         r = publisher.run(rx, connected, cfg.mqtt.status_interval) => r?,
@@ -138,37 +177,7 @@ impl HealthExt for DeviceHealth {
             consecutive_failures: 0,
             last_error: None,
             last_latency_ms: None,
-        }
-    }
-}
-
-async fn poll_device(mut driver: ModbusDriver, interval: Duration, tx: mpsc::Sender<DevicePoll>) {
-    // Spread devices over the interval so they do not all fire at once.
-    tokio::time::sleep(jitter(interval)).await;
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let polled_at = now_ms();
-        let started = Instant::now();
-        let result = driver.poll(now_ms).await;
-        let latency = started.elapsed();
-        if latency > interval {
-            tracing::warn!(
-                device = driver.id(),
-                ?latency,
-                ?interval,
-                "poll took longer than its interval"
-            );
-        }
-        let poll = DevicePoll {
-            device: driver.id().to_owned(),
-            polled_at,
-            latency,
-            result,
-        };
-        if tx.send(poll).await.is_err() {
-            return; // publisher gone: shutting down
+            cycle_overruns: 0,
         }
     }
 }
@@ -176,7 +185,11 @@ async fn poll_device(mut driver: ModbusDriver, interval: Duration, tx: mpsc::Sen
 /// Keeps the MQTT connection up: rumqttc reconnects on the next poll after an
 /// error, so this loop only paces the retries (capped exponential backoff
 /// with jitter) and announces each new connection.
-async fn drive_connection(mut eventloop: EventLoop, connected: Arc<Notify>) {
+async fn drive_connection(
+    mut eventloop: EventLoop,
+    connected: Arc<Notify>,
+    metrics: Arc<AgentMetrics>,
+) {
     let mut backoff = Duration::from_millis(250);
     let max_backoff = Duration::from_secs(30);
     loop {
@@ -184,6 +197,7 @@ async fn drive_connection(mut eventloop: EventLoop, connected: Arc<Notify>) {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 backoff = Duration::from_millis(250);
+                metrics.broker_connected.store(1, Relaxed);
                 connected.notify_one();
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -191,6 +205,7 @@ async fn drive_connection(mut eventloop: EventLoop, connected: Arc<Notify>) {
             }
             Ok(_) => {}
             Err(e) => {
+                metrics.broker_connected.store(0, Relaxed);
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection failed");
                 tokio::time::sleep(backoff + jitter(backoff / 2)).await;
                 backoff = (backoff * 2).min(max_backoff);
@@ -207,6 +222,7 @@ struct Publisher {
     status_topic: String,
     seq: Sequence,
     health: BTreeMap<String, DeviceHealth>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Publisher {
@@ -236,8 +252,22 @@ impl Publisher {
             .entry(poll.device.clone())
             .or_insert_with(|| DeviceHealth::new(&poll.device));
         h.last_latency_ms = Some(poll.latency.as_millis() as u64);
-        if poll.result.any_good() {
+        let good = poll.result.any_good();
+        if good {
             h.last_success = Some(poll.polled_at);
+        }
+        if poll.overrun {
+            h.cycle_overruns += 1;
+            tracing::warn!(device = %poll.device, "poll started a whole interval late: the bus cannot keep up");
+        }
+        if let Some(c) = self.metrics.devices.get(&poll.device) {
+            c.polls.fetch_add(1, Relaxed);
+            c.failed_polls.fetch_add(u64::from(!good), Relaxed);
+            c.requests.fetch_add(u64::from(poll.requests), Relaxed);
+            c.registers.fetch_add(u64::from(poll.registers), Relaxed);
+            c.overruns.fetch_add(u64::from(poll.overrun), Relaxed);
+            c.poll_micros
+                .fetch_add(poll.latency.as_micros() as u64, Relaxed);
         }
         match &poll.result.error {
             Some(err) => {
@@ -258,6 +288,10 @@ impl Publisher {
         if poll.result.readings.is_empty() {
             return Ok(());
         }
+        self.metrics.batches_published.fetch_add(1, Relaxed);
+        self.metrics
+            .readings_published
+            .fetch_add(poll.result.readings.len() as u64, Relaxed);
         let batch = Batch {
             v: PROTOCOL_VERSION,
             site: self.site.clone(),

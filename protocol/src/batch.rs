@@ -51,8 +51,13 @@ pub struct Reading {
     pub quantity: String,
     /// Unit of `value`: `°C`, `%RH`, `%LFL`, `V`, `A`, `Hz`, or empty for states.
     pub unit: String,
-    /// The value; absent when `quality` is bad.
+    /// The value; absent when `quality` is bad or the point is text.
     pub value: Option<f64>,
+    /// A state name or text: an enumeration's meaning (`on_battery` for
+    /// UPS-MIB upsOutputSource 5, alongside `value` 5) or an ASCII string
+    /// register (then without `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Event time: when the value was read, ms since the Unix epoch (UTC).
     pub ts: i64,
     pub quality: Quality,
@@ -185,9 +190,18 @@ impl Batch {
                     r.ts
                 ));
             }
+            if let Some(t) = &r.text {
+                if t.len() > MAX_TEXT_LEN || t.chars().any(char::is_control) {
+                    return invalid(format!(
+                        "readings[{i}].text is too long or has control characters"
+                    ));
+                }
+            }
             match (&r.quality, r.value) {
-                (Quality::Good, None) => {
-                    return invalid(format!("readings[{i}] is good but has no value"));
+                (Quality::Good, None) if r.text.is_none() => {
+                    return invalid(format!(
+                        "readings[{i}] is good but has neither value nor text"
+                    ));
                 }
                 (_, Some(v)) if !v.is_finite() => {
                     return invalid(format!("readings[{i}].value is not finite"));
@@ -233,6 +247,7 @@ mod tests {
                     quantity: "temperature".into(),
                     unit: "°C".into(),
                     value: Some(23.5),
+                    text: None,
                     ts: NOW,
                     quality: Quality::Good,
                 },
@@ -243,6 +258,7 @@ mod tests {
                     quantity: "humidity".into(),
                     unit: "%RH".into(),
                     value: None,
+                    text: None,
                     ts: NOW,
                     quality: Quality::Bad("timeout after 1s".into()),
                 },

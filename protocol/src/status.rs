@@ -25,6 +25,10 @@ pub struct DeviceHealth {
     pub last_error: Option<String>,
     /// Duration of the last poll in milliseconds.
     pub last_latency_ms: Option<u64>,
+    /// Polls that started a whole interval late: the bus cannot keep up with
+    /// the configured rates (slow device, long pauses, too many points).
+    #[serde(default)]
+    pub cycle_overruns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

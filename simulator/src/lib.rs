@@ -7,9 +7,11 @@ pub mod control;
 pub mod modbus;
 pub mod model;
 pub mod registers;
+pub mod snmp;
 
 use model::{sample, Noise, Scenario, SiteValues};
-use registers::Site;
+use registers::{Site, Tables};
+use snmp::Mib;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ pub const TICK: Duration = Duration::from_millis(200);
 pub struct Simulator {
     state: Mutex<SimState>,
     site: Arc<RwLock<Site>>,
+    ups: Arc<RwLock<Mib>>,
+    pdu: Arc<RwLock<Mib>>,
     /// Simulated seconds per real second, to run long drills quickly.
     speed: f64,
 }
@@ -30,21 +34,29 @@ struct SimState {
     since: Instant,
     noise: Noise,
     values: SiteValues,
+    /// Energy register of the meters, integrated from power at each tick.
+    import_kwh: f64,
+    last_tick: Instant,
 }
 
 impl Simulator {
     pub fn new(scenario: Scenario, seed: u64, speed: f64) -> Arc<Self> {
         let mut noise = Noise::new(seed);
-        let values = sample(scenario, 0.0, &mut noise);
-        let site = Arc::new(RwLock::new(registers::encode(&values)));
+        let mut values = sample(scenario, 0.0, &mut noise);
+        let import_kwh = 125_000.0;
+        values.import_kwh = import_kwh;
         Arc::new(Simulator {
+            site: Arc::new(RwLock::new(registers::encode(&values))),
+            ups: Arc::new(RwLock::new(snmp::ups_mib(&values, 0.0))),
+            pdu: Arc::new(RwLock::new(snmp::pdu_mib(&values))),
             state: Mutex::new(SimState {
                 scenario,
                 since: Instant::now(),
                 noise,
                 values,
+                import_kwh,
+                last_tick: Instant::now(),
             }),
-            site,
             speed,
         })
     }
@@ -52,6 +64,16 @@ impl Simulator {
     /// The register tables, for the Modbus server.
     pub fn site(&self) -> Arc<RwLock<Site>> {
         Arc::clone(&self.site)
+    }
+
+    /// The UPS-MIB the simulated UPS answers from.
+    pub fn ups_mib(&self) -> Arc<RwLock<Mib>> {
+        Arc::clone(&self.ups)
+    }
+
+    /// The PowerNet-MIB the simulated PDU answers from.
+    pub fn pdu_mib(&self) -> Arc<RwLock<Mib>> {
+        Arc::clone(&self.pdu)
     }
 
     pub fn scenario(&self) -> (Scenario, Duration) {
@@ -75,18 +97,46 @@ impl Simulator {
 
     /// Advances the sensors to now.
     pub fn tick(&self) {
-        let values = {
+        let (values, on_battery_s) = {
             let mut st = self.lock();
             let t = st.since.elapsed().as_secs_f64() * self.speed;
             let scenario = st.scenario;
-            st.values = sample(scenario, t, &mut st.noise);
-            st.values.clone()
+            let mut v = sample(scenario, t, &mut st.noise);
+            let hours = st.last_tick.elapsed().as_secs_f64() * self.speed / 3600.0;
+            st.last_tick = Instant::now();
+            st.import_kwh += v.active_power_kw * hours;
+            v.import_kwh = st.import_kwh;
+            st.values = v.clone();
+            (
+                v,
+                if scenario == Scenario::MainsFailure {
+                    t
+                } else {
+                    0.0
+                },
+            )
         };
-        let tables = registers::encode(&values);
-        *self.site.write().unwrap_or_else(|p| p.into_inner()) = tables;
+        *self.site.write().unwrap_or_else(|p| p.into_inner()) = registers::encode(&values);
+        *self.ups.write().unwrap_or_else(|p| p.into_inner()) = snmp::ups_mib(&values, on_battery_s);
+        *self.pdu.write().unwrap_or_else(|p| p.into_inner()) = snmp::pdu_mib(&values);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A benchmark device: `registers` holding registers whose values change on
+/// every tick, as unit 1.
+pub fn bench_site(registers: u16, tick: u64) -> Site {
+    let regs = (0..registers)
+        .map(|i| (tick as u16).wrapping_add(i))
+        .collect();
+    Site::from([(
+        1,
+        Tables {
+            holding_registers: regs,
+            ..Tables::default()
+        },
+    )])
 }

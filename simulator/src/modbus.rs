@@ -17,37 +17,57 @@ const MAX_READ_BITS: u16 = 2000;
 #[derive(Clone)]
 pub struct SiteService {
     site: Arc<RwLock<Site>>,
+    /// On a serial line an absent unit is silent; a TCP gateway answers 0x0B.
+    gateway: bool,
 }
 
 impl SiteService {
-    pub fn new(site: Arc<RwLock<Site>>) -> Self {
-        SiteService { site }
+    /// A TCP gateway in front of the devices.
+    pub fn gateway(site: Arc<RwLock<Site>>) -> Self {
+        SiteService {
+            site,
+            gateway: true,
+        }
     }
 
-    fn answer(&self, req: &SlaveRequest<'_>) -> Result<Response, ExceptionCode> {
+    /// Devices on a serial line.
+    pub fn serial_line(site: Arc<RwLock<Site>>) -> Self {
+        SiteService {
+            site,
+            gateway: false,
+        }
+    }
+
+    fn answer(&self, req: &SlaveRequest<'_>) -> Result<Option<Response>, ExceptionCode> {
         let site = self
             .site
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
-        // A gateway whose target does not exist answers with exception 0x0B.
-        let tables: &Tables = site
-            .get(&req.slave)
-            .ok_or(ExceptionCode::GatewayTargetDevice)?;
-        match req.request {
-            Request::ReadCoils(addr, qty) => {
-                bits(&tables.coils, addr, qty).map(Response::ReadCoils)
-            }
-            Request::ReadDiscreteInputs(addr, qty) => {
-                bits(&tables.discrete_inputs, addr, qty).map(Response::ReadDiscreteInputs)
-            }
-            Request::ReadInputRegisters(addr, qty) => {
-                words(&tables.input_registers, addr, qty).map(Response::ReadInputRegisters)
-            }
-            Request::ReadHoldingRegisters(addr, qty) => {
-                words(&tables.holding_registers, addr, qty).map(Response::ReadHoldingRegisters)
-            }
-            _ => Err(ExceptionCode::IllegalFunction),
+        let Some(tables) = site.get(&req.slave) else {
+            // A gateway whose target does not exist answers with exception 0x0B.
+            return if self.gateway {
+                Err(ExceptionCode::GatewayTargetDevice)
+            } else {
+                Ok(None)
+            };
+        };
+        read(tables, req).map(Some)
+    }
+}
+
+fn read(tables: &Tables, req: &SlaveRequest<'_>) -> Result<Response, ExceptionCode> {
+    match req.request {
+        Request::ReadCoils(addr, qty) => bits(&tables.coils, addr, qty).map(Response::ReadCoils),
+        Request::ReadDiscreteInputs(addr, qty) => {
+            bits(&tables.discrete_inputs, addr, qty).map(Response::ReadDiscreteInputs)
         }
+        Request::ReadInputRegisters(addr, qty) => {
+            words(&tables.input_registers, addr, qty).map(Response::ReadInputRegisters)
+        }
+        Request::ReadHoldingRegisters(addr, qty) => {
+            words(&tables.holding_registers, addr, qty).map(Response::ReadHoldingRegisters)
+        }
+        _ => Err(ExceptionCode::IllegalFunction),
     }
 }
 
@@ -73,13 +93,20 @@ fn words(table: &[u16], addr: u16, qty: u16) -> Result<Vec<u16>, ExceptionCode> 
 
 impl tokio_modbus::server::Service for SiteService {
     type Request = SlaveRequest<'static>;
-    type Response = Response;
+    type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = Ready<Result<Response, ExceptionCode>>;
+    type Future = Ready<Result<Option<Response>, ExceptionCode>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
         ready(self.answer(&req))
     }
+}
+
+/// Serves Modbus RTU on a serial port (a pseudo-terminal in tests) until
+/// the task is dropped.
+pub async fn serve_rtu(path: &str, baud: u32, service: SiteService) -> std::io::Result<()> {
+    let server = tokio_modbus::server::rtu::Server::new_from_path(path, baud)?;
+    server.serve_forever(service).await
 }
 
 /// Serves Modbus TCP on `listener` until the task is dropped.

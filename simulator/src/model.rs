@@ -91,6 +91,8 @@ pub struct SiteValues {
     pub phase_a: [f64; 3],
     pub frequency_hz: f64,
     pub active_power_kw: f64,
+    /// Energy meter register; accumulated by the simulator, not by `sample`.
+    pub import_kwh: f64,
     pub breaker_closed: bool,
     pub spd_failed: bool,
     // battery room
@@ -215,6 +217,7 @@ fn baseline(n: &mut Noise) -> SiteValues {
         phase_a,
         frequency_hz: 50.0 + n.jitter(0.03),
         active_power_kw,
+        import_kwh: 0.0,
         breaker_closed: true,
         spd_failed: false,
         battery_room_temp_c: 24.5 + n.jitter(0.2),

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 /// Unit ids of the simulated devices behind the one Modbus TCP gateway.
 pub mod unit {
-    /// Machine room, cold-aisle inlet temperature/humidity (×10 int16 input registers).
+    /// Machine room, cold-aisle inlet temperature/humidity (XY-MD02 style:
+    /// input register 1 int16 ×10 °C, 2 uint16 ×10 %RH).
     pub const MR_TH_INLET: u8 = 1;
     /// Machine room, hot-aisle temperature/humidity.
     pub const MR_TH_HOT: u8 = 2;
@@ -17,7 +18,8 @@ pub mod unit {
     pub const MR_SMOKE_2: u8 = 5;
     /// Machine room water-leak rope (discrete input 0).
     pub const MR_LEAK: u8 = 4;
-    /// Distribution room three-phase meter, float32 ABCD (big-endian words).
+    /// Distribution room three-phase meter, Eastron SDM630 layout (input
+    /// registers, float32 ABCD: high word first).
     pub const PD_METER_ABCD: u8 = 10;
     /// The same meter model with CDAB word order (low word first), as many meters ship.
     pub const PD_METER_CDAB: u8 = 11;
@@ -65,7 +67,7 @@ fn f32_cdab(v: f64) -> [u16; 2] {
 
 fn th_sensor(temp: f64, rh: f64) -> Tables {
     Tables {
-        input_registers: vec![x10_i16(temp), x10_u16(rh)],
+        input_registers: vec![0, x10_i16(temp), x10_u16(rh)],
         ..Tables::default()
     }
 }
@@ -79,20 +81,20 @@ fn smoke_head(alarm: bool) -> Tables {
     }
 }
 
-/// Meter layout (holding registers, 2 each): 0 Ua, 2 Ub, 4 Uc, 6 Ia, 8 Ib,
-/// 10 Ic, 12 frequency, 14 total active power kW.
+/// Meter layout (SDM630 input registers, float32, 2 registers each): 0 V1,
+/// 2 V2, 4 V3, 6 I1, 8 I2, 10 I3, 52 total system power (W), 70 frequency,
+/// 72 total import energy (kWh). Registers not listed read 0.
 fn meter(v: &SiteValues, enc: fn(f64) -> [u16; 2]) -> Tables {
-    let mut regs = Vec::with_capacity(16);
-    for x in v
-        .phase_v
-        .iter()
-        .chain(v.phase_a.iter())
-        .chain([v.frequency_hz, v.active_power_kw].iter())
-    {
-        regs.extend_from_slice(&enc(*x));
+    let mut regs = vec![0u16; 74];
+    let mut put = |addr: usize, x: f64| regs[addr..addr + 2].copy_from_slice(&enc(x));
+    for (i, x) in v.phase_v.iter().chain(v.phase_a.iter()).enumerate() {
+        put(i * 2, *x);
     }
+    put(52, v.active_power_kw * 1000.0);
+    put(70, v.frequency_hz);
+    put(72, v.import_kwh);
     Tables {
-        holding_registers: regs,
+        input_registers: regs,
         ..Tables::default()
     }
 }
@@ -179,7 +181,7 @@ mod tests {
     #[test]
     fn every_device_has_its_registers() {
         let site = encode(&sample(Scenario::Normal, 0.0, &mut Noise::new(1)));
-        assert_eq!(site[&unit::PD_METER_ABCD].holding_registers.len(), 16);
+        assert_eq!(site[&unit::PD_METER_ABCD].input_registers.len(), 74);
         assert_eq!(site[&unit::BR_BMS].holding_registers.len(), 18);
         assert_eq!(site.len(), 11);
     }

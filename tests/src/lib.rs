@@ -137,6 +137,35 @@ impl Proc {
         }
     }
 
+    /// Waits for a stdout line containing `needle` (for programs that do not
+    /// print a ready line of ours).
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status}:\n{}", self.name, self.log_tail());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} did not print {needle:?} within {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+            }
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -289,11 +318,25 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// The demo agent config pointed at a simulator and a broker of this test.
-pub fn demo_agent_config(modbus: &str, broker_url: &str, state_dir: &Path) -> Result<String> {
+/// The simulator's addresses, from its ready line.
+#[derive(Debug, Clone)]
+pub struct SimAddrs {
+    pub modbus: String,
+    pub control: String,
+    pub snmp_ups: String,
+    pub snmp_pdu: String,
+    pub bench: Vec<String>,
+}
+
+/// The demo agent config pointed at a simulator and a broker of this test,
+/// with its metrics on a free port.
+pub fn demo_agent_config(sim: &SimAddrs, broker_url: &str, state_dir: &Path) -> Result<String> {
     let text = std::fs::read_to_string(repo_root().join("configs/demo/agent.toml"))?;
     let text = text
-        .replace("127.0.0.1:5020", modbus)
+        .replace("127.0.0.1:5020", &sim.modbus)
+        .replace("127.0.0.1:1161", &sim.snmp_ups)
+        .replace("127.0.0.1:1162", &sim.snmp_pdu)
+        .replace("127.0.0.1:9102", "127.0.0.1:0")
         .replace("mqtt://127.0.0.1:11883", broker_url)
         .replace(
             "\"var/demo/agent\"",
@@ -302,22 +345,43 @@ pub fn demo_agent_config(modbus: &str, broker_url: &str, state_dir: &Path) -> Re
     Ok(text)
 }
 
-/// The simulator on free ports; returns it with its Modbus and control addresses.
-pub fn start_simulator(dir: &Path, extra: &[&str]) -> Result<(Proc, String, String)> {
+/// The simulator with every listener on a free port.
+pub fn start_simulator(dir: &Path, extra: &[&str]) -> Result<(Proc, SimAddrs)> {
     let mut cmd = Command::new(workspace_bin("roomguard-sim"));
-    cmd.args(["--modbus", "127.0.0.1:0", "--control", "127.0.0.1:0"])
-        .args(extra);
+    cmd.args([
+        "--modbus",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        "--snmp-ups",
+        "127.0.0.1:0",
+        "--snmp-pdu",
+        "127.0.0.1:0",
+    ])
+    .args(extra);
     let mut sim = Proc::spawn("simulator", cmd, dir)?;
     let ready = sim.wait_ready(Duration::from_secs(20))?;
-    let modbus = ready["modbus"]
-        .as_str()
-        .context("modbus address")?
-        .to_owned();
-    let control = ready["control"]
-        .as_str()
-        .context("control address")?
-        .to_owned();
-    Ok((sim, modbus, control))
+    let field = |k: &str| -> Result<String> {
+        Ok(ready[k]
+            .as_str()
+            .with_context(|| format!("{k} address"))?
+            .to_owned())
+    };
+    let addrs = SimAddrs {
+        modbus: field("modbus")?,
+        control: field("control")?,
+        snmp_ups: field("snmp_ups")?,
+        snmp_pdu: field("snmp_pdu")?,
+        bench: ready["bench"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    Ok((sim, addrs))
 }
 
 /// A collector with its store in `dir`, using `broker_url` or, when `None`,

@@ -26,9 +26,10 @@ async fn simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_sh
         return Ok(());
     };
     // Double speed keeps the drill short without changing its shape.
-    let (_sim, modbus, control) = start_simulator(dir.path(), &["--speed", "2"])?;
+    let (_sim, sim) = start_simulator(dir.path(), &["--speed", "2"])?;
+    let control = sim.control.clone();
     let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let agent_conf = demo_agent_config(&modbus, &broker.url(), &dir.path().join("agent-state"))?;
+    let agent_conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
     let client = reqwest::Client::new();
 
@@ -119,15 +120,41 @@ async fn simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_sh
     }
     let rises = seen.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(rises >= 3, "H2 did not rise steadily: {seen:?}");
+
+    // Mains failure: the meter sees no voltage and the UPS (over SNMP) goes on battery.
+    let res = client
+        .post(format!("http://{control}/scenario/mains_failure"))
+        .send()
+        .await?;
+    assert!(res.status().is_success());
+    eventually(PATIENCE, "UPS on battery over SNMP", || async {
+        let p = latest_point(&client, &http, "ups-1.output_source").await?;
+        (p["text"] == "on_battery" && p["value"] == 5.0).then_some(())
+    })
+    .await?;
+    let volts = eventually(PATIENCE, "meter voltage to drop", || async {
+        let v = latest_point(&client, &http, "pd-meter-1.voltage_a")
+            .await
+            .as_ref()
+            .and_then(value)?;
+        (v < 1.0).then_some(v)
+    })
+    .await?;
+    assert_eq!(volts, 0.0);
+    // The PDU's outlet table is walked with its index in the point ids.
+    let name = latest_point(&client, &http, "pdu-1.outlet.8.name")
+        .await
+        .context("outlet 8")?;
+    assert_eq!(name["text"], "rack A1 outlet 8");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedded_broker_carries_readings_with_nothing_else_installed() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (_sim, modbus, _control) = start_simulator(dir.path(), &[])?;
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
-    let agent_conf = demo_agent_config(&modbus, &mqtt, &dir.path().join("agent-state"))?;
+    let agent_conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
     let client = reqwest::Client::new();
 
@@ -330,10 +357,10 @@ async fn an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will() -> 
     let Some(broker) = Mosquitto::start(dir.path())? else {
         return Ok(());
     };
-    let (_sim, modbus, _control) = start_simulator(dir.path(), &[])?;
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
     // A short keep-alive so the broker notices the dead agent within seconds.
-    let agent_conf = demo_agent_config(&modbus, &broker.url(), &dir.path().join("agent-state"))?
+    let agent_conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?
         .replace(
             "status_interval = \"5s\"",
             "status_interval = \"1s\"\nkeep_alive = \"2s\"",
@@ -372,7 +399,7 @@ async fn an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will() -> 
     .await?;
     assert_eq!(
         online["devices"].as_array().map(Vec::len),
-        Some(11),
+        Some(13),
         "{online}"
     );
 

@@ -118,6 +118,8 @@ struct LatestJson {
     /// Event time, RFC 3339 (UTC).
     ts: String,
     value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
     quality: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -137,6 +139,7 @@ impl From<LatestRow> for LatestJson {
             quantity: r.quantity,
             unit: r.unit,
             value: r.value,
+            text: r.text,
         }
     }
 }

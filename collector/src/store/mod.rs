@@ -48,6 +48,8 @@ pub struct LatestRow {
     pub unit: String,
     pub ts: i64,
     pub value: Option<f64>,
+    /// State name or text, for enumerations and string points.
+    pub text: Option<String>,
     pub bad: Option<String>,
 }
 

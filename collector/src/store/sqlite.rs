@@ -12,6 +12,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Bumped whenever the schema changes; checked at open.
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS points (
     id          INTEGER PRIMARY KEY,
@@ -26,6 +29,7 @@ CREATE TABLE IF NOT EXISTS points (
     last_seen   INTEGER NOT NULL,
     last_ts     INTEGER,
     last_value  REAL,
+    last_text   TEXT,
     last_bad    TEXT,
     UNIQUE (site, point)
 );
@@ -33,6 +37,7 @@ CREATE TABLE IF NOT EXISTS samples (
     point_id INTEGER NOT NULL,
     ts       INTEGER NOT NULL,
     value    REAL,
+    text     TEXT,
     bad      TEXT,
     PRIMARY KEY (point_id, ts)
 ) WITHOUT ROWID;
@@ -55,6 +60,14 @@ struct PointMeta {
     device: String,
     quantity: String,
     unit: String,
+}
+
+/// A point's newest reading within one transaction.
+struct Latest {
+    ts: i64,
+    value: Option<f64>,
+    text: Option<String>,
+    bad: Option<String>,
 }
 
 /// The single writer. Owns its connection; not shared between threads.
@@ -97,7 +110,32 @@ impl SqliteWriter {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         apply_pragmas(&conn).map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(open_err)?;
+        match (version, tables) {
+            (SCHEMA_VERSION, _) => {}
+            (0, 0) => {
+                conn.execute_batch(SCHEMA).map_err(open_err)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+            }
+            (v, _) => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    message: format!(
+                        "the file has store schema version {v}; this build reads version {SCHEMA_VERSION}. \
+                         Keep the old file elsewhere and start with a new one."
+                    ),
+                })
+            }
+        }
         Ok(SqliteWriter {
             conn,
             points: HashMap::new(),
@@ -113,10 +151,10 @@ impl SqliteWriter {
         let tx = self.conn.transaction()?;
         let mut stats = WriteStats::default();
         // Newest reading per point in this transaction, applied once at the end.
-        let mut newest: HashMap<i64, (i64, Option<f64>, Option<String>)> = HashMap::new();
+        let mut newest: HashMap<i64, Latest> = HashMap::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO samples (point_id, ts, value, bad) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO samples (point_id, ts, value, text, bad) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for batch in batches {
                 for r in &batch.readings {
@@ -125,28 +163,37 @@ impl SqliteWriter {
                         Quality::Good => None,
                         Quality::Bad(reason) => Some(reason.clone()),
                     };
-                    let value = if bad.is_none() { r.value } else { None };
-                    let inserted = insert.execute(params![id, r.ts, value, bad])?;
+                    let (value, text) = if bad.is_none() {
+                        (r.value, r.text.clone())
+                    } else {
+                        (None, None)
+                    };
+                    let inserted = insert.execute(params![id, r.ts, value, text, bad])?;
                     if inserted == 0 {
                         stats.duplicates += 1;
                     } else {
                         stats.readings += 1;
                     }
-                    match newest.get(&id) {
-                        Some((ts, _, _)) if *ts > r.ts => {}
-                        _ => {
-                            newest.insert(id, (r.ts, value, bad));
-                        }
+                    if newest.get(&id).is_none_or(|l| l.ts <= r.ts) {
+                        newest.insert(
+                            id,
+                            Latest {
+                                ts: r.ts,
+                                value,
+                                text,
+                                bad,
+                            },
+                        );
                     }
                 }
                 stats.batches += 1;
             }
             let mut latest = tx.prepare_cached(
-                "UPDATE points SET last_ts = ?2, last_value = ?3, last_bad = ?4, last_seen = ?5
+                "UPDATE points SET last_ts = ?2, last_value = ?3, last_text = ?4, last_bad = ?5, last_seen = ?6
                  WHERE id = ?1 AND (last_ts IS NULL OR last_ts <= ?2)",
             )?;
-            for (id, (ts, value, bad)) in &newest {
-                latest.execute(params![id, ts, value, bad, now_ms])?;
+            for (id, l) in &newest {
+                latest.execute(params![id, l.ts, l.value, l.text, l.bad, now_ms])?;
             }
         }
         tx.commit()?;
@@ -234,7 +281,7 @@ impl SqliteReader {
         room: Option<&str>,
     ) -> Result<Vec<LatestRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT site, point, agent, room, device, quantity, unit, last_ts, last_value, last_bad
+            "SELECT site, point, agent, room, device, quantity, unit, last_ts, last_value, last_bad, last_text
              FROM points
              WHERE last_ts IS NOT NULL AND (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2)
              ORDER BY site, room, device, point",
@@ -251,6 +298,7 @@ impl SqliteReader {
                 ts: row.get(7)?,
                 value: row.get(8)?,
                 bad: row.get(9)?,
+                text: row.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -306,6 +354,7 @@ mod tests {
                     quantity: "temperature".into(),
                     unit: "°C".into(),
                     value: Some(value),
+                    text: None,
                     ts,
                     quality: Quality::Good,
                 },
@@ -316,6 +365,7 @@ mod tests {
                     quantity: "humidity".into(),
                     unit: "%RH".into(),
                     value: None,
+                    text: None,
                     ts,
                     quality: Quality::Bad("timeout".into()),
                 },

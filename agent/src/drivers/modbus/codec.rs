@@ -4,12 +4,21 @@
 use super::config::{DataType, ModbusPoint, WordOrder};
 use thiserror::Error;
 
+/// A decoded point: a number, or text for string points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Number(f64),
+    Text(String),
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("needs {needed} registers, the reply held {got}")]
     Short { needed: usize, got: usize },
     #[error("value is not a finite number")]
     NotFinite,
+    #[error("text is not printable ASCII")]
+    NotAscii,
 }
 
 /// Puts the bytes of `regs` (big-endian on the wire) into big-endian order
@@ -28,9 +37,35 @@ fn ordered_bytes(regs: &[u16], order: WordOrder) -> Vec<u8> {
 }
 
 /// Decodes the registers of a register-table point (its `width()` registers
-/// starting at its address) into a scaled value.
+/// starting at its address): a scaled number, or text.
+pub fn decode(point: &ModbusPoint, regs: &[u16]) -> Result<Decoded, DecodeError> {
+    if point.data_type == DataType::String {
+        let needed = usize::from(point.width());
+        if regs.len() < needed {
+            return Err(DecodeError::Short {
+                needed,
+                got: regs.len(),
+            });
+        }
+        return decode_text(&ordered_bytes(&regs[..needed], point.order)).map(Decoded::Text);
+    }
+    decode_registers(point, regs).map(Decoded::Number)
+}
+
+/// ASCII text, NUL-padded or space-padded on the right, as devices store
+/// model names and serial numbers.
+fn decode_text(bytes: &[u8]) -> Result<String, DecodeError> {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    let bytes = &bytes[..end];
+    if bytes.iter().any(|b| !(0x20..0x7F).contains(b)) {
+        return Err(DecodeError::NotAscii);
+    }
+    Ok(String::from_utf8_lossy(bytes).trim_end().to_owned())
+}
+
+/// Decodes a numeric register point into a scaled value.
 pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Result<f64, DecodeError> {
-    let needed = usize::from(point.data_type.width());
+    let needed = usize::from(point.width());
     if regs.len() < needed {
         return Err(DecodeError::Short {
             needed,
@@ -45,10 +80,11 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Result<f64, Decode
         DataType::Uint16 => f64::from(u16::from_be_bytes([b[0], b[1]])),
         DataType::Int32 => f64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
         DataType::Uint32 => f64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        DataType::Float32 => f64::from(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+        DataType::Float32 => shortest(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
         DataType::Int64 => i64::from_be_bytes(eight(&b)) as f64,
         DataType::Uint64 => u64::from_be_bytes(eight(&b)) as f64,
         DataType::Float64 => f64::from_be_bytes(eight(&b)),
+        DataType::String => return Err(DecodeError::NotFinite),
     };
     let value = scaled(raw, point.scale) + point.offset;
     if value.is_finite() {
@@ -56,6 +92,15 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Result<f64, Decode
     } else {
         Err(DecodeError::NotFinite)
     }
+}
+
+/// The f64 nearest the f32's shortest decimal form: 230.1f32 becomes 230.1,
+/// not 230.10000610351562, which is what a person reading the meter expects.
+fn shortest(x: f32) -> f64 {
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// `raw × scale`, dividing instead when the scale is 1/n (0.1, 0.01, …): 252 ×
@@ -95,10 +140,34 @@ mod tests {
             address: 0,
             data_type,
             bit: None,
+            length: None,
             order,
             scale: 1.0,
             offset: 0.0,
+            interval: None,
         }
+    }
+
+    #[test]
+    fn ascii_strings_are_trimmed_of_padding() {
+        let mut p = point(DataType::String, WordOrder::Abcd);
+        p.length = Some(4);
+        let regs = [
+            u16::from_be_bytes(*b"SD"),
+            u16::from_be_bytes(*b"M6"),
+            u16::from_be_bytes(*b"30"),
+            0,
+        ];
+        assert_eq!(decode(&p, &regs), Ok(Decoded::Text("SDM630".into())));
+        p.order = WordOrder::Badc; // byte-swapped words, as some devices store text
+        let swapped = [
+            u16::from_be_bytes(*b"DS"),
+            u16::from_be_bytes(*b"6M"),
+            u16::from_be_bytes(*b"03"),
+            0x2020,
+        ];
+        assert_eq!(decode(&p, &swapped), Ok(Decoded::Text("SDM630".into())));
+        assert_eq!(decode(&p, &[0xFFFF, 0, 0, 0]), Err(DecodeError::NotAscii));
     }
 
     #[test]

@@ -1,18 +1,19 @@
-//! Modbus driver: polls one device with the planned reads, every call under a
-//! timeout, and turns what comes back into readings. A failed read never
-//! becomes a value: its points become readings of bad quality naming why.
+//! Modbus driver. Devices share buses; each bus is polled by one task
+//! (`bus.rs`) that owns its connection and serializes requests. A failed read
+//! never becomes a value: its points become readings of bad quality naming why.
 
+pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod plan;
+pub mod transport;
 
-use self::config::{ModbusDevice, Table};
+use self::config::Table;
 use self::plan::ReadRequest;
-use crate::drivers::PollResult;
+use crate::config::ModbusSpec;
 use roomguard_protocol::{Quality, Reading};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::net::{lookup_host, TcpStream};
 use tokio::time::timeout;
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::{ExceptionCode, SlaveContext};
@@ -36,199 +37,146 @@ pub enum ModbusError {
 }
 
 impl ModbusError {
-    /// Whether the connection can no longer be trusted (tokio-modbus can read a
-    /// stale reply after a timeout, so the socket is replaced).
-    fn breaks_connection(&self) -> bool {
+    /// Whether the connection can no longer be trusted: after a timeout,
+    /// tokio-modbus could read the late reply as the answer to the next
+    /// request, and after a garbled or mismatched frame the stream is out of
+    /// step. Device exceptions are proper answers and keep the connection.
+    pub fn breaks_connection(&self) -> bool {
         !matches!(self, ModbusError::Device(_))
     }
 }
 
-/// One Modbus device and its open connection, if any.
-pub struct ModbusDriver {
-    cfg: ModbusDevice,
-    plan: Vec<ReadRequest>,
-    ctx: Option<Context>,
-}
-
-enum Data {
+/// The data one read returned.
+pub enum Data {
     Bits(Vec<bool>),
     Words(Vec<u16>),
+}
+
+impl Data {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Bits(b) => b.len(),
+            Data::Words(w) => w.len(),
+        }
+    }
 }
 
 fn exception_text(code: ExceptionCode) -> String {
     format!("{code:?} (0x{:02X})", u8::from(code))
 }
 
-impl ModbusDriver {
-    pub fn new(cfg: ModbusDevice) -> Self {
-        let plan = plan::plan(&cfg.points, cfg.max_gap);
-        ModbusDriver {
-            cfg,
-            plan,
-            ctx: None,
+/// Performs one planned read for `unit` under `to`.
+pub async fn read(
+    ctx: &mut Context,
+    unit: u8,
+    req: &ReadRequest,
+    to: Duration,
+) -> Result<Data, ModbusError> {
+    ctx.set_slave(Slave(unit));
+    let (start, count) = (req.start, req.count);
+    let outcome = timeout(to, async {
+        match req.table {
+            Table::Coil => ctx
+                .read_coils(start, count)
+                .await
+                .map(|r| r.map(Data::Bits)),
+            Table::DiscreteInput => ctx
+                .read_discrete_inputs(start, count)
+                .await
+                .map(|r| r.map(Data::Bits)),
+            Table::Input => ctx
+                .read_input_registers(start, count)
+                .await
+                .map(|r| r.map(Data::Words)),
+            Table::Holding => ctx
+                .read_holding_registers(start, count)
+                .await
+                .map(|r| r.map(Data::Words)),
         }
+    })
+    .await;
+    let data = match outcome {
+        Err(_) => return Err(ModbusError::Timeout(to)),
+        Ok(Err(e)) => return Err(ModbusError::Transport(e.to_string())),
+        Ok(Ok(Err(code))) => return Err(ModbusError::Device(exception_text(code))),
+        Ok(Ok(Ok(data))) => data,
+    };
+    // Bit replies are padded to whole bytes; fewer than asked is a broken reply.
+    if data.len() < usize::from(count) {
+        return Err(ModbusError::Transport(format!(
+            "reply held {} values, {count} were asked",
+            data.len()
+        )));
     }
+    Ok(data)
+}
 
-    pub fn id(&self) -> &str {
-        &self.cfg.id
-    }
-
-    /// Number of read requests one poll makes.
-    pub fn requests_per_poll(&self) -> usize {
-        self.plan.len()
-    }
-
-    /// Opens a connection. Takes no `&self`: the driver holds a `Context`,
-    /// which is not `Sync`, and a borrow of it across an await would make the
-    /// polling task un-sendable.
-    async fn connect(addr: &str, unit: u8, to: Duration) -> Result<Context, ModbusError> {
-        let addr = addr.to_owned();
-        let resolved = timeout(to, lookup_host(addr.as_str()))
-            .await
-            .map_err(|_| ModbusError::Timeout(to))?
-            .map_err(|_| ModbusError::Resolve(addr.clone()))?
-            .next()
-            .ok_or_else(|| ModbusError::Resolve(addr.clone()))?;
-        let stream = timeout(to, TcpStream::connect(resolved))
-            .await
-            .map_err(|_| ModbusError::Timeout(to))?
-            .map_err(|source| ModbusError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        // Small frames, each awaited: Nagle would only add latency.
-        let _ = stream.set_nodelay(true);
-        let mut ctx = tokio_modbus::client::tcp::attach(stream);
-        ctx.set_slave(Slave(unit));
-        Ok(ctx)
-    }
-
-    async fn read(&mut self, req: &ReadRequest) -> Result<Data, ModbusError> {
-        if self.ctx.is_none() {
-            let (addr, unit, to) = (self.cfg.address.clone(), self.cfg.unit, self.cfg.timeout);
-            self.ctx = Some(Self::connect(&addr, unit, to).await?);
-        }
-        let Some(ctx) = self.ctx.as_mut() else {
-            return Err(ModbusError::Transport("not connected".into()));
+/// Turns a read's data into readings for the request's points.
+pub fn decode(
+    spec: &ModbusSpec,
+    req: &ReadRequest,
+    data: &Data,
+    ts: i64,
+    out: &mut Vec<Reading>,
+    first_error: &mut Option<String>,
+) {
+    for &i in &req.points {
+        let p = &spec.points[i];
+        let offset = usize::from(p.address - req.start);
+        let value = match data {
+            Data::Bits(bits) => bits
+                .get(offset)
+                .map(|b| codec::Decoded::Number(codec::decode_bit(p, *b)))
+                .ok_or_else(|| format!("reply held {} bits, needed bit {offset}", bits.len())),
+            Data::Words(words) => words
+                .get(offset..)
+                .ok_or_else(|| format!("reply held {} registers", words.len()))
+                .and_then(|w| codec::decode(p, w).map_err(|e| e.to_string())),
         };
-        let to = self.cfg.timeout;
-        let (start, count) = (req.start, req.count);
-        let outcome = timeout(to, async {
-            match req.table {
-                Table::Coil => ctx
-                    .read_coils(start, count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                Table::DiscreteInput => ctx
-                    .read_discrete_inputs(start, count)
-                    .await
-                    .map(|r| r.map(Data::Bits)),
-                Table::Input => ctx
-                    .read_input_registers(start, count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
-                Table::Holding => ctx
-                    .read_holding_registers(start, count)
-                    .await
-                    .map(|r| r.map(Data::Words)),
+        out.push(match value {
+            Ok(codec::Decoded::Number(v)) => reading(spec, i, ts, Some(v), None, Quality::Good),
+            Ok(codec::Decoded::Text(t)) => reading(spec, i, ts, None, Some(t), Quality::Good),
+            Err(msg) => {
+                let msg = format!("decode: {msg}");
+                first_error.get_or_insert_with(|| msg.clone());
+                reading(spec, i, ts, None, None, Quality::Bad(msg))
             }
-        })
-        .await;
-        let result = match outcome {
-            Err(_) => Err(ModbusError::Timeout(to)),
-            Ok(Err(e)) => Err(ModbusError::Transport(e.to_string())),
-            Ok(Ok(Err(code))) => Err(ModbusError::Device(exception_text(code))),
-            Ok(Ok(Ok(data))) => Ok(data),
-        };
-        if let Err(e) = &result {
-            if e.breaks_connection() {
-                self.ctx = None;
-            }
-        }
-        result
+        });
     }
+}
 
-    /// Polls every point once.
-    pub async fn poll(&mut self, now_ms: impl Fn() -> i64) -> PollResult {
-        let mut readings = Vec::with_capacity(self.cfg.points.len());
-        let mut first_error: Option<String> = None;
-        let mut connection_failed: Option<String> = None;
-        let plan = std::mem::take(&mut self.plan);
-        for req in &plan {
-            // Once the connection is down this cycle, do not wait out a timeout
-            // per request: the rest of the device is reported with the same cause.
-            let result = match &connection_failed {
-                Some(msg) => Err(msg.clone()),
-                None => self.read(req).await.map_err(|e| {
-                    let msg = e.to_string();
-                    if e.breaks_connection() {
-                        connection_failed = Some(msg.clone());
-                    }
-                    msg
-                }),
-            };
-            let ts = now_ms();
-            match result {
-                Ok(data) => self.decode(req, &data, ts, &mut readings, &mut first_error),
-                Err(msg) => {
-                    first_error.get_or_insert_with(|| msg.clone());
-                    for &i in &req.points {
-                        readings.push(self.reading(i, ts, None, Quality::Bad(msg.clone())));
-                    }
-                }
-            }
-        }
-        self.plan = plan;
-        PollResult {
-            readings,
-            error: first_error,
-        }
-    }
-
-    fn decode(
-        &self,
-        req: &ReadRequest,
-        data: &Data,
-        ts: i64,
-        out: &mut Vec<Reading>,
-        first_error: &mut Option<String>,
-    ) {
-        for &i in &req.points {
-            let p = &self.cfg.points[i];
-            let offset = usize::from(p.address - req.start);
-            let value = match data {
-                Data::Bits(bits) => bits
-                    .get(offset)
-                    .map(|b| codec::decode_bit(p, *b))
-                    .ok_or_else(|| format!("reply held {} bits, needed bit {offset}", bits.len())),
-                Data::Words(words) => words
-                    .get(offset..)
-                    .ok_or_else(|| format!("reply held {} registers", words.len()))
-                    .and_then(|w| codec::decode_registers(p, w).map_err(|e| e.to_string())),
-            };
-            let reading = match value {
-                Ok(v) => self.reading(i, ts, Some(v), Quality::Good),
-                Err(msg) => {
-                    let msg = format!("decode: {msg}");
-                    first_error.get_or_insert_with(|| msg.clone());
-                    self.reading(i, ts, None, Quality::Bad(msg))
-                }
-            };
-            out.push(reading);
-        }
-    }
-
-    fn reading(&self, i: usize, ts: i64, value: Option<f64>, quality: Quality) -> Reading {
-        let p = &self.cfg.points[i];
-        Reading {
-            point: p.id.clone(),
-            room: p.room.clone().unwrap_or_else(|| self.cfg.room.clone()),
-            device: self.cfg.id.clone(),
-            quantity: p.quantity.clone(),
-            unit: p.unit.clone(),
-            value,
+/// Readings of bad quality for every point of `req`.
+pub fn fail(spec: &ModbusSpec, req: &ReadRequest, ts: i64, why: &str, out: &mut Vec<Reading>) {
+    for &i in &req.points {
+        out.push(reading(
+            spec,
+            i,
             ts,
-            quality,
-        }
+            None,
+            None,
+            Quality::Bad(why.to_owned()),
+        ));
+    }
+}
+
+fn reading(
+    spec: &ModbusSpec,
+    i: usize,
+    ts: i64,
+    value: Option<f64>,
+    text: Option<String>,
+    quality: Quality,
+) -> Reading {
+    let p = &spec.points[i];
+    Reading {
+        point: p.id.clone(),
+        room: p.room.clone().unwrap_or_else(|| spec.room.clone()),
+        device: spec.id.clone(),
+        quantity: p.quantity.clone(),
+        unit: p.unit.clone(),
+        value,
+        text,
+        ts,
+        quality,
     }
 }

@@ -30,17 +30,27 @@ impl ReadRequest {
     }
 }
 
-/// Plans the reads for `points`, spanning at most `max_gap` unused registers
-/// (or bits) inside one request.
+/// Plans the reads for all of `points`, spanning at most `max_gap` unused
+/// registers (or bits) inside one request.
 pub fn plan(points: &[ModbusPoint], max_gap: u16) -> Vec<ReadRequest> {
-    let mut order: Vec<usize> = (0..points.len()).collect();
-    order.sort_by_key(|&i| (points[i].table, points[i].address));
+    plan_subset(points, 0..points.len(), max_gap)
+}
+
+/// Plans the reads for the points at `subset` (one poll group); request
+/// point indices refer to `points`.
+pub fn plan_subset(
+    points: &[ModbusPoint],
+    subset: impl IntoIterator<Item = usize>,
+    max_gap: u16,
+) -> Vec<ReadRequest> {
+    let mut order: Vec<usize> = subset.into_iter().collect();
+    order.sort_by_key(|&i| (points[i].table, points[i].address, points[i].width()));
 
     let mut requests: Vec<ReadRequest> = Vec::new();
     for i in order {
         let p = &points[i];
         let start = u32::from(p.address);
-        let end = start + u32::from(p.data_type.width());
+        let end = start + u32::from(p.width());
         let limit = u32::from(if p.table.is_bits() {
             MAX_BITS
         } else {
@@ -81,9 +91,11 @@ mod tests {
             address,
             data_type,
             bit: (data_type == DataType::Bit).then_some(0),
+            length: None,
             order: WordOrder::Abcd,
             scale: 1.0,
             offset: 0.0,
+            interval: None,
         }
     }
 
@@ -127,6 +139,97 @@ mod tests {
             reqs.iter().map(|r| r.count).collect::<Vec<_>>(),
             vec![125, 75]
         );
+    }
+
+    /// The fewest requests for `points`, found independently of the greedy
+    /// planner by dynamic programming over every split of the sorted points.
+    fn minimum_requests(points: &[ModbusPoint], max_gap: u16) -> usize {
+        let mut tables: Vec<Table> = points.iter().map(|p| p.table).collect();
+        tables.sort();
+        tables.dedup();
+        tables
+            .into_iter()
+            .map(|t| {
+                let mut spans: Vec<(u32, u32, u32)> = points
+                    .iter()
+                    .filter(|p| p.table == t)
+                    .map(|p| {
+                        let limit = u32::from(if t.is_bits() { MAX_BITS } else { MAX_REGISTERS });
+                        (
+                            u32::from(p.address),
+                            u32::from(p.address) + u32::from(p.width()),
+                            limit,
+                        )
+                    })
+                    .collect();
+                spans.sort();
+                let n = spans.len();
+                let mut best = vec![usize::MAX; n + 1];
+                best[0] = 0;
+                for end in 1..=n {
+                    // spans[start..end] as one request?
+                    for start in (0..end).rev() {
+                        let mut hi = spans[start].1;
+                        let mut ok = true;
+                        for s in &spans[start + 1..end] {
+                            if s.0 > hi && s.0 - hi > u32::from(max_gap) {
+                                ok = false;
+                                break;
+                            }
+                            hi = hi.max(s.1);
+                        }
+                        if ok && hi - spans[start].0 <= spans[start].2 && best[start] != usize::MAX
+                        {
+                            best[end] = best[end].min(best[start] + 1);
+                        }
+                    }
+                }
+                best[n]
+            })
+            .sum()
+    }
+
+    fn arb_point() -> impl proptest::strategy::Strategy<Value = ModbusPoint> {
+        use proptest::prelude::*;
+        let types = prop_oneof![
+            Just(DataType::Uint16),
+            Just(DataType::Float32),
+            Just(DataType::Uint64),
+            Just(DataType::Bit),
+        ];
+        (0u8..3, 0u16..600, types).prop_map(|(t, address, data_type)| {
+            let table = [Table::Holding, Table::Input, Table::Coil][usize::from(t)];
+            let data_type = if table.is_bits() {
+                DataType::Bool
+            } else {
+                data_type
+            };
+            pt(table, address, data_type)
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_point_is_covered_once_within_limits_by_the_fewest_requests(
+            points in proptest::collection::vec(arb_point(), 1..120),
+            max_gap in 0u16..40,
+        ) {
+            let reqs = plan(&points, max_gap);
+            let mut seen = vec![0usize; points.len()];
+            for r in &reqs {
+                let limit = if r.table.is_bits() { MAX_BITS } else { MAX_REGISTERS };
+                proptest::prop_assert!(r.count >= 1 && r.count <= limit, "{r:?}");
+                for &i in &r.points {
+                    seen[i] += 1;
+                    let p = &points[i];
+                    proptest::prop_assert_eq!(p.table, r.table);
+                    proptest::prop_assert!(p.address >= r.start);
+                    proptest::prop_assert!(u32::from(p.address) + u32::from(p.width()) <= r.end());
+                }
+            }
+            proptest::prop_assert!(seen.iter().all(|&n| n == 1), "coverage {seen:?}");
+            proptest::prop_assert_eq!(reqs.len(), minimum_requests(&points, max_gap));
+        }
     }
 
     #[test]

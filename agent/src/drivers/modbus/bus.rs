@@ -1,0 +1,191 @@
+//! One task per bus: owns the connection, serializes requests with the
+//! configured pauses (and the RTU silent interval), and schedules each
+//! device's poll groups by their own intervals. A device that fails is
+//! retried with exponential backoff, so a dead unit costs its bus little;
+//! devices on other buses are never affected.
+
+use super::{decode, fail, read, transport, ModbusError};
+use crate::config::BusSpec;
+use crate::drivers::{Backoff, DevicePoll, PollResult};
+use crate::run::{jitter, now_ms};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tokio_modbus::client::Context;
+
+struct DeviceState {
+    /// Next due time per poll group.
+    due: Vec<Instant>,
+    failures: u32,
+    /// While set, the device is not polled (backoff after failures).
+    retry_at: Option<Instant>,
+}
+
+pub struct BusRunner {
+    spec: BusSpec,
+    ctx: Option<Context>,
+    /// When the last frame on the line ended, to keep the pause before the next.
+    last_frame: Option<Instant>,
+    states: Vec<DeviceState>,
+    backoff: Backoff,
+}
+
+impl BusRunner {
+    pub fn new(spec: BusSpec) -> BusRunner {
+        let now = Instant::now();
+        let states = spec
+            .devices
+            .iter()
+            .map(|d| DeviceState {
+                // Spread first polls over each interval so devices do not fire together.
+                due: d.groups.iter().map(|g| now + jitter(g.interval)).collect(),
+                failures: 0,
+                retry_at: None,
+            })
+            .collect();
+        BusRunner {
+            spec,
+            ctx: None,
+            last_frame: None,
+            states,
+            backoff: Backoff {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// The pause kept between frames on this bus.
+    fn gap(&self) -> Duration {
+        self.spec.bus.request_pause.max(self.spec.bus.frame_gap())
+    }
+
+    /// The (device, group) to poll next and when.
+    fn next_job(&self) -> Option<(usize, usize, Instant)> {
+        let mut best: Option<(usize, usize, Instant)> = None;
+        for (d, st) in self.states.iter().enumerate() {
+            for (g, due) in st.due.iter().enumerate() {
+                let at = st.retry_at.map_or(*due, |r| r.max(*due));
+                if best.is_none_or(|(_, _, b)| at < b) {
+                    best = Some((d, g, at));
+                }
+            }
+        }
+        best
+    }
+
+    pub async fn run(mut self, tx: mpsc::Sender<DevicePoll>) {
+        while let Some((d, g, at)) = self.next_job() {
+            sleep_until(at.into()).await;
+            let interval = self.spec.devices[d].groups[g].interval;
+            let started = Instant::now();
+            // Late by a whole interval: the bus cannot keep up with its schedule.
+            let overrun = started.duration_since(self.states[d].due[g]) > interval;
+            let polled_at = now_ms();
+            let (result, requests, registers) = self.poll_group(d, g).await;
+            let latency = started.elapsed();
+
+            let st = &mut self.states[d];
+            let next = st.due[g] + interval;
+            st.due[g] = if next < Instant::now() {
+                Instant::now() + interval
+            } else {
+                next
+            };
+            if result.any_good() {
+                st.failures = 0;
+                st.retry_at = None;
+            } else {
+                st.failures += 1;
+                let wait = self.backoff.delay(
+                    st.failures,
+                    jitter(Duration::from_millis(1000)).as_secs_f64(),
+                );
+                st.retry_at = Some(Instant::now() + wait.max(interval));
+            }
+            let poll = DevicePoll {
+                device: self.spec.devices[d].id.clone(),
+                polled_at,
+                latency,
+                result,
+                overrun,
+                requests,
+                registers,
+            };
+            if tx.send(poll).await.is_err() {
+                return; // publisher gone: shutting down
+            }
+        }
+    }
+
+    async fn ensure_connected(&mut self, to: Duration) -> Result<(), ModbusError> {
+        if self.ctx.is_none() {
+            let ctx = transport::open(&self.spec.bus, to).await?;
+            if !self.spec.bus.connect_pause.is_zero() {
+                tokio::time::sleep(self.spec.bus.connect_pause).await;
+            }
+            self.ctx = Some(ctx);
+            self.last_frame = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Reads one poll group of one device.
+    async fn poll_group(&mut self, d: usize, g: usize) -> (PollResult, u32, u32) {
+        let dev = self.spec.devices[d].clone();
+        let group = &dev.groups[g];
+        let mut readings = Vec::new();
+        let mut first_error: Option<String> = None;
+        let mut broken: Option<String> = None;
+        let (mut requests, mut registers) = (0u32, 0u32);
+        for req in &group.requests {
+            let ts = now_ms();
+            if let Some(why) = &broken {
+                // The line is down: report the rest with the same cause rather
+                // than wait out a timeout per request.
+                fail(&dev, req, ts, why, &mut readings);
+                continue;
+            }
+            if let Err(e) = self.ensure_connected(dev.timeout).await {
+                let why = e.to_string();
+                first_error.get_or_insert_with(|| why.clone());
+                fail(&dev, req, ts, &why, &mut readings);
+                broken = Some(why);
+                continue;
+            }
+            if let Some(last) = self.last_frame {
+                sleep_until((last + self.gap()).into()).await;
+            }
+            let Some(ctx) = self.ctx.as_mut() else {
+                continue;
+            };
+            requests += 1;
+            let outcome = read(ctx, dev.unit, req, dev.timeout).await;
+            self.last_frame = Some(Instant::now());
+            let ts = now_ms();
+            match outcome {
+                Ok(data) => {
+                    registers += u32::from(req.count);
+                    decode(&dev, req, &data, ts, &mut readings, &mut first_error);
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    first_error.get_or_insert_with(|| why.clone());
+                    fail(&dev, req, ts, &why, &mut readings);
+                    if e.breaks_connection() {
+                        self.ctx = None;
+                        broken = Some(why);
+                    }
+                }
+            }
+        }
+        (
+            PollResult {
+                readings,
+                error: first_error,
+            },
+            requests,
+            registers,
+        )
+    }
+}

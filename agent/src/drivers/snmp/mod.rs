@@ -1,0 +1,533 @@
+//! SNMP driver (snmp2): v1, v2c and v3 (authNoPriv, authPriv). Scalars are
+//! fetched many OIDs per GET; tables are walked with GETBULK (GETNEXT on v1)
+//! and each row's index goes into the point id.
+//!
+//! snmp2 has no timeouts of its own and reads whatever datagram arrives next,
+//! so every call runs under a timeout, and after a timeout or a reply to some
+//! other request the session (its UDP socket) is replaced: a late reply then
+//! lands on a closed port instead of being taken for the next answer. Each
+//! device is polled by its own task, so a dead or slow agent delays no other.
+
+pub mod config;
+pub mod map;
+
+use self::config::{parse_oid, AuthProtocol, PrivProtocol, SnmpVersion, ValueKind};
+use self::map::{map_value, CounterSample, Mapping, SnmpValue};
+use crate::config::SnmpSpec;
+use crate::drivers::{Backoff, DevicePoll, PollResult};
+use crate::run::{jitter, now_ms};
+use roomguard_protocol::{Quality, Reading};
+use snmp2::{AsyncSession, Oid, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Most rows read from one table column: a guard against agents whose walk never ends.
+const MAX_ROWS: usize = 1024;
+
+#[derive(Debug, Error, Clone)]
+pub enum SnmpError {
+    #[error("no reply within {0:?} (agent down, wrong address, or wrong community)")]
+    Timeout(Duration),
+    #[error("cannot open a session to {0}: {1}")]
+    Session(String, String),
+    #[error("SNMPv3 authentication failed: wrong user, password or protocol ({0})")]
+    Auth(String),
+    #[error("agent answered {0}")]
+    Agent(String),
+    #[error("snmp: {0}")]
+    Protocol(String),
+}
+
+/// One SNMP device's poller: its session, credentials and counter history.
+pub struct SnmpPoller {
+    spec: SnmpSpec,
+    address: String,
+    community: Vec<u8>,
+    v3: Option<(
+        Vec<u8>,
+        Vec<u8>,
+        snmp2::v3::AuthProtocol,
+        Option<snmp2::v3::Cipher>,
+        Vec<u8>,
+    )>,
+    session: Option<Box<AsyncSession>>,
+    next_req_id: i32,
+    counters: HashMap<String, CounterSample>,
+    /// Requests sent in the current poll (for the agent's metrics).
+    requests: u32,
+}
+
+/// The standard SNMP error-status names (RFC 3416).
+fn error_status_name(code: u32) -> String {
+    const NAMES: [&str; 19] = [
+        "noError",
+        "tooBig",
+        "noSuchName",
+        "badValue",
+        "readOnly",
+        "genErr",
+        "noAccess",
+        "wrongType",
+        "wrongLength",
+        "wrongEncoding",
+        "wrongValue",
+        "noCreation",
+        "inconsistentValue",
+        "resourceUnavailable",
+        "commitFailed",
+        "undoFailed",
+        "authorizationError",
+        "notWritable",
+        "inconsistentName",
+    ];
+    NAMES
+        .get(code as usize)
+        .map_or_else(|| format!("error-status {code}"), |n| (*n).to_owned())
+}
+
+fn owned(v: &Value<'_>) -> SnmpValue {
+    match v {
+        Value::Integer(i) => SnmpValue::Integer(*i),
+        Value::Counter32(c) => SnmpValue::Counter32(*c),
+        Value::Counter64(c) => SnmpValue::Counter64(*c),
+        Value::Unsigned32(g) => SnmpValue::Gauge(*g),
+        Value::Timeticks(t) => SnmpValue::TimeTicks(*t),
+        Value::OctetString(b) => SnmpValue::OctetString(b.to_vec()),
+        Value::NoSuchObject => SnmpValue::Missing("noSuchObject"),
+        Value::NoSuchInstance => SnmpValue::Missing("noSuchInstance"),
+        Value::EndOfMibView => SnmpValue::Missing("endOfMibView"),
+        _ => SnmpValue::Missing("a value type RoomGuard does not read"),
+    }
+}
+
+fn oid_vec(oid: &Oid<'_>) -> Option<Vec<u64>> {
+    oid.iter().map(|it| it.collect())
+}
+
+fn classify(e: snmp2::Error) -> SnmpError {
+    match e {
+        snmp2::Error::AuthFailure(kind) => SnmpError::Auth(format!("{kind:?}")),
+        other => SnmpError::Protocol(format!("{other:?}")),
+    }
+}
+
+impl SnmpPoller {
+    /// Builds the poller; credentials were checked at config load.
+    pub fn new(spec: SnmpSpec) -> SnmpPoller {
+        let d = &spec.device;
+        let address = if d.address.contains(':')
+            && !d.address.starts_with('[')
+            && d.address.matches(':').count() == 1
+            || d.address.starts_with('[') && d.address.contains("]:")
+        {
+            d.address.clone()
+        } else {
+            format!("{}:161", d.address)
+        };
+        let community = d
+            .community
+            .resolve()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_bytes();
+        let v3 = d.v3.as_ref().map(|v| {
+            let auth = match v.auth_protocol {
+                AuthProtocol::Md5 => snmp2::v3::AuthProtocol::Md5,
+                AuthProtocol::Sha => snmp2::v3::AuthProtocol::Sha1,
+            };
+            let cipher = v.priv_protocol.map(|p| match p {
+                PrivProtocol::Des => snmp2::v3::Cipher::Des,
+                PrivProtocol::Aes => snmp2::v3::Cipher::Aes128,
+            });
+            (
+                v.user.clone().into_bytes(),
+                v.auth_password
+                    .resolve()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+                    .into_bytes(),
+                auth,
+                cipher,
+                v.priv_password
+                    .resolve()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+                    .into_bytes(),
+            )
+        });
+        SnmpPoller {
+            spec,
+            address,
+            community,
+            v3,
+            session: None,
+            next_req_id: (now_ms() & 0x3fff_ffff) as i32,
+            counters: HashMap::new(),
+            requests: 0,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.device.id
+    }
+
+    async fn open(&mut self) -> Result<Box<AsyncSession>, SnmpError> {
+        let to = self.spec.device.timeout;
+        let req_id = self.next_req_id;
+        self.next_req_id = self.next_req_id.wrapping_add(10_000) & 0x3fff_ffff;
+        let addr = self.address.clone();
+        let session_err = |e: std::io::Error| SnmpError::Session(addr.clone(), e.to_string());
+        let mut session = match (self.spec.device.version, &self.v3) {
+            (SnmpVersion::V1, _) => AsyncSession::new_v1(addr.as_str(), &self.community, req_id)
+                .await
+                .map_err(session_err)?,
+            (SnmpVersion::V2c, _) => AsyncSession::new_v2c(addr.as_str(), &self.community, req_id)
+                .await
+                .map_err(session_err)?,
+            (SnmpVersion::V3, Some((user, auth_pw, auth, cipher, priv_pw))) => {
+                let mut security =
+                    snmp2::v3::Security::new(user, auth_pw).with_auth_protocol(*auth);
+                security = match cipher {
+                    Some(c) => security.with_auth(snmp2::v3::Auth::AuthPriv {
+                        cipher: *c,
+                        privacy_password: priv_pw.clone(),
+                    }),
+                    None => security.with_auth(snmp2::v3::Auth::AuthNoPriv),
+                };
+                AsyncSession::new_v3(addr.as_str(), req_id, security)
+                    .await
+                    .map_err(session_err)?
+            }
+            (SnmpVersion::V3, None) => {
+                return Err(SnmpError::Session(addr, "no v3 credentials".into()))
+            }
+        };
+        // v3: discover the agent's engine id, boots and time (one round trip).
+        timeout(to, session.init())
+            .await
+            .map_err(|_| SnmpError::Timeout(to))?
+            .map_err(classify)?;
+        Ok(Box::new(session))
+    }
+
+    /// One request, with retries; the session is replaced after any failure
+    /// so no stale datagram is read as a later answer.
+    async fn request(&mut self, op: Op<'_>) -> Result<Vec<(Vec<u64>, SnmpValue)>, SnmpError> {
+        let to = self.spec.device.timeout;
+        let mut last = SnmpError::Timeout(to);
+        for _attempt in 0..=self.spec.device.retries {
+            let mut session = match self.session.take() {
+                Some(s) => s,
+                None => match self.open().await {
+                    Ok(s) => s,
+                    Err(e @ SnmpError::Auth(_)) => return Err(e),
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                },
+            };
+            self.requests += 1;
+            let outcome = timeout(to, async {
+                let pdu = match &op {
+                    Op::Get(oids) => session.get_many(oids).await,
+                    Op::Next(oid) => session.getnext(oid).await,
+                    Op::Bulk(oid, reps) => session.getbulk(&[*oid], 0, *reps).await,
+                }
+                .map_err(classify)?;
+                if pdu.error_status != 0 {
+                    return Err(SnmpError::Agent(format!(
+                        "{} at varbind {}",
+                        error_status_name(pdu.error_status),
+                        pdu.error_index
+                    )));
+                }
+                Ok(pdu
+                    .varbinds
+                    .filter_map(|(oid, v)| oid_vec(&oid).map(|o| (o, owned(&v))))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(vbs)) => {
+                    self.session = Some(session);
+                    return Ok(vbs);
+                }
+                // A proper answer that says no: the session is fine, retrying won't help.
+                Ok(Err(e @ SnmpError::Agent(_))) => {
+                    self.session = Some(session);
+                    return Err(e);
+                }
+                Ok(Err(e @ SnmpError::Auth(_))) => return Err(e),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = SnmpError::Timeout(to),
+            }
+        }
+        Err(last)
+    }
+
+    /// Polls every scalar and table once.
+    pub async fn poll(&mut self) -> PollResult {
+        self.requests = 0;
+        let mut readings = Vec::new();
+        let mut first_error: Option<String> = None;
+        let points = self.spec.points.clone();
+        let chunk = self.spec.device.max_oids_per_request.max(1);
+        for group in points.chunks(chunk) {
+            let oids: Vec<Oid<'static>> = group
+                .iter()
+                .filter_map(|p| parse_oid(&p.oid).ok().and_then(|o| Oid::from(&o).ok()))
+                .collect();
+            let refs: Vec<&Oid<'_>> = oids.iter().collect();
+            let result = self.request(Op::Get(&refs)).await;
+            let ts = now_ms();
+            match result {
+                Ok(vbs) => {
+                    for p in group {
+                        let want = parse_oid(&p.oid).unwrap_or_default();
+                        let value = vbs
+                            .iter()
+                            .find(|(o, _)| *o == want)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or(SnmpValue::Missing("not in the reply"));
+                        let mapping = Mapping {
+                            kind: p.kind,
+                            scale: p.scale,
+                            offset: p.offset,
+                            map: &p.map,
+                        };
+                        let id = format!("{}.{}", self.spec.device.id, p.id);
+                        readings.push(self.reading(
+                            &id,
+                            &p.quantity,
+                            &p.unit,
+                            &value,
+                            &mapping,
+                            ts,
+                            &mut first_error,
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    first_error.get_or_insert_with(|| why.clone());
+                    for p in group {
+                        let id = format!("{}.{}", self.spec.device.id, p.id);
+                        readings.push(bad(&self.spec, &id, &p.quantity, &p.unit, ts, &why));
+                    }
+                    if matches!(
+                        e,
+                        SnmpError::Timeout(_) | SnmpError::Auth(_) | SnmpError::Session(..)
+                    ) {
+                        // The agent is unreachable: do not wait out a timeout per table.
+                        return PollResult {
+                            readings,
+                            error: first_error,
+                        };
+                    }
+                }
+            }
+        }
+        let tables = self.spec.tables.clone();
+        for table in &tables {
+            for col in &table.columns {
+                match self.walk(&col.oid).await {
+                    Ok(rows) => {
+                        let ts = now_ms();
+                        for (index, value) in rows {
+                            let id = format!(
+                                "{}.{}.{}.{}",
+                                self.spec.device.id, table.id, index, col.id
+                            );
+                            let mapping = Mapping {
+                                kind: col.kind,
+                                scale: col.scale,
+                                offset: col.offset,
+                                map: &col.map,
+                            };
+                            readings.push(self.reading(
+                                &id,
+                                &col.quantity,
+                                &col.unit,
+                                &value,
+                                &mapping,
+                                ts,
+                                &mut first_error,
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!("walking {}.{}: {e}", table.id, col.id);
+                        tracing::debug!(device = %self.spec.device.id, error = %why);
+                        first_error.get_or_insert(why);
+                    }
+                }
+            }
+        }
+        PollResult {
+            readings,
+            error: first_error,
+        }
+    }
+
+    /// Walks one column; returns (row index as dotted text, value) in order.
+    async fn walk(&mut self, column: &str) -> Result<Vec<(String, SnmpValue)>, SnmpError> {
+        let base = parse_oid(column).map_err(SnmpError::Protocol)?;
+        let mut rows = Vec::new();
+        let mut cursor = base.clone();
+        let bulk = self.spec.device.version != SnmpVersion::V1;
+        while rows.len() < MAX_ROWS {
+            let oid = Oid::from(&cursor).map_err(|e| SnmpError::Protocol(format!("{e:?}")))?;
+            let vbs = if bulk {
+                self.request(Op::Bulk(&oid, self.spec.device.max_repetitions))
+                    .await?
+            } else {
+                match self.request(Op::Next(&oid)).await {
+                    // v1 agents end a walk with noSuchName.
+                    Err(SnmpError::Agent(msg)) if msg.starts_with("noSuchName") => return Ok(rows),
+                    other => other?,
+                }
+            };
+            if vbs.is_empty() {
+                return Ok(rows);
+            }
+            for (oid, value) in vbs {
+                if !oid.starts_with(&base)
+                    || oid.len() == base.len()
+                    || matches!(value, SnmpValue::Missing("endOfMibView"))
+                {
+                    return Ok(rows);
+                }
+                if oid <= cursor {
+                    return Err(SnmpError::Protocol(
+                        "agent returned OIDs out of order (walk would not end)".into(),
+                    ));
+                }
+                let index = oid[base.len()..]
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                rows.push((index, value));
+                cursor = oid;
+            }
+        }
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reading(
+        &mut self,
+        id: &str,
+        quantity: &str,
+        unit: &str,
+        value: &SnmpValue,
+        mapping: &Mapping<'_>,
+        ts: i64,
+        first_error: &mut Option<String>,
+    ) -> Reading {
+        let prev = self.counters.get(id).copied();
+        match map_value(value, mapping, ts, prev) {
+            Ok(m) => {
+                if let Some(c) = m.counter {
+                    self.counters.insert(id.to_owned(), c);
+                }
+                if m.value.is_none() && m.text.is_none() {
+                    let why = if mapping.kind == ValueKind::CounterRate {
+                        "rate: waiting for a second sample"
+                    } else {
+                        "no value"
+                    };
+                    return bad(&self.spec, id, quantity, unit, ts, why);
+                }
+                Reading {
+                    point: id.to_owned(),
+                    room: self.spec.device.room.clone(),
+                    device: self.spec.device.id.clone(),
+                    quantity: quantity.to_owned(),
+                    unit: unit.to_owned(),
+                    value: m.value,
+                    text: m.text,
+                    ts,
+                    quality: Quality::Good,
+                }
+            }
+            Err(why) => {
+                first_error.get_or_insert_with(|| format!("{id}: {why}"));
+                bad(&self.spec, id, quantity, unit, ts, &why)
+            }
+        }
+    }
+
+    /// Polls on the device's interval until the publisher goes away, backing
+    /// off while the agent does not answer.
+    pub async fn run(mut self, tx: mpsc::Sender<DevicePoll>) {
+        let interval = self.spec.device.interval;
+        let backoff = Backoff {
+            base: interval,
+            cap: Duration::from_secs(300).max(interval),
+        };
+        let mut due = Instant::now() + jitter(interval);
+        let mut failures = 0u32;
+        loop {
+            tokio::time::sleep_until(due.into()).await;
+            let started = Instant::now();
+            let overrun = started.duration_since(due) > interval;
+            let polled_at = now_ms();
+            let result = self.poll().await;
+            let latency = started.elapsed();
+            let requests = self.requests;
+            if result.any_good() || result.readings.is_empty() && result.error.is_none() {
+                failures = 0;
+                due += interval;
+            } else {
+                failures += 1;
+                due = Instant::now()
+                    + backoff
+                        .delay(failures, jitter(Duration::from_millis(1000)).as_secs_f64())
+                        .max(interval);
+            }
+            if due < Instant::now() {
+                due = Instant::now() + interval;
+            }
+            let poll = DevicePoll {
+                device: self.id().to_owned(),
+                polled_at,
+                latency,
+                overrun,
+                requests,
+                registers: result.readings.len() as u32,
+                result,
+            };
+            if tx.send(poll).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+enum Op<'a> {
+    Get(&'a [&'a Oid<'a>]),
+    Next(&'a Oid<'a>),
+    Bulk(&'a Oid<'a>, u32),
+}
+
+fn bad(spec: &SnmpSpec, id: &str, quantity: &str, unit: &str, ts: i64, why: &str) -> Reading {
+    Reading {
+        point: id.to_owned(),
+        room: spec.device.room.clone(),
+        device: spec.device.id.clone(),
+        quantity: quantity.to_owned(),
+        unit: unit.to_owned(),
+        value: None,
+        text: None,
+        ts,
+        quality: Quality::Bad(why.to_owned()),
+    }
+}

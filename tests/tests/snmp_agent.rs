@@ -1,0 +1,174 @@
+//! The SNMP driver against a real net-snmp `snmpd` started on a loopback
+//! port: v2c GET and table walk, v3 authPriv (SHA/AES), and the clear errors
+//! wrong credentials must give.
+
+use anyhow::{Context, Result};
+use roomguard_agent::config::AgentConfig;
+use roomguard_agent::drivers::snmp::SnmpPoller;
+use roomguard_e2e::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A UPS (RFC 1628 values) with a three-line output table.
+const SNMPD_CONF: &str = r#"
+engineID     roomguard-test
+rocommunity  public 127.0.0.1
+createUser   rgv3 SHA "authpass123" AES "privpass123"
+rouser       rgv3 priv
+override .1.3.6.1.2.1.33.1.4.1.0 integer 5
+override .1.3.6.1.2.1.33.1.2.1.0 integer 3
+override .1.3.6.1.2.1.33.1.2.3.0 integer 42
+override .1.3.6.1.2.1.33.1.2.5.0 integer 512
+override .1.3.6.1.2.1.33.1.4.2.0 integer 499
+override .1.3.6.1.2.1.33.1.4.4.1.2.1 integer 220
+override .1.3.6.1.2.1.33.1.4.4.1.2.2 integer 221
+override .1.3.6.1.2.1.33.1.4.4.1.2.3 integer 222
+"#;
+
+struct Snmpd {
+    _proc: Proc,
+    addr: String,
+}
+
+fn start_snmpd(dir: &Path) -> Result<Option<Snmpd>> {
+    let Some(program) = external("snmpd", "snmpd") else {
+        return Ok(None);
+    };
+    let conf = dir.join("snmpd.conf");
+    std::fs::write(&conf, SNMPD_CONF)?;
+    let persist = dir.join("snmp-persist");
+    std::fs::create_dir_all(&persist)?;
+    // A UDP port the OS says is free now; retried if snmpd loses the race.
+    let mut last = anyhow::anyhow!("snmpd did not start");
+    for attempt in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = Command::new(&program);
+        // -C: read only our file; the persistent dir keeps snmpd out of /var/lib/snmp.
+        cmd.env("SNMP_PERSISTENT_DIR", &persist)
+            .env("MIBS", "")
+            .env("MIBDIRS", "/nonexistent")
+            .args(["-f", "-Lo", "-C", "-c"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.join(format!("snmpd-{attempt}.pid")))
+            .arg(format!("udp:127.0.0.1:{port}"));
+        let mut proc = Proc::spawn(&format!("snmpd-{attempt}"), cmd, dir)?;
+        match proc.wait_line("NET-SNMP version", Duration::from_secs(10)) {
+            Ok(_) => {
+                return Ok(Some(Snmpd {
+                    _proc: proc,
+                    addr: format!("127.0.0.1:{port}"),
+                }))
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// An SNMP poller for one device described in agent TOML.
+fn poller(device_toml: &str) -> Result<SnmpPoller> {
+    let text =
+        format!("site = \"s\"\nagent = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n{device_toml}");
+    let agent =
+        AgentConfig::parse(&text, Path::new("test.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(SnmpPoller::new(
+        agent.snmp.into_iter().next().context("one SNMP device")?,
+    ))
+}
+
+fn reading<'a>(
+    r: &'a roomguard_agent::drivers::PollResult,
+    point: &str,
+) -> &'a roomguard_protocol::Reading {
+    r.readings
+        .iter()
+        .find(|x| x.point == point)
+        .unwrap_or_else(|| panic!("no reading {point} in {:#?}", r.readings))
+}
+
+#[tokio::test]
+async fn v2c_get_and_table_walk_read_a_ups() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(snmpd) = start_snmpd(dir.path())? else {
+        return Ok(());
+    };
+    let mut p = poller(&format!(
+        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v2c\"\ncommunity = {{ value = \"public\" }}\n",
+        snmpd.addr
+    ))?;
+    let r = p.poll().await;
+    let source = reading(&r, "ups-1.output_source");
+    assert_eq!(
+        (source.value, source.text.as_deref()),
+        (Some(5.0), Some("on_battery"))
+    );
+    assert_eq!(
+        reading(&r, "ups-1.battery_status").text.as_deref(),
+        Some("low")
+    );
+    assert_eq!(reading(&r, "ups-1.minutes_remaining").value, Some(42.0));
+    assert_eq!(reading(&r, "ups-1.battery_voltage").value, Some(51.2));
+    assert_eq!(reading(&r, "ups-1.output_frequency").value, Some(49.9));
+    for (line, volts) in [(1, 220.0), (2, 221.0), (3, 222.0)] {
+        assert_eq!(
+            reading(&r, &format!("ups-1.output.{line}.voltage")).value,
+            Some(volts)
+        );
+    }
+    // An object this agent does not have is a bad reading that says so, not a value.
+    let missing = reading(&r, "ups-1.battery_temperature");
+    assert!(!missing.quality.is_good(), "{missing:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn v3_auth_priv_with_sha_and_aes_reads_the_ups() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(snmpd) = start_snmpd(dir.path())? else {
+        return Ok(());
+    };
+    let mut p = poller(&format!(
+        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v3\"\n[snmp.v3]\nuser = \"rgv3\"\nauth_protocol = \"sha\"\nauth_password = {{ value = \"authpass123\" }}\npriv_protocol = \"aes\"\npriv_password = {{ value = \"privpass123\" }}\n",
+        snmpd.addr
+    ))?;
+    let r = p.poll().await;
+    assert_eq!(
+        reading(&r, "ups-1.output_source").text.as_deref(),
+        Some("on_battery")
+    );
+    assert_eq!(reading(&r, "ups-1.output.2.voltage").value, Some(221.0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_credentials_give_a_clear_error_and_no_values() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(snmpd) = start_snmpd(dir.path())? else {
+        return Ok(());
+    };
+    let mut wrong_password = poller(&format!(
+        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v3\"\nretries = 0\n[snmp.v3]\nuser = \"rgv3\"\nauth_protocol = \"sha\"\nauth_password = {{ value = \"wrongpass99\" }}\npriv_protocol = \"aes\"\npriv_password = {{ value = \"privpass123\" }}\n",
+        snmpd.addr
+    ))?;
+    let r = wrong_password.poll().await;
+    let err = r.error.clone().unwrap_or_default();
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(r.readings.iter().all(|x| !x.quality.is_good()));
+
+    let mut wrong_community = poller(&format!(
+        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v2c\"\ntimeout = \"300ms\"\nretries = 0\ncommunity = {{ value = \"guess\" }}\n",
+        snmpd.addr
+    ))?;
+    let r = wrong_community.poll().await;
+    let err = r.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("no reply within") && err.contains("wrong community"),
+        "{err}"
+    );
+    assert!(r.readings.iter().all(|x| !x.quality.is_good()));
+    Ok(())
+}
