@@ -7,7 +7,7 @@ use crate::drivers::modbus::plan::{plan_subset, ReadRequest};
 use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable};
 use crate::profiles::{Profile, Profiles};
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
-use roomguard_protocol::validate_id;
+use roomguard_protocol::{validate_id, Label};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -90,7 +90,19 @@ pub struct ModbusSpec {
     pub timeout: Duration,
     /// Points with their full ids (`{device}.{point}`).
     pub points: Vec<ModbusPoint>,
+    /// Each point's labels, made once and shared by all its readings.
+    pub labels: Vec<Labels>,
     pub groups: Vec<PollGroup>,
+}
+
+/// The labels every reading of a point carries.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pub point: Label,
+    pub room: Label,
+    pub device: Label,
+    pub quantity: Label,
+    pub unit: Label,
 }
 
 /// Points of one device polled at one rate, and the reads that fetch them.
@@ -119,6 +131,8 @@ pub struct SnmpSpec {
 /// A loaded configuration with everything resolved.
 #[derive(Debug, Clone)]
 pub struct Agent {
+    /// The file's settings; its `modbus` and `snmp` lists are emptied, their
+    /// devices being in `buses` and `snmp` below.
     pub config: AgentConfig,
     pub buses: Vec<BusSpec>,
     pub snmp: Vec<SnmpSpec>,
@@ -285,6 +299,11 @@ impl AgentConfig {
             }
         }
         p.into_result(file)?;
+        // The device lists now live, resolved, in `buses` and `snmp`: keeping
+        // the raw copies would double the agent's largest data for nothing.
+        let mut config = self;
+        config.modbus = Vec::new();
+        config.snmp = Vec::new();
         Ok(Agent {
             buses: buses
                 .into_values()
@@ -292,7 +311,7 @@ impl AgentConfig {
                 .collect(),
             snmp,
             warnings,
-            config: self,
+            config,
         })
     }
 }
@@ -396,12 +415,24 @@ fn resolve_modbus(
             requests: plan_subset(&points, idx, max_gap),
         })
         .collect();
+    let device: Label = d.id.as_str().into();
+    let labels = points
+        .iter()
+        .map(|p| Labels {
+            point: p.id.as_str().into(),
+            room: p.room.as_deref().unwrap_or(&d.room).into(),
+            device: device.clone(),
+            quantity: p.quantity.as_str().into(),
+            unit: p.unit.as_str().into(),
+        })
+        .collect();
     Some(ModbusSpec {
         id: d.id.clone(),
         room: d.room.clone(),
         unit: d.unit,
         timeout: d.timeout.unwrap_or(bus.timeout),
         points,
+        labels,
         groups,
     })
 }

@@ -77,8 +77,11 @@ fn main() -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread: an agent spends its life waiting on devices, and a
+            // single-threaded runtime has no cross-thread wake-ups and no
+            // per-thread allocator arenas, which keeps CPU and memory small
+            // on the boxes it runs on.
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;

@@ -33,9 +33,10 @@ struct Args {
     /// Community both SNMP agents answer to.
     #[arg(long, default_value = "public")]
     snmp_community: String,
-    /// Also serve every device as Modbus RTU on this serial port (e.g. one end of a socat pty pair).
+    /// Also serve every device as Modbus RTU on this serial port (e.g. one end
+    /// of a socat pty pair). May be given more than once.
     #[arg(long)]
-    rtu: Option<String>,
+    rtu: Vec<String>,
     #[arg(long, default_value_t = 9600)]
     rtu_baud: u32,
     /// Scenario at start: normal, ac_failure, thermal_runaway, mains_failure, smoke.
@@ -108,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let community = args.snmp_community.clone().into_bytes();
     tasks.spawn(snmp_task(ups_socket, sim.ups_mib(), community.clone()));
     tasks.spawn(snmp_task(pdu_socket, sim.pdu_mib(), community));
-    if let Some(path) = args.rtu.clone() {
+    for path in args.rtu.clone() {
         let service = modbus::SiteService::serial_line(sim.site());
         let baud = args.rtu_baud;
         tasks.spawn(async move {

@@ -38,12 +38,13 @@ pub fn external(program: &str, package: &str) -> Option<PathBuf> {
 
 /// Path of one of the workspace's binaries, built next to this test.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    // target/<profile>/deps/<test-binary> or target/<profile>/<bench-binary>
+    // → target/<profile>/<name>
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let mut profile_dir = exe.parent().expect("executable has a directory").to_owned();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
     let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
@@ -164,6 +165,11 @@ impl Proc {
                 }
             }
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

@@ -44,8 +44,8 @@ fn health_of<'a>(devices: &'a [Value], id: &str) -> Option<&'a Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rtu_devices_on_one_serial_line_are_polled_and_a_dead_unit_does_not_stop_them() -> Result<()>
-{
+async fn rtu_devices_on_a_serial_line_and_behind_a_device_server_are_polled_and_a_dead_unit_does_not_stop_them(
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(socat) = external("socat", "socat") else {
         return Ok(());
@@ -63,8 +63,24 @@ async fn rtu_devices_on_one_serial_line_are_polled_and_a_dead_unit_does_not_stop
     .await?;
     assert!(pty.is_running());
 
-    let a_path = a.display().to_string();
-    let (_sim, _addrs) = start_simulator(dir.path(), &["--rtu", &a_path])?;
+    // A transparent serial device server: TCP on one side, a serial line (pty) on the other.
+    let c = dir.path().join("ttyC");
+    let dtu_port = free_port();
+    let mut cmd = Command::new(external("socat", "socat").context("socat")?);
+    // socat opens its addresses in order: the pty first, so it exists before
+    // anyone connects to the listening side.
+    cmd.arg(format!("pty,raw,echo=0,link={}", c.display()))
+        .arg(format!("TCP-LISTEN:{dtu_port},bind=127.0.0.1,reuseaddr"));
+    let _dtu = Proc::spawn("socat-dtu", cmd, dir.path())?;
+    eventually(
+        Duration::from_secs(10),
+        "the device server's pty",
+        || async { c.exists().then_some(()) },
+    )
+    .await?;
+
+    let (a_path, c_path) = (a.display().to_string(), c.display().to_string());
+    let (_sim, _addrs) = start_simulator(dir.path(), &["--rtu", &a_path, "--rtu", &c_path])?;
     let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
     let devices = format!(
         r#"
@@ -91,6 +107,20 @@ bus = "rs485-1"
 unit = 20
 profile = "h2-detector"
 
+[[modbus_buses]]
+id = "dtu-1"
+transport = "rtu_over_tcp"
+address = "127.0.0.1:{dtu_port}"
+timeout = "500ms"
+
+[[modbus]]
+id = "pd-meter-1"
+room = "distribution-room"
+bus = "dtu-1"
+unit = 10
+profile = "three-phase-meter"
+interval = "1s"
+
 # Nobody answers as unit 99 on this line.
 [[modbus]]
 id = "ghost"
@@ -100,7 +130,7 @@ unit = 99
 profile = "generic-th-sensor"
 interval = "1s"
 "#,
-        b.display().to_string()
+        b.display().to_string(),
     );
     let _agent = start_agent(
         dir.path(),
@@ -116,6 +146,14 @@ interval = "1s"
     })
     .await?;
     assert!((15.0..40.0).contains(&temp), "{temp}");
+    let volts = eventually(PATIENCE, "a meter voltage over RTU over TCP", || async {
+        let p = latest_point(&client, &http, "pd-meter-1.voltage_a").await?;
+        (p["quality"] == "good")
+            .then(|| p["value"].as_f64())
+            .flatten()
+    })
+    .await?;
+    assert!((200.0..240.0).contains(&volts), "{volts}");
     eventually(PATIENCE, "hydrogen over RTU", || async {
         let p = latest_point(&client, &http, "br-h2-1.h2").await?;
         (p["quality"] == "good").then_some(())

@@ -86,7 +86,7 @@ fn reading<'a>(
 ) -> &'a roomguard_protocol::Reading {
     r.readings
         .iter()
-        .find(|x| x.point == point)
+        .find(|x| &*x.point == point)
         .unwrap_or_else(|| panic!("no reading {point} in {:#?}", r.readings))
 }
 

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS agents (
 "#;
 
 /// Catalogue fields of a point, cached by the writer to avoid a lookup per reading.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct PointMeta {
     id: i64,
     agent: String,
@@ -61,6 +61,9 @@ struct PointMeta {
     quantity: String,
     unit: String,
 }
+
+/// Catalogue entries by site, then point id (nested so lookups borrow `&str`).
+type PointCache = HashMap<String, HashMap<String, PointMeta>>;
 
 /// A point's newest reading within one transaction.
 struct Latest {
@@ -73,7 +76,7 @@ struct Latest {
 /// The single writer. Owns its connection; not shared between threads.
 pub struct SqliteWriter {
     conn: Connection,
-    points: HashMap<(String, String), PointMeta>,
+    points: PointCache,
 }
 
 fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -220,23 +223,20 @@ impl SqliteWriter {
 /// The catalogue id of a reading's point, creating or updating its entry.
 fn point_id(
     tx: &rusqlite::Transaction<'_>,
-    cache: &mut HashMap<(String, String), PointMeta>,
+    cache: &mut PointCache,
     site: &str,
     agent: &str,
     r: &roomguard_protocol::Reading,
     now_ms: i64,
 ) -> Result<i64, StoreError> {
-    let wanted = |id| PointMeta {
-        id,
-        agent: agent.to_owned(),
-        room: r.room.clone(),
-        device: r.device.clone(),
-        quantity: r.quantity.clone(),
-        unit: r.unit.clone(),
-    };
-    let key = (site.to_owned(), r.point.clone());
-    if let Some(meta) = cache.get(&key) {
-        if *meta == wanted(meta.id) {
+    // The common case, a known point with unchanged labels, allocates nothing.
+    if let Some(meta) = cache.get(site).and_then(|points| points.get(&*r.point)) {
+        if meta.agent == agent
+            && meta.room == *r.room
+            && meta.device == *r.device
+            && meta.quantity == *r.quantity
+            && meta.unit == *r.unit
+        {
             return Ok(meta.id);
         }
     }
@@ -247,11 +247,21 @@ fn point_id(
          ON CONFLICT (site, point) DO UPDATE SET agent = excluded.agent, room = excluded.room,
              device = excluded.device, quantity = excluded.quantity, unit = excluded.unit",
     )?
-    .execute(params![site, r.point, agent, r.room, r.device, r.quantity, r.unit, now_ms])?;
+    .execute(params![site, &*r.point, agent, &*r.room, &*r.device, &*r.quantity, &*r.unit, now_ms])?;
     let id: i64 = tx
         .prepare_cached("SELECT id FROM points WHERE site = ?1 AND point = ?2")?
-        .query_row(params![site, r.point], |row| row.get(0))?;
-    cache.insert(key, wanted(id));
+        .query_row(params![site, &*r.point], |row| row.get(0))?;
+    cache.entry(site.to_owned()).or_default().insert(
+        r.point.to_string(),
+        PointMeta {
+            id,
+            agent: agent.to_owned(),
+            room: r.room.to_string(),
+            device: r.device.to_string(),
+            quantity: r.quantity.to_string(),
+            unit: r.unit.to_string(),
+        },
+    );
     Ok(id)
 }
 

@@ -4,8 +4,9 @@
 //! retried with exponential backoff, so a dead unit costs its bus little;
 //! devices on other buses are never affected.
 
+use super::config::BusConfig;
 use super::{decode, fail, read, transport, ModbusError};
-use crate::config::BusSpec;
+use crate::config::{BusSpec, ModbusSpec, PollGroup};
 use crate::drivers::{Backoff, DevicePoll, PollResult};
 use crate::run::{jitter, now_ms};
 use std::time::{Duration, Instant};
@@ -23,11 +24,17 @@ struct DeviceState {
 
 pub struct BusRunner {
     spec: BusSpec,
+    line: Line,
+    states: Vec<DeviceState>,
+    backoff: Backoff,
+}
+
+/// The open connection of a bus, kept apart from its (read-only) spec so a
+/// poll can borrow both without copying the device's points.
+struct Line {
     ctx: Option<Context>,
     /// When the last frame on the line ended, to keep the pause before the next.
     last_frame: Option<Instant>,
-    states: Vec<DeviceState>,
-    backoff: Backoff,
 }
 
 impl BusRunner {
@@ -45,19 +52,16 @@ impl BusRunner {
             .collect();
         BusRunner {
             spec,
-            ctx: None,
-            last_frame: None,
+            line: Line {
+                ctx: None,
+                last_frame: None,
+            },
             states,
             backoff: Backoff {
                 base: Duration::from_secs(1),
                 cap: Duration::from_secs(60),
             },
         }
-    }
-
-    /// The pause kept between frames on this bus.
-    fn gap(&self) -> Duration {
-        self.spec.bus.request_pause.max(self.spec.bus.frame_gap())
     }
 
     /// The (device, group) to poll next and when.
@@ -82,7 +86,11 @@ impl BusRunner {
             // Late by a whole interval: the bus cannot keep up with its schedule.
             let overrun = started.duration_since(self.states[d].due[g]) > interval;
             let polled_at = now_ms();
-            let (result, requests, registers) = self.poll_group(d, g).await;
+            let dev = &self.spec.devices[d];
+            let (result, requests, registers) = self
+                .line
+                .poll_group(&self.spec.bus, dev, &dev.groups[g])
+                .await;
             let latency = started.elapsed();
 
             let st = &mut self.states[d];
@@ -117,12 +125,14 @@ impl BusRunner {
             }
         }
     }
+}
 
-    async fn ensure_connected(&mut self, to: Duration) -> Result<(), ModbusError> {
+impl Line {
+    async fn ensure_connected(&mut self, bus: &BusConfig, to: Duration) -> Result<(), ModbusError> {
         if self.ctx.is_none() {
-            let ctx = transport::open(&self.spec.bus, to).await?;
-            if !self.spec.bus.connect_pause.is_zero() {
-                tokio::time::sleep(self.spec.bus.connect_pause).await;
+            let ctx = transport::open(bus, to).await?;
+            if !bus.connect_pause.is_zero() {
+                tokio::time::sleep(bus.connect_pause).await;
             }
             self.ctx = Some(ctx);
             self.last_frame = Some(Instant::now());
@@ -131,10 +141,15 @@ impl BusRunner {
     }
 
     /// Reads one poll group of one device.
-    async fn poll_group(&mut self, d: usize, g: usize) -> (PollResult, u32, u32) {
-        let dev = self.spec.devices[d].clone();
-        let group = &dev.groups[g];
-        let mut readings = Vec::new();
+    async fn poll_group(
+        &mut self,
+        bus: &BusConfig,
+        dev: &ModbusSpec,
+        group: &PollGroup,
+    ) -> (PollResult, u32, u32) {
+        // The pause kept between frames on this bus.
+        let gap = bus.request_pause.max(bus.frame_gap());
+        let mut readings = Vec::with_capacity(dev.points.len());
         let mut first_error: Option<String> = None;
         let mut broken: Option<String> = None;
         let (mut requests, mut registers) = (0u32, 0u32);
@@ -143,18 +158,18 @@ impl BusRunner {
             if let Some(why) = &broken {
                 // The line is down: report the rest with the same cause rather
                 // than wait out a timeout per request.
-                fail(&dev, req, ts, why, &mut readings);
+                fail(dev, req, ts, why, &mut readings);
                 continue;
             }
-            if let Err(e) = self.ensure_connected(dev.timeout).await {
+            if let Err(e) = self.ensure_connected(bus, dev.timeout).await {
                 let why = e.to_string();
                 first_error.get_or_insert_with(|| why.clone());
-                fail(&dev, req, ts, &why, &mut readings);
+                fail(dev, req, ts, &why, &mut readings);
                 broken = Some(why);
                 continue;
             }
             if let Some(last) = self.last_frame {
-                sleep_until((last + self.gap()).into()).await;
+                sleep_until((last + gap).into()).await;
             }
             let Some(ctx) = self.ctx.as_mut() else {
                 continue;
@@ -166,12 +181,12 @@ impl BusRunner {
             match outcome {
                 Ok(data) => {
                     registers += u32::from(req.count);
-                    decode(&dev, req, &data, ts, &mut readings, &mut first_error);
+                    decode(dev, req, &data, ts, &mut readings, &mut first_error);
                 }
                 Err(e) => {
                     let why = e.to_string();
                     first_error.get_or_insert_with(|| why.clone());
-                    fail(&dev, req, ts, &why, &mut readings);
+                    fail(dev, req, ts, &why, &mut readings);
                     if e.breaks_connection() {
                         self.ctx = None;
                         broken = Some(why);

@@ -167,13 +167,13 @@ fn reading(
     text: Option<String>,
     quality: Quality,
 ) -> Reading {
-    let p = &spec.points[i];
+    let l = &spec.labels[i];
     Reading {
-        point: p.id.clone(),
-        room: p.room.clone().unwrap_or_else(|| spec.room.clone()),
-        device: spec.id.clone(),
-        quantity: p.quantity.clone(),
-        unit: p.unit.clone(),
+        point: l.point.clone(),
+        room: l.room.clone(),
+        device: l.device.clone(),
+        quantity: l.quantity.clone(),
+        unit: l.unit.clone(),
         value,
         text,
         ts,

@@ -12,12 +12,17 @@ use tokio_modbus::client::Context;
 use tokio_serial::SerialPort;
 
 async fn tcp(addr: &str, to: Duration) -> Result<TcpStream, ModbusError> {
-    let resolved = timeout(to, lookup_host(addr))
-        .await
-        .map_err(|_| ModbusError::Timeout(to))?
-        .map_err(|_| ModbusError::Resolve(addr.to_owned()))?
-        .next()
-        .ok_or_else(|| ModbusError::Resolve(addr.to_owned()))?;
+    // Devices are nearly always given by IP; resolving those would cost a
+    // thread from the blocking pool per connect.
+    let resolved = match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => timeout(to, lookup_host(addr))
+            .await
+            .map_err(|_| ModbusError::Timeout(to))?
+            .map_err(|_| ModbusError::Resolve(addr.to_owned()))?
+            .next()
+            .ok_or_else(|| ModbusError::Resolve(addr.to_owned()))?,
+    };
     let stream = timeout(to, TcpStream::connect(resolved))
         .await
         .map_err(|_| ModbusError::Timeout(to))?

@@ -108,8 +108,18 @@ fn oid_vec(oid: &Oid<'_>) -> Option<Vec<u64>> {
 }
 
 fn classify(e: snmp2::Error) -> SnmpError {
+    use snmp2::v3::AuthErrorKind as K;
     match e {
-        snmp2::Error::AuthFailure(kind) => SnmpError::Auth(format!("{kind:?}")),
+        // Credentials the agent rejects: retrying cannot help.
+        snmp2::Error::AuthFailure(
+            kind @ (K::NotAuthenticated
+            | K::UsernameMismatch
+            | K::SignatureMismatch
+            | K::UnsupportedUSM),
+        ) => SnmpError::Auth(format!("{kind:?}")),
+        // Engine time, boots or id moved on (an agent reboot, a long idle gap
+        // on a slow poll interval): a fresh session re-discovers them, so
+        // these are retried like any other failure.
         other => SnmpError::Protocol(format!("{other:?}")),
     }
 }
@@ -447,11 +457,11 @@ impl SnmpPoller {
                     return bad(&self.spec, id, quantity, unit, ts, why);
                 }
                 Reading {
-                    point: id.to_owned(),
-                    room: self.spec.device.room.clone(),
-                    device: self.spec.device.id.clone(),
-                    quantity: quantity.to_owned(),
-                    unit: unit.to_owned(),
+                    point: id.into(),
+                    room: self.spec.device.room.as_str().into(),
+                    device: self.spec.device.id.as_str().into(),
+                    quantity: quantity.into(),
+                    unit: unit.into(),
                     value: m.value,
                     text: m.text,
                     ts,
@@ -520,11 +530,11 @@ enum Op<'a> {
 
 fn bad(spec: &SnmpSpec, id: &str, quantity: &str, unit: &str, ts: i64, why: &str) -> Reading {
     Reading {
-        point: id.to_owned(),
-        room: spec.device.room.clone(),
-        device: spec.device.id.clone(),
-        quantity: quantity.to_owned(),
-        unit: unit.to_owned(),
+        point: id.into(),
+        room: spec.device.room.as_str().into(),
+        device: spec.device.id.as_str().into(),
+        quantity: quantity.into(),
+        unit: unit.into(),
         value: None,
         text: None,
         ts,
