@@ -7,11 +7,12 @@ use crate::drivers::modbus::plan::{plan_subset, ReadRequest};
 use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable};
 use crate::profiles::{Profile, Profiles};
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
-use roomguard_protocol::{validate_id, Label};
+use roomguard_protocol::{validate_id, Label, PointMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Environment variables `ROOMGUARD_AGENT__MQTT__URL` and the like override keys.
@@ -90,19 +91,11 @@ pub struct ModbusSpec {
     pub timeout: Duration,
     /// Points with their full ids (`{device}.{point}`).
     pub points: Vec<ModbusPoint>,
-    /// Each point's labels, made once and shared by all its readings.
-    pub labels: Vec<Labels>,
+    /// Each point's id as a shared label, made once for all its readings.
+    pub labels: Vec<Label>,
+    /// What the device's points are, sent to the collector from time to time.
+    pub meta: Arc<[PointMeta]>,
     pub groups: Vec<PollGroup>,
-}
-
-/// The labels every reading of a point carries.
-#[derive(Debug, Clone)]
-pub struct Labels {
-    pub point: Label,
-    pub room: Label,
-    pub device: Label,
-    pub quantity: Label,
-    pub unit: Label,
 }
 
 /// Points of one device polled at one rate, and the reads that fetch them.
@@ -415,13 +408,13 @@ fn resolve_modbus(
             requests: plan_subset(&points, idx, max_gap),
         })
         .collect();
-    let device: Label = d.id.as_str().into();
-    let labels = points
+    let labels: Vec<Label> = points.iter().map(|p| Label::from(p.id.as_str())).collect();
+    let meta = points
         .iter()
-        .map(|p| Labels {
-            point: p.id.as_str().into(),
+        .zip(&labels)
+        .map(|(p, id)| PointMeta {
+            id: id.clone(),
             room: p.room.as_deref().unwrap_or(&d.room).into(),
-            device: device.clone(),
             quantity: p.quantity.as_str().into(),
             unit: p.unit.as_str().into(),
         })
@@ -433,6 +426,7 @@ fn resolve_modbus(
         timeout: d.timeout.unwrap_or(bus.timeout),
         points,
         labels,
+        meta,
         groups,
     })
 }

@@ -16,12 +16,12 @@ use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
 use roomguard_protocol::{AgentState, Batch, DeviceHealth, Status, Topic, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
@@ -143,6 +143,7 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
             .map(|d| (d.clone(), DeviceHealth::new(d)))
             .collect(),
         metrics,
+        described: HashMap::new(),
     };
     tokio::select! {
         r = publisher.run(rx, connected, cfg.mqtt.status_interval) => r?,
@@ -223,7 +224,13 @@ struct Publisher {
     seq: Sequence,
     health: BTreeMap<String, DeviceHealth>,
     metrics: Arc<AgentMetrics>,
+    /// When each device's point descriptions were last sent.
+    described: HashMap<String, Instant>,
 }
+
+/// How often a device's point descriptions ride along with its batch. A
+/// collector that starts afresh learns every room and unit within this.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(60);
 
 impl Publisher {
     async fn run(
@@ -240,7 +247,12 @@ impl Publisher {
                     let Some(poll) = poll else { return Ok(()) };
                     self.publish_poll(poll).await?;
                 }
-                () = connected.notified() => self.publish_status().await,
+                () = connected.notified() => {
+                    // A new connection may be to a collector (or broker) that
+                    // knows nothing yet: describe every device again.
+                    self.described.clear();
+                    self.publish_status().await;
+                }
                 _ = status_tick.tick() => self.publish_status().await,
             }
         }
@@ -292,11 +304,22 @@ impl Publisher {
         self.metrics
             .readings_published
             .fetch_add(poll.result.readings.len() as u64, Relaxed);
+        let describe = self
+            .described
+            .get(&poll.device)
+            .is_none_or(|at| at.elapsed() >= DESCRIBE_EVERY);
+        let points = if describe {
+            self.described.insert(poll.device.clone(), Instant::now());
+            poll.meta.to_vec()
+        } else {
+            Vec::new()
+        };
         let batch = Batch {
             v: PROTOCOL_VERSION,
             site: self.site.clone(),
             agent: self.agent.clone(),
             seq: self.seq.next()?,
+            points,
             device: poll.device,
             polled_at: poll.polled_at,
             backfill: false,

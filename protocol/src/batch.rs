@@ -31,13 +31,19 @@ pub struct Batch {
     /// Per-agent sequence number. Strictly increasing across agent restarts
     /// (gaps are allowed); `(site, agent, seq)` identifies a batch.
     pub seq: u64,
-    /// The device that was polled.
+    /// The device that was polled; every reading is of this device.
     pub device: String,
     /// When the poll started, ms since the Unix epoch (UTC).
     pub polled_at: i64,
     /// True when the batch is sent late from the agent's backlog rather than live.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backfill: bool,
+    /// What the device's points are (room, quantity, unit). Sent with a
+    /// device's first batch and then from time to time, not with every
+    /// batch: labels change rarely, and repeating them in every reading
+    /// would triple the size of every message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<PointMeta>,
     pub readings: Vec<Reading>,
 }
 
@@ -45,34 +51,56 @@ pub struct Batch {
 /// reference count, not a copy (an agent makes thousands of readings a second).
 pub type Label = Arc<str>;
 
-/// One value of one point at one time.
+/// What a point is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reading {
+pub struct PointMeta {
     /// Point id, unique within the site.
-    pub point: Label,
+    pub id: Label,
     pub room: Label,
-    pub device: Label,
     /// What is measured: `temperature`, `humidity`, `h2_lfl`, `voltage`, … (see docs/PROTOCOL.md).
     pub quantity: Label,
-    /// Unit of `value`: `°C`, `%RH`, `%LFL`, `V`, `A`, `Hz`, or empty for states.
+    /// Unit of values: `°C`, `%RH`, `%LFL`, `V`, `A`, `Hz`, or empty for states.
+    #[serde(default = "empty_label")]
     pub unit: Label,
-    /// The value; absent when `quality` is bad or the point is text.
+}
+
+fn empty_label() -> Label {
+    Arc::from("")
+}
+
+/// One value of one point at one time. Short field names: there are
+/// thousands of these a second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Point id (`p`).
+    #[serde(rename = "p")]
+    pub point: Label,
+    /// The value (`v`); absent when the reading is bad or the point is text.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
-    /// A state name or text: an enumeration's meaning (`on_battery` for
-    /// UPS-MIB upsOutputSource 5, alongside `value` 5) or an ASCII string
-    /// register (then without `value`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A state name or text (`x`): an enumeration's meaning (`on_battery` for
+    /// UPS-MIB upsOutputSource 5, alongside value 5) or an ASCII string
+    /// register (then without a value).
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    /// Event time: when the value was read, ms since the Unix epoch (UTC).
+    /// Event time (`t`): when the value was read, ms since the Unix epoch (UTC).
+    #[serde(rename = "t")]
     pub ts: i64,
+    /// Absent when good; `"bad": "reason"` when not.
+    #[serde(
+        rename = "bad",
+        default,
+        skip_serializing_if = "Quality::is_good",
+        with = "bad_reason"
+    )]
     pub quality: Quality,
 }
 
 /// Whether a reading can be trusted. A bad reading says why, so that "the
 /// sensor says 0" and "the sensor did not answer" are never confused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Quality {
+    #[default]
     Good,
     Bad(String),
 }
@@ -80,6 +108,26 @@ pub enum Quality {
 impl Quality {
     pub fn is_good(&self) -> bool {
         matches!(self, Quality::Good)
+    }
+}
+
+/// `Quality` on the wire: only the reason of a bad reading is written.
+mod bad_reason {
+    use super::Quality;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(q: &Quality, s: S) -> Result<S::Ok, S::Error> {
+        match q {
+            Quality::Bad(reason) => s.serialize_str(reason),
+            Quality::Good => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Quality, D::Error> {
+        Ok(match Option::<String>::deserialize(d)? {
+            Some(reason) => Quality::Bad(reason),
+            None => Quality::Good,
+        })
     }
 }
 
@@ -177,32 +225,38 @@ impl Batch {
                 self.readings.len()
             ));
         }
-        for (i, r) in self.readings.iter().enumerate() {
-            for (field, id) in [
-                ("point", &r.point),
-                ("room", &r.room),
-                ("device", &r.device),
-                ("quantity", &r.quantity),
-            ] {
+        if self.points.len() > MAX_READINGS_PER_BATCH {
+            return invalid(format!(
+                "{} point descriptions, the limit is {MAX_READINGS_PER_BATCH}",
+                self.points.len()
+            ));
+        }
+        for (i, p) in self.points.iter().enumerate() {
+            for (field, id) in [("id", &p.id), ("room", &p.room), ("quantity", &p.quantity)] {
                 if let Err(e) = validate_id(id) {
-                    return invalid(format!("readings[{i}].{field} {:?} {e}", short(id)));
+                    return invalid(format!("points[{i}].{field} {:?} {e}", short(id)));
                 }
             }
-            if r.unit.len() > MAX_TEXT_LEN || r.unit.chars().any(char::is_control) {
+            if p.unit.len() > MAX_TEXT_LEN || p.unit.chars().any(char::is_control) {
                 return invalid(format!(
-                    "readings[{i}].unit is too long or has control characters"
+                    "points[{i}].unit is too long or has control characters"
                 ));
+            }
+        }
+        for (i, r) in self.readings.iter().enumerate() {
+            if let Err(e) = validate_id(&r.point) {
+                return invalid(format!("readings[{i}].p {:?} {e}", short(&r.point)));
             }
             if r.ts < MIN_TIMESTAMP_MS || r.ts > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
                 return invalid(format!(
-                    "readings[{i}].ts {} is outside 2000-01-01 .. now + 24 h",
+                    "readings[{i}].t {} is outside 2000-01-01 .. now + 24 h",
                     r.ts
                 ));
             }
             if let Some(t) = &r.text {
                 if t.len() > MAX_TEXT_LEN || t.chars().any(char::is_control) {
                     return invalid(format!(
-                        "readings[{i}].text is too long or has control characters"
+                        "readings[{i}].x is too long or has control characters"
                     ));
                 }
             }
@@ -213,10 +267,10 @@ impl Batch {
                     ));
                 }
                 (_, Some(v)) if !v.is_finite() => {
-                    return invalid(format!("readings[{i}].value is not finite"));
+                    return invalid(format!("readings[{i}].v is not finite"));
                 }
                 (Quality::Bad(reason), _) if reason.len() > MAX_TEXT_LEN => {
-                    return invalid(format!("readings[{i}].quality reason is too long"));
+                    return invalid(format!("readings[{i}].bad reason is too long"));
                 }
                 _ => {}
             }
@@ -248,13 +302,23 @@ mod tests {
             device: "th-1".into(),
             polled_at: NOW,
             backfill: false,
+            points: vec![
+                PointMeta {
+                    id: "th-1.temperature".into(),
+                    room: "machine-room".into(),
+                    quantity: "temperature".into(),
+                    unit: "°C".into(),
+                },
+                PointMeta {
+                    id: "th-1.humidity".into(),
+                    room: "machine-room".into(),
+                    quantity: "humidity".into(),
+                    unit: "%RH".into(),
+                },
+            ],
             readings: vec![
                 Reading {
                     point: "th-1.temperature".into(),
-                    room: "machine-room".into(),
-                    device: "th-1".into(),
-                    quantity: "temperature".into(),
-                    unit: "°C".into(),
                     value: Some(23.5),
                     text: None,
                     ts: NOW,
@@ -262,10 +326,6 @@ mod tests {
                 },
                 Reading {
                     point: "th-1.humidity".into(),
-                    room: "machine-room".into(),
-                    device: "th-1".into(),
-                    quantity: "humidity".into(),
-                    unit: "%RH".into(),
                     value: None,
                     text: None,
                     ts: NOW,
@@ -282,13 +342,27 @@ mod tests {
     }
 
     #[test]
-    fn quality_is_written_as_good_or_bad_with_reason() {
+    fn readings_are_compact_and_only_bad_ones_carry_a_reason() {
         let json = String::from_utf8(batch().to_json()).unwrap();
-        assert!(json.contains(r#""quality":"good""#), "{json}");
         assert!(
-            json.contains(r#""quality":{"bad":"timeout after 1s"}"#),
+            json.contains(&format!(r#"{{"p":"th-1.temperature","v":23.5,"t":{NOW}}}"#)),
             "{json}"
         );
+        assert!(
+            json.contains(&format!(
+                r#"{{"p":"th-1.humidity","t":{NOW},"bad":"timeout after 1s"}}"#
+            )),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn point_descriptions_may_be_left_out() {
+        let mut b = batch();
+        b.points.clear();
+        let json = String::from_utf8(b.to_json()).unwrap();
+        assert!(!json.contains("points"), "{json}");
+        assert_eq!(decode_batch(&topic(), json.as_bytes(), NOW), Ok(b));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod ident;
 pub mod status;
 pub mod topic;
 
-pub use batch::{decode_batch, Batch, Label, Quality, Reading, RejectReason};
+pub use batch::{decode_batch, Batch, Label, PointMeta, Quality, Reading, RejectReason};
 pub use ident::{validate_id, IdError};
 pub use status::{AgentState, DeviceHealth, Status};
 pub use topic::{Topic, TopicError, TopicKind};

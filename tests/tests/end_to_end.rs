@@ -184,10 +184,8 @@ fn batch(site: &str, agent: &str, point: &str, value: f64) -> Value {
         .unwrap_or(0);
     json!({
         "v": 1, "site": site, "agent": agent, "seq": 1, "device": "probe", "polled_at": now,
-        "readings": [{
-            "point": point, "room": "test-room", "device": "probe", "quantity": "temperature",
-            "unit": "°C", "value": value, "ts": now, "quality": "good"
-        }]
+        "points": [{ "id": point, "room": "test-room", "quantity": "temperature", "unit": "°C" }],
+        "readings": [{ "p": point, "v": value, "t": now }]
     })
 }
 
@@ -250,7 +248,7 @@ async fn malformed_forged_and_unknown_version_messages_are_counted_and_ingest_go
         &batch("site-a", "edge-1", "v2.t", 1.0).to_string(),
     )?;
     let mut no_value = batch("site-a", "edge-1", "novalue.t", 1.0);
-    no_value["readings"][0]["value"] = Value::Null;
+    no_value["readings"][0]["v"] = Value::Null;
     publish("roomguard/v1/site-a/edge-1/batch", &no_value.to_string())?;
     // And then an honest batch, which must still be stored.
     publish(

@@ -6,7 +6,8 @@
 pub mod modbus;
 pub mod snmp;
 
-use roomguard_protocol::Reading;
+use roomguard_protocol::{PointMeta, Reading};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What one poll of a device produced.
@@ -38,6 +39,8 @@ pub struct DevicePoll {
     /// Requests made and registers (or bits) read, for the agent's metrics.
     pub requests: u32,
     pub registers: u32,
+    /// What the device's points are; the publisher sends it along now and then.
+    pub meta: Arc<[PointMeta]>,
 }
 
 /// Exponential backoff with jitter for a failing device: it is retried at

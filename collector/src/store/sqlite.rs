@@ -160,8 +160,16 @@ impl SqliteWriter {
                 "INSERT OR IGNORE INTO samples (point_id, ts, value, text, bad) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for batch in batches {
+                let source = Source {
+                    site: &batch.site,
+                    agent: &batch.agent,
+                    device: &batch.device,
+                };
+                for meta in &batch.points {
+                    describe_point(&tx, &mut self.points, &source, meta, now_ms)?;
+                }
                 for r in &batch.readings {
-                    let id = point_id(&tx, &mut self.points, &batch.site, &batch.agent, r, now_ms)?;
+                    let id = point_id(&tx, &mut self.points, &source, &r.point, now_ms)?;
                     let bad = match &r.quality {
                         Quality::Good => None,
                         Quality::Bad(reason) => Some(reason.clone()),
@@ -220,48 +228,106 @@ impl SqliteWriter {
     }
 }
 
-/// The catalogue id of a reading's point, creating or updating its entry.
-fn point_id(
+/// Where a batch came from.
+struct Source<'a> {
+    site: &'a str,
+    agent: &'a str,
+    device: &'a str,
+}
+
+/// Records what a point is (from a batch's point descriptions), when that
+/// differs from what the catalogue holds.
+fn describe_point(
     tx: &rusqlite::Transaction<'_>,
     cache: &mut PointCache,
-    site: &str,
-    agent: &str,
-    r: &roomguard_protocol::Reading,
+    src: &Source<'_>,
+    m: &roomguard_protocol::PointMeta,
     now_ms: i64,
-) -> Result<i64, StoreError> {
-    // The common case, a known point with unchanged labels, allocates nothing.
-    if let Some(meta) = cache.get(site).and_then(|points| points.get(&*r.point)) {
-        if meta.agent == agent
-            && meta.room == *r.room
-            && meta.device == *r.device
-            && meta.quantity == *r.quantity
-            && meta.unit == *r.unit
+) -> Result<(), StoreError> {
+    // The common case, an unchanged description, allocates nothing.
+    if let Some(c) = cache.get(src.site).and_then(|points| points.get(&*m.id)) {
+        if c.agent == src.agent
+            && c.device == src.device
+            && c.room == *m.room
+            && c.quantity == *m.quantity
+            && c.unit == *m.unit
         {
-            return Ok(meta.id);
+            return Ok(());
         }
     }
-    // Unknown to the cache, or its room/device/unit changed: upsert.
     tx.prepare_cached(
         "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
          ON CONFLICT (site, point) DO UPDATE SET agent = excluded.agent, room = excluded.room,
              device = excluded.device, quantity = excluded.quantity, unit = excluded.unit",
     )?
-    .execute(params![site, &*r.point, agent, &*r.room, &*r.device, &*r.quantity, &*r.unit, now_ms])?;
+    .execute(params![src.site, &*m.id, src.agent, &*m.room, src.device, &*m.quantity, &*m.unit, now_ms])?;
     let id: i64 = tx
         .prepare_cached("SELECT id FROM points WHERE site = ?1 AND point = ?2")?
-        .query_row(params![site, &*r.point], |row| row.get(0))?;
-    cache.entry(site.to_owned()).or_default().insert(
-        r.point.to_string(),
+        .query_row(params![src.site, &*m.id], |row| row.get(0))?;
+    cache.entry(src.site.to_owned()).or_default().insert(
+        m.id.to_string(),
         PointMeta {
             id,
-            agent: agent.to_owned(),
-            room: r.room.to_string(),
-            device: r.device.to_string(),
-            quantity: r.quantity.to_string(),
-            unit: r.unit.to_string(),
+            agent: src.agent.to_owned(),
+            room: m.room.to_string(),
+            device: src.device.to_owned(),
+            quantity: m.quantity.to_string(),
+            unit: m.unit.to_string(),
         },
     );
+    Ok(())
+}
+
+/// The catalogue id of a reading's point. A point never described yet (a
+/// collector that started after the agent last sent descriptions) gets an
+/// entry with empty labels, filled in when its description arrives.
+fn point_id(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &mut PointCache,
+    src: &Source<'_>,
+    point: &str,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    if let Some(c) = cache.get(src.site).and_then(|points| points.get(point)) {
+        return Ok(c.id);
+    }
+    let known = tx
+        .prepare_cached("SELECT id, agent, room, device, quantity, unit FROM points WHERE site = ?1 AND point = ?2")?
+        .query_row(params![src.site, point], |row| {
+            Ok(PointMeta {
+                id: row.get(0)?,
+                agent: row.get(1)?,
+                room: row.get(2)?,
+                device: row.get(3)?,
+                quantity: row.get(4)?,
+                unit: row.get(5)?,
+            })
+        })
+        .optional()?;
+    let meta = match known {
+        Some(meta) => meta,
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, '', ?4, '', '', ?5, ?5)",
+            )?
+            .execute(params![src.site, point, src.agent, src.device, now_ms])?;
+            PointMeta {
+                id: tx.last_insert_rowid(),
+                agent: src.agent.to_owned(),
+                room: String::new(),
+                device: src.device.to_owned(),
+                quantity: String::new(),
+                unit: String::new(),
+            }
+        }
+    };
+    let id = meta.id;
+    cache
+        .entry(src.site.to_owned())
+        .or_default()
+        .insert(point.to_owned(), meta);
     Ok(id)
 }
 
@@ -345,7 +411,7 @@ impl SqliteReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomguard_protocol::{Reading, PROTOCOL_VERSION};
+    use roomguard_protocol::{PointMeta, Reading, PROTOCOL_VERSION};
 
     fn batch(seq: u64, ts: i64, value: f64) -> Batch {
         Batch {
@@ -356,13 +422,23 @@ mod tests {
             device: "d".into(),
             polled_at: ts,
             backfill: false,
+            points: vec![
+                PointMeta {
+                    id: "d.t".into(),
+                    room: "r".into(),
+                    quantity: "temperature".into(),
+                    unit: "°C".into(),
+                },
+                PointMeta {
+                    id: "d.h".into(),
+                    room: "r".into(),
+                    quantity: "humidity".into(),
+                    unit: "%RH".into(),
+                },
+            ],
             readings: vec![
                 Reading {
                     point: "d.t".into(),
-                    room: "r".into(),
-                    device: "d".into(),
-                    quantity: "temperature".into(),
-                    unit: "°C".into(),
                     value: Some(value),
                     text: None,
                     ts,
@@ -370,10 +446,6 @@ mod tests {
                 },
                 Reading {
                     point: "d.h".into(),
-                    room: "r".into(),
-                    device: "d".into(),
-                    quantity: "humidity".into(),
-                    unit: "%RH".into(),
                     value: None,
                     text: None,
                     ts,
@@ -424,9 +496,63 @@ mod tests {
         w.write_batches(&[batch(1, 2_000_000_000_000, 25.0)], 0)
             .unwrap();
         let mut b = batch(2, 2_000_000_001_000, 26.0);
-        b.readings[0].room = "r2".into();
+        b.points[0].room = "r2".into();
         w.write_batches(&[b], 0).unwrap();
         let r = SqliteReader::open(&path).unwrap();
         assert_eq!(r.latest(None, Some("r2")).unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod description_tests {
+    use super::*;
+    use roomguard_protocol::{PointMeta as Meta, Reading, PROTOCOL_VERSION};
+
+    #[test]
+    fn readings_before_their_description_are_kept_and_labelled_when_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut w = SqliteWriter::open(&path).unwrap();
+        let reading = |ts| Reading {
+            point: "d.t".into(),
+            value: Some(20.0),
+            text: None,
+            ts,
+            quality: Quality::Good,
+        };
+        let mut b = Batch {
+            v: PROTOCOL_VERSION,
+            site: "s".into(),
+            agent: "a".into(),
+            seq: 1,
+            device: "d".into(),
+            polled_at: 2_000_000_000_000,
+            backfill: false,
+            points: vec![],
+            readings: vec![reading(2_000_000_000_000)],
+        };
+        w.write_batches(std::slice::from_ref(&b), 0).unwrap();
+        let r = SqliteReader::open(&path).unwrap();
+        let row = r.latest(None, None).unwrap().remove(0);
+        assert_eq!(
+            (row.room.as_str(), row.device.as_str(), row.value),
+            ("", "d", Some(20.0))
+        );
+
+        b.seq = 2;
+        b.readings = vec![reading(2_000_000_001_000)];
+        b.points = vec![Meta {
+            id: "d.t".into(),
+            room: "battery-room".into(),
+            quantity: "temperature".into(),
+            unit: "°C".into(),
+        }];
+        w.write_batches(&[b], 0).unwrap();
+        let row = r.latest(None, None).unwrap().remove(0);
+        assert_eq!(
+            (row.room.as_str(), row.quantity.as_str()),
+            ("battery-room", "temperature")
+        );
+        assert_eq!(r.sample_count().unwrap(), 2);
     }
 }

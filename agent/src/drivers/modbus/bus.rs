@@ -119,6 +119,7 @@ impl BusRunner {
                 overrun,
                 requests,
                 registers,
+                meta: self.spec.devices[d].meta.clone(),
             };
             if tx.send(poll).await.is_err() {
                 return; // publisher gone: shutting down
@@ -168,7 +169,8 @@ impl Line {
                 broken = Some(why);
                 continue;
             }
-            if let Some(last) = self.last_frame {
+            // No timer at all when the bus needs no pause (TCP without request_pause).
+            if let Some(last) = self.last_frame.filter(|_| !gap.is_zero()) {
                 sleep_until((last + gap).into()).await;
             }
             let Some(ctx) = self.ctx.as_mut() else {

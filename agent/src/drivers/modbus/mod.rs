@@ -167,13 +167,8 @@ fn reading(
     text: Option<String>,
     quality: Quality,
 ) -> Reading {
-    let l = &spec.labels[i];
     Reading {
-        point: l.point.clone(),
-        room: l.room.clone(),
-        device: l.device.clone(),
-        quantity: l.quantity.clone(),
-        unit: l.unit.clone(),
+        point: spec.labels[i].clone(),
         value,
         text,
         ts,

@@ -16,9 +16,10 @@ use self::map::{map_value, CounterSample, Mapping, SnmpValue};
 use crate::config::SnmpSpec;
 use crate::drivers::{Backoff, DevicePoll, PollResult};
 use crate::run::{jitter, now_ms};
-use roomguard_protocol::{Quality, Reading};
+use roomguard_protocol::{PointMeta, Quality, Reading};
 use snmp2::{AsyncSession, Oid, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -58,6 +59,8 @@ pub struct SnmpPoller {
     counters: HashMap<String, CounterSample>,
     /// Requests sent in the current poll (for the agent's metrics).
     requests: u32,
+    /// What the points of the current poll are (table rows come and go).
+    meta: Vec<PointMeta>,
 }
 
 /// The standard SNMP error-status names (RFC 3416).
@@ -180,6 +183,7 @@ impl SnmpPoller {
             next_req_id: (now_ms() & 0x3fff_ffff) as i32,
             counters: HashMap::new(),
             requests: 0,
+            meta: Vec::new(),
         }
     }
 
@@ -285,6 +289,7 @@ impl SnmpPoller {
     /// Polls every scalar and table once.
     pub async fn poll(&mut self) -> PollResult {
         self.requests = 0;
+        self.meta.clear();
         let mut readings = Vec::new();
         let mut first_error: Option<String> = None;
         let points = self.spec.points.clone();
@@ -329,7 +334,8 @@ impl SnmpPoller {
                     first_error.get_or_insert_with(|| why.clone());
                     for p in group {
                         let id = format!("{}.{}", self.spec.device.id, p.id);
-                        readings.push(bad(&self.spec, &id, &p.quantity, &p.unit, ts, &why));
+                        self.note(&id, &p.quantity, &p.unit);
+                        readings.push(bad(&id, ts, &why));
                     }
                     if matches!(
                         e,
@@ -442,6 +448,7 @@ impl SnmpPoller {
         ts: i64,
         first_error: &mut Option<String>,
     ) -> Reading {
+        self.note(id, quantity, unit);
         let prev = self.counters.get(id).copied();
         match map_value(value, mapping, ts, prev) {
             Ok(m) => {
@@ -454,14 +461,10 @@ impl SnmpPoller {
                     } else {
                         "no value"
                     };
-                    return bad(&self.spec, id, quantity, unit, ts, why);
+                    return bad(id, ts, why);
                 }
                 Reading {
                     point: id.into(),
-                    room: self.spec.device.room.as_str().into(),
-                    device: self.spec.device.id.as_str().into(),
-                    quantity: quantity.into(),
-                    unit: unit.into(),
                     value: m.value,
                     text: m.text,
                     ts,
@@ -470,9 +473,19 @@ impl SnmpPoller {
             }
             Err(why) => {
                 first_error.get_or_insert_with(|| format!("{id}: {why}"));
-                bad(&self.spec, id, quantity, unit, ts, &why)
+                bad(id, ts, &why)
             }
         }
+    }
+
+    /// Records what a point is, for the batch's point descriptions.
+    fn note(&mut self, id: &str, quantity: &str, unit: &str) {
+        self.meta.push(PointMeta {
+            id: id.into(),
+            room: self.spec.device.room.as_str().into(),
+            quantity: quantity.into(),
+            unit: unit.into(),
+        });
     }
 
     /// Polls on the device's interval until the publisher goes away, backing
@@ -514,6 +527,7 @@ impl SnmpPoller {
                 requests,
                 registers: result.readings.len() as u32,
                 result,
+                meta: Arc::from(std::mem::take(&mut self.meta)),
             };
             if tx.send(poll).await.is_err() {
                 return;
@@ -528,13 +542,9 @@ enum Op<'a> {
     Bulk(&'a Oid<'a>, u32),
 }
 
-fn bad(spec: &SnmpSpec, id: &str, quantity: &str, unit: &str, ts: i64, why: &str) -> Reading {
+fn bad(id: &str, ts: i64, why: &str) -> Reading {
     Reading {
         point: id.into(),
-        room: spec.device.room.as_str().into(),
-        device: spec.device.id.as_str().into(),
-        quantity: quantity.into(),
-        unit: unit.into(),
         value: None,
         text: None,
         ts,
