@@ -6,7 +6,10 @@
 //!
 //! Build release binaries first, then run:
 //!   cargo build --release --workspace --bins
-//!   target/release/bench-agent-poll [--devices 100] [--registers 100] [--seconds 60]
+//!   target/release/bench-agent-poll [--devices 100] [--registers 100] [--seconds 60] [--pin]
+//!
+//! `--pin` puts the agent on the last core and the simulator and Mosquitto on
+//! the others, so they do not compete for one core.
 
 use anyhow::{bail, Context, Result};
 use roomguard_e2e::*;
@@ -19,6 +22,17 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Pins a process (all its threads) to `cpus` with taskset.
+fn pin(cpus: &str, pid: u32) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset failed for pid {pid}");
+    Ok(())
 }
 
 /// (user, system) CPU seconds of a process, from /proc/<pid>/stat.
@@ -62,7 +76,7 @@ async fn main() -> Result<()> {
     let Some(broker) = Mosquitto::start(dir.path())? else {
         bail!("mosquitto is needed for this benchmark");
     };
-    let (_sim, sim) = start_simulator(
+    let (sim_proc, sim) = start_simulator(
         dir.path(),
         &[
             "--bench-devices",
@@ -108,6 +122,21 @@ async fn main() -> Result<()> {
         ready["metrics"].as_str().context("metrics address")?
     );
     let pid = agent.pid();
+    // On a 2-core machine the agent, the simulator and Mosquitto compete for
+    // cores; pinning the agent to the last core and the others to the rest
+    // takes most of the run-to-run scatter out of the agent's CPU figure.
+    if std::env::args().any(|a| a == "--pin") {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if cores >= 2 {
+            let last = (cores - 1).to_string();
+            let rest = format!("0-{}", cores - 2);
+            pin(&last, agent.pid())?;
+            pin(&rest, sim_proc.pid())?;
+            pin(&rest, broker.proc.pid())?;
+        }
+    }
     let client = reqwest::Client::new();
 
     // Warm up: connections open, first polls spread over the interval.

@@ -22,6 +22,19 @@ struct DeviceState {
     retry_at: Option<Instant>,
 }
 
+/// Slots per interval that first polls are spread over.
+const PHASES: u32 = 4;
+
+/// A random start offset within `interval`, on one of [`PHASES`] slots.
+/// Spread, so that hundreds of devices do not all fire at once; but on a few
+/// shared instants, so that the agent wakes a few times per interval rather
+/// than once per device (each wake-up costs a context switch).
+fn phase(interval: Duration) -> Duration {
+    let slot = interval / PHASES;
+    let n = (jitter(Duration::from_millis(u64::from(PHASES) * 1000)).as_millis() / 1000) as u32;
+    slot * n.min(PHASES - 1)
+}
+
 pub struct BusRunner {
     spec: BusSpec,
     line: Line,
@@ -44,8 +57,7 @@ impl BusRunner {
             .devices
             .iter()
             .map(|d| DeviceState {
-                // Spread first polls over each interval so devices do not fire together.
-                due: d.groups.iter().map(|g| now + jitter(g.interval)).collect(),
+                due: d.groups.iter().map(|g| now + phase(g.interval)).collect(),
                 failures: 0,
                 retry_at: None,
             })

@@ -23,6 +23,24 @@ pub enum DecodeError {
 
 /// Puts the bytes of `regs` (big-endian on the wire) into big-endian order
 /// according to `order`, so that they can be read as one big-endian number.
+/// [`ordered_bytes`] into a buffer, for up to four registers.
+fn order_into(regs: &[u16], order: WordOrder, out: &mut [u8; 8]) {
+    let n = regs.len();
+    for (i, w) in regs.iter().enumerate() {
+        let at = if matches!(order, WordOrder::Cdab | WordOrder::Dcba) {
+            n - 1 - i
+        } else {
+            i
+        };
+        let w = if matches!(order, WordOrder::Badc | WordOrder::Dcba) {
+            w.swap_bytes()
+        } else {
+            *w
+        };
+        out[at * 2..at * 2 + 2].copy_from_slice(&w.to_be_bytes());
+    }
+}
+
 fn ordered_bytes(regs: &[u16], order: WordOrder) -> Vec<u8> {
     let mut words: Vec<u16> = regs.to_vec();
     if matches!(order, WordOrder::Cdab | WordOrder::Dcba) {
@@ -72,7 +90,10 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Result<f64, Decode
             got: regs.len(),
         });
     }
-    let b = ordered_bytes(&regs[..needed], point.order);
+    // Numbers are at most four registers: order them on the stack, not in a
+    // Vec (this runs for every value the agent reads).
+    let mut b = [0u8; 8];
+    order_into(&regs[..needed.min(4)], point.order, &mut b);
     let raw: f64 = match point.data_type {
         DataType::Bool => f64::from(u8::from(regs[0] != 0)),
         DataType::Bit => f64::from((regs[0] >> point.bit.unwrap_or(0).min(15)) & 1),
@@ -81,9 +102,9 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Result<f64, Decode
         DataType::Int32 => f64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
         DataType::Uint32 => f64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
         DataType::Float32 => shortest(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        DataType::Int64 => i64::from_be_bytes(eight(&b)) as f64,
-        DataType::Uint64 => u64::from_be_bytes(eight(&b)) as f64,
-        DataType::Float64 => f64::from_be_bytes(eight(&b)),
+        DataType::Int64 => i64::from_be_bytes(b) as f64,
+        DataType::Uint64 => u64::from_be_bytes(b) as f64,
+        DataType::Float64 => f64::from_be_bytes(b),
         DataType::String => return Err(DecodeError::NotFinite),
     };
     let value = scaled(raw, point.scale) + point.offset;
@@ -112,12 +133,6 @@ fn scaled(raw: f64, scale: f64) -> f64 {
     } else {
         raw * scale
     }
-}
-
-fn eight(b: &[u8]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&b[..8]);
-    out
 }
 
 /// Decodes a coil or discrete input.
