@@ -48,13 +48,18 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A random duration in `[0, max)`, for spreading polls and reconnects.
-pub fn jitter(max: Duration) -> Duration {
+/// A random number, good enough for spreading polls and retries (std's
+/// hasher keys are randomly seeded; no need for a crate for this).
+pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms() as u64);
-    let r = h.finish();
+    h.finish()
+}
+
+/// A random duration in `[0, max)`, for spreading polls and reconnects.
+pub fn jitter(max: Duration) -> Duration {
     let nanos = max.as_nanos().max(1) as u64;
-    Duration::from_nanos(r % nanos)
+    Duration::from_nanos(random_u64() % nanos)
 }
 
 /// Runs the agent until `shutdown` completes, then publishes "offline".

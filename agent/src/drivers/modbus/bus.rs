@@ -8,7 +8,7 @@ use super::config::BusConfig;
 use super::{decode, fail, read, transport, ModbusError};
 use crate::config::{BusSpec, ModbusSpec, PollGroup};
 use crate::drivers::{Backoff, DevicePoll, PollResult};
-use crate::run::{jitter, now_ms};
+use crate::run::{jitter, now_ms, random_u64};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
@@ -30,9 +30,7 @@ const PHASES: u32 = 4;
 /// shared instants, so that the agent wakes a few times per interval rather
 /// than once per device (each wake-up costs a context switch).
 fn phase(interval: Duration) -> Duration {
-    let slot = interval / PHASES;
-    let n = (jitter(Duration::from_millis(u64::from(PHASES) * 1000)).as_millis() / 1000) as u32;
-    slot * n.min(PHASES - 1)
+    (interval / PHASES) * (random_u64() % u64::from(PHASES)) as u32
 }
 
 pub struct BusRunner {

@@ -125,26 +125,9 @@ fn one() -> f64 {
 pub struct SnmpTable {
     /// Table id within the device, e.g. `outlet`.
     pub id: String,
-    pub columns: Vec<SnmpColumn>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnmpColumn {
-    pub id: String,
-    /// The column's OID (the row index follows it).
-    pub oid: String,
-    pub quantity: String,
-    #[serde(default)]
-    pub unit: String,
-    #[serde(default)]
-    pub kind: ValueKind,
-    #[serde(default = "one")]
-    pub scale: f64,
-    #[serde(default)]
-    pub offset: f64,
-    #[serde(default)]
-    pub map: BTreeMap<String, String>,
+    /// Columns, each like a scalar point whose `oid` is the column's (the row
+    /// index follows it).
+    pub columns: Vec<SnmpPoint>,
 }
 
 /// An SNMP agent (UPS, PDU, environment monitor) to poll.
