@@ -4,7 +4,7 @@
 //! stop ingest.
 
 use crate::metrics::Metrics;
-use crate::store::{now_ms, WriteCmd};
+use crate::store::{now_ms, Ack, WriteCmd};
 use roomguard_protocol::conf::BrokerUrl;
 use roomguard_protocol::{decode_batch, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -27,7 +27,14 @@ pub async fn run(
     // Accept a little more than the limit so oversized payloads reach the
     // decoder and are counted with a reason instead of killing the connection.
     opts.set_max_packet_size(MAX_PAYLOAD_BYTES * 2, 64 * 1024);
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    // Acknowledge each message only once its readings are committed: a
+    // crash in between means the broker delivers it again (the store
+    // ignores what it already has).
+    opts.set_manual_acks(true);
+    // Unacknowledged messages are bounded by the broker's in-flight window
+    // (tens to hundreds), so acknowledgements queued from the writer thread
+    // with try_ack always find room here.
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     let filter = Topic::collector_filter();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -47,7 +54,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if !handle(&p, &metrics, &store).await {
+                if !handle(&p, &client, &metrics, &store).await {
                     return;
                 }
             }
@@ -62,10 +69,32 @@ pub async fn run(
     }
 }
 
+/// The acknowledgement of `p`, sent from wherever it is called.
+fn ack_for(p: &Publish, client: &AsyncClient, metrics: &Arc<Metrics>) -> Ack {
+    let (p, client, metrics) = (p.clone(), client.clone(), metrics.clone());
+    Box::new(move || {
+        if let Err(e) = client.try_ack(&p) {
+            tracing::error!(error = %e, "cannot acknowledge a message; the broker will send it again");
+            metrics.store_errors.inc();
+        }
+    })
+}
+
 /// Validates one message and queues it for storage. Returns false when the
 /// store has shut down.
-async fn handle(p: &Publish, metrics: &Metrics, store: &mpsc::Sender<WriteCmd>) -> bool {
+async fn handle(
+    p: &Publish,
+    client: &AsyncClient,
+    metrics: &Arc<Metrics>,
+    store: &mpsc::Sender<WriteCmd>,
+) -> bool {
     metrics.messages_received.inc();
+    // Refused messages are acknowledged at once: they will never be stored,
+    // and unacknowledged they would come back on every reconnect.
+    let refuse = |reason: &str| {
+        metrics.reject(reason);
+        ack_for(p, client, metrics)();
+    };
     let topic = match Topic::parse(&p.topic) {
         Ok(t) => t,
         Err(e) => {
@@ -74,33 +103,34 @@ async fn handle(p: &Publish, metrics: &Metrics, store: &mpsc::Sender<WriteCmd>) 
                 _ => "bad_topic",
             };
             tracing::warn!(topic = %p.topic.chars().take(160).collect::<String>(), error = %e, "message rejected");
-            metrics.reject(reason);
+            refuse(reason);
             return true;
         }
     };
+    let ack = || Some(ack_for(p, client, metrics));
     let cmd = match topic.kind {
         TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {
             Ok(batch) => {
                 metrics.batches_accepted.inc();
                 metrics.readings_accepted.add(batch.readings.len() as u64);
-                WriteCmd::Batch(batch)
+                WriteCmd::Batch(batch, ack())
             }
             Err(e) => {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");
-                metrics.reject(e.label());
+                refuse(e.label());
                 return true;
             }
         },
         TopicKind::Status => match Status::from_json(&p.payload) {
-            Ok(s) if s.site == topic.site && s.agent == topic.agent => WriteCmd::Status(s),
+            Ok(s) if s.site == topic.site && s.agent == topic.agent => WriteCmd::Status(s, ack()),
             Ok(_) => {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, "status names another agent than its topic; rejected");
-                metrics.reject("identity_mismatch");
+                refuse("identity_mismatch");
                 return true;
             }
             Err(e) => {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, error = %e, "status rejected");
-                metrics.reject("bad_status");
+                refuse("bad_status");
                 return true;
             }
         },

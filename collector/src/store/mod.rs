@@ -66,11 +66,26 @@ pub struct AgentRow {
     pub updated_at: i64,
 }
 
-/// What the writer is asked to store.
-#[derive(Debug)]
+/// Acknowledges a message to the broker; called once what it carried is
+/// committed (or deliberately dropped). A message never acknowledged is
+/// delivered again after a reconnect, so nothing the collector took in is
+/// lost by a crash between receiving and committing.
+pub type Ack = Box<dyn FnOnce() + Send>;
+
+/// What the writer is asked to store, with the acknowledgement to send once
+/// it is committed.
 pub enum WriteCmd {
-    Batch(Batch),
-    Status(Status),
+    Batch(Batch, Option<Ack>),
+    Status(Status, Option<Ack>),
+}
+
+impl std::fmt::Debug for WriteCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteCmd::Batch(b, _) => write!(f, "Batch({}/{}#{})", b.site, b.agent, b.seq),
+            WriteCmd::Status(s, _) => write!(f, "Status({}/{})", s.site, s.agent),
+        }
+    }
 }
 
 /// Starts the writer thread; it stops when every sender is dropped.
@@ -83,43 +98,52 @@ pub fn spawn_writer(
         .name("store-writer".into())
         .spawn(move || {
             let mut batches = Vec::with_capacity(MAX_BATCHES_PER_TX);
+            let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCHES_PER_TX);
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        WriteCmd::Batch(b) => batches.push(b),
-                        WriteCmd::Status(s) => {
-                            if let Err(e) = writer.write_status(&s, now_ms()) {
+                        WriteCmd::Batch(b, ack) => {
+                            batches.push(b);
+                            acks.extend(ack);
+                        }
+                        WriteCmd::Status(s, ack) => match writer.write_status(&s, now_ms()) {
+                            Ok(()) => acks.extend(ack),
+                            Err(e) => {
                                 tracing::error!(error = %e, "cannot store agent status");
                                 metrics.store_errors.inc();
                             }
-                        }
+                        },
                     }
                     if batches.len() < MAX_BATCHES_PER_TX {
                         next = rx.try_recv().ok();
                     }
                 }
                 metrics.write_queue_depth.set(rx.len() as u64);
-                if batches.is_empty() {
-                    continue;
-                }
-                let started = Instant::now();
-                match writer.write_batches(&batches, now_ms()) {
-                    Ok(stats) => {
-                        metrics.batches_stored.add(stats.batches);
-                        metrics.readings_stored.add(stats.readings);
-                        metrics.readings_duplicate.add(stats.duplicates);
-                        metrics.store_write_seconds.observe(started.elapsed());
+                if !batches.is_empty() {
+                    let started = Instant::now();
+                    match writer.write_batches(&batches, now_ms()) {
+                        Ok(stats) => {
+                            metrics.batches_stored.add(stats.batches);
+                            metrics.readings_stored.add(stats.readings);
+                            metrics.readings_duplicate.add(stats.duplicates);
+                            metrics.store_write_seconds.observe(started.elapsed());
+                        }
+                        Err(e) => {
+                            // Not acknowledged: the broker delivers these again
+                            // after the collector reconnects (a restart, once
+                            // the disk is fixed). Logged and counted.
+                            tracing::error!(error = %e, batches = batches.len(), "store write failed; not acknowledged");
+                            metrics.store_errors.inc();
+                            acks.clear();
+                        }
                     }
-                    Err(e) => {
-                        // Not retried: the queue would back up behind a failing
-                        // disk. The batches are lost to the store (they were
-                        // already acknowledged to the broker); logged and counted.
-                        tracing::error!(error = %e, batches = batches.len(), "store write failed");
-                        metrics.store_errors.inc();
-                    }
+                    batches.clear();
                 }
-                batches.clear();
+                // Committed: now, and only now, the broker may forget them.
+                for ack in acks.drain(..) {
+                    ack();
+                }
             }
         })?;
     Ok((tx, handle))
