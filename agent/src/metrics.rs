@@ -42,7 +42,8 @@ impl AgentMetrics {
 
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_device: [(&str, &str, fn(&DeviceCounters) -> &AtomicU64); 6] = [
+        type Field = fn(&DeviceCounters) -> &AtomicU64;
+        let per_device: [(&str, &str, Field); 6] = [
             ("roomguard_agent_polls_total", "Device polls.", |c| &c.polls),
             (
                 "roomguard_agent_failed_polls_total",

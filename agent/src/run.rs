@@ -323,7 +323,7 @@ impl Publisher {
             v: PROTOCOL_VERSION,
             site: self.site.clone(),
             agent: self.agent.clone(),
-            seq: self.seq.next()?,
+            seq: self.seq.take()?,
             points,
             device: poll.device,
             polled_at: poll.polled_at,

@@ -46,7 +46,7 @@ impl Sequence {
     }
 
     /// The next number; touches the disk once per [`BLOCK`] numbers.
-    pub fn next(&mut self) -> io::Result<u64> {
+    pub fn take(&mut self) -> io::Result<u64> {
         if self.next >= self.reserved_until {
             self.reserve()?;
         }
@@ -84,11 +84,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seq");
         let mut s = Sequence::open(&path).unwrap();
-        let a: Vec<u64> = (0..5).map(|_| s.next().unwrap()).collect();
+        let a: Vec<u64> = (0..5).map(|_| s.take().unwrap()).collect();
         assert_eq!(a, vec![1, 2, 3, 4, 5]);
         drop(s); // as if killed: nothing flushed on drop
         let mut s = Sequence::open(&path).unwrap();
-        let b = s.next().unwrap();
+        let b = s.take().unwrap();
         assert!(b > 5, "{b}");
     }
 
@@ -98,7 +98,7 @@ mod tests {
         let mut s = Sequence::open(&dir.path().join("seq")).unwrap();
         let mut last = 0;
         for _ in 0..(BLOCK * 2 + 3) {
-            let n = s.next().unwrap();
+            let n = s.take().unwrap();
             assert!(n > last);
             last = n;
         }

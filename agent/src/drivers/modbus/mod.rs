@@ -53,7 +53,8 @@ pub enum Data {
 }
 
 impl Data {
-    pub fn len(&self) -> usize {
+    /// Values in the reply (bit replies are padded to whole bytes).
+    pub fn count(&self) -> usize {
         match self {
             Data::Bits(b) => b.len(),
             Data::Words(w) => w.len(),
@@ -102,10 +103,10 @@ pub async fn read(
         Ok(Ok(Ok(data))) => data,
     };
     // Bit replies are padded to whole bytes; fewer than asked is a broken reply.
-    if data.len() < usize::from(count) {
+    if data.count() < usize::from(count) {
         return Err(ModbusError::Transport(format!(
             "reply held {} values, {count} were asked",
-            data.len()
+            data.count()
         )));
     }
     Ok(data)

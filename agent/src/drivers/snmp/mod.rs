@@ -42,18 +42,21 @@ pub enum SnmpError {
     Protocol(String),
 }
 
+/// SNMPv3 credentials, resolved from the configuration at start.
+struct V3Credentials {
+    user: Vec<u8>,
+    auth_password: Vec<u8>,
+    auth: snmp2::v3::AuthProtocol,
+    cipher: Option<snmp2::v3::Cipher>,
+    priv_password: Vec<u8>,
+}
+
 /// One SNMP device's poller: its session, credentials and counter history.
 pub struct SnmpPoller {
     spec: SnmpSpec,
     address: String,
     community: Vec<u8>,
-    v3: Option<(
-        Vec<u8>,
-        Vec<u8>,
-        snmp2::v3::AuthProtocol,
-        Option<snmp2::v3::Cipher>,
-        Vec<u8>,
-    )>,
+    v3: Option<V3Credentials>,
     session: Option<Box<AsyncSession>>,
     next_req_id: i32,
     counters: HashMap<String, CounterSample>,
@@ -156,23 +159,16 @@ impl SnmpPoller {
                 PrivProtocol::Des => snmp2::v3::Cipher::Des,
                 PrivProtocol::Aes => snmp2::v3::Cipher::Aes128,
             });
-            (
-                v.user.clone().into_bytes(),
-                v.auth_password
-                    .resolve()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-                    .into_bytes(),
+            // Secrets were checked at load; resolved once here, never logged.
+            let secret =
+                |s: &config::Secret| s.resolve().ok().flatten().unwrap_or_default().into_bytes();
+            V3Credentials {
+                user: v.user.clone().into_bytes(),
+                auth_password: secret(&v.auth_password),
                 auth,
                 cipher,
-                v.priv_password
-                    .resolve()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-                    .into_bytes(),
-            )
+                priv_password: secret(&v.priv_password),
+            }
         });
         SnmpPoller {
             spec,
@@ -204,13 +200,13 @@ impl SnmpPoller {
             (SnmpVersion::V2c, _) => AsyncSession::new_v2c(addr.as_str(), &self.community, req_id)
                 .await
                 .map_err(session_err)?,
-            (SnmpVersion::V3, Some((user, auth_pw, auth, cipher, priv_pw))) => {
-                let mut security =
-                    snmp2::v3::Security::new(user, auth_pw).with_auth_protocol(*auth);
-                security = match cipher {
+            (SnmpVersion::V3, Some(v3)) => {
+                let mut security = snmp2::v3::Security::new(&v3.user, &v3.auth_password)
+                    .with_auth_protocol(v3.auth);
+                security = match v3.cipher {
                     Some(c) => security.with_auth(snmp2::v3::Auth::AuthPriv {
-                        cipher: *c,
-                        privacy_password: priv_pw.clone(),
+                        cipher: c,
+                        privacy_password: v3.priv_password.clone(),
                     }),
                     None => security.with_auth(snmp2::v3::Auth::AuthNoPriv),
                 };
