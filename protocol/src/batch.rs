@@ -433,3 +433,45 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn topic() -> Topic {
+        Topic::parse(&Topic::batch("site-a", "edge-1")).unwrap()
+    }
+
+    proptest! {
+        /// Whatever arrives on a batch topic, decoding returns an answer, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode_batch(&topic(), &payload, 1_780_000_000_000);
+        }
+
+        /// Near-valid JSON (a real batch with one byte changed) is either a
+        /// valid batch or a named rejection.
+        #[test]
+        fn mutated_batches_are_accepted_or_rejected_with_a_reason(at in 0usize..400, byte in any::<u8>()) {
+            let b = Batch {
+                v: PROTOCOL_VERSION,
+                site: "site-a".into(),
+                agent: "edge-1".into(),
+                seq: 1,
+                device: "d".into(),
+                polled_at: 1_780_000_000_000,
+                backfill: false,
+                points: vec![PointMeta { id: "d.t".into(), room: "r".into(), quantity: "temperature".into(), unit: "°C".into() }],
+                readings: vec![Reading { point: "d.t".into(), value: Some(1.5), text: None, ts: 1_780_000_000_000, quality: Quality::Good }],
+            };
+            let mut json = b.to_json();
+            let i = at % json.len();
+            json[i] = byte;
+            match decode_batch(&topic(), &json, 1_780_000_000_000) {
+                Ok(batch) => prop_assert!(!batch.readings.is_empty()),
+                Err(e) => prop_assert!(!e.label().is_empty()),
+            }
+        }
+    }
+}

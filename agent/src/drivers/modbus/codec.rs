@@ -271,3 +271,39 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile_registers {
+    use super::*;
+    use crate::drivers::modbus::config::Table;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any register contents, any type and order: a value, or an error
+        /// saying why; never a panic and never a non-finite value.
+        #[test]
+        fn any_registers_decode_to_a_finite_value_or_an_error(
+            regs in proptest::collection::vec(any::<u16>(), 0..10),
+            type_ix in 0usize..10,
+            order_ix in 0usize..4,
+            scale in prop_oneof![Just(1.0f64), Just(0.1), Just(1e300), Just(-0.001)],
+        ) {
+            let types = [DataType::Bit, DataType::Int16, DataType::Uint16, DataType::Int32, DataType::Uint32,
+                DataType::Int64, DataType::Uint64, DataType::Float32, DataType::Float64, DataType::String];
+            let orders = [WordOrder::Abcd, WordOrder::Cdab, WordOrder::Badc, WordOrder::Dcba];
+            let data_type = types[type_ix];
+            let p = ModbusPoint {
+                id: "p".into(), quantity: "q".into(), unit: String::new(), room: None,
+                table: Table::Holding, address: 0, data_type,
+                bit: (data_type == DataType::Bit).then_some(7),
+                length: (data_type == DataType::String).then_some(4),
+                order: orders[order_ix], scale, offset: 0.0, interval: None,
+            };
+            match decode(&p, &regs) {
+                Ok(Decoded::Number(v)) => prop_assert!(v.is_finite()),
+                Ok(Decoded::Text(t)) => prop_assert!(t.chars().all(|c| !c.is_control())),
+                Err(_) => {}
+            }
+        }
+    }
+}
