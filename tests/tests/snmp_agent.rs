@@ -172,3 +172,31 @@ async fn wrong_credentials_give_a_clear_error_and_no_values() -> Result<()> {
     assert!(r.readings.iter().all(|x| !x.quality.is_good()));
     Ok(())
 }
+
+#[tokio::test]
+async fn v1_reads_what_the_agent_has_and_names_what_it_lacks() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(snmpd) = start_snmpd(dir.path())? else {
+        return Ok(());
+    };
+    let mut p = poller(&format!(
+        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v1\"\ncommunity = {{ value = \"public\" }}\n",
+        snmpd.addr
+    ))?;
+    let r = p.poll().await;
+    // SNMPv1 refuses a whole GET when one object is missing; the poller asks
+    // again without it, so the objects that exist are still read.
+    assert_eq!(
+        reading(&r, "ups-1.output_source").text.as_deref(),
+        Some("on_battery")
+    );
+    assert_eq!(reading(&r, "ups-1.minutes_remaining").value, Some(42.0));
+    let missing = reading(&r, "ups-1.battery_temperature");
+    assert_eq!(
+        missing.quality,
+        roomguard_protocol::Quality::Bad("noSuchName: the agent has no such object".into())
+    );
+    // Tables are walked with GETNEXT on v1.
+    assert_eq!(reading(&r, "ups-1.output.3.voltage").value, Some(222.0));
+    Ok(())
+}

@@ -11,7 +11,7 @@
 pub mod config;
 pub mod map;
 
-use self::config::{parse_oid, AuthProtocol, PrivProtocol, SnmpVersion, ValueKind};
+use self::config::{parse_oid, AuthProtocol, PrivProtocol, SnmpPoint, SnmpVersion, ValueKind};
 use self::map::{map_value, CounterSample, Mapping, SnmpValue};
 use crate::config::SnmpSpec;
 use crate::drivers::{Backoff, DevicePoll, PollResult};
@@ -36,8 +36,8 @@ pub enum SnmpError {
     Session(String, String),
     #[error("SNMPv3 authentication failed: wrong user, password or protocol ({0})")]
     Auth(String),
-    #[error("agent answered {0}")]
-    Agent(String),
+    #[error("agent answered {} at varbind {index}", error_status_name(*status))]
+    Agent { status: u32, index: u32 },
     #[error("snmp: {0}")]
     Protocol(String),
 }
@@ -65,6 +65,9 @@ pub struct SnmpPoller {
     /// What the points of the current poll are (table rows come and go).
     meta: Vec<PointMeta>,
 }
+
+/// SNMPv1 error-status noSuchName (RFC 1157).
+const NO_SUCH_NAME: u32 = 2;
 
 /// The standard SNMP error-status names (RFC 3416).
 fn error_status_name(code: u32) -> String {
@@ -252,11 +255,10 @@ impl SnmpPoller {
                 }
                 .map_err(classify)?;
                 if pdu.error_status != 0 {
-                    return Err(SnmpError::Agent(format!(
-                        "{} at varbind {}",
-                        error_status_name(pdu.error_status),
-                        pdu.error_index
-                    )));
+                    return Err(SnmpError::Agent {
+                        status: pdu.error_status,
+                        index: pdu.error_index,
+                    });
                 }
                 Ok(pdu
                     .varbinds
@@ -270,7 +272,7 @@ impl SnmpPoller {
                     return Ok(vbs);
                 }
                 // A proper answer that says no: the session is fine, retrying won't help.
-                Ok(Err(e @ SnmpError::Agent(_))) => {
+                Ok(Err(e @ SnmpError::Agent { .. })) => {
                     self.session = Some(session);
                     return Err(e);
                 }
@@ -291,57 +293,73 @@ impl SnmpPoller {
         let points = self.spec.points.clone();
         let chunk = self.spec.device.max_oids_per_request.max(1);
         for group in points.chunks(chunk) {
-            let oids: Vec<Oid<'static>> = group
-                .iter()
-                .filter_map(|p| parse_oid(&p.oid).ok().and_then(|o| Oid::from(&o).ok()))
-                .collect();
-            let refs: Vec<&Oid<'_>> = oids.iter().collect();
-            let result = self.request(Op::Get(&refs)).await;
-            let ts = now_ms();
-            match result {
-                Ok(vbs) => {
-                    for p in group {
-                        let want = parse_oid(&p.oid).unwrap_or_default();
-                        let value = vbs
-                            .iter()
-                            .find(|(o, _)| *o == want)
-                            .map(|(_, v)| v.clone())
-                            .unwrap_or(SnmpValue::Missing("not in the reply"));
-                        let mapping = Mapping {
-                            kind: p.kind,
-                            scale: p.scale,
-                            offset: p.offset,
-                            map: &p.map,
-                        };
-                        let id = format!("{}.{}", self.spec.device.id, p.id);
-                        readings.push(self.reading(
-                            &id,
-                            &p.quantity,
-                            &p.unit,
-                            &value,
-                            &mapping,
-                            ts,
-                            &mut first_error,
-                        ));
+            let mut pending: Vec<&SnmpPoint> = group.iter().collect();
+            while !pending.is_empty() {
+                let oids: Vec<Oid<'static>> = pending
+                    .iter()
+                    .filter_map(|p| parse_oid(&p.oid).ok().and_then(|o| Oid::from(&o).ok()))
+                    .collect();
+                let refs: Vec<&Oid<'_>> = oids.iter().collect();
+                let result = self.request(Op::Get(&refs)).await;
+                let ts = now_ms();
+                match result {
+                    Ok(vbs) => {
+                        for p in &pending {
+                            let want = parse_oid(&p.oid).unwrap_or_default();
+                            let value = vbs
+                                .iter()
+                                .find(|(o, _)| *o == want)
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or(SnmpValue::Missing("not in the reply"));
+                            let mapping = Mapping {
+                                kind: p.kind,
+                                scale: p.scale,
+                                offset: p.offset,
+                                map: &p.map,
+                            };
+                            let id = format!("{}.{}", self.spec.device.id, p.id);
+                            readings.push(self.reading(
+                                &id,
+                                &p.quantity,
+                                &p.unit,
+                                &value,
+                                &mapping,
+                                ts,
+                                &mut first_error,
+                            ));
+                        }
+                        break;
                     }
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    first_error.get_or_insert_with(|| why.clone());
-                    for p in group {
+                    // SNMPv1 refuses a whole GET for one missing object and
+                    // names it: report that point and ask again without it.
+                    Err(SnmpError::Agent {
+                        status: NO_SUCH_NAME,
+                        index,
+                    }) if (1..=pending.len()).contains(&(index as usize)) => {
+                        let p = pending.remove(index as usize - 1);
                         let id = format!("{}.{}", self.spec.device.id, p.id);
                         self.note(&id, &p.quantity, &p.unit);
-                        readings.push(bad(&id, ts, &why));
+                        readings.push(bad(&id, ts, "noSuchName: the agent has no such object"));
                     }
-                    if matches!(
-                        e,
-                        SnmpError::Timeout(_) | SnmpError::Auth(_) | SnmpError::Session(..)
-                    ) {
-                        // The agent is unreachable: do not wait out a timeout per table.
-                        return PollResult {
-                            readings,
-                            error: first_error,
-                        };
+                    Err(e) => {
+                        let why = e.to_string();
+                        first_error.get_or_insert_with(|| why.clone());
+                        for p in &pending {
+                            let id = format!("{}.{}", self.spec.device.id, p.id);
+                            self.note(&id, &p.quantity, &p.unit);
+                            readings.push(bad(&id, ts, &why));
+                        }
+                        if matches!(
+                            e,
+                            SnmpError::Timeout(_) | SnmpError::Auth(_) | SnmpError::Session(..)
+                        ) {
+                            // The agent is unreachable: do not wait out a timeout per table.
+                            return PollResult {
+                                readings,
+                                error: first_error,
+                            };
+                        }
+                        break;
                     }
                 }
             }
@@ -402,7 +420,10 @@ impl SnmpPoller {
             } else {
                 match self.request(Op::Next(&oid)).await {
                     // v1 agents end a walk with noSuchName.
-                    Err(SnmpError::Agent(msg)) if msg.starts_with("noSuchName") => return Ok(rows),
+                    Err(SnmpError::Agent {
+                        status: NO_SUCH_NAME,
+                        ..
+                    }) => return Ok(rows),
                     other => other?,
                 }
             };
