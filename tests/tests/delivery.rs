@@ -12,6 +12,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A child process that is killed when the test ends, passing or failing.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Unique (point, event time) pairs in the published batches recorded by
 /// `mosquitto_sub -v` in `file`, and how many readings that was in all.
 fn published(file: &Path) -> Result<(HashSet<(String, i64)>, usize)> {
@@ -55,20 +65,22 @@ async fn collector_killed_during_ingest_and_restarted_loses_no_reading() -> Resu
     };
     // The independent record of everything published (QoS 1, its own session).
     let record = dir.path().join("published.txt");
-    let mut observer = Command::new(sub)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-v",
-        ])
-        .args(["-t", "roomguard/v1/+/+/batch", "-i", "observer"])
-        .stdout(std::fs::File::create(&record)?)
-        .stderr(Stdio::null())
-        .spawn()?;
+    let _observer = KillOnDrop(
+        Command::new(sub)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-q",
+                "1",
+                "-v",
+            ])
+            .args(["-t", "roomguard/v1/+/+/batch", "-i", "observer"])
+            .stdout(std::fs::File::create(&record)?)
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     // Give the observer its subscription before anything is published.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -121,7 +133,5 @@ async fn collector_killed_during_ingest_and_restarted_loses_no_reading() -> Resu
         .context("healthz")?;
     assert_eq!(health["broker_connected"], true);
     drop(collector2);
-    let _ = observer.kill();
-    let _ = observer.wait();
     Ok(())
 }
