@@ -69,6 +69,21 @@ fn start_snmpd(dir: &Path) -> Result<Option<Snmpd>> {
     Err(last)
 }
 
+/// A UPS-MIB device `ups-1` at `addr`, with `settings` (version, credentials,
+/// timeouts) as agent TOML lines.
+fn ups(addr: &str, settings: &str) -> Result<SnmpPoller> {
+    poller(&format!(
+        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{addr}\"\n{settings}\n"
+    ))
+}
+
+/// v3 settings for the user snmpd knows, with `auth` as its auth password.
+fn v3(auth: &str) -> String {
+    format!(
+        "version = \"v3\"\nretries = 0\n[snmp.v3]\nuser = \"rgv3\"\nauth_protocol = \"sha\"\nauth_password = {{ value = \"{auth}\" }}\npriv_protocol = \"aes\"\npriv_password = {{ value = \"privpass123\" }}"
+    )
+}
+
 /// An SNMP poller for one device described in agent TOML.
 fn poller(device_toml: &str) -> Result<SnmpPoller> {
     let text =
@@ -96,10 +111,11 @@ async fn v2c_get_and_table_walk_read_a_ups() -> Result<()> {
     let Some(snmpd) = start_snmpd(dir.path())? else {
         return Ok(());
     };
-    let mut p = poller(&format!(
-        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v2c\"\ncommunity = {{ value = \"public\" }}\n",
-        snmpd.addr
-    ))?;
+    let mut p = ups(
+        &snmpd.addr,
+        "version = \"v2c\"
+community = { value = \"public\" }",
+    )?;
     let r = p.poll().await;
     let source = reading(&r, "ups-1.output_source");
     assert_eq!(
@@ -131,10 +147,7 @@ async fn v3_auth_priv_with_sha_and_aes_reads_the_ups() -> Result<()> {
     let Some(snmpd) = start_snmpd(dir.path())? else {
         return Ok(());
     };
-    let mut p = poller(&format!(
-        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v3\"\n[snmp.v3]\nuser = \"rgv3\"\nauth_protocol = \"sha\"\nauth_password = {{ value = \"authpass123\" }}\npriv_protocol = \"aes\"\npriv_password = {{ value = \"privpass123\" }}\n",
-        snmpd.addr
-    ))?;
+    let mut p = ups(&snmpd.addr, &v3("authpass123"))?;
     let r = p.poll().await;
     assert_eq!(
         reading(&r, "ups-1.output_source").text.as_deref(),
@@ -150,19 +163,19 @@ async fn wrong_credentials_give_a_clear_error_and_no_values() -> Result<()> {
     let Some(snmpd) = start_snmpd(dir.path())? else {
         return Ok(());
     };
-    let mut wrong_password = poller(&format!(
-        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v3\"\nretries = 0\n[snmp.v3]\nuser = \"rgv3\"\nauth_protocol = \"sha\"\nauth_password = {{ value = \"wrongpass99\" }}\npriv_protocol = \"aes\"\npriv_password = {{ value = \"privpass123\" }}\n",
-        snmpd.addr
-    ))?;
+    let mut wrong_password = ups(&snmpd.addr, &v3("wrongpass99"))?;
     let r = wrong_password.poll().await;
     let err = r.error.clone().unwrap_or_default();
     assert!(err.contains("authentication failed"), "{err}");
     assert!(r.readings.iter().all(|x| !x.quality.is_good()));
 
-    let mut wrong_community = poller(&format!(
-        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v2c\"\ntimeout = \"300ms\"\nretries = 0\ncommunity = {{ value = \"guess\" }}\n",
-        snmpd.addr
-    ))?;
+    let mut wrong_community = ups(
+        &snmpd.addr,
+        "version = \"v2c\"
+timeout = \"300ms\"
+retries = 0
+community = { value = \"guess\" }",
+    )?;
     let r = wrong_community.poll().await;
     let err = r.error.clone().unwrap_or_default();
     assert!(
@@ -179,10 +192,11 @@ async fn v1_reads_what_the_agent_has_and_names_what_it_lacks() -> Result<()> {
     let Some(snmpd) = start_snmpd(dir.path())? else {
         return Ok(());
     };
-    let mut p = poller(&format!(
-        "[[snmp]]\nid = \"ups-1\"\nroom = \"r\"\nprofile = \"ups-mib\"\naddress = \"{}\"\nversion = \"v1\"\ncommunity = {{ value = \"public\" }}\n",
-        snmpd.addr
-    ))?;
+    let mut p = ups(
+        &snmpd.addr,
+        "version = \"v1\"
+community = { value = \"public\" }",
+    )?;
     let r = p.poll().await;
     // SNMPv1 refuses a whole GET when one object is missing; the poller asks
     // again without it, so the objects that exist are still read.
