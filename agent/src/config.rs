@@ -117,8 +117,9 @@ pub struct BusSpec {
 pub struct SnmpSpec {
     pub device: SnmpDevice,
     /// Points and tables resolved from profile and config (ids within the device).
-    pub points: Vec<SnmpPoint>,
-    pub tables: Vec<SnmpTable>,
+    /// Shared, so each poll walks them without copying.
+    pub points: Arc<[SnmpPoint]>,
+    pub tables: Arc<[SnmpTable]>,
 }
 
 /// A loaded configuration with everything resolved.
@@ -473,8 +474,8 @@ fn resolve_snmp(
     SnmpDevice::check_points(path, &points, &tables, p);
     Some(SnmpSpec {
         device: d.clone(),
-        points,
-        tables,
+        points: points.into(),
+        tables: tables.into(),
     })
 }
 

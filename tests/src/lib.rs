@@ -254,6 +254,16 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// `-h` and `-p` for mosquitto_pub / mosquitto_sub against this broker.
+    pub fn client_args(&self) -> [String; 4] {
+        [
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+        ]
+    }
+
     /// Stops the broker (SIGKILL, so sessions and queued messages are lost).
     pub fn stop(&mut self) {
         self.proc.kill();

@@ -67,15 +67,8 @@ async fn collector_killed_during_ingest_and_restarted_loses_no_reading() -> Resu
     let record = dir.path().join("published.txt");
     let _observer = KillOnDrop(
         Command::new(sub)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.port.to_string(),
-                "-q",
-                "1",
-                "-v",
-            ])
+            .args(broker.client_args())
+            .args(["-q", "1", "-v"])
             .args(["-t", "roomguard/v1/+/+/batch", "-i", "observer"])
             .stdout(std::fs::File::create(&record)?)
             .stderr(Stdio::null())

@@ -221,18 +221,8 @@ async fn malformed_forged_and_unknown_version_messages_are_counted_and_ingest_go
 
     let publish = |topic: &str, payload: &str| -> Result<()> {
         let status = Command::new(&mosquitto_pub)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-m",
-                payload,
-            ])
+            .args(broker.client_args())
+            .args(["-q", "1", "-t", topic, "-m", payload])
             .status()?;
         anyhow::ensure!(status.success(), "mosquitto_pub failed: {status}");
         Ok(())

@@ -66,6 +66,27 @@ pub struct SnmpPoller {
     meta: Vec<PointMeta>,
 }
 
+/// `host:port` from a configured address, adding `port` when it has none
+/// (`192.0.2.7`, `ups.local`, `[2001:db8::7]`, a bare IPv6 address).
+fn with_default_port(addr: &str, port: u16) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_owned();
+    }
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{addr}]:{port}");
+    }
+    match addr.rsplit_once(':') {
+        Some((host, p)) if !host.ends_with(']') || host.starts_with('[') => {
+            if p.parse::<u16>().is_ok() {
+                addr.to_owned()
+            } else {
+                format!("{addr}:{port}")
+            }
+        }
+        _ => format!("{addr}:{port}"),
+    }
+}
+
 /// SNMPv1 error-status noSuchName (RFC 1157).
 const NO_SUCH_NAME: u32 = 2;
 
@@ -137,15 +158,7 @@ impl SnmpPoller {
     /// Builds the poller; credentials were checked at config load.
     pub fn new(spec: SnmpSpec) -> SnmpPoller {
         let d = &spec.device;
-        let address = if d.address.contains(':')
-            && !d.address.starts_with('[')
-            && d.address.matches(':').count() == 1
-            || d.address.starts_with('[') && d.address.contains("]:")
-        {
-            d.address.clone()
-        } else {
-            format!("{}:161", d.address)
-        };
+        let address = with_default_port(&d.address, 161);
         let community = d
             .community
             .resolve()
@@ -290,7 +303,7 @@ impl SnmpPoller {
         self.meta.clear();
         let mut readings = Vec::new();
         let mut first_error: Option<String> = None;
-        let points = self.spec.points.clone();
+        let points = Arc::clone(&self.spec.points);
         let chunk = self.spec.device.max_oids_per_request.max(1);
         for group in points.chunks(chunk) {
             let mut pending: Vec<&SnmpPoint> = group.iter().collect();
@@ -364,8 +377,8 @@ impl SnmpPoller {
                 }
             }
         }
-        let tables = self.spec.tables.clone();
-        for table in &tables {
+        let tables = Arc::clone(&self.spec.tables);
+        for table in tables.iter() {
             for col in &table.columns {
                 match self.walk(&col.oid).await {
                     Ok(rows) => {
@@ -566,5 +579,24 @@ fn bad(id: &str, ts: i64, why: &str) -> Reading {
         text: None,
         ts,
         quality: Quality::Bad(why.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_default_port;
+
+    #[test]
+    fn addresses_without_a_port_get_161() {
+        assert_eq!(with_default_port("192.0.2.7", 161), "192.0.2.7:161");
+        assert_eq!(with_default_port("192.0.2.7:1161", 161), "192.0.2.7:1161");
+        assert_eq!(with_default_port("ups.local", 161), "ups.local:161");
+        assert_eq!(with_default_port("ups.local:2161", 161), "ups.local:2161");
+        assert_eq!(with_default_port("2001:db8::7", 161), "[2001:db8::7]:161");
+        assert_eq!(
+            with_default_port("[2001:db8::7]:162", 161),
+            "[2001:db8::7]:162"
+        );
+        assert_eq!(with_default_port("[2001:db8::7]", 161), "[2001:db8::7]:161");
     }
 }
