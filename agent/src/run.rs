@@ -264,10 +264,14 @@ impl Publisher {
     }
 
     async fn publish_poll(&mut self, poll: DevicePoll) -> Result<(), AgentError> {
-        let h = self
-            .health
-            .entry(poll.device.clone())
-            .or_insert_with(|| DeviceHealth::new(&poll.device));
+        // Every device has an entry from the start: no key to allocate per poll.
+        if !self.health.contains_key(&poll.device) {
+            self.health
+                .insert(poll.device.clone(), DeviceHealth::new(&poll.device));
+        }
+        let Some(h) = self.health.get_mut(&poll.device) else {
+            return Ok(());
+        };
         h.last_latency_ms = Some(poll.latency.as_millis() as u64);
         let good = poll.result.any_good();
         if good {
