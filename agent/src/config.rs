@@ -5,7 +5,9 @@
 use crate::drivers::modbus::config::{BusConfig, ModbusDevice, ModbusPoint, Transport};
 use crate::drivers::modbus::plan::{plan_subset, ReadRequest};
 use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable};
+use crate::link::ConfirmBy;
 use crate::profiles::{Profile, Profiles};
+use crate::spool::{Limits, OnFull};
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
 use roomguard_protocol::{validate_id, Label, PointMeta};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub profiles_dir: Option<PathBuf>,
     pub mqtt: MqttConfig,
+    /// The store-and-forward spool under `state_dir/spool`.
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// Prometheus `/metrics` for the agent itself; off when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
@@ -72,6 +77,79 @@ fn default_keep_alive() -> Duration {
 }
 fn default_status_interval() -> Duration {
     Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Disk the spool may use, in bytes.
+    pub max_bytes: u64,
+    /// Batches older than this are dropped (counted) even if there is room.
+    #[serde(with = "conf::duration")]
+    pub max_age: Duration,
+    /// `drop_oldest` or `drop_newest`, when a batch does not fit.
+    pub on_full: OnFull,
+    /// How often written batches are forced to disk; "0s" after every batch.
+    #[serde(with = "conf::duration")]
+    pub sync_interval: Duration,
+    /// Who confirms a batch so it can leave the spool: `collector` (stored,
+    /// confirmed on the agent's `ack` topic) or `broker` (PUBACK).
+    pub confirm: ConfirmBy,
+    /// A batch delivered but not confirmed within this is sent again (only
+    /// while the collector is confirming others).
+    #[serde(with = "conf::duration")]
+    pub confirm_timeout: Duration,
+    /// Backlog batches sent per second after an outage (live batches are not limited).
+    pub replay_rate: u32,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: 256 << 20,
+            max_age: Duration::from_secs(7 * 86_400),
+            on_full: OnFull::DropOldest,
+            sync_interval: Duration::from_secs(1),
+            confirm: ConfirmBy::Collector,
+            confirm_timeout: Duration::from_secs(120),
+            replay_rate: 500,
+        }
+    }
+}
+
+impl SpoolConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes,
+            max_age: self.max_age,
+            on_full: self.on_full,
+            sync_interval: self.sync_interval,
+        }
+    }
+
+    fn check(&self, p: &mut Problems) {
+        if self.max_bytes < 64 * 1024 {
+            p.push("spool.max_bytes", "must be at least 65536 (64 KiB)");
+        }
+        if self.max_age < Duration::from_secs(60) {
+            p.push("spool.max_age", "must be at least 1m");
+        }
+        if self.sync_interval > Duration::from_secs(60) {
+            p.push(
+                "spool.sync_interval",
+                "must be at most 1m: longer risks losing that much on a power cut",
+            );
+        }
+        if self.confirm_timeout < Duration::from_secs(1) {
+            p.push("spool.confirm_timeout", "must be at least 1s");
+        }
+        if self.replay_rate == 0 {
+            p.push(
+                "spool.replay_rate",
+                "must be at least 1 batch per second, or the backlog is never sent",
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -186,6 +264,7 @@ impl AgentConfig {
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             p.push("mqtt.keep_alive", "must be at least 1s");
         }
+        self.spool.check(&mut p);
         if self.modbus.is_empty() && self.snmp.is_empty() {
             p.push(
                 "modbus",

@@ -1,7 +1,9 @@
 //! The agent's own metrics, served in the Prometheus text format at
 //! `/metrics` when `[metrics] listen` is set: per device polls, failures,
-//! requests, registers read, overruns and poll time; batches published.
+//! requests, registers read, overruns and poll time; batches published;
+//! the spool's backlog, drops and damage.
 
+use crate::link::Link;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -9,7 +11,7 @@ use axum::Router;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 pub struct DeviceCounters {
@@ -27,6 +29,7 @@ pub struct AgentMetrics {
     pub batches_published: AtomicU64,
     pub readings_published: AtomicU64,
     pub broker_connected: AtomicU64,
+    pub spool_write_errors: AtomicU64,
 }
 
 impl AgentMetrics {
@@ -85,7 +88,7 @@ impl AgentMetrics {
         for (name, help, v) in [
             (
                 "roomguard_agent_batches_published_total",
-                "Batches handed to the MQTT client.",
+                "Batches made from polls (each spooled, then sent).",
                 &self.batches_published,
             ),
             (
@@ -105,28 +108,123 @@ impl AgentMetrics {
             "# HELP roomguard_agent_broker_connected 1 while connected to the broker.\n# TYPE roomguard_agent_broker_connected gauge\nroomguard_agent_broker_connected {}",
             self.broker_connected.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_agent_spool_write_errors_total Batches lost because the spool could not be written.\n# TYPE roomguard_agent_spool_write_errors_total counter\nroomguard_agent_spool_write_errors_total {}",
+            self.spool_write_errors.load(Relaxed)
+        );
         out
     }
 }
 
+/// The spool and link figures, read under the link's lock.
+fn render_spool(link: &Mutex<Link>, out: &mut String) {
+    let l = link.lock().unwrap_or_else(|e| e.into_inner());
+    let s = l.spool_status();
+    let c = l.spool().counters;
+    let st = l.stats;
+    let rows: [(&str, &str, &str, u64); 11] = [
+        (
+            "roomguard_agent_spool_pending_batches",
+            "gauge",
+            "Batches spooled and not yet confirmed.",
+            s.pending_batches,
+        ),
+        (
+            "roomguard_agent_spool_pending_bytes",
+            "gauge",
+            "Bytes of those batches.",
+            s.pending_bytes,
+        ),
+        (
+            "roomguard_agent_spool_disk_bytes",
+            "gauge",
+            "Bytes the spool's files take.",
+            l.spool().total_bytes(),
+        ),
+        (
+            "roomguard_agent_spool_appended_total",
+            "counter",
+            "Batches written to the spool.",
+            c.appended,
+        ),
+        (
+            "roomguard_agent_spool_dropped_batches_total",
+            "counter",
+            "Batches dropped by the size or age bound.",
+            s.dropped_batches,
+        ),
+        (
+            "roomguard_agent_spool_dropped_readings_total",
+            "counter",
+            "Readings in the dropped batches.",
+            s.dropped_readings,
+        ),
+        (
+            "roomguard_agent_spool_discarded_records_total",
+            "counter",
+            "Damaged stretches discarded at start.",
+            s.discarded_records,
+        ),
+        (
+            "roomguard_agent_sent_live_total",
+            "counter",
+            "Batches sent as they were polled.",
+            st.sent_live,
+        ),
+        (
+            "roomguard_agent_sent_backfill_total",
+            "counter",
+            "Batches sent late from the spool (backfill).",
+            st.sent_backfill,
+        ),
+        (
+            "roomguard_agent_confirmed_total",
+            "counter",
+            "Batches confirmed stored and removed from the spool.",
+            st.confirmed,
+        ),
+        (
+            "roomguard_agent_resent_unconfirmed_total",
+            "counter",
+            "Batches sent again because no confirmation came.",
+            st.resent_unconfirmed,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    if let Some(oldest) = s.oldest_ms {
+        let age = (crate::run::now_ms() - oldest).max(0) as f64 / 1000.0;
+        let _ = writeln!(out, "# HELP roomguard_agent_spool_oldest_age_seconds Age of the oldest unconfirmed batch.\n# TYPE roomguard_agent_spool_oldest_age_seconds gauge\nroomguard_agent_spool_oldest_age_seconds {age}");
+    }
+}
+
+type MetricsState = (Arc<AgentMetrics>, Arc<Mutex<Link>>);
+
 /// `/metrics` and `/healthz` for the agent.
-pub fn router(metrics: Arc<AgentMetrics>) -> Router {
+pub fn router(metrics: Arc<AgentMetrics>, link: Arc<Mutex<Link>>) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(
-                |axum::extract::State(m): axum::extract::State<Arc<AgentMetrics>>| async move {
+                |axum::extract::State((m, link)): axum::extract::State<MetricsState>| async move {
+                    let mut text = m.render();
+                    render_spool(&link, &mut text);
                     (
                         [(
                             header::CONTENT_TYPE,
                             "text/plain; version=0.0.4; charset=utf-8",
                         )],
-                        m.render(),
+                        text,
                     )
                         .into_response()
                 },
             ),
         )
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics)
+        .with_state((metrics, link))
 }

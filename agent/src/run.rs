@@ -1,26 +1,31 @@
 //! The running agent: one polling task per Modbus bus and per SNMP device,
-//! one publisher that numbers and sends each poll as a batch, one MQTT event
-//! loop, the retained status, and (optionally) `/metrics`.
+//! one publisher that numbers each poll as a batch and spools it, the link
+//! that sends the spool to the broker, one MQTT event loop, the retained
+//! status, and (optionally) `/metrics`.
 //!
 //! ```text
-//! bus task (Modbus) ──┐  bounded channel   ┌ publisher ─ seq ─ batch ─► MQTT client ─► event loop ─► broker
-//! bus task (Modbus) ──┼──────────────────► ┤
-//! SNMP device task ───┘                    └ status (health of every device, retained)
+//! bus task (Modbus) ──┐  bounded channel   ┌ publisher ─ seq ─ batch ─► link: spool ─► MQTT client ─► event loop ─► broker
+//! bus task (Modbus) ──┼──────────────────► ┤                              ▲  (PUBACK, collector's confirmations) │
+//! SNMP device task ───┘                    └ status (health, spool)       └──────────────────────────────────────┘
 //! ```
 
 use crate::config::Agent;
 use crate::drivers::modbus::bus::BusRunner;
 use crate::drivers::snmp::SnmpPoller;
 use crate::drivers::DevicePoll;
+use crate::link::{Link, LinkOptions, WINDOW};
 use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
-use roomguard_protocol::{AgentState, Batch, DeviceHealth, Status, Topic, PROTOCOL_VERSION};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use crate::spool::{OpenReport, Spool, SpoolError};
+use roomguard_protocol::{
+    AgentState, Batch, Confirm, DeviceHealth, Status, Topic, PROTOCOL_VERSION,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
@@ -34,6 +39,8 @@ const POLL_QUEUE: usize = 256;
 pub enum AgentError {
     #[error("sequence file: {0}")]
     Sequence(#[from] std::io::Error),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
     #[error("mqtt.url: {0}")]
     Broker(String),
     #[error("metrics.listen: {0}")]
@@ -62,18 +69,33 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(random_u64() % nanos)
 }
 
+/// The link is shared by the publisher, the MQTT event loop and the pacer;
+/// each holds the lock only for quick, non-awaiting work.
+type SharedLink = Arc<Mutex<Link>>;
+
+fn lock(link: &SharedLink) -> MutexGuard<'_, Link> {
+    // A panic while holding the lock would be a bug; the state is still
+    // usable (at worst some batches are sent twice), so carry on.
+    link.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs the agent until `shutdown` completes, then publishes "offline".
 pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let cfg = &agent.config;
     std::fs::create_dir_all(&cfg.state_dir)?;
     let seq = Sequence::open(&cfg.state_dir.join("sequence"))?;
+    let first_seq = seq.peek();
+    let (spool, report) = Spool::open(&cfg.state_dir.join("spool"), cfg.spool.limits())?;
+    log_recovery(&report);
     let broker = cfg.broker().map_err(AgentError::Broker)?;
 
     let mut opts = MqttOptions::new(cfg.client_id(), broker.host, broker.port);
     opts.set_keep_alive(cfg.mqtt.keep_alive);
-    // A persistent session: with a clean session, rumqttc drops in-flight QoS 1
-    // publishes on reconnect.
+    // A persistent session, so the broker keeps our confirmation subscription
+    // (and what was sent to it) while we are away. What we publish is
+    // resent from the spool, not from rumqttc's in-memory state.
     opts.set_clean_session(false);
+    opts.set_inflight(WINDOW as u16);
     opts.set_max_packet_size(
         roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
         roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
@@ -85,8 +107,22 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, eventloop) = AsyncClient::new(opts, 64);
+    // Room for the whole window plus statuses and subscriptions.
+    let (client, eventloop) = AsyncClient::new(opts, WINDOW * 2 + 16);
+    let link: SharedLink = Arc::new(Mutex::new(Link::new(
+        spool,
+        client.clone(),
+        LinkOptions {
+            batch_topic: Topic::batch(&cfg.site, &cfg.agent),
+            status_topic: status_topic.clone(),
+            ack_topic: Topic::ack(&cfg.site, &cfg.agent),
+            confirm_by: cfg.spool.confirm,
+            confirm_timeout: cfg.spool.confirm_timeout,
+            replay_rate: cfg.spool.replay_rate,
+        },
+    )));
     let connected = Arc::new(Notify::new());
+    let pace = Arc::new(Notify::new());
 
     let device_ids: Vec<String> = agent
         .buses
@@ -102,7 +138,7 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
                 .await
                 .map_err(AgentError::Metrics)?;
             let addr = listener.local_addr().map_err(AgentError::Metrics)?;
-            let app = crate::metrics::router(metrics.clone());
+            let app = crate::metrics::router(metrics.clone(), link.clone());
             tasks.spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "metrics endpoint stopped");
@@ -126,22 +162,35 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         tasks.spawn(SnmpPoller::new(s.clone()).run(tx.clone()));
     }
     drop(tx);
-    // Scripts and tests wait for this line rather than sleeping.
+    // Scripts and tests wait for this line rather than sleeping. It also says
+    // what the spool recovered, so a test can account for every batch.
     println!(
         "{}",
-        serde_json::json!({ "event": "ready", "metrics": metrics_addr })
+        serde_json::json!({
+            "event": "ready",
+            "metrics": metrics_addr,
+            "first_seq": first_seq,
+            "spool": {
+                "pending": report.pending_batches,
+                "last_seq": report.last_seq,
+                "discarded_records": report.discarded_records,
+                "discarded_bytes": report.discarded_bytes,
+            },
+        })
     );
     let connection = tokio::spawn(drive_connection(
         eventloop,
+        link.clone(),
         connected.clone(),
+        pace.clone(),
         metrics.clone(),
     ));
+    tasks.spawn(pacer(link.clone(), pace.clone()));
     let publisher = Publisher {
-        client: client.clone(),
+        link: link.clone(),
+        pace,
         site: cfg.site.clone(),
         agent: cfg.agent.clone(),
-        batch_topic: Topic::batch(&cfg.site, &cfg.agent),
-        status_topic,
         seq,
         health: device_ids
             .iter()
@@ -161,14 +210,46 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         at: Some(now_ms()),
         ..Status::offline(&cfg.site, &cfg.agent)
     };
-    let topic = Topic::status(&cfg.site, &cfg.agent);
-    let _ = client
-        .publish(topic, QoS::AtLeastOnce, true, goodbye.to_json())
-        .await;
+    {
+        let mut l = lock(&link);
+        l.sync();
+        l.publish_status(goodbye.to_json());
+    }
+    // Give batches in flight a moment to be acknowledged (they are spooled
+    // either way), then let the event loop flush the goodbye.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = client.disconnect().await;
-    // Let the event loop flush the goodbye, but never hang on a dead broker.
     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+    let l = lock(&link);
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "stopped",
+            "last_seq": l.spool().last_seq(),
+            "pending": l.spool().pending_batches(),
+        })
+    );
     Ok(())
+}
+
+fn log_recovery(report: &OpenReport) {
+    for d in &report.damage {
+        tracing::warn!("spool: {d}");
+    }
+    if report.discarded_records > 0 {
+        tracing::warn!(
+            stretches = report.discarded_records,
+            bytes = report.discarded_bytes,
+            "spool: damaged records discarded at start (see above); the rest is kept"
+        );
+    }
+    if report.pending_batches > 0 {
+        tracing::info!(
+            batches = report.pending_batches,
+            segments = report.segments,
+            "spool: unconfirmed batches from a previous run will be sent as backfill"
+        );
+    }
 }
 
 trait HealthExt {
@@ -188,44 +269,88 @@ impl HealthExt for DeviceHealth {
     }
 }
 
-/// Keeps the MQTT connection up: rumqttc reconnects on the next poll after an
-/// error, so this loop only paces the retries (capped exponential backoff
-/// with jitter) and announces each new connection.
+/// Keeps the MQTT connection up and tells the link what happened to each
+/// publish: rumqttc reconnects on the next poll after an error, so this loop
+/// only paces the retries (capped exponential backoff with jitter).
 async fn drive_connection(
     mut eventloop: EventLoop,
+    link: SharedLink,
     connected: Arc<Notify>,
+    pace: Arc<Notify>,
     metrics: Arc<AgentMetrics>,
 ) {
     let mut backoff = Duration::from_millis(250);
     let max_backoff = Duration::from_secs(30);
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        let wait = match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 backoff = Duration::from_millis(250);
                 metrics.broker_connected.store(1, Relaxed);
+                lock(&link).on_connected(ack.session_present);
                 connected.notify_one();
+                lock(&link).pump()
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                return;
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                lock(&link).on_publish_sent(pkid);
+                None
             }
-            Ok(_) => {}
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                lock(&link).on_publish_held(pkid);
+                None
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                let mut l = lock(&link);
+                l.on_puback(ack.pkid);
+                l.pump()
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => match Confirm::from_json(&p.payload) {
+                Ok(c) => {
+                    let mut l = lock(&link);
+                    l.on_confirm(&c);
+                    l.pump()
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %p.topic, error = %e, "ignoring a message that is not a confirmation");
+                    None
+                }
+            },
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => None,
             Err(e) => {
                 metrics.broker_connected.store(0, Relaxed);
+                lock(&link).on_disconnected(&mut eventloop.pending);
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection failed");
                 tokio::time::sleep(backoff + jitter(backoff / 2)).await;
                 backoff = (backoff * 2).min(max_backoff);
+                None
             }
+        };
+        if wait.is_some() {
+            pace.notify_one();
+        }
+    }
+}
+
+/// Sends the rate-limited backlog: sleeps while there is none, wakes when
+/// someone finds the backlog waiting on the rate limit.
+async fn pacer(link: SharedLink, pace: Arc<Notify>) {
+    loop {
+        pace.notified().await;
+        loop {
+            let wait = lock(&link).pump();
+            let Some(wait) = wait else { break };
+            tokio::time::sleep(wait.max(Duration::from_millis(5))).await;
         }
     }
 }
 
 struct Publisher {
-    client: AsyncClient,
+    link: SharedLink,
+    pace: Arc<Notify>,
     site: String,
     agent: String,
-    batch_topic: String,
-    status_topic: String,
     seq: Sequence,
     health: BTreeMap<String, DeviceHealth>,
     metrics: Arc<AgentMetrics>,
@@ -246,24 +371,31 @@ impl Publisher {
     ) -> Result<(), AgentError> {
         let mut status_tick = tokio::time::interval(status_every);
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut upkeep = tokio::time::interval(Duration::from_secs(1));
+        upkeep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 poll = rx.recv() => {
                     let Some(poll) = poll else { return Ok(()) };
-                    self.publish_poll(poll).await?;
+                    self.publish_poll(poll)?;
                 }
                 () = connected.notified() => {
                     // A new connection may be to a collector (or broker) that
                     // knows nothing yet: describe every device again.
                     self.described.clear();
-                    self.publish_status().await;
+                    self.publish_status();
                 }
-                _ = status_tick.tick() => self.publish_status().await,
+                _ = status_tick.tick() => self.publish_status(),
+                _ = upkeep.tick() => {
+                    if lock(&self.link).maintain(now_ms()).is_some() {
+                        self.pace.notify_one();
+                    }
+                }
             }
         }
     }
 
-    async fn publish_poll(&mut self, poll: DevicePoll) -> Result<(), AgentError> {
+    fn publish_poll(&mut self, poll: DevicePoll) -> Result<(), AgentError> {
         // Every device has an entry from the start: no key to allocate per poll.
         if !self.health.contains_key(&poll.device) {
             self.health
@@ -323,6 +455,7 @@ impl Publisher {
         } else {
             Vec::new()
         };
+        let readings = poll.result.readings.len() as u32;
         let batch = Batch {
             v: PROTOCOL_VERSION,
             site: self.site.clone(),
@@ -334,24 +467,29 @@ impl Publisher {
             backfill: false,
             readings: poll.result.readings,
         };
-        // Waits while rumqttc's request queue is full (broker down): the
-        // device tasks then wait on our channel in turn. Nothing is dropped here.
-        if let Err(e) = self
-            .client
-            .publish(
-                self.batch_topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                batch.to_json(),
-            )
-            .await
-        {
-            tracing::error!(error = %e, "MQTT client closed; batch not sent");
+        // Spooled before it is sent; never waits on the broker. A full disk
+        // is logged and the poll goes on: the next batch may fit again.
+        let waiting = match lock(&self.link).submit(
+            batch.seq,
+            batch.polled_at,
+            readings,
+            batch.to_json(),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, seq = batch.seq, "cannot write the spool; batch lost");
+                self.metrics.spool_write_errors.fetch_add(1, Relaxed);
+                None
+            }
+        };
+        if waiting.is_some() {
+            self.pace.notify_one();
         }
         Ok(())
     }
 
-    async fn publish_status(&self) {
+    fn publish_status(&self) {
+        let mut link = lock(&self.link);
         let status = Status {
             v: PROTOCOL_VERSION,
             site: self.site.clone(),
@@ -360,16 +498,8 @@ impl Publisher {
             at: Some(now_ms()),
             software: Some(env!("CARGO_PKG_VERSION").to_owned()),
             devices: self.health.values().cloned().collect(),
+            spool: Some(link.spool_status()),
         };
-        // try_publish: a status is refreshed periodically, so when the queue
-        // is full (broker down) skipping one is harmless and never blocks polls.
-        if let Err(e) = self.client.try_publish(
-            self.status_topic.clone(),
-            QoS::AtLeastOnce,
-            true,
-            status.to_json(),
-        ) {
-            tracing::debug!(error = %e, "status not queued");
-        }
+        link.publish_status(status.to_json());
     }
 }

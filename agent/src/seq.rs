@@ -45,6 +45,11 @@ impl Sequence {
         Ok(seq)
     }
 
+    /// The number the next `take` returns.
+    pub fn peek(&self) -> u64 {
+        self.next
+    }
+
     /// The next number; touches the disk once per [`BLOCK`] numbers.
     pub fn take(&mut self) -> io::Result<u64> {
         if self.next >= self.reserved_until {

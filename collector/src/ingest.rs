@@ -3,6 +3,7 @@
 //! logged with its reason, counted, and dropped; nothing an agent sends can
 //! stop ingest.
 
+use crate::confirm::{self, Confirmations};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Ack, WriteCmd};
 use roomguard_protocol::conf::BrokerUrl;
@@ -18,6 +19,7 @@ pub async fn run(
     client_id: String,
     metrics: Arc<Metrics>,
     store: mpsc::Sender<WriteCmd>,
+    confirmations: Arc<Confirmations>,
 ) {
     let mut opts = MqttOptions::new(client_id, broker.host, broker.port);
     opts.set_keep_alive(Duration::from_secs(15));
@@ -35,7 +37,11 @@ pub async fn run(
     // (tens to hundreds), so acknowledgements queued from the writer thread
     // with try_ack always find room here.
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    let filter = Topic::collector_filter();
+    let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
+        confirmations.clone(),
+        client.clone(),
+    )));
+    let filters = Topic::collector_filters();
     let mut backoff = Duration::from_millis(250);
     loop {
         match eventloop.poll().await {
@@ -49,12 +55,14 @@ pub async fn run(
                 backoff = Duration::from_millis(250);
                 // Subscribe on every connection: a broker that lost our
                 // session (restart without persistence) has lost it too.
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "cannot subscribe");
+                for filter in &filters {
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot subscribe");
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if !handle(&p, &client, &metrics, &store).await {
+                if !handle(&p, &client, &metrics, &store, &confirmations).await {
                     return;
                 }
             }
@@ -87,6 +95,7 @@ async fn handle(
     client: &AsyncClient,
     metrics: &Arc<Metrics>,
     store: &mpsc::Sender<WriteCmd>,
+    confirmations: &Confirmations,
 ) -> bool {
     metrics.messages_received.inc();
     // Refused messages are acknowledged at once: they will never be stored,
@@ -118,9 +127,19 @@ async fn handle(
             Err(e) => {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");
                 refuse(e.label());
+                // Tell the agent, so it stops sending it; only possible when
+                // the payload names its sequence number.
+                if let Some(seq) = seq_of(&p.payload) {
+                    confirmations.refused(&topic.site, &topic.agent, seq);
+                }
                 return true;
             }
         },
+        TopicKind::Ack => {
+            // Our own confirmations, should a broker route them here.
+            ack_for(p, client, metrics)();
+            return true;
+        }
         TopicKind::Status => match Status::from_json(&p.payload) {
             Ok(s) if s.site == topic.site && s.agent == topic.agent => WriteCmd::Status(s, ack()),
             Ok(_) => {
@@ -136,4 +155,24 @@ async fn handle(
         },
     };
     store.send(cmd).await.is_ok()
+}
+
+/// The sequence number of a batch that failed validation, if it has one.
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct SeqOnly {
+        seq: u64,
+    }
+    serde_json::from_slice::<SeqOnly>(payload)
+        .ok()
+        .map(|s| s.seq)
+}
+
+/// Stops a helper task when ingest ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

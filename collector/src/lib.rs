@@ -2,12 +2,14 @@
 //! them, stores them in the embedded SQLite store and serves the API.
 //!
 //! `ingest` (MQTT → validation) feeds `store` (one writer thread) through a
-//! bounded queue; `api` reads the store; `broker` is the embedded MQTT broker
-//! used when no external one is configured.
+//! bounded queue; `confirm` tells agents what is committed so they can drop
+//! it from their spools; `api` reads the store; `broker` is the embedded MQTT
+//! broker used when no external one is configured.
 
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod confirm;
 pub mod ingest;
 pub mod metrics;
 pub mod store;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use roomguard_collector::config::{CollectorConfig, SAMPLE};
-use roomguard_collector::{api, broker, ingest, metrics::Metrics, store};
+use roomguard_collector::{api, broker, confirm, ingest, metrics::Metrics, store};
 use roomguard_protocol::conf::BrokerUrl;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,8 +89,10 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         }
     };
     let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?;
+    let confirmations = Arc::new(confirm::Confirmations::default());
     let (store_tx, writer_thread) =
-        store::spawn_writer(writer, metrics.clone()).context("cannot start the store writer")?;
+        store::spawn_writer(writer, metrics.clone(), confirmations.clone())
+            .context("cannot start the store writer")?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -106,6 +108,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         cfg.mqtt.client_id.clone(),
         metrics.clone(),
         store_tx,
+        confirmations,
     ));
 
     // Scripts and tests wait for this line instead of sleeping.

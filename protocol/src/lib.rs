@@ -3,18 +3,22 @@
 //! Agents publish one QoS 1 message per device poll (a [`Batch`]) to
 //! `roomguard/v1/{site}/{agent}/batch`, and keep a retained [`Status`] on
 //! `roomguard/v1/{site}/{agent}/status` whose last-will says "offline".
+//! The collector answers on `roomguard/v1/{site}/{agent}/ack` with the batches
+//! it has committed ([`Confirm`]); only then does the agent drop them.
 //! Both sides use only this crate to build and read topics and payloads, so the
 //! contract lives in one place; `docs/PROTOCOL.md` is its human-readable form.
 
 pub mod batch;
 pub mod conf;
+pub mod confirm;
 pub mod ident;
 pub mod status;
 pub mod topic;
 
 pub use batch::{decode_batch, Batch, Label, PointMeta, Quality, Reading, RejectReason};
+pub use confirm::{Confirm, ConfirmError, SeqRange};
 pub use ident::{validate_id, IdError};
-pub use status::{AgentState, DeviceHealth, Status};
+pub use status::{AgentState, DeviceHealth, SpoolStatus, Status};
 pub use topic::{Topic, TopicError, TopicKind};
 
 /// The payload version this build writes and the only one it accepts.

@@ -46,6 +46,30 @@ pub struct Status {
     pub software: Option<String>,
     #[serde(default)]
     pub devices: Vec<DeviceHealth>,
+    /// The agent's store-and-forward spool: what waits to be confirmed and
+    /// what was lost (dropped when full or too old, or found corrupt on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolStatus>,
+}
+
+/// Counters since the agent started, except `pending_*` (now).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolStatus {
+    /// Batches written and not yet confirmed stored by the collector.
+    pub pending_batches: u64,
+    pub pending_bytes: u64,
+    /// When the oldest pending batch was polled, ms since epoch.
+    #[serde(default)]
+    pub oldest_ms: Option<i64>,
+    /// Batches (and the readings in them) dropped by the size or age bound.
+    pub dropped_batches: u64,
+    pub dropped_readings: u64,
+    /// Records found damaged on disk at start (torn or corrupted) and discarded.
+    pub discarded_records: u64,
+    pub discarded_bytes: u64,
+    /// Batches the collector refused for good (invalid), dropped from the spool.
+    #[serde(default)]
+    pub refused_batches: u64,
 }
 
 impl Status {
@@ -59,6 +83,7 @@ impl Status {
             at: None,
             software: None,
             devices: Vec::new(),
+            spool: None,
         }
     }
 

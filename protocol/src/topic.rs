@@ -16,6 +16,9 @@ pub enum TopicKind {
     Batch,
     /// The agent's health: a [`crate::Status`], QoS 1, retained, with a last will.
     Status,
+    /// Collector to agent: which batches are committed (a [`crate::Confirm`]),
+    /// QoS 1, not retained. Only then may the agent forget them.
+    Ack,
 }
 
 impl TopicKind {
@@ -23,6 +26,7 @@ impl TopicKind {
         match self {
             TopicKind::Batch => "batch",
             TopicKind::Status => "status",
+            TopicKind::Ack => "ack",
         }
     }
 }
@@ -57,6 +61,10 @@ impl Topic {
         Self::build(site, agent, TopicKind::Status)
     }
 
+    pub fn ack(site: &str, agent: &str) -> String {
+        Self::build(site, agent, TopicKind::Ack)
+    }
+
     fn build(site: &str, agent: &str, kind: TopicKind) -> String {
         format!(
             "{TOPIC_ROOT}/v{PROTOCOL_VERSION}/{site}/{agent}/{}",
@@ -64,10 +72,14 @@ impl Topic {
         )
     }
 
-    /// The filter a collector subscribes to: every version, so that traffic of
-    /// an unknown version is seen and rejected with a reason rather than ignored.
-    pub fn collector_filter() -> String {
-        format!("{TOPIC_ROOT}/+/+/+/+")
+    /// The filters a collector subscribes to: what agents send, in every
+    /// version, so that traffic of an unknown version is seen and rejected
+    /// with a reason rather than ignored. Not `ack`: those are its own.
+    pub fn collector_filters() -> [String; 2] {
+        [
+            format!("{TOPIC_ROOT}/+/+/+/batch"),
+            format!("{TOPIC_ROOT}/+/+/+/status"),
+        ]
     }
 
     /// Parses a topic, checking the version and both identities.
@@ -94,6 +106,7 @@ impl Topic {
         let kind = match kind {
             "batch" => TopicKind::Batch,
             "status" => TopicKind::Status,
+            "ack" => TopicKind::Ack,
             _ => return Err(malformed()),
         };
         if version != PROTOCOL_VERSION {
@@ -127,6 +140,8 @@ mod tests {
         assert_eq!(t.kind, TopicKind::Batch);
         let t = Topic::parse(&Topic::status("site-a", "edge-1")).unwrap();
         assert_eq!(t.kind, TopicKind::Status);
+        let t = Topic::parse(&Topic::ack("site-a", "edge-1")).unwrap();
+        assert_eq!(t.kind, TopicKind::Ack);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod sqlite;
 
+use crate::confirm::Confirmations;
 use crate::metrics::Metrics;
 use roomguard_protocol::{Batch, Status};
 use serde::Serialize;
@@ -92,6 +93,7 @@ impl std::fmt::Debug for WriteCmd {
 pub fn spawn_writer(
     mut writer: sqlite::SqliteWriter,
     metrics: Arc<Metrics>,
+    confirmations: Arc<Confirmations>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
     let handle = std::thread::Builder::new()
@@ -128,6 +130,9 @@ pub fn spawn_writer(
                             metrics.readings_stored.add(stats.readings);
                             metrics.readings_duplicate.add(stats.duplicates);
                             metrics.store_write_seconds.observe(started.elapsed());
+                            for b in &batches {
+                                confirmations.stored(&b.site, &b.agent, b.seq);
+                            }
                         }
                         Err(e) => {
                             // Not acknowledged: the broker delivers these again
