@@ -94,6 +94,10 @@ impl Link {
         }
     }
 
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
     pub fn spool(&self) -> &Spool {
         &self.spool
     }
@@ -197,8 +201,19 @@ impl Link {
         }
     }
 
-    /// Publishes the retained status (skipped, harmlessly, when the queue is full).
+    /// Publishes the retained status. Skipped while disconnected (a fresh
+    /// one goes out on connecting; stale ones would only queue up) and,
+    /// harmlessly, when the queue is full.
     pub fn publish_status(&mut self, payload: Vec<u8>) {
+        if self.connected {
+            let topic = self.opts.status_topic.clone();
+            self.hand_over(None, &topic, true, payload);
+        }
+    }
+
+    /// Queues the goodbye status whether connected or not: if the connection
+    /// comes back in the last moments, it goes out; if not, the will does.
+    pub fn publish_goodbye(&mut self, payload: Vec<u8>) {
         let topic = self.opts.status_topic.clone();
         self.hand_over(None, &topic, true, payload);
     }
@@ -211,6 +226,7 @@ impl Link {
             oldest_ms: self.spool.oldest_pending(),
             dropped_batches: c.dropped_batches,
             dropped_readings: c.dropped_readings,
+            dropped_unconfirmed: c.dropped_unconfirmed,
             discarded_records: c.discarded_records,
             discarded_bytes: c.discarded_bytes,
             refused_batches: c.refused_batches,

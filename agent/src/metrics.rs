@@ -123,7 +123,7 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
     let s = l.spool_status();
     let c = l.spool().counters;
     let st = l.stats;
-    let rows: [(&str, &str, &str, u64); 11] = [
+    let rows: [(&str, &str, &str, u64); 12] = [
         (
             "roomguard_agent_spool_pending_batches",
             "gauge",
@@ -151,7 +151,7 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
         (
             "roomguard_agent_spool_dropped_batches_total",
             "counter",
-            "Batches dropped by the size or age bound.",
+            "Batches dropped by the size or age bound, never sent.",
             s.dropped_batches,
         ),
         (
@@ -159,6 +159,12 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
             "counter",
             "Readings in the dropped batches.",
             s.dropped_readings,
+        ),
+        (
+            "roomguard_agent_spool_dropped_unconfirmed_total",
+            "counter",
+            "Batches dropped by a bound after sending, before confirmation.",
+            s.dropped_unconfirmed,
         ),
         (
             "roomguard_agent_spool_discarded_records_total",

@@ -31,6 +31,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 
+/// How long a stopping agent waits for its last batches to be confirmed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Polls waiting for the publisher. When full, device tasks wait (their next
 /// poll is delayed) rather than drop a reading.
 const POLL_QUEUE: usize = 256;
@@ -185,7 +188,7 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         pace.clone(),
         metrics.clone(),
     ));
-    tasks.spawn(pacer(link.clone(), pace.clone()));
+    let pacer = tokio::spawn(pacer(link.clone(), pace.clone()));
     let publisher = Publisher {
         link: link.clone(),
         pace,
@@ -204,6 +207,21 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         () = shutdown => tracing::info!("shutting down"),
     }
     tasks.abort_all();
+    // Polling has stopped. While connected, give what is still owed a few
+    // seconds to be confirmed, so a clean stop leaves an empty spool; what
+    // is left is sent by the next start.
+    let grace = Instant::now() + SHUTDOWN_GRACE;
+    while Instant::now() < grace {
+        let (connected, pending) = {
+            let l = lock(&link);
+            (l.is_connected(), l.spool().pending_batches())
+        };
+        if !connected || pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pacer.abort();
     // Say goodbye explicitly so the status does not wait for the keep-alive
     // to expire; the last will covers the cases where we cannot.
     let goodbye = Status {
@@ -213,11 +231,10 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     {
         let mut l = lock(&link);
         l.sync();
-        l.publish_status(goodbye.to_json());
+        l.publish_goodbye(goodbye.to_json());
     }
-    // Give batches in flight a moment to be acknowledged (they are spooled
-    // either way), then let the event loop flush the goodbye.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the event loop flush the goodbye, but never hang on a dead broker.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
     let l = lock(&link);

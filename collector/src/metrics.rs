@@ -66,6 +66,7 @@ pub struct Metrics {
     pub batches_stored: Counter,
     pub readings_stored: Counter,
     pub readings_duplicate: Counter,
+    pub batches_duplicate: Counter,
     pub store_errors: Counter,
     pub store_write_seconds: Timer,
     pub write_queue_depth: Gauge,
@@ -122,6 +123,11 @@ impl Metrics {
             "roomguard_readings_duplicate_total",
             "Readings received again and not stored twice.",
             self.readings_duplicate.get(),
+        );
+        counter(
+            "roomguard_batches_duplicate_total",
+            "Batches received again (same agent and sequence) and skipped.",
+            self.batches_duplicate.get(),
         );
         counter(
             "roomguard_store_errors_total",

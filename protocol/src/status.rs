@@ -61,9 +61,14 @@ pub struct SpoolStatus {
     /// When the oldest pending batch was polled, ms since epoch.
     #[serde(default)]
     pub oldest_ms: Option<i64>,
-    /// Batches (and the readings in them) dropped by the size or age bound.
+    /// Batches (and the readings in them) dropped by the size or age bound
+    /// before they were ever sent: lost.
     pub dropped_batches: u64,
     pub dropped_readings: u64,
+    /// Batches dropped by a bound after they were sent but before the
+    /// collector confirmed them: probably stored, not guaranteed.
+    #[serde(default)]
+    pub dropped_unconfirmed: u64,
     /// Records found damaged on disk at start (torn or corrupted) and discarded.
     pub discarded_records: u64,
     pub discarded_bytes: u64,

@@ -3,7 +3,7 @@
 //! for readiness by polling, never by fixed sleeps, and kills everything when a
 //! test ends. A process's logs are printed when the test fails.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -177,6 +177,22 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGTERM, waits for the process to exit, and returns what it
+    /// printed on stdout that nobody had read yet.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Vec<String>> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM {} failed", self.pid());
+        self.wait_exit(timeout)?;
+        let mut out = Vec::new();
+        // The reader thread ends at EOF, which follows the exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            out.push(line);
+        }
+        Ok(out)
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -216,7 +232,8 @@ impl Drop for Proc {
     }
 }
 
-/// A real Mosquitto broker on a loopback port, without persistence.
+/// A real Mosquitto broker on a loopback port, without persistence unless
+/// started with [`Mosquitto::start_persistent`].
 pub struct Mosquitto {
     pub proc: Proc,
     pub port: u16,
@@ -226,6 +243,24 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts Mosquitto; `None` when it is not installed outside CI.
     pub fn start(dir: &Path) -> Result<Option<Mosquitto>> {
+        Self::start_with(dir, false)
+    }
+
+    /// Starts Mosquitto keeping sessions and queued messages on disk (in
+    /// `dir`) across a graceful stop ([`Mosquitto::terminate`]).
+    pub fn start_persistent(dir: &Path) -> Result<Option<Mosquitto>> {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, persistent: bool) -> Result<Option<Mosquitto>> {
+        let persistence = if persistent {
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
         let Some(program) = external("mosquitto", "mosquitto") else {
             return Ok(None);
         };
@@ -237,7 +272,7 @@ impl Mosquitto {
             let conf = dir.join(format!("mosquitto-{port}.conf"));
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 100000\n"),
             )?;
             let mut cmd = Command::new(&program);
             cmd.arg("-c").arg(&conf);
@@ -267,6 +302,11 @@ impl Mosquitto {
     /// Stops the broker (SIGKILL, so sessions and queued messages are lost).
     pub fn stop(&mut self) {
         self.proc.kill();
+    }
+
+    /// Stops the broker with SIGTERM, letting it save its state (when persistent).
+    pub fn terminate(&mut self) -> Result<()> {
+        self.proc.terminate(Duration::from_secs(10)).map(|_| ())
     }
 
     /// Starts the broker again on the same port.

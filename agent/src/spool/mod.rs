@@ -117,8 +117,12 @@ pub struct OpenReport {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     pub appended: u64,
+    /// Dropped by a bound before ever being sent: lost for sure.
     pub dropped_batches: u64,
     pub dropped_readings: u64,
+    /// Dropped after being sent but before the confirmation came: most of
+    /// these reached the collector, but nobody can promise it.
+    pub dropped_unconfirmed: u64,
     pub discarded_records: u64,
     pub discarded_bytes: u64,
     pub refused_batches: u64,
@@ -318,17 +322,23 @@ impl Spool {
         let Some(seg) = self.segments.pop_front() else {
             return;
         };
-        let (batches, readings) = seg
-            .entries
-            .iter()
-            .filter(|e| e.state != State::Done)
-            .fold((0u64, 0u64), |(b, r), e| {
-                (b + 1, r + u64::from(e.info.readings))
-            });
+        let (mut batches, mut readings, mut unconfirmed) = (0u64, 0u64, 0u64);
+        for e in &seg.entries {
+            match e.state {
+                State::Unsent => {
+                    batches += 1;
+                    readings += u64::from(e.info.readings);
+                }
+                State::Sending | State::Delivered => unconfirmed += 1,
+                State::Done => {}
+            }
+        }
         self.counters.dropped_batches += batches;
         self.counters.dropped_readings += readings;
-        if batches > 0 {
-            tracing::warn!(segment = %seg.path.display(), batches, readings, "{why}: dropping the oldest unconfirmed batches");
+        self.counters.dropped_unconfirmed += unconfirmed;
+        if batches + unconfirmed > 0 {
+            tracing::warn!(segment = %seg.path.display(), batches, readings, sent_but_unconfirmed = unconfirmed,
+                "{why}: dropping the oldest batches");
         }
         remove_segment(&seg);
     }

@@ -171,6 +171,8 @@ async fn agents(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
                 "state": a.state,
                 "received_at": rfc3339(a.updated_at),
                 "devices": a.status.get("devices").cloned().unwrap_or_else(|| json!([])),
+                "spool": a.status.get("spool").cloned(),
+                "software": a.status.get("software").cloned(),
             })
         })
         .collect();

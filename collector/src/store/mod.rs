@@ -35,6 +35,8 @@ pub struct WriteStats {
     pub readings: u64,
     /// Readings already stored (same point and event time): not stored again.
     pub duplicates: u64,
+    /// Batches already stored (same agent and sequence number): skipped whole.
+    pub duplicate_batches: u64,
 }
 
 /// The latest reading of one point.
@@ -129,6 +131,7 @@ pub fn spawn_writer(
                             metrics.batches_stored.add(stats.batches);
                             metrics.readings_stored.add(stats.readings);
                             metrics.readings_duplicate.add(stats.duplicates);
+                            metrics.batches_duplicate.add(stats.duplicate_batches);
                             metrics.store_write_seconds.observe(started.elapsed());
                             for b in &batches {
                                 confirmations.stored(&b.site, &b.agent, b.seq);

@@ -5,6 +5,9 @@
 //! Schema: a point catalogue (`points`, which also holds each point's latest
 //! value) and samples keyed by `(point_id, ts)` in a WITHOUT ROWID table, so a
 //! sample costs one B-tree entry and a point's history is one range scan.
+//! `batches` remembers each agent's batches by sequence number, so a batch
+//! delivered twice (the agent resends what it was not sure arrived) is
+//! recognised and skipped whole.
 
 use super::{AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Quality, Status};
@@ -13,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS points (
@@ -40,6 +43,17 @@ CREATE TABLE IF NOT EXISTS samples (
     text     TEXT,
     bad      TEXT,
     PRIMARY KEY (point_id, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    device      TEXT NOT NULL,
+    polled_at   INTEGER NOT NULL,
+    readings    INTEGER NOT NULL,
+    backfill    INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (site, agent, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents (
     site        TEXT NOT NULL,
@@ -125,7 +139,8 @@ impl SqliteWriter {
             .map_err(open_err)?;
         match (version, tables) {
             (SCHEMA_VERSION, _) => {}
-            (0, 0) => {
+            // New file, or version 2, which lacked only `batches`.
+            (0, 0) | (2, _) => {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
             }
@@ -159,7 +174,38 @@ impl SqliteWriter {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO samples (point_id, ts, value, text, bad) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            let mut seen = tx.prepare_cached(
+                "INSERT INTO batches (site, agent, seq, device, polled_at, readings, backfill, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            )?;
             for batch in batches {
+                let row = params![
+                    batch.site,
+                    batch.agent,
+                    // SQLite integers are signed; the cast is one-to-one.
+                    batch.seq as i64,
+                    batch.device,
+                    batch.polled_at,
+                    batch.readings.len() as i64,
+                    batch.backfill,
+                    now_ms
+                ];
+                if seen.execute(row)? == 0 {
+                    if same_batch_stored(&tx, batch)? {
+                        stats.duplicate_batches += 1;
+                        stats.duplicates += batch.readings.len() as u64;
+                        continue;
+                    }
+                    // A different batch under a known number: the agent lost
+                    // its state directory and counts again. Store it, say so.
+                    tracing::warn!(site = %batch.site, agent = %batch.agent, seq = batch.seq,
+                        "agent reused a sequence number (was its state directory reset?); storing the new batch");
+                    tx.prepare_cached(
+                        "UPDATE batches SET device = ?4, polled_at = ?5, readings = ?6, backfill = ?7, received_at = ?8
+                         WHERE site = ?1 AND agent = ?2 AND seq = ?3",
+                    )?
+                    .execute(row)?;
+                }
                 let source = Source {
                     site: &batch.site,
                     agent: &batch.agent,
@@ -226,6 +272,20 @@ impl SqliteWriter {
         )?;
         Ok(())
     }
+}
+
+/// Whether the batch stored under `batch`'s number is this very batch.
+fn same_batch_stored(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<bool, StoreError> {
+    let stored: Option<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT device, polled_at FROM batches WHERE site = ?1 AND agent = ?2 AND seq = ?3",
+        )?
+        .query_row(params![batch.site, batch.agent, batch.seq as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(stored
+        .is_some_and(|(device, polled_at)| device == batch.device && polled_at == batch.polled_at))
 }
 
 /// Where a batch came from.
@@ -486,6 +546,28 @@ mod tests {
             .unwrap();
         assert_eq!((s1.readings, s1.duplicates), (2, 0));
         assert_eq!((s2.readings, s2.duplicates), (0, 2));
+        assert_eq!(s2.duplicate_batches, 1, "recognised by agent and sequence");
+        // The same readings under another number are still stored once.
+        let s3 = w
+            .write_batches(&[batch(9, 2_000_000_000_000, 25.0)], 0)
+            .unwrap();
+        assert_eq!(
+            (s3.readings, s3.duplicates, s3.duplicate_batches),
+            (0, 2, 0)
+        );
+    }
+
+    #[test]
+    fn a_reused_sequence_number_with_new_readings_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SqliteWriter::open(&dir.path().join("db.sqlite")).unwrap();
+        w.write_batches(&[batch(1, 2_000_000_000_000, 25.0)], 0)
+            .unwrap();
+        // The agent's state was wiped: it counts from 1 again.
+        let s = w
+            .write_batches(&[batch(1, 2_000_000_100_000, 26.0)], 0)
+            .unwrap();
+        assert_eq!((s.readings, s.duplicate_batches), (2, 0));
     }
 
     #[test]
