@@ -104,7 +104,10 @@ async fn main() -> Result<()> {
     }
     std::fs::write(profiles.join("bench-device.toml"), profile)?;
     let mut toml = format!(
-        "site = \"bench\"\nagent = \"edge-bench\"\nstate_dir = {:?}\nprofiles_dir = {:?}\n[mqtt]\nurl = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        // No collector here, so nothing would confirm batches: the broker's
+        // PUBACK ends their stay in the spool (confirm = "broker"), which keeps
+        // the spool in its steady state, one append and one ack per batch.
+        "site = \"bench\"\nagent = \"edge-bench\"\nstate_dir = {:?}\nprofiles_dir = {:?}\n[mqtt]\nurl = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[spool]\nconfirm = \"broker\"\n",
         dir.path().join("state").display().to_string(),
         profiles.display().to_string(),
         broker.url()
