@@ -483,3 +483,32 @@ pub async fn latest_point(client: &reqwest::Client, http: &str, point: &str) -> 
         .find(|p| p["point"] == point)
         .cloned()
 }
+
+/// A sample from a Prometheus text page at `{base}/metrics`: the first line
+/// named exactly `name` (so pass labels too, if any). 0 when absent or when
+/// the page cannot be fetched: tests wait for it to grow.
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0) as u64
+}
+
+/// `--name value` from the command line, for the benchmark programs.
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -199,23 +199,6 @@ fn stored_samples(db: &Path) -> Result<i64> {
     Ok(conn.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?)
 }
 
-/// A counter from a Prometheus text page (0 when absent).
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else {
-        return 0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0) as u64
-}
-
 struct Outcome {
     missing: Vec<u64>,
 }

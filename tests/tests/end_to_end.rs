@@ -155,7 +155,9 @@ async fn the_embedded_broker_carries_readings_with_nothing_else_installed() -> R
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
     let agent_conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
-    let _agent = start_agent(dir.path(), &agent_conf)?;
+    let mut agent = start_agent(dir.path(), &agent_conf)?;
+    let ready = agent.wait_ready(PATIENCE)?;
+    let agent_http = format!("http://{}", ready["metrics"].as_str().context("metrics")?);
     let client = reqwest::Client::new();
 
     let closed = eventually(
@@ -174,6 +176,17 @@ async fn the_embedded_broker_carries_readings_with_nothing_else_installed() -> R
         .await
         .context("healthz")?;
     assert_eq!(health["broker_connected"], true, "{health}");
+    // The collector's confirmations come back through the embedded broker
+    // too, so the agent's spool empties as it goes.
+    eventually(
+        PATIENCE,
+        "confirmations via the embedded broker",
+        || async {
+            let confirmed = metric(&client, &agent_http, "roomguard_agent_confirmed_total").await;
+            (confirmed >= 10).then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -15,15 +15,6 @@ use anyhow::{bail, Context, Result};
 use roomguard_e2e::*;
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Pins a process (all its threads) to `cpus` with taskset.
 fn pin(cpus: &str, pid: u32) -> Result<()> {
     let status = std::process::Command::new("taskset")

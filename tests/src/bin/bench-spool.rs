@@ -26,15 +26,6 @@ const SITE: &str = "bench-site";
 const AGENT: &str = "edge-bench";
 const READINGS: usize = 20;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn limits(sync: Duration) -> Limits {
     Limits {
         max_bytes: 8 << 30,
@@ -215,23 +206,6 @@ async fn replay(devices: usize, minutes: u64, rate: Option<u32>) -> Result<()> {
     );
     agent.kill();
     Ok(())
-}
-
-/// A counter from a Prometheus text page (0 when absent).
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else {
-        return 0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0) as u64
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
