@@ -1,10 +1,12 @@
 //! The collector's configuration file, loaded and checked before anything
 //! starts; every problem is reported by its path.
 
+use crate::store::retention::Policy;
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Environment variables `ROOMGUARD_COLLECTOR__MQTT__URL` and the like override keys.
 pub const ENV_PREFIX: &str = "ROOMGUARD_COLLECTOR";
@@ -29,14 +31,22 @@ pub struct HttpConfig {
     /// Address of the API and the web page (port 0 picks a free port).
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// IANA time zone of times in API answers unless a request names one.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_http_listen(),
+            time_zone: default_time_zone(),
         }
     }
+}
+
+fn default_time_zone() -> String {
+    "Asia/Shanghai".into()
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -82,12 +92,48 @@ pub struct StoreConfig {
     /// SQLite database file; created with its directory when missing.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// How long each tier is kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    #[serde(with = "conf::duration")]
+    pub raw: Duration,
+    #[serde(with = "conf::duration")]
+    pub minute: Duration,
+    #[serde(with = "conf::duration")]
+    pub hour: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let p = Policy::default();
+        RetentionConfig {
+            raw: p.raw,
+            minute: p.minute,
+            hour: p.hour,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            raw: self.raw,
+            minute: self.minute,
+            hour: self.hour,
         }
     }
 }
@@ -130,6 +176,27 @@ impl CollectorConfig {
         }
         if self.store.path.as_os_str().is_empty() {
             p.push("store.path", "must name a file");
+        }
+        let r = &self.store.retention;
+        for (key, d) in [("raw", r.raw), ("minute", r.minute), ("hour", r.hour)] {
+            if d < Duration::from_secs(86_400) {
+                p.push(format!("store.retention.{key}"), "must be at least 1d");
+            }
+        }
+        if r.minute < r.raw || r.hour < r.minute {
+            p.push(
+                "store.retention",
+                "coarser tiers must be kept at least as long as finer ones (raw ≤ minute ≤ hour)",
+            );
+        }
+        if jiff::tz::TimeZone::get(&self.http.time_zone).is_err() {
+            p.push(
+                "http.time_zone",
+                format!(
+                    "{:?} is not a known IANA time zone (e.g. Asia/Shanghai)",
+                    self.http.time_zone
+                ),
+            );
         }
         p
     }

@@ -30,6 +30,14 @@ enum Command {
     Validate { config: PathBuf },
     /// Print a commented sample configuration.
     SampleConfig,
+    /// Copy the store to a new file while the collector runs (SQLite's
+    /// online backup: a consistent snapshot, ingest is not stopped).
+    Backup {
+        /// Collector configuration file (TOML), for the store's path.
+        config: PathBuf,
+        /// The copy to write; must not exist yet.
+        dest: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +45,30 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::SampleConfig => {
             print!("{SAMPLE}");
+            Ok(())
+        }
+        Command::Backup { config, dest } => {
+            let cfg = match CollectorConfig::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            let started = std::time::Instant::now();
+            store::sqlite::backup(&cfg.store.path, &dest, |done, total| {
+                eprintln!("backup: {done}/{total} pages");
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "backup",
+                    "from": cfg.store.path,
+                    "to": dest,
+                    "bytes": std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            );
             Ok(())
         }
         Command::Validate { config } => match CollectorConfig::load(&config) {
@@ -88,7 +120,8 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?;
+    let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
+        .with_retention(cfg.store.retention.policy());
     let confirmations = Arc::new(confirm::Confirmations::default());
     let (store_tx, writer_thread) =
         store::spawn_writer(writer, metrics.clone(), confirmations.clone())
@@ -101,6 +134,8 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let app = api::router(Arc::new(api::AppState {
         store_path: cfg.store.path.clone(),
         metrics: metrics.clone(),
+        time_zone: cfg.http.time_zone.clone(),
+        retention: cfg.store.retention.policy(),
     }));
 
     let ingest = tokio::spawn(ingest::run(

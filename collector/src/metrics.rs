@@ -69,6 +69,9 @@ pub struct Metrics {
     pub batches_duplicate: Counter,
     pub store_errors: Counter,
     pub store_write_seconds: Timer,
+    pub rollup_minutes: Counter,
+    pub rows_expired: Counter,
+    pub maintain_seconds: Timer,
     pub write_queue_depth: Gauge,
     pub broker_connected: Gauge,
     pub broker_connects: Counter,
@@ -155,6 +158,14 @@ impl Metrics {
             "# HELP roomguard_store_write_seconds Time spent in store transactions.\n# TYPE roomguard_store_write_seconds summary\nroomguard_store_write_seconds_sum {}\nroomguard_store_write_seconds_count {}",
             self.store_write_seconds.micros.get() as f64 / 1e6,
             self.store_write_seconds.count.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_store_maintain_seconds Time spent on rollups and retention.\n# TYPE roomguard_store_maintain_seconds summary\nroomguard_store_maintain_seconds_sum {}\nroomguard_store_maintain_seconds_count {}\n# HELP roomguard_rollup_minutes_total Point-minutes whose rollups were recomputed.\n# TYPE roomguard_rollup_minutes_total counter\nroomguard_rollup_minutes_total {}\n# HELP roomguard_rows_expired_total Rows deleted by retention.\n# TYPE roomguard_rows_expired_total counter\nroomguard_rows_expired_total {}",
+            self.maintain_seconds.micros.get() as f64 / 1e6,
+            self.maintain_seconds.count.get(),
+            self.rollup_minutes.get(),
+            self.rows_expired.get()
         );
         let _ = writeln!(
             out,

@@ -408,3 +408,163 @@ async fn an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will() -> 
     eventually(PATIENCE, "agent shown offline", agent_state("offline")).await?;
     Ok(())
 }
+
+/// GETs `path` and returns the status, content type and body.
+async fn fetch(client: &reqwest::Client, http: &str, path: &str) -> Result<(u16, String, String)> {
+    let resp = client.get(format!("{http}{path}")).send().await?;
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((status, ctype, resp.text().await?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_catalogue_and_online_backup_work_against_a_running_collector() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
+    let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
+    let agent_conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
+    let _agent = start_agent(dir.path(), &agent_conf)?;
+    let client = reqwest::Client::new();
+    // A few polls' worth of samples.
+    eventually(PATIENCE, "several hydrogen samples", || async {
+        let (_, _, body) = fetch(
+            &client,
+            &http,
+            "/api/v1/history?point=br-h2-1.h2&from=now-5m&step=raw",
+        )
+        .await
+        .ok()?;
+        let doc: Value = serde_json::from_str(&body).ok()?;
+        (doc["series"][0]["values"].as_array()?.len() >= 3).then_some(())
+    })
+    .await?;
+
+    // The catalogue, filtered by room.
+    let (code, _, body) = fetch(&client, &http, "/api/v1/points?room=battery-room").await?;
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body)?;
+    let h2 = doc["points"]
+        .as_array()
+        .context("points")?
+        .iter()
+        .find(|p| p["point"] == "br-h2-1.h2")
+        .context("br-h2-1.h2 in the battery room")?;
+    assert_eq!(h2["unit"], "%LFL");
+    assert!(doc["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["room"] == "battery-room"));
+
+    // Two points, raw, in the default zone (Asia/Shanghai).
+    let (code, _, body) = fetch(
+        &client,
+        &http,
+        "/api/v1/history?point=br-h2-1.h2,br-th-1.temperature&from=now-5m&step=raw",
+    )
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body)?;
+    assert_eq!(doc["tier"], "raw");
+    let series = doc["series"].as_array().context("series")?;
+    assert_eq!(series.len(), 2);
+    let t = series[1]["values"][0]["t"].as_str().context("t")?;
+    assert!(t.ends_with("+08:00"), "{t}");
+    assert_eq!(series[1]["unit"], "°C");
+
+    // Buckets from the raw tier, another zone.
+    let (code, _, body) = fetch(
+        &client,
+        &http,
+        "/api/v1/history?point=br-h2-1.h2&from=now-5m&step=10s&tz=UTC",
+    )
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body)?;
+    let b = &doc["series"][0]["values"][0];
+    assert!(b["n"].as_i64().unwrap_or(0) >= 1, "{b}");
+    let (min, mean, max) = (
+        b["min"].as_f64().unwrap(),
+        b["mean"].as_f64().unwrap(),
+        b["max"].as_f64().unwrap(),
+    );
+    assert!(min <= mean && mean <= max, "{b}");
+    assert!(b["t"].as_str().unwrap().ends_with("+00:00"), "{b}");
+
+    // CSV, asked for either way.
+    let (code, ctype, body) = fetch(
+        &client,
+        &http,
+        "/api/v1/history?point=br-h2-1.h2&from=now-5m&step=10s&format=csv",
+    )
+    .await?;
+    assert_eq!(code, 200);
+    assert!(ctype.starts_with("text/csv"), "{ctype}");
+    let mut lines = body.lines();
+    assert_eq!(lines.next(), Some("site,point,time,n,min,max,mean,last"));
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("demo-site,br-h2-1.h2,")),
+        "{body}"
+    );
+    let csv = client
+        .get(format!("{http}/api/v1/points"))
+        .header("accept", "text/csv")
+        .send()
+        .await?;
+    assert!(csv.text().await?.starts_with("site,point,agent,room,"));
+
+    // Bad questions: a 4xx naming what is wrong.
+    for (query, code, says) in [
+        ("point=nope", 404, "nope"),
+        ("point=br-h2-1.h2&from=now&to=now-1h", 400, "not before"),
+        ("point=br-h2-1.h2&step=1ms", 400, "step"),
+        (
+            "point=br-h2-1.h2&from=now-400d&step=1s",
+            400,
+            "points per series",
+        ),
+        ("point=br-h2-1.h2&from=now-2d&step=raw", 400, "raw"),
+        ("point=br-h2-1.h2&tz=Mars/Olympus", 400, "tz"),
+        ("point=br-h2-1.h2&from=yesterday", 400, "from"),
+        ("point=br-h2-1.h2&bogus=1", 400, "bogus"),
+        ("", 400, "point"),
+    ] {
+        let (got, _, body) = fetch(&client, &http, &format!("/api/v1/history?{query}")).await?;
+        assert_eq!(got, code, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
+
+    // An online backup while ingest goes on.
+    let dest = dir.path().join("backup.db");
+    let backup = || {
+        Command::new(workspace_bin("roomguard-collector"))
+            .arg("backup")
+            .arg(dir.path().join("collector.toml"))
+            .arg(&dest)
+            .output()
+    };
+    let out = backup()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy =
+        rusqlite::Connection::open_with_flags(&dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let samples: i64 = copy.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?;
+    assert!(samples > 0);
+    let again = backup()?;
+    assert!(
+        !again.status.success(),
+        "a backup must not overwrite a file"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    Ok(())
+}

@@ -2,7 +2,10 @@
 //! page. Handlers read the store through short-lived read-only connections on
 //! the blocking pool, so a slow query never holds up ingest.
 
+mod history;
+
 use crate::metrics::Metrics;
+use crate::store::retention::Policy;
 use crate::store::sqlite::SqliteReader;
 use crate::store::{LatestRow, StoreError};
 use axum::extract::{Query, State};
@@ -18,6 +21,10 @@ use std::sync::Arc;
 pub struct AppState {
     pub store_path: PathBuf,
     pub metrics: Arc<Metrics>,
+    /// Default time zone of times in answers (`tz` overrides per request).
+    pub time_zone: String,
+    /// What each tier keeps, so history knows which tier still has the data.
+    pub retention: Policy,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -26,12 +33,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/latest", get(latest))
+        .route("/api/v1/points", get(history::points))
+        .route("/api/v1/history", get(history::history))
         .route("/api/v1/agents", get(agents))
         .fallback(not_found)
         .with_state(state)
 }
 
 /// An API error: a status and a message naming what is wrong.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {

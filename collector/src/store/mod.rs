@@ -2,6 +2,9 @@
 //! and drains a bounded queue, committing whatever has accumulated in one
 //! transaction: under load, batches grow and per-transaction cost is shared.
 
+pub mod history;
+pub mod retention;
+pub mod rollup;
 pub mod sqlite;
 
 use crate::confirm::Confirmations;
@@ -80,6 +83,8 @@ pub type Ack = Box<dyn FnOnce() + Send>;
 pub enum WriteCmd {
     Batch(Batch, Option<Ack>),
     Status(Status, Option<Ack>),
+    /// Time for a step of background work (rollups, retention).
+    Maintain,
 }
 
 impl std::fmt::Debug for WriteCmd {
@@ -87,6 +92,7 @@ impl std::fmt::Debug for WriteCmd {
         match self {
             WriteCmd::Batch(b, _) => write!(f, "Batch({}/{}#{})", b.site, b.agent, b.seq),
             WriteCmd::Status(s, _) => write!(f, "Status({}/{})", s.site, s.agent),
+            WriteCmd::Maintain => write!(f, "Maintain"),
         }
     }
 }
@@ -103,6 +109,7 @@ pub fn spawn_writer(
         .spawn(move || {
             let mut batches = Vec::with_capacity(MAX_BATCHES_PER_TX);
             let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCHES_PER_TX);
+            let mut maintain = false;
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
                 while let Some(cmd) = next.take() {
@@ -118,6 +125,7 @@ pub fn spawn_writer(
                                 metrics.store_errors.inc();
                             }
                         },
+                        WriteCmd::Maintain => maintain = true,
                     }
                     if batches.len() < MAX_BATCHES_PER_TX {
                         next = rx.try_recv().ok();
@@ -152,10 +160,40 @@ pub fn spawn_writer(
                 for ack in acks.drain(..) {
                     ack();
                 }
+                // Background work only between ingest transactions, in
+                // steps small enough not to hold ingest up.
+                if std::mem::take(&mut maintain) {
+                    let started = Instant::now();
+                    match writer.maintain(now_ms()) {
+                        Ok(m) => {
+                            metrics.rollup_minutes.add(m.minutes as u64);
+                            metrics.rows_expired.add(m.expired);
+                            metrics.maintain_seconds.observe(started.elapsed());
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "store maintenance failed; retried next time");
+                            metrics.store_errors.inc();
+                        }
+                    }
+                }
             }
+        })?;
+    // One maintenance tick a second; the ticker holds only a weak sender, so
+    // the writer still stops when ingest drops the last real one.
+    let weak = tx.downgrade();
+    std::thread::Builder::new()
+        .name("store-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(MAINTAIN_EVERY);
+            let Some(tx) = weak.upgrade() else { return };
+            // Skipped when the queue is full: the writer is busy anyway.
+            let _ = tx.try_send(WriteCmd::Maintain);
         })?;
     Ok((tx, handle))
 }
+
+/// How often the writer does a step of background work.
+const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

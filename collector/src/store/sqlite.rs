@@ -9,14 +9,14 @@
 //! delivered twice (the agent resends what it was not sure arrived) is
 //! recognised and skipped whole.
 
-use super::{AgentRow, LatestRow, StoreError, WriteStats};
+use super::{retention, rollup, AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Quality, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS points (
@@ -55,6 +55,34 @@ CREATE TABLE IF NOT EXISTS batches (
     received_at INTEGER NOT NULL,
     PRIMARY KEY (site, agent, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batches_by_time ON batches (polled_at);
+CREATE TABLE IF NOT EXISTS rollup_1m (
+    point_id INTEGER NOT NULL,
+    bucket   INTEGER NOT NULL,
+    n        INTEGER NOT NULL,
+    min      REAL NOT NULL,
+    max      REAL NOT NULL,
+    sum      REAL NOT NULL,
+    last_ts  INTEGER NOT NULL,
+    last     REAL NOT NULL,
+    PRIMARY KEY (point_id, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_1h (
+    point_id INTEGER NOT NULL,
+    bucket   INTEGER NOT NULL,
+    n        INTEGER NOT NULL,
+    min      REAL NOT NULL,
+    max      REAL NOT NULL,
+    sum      REAL NOT NULL,
+    last_ts  INTEGER NOT NULL,
+    last     REAL NOT NULL,
+    PRIMARY KEY (point_id, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_dirty (
+    point_id INTEGER NOT NULL,
+    bucket   INTEGER NOT NULL,
+    PRIMARY KEY (point_id, bucket)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents (
     site        TEXT NOT NULL,
     agent       TEXT NOT NULL,
@@ -91,7 +119,26 @@ struct Latest {
 pub struct SqliteWriter {
     conn: Connection,
     points: PointCache,
+    dirty: rollup::Dirty,
+    retention: retention::Cursor,
+    policy: retention::Policy,
+    /// Maintenance calls since the last retention step.
+    since_retention: u32,
 }
+
+/// What one maintenance call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Maintained {
+    /// Minutes whose rollups were recomputed.
+    pub minutes: usize,
+    /// Rows deleted by retention.
+    pub expired: u64,
+}
+
+/// Dirty minutes recomputed per maintenance call.
+const ROLLUP_STEP: usize = 2_000;
+/// Retention runs every this many maintenance calls.
+const RETENTION_EVERY: u32 = 10;
 
 fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -139,9 +186,18 @@ impl SqliteWriter {
             .map_err(open_err)?;
         match (version, tables) {
             (SCHEMA_VERSION, _) => {}
-            // New file, or version 2, which lacked only `batches`.
-            (0, 0) | (2, _) => {
+            // New file, or an older version, which lacked only tables that
+            // are created here; rollups of existing samples are computed by
+            // the maintenance steps after the upgrade.
+            (0, 0) | (2, _) | (3, _) => {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
+                if version > 0 {
+                    conn.execute_batch(
+                        "INSERT OR IGNORE INTO rollup_dirty (point_id, bucket)
+                         SELECT DISTINCT point_id, ts - (ts % 60000) FROM samples WHERE value IS NOT NULL",
+                    )
+                    .map_err(open_err)?;
+                }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
             }
             (v, _) => {
@@ -157,11 +213,48 @@ impl SqliteWriter {
         Ok(SqliteWriter {
             conn,
             points: HashMap::new(),
+            dirty: rollup::Dirty::default(),
+            retention: retention::Cursor::default(),
+            policy: retention::Policy::default(),
+            since_retention: 0,
         })
+    }
+
+    /// Sets how long each tier is kept.
+    pub fn with_retention(mut self, policy: retention::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// One bounded step of background work: rollups of closed dirty minutes,
+    /// and now and then a retention step. Called between ingest transactions.
+    pub fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
+        let minutes = rollup::step(&mut self.conn, &mut self.dirty, now_ms, ROLLUP_STEP)?;
+        self.since_retention += 1;
+        let expired = if self.since_retention >= RETENTION_EVERY {
+            self.since_retention = 0;
+            retention::step(&mut self.conn, &mut self.retention, &self.policy, now_ms)?
+        } else {
+            0
+        };
+        Ok(Maintained { minutes, expired })
     }
 
     /// Stores `batches` in one transaction.
     pub fn write_batches(
+        &mut self,
+        batches: &[Batch],
+        now_ms: i64,
+    ) -> Result<WriteStats, StoreError> {
+        let result = self.write_batches_tx(batches, now_ms);
+        if result.is_err() {
+            // The rollup marks of the failed transaction were rolled back too.
+            self.dirty.forget_uncommitted();
+        }
+        result
+    }
+
+    fn write_batches_tx(
         &mut self,
         batches: &[Batch],
         now_ms: i64,
@@ -230,6 +323,9 @@ impl SqliteWriter {
                         stats.duplicates += 1;
                     } else {
                         stats.readings += 1;
+                        if value.is_some() && bad.is_none() {
+                            self.dirty.mark(&tx, id, r.ts)?;
+                        }
                     }
                     if newest.get(&id).is_none_or(|l| l.ts <= r.ts) {
                         newest.insert(
@@ -393,7 +489,7 @@ fn point_id(
 
 /// A read-only view for API requests. Cheap to open; one per request.
 pub struct SqliteReader {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl SqliteReader {
@@ -466,6 +562,45 @@ impl SqliteReader {
             .optional()?
             .unwrap_or(0))
     }
+}
+
+/// Copies the store at `src` to a new file `dest` while it may be written:
+/// SQLite's online backup, a consistent snapshot taken in steps so the
+/// writer is never held for long. `progress(done, total)` after each step.
+pub fn backup(
+    src: &Path,
+    dest: &Path,
+    mut progress: impl FnMut(i32, i32),
+) -> Result<(), StoreError> {
+    if dest.exists() {
+        return Err(StoreError::Open {
+            path: dest.to_owned(),
+            message: "already exists; a backup never overwrites a file".into(),
+        });
+    }
+    let open_err = |path: &Path| {
+        let path = path.to_owned();
+        move |e: rusqlite::Error| StoreError::Open {
+            path,
+            message: e.to_string(),
+        }
+    };
+    let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(open_err(src))?;
+    apply_pragmas(&from)?;
+    let mut to = Connection::open(dest).map_err(open_err(dest))?;
+    let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+    loop {
+        // 1,000 pages (4 MB) a step, then a pause for the writer.
+        let step = backup.step(1000)?;
+        let p = backup.progress();
+        progress(p.pagecount - p.remaining, p.pagecount);
+        match step {
+            rusqlite::backup::StepResult::Done => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
