@@ -73,6 +73,8 @@ pub struct Metrics {
     pub rows_expired: Counter,
     pub maintain_seconds: Timer,
     pub write_queue_depth: Gauge,
+    /// Poll-to-commit time of the newest live (not backfill) batch, ms.
+    pub ingest_lag_ms: Gauge,
     pub broker_connected: Gauge,
     pub broker_connects: Counter,
 }
@@ -166,6 +168,11 @@ impl Metrics {
             self.maintain_seconds.count.get(),
             self.rollup_minutes.get(),
             self.rows_expired.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_ingest_lag_seconds From poll to commit, of the last transaction's live batches (worst).\n# TYPE roomguard_ingest_lag_seconds gauge\nroomguard_ingest_lag_seconds {}",
+            self.ingest_lag_ms.get() as f64 / 1000.0
         );
         let _ = writeln!(
             out,

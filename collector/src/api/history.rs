@@ -4,6 +4,7 @@
 //! the asked time zone (`tz`, default from `http.time_zone`); they are
 //! stored in UTC. JSON by default, CSV with `format=csv` or `Accept: text/csv`.
 
+use super::render::{push_csv_text, push_f64, push_i64, push_json_str, TimeWriter};
 use super::{read_store, ApiError, AppState};
 use crate::store::history::{self, PointFilter, PointRow, Series};
 use axum::extract::{Query, State};
@@ -141,7 +142,11 @@ pub async fn points(
                     p.room,
                     p.device,
                     p.quantity,
-                    csv_text(&p.unit),
+                    {
+                        let mut u = Vec::new();
+                        push_csv_text(&mut u, &p.unit);
+                        String::from_utf8(u).unwrap_or_default()
+                    },
                     show(p.first_seen, &tz),
                     show(p.last_seen, &tz),
                     p.last_ts.map(|t| show(t, &tz)).unwrap_or_default()
@@ -268,100 +273,165 @@ pub async fn history(
             s.len()
         )));
     }
-    let step_text = plan.step.map(|s| format!("{}s", s as f64 / 1000.0));
-    Ok(match fmt {
-        Format::Json => {
-            let series: Vec<Value> = answer
-                .iter()
-                .map(|(p, s)| {
-                    let values: Vec<Value> = match s {
-                        Series::Raw(v) => v
-                            .iter()
-                            .map(|x| {
-                                let mut o = json!({ "t": show(x.ts, &tz), "v": x.value,
-                                    "quality": if x.bad.is_none() { "good" } else { "bad" } });
-                                if let Some(t) = &x.text {
-                                    o["text"] = json!(t);
-                                }
-                                if let Some(b) = &x.bad {
-                                    o["reason"] = json!(b);
-                                }
-                                o
-                            })
-                            .collect(),
-                        Series::Buckets(b) => b
-                            .iter()
-                            .map(|b| {
-                                json!({ "t": show(b.start, &tz), "n": b.n, "min": b.min,
-                                "max": b.max, "mean": b.mean(), "last": b.last })
-                            })
-                            .collect(),
-                    };
-                    json!({ "site": p.site, "point": p.point, "room": p.room, "device": p.device,
-                        "quantity": p.quantity, "unit": p.unit, "values": values })
-                })
-                .collect();
-            Json(json!({
-                "from": show(plan.from, &tz), "to": show(plan.to, &tz),
-                "tz": tz.iana_name().unwrap_or("UTC"), "tier": plan.tier.name(), "step": step_text,
-                "series": series,
-            }))
-            .into_response()
-        }
-        Format::Csv => {
-            let raw = plan.step.is_none();
-            let mut out = String::from(if raw {
-                "site,point,time,value,text,quality,reason\n"
-            } else {
-                "site,point,time,n,min,max,mean,last\n"
-            });
-            for (p, s) in &answer {
-                match s {
-                    Series::Raw(v) => {
-                        for x in v {
-                            let _ = writeln!(
-                                out,
-                                "{},{},{},{},{},{},{}",
-                                p.site,
-                                p.point,
-                                show(x.ts, &tz),
-                                x.value.map(|v| v.to_string()).unwrap_or_default(),
-                                x.text.as_deref().map(csv_text).unwrap_or_default(),
-                                if x.bad.is_none() { "good" } else { "bad" },
-                                x.bad.as_deref().map(csv_text).unwrap_or_default()
-                            );
-                        }
-                    }
-                    Series::Buckets(b) => {
-                        for b in b {
-                            let _ = writeln!(
-                                out,
-                                "{},{},{},{},{},{},{},{}",
-                                p.site,
-                                p.point,
-                                show(b.start, &tz),
-                                b.n,
-                                b.min,
-                                b.max,
-                                b.mean(),
-                                b.last
-                            );
-                        }
-                    }
-                }
-            }
-            csv(out)
-        }
-    })
+    let body = match fmt {
+        Format::Json => history_json(&answer, &plan, tz),
+        Format::Csv => history_csv(&answer, &plan, tz),
+    };
+    let ctype = match fmt {
+        Format::Json => "application/json",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
 }
 
-/// A text field for CSV: quoted when it holds a comma, quote or line break.
-fn csv_text(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
+type Answer = [(PointRow, Series)];
+
+fn history_json(answer: &Answer, plan: &history::Plan, tz: TimeZone) -> Vec<u8> {
+    let values: usize = answer
+        .iter()
+        .map(|(_, s)| match s {
+            Series::Raw(v) => v.len(),
+            Series::Buckets(b) => b.len(),
+        })
+        .sum();
+    let mut out = Vec::with_capacity(256 + 110 * values);
+    let tz_name = tz.iana_name().unwrap_or("UTC").to_owned();
+    let mut t = TimeWriter::new(tz);
+    out.extend_from_slice(b"{\"from\":\"");
+    t.write(&mut out, plan.from);
+    out.extend_from_slice(b"\",\"to\":\"");
+    t.write(&mut out, plan.to);
+    out.extend_from_slice(b"\",\"tz\":");
+    push_json_str(&mut out, &tz_name);
+    out.extend_from_slice(b",\"tier\":");
+    push_json_str(&mut out, plan.tier.name());
+    out.extend_from_slice(b",\"step\":");
+    match plan.step {
+        Some(s) => push_json_str(&mut out, &format!("{}s", s as f64 / 1000.0)),
+        None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"series\":[");
+    for (i, (p, s)) in answer.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        for (j, (key, value)) in [
+            ("site", &p.site),
+            ("point", &p.point),
+            ("room", &p.room),
+            ("device", &p.device),
+            ("quantity", &p.quantity),
+            ("unit", &p.unit),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(if j == 0 { b'{' } else { b',' });
+            push_json_str(&mut out, key);
+            out.push(b':');
+            push_json_str(&mut out, value);
+        }
+        out.extend_from_slice(b",\"values\":[");
+        match s {
+            Series::Raw(v) => {
+                for (k, x) in v.iter().enumerate() {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"t\":\"");
+                    t.write(&mut out, x.ts);
+                    out.extend_from_slice(b"\",\"v\":");
+                    push_f64(&mut out, x.value.unwrap_or(f64::NAN));
+                    out.extend_from_slice(if x.bad.is_none() {
+                        b",\"quality\":\"good\""
+                    } else {
+                        b",\"quality\":\"bad\""
+                    });
+                    if let Some(text) = &x.text {
+                        out.extend_from_slice(b",\"text\":");
+                        push_json_str(&mut out, text);
+                    }
+                    if let Some(reason) = &x.bad {
+                        out.extend_from_slice(b",\"reason\":");
+                        push_json_str(&mut out, reason);
+                    }
+                    out.push(b'}');
+                }
+            }
+            Series::Buckets(b) => {
+                for (k, b) in b.iter().enumerate() {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"t\":\"");
+                    t.write(&mut out, b.start);
+                    out.extend_from_slice(b"\",\"n\":");
+                    push_i64(&mut out, b.n);
+                    for (key, v) in [
+                        (&b",\"min\":"[..], b.min),
+                        (b",\"max\":", b.max),
+                        (b",\"mean\":", b.mean()),
+                        (b",\"last\":", b.last),
+                    ] {
+                        out.extend_from_slice(key);
+                        push_f64(&mut out, v);
+                    }
+                    out.push(b'}');
+                }
+            }
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn history_csv(answer: &Answer, plan: &history::Plan, tz: TimeZone) -> Vec<u8> {
+    let mut t = TimeWriter::new(tz);
+    let mut out = Vec::with_capacity(1 << 16);
+    out.extend_from_slice(if plan.step.is_none() {
+        b"site,point,time,value,text,quality,reason\n".as_slice()
+    } else {
+        b"site,point,time,n,min,max,mean,last\n".as_slice()
+    });
+    for (p, s) in answer {
+        let head = |out: &mut Vec<u8>, t: &mut TimeWriter, ts: i64| {
+            out.extend_from_slice(p.site.as_bytes());
+            out.push(b',');
+            out.extend_from_slice(p.point.as_bytes());
+            out.push(b',');
+            t.write(out, ts);
+        };
+        match s {
+            Series::Raw(v) => {
+                for x in v {
+                    head(&mut out, &mut t, x.ts);
+                    out.push(b',');
+                    if let Some(v) = x.value {
+                        push_f64(&mut out, v);
+                    }
+                    out.push(b',');
+                    push_csv_text(&mut out, x.text.as_deref().unwrap_or(""));
+                    out.extend_from_slice(if x.bad.is_none() { b",good," } else { b",bad," });
+                    push_csv_text(&mut out, x.bad.as_deref().unwrap_or(""));
+                    out.push(b'\n');
+                }
+            }
+            Series::Buckets(b) => {
+                for b in b {
+                    head(&mut out, &mut t, b.start);
+                    out.push(b',');
+                    push_i64(&mut out, b.n);
+                    for v in [b.min, b.max, b.mean(), b.last] {
+                        out.push(b',');
+                        push_f64(&mut out, v);
+                    }
+                    out.push(b'\n');
+                }
+            }
+        }
+    }
+    out
 }
 
 fn csv(body: String) -> Response {
@@ -394,11 +464,5 @@ mod tests {
     fn output_times_carry_the_zone_offset() {
         let tz = TimeZone::get("Asia/Shanghai").unwrap();
         assert_eq!(show(0, &tz), "1970-01-01T08:00:00+08:00");
-    }
-
-    #[test]
-    fn csv_text_is_quoted_only_when_needed() {
-        assert_eq!(csv_text("°C"), "°C");
-        assert_eq!(csv_text("a,\"b\""), "\"a,\"\"b\"\"\"");
     }
 }

@@ -3,6 +3,7 @@
 //! the blocking pool, so a slow query never holds up ingest.
 
 mod history;
+mod render;
 
 use crate::metrics::Metrics;
 use crate::store::retention::Policy;

@@ -141,6 +141,15 @@ pub fn spawn_writer(
                             metrics.readings_duplicate.add(stats.duplicates);
                             metrics.batches_duplicate.add(stats.duplicate_batches);
                             metrics.store_write_seconds.observe(started.elapsed());
+                            let now = now_ms();
+                            let lag = batches
+                                .iter()
+                                .filter(|b| !b.backfill)
+                                .map(|b| now - b.polled_at)
+                                .max();
+                            if let Some(lag) = lag {
+                                metrics.ingest_lag_ms.set(lag.max(0) as u64);
+                            }
                             for b in &batches {
                                 confirmations.stored(&b.site, &b.agent, b.seq);
                             }
