@@ -7,6 +7,8 @@
 use super::render::{push_csv_text, push_f64, push_i64, push_json_str, TimeWriter};
 use super::{read_store, ApiError, AppState};
 use crate::store::history::{self, PointFilter, PointRow, Series};
+use crate::store::sqlite::SqliteReader;
+use crate::store::StoreError;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -228,210 +230,248 @@ pub async fn history(
         &st.retention,
     )
     .map_err(|e| bad(e.to_string()))?;
-    let site = q.site.clone();
-    let answer = read_store(&st, move |r| {
-        let mut out = Vec::with_capacity(names.len());
-        for name in &names {
-            let found = r.points_named(site.as_deref(), name)?;
-            match found.len() {
-                0 => {
-                    return Ok(Err((
-                        StatusCode::NOT_FOUND,
-                        match &site {
-                            Some(s) => format!("point: no point {name:?} in site {s:?}"),
-                            None => format!("point: no point {name:?}"),
-                        },
-                    )))
-                }
-                1 => {}
-                _ => {
-                    let sites: Vec<&str> = found.iter().map(|p| p.site.as_str()).collect();
-                    return Ok(Err((
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "point: {name:?} exists in several sites ({}); give site=…",
-                            sites.join(", ")
-                        ),
-                    )));
-                }
-            }
-            let p = found.into_iter().next().expect("one");
-            let series = r.history(p.id, &plan)?;
-            out.push((p, series));
-        }
-        Ok(Ok(out))
-    })
-    .await?
-    .map_err(|(code, msg)| ApiError(code, msg))?;
-    if let Some((p, Series::Raw(s))) = answer.iter().find(
-        |(_, s)| matches!(s, Series::Raw(v) if v.len() as i64 > history::MAX_POINTS_PER_SERIES),
-    ) {
-        return Err(bad(format!(
-            "{}: more than {} raw samples in the range (got {}+); give a step or a shorter range",
-            p.point,
-            history::MAX_POINTS_PER_SERIES,
-            s.len()
-        )));
+    // Points are looked up, read and rendered in chunks, one per core, each
+    // on its own read-only connection: a month of 500 points is mostly
+    // formatting, which then runs on every core.
+    let chunks = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(names.len());
+    let per = names.len().div_ceil(chunks);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, chunk) in names.chunks(per).enumerate() {
+        let (chunk, site, path, tz) = (
+            chunk.to_vec(),
+            q.site.clone(),
+            st.store_path.clone(),
+            tz.clone(),
+        );
+        tasks.spawn_blocking(move || {
+            (
+                i,
+                render_chunk(&path, site.as_deref(), &chunk, &plan, tz, fmt),
+            )
+        });
     }
-    let body = match fmt {
-        Format::Json => history_json(&answer, &plan, tz),
-        Format::Csv => history_csv(&answer, &plan, tz),
-    };
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); chunks];
+    while let Some(joined) = tasks.join_next().await {
+        let (i, part) =
+            joined.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        parts[i] = part?.map_err(|(code, msg)| ApiError(code, msg))?;
+    }
+    let mut body = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 512);
     let ctype = match fmt {
-        Format::Json => "application/json",
-        Format::Csv => "text/csv; charset=utf-8",
+        Format::Json => {
+            let mut t = TimeWriter::new(tz.clone());
+            body.extend_from_slice(b"{\"from\":\"");
+            t.write(&mut body, plan.from);
+            body.extend_from_slice(b"\",\"to\":\"");
+            t.write(&mut body, plan.to);
+            body.extend_from_slice(b"\",\"tz\":");
+            push_json_str(&mut body, tz.iana_name().unwrap_or("UTC"));
+            body.extend_from_slice(b",\"tier\":");
+            push_json_str(&mut body, plan.tier.name());
+            body.extend_from_slice(b",\"step\":");
+            match plan.step {
+                Some(s) => push_json_str(&mut body, &format!("{}s", s as f64 / 1000.0)),
+                None => body.extend_from_slice(b"null"),
+            }
+            body.extend_from_slice(b",\"series\":[");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(part);
+            }
+            body.extend_from_slice(b"]}");
+            "application/json"
+        }
+        Format::Csv => {
+            body.extend_from_slice(if plan.step.is_none() {
+                b"site,point,time,value,text,quality,reason\n".as_slice()
+            } else {
+                b"site,point,time,n,min,max,mean,last\n".as_slice()
+            });
+            for part in &parts {
+                body.extend_from_slice(part);
+            }
+            "text/csv; charset=utf-8"
+        }
     };
     Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
 }
 
-type Answer = [(PointRow, Series)];
+type Refusal = (StatusCode, String);
 
-fn history_json(answer: &Answer, plan: &history::Plan, tz: TimeZone) -> Vec<u8> {
-    let values: usize = answer
-        .iter()
-        .map(|(_, s)| match s {
+/// Finds, reads and renders some of a question's points (JSON: series
+/// objects separated by commas; CSV: rows).
+fn render_chunk(
+    path: &std::path::Path,
+    site: Option<&str>,
+    names: &[String],
+    plan: &history::Plan,
+    tz: TimeZone,
+    fmt: Format,
+) -> Result<Result<Vec<u8>, Refusal>, StoreError> {
+    let r = SqliteReader::open(&path.to_path_buf())?;
+    let mut t = TimeWriter::new(tz);
+    let mut out = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let found = r.points_named(site, name)?;
+        let p = match found.len() {
+            0 => {
+                let msg = match site {
+                    Some(s) => format!("point: no point {name:?} in site {s:?}"),
+                    None => format!("point: no point {name:?}"),
+                };
+                return Ok(Err((StatusCode::NOT_FOUND, msg)));
+            }
+            1 => found.into_iter().next().expect("one"),
+            _ => {
+                let sites: Vec<&str> = found.iter().map(|p| p.site.as_str()).collect();
+                return Ok(Err((
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "point: {name:?} exists in several sites ({}); give site=…",
+                        sites.join(", ")
+                    ),
+                )));
+            }
+        };
+        let series = r.history(p.id, plan)?;
+        if let Series::Raw(v) = &series {
+            if v.len() as i64 > history::MAX_POINTS_PER_SERIES {
+                return Ok(Err((
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{name}: more than {} raw samples in the range; give a step or a shorter range",
+                        history::MAX_POINTS_PER_SERIES
+                    ),
+                )));
+            }
+        }
+        let values = match &series {
             Series::Raw(v) => v.len(),
             Series::Buckets(b) => b.len(),
-        })
-        .sum();
-    let mut out = Vec::with_capacity(256 + 110 * values);
-    let tz_name = tz.iana_name().unwrap_or("UTC").to_owned();
-    let mut t = TimeWriter::new(tz);
-    out.extend_from_slice(b"{\"from\":\"");
-    t.write(&mut out, plan.from);
-    out.extend_from_slice(b"\",\"to\":\"");
-    t.write(&mut out, plan.to);
-    out.extend_from_slice(b"\",\"tz\":");
-    push_json_str(&mut out, &tz_name);
-    out.extend_from_slice(b",\"tier\":");
-    push_json_str(&mut out, plan.tier.name());
-    out.extend_from_slice(b",\"step\":");
-    match plan.step {
-        Some(s) => push_json_str(&mut out, &format!("{}s", s as f64 / 1000.0)),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"series\":[");
-    for (i, (p, s)) in answer.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        for (j, (key, value)) in [
-            ("site", &p.site),
-            ("point", &p.point),
-            ("room", &p.room),
-            ("device", &p.device),
-            ("quantity", &p.quantity),
-            ("unit", &p.unit),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out.push(if j == 0 { b'{' } else { b',' });
-            push_json_str(&mut out, key);
-            out.push(b':');
-            push_json_str(&mut out, value);
-        }
-        out.extend_from_slice(b",\"values\":[");
-        match s {
-            Series::Raw(v) => {
-                for (k, x) in v.iter().enumerate() {
-                    if k > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(b"{\"t\":\"");
-                    t.write(&mut out, x.ts);
-                    out.extend_from_slice(b"\",\"v\":");
-                    push_f64(&mut out, x.value.unwrap_or(f64::NAN));
-                    out.extend_from_slice(if x.bad.is_none() {
-                        b",\"quality\":\"good\""
-                    } else {
-                        b",\"quality\":\"bad\""
-                    });
-                    if let Some(text) = &x.text {
-                        out.extend_from_slice(b",\"text\":");
-                        push_json_str(&mut out, text);
-                    }
-                    if let Some(reason) = &x.bad {
-                        out.extend_from_slice(b",\"reason\":");
-                        push_json_str(&mut out, reason);
-                    }
-                    out.push(b'}');
+        };
+        out.reserve(128 + 110 * values);
+        match fmt {
+            Format::Json => {
+                if k > 0 {
+                    out.push(b',');
                 }
+                series_json(&p, &series, &mut t, &mut out);
             }
-            Series::Buckets(b) => {
-                for (k, b) in b.iter().enumerate() {
-                    if k > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(b"{\"t\":\"");
-                    t.write(&mut out, b.start);
-                    out.extend_from_slice(b"\",\"n\":");
-                    push_i64(&mut out, b.n);
-                    for (key, v) in [
-                        (&b",\"min\":"[..], b.min),
-                        (b",\"max\":", b.max),
-                        (b",\"mean\":", b.mean()),
-                        (b",\"last\":", b.last),
-                    ] {
-                        out.extend_from_slice(key);
-                        push_f64(&mut out, v);
-                    }
-                    out.push(b'}');
-                }
-            }
+            Format::Csv => series_csv(&p, &series, &mut t, &mut out),
         }
-        out.extend_from_slice(b"]}");
     }
-    out.extend_from_slice(b"]}");
-    out
+    Ok(Ok(out))
 }
 
-fn history_csv(answer: &Answer, plan: &history::Plan, tz: TimeZone) -> Vec<u8> {
-    let mut t = TimeWriter::new(tz);
-    let mut out = Vec::with_capacity(1 << 16);
-    out.extend_from_slice(if plan.step.is_none() {
-        b"site,point,time,value,text,quality,reason\n".as_slice()
-    } else {
-        b"site,point,time,n,min,max,mean,last\n".as_slice()
-    });
-    for (p, s) in answer {
-        let head = |out: &mut Vec<u8>, t: &mut TimeWriter, ts: i64| {
-            out.extend_from_slice(p.site.as_bytes());
-            out.push(b',');
-            out.extend_from_slice(p.point.as_bytes());
-            out.push(b',');
-            t.write(out, ts);
-        };
-        match s {
-            Series::Raw(v) => {
-                for x in v {
-                    head(&mut out, &mut t, x.ts);
+fn series_json(p: &PointRow, s: &Series, t: &mut TimeWriter, out: &mut Vec<u8>) {
+    for (j, (key, value)) in [
+        ("site", &p.site),
+        ("point", &p.point),
+        ("room", &p.room),
+        ("device", &p.device),
+        ("quantity", &p.quantity),
+        ("unit", &p.unit),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push(if j == 0 { b'{' } else { b',' });
+        push_json_str(out, key);
+        out.push(b':');
+        push_json_str(out, value);
+    }
+    out.extend_from_slice(b",\"values\":[");
+    match s {
+        Series::Raw(v) => {
+            for (k, x) in v.iter().enumerate() {
+                if k > 0 {
                     out.push(b',');
-                    if let Some(v) = x.value {
-                        push_f64(&mut out, v);
-                    }
-                    out.push(b',');
-                    push_csv_text(&mut out, x.text.as_deref().unwrap_or(""));
-                    out.extend_from_slice(if x.bad.is_none() { b",good," } else { b",bad," });
-                    push_csv_text(&mut out, x.bad.as_deref().unwrap_or(""));
-                    out.push(b'\n');
                 }
+                out.extend_from_slice(b"{\"t\":\"");
+                t.write(out, x.ts);
+                out.extend_from_slice(b"\",\"v\":");
+                push_f64(out, x.value.unwrap_or(f64::NAN));
+                out.extend_from_slice(if x.bad.is_none() {
+                    b",\"quality\":\"good\"".as_slice()
+                } else {
+                    b",\"quality\":\"bad\"".as_slice()
+                });
+                if let Some(text) = &x.text {
+                    out.extend_from_slice(b",\"text\":");
+                    push_json_str(out, text);
+                }
+                if let Some(reason) = &x.bad {
+                    out.extend_from_slice(b",\"reason\":");
+                    push_json_str(out, reason);
+                }
+                out.push(b'}');
             }
-            Series::Buckets(b) => {
-                for b in b {
-                    head(&mut out, &mut t, b.start);
+        }
+        Series::Buckets(b) => {
+            for (k, b) in b.iter().enumerate() {
+                if k > 0 {
                     out.push(b',');
-                    push_i64(&mut out, b.n);
-                    for v in [b.min, b.max, b.mean(), b.last] {
-                        out.push(b',');
-                        push_f64(&mut out, v);
-                    }
-                    out.push(b'\n');
                 }
+                out.extend_from_slice(b"{\"t\":\"");
+                t.write(out, b.start);
+                out.extend_from_slice(b"\",\"n\":");
+                push_i64(out, b.n);
+                for (key, v) in [
+                    (b",\"min\":".as_slice(), b.min),
+                    (b",\"max\":".as_slice(), b.max),
+                    (b",\"mean\":".as_slice(), b.mean()),
+                    (b",\"last\":".as_slice(), b.last),
+                ] {
+                    out.extend_from_slice(key);
+                    push_f64(out, v);
+                }
+                out.push(b'}');
             }
         }
     }
-    out
+    out.extend_from_slice(b"]}");
+}
+
+fn series_csv(p: &PointRow, s: &Series, t: &mut TimeWriter, out: &mut Vec<u8>) {
+    let head = |out: &mut Vec<u8>, t: &mut TimeWriter, ts: i64| {
+        out.extend_from_slice(p.site.as_bytes());
+        out.push(b',');
+        out.extend_from_slice(p.point.as_bytes());
+        out.push(b',');
+        t.write(out, ts);
+    };
+    match s {
+        Series::Raw(v) => {
+            for x in v {
+                head(out, t, x.ts);
+                out.push(b',');
+                if let Some(v) = x.value {
+                    push_f64(out, v);
+                }
+                out.push(b',');
+                push_csv_text(out, x.text.as_deref().unwrap_or(""));
+                out.extend_from_slice(if x.bad.is_none() { b",good," } else { b",bad," });
+                push_csv_text(out, x.bad.as_deref().unwrap_or(""));
+                out.push(b'\n');
+            }
+        }
+        Series::Buckets(b) => {
+            for b in b {
+                head(out, t, b.start);
+                out.push(b',');
+                push_i64(out, b.n);
+                for v in [b.min, b.max, b.mean(), b.last] {
+                    out.push(b',');
+                    push_f64(out, v);
+                }
+                out.push(b'\n');
+            }
+        }
+    }
 }
 
 fn csv(body: String) -> Response {

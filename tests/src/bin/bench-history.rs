@@ -107,13 +107,21 @@ fn month_of_500_points(path: &Path, end: i64) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Median and worst of `runs` timed GETs; checks each answer is a 200.
-async fn time_get(client: &reqwest::Client, url: &str, runs: usize) -> Result<(f64, f64, usize)> {
+/// Median and worst of `runs` timed GETs (whole answer received), the
+/// median time to the first byte (the server's work: it builds the whole
+/// body before sending), and the answer's size. Checks each is a 200.
+async fn time_get(
+    client: &reqwest::Client,
+    url: &str,
+    runs: usize,
+) -> Result<(f64, f64, f64, usize)> {
     let mut times = Vec::with_capacity(runs);
+    let mut first_byte = Vec::with_capacity(runs);
     let mut bytes = 0;
     for _ in 0..runs {
         let started = Instant::now();
         let resp = client.get(url).send().await?;
+        first_byte.push(started.elapsed().as_secs_f64() * 1000.0);
         let status = resp.status();
         let body = resp.bytes().await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -125,7 +133,13 @@ async fn time_get(client: &reqwest::Client, url: &str, runs: usize) -> Result<(f
         bytes = body.len();
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], times[times.len() - 1], bytes))
+    first_byte.sort_by(f64::total_cmp);
+    Ok((
+        times[times.len() / 2],
+        times[times.len() - 1],
+        first_byte[runs / 2],
+        bytes,
+    ))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -176,11 +190,11 @@ async fn main() -> Result<()> {
     let to = jiff::Timestamp::from_millisecond(end)?;
     let url =
         format!("{http}/api/v1/history?point=br-th-1.temperature&from={from}&to={to}&step=7776s");
-    let (median, worst, bytes) = time_get(&client, &url, runs).await?;
+    let (median, worst, ttfb, bytes) = time_get(&client, &url, runs).await?;
     let doc: serde_json::Value = client.get(&url).send().await?.json().await?;
     let n = doc["series"][0]["values"].as_array().map_or(0, Vec::len);
     println!(
-        "90 days of one point at a 1,000-point step (tier {}): {n} points, {bytes} bytes; median {median:.1} ms, worst {worst:.1} ms over {runs} runs",
+        "90 days of one point at a 1,000-point step (tier {}): {n} points, {bytes} bytes; median {median:.1} ms (first byte {ttfb:.1} ms), worst {worst:.1} ms over {runs} runs",
         doc["tier"]
     );
 
@@ -189,11 +203,11 @@ async fn main() -> Result<()> {
         "{http}/api/v1/history?point={}&from={from}&to={to}&step=1h",
         names.join(",")
     );
-    let (median, worst, bytes) = time_get(&client, &url, runs).await?;
+    let (median, worst, ttfb, bytes) = time_get(&client, &url, runs).await?;
     let csv_url = format!("{url}&format=csv");
-    let (c_median, c_worst, c_bytes) = time_get(&client, &csv_url, runs).await?;
+    let (c_median, c_worst, c_ttfb, c_bytes) = time_get(&client, &csv_url, runs).await?;
     println!(
-        "a month of 500 points at 1 h: JSON {bytes} bytes, median {median:.1} ms, worst {worst:.1} ms; CSV {c_bytes} bytes, median {c_median:.1} ms, worst {c_worst:.1} ms ({runs} runs each)"
+        "a month of 500 points at 1 h: JSON {bytes} bytes, median {median:.1} ms (first byte {ttfb:.1} ms), worst {worst:.1} ms; CSV {c_bytes} bytes, median {c_median:.1} ms (first byte {c_ttfb:.1} ms), worst {c_worst:.1} ms ({runs} runs each)"
     );
     collector.kill();
     Ok(())
