@@ -10,6 +10,7 @@ declare -A needs=(
   [mosquitto_pub]=mosquitto-clients
   [snmpd]=snmpd
   [socat]=socat
+  [victoria-metrics]=victoria-metrics
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 /// Publishes handed to rumqttc and not yet acknowledged by the broker. Matches
 /// rumqttc's in-flight window, so its request channel never fills with ours.
 pub const WINDOW: usize = 100;
+/// A delivered batch still unconfirmed this long after the collector
+/// confirmed one delivered later is taken as lost and sent again.
+const OVERTAKEN_GRACE: Duration = Duration::from_secs(5);
 /// Live batches waiting for a window slot; beyond this they are left to the
 /// backlog (they are in the spool either way).
 const LIVE_MAX: usize = 256;
@@ -340,6 +343,14 @@ impl Link {
     pub fn maintain(&mut self, now_ms: i64) -> Option<Duration> {
         if let Err(e) = self.spool.maintain(now_ms) {
             tracing::error!(error = %e, "spool upkeep failed");
+        }
+        if self.opts.confirm_by == ConfirmBy::Collector && self.connected {
+            let n = self.spool.resend_overtaken(OVERTAKEN_GRACE);
+            if n > 0 {
+                tracing::warn!(batches = n, "the collector confirmed later batches but not these: lost on the way, sending them again");
+                self.stats.resent_unconfirmed += n;
+                self.cursor = None;
+            }
         }
         if self.opts.confirm_by == ConfirmBy::Collector
             && self.connected

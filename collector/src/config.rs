@@ -1,7 +1,9 @@
 //! The collector's configuration file, loaded and checked before anything
 //! starts; every problem is reported by its path.
 
+use crate::influx::{Precision, SinkSettings};
 use crate::store::retention::Policy;
+use roomguard_protocol::conf::Secret;
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -23,6 +25,97 @@ pub struct CollectorConfig {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    /// Also write every stored reading to InfluxDB (or VictoriaMetrics); off when absent.
+    #[serde(default)]
+    pub influx: Option<InfluxConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Base URL, `http://host:8086` or `https://…`; `/api/v2/write` is added.
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    /// API token: `{ env = "INFLUX_TOKEN" }` or `{ file = "/etc/roomguard/influx-token" }`.
+    #[serde(default)]
+    pub token: Secret,
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    /// Lines per write request (at most).
+    #[serde(default = "default_batch_lines")]
+    pub batch_lines: usize,
+    /// Written at least this often when there is anything to write.
+    #[serde(default = "default_flush", with = "conf::duration")]
+    pub flush_interval: Duration,
+    /// Compressed backlog kept while InfluxDB is unreachable; beyond it the
+    /// oldest lines are dropped and counted.
+    #[serde(default = "default_max_buffer")]
+    pub max_buffer_bytes: usize,
+    #[serde(default = "default_influx_timeout", with = "conf::duration")]
+    pub timeout: Duration,
+}
+
+fn default_precision() -> Precision {
+    Precision::Ms
+}
+fn default_batch_lines() -> usize {
+    5_000
+}
+fn default_flush() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_buffer() -> usize {
+    64 << 20
+}
+fn default_influx_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl InfluxConfig {
+    /// The sink's settings, with the token read from where it is kept.
+    pub fn settings(&self) -> Result<SinkSettings, String> {
+        Ok(SinkSettings {
+            url: self.url.clone(),
+            org: self.org.clone(),
+            bucket: self.bucket.clone(),
+            token: self.token.resolve()?,
+            precision: self.precision,
+            batch_lines: self.batch_lines,
+            flush_interval: self.flush_interval,
+            max_buffer_bytes: self.max_buffer_bytes,
+            timeout: self.timeout,
+        })
+    }
+
+    fn check(&self, p: &mut Problems) {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            p.push(
+                "influx.url",
+                format!("{:?} is not an http:// or https:// URL", self.url),
+            );
+        } else if let Err(e) = self.settings().and_then(|s| crate::influx::write_url(&s)) {
+            p.push("influx", e);
+        }
+        if self.org.is_empty() {
+            p.push("influx.org", "must not be empty");
+        }
+        if self.bucket.is_empty() {
+            p.push("influx.bucket", "must not be empty");
+        }
+        if let Err(e) = self.token.resolve() {
+            p.push("influx.token", e);
+        }
+        if !(1..=100_000).contains(&self.batch_lines) {
+            p.push("influx.batch_lines", "must be 1 to 100000");
+        }
+        if self.max_buffer_bytes < 1 << 20 {
+            p.push(
+                "influx.max_buffer_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -188,6 +281,9 @@ impl CollectorConfig {
                 "store.retention",
                 "coarser tiers must be kept at least as long as finer ones (raw ≤ minute ≤ hour)",
             );
+        }
+        if let Some(i) = &self.influx {
+            i.check(&mut p);
         }
         if jiff::tz::TimeZone::get(&self.http.time_zone).is_err() {
             p.push(

@@ -10,6 +10,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod confirm;
+pub mod influx;
 pub mod ingest;
 pub mod metrics;
 pub mod store;

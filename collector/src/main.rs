@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use roomguard_collector::config::{CollectorConfig, SAMPLE};
-use roomguard_collector::{api, broker, confirm, ingest, metrics::Metrics, store};
+use roomguard_collector::{api, broker, confirm, influx, ingest, metrics::Metrics, store};
 use roomguard_protocol::conf::BrokerUrl;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,6 +106,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
+    // HTTPS (the InfluxDB sink) uses rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::default());
     let broker_url = match cfg.broker() {
         Some(url) => url.map_err(anyhow::Error::msg)?,
@@ -123,8 +125,32 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
         .with_retention(cfg.store.retention.policy());
     let confirmations = Arc::new(confirm::Confirmations::default());
+    let sink = match &cfg.influx {
+        Some(influx) => {
+            let settings = influx
+                .settings()
+                .map_err(|e| anyhow::anyhow!("influx.token: {e}"))?;
+            // Tags for points described before this start.
+            let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+            let catalogue = reader
+                .points(&store::history::PointFilter::default())?
+                .into_iter()
+                .map(|p| {
+                    let tags = influx::PointTags {
+                        room: p.room,
+                        quantity: p.quantity,
+                        unit: p.unit,
+                    };
+                    ((p.site, p.point), tags)
+                })
+                .collect();
+            tracing::info!(url = %influx.url, bucket = %influx.bucket, "writing readings to InfluxDB too");
+            Some(influx::spawn(settings, catalogue, metrics.clone())?)
+        }
+        None => None,
+    };
     let (store_tx, writer_thread) =
-        store::spawn_writer(writer, metrics.clone(), confirmations.clone())
+        store::spawn_writer(writer, metrics.clone(), confirmations.clone(), sink)
             .context("cannot start the store writer")?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)

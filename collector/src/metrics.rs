@@ -73,6 +73,12 @@ pub struct Metrics {
     pub rows_expired: Counter,
     pub maintain_seconds: Timer,
     pub write_queue_depth: Gauge,
+    pub sink_lines_sent: Counter,
+    pub sink_lines_dropped: Counter,
+    pub sink_lines_rejected: Counter,
+    pub sink_errors: Counter,
+    pub sink_backlog_lines: Gauge,
+    pub sink_backlog_bytes: Gauge,
     /// Poll-to-commit time of the newest live (not backfill) batch, ms.
     pub ingest_lag_ms: Gauge,
     pub broker_connected: Gauge,
@@ -174,6 +180,49 @@ impl Metrics {
             "# HELP roomguard_ingest_lag_seconds From poll to commit, of the last transaction's live batches (worst).\n# TYPE roomguard_ingest_lag_seconds gauge\nroomguard_ingest_lag_seconds {}",
             self.ingest_lag_ms.get() as f64 / 1000.0
         );
+        for (name, kind, help, v) in [
+            (
+                "roomguard_influx_lines_sent_total",
+                "counter",
+                "Lines the InfluxDB sink wrote.",
+                self.sink_lines_sent.get(),
+            ),
+            (
+                "roomguard_influx_lines_dropped_total",
+                "counter",
+                "Lines the InfluxDB sink dropped: its backlog bound, or it could not keep up.",
+                self.sink_lines_dropped.get(),
+            ),
+            (
+                "roomguard_influx_lines_rejected_total",
+                "counter",
+                "Lines InfluxDB refused (4xx) and the sink dropped.",
+                self.sink_lines_rejected.get(),
+            ),
+            (
+                "roomguard_influx_errors_total",
+                "counter",
+                "Failed writes to InfluxDB, retried.",
+                self.sink_errors.get(),
+            ),
+            (
+                "roomguard_influx_backlog_lines",
+                "gauge",
+                "Lines waiting to be written to InfluxDB.",
+                self.sink_backlog_lines.get(),
+            ),
+            (
+                "roomguard_influx_backlog_bytes",
+                "gauge",
+                "Compressed bytes waiting to be written to InfluxDB.",
+                self.sink_backlog_bytes.get(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP roomguard_write_queue_depth Batches waiting for the store writer.\n# TYPE roomguard_write_queue_depth gauge\nroomguard_write_queue_depth {}",

@@ -187,6 +187,40 @@ pub mod duration {
     }
 }
 
+/// A secret given inline (discouraged: config files get copied and
+/// committed), from an environment variable, or from a file.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl Secret {
+    /// The secret's value; `None` when none of the three is set.
+    pub fn resolve(&self) -> Result<Option<String>, String> {
+        match (&self.value, &self.env, &self.file) {
+            (Some(v), None, None) => Ok(Some(v.clone())),
+            (None, Some(var), None) => std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set")),
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            (None, None, None) => Ok(None),
+            _ => Err("give exactly one of value, env, file".into()),
+        }
+    }
+
+    pub fn is_inline(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
 /// Serde adapter for optional durations: `#[serde(default, with = "roomguard_protocol::conf::option_duration")]`.
 pub mod option_duration {
     use serde::{Deserialize, Deserializer, Serializer};

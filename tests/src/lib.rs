@@ -444,6 +444,15 @@ pub fn start_simulator(dir: &Path, extra: &[&str]) -> Result<(Proc, SimAddrs)> {
 /// its embedded broker on a free port. Returns it with its HTTP base URL and
 /// the broker URL it uses.
 pub fn start_collector(dir: &Path, broker_url: Option<&str>) -> Result<(Proc, String, String)> {
+    start_collector_with(dir, broker_url, "")
+}
+
+/// [`start_collector`] with more configuration (whole TOML tables) appended.
+pub fn start_collector_with(
+    dir: &Path,
+    broker_url: Option<&str>,
+    extra: &str,
+) -> Result<(Proc, String, String)> {
     let mqtt = match broker_url {
         Some(url) => format!("url = {url:?}"),
         None => "embedded_listen = \"127.0.0.1:0\"".to_owned(),
@@ -452,7 +461,7 @@ pub fn start_collector(dir: &Path, broker_url: Option<&str>) -> Result<(Proc, St
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{extra}\n",
             dir.join("store.db").display().to_string()
         ),
     )?;
@@ -511,4 +520,94 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A real VictoriaMetrics (Debian's `victoria-metrics`) on a loopback port,
+/// with its data in a directory of the test, so it can be stopped and
+/// started again with what it had.
+pub struct VictoriaMetrics {
+    pub proc: Proc,
+    pub port: u16,
+    data: PathBuf,
+    dir: PathBuf,
+}
+
+impl VictoriaMetrics {
+    /// `None` when it is not installed outside CI.
+    pub fn start(dir: &Path) -> Result<Option<VictoriaMetrics>> {
+        if external("victoria-metrics", "victoria-metrics").is_none() {
+            return Ok(None);
+        }
+        let mut vm = VictoriaMetrics {
+            proc: Proc::spawn("vm-placeholder", Command::new("true"), dir)?,
+            port: free_port(),
+            data: dir.join("vm-data"),
+            dir: dir.to_owned(),
+        };
+        vm.restart()?;
+        Ok(Some(vm))
+    }
+
+    /// Starts it (again) on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        let program = external("victoria-metrics", "victoria-metrics")
+            .context("victoria-metrics vanished")?;
+        let mut cmd = Command::new(program);
+        cmd.arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!("-storageDataPath={}", self.data.display()))
+            // Data is searchable at once, not after the default 30 s.
+            .arg("-search.latencyOffset=0s")
+            .arg("-loggerLevel=WARN");
+        self.proc = Proc::spawn("victoria-metrics", cmd, &self.dir)?;
+        wait_port(&mut self.proc, self.port, Duration::from_secs(20))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it with SIGTERM, so it flushes what it holds in memory (a
+    /// SIGKILL loses its last second of writes, which is not the sink's doing).
+    pub fn stop(&mut self) -> Result<()> {
+        self.proc.terminate(Duration::from_secs(20)).map(|_| ())
+    }
+
+    /// Every series matching `selector` from its export API:
+    /// (labels, [(timestamp ms, value)]).
+    pub async fn export(
+        &self,
+        client: &reqwest::Client,
+        selector: &str,
+    ) -> Result<Vec<(Value, Vec<(i64, f64)>)>> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/export", self.url()),
+            [("match[]", selector)],
+        )?;
+        let text = client.get(url).send().await?.text().await?;
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value =
+                serde_json::from_str(line).with_context(|| format!("export line {line}"))?;
+            let ts = v["timestamps"].as_array().cloned().unwrap_or_default();
+            let vals = v["values"].as_array().cloned().unwrap_or_default();
+            let points = ts
+                .iter()
+                .zip(vals.iter())
+                .filter_map(|(t, x)| Some((t.as_i64()?, x.as_f64()?)))
+                .collect();
+            out.push((v["metric"].clone(), points));
+        }
+        Ok(out)
+    }
+}
+
+/// An HTTP client for tests. The workspace builds reqwest with rustls and no
+/// built-in crypto provider (the collector picks ring), so the provider is
+/// installed here once before the first client is made.
+pub fn http_client() -> reqwest::Client {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::new()
 }

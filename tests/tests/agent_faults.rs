@@ -136,7 +136,7 @@ interval = "1s"
         dir.path(),
         &agent_toml(&mqtt, &dir.path().join("state"), &devices),
     )?;
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     let temp = eventually(PATIENCE, "a temperature over RTU", || async {
         let p = latest_point(&client, &http, "mr-th-inlet.temperature").await?;
@@ -321,7 +321,7 @@ async fn hostile_devices_are_reported_and_never_stop_the_healthy_ones() -> Resul
         dir.path(),
         &agent_toml(&mqtt, &dir.path().join("state"), &devices),
     )?;
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     let health = eventually(
         PATIENCE,

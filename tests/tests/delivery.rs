@@ -89,7 +89,7 @@ async fn collector_killed_during_ingest_and_restarted_loses_no_reading() -> Resu
     let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
     let agent_conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?;
     let mut agent = start_agent(dir.path(), &agent_conf)?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     eventually(Duration::from_secs(60), "readings flowing", || async {
         latest_point(&client, &http, "br-h2-1.h2").await.map(|_| ())
     })
@@ -301,6 +301,24 @@ async fn drained(client: &reqwest::Client, agent_http: &str) -> Result<()> {
         },
     )
     .await
+    .with_context(|| {
+        format!(
+            "agent metrics:\n{}",
+            std::process::Command::new("curl")
+                .args(["-s", &format!("{agent_http}/metrics")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("roomguard_agent_spool")
+                    || l.starts_with("roomguard_agent_sent")
+                    || l.starts_with("roomguard_agent_conf")
+                    || l.starts_with("roomguard_agent_resent")
+                    || l.starts_with("roomguard_agent_broker"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
 }
 
 /// The stored count of batches, to wait for progress.
@@ -320,7 +338,7 @@ async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> 
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "")?;
     let (mut agent, ready) = start_run(dir.path(), &conf, &mut ledger)?;
@@ -332,7 +350,9 @@ async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> 
     let db = dir.path().join("store.db");
     let before = stored_batches(&db)?.len();
     stored_more_than(&db, before + 20).await?;
-    drained(&client, &agent_metrics_url(&ready)?).await?;
+    drained(&client, &agent_metrics_url(&ready)?)
+        .await
+        .with_context(|| agent.log_tail())?;
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
     account("broker outage", &db, &ledger, 0, dups).await?;
@@ -347,7 +367,7 @@ async fn agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing() ->
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "")?;
     let (mut agent, mut ready) = start_run(dir.path(), &conf, &mut ledger)?;
@@ -358,7 +378,9 @@ async fn agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing() ->
         (agent, ready) = start_run(dir.path(), &conf, &mut ledger)?;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    drained(&client, &agent_metrics_url(&ready)?).await?;
+    drained(&client, &agent_metrics_url(&ready)?)
+        .await
+        .with_context(|| agent.log_tail())?;
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
     account(
@@ -381,7 +403,7 @@ async fn a_full_spool_drops_the_oldest_counts_them_and_says_so_on_the_status_top
     // The broker is down from the start: everything goes to a tiny spool.
     broker.stop();
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "max_bytes = 65536")?;
     let (mut agent, ready) = start_run(dir.path(), &conf, &mut ledger)?;
@@ -421,7 +443,9 @@ async fn a_full_spool_drops_the_oldest_counts_them_and_says_so_on_the_status_top
     // Drops only happen while full; the backlog drains once connected.
     let db = dir.path().join("store.db");
     stored_more_than(&db, 10).await?;
-    drained(&client, &agent_http).await?;
+    drained(&client, &agent_http)
+        .await
+        .with_context(|| agent.log_tail())?;
     // Lost for sure: dropped before being sent. Possibly lost: dropped while
     // the backlog was being sent, before its confirmation came back.
     let dropped = metric(
@@ -468,7 +492,7 @@ async fn a_damaged_spool_is_reported_and_the_agent_keeps_the_rest_and_goes_on() 
     };
     broker.stop();
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "")?;
     let (mut agent, _) = start_run(dir.path(), &conf, &mut ledger)?;
@@ -506,7 +530,9 @@ async fn a_damaged_spool_is_reported_and_the_agent_keeps_the_rest_and_goes_on() 
     let db = dir.path().join("store.db");
     let before = stored_batches(&db)?.len();
     stored_more_than(&db, before + 10).await?;
-    drained(&client, &agent_metrics_url(&ready)?).await?;
+    drained(&client, &agent_metrics_url(&ready)?)
+        .await
+        .with_context(|| agent.log_tail())?;
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
     account("damaged spool", &db, &ledger, 2, dups).await?;
@@ -522,7 +548,7 @@ async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_wa
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "confirm_timeout = \"3s\"")?;
     let (mut agent, ready) = start_run(dir.path(), &conf, &mut ledger)?;
@@ -544,7 +570,9 @@ async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_wa
     // The batches the broker lost are sent again: at once, because the
     // broker lost the agent's session too, and (when that was before the
     // collector subscribed again) once more when no confirmation came.
-    drained(&client, &agent_http).await?;
+    drained(&client, &agent_http)
+        .await
+        .with_context(|| agent.log_tail())?;
     let resent = metric(&client, &agent_http, "roomguard_agent_sent_backfill_total").await;
     assert!(resent > 0, "nothing was sent again, so nothing was tested");
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;

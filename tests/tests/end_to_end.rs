@@ -31,7 +31,7 @@ async fn simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_sh
     let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
     let agent_conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     // A value the simulator holds constant in normal operation: state of charge 100.0 %.
     let soc = eventually(
@@ -158,7 +158,7 @@ async fn the_embedded_broker_carries_readings_with_nothing_else_installed() -> R
     let mut agent = start_agent(dir.path(), &agent_conf)?;
     let ready = agent.wait_ready(PATIENCE)?;
     let agent_http = format!("http://{}", ready["metrics"].as_str().context("metrics")?);
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     let closed = eventually(
         PATIENCE,
@@ -225,7 +225,7 @@ async fn malformed_forged_and_unknown_version_messages_are_counted_and_ingest_go
         return Ok(());
     };
     let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     eventually(PATIENCE, "collector connected to the broker", || async {
         let h = get_json(&client, &format!("{http}/healthz")).await?;
         (h["broker_connected"] == true).then_some(())
@@ -367,7 +367,7 @@ async fn an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will() -> 
             "status_interval = \"1s\"\nkeep_alive = \"2s\"",
         );
     let mut agent = start_agent(dir.path(), &agent_conf)?;
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     let agent_state = |want: &'static str| {
         let client = client.clone();
@@ -429,7 +429,7 @@ async fn history_catalogue_and_online_backup_work_against_a_running_collector() 
     let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
     let agent_conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
-    let client = reqwest::Client::new();
+    let client = http_client();
     // A few polls' worth of samples.
     eventually(PATIENCE, "several hydrogen samples", || async {
         let (_, _, body) = fetch(

@@ -145,6 +145,8 @@ pub struct Spool {
     last_sync: Instant,
     next_id: u64,
     pub counters: Counters,
+    /// When the most recently delivered of the confirmed batches was delivered.
+    latest_confirmed_delivery: Option<Instant>,
     buf: Vec<u8>,
     /// The segment the backlog is being read from.
     reader: Option<(u64, File)>,
@@ -240,6 +242,7 @@ impl Spool {
                 discarded_bytes: report.discarded_bytes,
                 ..Counters::default()
             },
+            latest_confirmed_delivery: None,
             buf: Vec::with_capacity(4096),
             reader: None,
         };
@@ -463,6 +466,11 @@ impl Spool {
                     break;
                 }
                 if e.state != State::Done {
+                    if let Some(t) = e.delivered_at {
+                        if self.latest_confirmed_delivery.is_none_or(|l| t > l) {
+                            self.latest_confirmed_delivery = Some(t);
+                        }
+                    }
                     e.state = State::Done;
                     seg.pending -= 1;
                     seg.pending_bytes -= u64::from(e.info.len);
@@ -508,6 +516,24 @@ impl Spool {
                 && (e.state != State::Delivered
                     || older_than.is_none_or(|d| e.delivered_at.is_none_or(|t| t.elapsed() >= d)))
             {
+                e.state = State::Unsent;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delivered batches the collector has overtaken: it confirmed a batch
+    /// delivered more than `grace` after them, and batches reach it in the
+    /// order they were delivered, so these were lost on the way (a broker
+    /// that forgot them, a collector not yet subscribed). Back to `Unsent`.
+    pub fn resend_overtaken(&mut self, grace: Duration) -> u64 {
+        let Some(latest) = self.latest_confirmed_delivery else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in self.segments.iter_mut().flat_map(|s| s.entries.iter_mut()) {
+            if e.state == State::Delivered && e.delivered_at.is_some_and(|t| t + grace < latest) {
                 e.state = State::Unsent;
                 n += 1;
             }
@@ -806,5 +832,29 @@ mod tests {
         s.finish(2, 2);
         s.set_state(2, State::Unsent);
         assert_eq!(s.state(2), Some(State::Done), "done stays done");
+    }
+
+    #[test]
+    fn a_batch_overtaken_by_a_later_confirmed_one_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
+        fill(&mut s, 1..=3);
+        s.set_state(1, State::Delivered); // lost by the broker
+        std::thread::sleep(Duration::from_millis(30));
+        s.set_state(2, State::Delivered);
+        s.set_state(3, State::Delivered);
+        assert_eq!(
+            s.resend_overtaken(Duration::from_millis(10)),
+            0,
+            "nothing confirmed yet"
+        );
+        s.finish(2, 2);
+        assert_eq!(s.resend_overtaken(Duration::from_millis(10)), 1);
+        assert_eq!(s.state(1), Some(State::Unsent));
+        assert_eq!(
+            s.state(3),
+            Some(State::Delivered),
+            "delivered after the confirmed one: just waiting"
+        );
     }
 }

@@ -102,6 +102,7 @@ pub fn spawn_writer(
     mut writer: sqlite::SqliteWriter,
     metrics: Arc<Metrics>,
     confirmations: Arc<Confirmations>,
+    sink: Option<crate::influx::SinkHandle>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
     let handle = std::thread::Builder::new()
@@ -152,6 +153,10 @@ pub fn spawn_writer(
                             }
                             for b in &batches {
                                 confirmations.stored(&b.site, &b.agent, b.seq);
+                            }
+                            // Handed over, not copied; never waits.
+                            if let Some(sink) = &sink {
+                                sink.offer(std::mem::take(&mut batches));
                             }
                         }
                         Err(e) => {

@@ -131,7 +131,7 @@ async fn main() -> Result<()> {
             pin(&rest, broker.proc.pid())?;
         }
     }
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     // Warm up: connections open, first polls spread over the interval.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -184,7 +184,7 @@ async fn main() -> Result<()> {
     let mut collector = Proc::spawn("collector", cmd, dir.path())?;
     let ready = collector.wait_ready(Duration::from_secs(30))?;
     let http = format!("http://{}", ready["http"].as_str().context("http")?);
-    let client = reqwest::Client::new();
+    let client = http_client();
 
     let from = jiff::Timestamp::from_millisecond(end - 90 * DAY)?;
     let to = jiff::Timestamp::from_millisecond(end)?;

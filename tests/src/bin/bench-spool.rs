@@ -163,7 +163,7 @@ async fn replay(devices: usize, minutes: u64, rate: Option<u32>) -> Result<()> {
         broker.url(),
         sim.modbus,
     );
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut agent = start_agent(dir.path(), &conf)?;
     let ready = agent.wait_ready(Duration::from_secs(60))?;
     let started = Instant::now();

@@ -4,7 +4,6 @@ use roomguard_protocol::conf::{self, Problems};
 use roomguard_protocol::validate_id;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -29,39 +28,7 @@ pub enum PrivProtocol {
     Aes,
 }
 
-/// A secret given inline (discouraged: config files get copied and
-/// committed), from an environment variable, or from a file.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Secret {
-    #[serde(default)]
-    pub value: Option<String>,
-    #[serde(default)]
-    pub env: Option<String>,
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-}
-
-impl Secret {
-    /// The secret's value; `None` when none of the three is set.
-    pub fn resolve(&self) -> Result<Option<String>, String> {
-        match (&self.value, &self.env, &self.file) {
-            (Some(v), None, None) => Ok(Some(v.clone())),
-            (None, Some(var), None) => std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("environment variable {var} is not set")),
-            (None, None, Some(path)) => std::fs::read_to_string(path)
-                .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
-                .map_err(|e| format!("cannot read {}: {e}", path.display())),
-            (None, None, None) => Ok(None),
-            _ => Err("give exactly one of value, env, file".into()),
-        }
-    }
-
-    pub fn is_inline(&self) -> bool {
-        self.value.is_some()
-    }
-}
+pub use roomguard_protocol::conf::Secret;
 
 /// SNMPv3 user-based security.
 #[derive(Debug, Clone, Deserialize, Serialize)]
