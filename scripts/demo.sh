@@ -16,7 +16,8 @@ echo "==> building (the first build takes a few minutes)"
 cargo build --workspace --bins
 
 mkdir -p var/demo
-bin=target/debug
+# Where cargo put the binaries (CARGO_TARGET_DIR moves them).
+bin="${CARGO_TARGET_DIR:-target}/debug"
 pids=()
 cleanup() {
   trap - EXIT INT TERM
