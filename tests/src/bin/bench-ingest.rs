@@ -1,0 +1,231 @@
+//! Ingest benchmark (issue #5): 1,000 simulated agents publish batches of 50
+//! readings through a real Mosquitto into the collector (release build, its
+//! SQLite store), at rising rates; for each, the readings/s stored and the
+//! worst ingest lag (poll to commit, from the collector's own metric). In the
+//! same run, the two limits it sits between: the broker's ceiling (1 KiB QoS 1
+//! messages through Mosquitto to `mosquitto_sub > /dev/null`) and a bare
+//! batched SQLite insert of the same rows.
+//!
+//!   cargo build --release --workspace --bins
+//!   cd /tmp && /work/main/target/release/bench-ingest [--seconds 20]
+
+use anyhow::{Context, Result};
+use roomguard_e2e::*;
+use roomguard_protocol::{Batch, Label, Quality, Reading, Topic, PROTOCOL_VERSION};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENTS: usize = 1_000;
+const READINGS: usize = 50;
+/// Publishing connections; each speaks for AGENTS / CONNECTIONS agents.
+const CONNECTIONS: usize = 8;
+
+fn bare_sqlite(rows: i64) -> Result<f64> {
+    let dir = tempfile::tempdir_in(std::env::current_dir()?)?;
+    let conn = rusqlite::Connection::open(dir.path().join("bare.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE samples (point_id INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL, text TEXT, bad TEXT,
+         PRIMARY KEY (point_id, ts)) WITHOUT ROWID;",
+    )?;
+    let started = Instant::now();
+    let per_tx = 25_000;
+    let mut done = 0;
+    let t0 = 1_800_000_000_000i64;
+    while done < rows {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO samples (point_id, ts, value, text, bad) VALUES (?1, ?2, ?3, NULL, NULL)")?;
+            for i in done..(done + per_tx).min(rows) {
+                // The same shape as the load below: 50,000 points, one reading each per round.
+                let point = i % 50_000;
+                let ts = t0 + (i / 50_000) * 1_000;
+                ins.execute(rusqlite::params![point, ts, 20.0 + (i % 97) as f64 / 10.0])?;
+            }
+        }
+        tx.commit()?;
+        done += per_tx;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn publishers(port: u16, prefix: &str) -> Result<Vec<AsyncClient>> {
+    let mut clients = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut opts = MqttOptions::new(format!("{prefix}-{c}"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_inflight(200);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1_000);
+        tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// The broker's ceiling: `count` 1 KiB QoS 1 messages to mosquitto_sub > /dev/null.
+async fn broker_ceiling(broker: &Mosquitto, count: usize) -> Result<f64> {
+    let sub = external("mosquitto_sub", "mosquitto-clients").context("mosquitto_sub")?;
+    let mut child = Command::new(sub)
+        .args(broker.client_args())
+        .args(["-q", "1", "-t", "ceiling/#", "-C", &count.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients = publishers(broker.port, "ceiling").await?;
+    let payload = vec![b'x'; 1024];
+    let started = Instant::now();
+    let per = count / CONNECTIONS + 1;
+    let mut tasks = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let _ = c
+                    .publish(
+                        format!("ceiling/{i}"),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .await;
+            }
+        }));
+    }
+    // Bounded: the test broker queues at most 100,000 messages per client.
+    let waited = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .context("mosquitto_sub did not receive them all within 2 minutes")???;
+    anyhow::ensure!(waited.success(), "mosquitto_sub failed");
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    for t in tasks {
+        t.abort();
+    }
+    Ok(rate)
+}
+
+fn batch(agent: usize, seq: u64, at: i64) -> Vec<u8> {
+    Batch {
+        v: PROTOCOL_VERSION,
+        site: "bench".into(),
+        agent: format!("edge-{agent:04}"),
+        seq,
+        device: format!("dev-{agent:04}"),
+        polled_at: at,
+        backfill: false,
+        points: Vec::new(),
+        readings: (0..READINGS)
+            .map(|i| Reading {
+                point: Label::from(format!("a{agent:04}.p{i:02}").as_str()),
+                value: Some(20.0 + ((seq as usize + i) % 97) as f64 / 10.0),
+                text: None,
+                ts: at,
+                quality: Quality::Good,
+            })
+            .collect(),
+    }
+    .to_json()
+}
+
+/// Publishes at `rate` readings/s for `seconds`; returns (offered, stored/s, worst lag s).
+async fn ingest_at(
+    clients: &[AsyncClient],
+    http: &str,
+    rate: f64,
+    seconds: u64,
+    seq: &mut u64,
+) -> Result<(f64, f64, f64)> {
+    let client = http_client();
+    let batches_per_s = rate / READINGS as f64;
+    let tick = Duration::from_millis(20);
+    let per_tick = batches_per_s * tick.as_secs_f64();
+    let stored_before = metric(&client, http, "roomguard_readings_stored_total").await;
+    let started = Instant::now();
+    let mut owed = 0.0;
+    let mut sent = 0u64;
+    let mut agent = 0usize;
+    let mut worst_lag = 0.0f64;
+    let mut interval = tokio::time::interval(tick);
+    let mut next_sample = Instant::now() + Duration::from_secs(1);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        interval.tick().await;
+        owed += per_tick;
+        let now = roomguard_agent::run::now_ms();
+        while owed >= 1.0 {
+            owed -= 1.0;
+            agent = (agent + 1) % AGENTS;
+            if agent == 0 {
+                *seq += 1;
+            }
+            let c = &clients[agent % clients.len()];
+            let topic = Topic::batch("bench", &format!("edge-{agent:04}"));
+            if c.try_publish(topic, QoS::AtLeastOnce, false, batch(agent, *seq, now))
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(1);
+            let text = client
+                .get(format!("{http}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            let lag = text
+                .lines()
+                .find_map(|l| l.strip_prefix("roomguard_ingest_lag_seconds "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if started.elapsed() > Duration::from_secs(3) {
+                worst_lag = worst_lag.max(lag);
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = metric(&client, http, "roomguard_readings_stored_total").await - stored_before;
+    let offered = sent as f64 * READINGS as f64 / elapsed;
+    Ok((offered, stored as f64 / elapsed, worst_lag))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let seconds = arg("--seconds", 20);
+    let dir = tempfile::tempdir_in(std::env::current_dir()?)?;
+    let bare = bare_sqlite(2_000_000)?;
+    println!("bare SQLite: {bare:.0} rows/s (batched INSERT OR IGNORE, transactions of 25,000, WAL, synchronous=NORMAL)");
+
+    let broker = Mosquitto::start(dir.path())?.context("mosquitto is needed")?;
+    let ceiling = broker_ceiling(&broker, 60_000).await?;
+    println!("broker ceiling: {ceiling:.0} messages/s (1 KiB, QoS 1, {CONNECTIONS} publishers, to mosquitto_sub > /dev/null) = {:.0} readings/s at {READINGS} a message", ceiling * READINGS as f64);
+
+    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let clients = publishers(broker.port, "load").await?;
+    let mut seq = 0;
+    println!("| offered readings/s | stored readings/s | worst ingest lag |");
+    println!("|---|---|---|");
+    for rate in [
+        50_000.0, 100_000.0, 150_000.0, 200_000.0, 250_000.0, 300_000.0,
+    ] {
+        let (offered, stored, lag) = ingest_at(&clients, &http, rate, seconds, &mut seq).await?;
+        println!("| {offered:.0} | {stored:.0} | {lag:.2} s |");
+        // Let the queue drain before the next step.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if lag > 5.0 {
+            break;
+        }
+    }
+    Ok(())
+}
