@@ -4,7 +4,7 @@
 //! the reader runs the one range scan per point that a plan needs.
 
 use super::retention::Policy;
-use super::rollup::{HOUR_MS, MINUTE_MS};
+use super::rollup::{Agg, HOUR_MS, MINUTE_MS};
 use super::sqlite::SqliteReader;
 use super::StoreError;
 use rusqlite::params;
@@ -158,76 +158,30 @@ pub fn plan(
     })
 }
 
-/// One bucket of an answer.
+/// One bucket of an answer: where it starts, and what fell in it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
     pub start: i64,
-    pub n: i64,
-    pub min: f64,
-    pub max: f64,
-    pub sum: f64,
-    pub last_ts: i64,
-    pub last: f64,
+    pub agg: Agg,
 }
 
-impl Bucket {
-    pub fn mean(&self) -> f64 {
-        self.sum / self.n as f64
+impl std::ops::Deref for Bucket {
+    type Target = Agg;
+    fn deref(&self) -> &Agg {
+        &self.agg
     }
 }
 
-/// A row of a tier: raw samples are rows of one value.
-#[derive(Debug, Clone, Copy)]
-pub struct Row {
-    pub ts: i64,
-    pub n: i64,
-    pub min: f64,
-    pub max: f64,
-    pub sum: f64,
-    pub last_ts: i64,
-    pub last: f64,
-}
-
-impl Row {
-    pub fn sample(ts: i64, v: f64) -> Row {
-        Row {
-            ts,
-            n: 1,
-            min: v,
-            max: v,
-            sum: v,
-            last_ts: ts,
-            last: v,
-        }
-    }
-}
-
-/// Folds rows (in time order) into buckets of `step` starting at `from`;
-/// empty buckets are left out, so gaps in the data stay visible.
-pub fn fold(rows: impl IntoIterator<Item = Row>, from: i64, step: i64) -> Vec<Bucket> {
+/// Folds rows of a tier (time, aggregate; a raw sample is an aggregate of
+/// one), in time order, into buckets of `step` starting at `from`; empty
+/// buckets are left out, so gaps in the data stay visible.
+pub fn fold(rows: impl IntoIterator<Item = (i64, Agg)>, from: i64, step: i64) -> Vec<Bucket> {
     let mut out: Vec<Bucket> = Vec::new();
-    for r in rows {
-        let start = from + (r.ts - from).div_euclid(step) * step;
+    for (ts, agg) in rows {
+        let start = from + (ts - from).div_euclid(step) * step;
         match out.last_mut() {
-            Some(b) if b.start == start => {
-                b.n += r.n;
-                b.min = b.min.min(r.min);
-                b.max = b.max.max(r.max);
-                b.sum += r.sum;
-                if r.last_ts >= b.last_ts {
-                    b.last_ts = r.last_ts;
-                    b.last = r.last;
-                }
-            }
-            _ => out.push(Bucket {
-                start,
-                n: r.n,
-                min: r.min,
-                max: r.max,
-                sum: r.sum,
-                last_ts: r.last_ts,
-                last: r.last,
-            }),
+            Some(b) if b.start == start => b.agg.merge(&agg),
+            _ => out.push(Bucket { start, agg }),
         }
     }
     out
@@ -341,14 +295,15 @@ impl SqliteReader {
             )?;
             return Ok(Series::Raw(rows.collect::<Result<_, _>>()?));
         };
-        let rows: Vec<Row> = match plan.tier {
+        let rows: Vec<(i64, Agg)> = match plan.tier {
             Tier::Raw => {
                 let mut stmt = self.conn.prepare_cached(
                     "SELECT ts, value FROM samples WHERE point_id = ?1 AND ts >= ?2 AND ts < ?3
                        AND value IS NOT NULL AND bad IS NULL ORDER BY ts",
                 )?;
                 let rows = stmt.query_map(params![point_id, plan.from, plan.to], |r| {
-                    Ok(Row::sample(r.get(0)?, r.get(1)?))
+                    let ts = r.get(0)?;
+                    Ok((ts, Agg::sample(ts, r.get(1)?)))
                 })?;
                 rows.collect::<Result<_, _>>()?
             }
@@ -372,15 +327,15 @@ impl SqliteReader {
                 // than attributed to the wrong step.
                 let first = plan.from + (width - plan.from.rem_euclid(width)) % width;
                 let rows = stmt.query_map(params![point_id, first, plan.to], |r| {
-                    Ok(Row {
-                        ts: r.get(0)?,
+                    let agg = Agg {
                         n: r.get(1)?,
                         min: r.get(2)?,
                         max: r.get(3)?,
                         sum: r.get(4)?,
                         last_ts: r.get(5)?,
                         last: r.get(6)?,
-                    })
+                    };
+                    Ok((r.get(0)?, agg))
                 })?;
                 rows.collect::<Result<_, _>>()?
             }
@@ -460,14 +415,11 @@ mod tests {
 
     #[test]
     fn folding_keeps_min_max_mean_and_the_newest_last() {
-        let rows = [
-            Row::sample(1_000, 5.0),
-            Row::sample(9_000, 1.0),
-            Row::sample(4_000, 9.0), // late, still in the first bucket
-            Row::sample(12_000, 2.0),
-        ];
-        let mut sorted = rows;
-        sorted.sort_by_key(|r| r.ts);
+        let rows = [(1_000, 5.0), (9_000, 1.0), (4_000, 9.0), (12_000, 2.0)];
+        // 4,000 arrived late; it still belongs to the first bucket.
+        let mut sorted: Vec<(i64, Agg)> =
+            rows.iter().map(|&(t, v)| (t, Agg::sample(t, v))).collect();
+        sorted.sort_by_key(|r| r.0);
         let b = fold(sorted, 0, 10_000);
         assert_eq!(b.len(), 2);
         assert_eq!((b[0].n, b[0].min, b[0].max, b[0].last), (3, 1.0, 9.0, 1.0));

@@ -49,7 +49,8 @@ impl Dirty {
     }
 }
 
-/// One aggregate row.
+/// Count, min, max, sum and last (by event time) of good numeric readings:
+/// a rollup row, a history bucket, or one raw sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Agg {
     pub n: i64,
@@ -58,6 +59,35 @@ pub struct Agg {
     pub sum: f64,
     pub last_ts: i64,
     pub last: f64,
+}
+
+impl Agg {
+    pub fn sample(ts: i64, v: f64) -> Agg {
+        Agg {
+            n: 1,
+            min: v,
+            max: v,
+            sum: v,
+            last_ts: ts,
+            last: v,
+        }
+    }
+
+    /// Adds `o` in, keeping the later of the two lasts.
+    pub fn merge(&mut self, o: &Agg) {
+        self.n += o.n;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.sum += o.sum;
+        if o.last_ts >= self.last_ts {
+            self.last_ts = o.last_ts;
+            self.last = o.last;
+        }
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum / self.n as f64
+    }
 }
 
 /// Recomputes up to `limit` dirty minutes that have closed by `now_ms`, and
@@ -101,23 +131,16 @@ fn aggregate_samples(
     from: i64,
     to: i64,
 ) -> Result<Option<Agg>, StoreError> {
-    let (n, min, max, sum): (i64, Option<f64>, Option<f64>, Option<f64>) = tx
-        .prepare_cached(
-            "SELECT count(value), min(value), max(value), sum(value) FROM samples
-             WHERE point_id = ?1 AND ts >= ?2 AND ts < ?3 AND value IS NOT NULL AND bad IS NULL",
-        )?
-        .query_row(params![point, from, to], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-    let last: Option<(i64, f64)> = tx
-        .prepare_cached(
-            "SELECT ts, value FROM samples
-             WHERE point_id = ?1 AND ts >= ?2 AND ts < ?3 AND value IS NOT NULL AND bad IS NULL
-             ORDER BY ts DESC LIMIT 1",
-        )?
-        .query_row(params![point, from, to], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    Ok(combine(n, min, max, sum, last))
+    const GOOD: &str =
+        "point_id = ?1 AND ts >= ?2 AND ts < ?3 AND value IS NOT NULL AND bad IS NULL";
+    aggregate(
+        tx,
+        &format!(
+            "SELECT count(value), min(value), max(value), sum(value) FROM samples WHERE {GOOD}"
+        ),
+        &format!("SELECT ts, value FROM samples WHERE {GOOD} ORDER BY ts DESC LIMIT 1"),
+        [point, from, to],
+    )
 }
 
 fn aggregate_minutes(
@@ -126,20 +149,31 @@ fn aggregate_minutes(
     from: i64,
     to: i64,
 ) -> Result<Option<Agg>, StoreError> {
+    const IN: &str = "point_id = ?1 AND bucket >= ?2 AND bucket < ?3";
+    aggregate(
+        tx,
+        &format!(
+            "SELECT coalesce(sum(n), 0), min(min), max(max), sum(sum) FROM rollup_1m WHERE {IN}"
+        ),
+        &format!("SELECT last_ts, last FROM rollup_1m WHERE {IN} ORDER BY bucket DESC LIMIT 1"),
+        [point, from, to],
+    )
+}
+
+/// Runs an aggregate query (count, min, max, sum) and a last-value query
+/// (time, value) over the same rows.
+fn aggregate(
+    tx: &Transaction<'_>,
+    totals: &str,
+    last: &str,
+    args: [i64; 3],
+) -> Result<Option<Agg>, StoreError> {
     let (n, min, max, sum): (i64, Option<f64>, Option<f64>, Option<f64>) = tx
-        .prepare_cached(
-            "SELECT coalesce(sum(n), 0), min(min), max(max), sum(sum) FROM rollup_1m
-             WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3",
-        )?
-        .query_row(params![point, from, to], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
+        .prepare_cached(totals)?
+        .query_row(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
     let last: Option<(i64, f64)> = tx
-        .prepare_cached(
-            "SELECT last_ts, last FROM rollup_1m
-             WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket DESC LIMIT 1",
-        )?
-        .query_row(params![point, from, to], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached(last)?
+        .query_row(args, |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(combine(n, min, max, sum, last))
 }
