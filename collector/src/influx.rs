@@ -139,7 +139,7 @@ impl Encoder {
                         line.field("text", t.as_str()).timestamp(ts).close_line()
                     }
                     (Quality::Good, None, None) => {
-                        // decode_batch refuses these; nothing to write.
+                        // decode_batch refuses these; one that slipped through is written as bad, not lost.
                         lp = line.field("bad", 1i64).timestamp(ts).close_line();
                         lines += 1;
                         continue;
