@@ -203,14 +203,16 @@ struct Outcome {
     missing: Vec<u64>,
 }
 
-/// Waits until every numbered batch except `allowed_missing` of them is
-/// stored, then checks the samples are exactly the stored batches' readings
-/// and prints the accounting.
+/// Waits until at most `allowed_missing.end()` numbered batches are missing
+/// from the store, then checks that the number missing lies in
+/// `allowed_missing` (what the agent reported dropping or discarding), that
+/// the samples are exactly the stored batches' readings, and prints the
+/// accounting.
 async fn account(
     name: &str,
     db: &Path,
     ledger: &Ledger,
-    allowed_missing: usize,
+    allowed_missing: std::ops::RangeInclusive<usize>,
     duplicates: u64,
 ) -> Result<Outcome> {
     let numbered = ledger.numbered();
@@ -222,7 +224,7 @@ async fn account(
             .filter(|s| !stored.contains_key(s))
             .copied()
             .collect();
-        if missing.len() <= allowed_missing || Instant::now() > deadline {
+        if missing.len() <= *allowed_missing.end() || Instant::now() > deadline {
             break (stored, missing);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -244,10 +246,10 @@ async fn account(
         foreign.is_empty(),
         "stored batches no run numbered: {foreign:?}"
     );
-    assert_eq!(
+    assert!(
+        allowed_missing.contains(&missing.len()),
+        "{} batches missing, expected {allowed_missing:?}: {:?}",
         missing.len(),
-        allowed_missing,
-        "missing batches: {:?}",
         &missing[..missing.len().min(20)]
     );
     assert_eq!(samples, readings, "each reading stored exactly once");
@@ -286,7 +288,7 @@ async fn flowing(client: &reqwest::Client, http: &str) -> Result<()> {
 /// older than 3 s (which would be a batch lost on the way, still to be sent
 /// again).
 async fn drained(client: &reqwest::Client, agent_http: &str) -> Result<()> {
-    eventually(
+    let waited = eventually(
         Duration::from_secs(90),
         "the agent's spool to drain",
         || async {
@@ -300,25 +302,25 @@ async fn drained(client: &reqwest::Client, agent_http: &str) -> Result<()> {
             (pending < 10 && oldest < 3).then_some(())
         },
     )
-    .await
-    .with_context(|| {
-        format!(
-            "agent metrics:\n{}",
-            std::process::Command::new("curl")
-                .args(["-s", &format!("{agent_http}/metrics")])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.starts_with("roomguard_agent_spool")
-                    || l.starts_with("roomguard_agent_sent")
-                    || l.starts_with("roomguard_agent_conf")
-                    || l.starts_with("roomguard_agent_resent")
-                    || l.starts_with("roomguard_agent_broker"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    .await;
+    if waited.is_err() {
+        // What the agent says it still owes, to tell a lost batch from a slow one.
+        let page = match client.get(format!("{agent_http}/metrics")).send().await {
+            Ok(resp) => resp.text().await.unwrap_or_default(),
+            Err(e) => format!("(metrics unreachable: {e})"),
+        };
+        let owed: Vec<&str> = page
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                ["spool", "sent", "confirmed", "resent", "broker"]
+                    .iter()
+                    .any(|k| l.starts_with(&format!("roomguard_agent_{k}")))
+            })
+            .collect();
+        return waited.with_context(|| format!("agent metrics:\n{}", owed.join("\n")));
+    }
+    Ok(())
 }
 
 /// The stored count of batches, to wait for progress.
@@ -355,7 +357,7 @@ async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> 
         .with_context(|| agent.log_tail())?;
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
-    account("broker outage", &db, &ledger, 0, dups).await?;
+    account("broker outage", &db, &ledger, 0..=0, dups).await?;
     Ok(())
 }
 
@@ -387,7 +389,7 @@ async fn agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing() ->
         "agent SIGKILLs",
         &dir.path().join("store.db"),
         &ledger,
-        0,
+        0..=0,
         dups,
     )
     .await?;
@@ -462,17 +464,10 @@ async fn a_full_spool_drops_the_oldest_counts_them_and_says_so_on_the_status_top
     .await;
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
-    let numbered = ledger.numbered();
-    let stored = stored_batches(&db)?;
-    let missing = numbered.iter().filter(|s| !stored.contains_key(s)).count() as u64;
-    println!(
-        "dropped before sending {dropped}, dropped after sending {unconfirmed}, missing {missing}"
-    );
-    assert!(
-        (dropped..=dropped + unconfirmed).contains(&missing),
-        "the counters do not account for what is missing"
-    );
-    let out = account("spool full", &db, &ledger, missing as usize, dups).await?;
+    println!("dropped before sending {dropped}, dropped after sending {unconfirmed}");
+    // What is missing must be what the agent's own counters account for.
+    let allowed = dropped as usize..=(dropped + unconfirmed) as usize;
+    let out = account("spool full", &db, &ledger, allowed, dups).await?;
     // The oldest went, not the newest: nothing numbered after the broker
     // came back is missing (a few batches of slack: the backlog was still
     // being replayed into a full spool as the first live ones arrived).
@@ -535,7 +530,7 @@ async fn a_damaged_spool_is_reported_and_the_agent_keeps_the_rest_and_goes_on() 
         .with_context(|| agent.log_tail())?;
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
-    account("damaged spool", &db, &ledger, 2, dups).await?;
+    account("damaged spool", &db, &ledger, 2..=2, dups).await?;
     Ok(())
 }
 
@@ -577,6 +572,6 @@ async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_wa
     assert!(resent > 0, "nothing was sent again, so nothing was tested");
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
-    account("broker lost its state", &db, &ledger, 0, dups).await?;
+    account("broker lost its state", &db, &ledger, 0..=0, dups).await?;
     Ok(())
 }
