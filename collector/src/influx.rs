@@ -72,15 +72,19 @@ pub struct PointTags {
     pub unit: String,
 }
 
+/// Point tags by site, then point id: nested so that a reading's lookup
+/// borrows its `&str`s instead of building a key per reading.
+pub type Catalogue = HashMap<String, HashMap<String, PointTags>>;
+
 /// Builds line protocol from committed batches. Pure but for its memory of
 /// point descriptions.
 #[derive(Default)]
 pub struct Encoder {
-    points: HashMap<(String, String), PointTags>,
+    points: Catalogue,
 }
 
 impl Encoder {
-    pub fn with_catalogue(points: HashMap<(String, String), PointTags>) -> Encoder {
+    pub fn with_catalogue(points: Catalogue) -> Encoder {
         Encoder { points }
     }
 
@@ -95,8 +99,8 @@ impl Encoder {
         let mut lines = 0;
         for b in batches {
             for m in &b.points {
-                self.points.insert(
-                    (b.site.clone(), m.id.to_string()),
+                self.points.entry(b.site.clone()).or_default().insert(
+                    m.id.to_string(),
                     PointTags {
                         room: m.room.to_string(),
                         quantity: m.quantity.to_string(),
@@ -105,8 +109,7 @@ impl Encoder {
                 );
             }
             for r in &b.readings {
-                let key = (b.site.clone(), r.point.to_string());
-                let tags = self.points.get(&key);
+                let tags = self.points.get(&b.site).and_then(|p| p.get(&*r.point));
                 let mut line = lp
                     .measurement(MEASUREMENT)
                     .tag("site", &b.site)
@@ -203,7 +206,7 @@ pub struct SinkSettings {
 /// Starts the encoder and sender tasks on the current runtime.
 pub fn spawn(
     settings: SinkSettings,
-    catalogue: HashMap<(String, String), PointTags>,
+    catalogue: Catalogue,
     metrics: Arc<Metrics>,
 ) -> Result<SinkHandle, reqwest::Error> {
     let (tx, rx) = mpsc::channel(256);

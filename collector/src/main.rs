@@ -132,18 +132,15 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("influx.token: {e}"))?;
             // Tags for points described before this start.
             let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
-            let catalogue = reader
-                .points(&store::history::PointFilter::default())?
-                .into_iter()
-                .map(|p| {
-                    let tags = influx::PointTags {
-                        room: p.room,
-                        quantity: p.quantity,
-                        unit: p.unit,
-                    };
-                    ((p.site, p.point), tags)
-                })
-                .collect();
+            let mut catalogue = influx::Catalogue::new();
+            for p in reader.points(&store::history::PointFilter::default())? {
+                let tags = influx::PointTags {
+                    room: p.room,
+                    quantity: p.quantity,
+                    unit: p.unit,
+                };
+                catalogue.entry(p.site).or_default().insert(p.point, tags);
+            }
             tracing::info!(url = %influx.url, bucket = %influx.bucket, "writing readings to InfluxDB too");
             Some(influx::spawn(settings, catalogue, metrics.clone())?)
         }

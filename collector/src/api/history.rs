@@ -312,7 +312,7 @@ fn render_chunk(
     tz: TimeZone,
     fmt: Format,
 ) -> Result<Result<Vec<u8>, Refusal>, StoreError> {
-    let r = SqliteReader::open(&path.to_path_buf())?;
+    let r = SqliteReader::open(path)?;
     let mut t = TimeWriter::new(tz);
     let mut out = Vec::new();
     for (k, name) in names.iter().enumerate() {

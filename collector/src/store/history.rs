@@ -476,7 +476,7 @@ mod store_tests {
         while w.maintain(now).unwrap().minutes > 0 {}
     }
 
-    fn buckets(path: &std::path::PathBuf, plan: &Plan) -> Vec<Bucket> {
+    fn buckets(path: &std::path::Path, plan: &Plan) -> Vec<Bucket> {
         let r = SqliteReader::open(path).unwrap();
         let id = r.points_named(None, "d.t").unwrap()[0].id;
         match r.history(id, plan).unwrap() {

@@ -13,7 +13,7 @@ use super::{retention, rollup, AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Quality, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Bumped whenever the schema changes; checked at open.
 const SCHEMA_VERSION: i64 = 4;
@@ -493,13 +493,13 @@ pub struct SqliteReader {
 }
 
 impl SqliteReader {
-    pub fn open(path: &PathBuf) -> Result<SqliteReader, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteReader, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| StoreError::Open {
-            path: path.clone(),
+            path: path.to_owned(),
             message: e.to_string(),
         })?;
         apply_pragmas(&conn)?;
