@@ -146,7 +146,7 @@ impl Link {
                 if self.spool.state(seq) != Some(State::Sending) {
                     continue; // dropped from the spool meanwhile
                 }
-                if !self.hand_over(Some(seq), &self.opts.batch_topic.clone(), false, payload) {
+                if !self.hand_over(Some(seq), payload) {
                     self.spool.set_state(seq, State::Unsent);
                     return None;
                 }
@@ -172,12 +172,7 @@ impl Link {
                 }
             };
             self.spool.set_state(seq, State::Sending);
-            if !self.hand_over(
-                Some(seq),
-                &self.opts.batch_topic.clone(),
-                false,
-                mark_backfill(&payload),
-            ) {
+            if !self.hand_over(Some(seq), mark_backfill(&payload)) {
                 self.spool.set_state(seq, State::Unsent);
                 return None;
             }
@@ -187,8 +182,13 @@ impl Link {
         None
     }
 
-    /// Queues one publish with rumqttc, recording what it carries.
-    fn hand_over(&mut self, seq: Option<u64>, topic: &str, retain: bool, payload: Vec<u8>) -> bool {
+    /// Queues one publish with rumqttc, recording what it carries: batch
+    /// `seq` on the batch topic, or (`None`) the retained status.
+    fn hand_over(&mut self, seq: Option<u64>, payload: Vec<u8>) -> bool {
+        let (topic, retain) = match seq {
+            Some(_) => (self.opts.batch_topic.as_str(), false),
+            None => (self.opts.status_topic.as_str(), true),
+        };
         match self
             .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
@@ -209,16 +209,14 @@ impl Link {
     /// harmlessly, when the queue is full.
     pub fn publish_status(&mut self, payload: Vec<u8>) {
         if self.connected {
-            let topic = self.opts.status_topic.clone();
-            self.hand_over(None, &topic, true, payload);
+            self.hand_over(None, payload);
         }
     }
 
     /// Queues the goodbye status whether connected or not: if the connection
     /// comes back in the last moments, it goes out; if not, the will does.
     pub fn publish_goodbye(&mut self, payload: Vec<u8>) {
-        let topic = self.opts.status_topic.clone();
-        self.hand_over(None, &topic, true, payload);
+        self.hand_over(None, payload);
     }
 
     pub fn spool_status(&self) -> SpoolStatus {
