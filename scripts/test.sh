@@ -11,6 +11,7 @@ declare -A needs=(
   [snmpd]=snmpd
   [socat]=socat
   [victoria-metrics]=victoria-metrics
+  [prometheus-alertmanager]=prometheus-alertmanager
 )
 missing=()
 for prog in "${!needs[@]}"; do

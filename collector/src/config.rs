@@ -1,6 +1,9 @@
 //! The collector's configuration file, loaded and checked before anything
 //! starts; every problem is reported by its path.
 
+use crate::alarm::notify::ChannelConfig;
+use crate::alarm::record::{Escalation, Route};
+use crate::alarm::rules::{Override, RuleSet, RulesError};
 use crate::influx::{Precision, SinkSettings};
 use crate::store::retention::Policy;
 use roomguard_protocol::conf::Secret;
@@ -28,6 +31,133 @@ pub struct CollectorConfig {
     /// Also write every stored reading to InfluxDB (or VictoriaMetrics); off when absent.
     #[serde(default)]
     pub influx: Option<InfluxConfig>,
+    #[serde(default)]
+    pub alarms: AlarmsConfig,
+}
+
+/// Safety alarms: which rules, their overrides, repeats and escalation,
+/// and where notifications go (docs/ALARMS.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A directory of rule packs used instead of the built-in ones.
+    #[serde(default)]
+    pub rules_dir: Option<PathBuf>,
+    /// Numbers changed per site and room (most specific wins).
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+    #[serde(default)]
+    pub escalation: EscalationConfig,
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+    /// Base URL of this collector's web page, for links in messages.
+    #[serde(default)]
+    pub link: Option<String>,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            enabled: true,
+            rules_dir: None,
+            overrides: Vec::new(),
+            escalation: EscalationConfig::default(),
+            channels: Vec::new(),
+            link: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Unacknowledged alarms of `levels` are sent again every `repeat_every`
+/// and, after `escalate_after`, to the channels marked `escalation_only`.
+/// "0s" turns either off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationConfig {
+    pub levels: Vec<u8>,
+    #[serde(with = "conf::duration")]
+    pub repeat_every: Duration,
+    #[serde(with = "conf::duration")]
+    pub escalate_after: Duration,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        EscalationConfig {
+            levels: vec![1, 2],
+            repeat_every: Duration::from_secs(15 * 60),
+            escalate_after: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl AlarmsConfig {
+    /// The rules, from the built-in packs or `rules_dir`, with overrides.
+    pub fn rules(&self) -> Result<RuleSet, RulesError> {
+        match &self.rules_dir {
+            Some(dir) => RuleSet::from_dir(dir, self.overrides.clone()),
+            None => RuleSet::builtin_with(self.overrides.clone()),
+        }
+    }
+
+    pub fn routes(&self) -> Vec<Route> {
+        self.channels
+            .iter()
+            .map(|c| Route {
+                channel: c.id.clone(),
+                levels: c.levels.clone(),
+                escalation_only: c.escalation_only,
+                lifecycle: c.lifecycle(),
+            })
+            .collect()
+    }
+
+    pub fn escalation(&self) -> Escalation {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        Escalation {
+            levels: self.escalation.levels.clone(),
+            repeat_every_ms: ms(self.escalation.repeat_every),
+            escalate_after_ms: ms(self.escalation.escalate_after),
+        }
+    }
+
+    fn check(&self, p: &mut Problems) {
+        if self.enabled {
+            if let Err(e) = self.rules() {
+                p.push("alarms", e.to_string());
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            let path = format!("alarms.channels[{i}]");
+            c.check(&path, p);
+            if !ids.insert(c.id.as_str()) {
+                p.push(format!("{path}.id"), format!("{:?} is used twice", c.id));
+            }
+        }
+        let e = &self.escalation;
+        if e.levels.iter().any(|l| !(1..=4).contains(l)) {
+            p.push("alarms.escalation.levels", "must list levels 1 to 4");
+        }
+        if !e.repeat_every.is_zero() && e.repeat_every < Duration::from_secs(60) {
+            p.push(
+                "alarms.escalation.repeat_every",
+                "must be 0s (off) or at least 1m",
+            );
+        }
+        if self.channels.iter().any(|c| c.escalation_only) && e.escalate_after.is_zero() {
+            p.push(
+                "alarms.escalation.escalate_after",
+                "escalation channels are configured but escalation is off (0s)",
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -285,6 +415,7 @@ impl CollectorConfig {
         if let Some(i) = &self.influx {
             i.check(&mut p);
         }
+        self.alarms.check(&mut p);
         if jiff::tz::TimeZone::get(&self.http.time_zone).is_err() {
             p.push(
                 "http.time_zone",

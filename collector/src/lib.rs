@@ -6,6 +6,7 @@
 //! it from their spools; `api` reads the store; `broker` is the embedded MQTT
 //! broker used when no external one is configured.
 
+pub mod alarm;
 pub mod api;
 pub mod broker;
 pub mod config;

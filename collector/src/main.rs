@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use roomguard_collector::config::{CollectorConfig, SAMPLE};
-use roomguard_collector::{api, broker, confirm, influx, ingest, metrics::Metrics, store};
+use roomguard_collector::{alarm, api, broker, confirm, influx, ingest, metrics::Metrics, store};
 use roomguard_protocol::conf::BrokerUrl;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,8 +122,41 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
+    let mut writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
         .with_retention(cfg.store.retention.policy());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let alarms = if cfg.alarms.enabled {
+        let rules = Arc::new(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);
+        let setup = store::sqlite::AlarmSetup {
+            rules: rules.clone(),
+            routes: cfg.alarms.routes(),
+            escalation: cfg.alarms.escalation(),
+        };
+        writer = writer.with_alarms(setup, store::now_ms())?;
+        let sender = alarm::notify::Sender::new(
+            &cfg.alarms.channels,
+            cfg.store.path.clone(),
+            wake.clone(),
+            metrics.clone(),
+            &cfg.http.time_zone,
+            cfg.alarms.link.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(sender.run());
+        tracing::info!(
+            rules = rules.rules.len(),
+            channels = cfg.alarms.channels.len(),
+            "alarm engine on"
+        );
+        Some(Arc::new(api::alarms::AlarmsApi {
+            rules,
+            routes: cfg.alarms.routes(),
+            wake: wake.clone(),
+        }))
+    } else {
+        tracing::warn!("alarms are off (alarms.enabled = false)");
+        None
+    };
     let confirmations = Arc::new(confirm::Confirmations::default());
     let sink = match &cfg.influx {
         Some(influx) => {
@@ -147,7 +180,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         None => None,
     };
     let (store_tx, writer_thread) =
-        store::spawn_writer(writer, metrics.clone(), confirmations.clone(), sink)
+        store::spawn_writer(writer, metrics.clone(), confirmations.clone(), sink, wake)
             .context("cannot start the store writer")?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -159,6 +192,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         time_zone: cfg.http.time_zone.clone(),
         retention: cfg.store.retention.policy(),
+        alarms,
     }));
 
     let ingest = tokio::spawn(ingest::run(

@@ -83,6 +83,13 @@ pub struct Metrics {
     pub ingest_lag_ms: Gauge,
     pub broker_connected: Gauge,
     pub broker_connects: Counter,
+    pub alarms_raised: Counter,
+    pub alarms_cleared: Counter,
+    pub notifications_sent: Counter,
+    pub notification_failures: Counter,
+    pub notifications_dead: Counter,
+    /// Outbox rows waiting to be delivered (sampled when /metrics is read).
+    pub notifications_pending: Gauge,
 }
 
 impl Metrics {
@@ -149,6 +156,31 @@ impl Metrics {
             "roomguard_broker_connects_total",
             "Successful broker connections.",
             self.broker_connects.get(),
+        );
+        counter(
+            "roomguard_alarms_raised_total",
+            "Alarms raised (including late and suppressed ones).",
+            self.alarms_raised.get(),
+        );
+        counter(
+            "roomguard_alarms_cleared_total",
+            "Alarms cleared.",
+            self.alarms_cleared.get(),
+        );
+        counter(
+            "roomguard_notifications_sent_total",
+            "Notifications delivered to a channel.",
+            self.notifications_sent.get(),
+        );
+        counter(
+            "roomguard_notification_failures_total",
+            "Failed delivery attempts (each is retried).",
+            self.notification_failures.get(),
+        );
+        counter(
+            "roomguard_notifications_dead_total",
+            "Notifications given up after their channel's max_attempts.",
+            self.notifications_dead.get(),
         );
         let _ = writeln!(
             out,
@@ -227,6 +259,11 @@ impl Metrics {
             out,
             "# HELP roomguard_write_queue_depth Batches waiting for the store writer.\n# TYPE roomguard_write_queue_depth gauge\nroomguard_write_queue_depth {}",
             self.write_queue_depth.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_notifications_pending Notifications waiting in the outbox.\n# TYPE roomguard_notifications_pending gauge\nroomguard_notifications_pending {}",
+            self.notifications_pending.get()
         );
         let _ = writeln!(
             out,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(super) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -51,7 +51,7 @@ fn format(asked: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> 
     }
 }
 
-fn zone(asked: Option<&str>, st: &AppState) -> Result<TimeZone, ApiError> {
+pub(super) fn zone(asked: Option<&str>, st: &AppState) -> Result<TimeZone, ApiError> {
     let name = asked.unwrap_or(&st.time_zone);
     TimeZone::get(name).map_err(|_| {
         bad(format!(
@@ -61,7 +61,7 @@ fn zone(asked: Option<&str>, st: &AppState) -> Result<TimeZone, ApiError> {
 }
 
 /// `t` in `tz` as RFC 3339 with its offset.
-fn show(ms: i64, tz: &TimeZone) -> String {
+pub(super) fn show(ms: i64, tz: &TimeZone) -> String {
     match Timestamp::from_millisecond(ms) {
         Ok(t) => {
             let offset = tz.to_offset(t);
@@ -72,8 +72,13 @@ fn show(ms: i64, tz: &TimeZone) -> String {
 }
 
 /// A time parameter: RFC 3339 with offset, a local date or date-time in
-/// `tz`, `now`, or `now-<duration>` (e.g. `now-24h`).
-fn parse_time(name: &str, s: &str, tz: &TimeZone, now: Timestamp) -> Result<i64, ApiError> {
+/// `tz`, `now`, `now-<duration>` (e.g. `now-24h`) or `now+<duration>`.
+pub(super) fn parse_time(
+    name: &str,
+    s: &str,
+    tz: &TimeZone,
+    now: Timestamp,
+) -> Result<i64, ApiError> {
     let err = || {
         bad(format!(
             "{name}: {s:?} is not a time; use RFC 3339 (2026-11-01T08:00:00+08:00), a local date or date-time, now, or now-24h"
@@ -86,6 +91,11 @@ fn parse_time(name: &str, s: &str, tz: &TimeZone, now: Timestamp) -> Result<i64,
             .map_err(|e| bad(format!("{name}: {e}")))?;
         let span = jiff::SignedDuration::try_from(d).map_err(|_| err())?;
         now.checked_sub(span).map_err(|_| err())?
+    } else if let Some(ahead) = s.strip_prefix("now+") {
+        let d = roomguard_protocol::conf::parse_duration(ahead)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let span = jiff::SignedDuration::try_from(d).map_err(|_| err())?;
+        now.checked_add(span).map_err(|_| err())?
     } else if let Ok(t) = s.parse::<Timestamp>() {
         t
     } else if let Ok(dt) = s.parse::<jiff::civil::DateTime>() {

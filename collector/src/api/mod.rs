@@ -2,6 +2,7 @@
 //! page. Handlers read the store through short-lived read-only connections on
 //! the blocking pool, so a slow query never holds up ingest.
 
+pub mod alarms;
 mod history;
 mod render;
 
@@ -12,7 +13,7 @@ use crate::store::{LatestRow, StoreError};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub time_zone: String,
     /// What each tier keeps, so history knows which tier still has the data.
     pub retention: Policy,
+    /// Alarm actions, when alarms are on.
+    pub alarms: Option<Arc<alarms::AlarmsApi>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -37,13 +40,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/points", get(history::points))
         .route("/api/v1/history", get(history::history))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/alarms", get(alarms::list))
+        .route("/api/v1/alarms/{serial}", get(alarms::one))
+        .route("/api/v1/alarms/{serial}/ack", post(alarms::acknowledge))
+        .route("/api/v1/alarms/{serial}/comment", post(alarms::comment))
+        .route("/api/v1/alarms/{serial}/assign", post(alarms::assign))
+        .route(
+            "/api/v1/silences",
+            get(alarms::silences).post(alarms::create_silence),
+        )
+        .route("/api/v1/silences/{id}/end", post(alarms::end_silence))
+        .route("/api/v1/rules", get(alarms::rules))
+        .route("/api/v1/notifications", get(alarms::notifications))
+        .route("/api/v1/notifications/{id}/retry", post(alarms::retry))
         .fallback(not_found)
         .with_state(state)
 }
 
 /// An API error: a status and a message naming what is wrong.
 #[derive(Debug)]
-struct ApiError(StatusCode, String);
+pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -30,6 +30,8 @@ pub enum StoreError {
     Open { path: PathBuf, message: String },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("alarms: {0}")]
+    Alarm(#[from] crate::alarm::record::RecordError),
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,7 @@ pub fn spawn_writer(
     metrics: Arc<Metrics>,
     confirmations: Arc<Confirmations>,
     sink: Option<crate::influx::SinkHandle>,
+    wake: Arc<tokio::sync::Notify>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
     let handle = std::thread::Builder::new()
@@ -174,12 +177,14 @@ pub fn spawn_writer(
                 for ack in acks.drain(..) {
                     ack();
                 }
+                tell(&mut writer, &metrics, &wake);
                 // Background work only between ingest transactions, in
                 // steps small enough not to hold ingest up.
                 if std::mem::take(&mut maintain) {
                     let started = Instant::now();
                     match writer.maintain(now_ms()) {
                         Ok(m) => {
+                            tell(&mut writer, &metrics, &wake);
                             metrics.rollup_minutes.add(m.minutes as u64);
                             metrics.rows_expired.add(m.expired);
                             metrics.maintain_seconds.observe(started.elapsed());
@@ -204,6 +209,17 @@ pub fn spawn_writer(
             let _ = tx.try_send(WriteCmd::Maintain);
         })?;
     Ok((tx, handle))
+}
+
+/// Counts committed alarm transitions and wakes the notification sender
+/// when they queued anything.
+fn tell(writer: &mut sqlite::SqliteWriter, metrics: &Metrics, wake: &tokio::sync::Notify) {
+    let (raised, cleared) = writer.take_alarm_counts();
+    metrics.alarms_raised.add(raised);
+    metrics.alarms_cleared.add(cleared);
+    if writer.take_notifications() > 0 {
+        wake.notify_one();
+    }
 }
 
 /// How often the writer does a step of background work.

@@ -10,13 +10,17 @@
 //! recognised and skipped whole.
 
 use super::{retention, rollup, AgentRow, LatestRow, StoreError, WriteStats};
+use crate::alarm::engine::Transition;
+use crate::alarm::record::{Escalation, Recorder, Route};
+use crate::alarm::rules::RuleSet;
 use roomguard_protocol::{Batch, Quality, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Bumped whenever the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS points (
@@ -124,6 +128,20 @@ pub struct SqliteWriter {
     policy: retention::Policy,
     /// Maintenance calls since the last retention step.
     since_retention: u32,
+    /// The alarm engine and record, when alarms are on.
+    alarms: Option<Recorder>,
+    alarm_setup: Option<AlarmSetup>,
+    /// Maintenance calls since the last alarm sweep.
+    since_sweep: u32,
+}
+
+/// What the alarm record is built from, kept to rebuild it after a failed
+/// transaction (its in-memory state ran ahead of what was committed).
+#[derive(Clone)]
+pub struct AlarmSetup {
+    pub rules: Arc<RuleSet>,
+    pub routes: Vec<Route>,
+    pub escalation: Escalation,
 }
 
 /// What one maintenance call did.
@@ -137,6 +155,8 @@ pub struct Maintained {
 
 /// Dirty minutes recomputed per maintenance call.
 const ROLLUP_STEP: usize = 2_000;
+/// Held notifications and escalation are looked at every this many maintenance calls.
+const SWEEP_EVERY: u32 = 5;
 /// Retention runs every this many maintenance calls.
 const RETENTION_EVERY: u32 = 10;
 
@@ -189,9 +209,10 @@ impl SqliteWriter {
             // New file, or an older version, which lacked only tables that
             // are created here; rollups of existing samples are computed by
             // the maintenance steps after the upgrade.
-            (0, 0) | (2, _) | (3, _) => {
+            (0, 0) | (2, _) | (3, _) | (4, _) => {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
-                if version > 0 {
+                conn.execute_batch(crate::alarm::record::SCHEMA).map_err(open_err)?;
+                if (1..4).contains(&version) {
                     conn.execute_batch(
                         "INSERT OR IGNORE INTO rollup_dirty (point_id, bucket)
                          SELECT DISTINCT point_id, ts - (ts % 60000) FROM samples WHERE value IS NOT NULL",
@@ -217,7 +238,89 @@ impl SqliteWriter {
             retention: retention::Cursor::default(),
             policy: retention::Policy::default(),
             since_retention: 0,
+            alarms: None,
+            alarm_setup: None,
+            since_sweep: 0,
         })
+    }
+
+    /// Turns the alarm engine on, restoring its state from the store.
+    pub fn with_alarms(mut self, setup: AlarmSetup, now_ms: i64) -> Result<Self, StoreError> {
+        self.alarms = Some(Recorder::load(
+            &self.conn,
+            setup.rules.clone(),
+            setup.routes.clone(),
+            setup.escalation.clone(),
+            now_ms,
+        )?);
+        self.alarm_setup = Some(setup);
+        Ok(self)
+    }
+
+    /// Notifications queued since the last call.
+    pub fn take_notifications(&mut self) -> usize {
+        self.alarms.as_mut().map_or(0, Recorder::take_queued)
+    }
+
+    /// Alarms raised and cleared since the last call.
+    pub fn take_alarm_counts(&mut self) -> (u64, u64) {
+        self.alarms.as_mut().map_or((0, 0), Recorder::take_counts)
+    }
+
+    /// The engine, for diagnostics and tests.
+    pub fn alarm_recorder(&self) -> Option<&Recorder> {
+        self.alarms.as_ref()
+    }
+
+    /// After a failed transaction the engine is ahead of the store: rebuild
+    /// it from what was committed (the uncommitted batches come again).
+    fn reload_alarms(&mut self, now_ms: i64) {
+        let Some(setup) = self.alarm_setup.clone() else {
+            return;
+        };
+        match Recorder::load(
+            &self.conn,
+            setup.rules,
+            setup.routes,
+            setup.escalation,
+            now_ms,
+        ) {
+            Ok(r) => self.alarms = Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the alarm engine; alarms are off until restart")
+            }
+        }
+    }
+
+    /// Timers of the alarm engine (delays, silence) and, every few calls,
+    /// held notifications and escalation; in its own small transaction.
+    fn alarm_tick(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let Some(rec) = self.alarms.as_mut() else {
+            return Ok(());
+        };
+        let mut out: Vec<Transition> = Vec::new();
+        rec.engine.tick(now_ms, &mut out);
+        self.since_sweep += 1;
+        let sweep = self.since_sweep >= SWEEP_EVERY;
+        if out.is_empty() && !sweep {
+            // Timers that changed nothing persist nothing; state changes
+            // without transitions (a delay started) are written with the
+            // next transaction.
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        rec.record(&tx, &out, now_ms)?;
+        if sweep {
+            self.since_sweep = 0;
+            rec.sweep(&tx, now_ms)?;
+        }
+        match tx.commit() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.reload_alarms(now_ms);
+                Err(e.into())
+            }
+        }
     }
 
     /// Sets how long each tier is kept.
@@ -229,6 +332,10 @@ impl SqliteWriter {
     /// One bounded step of background work: rollups of closed dirty minutes,
     /// and now and then a retention step. Called between ingest transactions.
     pub fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
+        if let Err(e) = self.alarm_tick(now_ms) {
+            self.reload_alarms(now_ms);
+            return Err(e);
+        }
         let minutes = rollup::step(&mut self.conn, &mut self.dirty, now_ms, ROLLUP_STEP)?;
         self.since_retention += 1;
         let expired = if self.since_retention >= RETENTION_EVERY {
@@ -250,6 +357,7 @@ impl SqliteWriter {
         if result.is_err() {
             // The rollup marks of the failed transaction were rolled back too.
             self.dirty.forget_uncommitted();
+            self.reload_alarms(now_ms);
         }
         result
     }
@@ -263,6 +371,8 @@ impl SqliteWriter {
         let mut stats = WriteStats::default();
         // Newest reading per point in this transaction, applied once at the end.
         let mut newest: HashMap<i64, Latest> = HashMap::new();
+        // Batches stored for the first time: only these are judged.
+        let mut fresh: Vec<usize> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO samples (point_id, ts, value, text, bad) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -271,7 +381,7 @@ impl SqliteWriter {
                 "INSERT INTO batches (site, agent, seq, device, polled_at, readings, backfill, received_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
             )?;
-            for batch in batches {
+            for (bi, batch) in batches.iter().enumerate() {
                 let row = params![
                     batch.site,
                     batch.agent,
@@ -340,6 +450,7 @@ impl SqliteWriter {
                     }
                 }
                 stats.batches += 1;
+                fresh.push(bi);
             }
             let mut latest = tx.prepare_cached(
                 "UPDATE points SET last_ts = ?2, last_value = ?3, last_text = ?4, last_bad = ?5, last_seen = ?6
@@ -348,6 +459,13 @@ impl SqliteWriter {
             for (id, l) in &newest {
                 latest.execute(params![id, l.ts, l.value, l.text, l.bad, now_ms])?;
             }
+        }
+        if let Some(rec) = self.alarms.as_mut() {
+            let mut out = Vec::new();
+            for &bi in &fresh {
+                rec.engine.observe(&batches[bi], now_ms, &mut out);
+            }
+            rec.record(&tx, &out, now_ms)?;
         }
         tx.commit()?;
         Ok(stats)

@@ -1,0 +1,1552 @@
+//! The rule engine, pure: readings and a clock in, alarm transitions out.
+//! No I/O, no wall clock of its own; the store persists what it reports and
+//! restores it after a restart.
+//!
+//! Every rule that selects a point becomes an *instance* (rule × point, rule ×
+//! room for composites, rule × agent for agent silence). An instance has a
+//! condition (with hysteresis) and a phase: normal → pending (raise delay) →
+//! active → clearing (clear delay) → normal. Time is event time: a reading is
+//! judged at the time it was taken, and delays run on each agent's clock (the
+//! newest reading time it sent), so a backlog replayed in order raises and
+//! clears at the times things happened, not when they arrived.
+//!
+//! A reading older than one already judged for its instance (a backlog sent
+//! after live data, as agents do after an outage) goes to a second, *late*
+//! machine for that instance: alarms it finds are recorded with their real
+//! times and flagged late; if the live machine already raised the same
+//! episode, the late one only moves its start back.
+
+use super::rules::{Cond, Need, Params, RuleSet};
+use roomguard_protocol::{Batch, PointMeta, Quality};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Milliseconds since the Unix epoch.
+pub type Ts = i64;
+
+/// Samples kept per rate-of-rise window at most (oldest dropped first).
+const MAX_WINDOW: usize = 1024;
+/// A late machine with no late reading for this long (wall clock) is done.
+const LATE_IDLE_MS: i64 = 15_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Normal,
+    Pending {
+        since: Ts,
+    },
+    Active {
+        serial: u64,
+        raised_at: Ts,
+    },
+    Clearing {
+        serial: u64,
+        raised_at: Ts,
+        since: Ts,
+    },
+}
+
+impl Phase {
+    pub fn serial(&self) -> Option<u64> {
+        match *self {
+            Phase::Active { serial, .. } | Phase::Clearing { serial, .. } => Some(serial),
+            _ => None,
+        }
+    }
+
+    fn raised_at(&self) -> Option<Ts> {
+        match *self {
+            Phase::Active { raised_at, .. } | Phase::Clearing { raised_at, .. } => Some(raised_at),
+            _ => None,
+        }
+    }
+}
+
+/// One timeline of an instance: its condition and phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub cond: bool,
+    #[serde(flatten)]
+    pub phase: Phase,
+    /// Newest reading judged (or, for silence, newest good reading).
+    pub last_ts: Option<Ts>,
+    /// The value that last changed the condition.
+    pub value: Option<f64>,
+    /// When the condition last became true.
+    pub began: Option<Ts>,
+    #[serde(skip)]
+    window: VecDeque<(Ts, f64)>,
+}
+
+/// What happened to an alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Raise,
+    Clear,
+    /// A late reading showed an active alarm began earlier than recorded.
+    Correct,
+    /// The alarm that inhibited this one cleared: it may now be notified.
+    Release,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Raise => "raise",
+            Kind::Clear => "clear",
+            Kind::Correct => "correct",
+            Kind::Release => "release",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub kind: Kind,
+    pub serial: u64,
+    pub instance: usize,
+    /// Event time of the transition.
+    pub at: Ts,
+    /// When the condition began (for a raise: before the raise delay).
+    pub began_at: Ts,
+    pub value: Option<f64>,
+    /// Found in readings that arrived after later ones (an outage's backlog).
+    pub late: bool,
+    /// Explained by an active inhibiting alarm at the same site.
+    pub inhibited: bool,
+}
+
+/// What an instance watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Point,
+    Room,
+    Agent,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub rule: usize,
+    pub scope: Scope,
+    pub site: Arc<str>,
+    pub agent: Arc<str>,
+    pub room: Arc<str>,
+    pub device: Arc<str>,
+    /// The point, for point instances.
+    pub point: Arc<str>,
+    pub params: Params,
+    pub live: Machine,
+    late: Option<(Box<Machine>, Ts)>,
+    pub inhibited: bool,
+    /// Agent whose clock times this instance's delays.
+    clock: usize,
+    /// Composite instances counting this one's condition.
+    parents: Vec<usize>,
+    /// For composites: member instances.
+    members: Vec<usize>,
+    /// On its agent's list of running delays.
+    timed: bool,
+}
+
+impl Instance {
+    /// Key under which the instance's state is persisted.
+    pub fn key(&self, rules: &RuleSet) -> String {
+        let id = &rules.rules[self.rule].id;
+        match self.scope {
+            Scope::Point => format!("{id}|{}|p|{}", self.site, self.point),
+            Scope::Room => format!("{id}|{}|r|{}", self.site, self.room),
+            Scope::Agent => format!("{id}|{}|a|{}", self.site, self.agent),
+        }
+    }
+}
+
+/// State of an instance as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub live: Machine,
+    #[serde(default)]
+    pub inhibited: bool,
+}
+
+struct AgentClock {
+    site: Arc<str>,
+    agent: Arc<str>,
+    /// Newest event time received (never ahead of the wall clock).
+    clock: Ts,
+    /// Wall time of the last batch received.
+    seen: Ts,
+    /// Agent-silence instances.
+    instances: Vec<usize>,
+    /// Point-silence instances timed by this agent's clock.
+    silent: Vec<usize>,
+    /// Instances with a raise or clear delay running.
+    timed: Vec<usize>,
+}
+
+struct PointEntry {
+    room: Arc<str>,
+    device: Arc<str>,
+    quantity: Arc<str>,
+    instances: Vec<usize>,
+}
+
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    instances: Vec<Instance>,
+    points: HashMap<Arc<str>, HashMap<Arc<str>, PointEntry>>,
+    agents: Vec<AgentClock>,
+    agent_index: HashMap<(Arc<str>, Arc<str>), usize>,
+    /// Composite instances by (site, room, rule).
+    rooms: HashMap<(Arc<str>, Arc<str>, usize), usize>,
+    /// Active alarms per (site, rule), for inhibition.
+    active: HashMap<(Arc<str>, usize), u32>,
+    /// Rules containing each rule (composites), and rules it inhibits.
+    parents_of: Vec<Vec<usize>>,
+    inhibits: Vec<Vec<usize>>,
+    next_serial: u64,
+    /// Agent silence counts from here at the earliest: the collector was not
+    /// listening before it started.
+    started: Ts,
+    dirty: Vec<bool>,
+    dirty_list: Vec<usize>,
+    saved: HashMap<String, Saved>,
+}
+
+impl Engine {
+    /// An engine for `rules`, numbering new alarms from `next_serial`.
+    /// `saved` is persisted state, applied as instances are created.
+    pub fn new(
+        rules: Arc<RuleSet>,
+        next_serial: u64,
+        started: Ts,
+        saved: HashMap<String, Saved>,
+    ) -> Engine {
+        let n = rules.rules.len();
+        let mut parents_of = vec![Vec::new(); n];
+        let mut inhibits = vec![Vec::new(); n];
+        for (i, r) in rules.rules.iter().enumerate() {
+            if let Cond::Composite { of, .. } = &r.cond {
+                for m in of {
+                    parents_of[*m].push(i);
+                }
+            }
+            for by in &r.inhibited_by {
+                inhibits[*by].push(i);
+            }
+        }
+        Engine {
+            rules,
+            instances: Vec::new(),
+            points: HashMap::new(),
+            agents: Vec::new(),
+            agent_index: HashMap::new(),
+            rooms: HashMap::new(),
+            active: HashMap::new(),
+            parents_of,
+            inhibits,
+            next_serial: next_serial.max(1),
+            started,
+            dirty: Vec::new(),
+            dirty_list: Vec::new(),
+            saved,
+        }
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    pub fn instance(&self, i: usize) -> &Instance {
+        &self.instances[i]
+    }
+
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// Instances whose persisted state changed since the last call.
+    pub fn take_dirty(&mut self) -> Vec<(String, Saved)> {
+        let list = std::mem::take(&mut self.dirty_list);
+        list.into_iter()
+            .map(|i| {
+                self.dirty[i] = false;
+                let inst = &self.instances[i];
+                (
+                    inst.key(&self.rules),
+                    Saved {
+                        live: inst.live.clone(),
+                        inhibited: inst.inhibited,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn mark(&mut self, i: usize) {
+        if !self.dirty[i] {
+            self.dirty[i] = true;
+            self.dirty_list.push(i);
+        }
+    }
+
+    fn agent(&mut self, site: &str, agent: &str) -> usize {
+        if let Some(i) = self.agent_index.get(&(Arc::from(site), Arc::from(agent))) {
+            return *i;
+        }
+        let (site, agent): (Arc<str>, Arc<str>) = (site.into(), agent.into());
+        let a = self.agents.len();
+        self.agents.push(AgentClock {
+            site: site.clone(),
+            agent: agent.clone(),
+            clock: i64::MIN,
+            seen: i64::MIN,
+            instances: Vec::new(),
+            silent: Vec::new(),
+            timed: Vec::new(),
+        });
+        self.agent_index.insert((site.clone(), agent.clone()), a);
+        for rule in 0..self.rules.rules.len() {
+            if self.rules.rules[rule].cond != Cond::AgentSilent {
+                continue;
+            }
+            let params = self.rules.params(rule, &site, "");
+            if !params.enabled {
+                continue;
+            }
+            let i = self.push(Instance {
+                rule,
+                scope: Scope::Agent,
+                site: site.clone(),
+                agent: agent.clone(),
+                room: "".into(),
+                device: "".into(),
+                point: "".into(),
+                params,
+                live: Machine::default(),
+                late: None,
+                inhibited: false,
+                clock: a,
+                parents: Vec::new(),
+                members: Vec::new(),
+                timed: false,
+            });
+            self.agents[a].instances.push(i);
+        }
+        a
+    }
+
+    fn push(&mut self, mut inst: Instance) -> usize {
+        if let Some(s) = self.saved.remove(&inst.key(&self.rules)) {
+            inst.live = s.live;
+            inst.inhibited = s.inhibited;
+            if inst.live.phase.serial().is_some() {
+                *self
+                    .active
+                    .entry((inst.site.clone(), inst.rule))
+                    .or_default() += 1;
+            }
+        }
+        let running = matches!(
+            inst.live.phase,
+            Phase::Pending { .. } | Phase::Clearing { .. }
+        );
+        let clock = inst.clock;
+        self.instances.push(inst);
+        self.dirty.push(false);
+        let i = self.instances.len() - 1;
+        if running {
+            self.instances[i].timed = true;
+            self.agents[clock].timed.push(i);
+        }
+        i
+    }
+
+    /// Learns (or relearns) what a point is. Instances are created for every
+    /// enabled rule that selects it.
+    pub fn describe(&mut self, site: &str, agent: &str, device: &str, meta: &PointMeta) {
+        let a = self.agent(site, agent);
+        if let Some(e) = self.points.get(site).and_then(|m| m.get(&*meta.id)) {
+            if *e.room == *meta.room && *e.quantity == *meta.quantity && *e.device == *device {
+                return;
+            }
+            // Relabelled: its old instances stop receiving readings. An
+            // active alarm on them stays until acknowledged and is not
+            // cleared by a reading it no longer sees.
+            tracing::info!(site, point = %meta.id, "point relabelled; its rules are matched again");
+        }
+        let site_arc: Arc<str> = self.agents[a].site.clone();
+        let agent_arc = self.agents[a].agent.clone();
+        let room: Arc<str> = meta.room.clone();
+        let device: Arc<str> = device.into();
+        let mut ids = Vec::new();
+        for rule in 0..self.rules.rules.len() {
+            let r = &self.rules.rules[rule];
+            if matches!(r.cond, Cond::AgentSilent | Cond::Composite { .. })
+                || !self
+                    .rules
+                    .selects(rule, &meta.quantity, &meta.room, device.as_ref(), &meta.id)
+            {
+                continue;
+            }
+            let params = self.rules.params(rule, site, &meta.room);
+            if !params.enabled {
+                continue;
+            }
+            let i = self.push(Instance {
+                rule,
+                scope: Scope::Point,
+                site: site_arc.clone(),
+                agent: agent_arc.clone(),
+                room: room.clone(),
+                device: device.clone(),
+                point: meta.id.clone(),
+                params,
+                live: Machine::default(),
+                late: None,
+                inhibited: false,
+                clock: a,
+                parents: Vec::new(),
+                members: Vec::new(),
+                timed: false,
+            });
+            ids.push(i);
+            if self.rules.rules[rule].cond == Cond::Silent {
+                self.agents[a].silent.push(i);
+            }
+            // Composites in this room that count this rule.
+            for parent_rule in self.parents_of[rule].clone() {
+                let c = self.room_instance(parent_rule, &site_arc, &room, a);
+                if let Some(c) = c {
+                    self.instances[c].members.push(i);
+                    self.instances[i].parents.push(c);
+                }
+            }
+        }
+        self.points.entry(site_arc).or_default().insert(
+            meta.id.clone(),
+            PointEntry {
+                room,
+                device,
+                quantity: meta.quantity.clone(),
+                instances: ids,
+            },
+        );
+    }
+
+    fn room_instance(
+        &mut self,
+        rule: usize,
+        site: &Arc<str>,
+        room: &Arc<str>,
+        a: usize,
+    ) -> Option<usize> {
+        if let Some(i) = self.rooms.get(&(site.clone(), room.clone(), rule)) {
+            return Some(*i);
+        }
+        let params = self.rules.params(rule, site, room);
+        if !params.enabled {
+            return None;
+        }
+        let i = self.push(Instance {
+            rule,
+            scope: Scope::Room,
+            site: site.clone(),
+            agent: self.agents[a].agent.clone(),
+            room: room.clone(),
+            device: "".into(),
+            point: "".into(),
+            params,
+            live: Machine::default(),
+            late: None,
+            inhibited: false,
+            clock: a,
+            parents: Vec::new(),
+            members: Vec::new(),
+            timed: false,
+        });
+        self.rooms.insert((site.clone(), room.clone(), rule), i);
+        // A composite can be a member of another composite.
+        for parent_rule in self.parents_of[rule].clone() {
+            if let Some(c) = self.room_instance(parent_rule, site, room, a) {
+                self.instances[c].members.push(i);
+                self.instances[i].parents.push(c);
+            }
+        }
+        Some(i)
+    }
+
+    /// Fills rate windows and last-seen times from stored readings after a
+    /// restart, without raising anything.
+    pub fn warm(&mut self, site: &str, point: &str, ts: Ts, value: Option<f64>, good: bool) {
+        let Some(e) = self.points.get(site).and_then(|m| m.get(point)) else {
+            return;
+        };
+        for &i in &e.instances {
+            let inst = &mut self.instances[i];
+            let rule = &self.rules.rules[inst.rule];
+            match (&rule.cond, value) {
+                (Cond::Rise { window_ms, .. }, Some(v)) if good => {
+                    push_window(&mut inst.live.window, ts, v, *window_ms);
+                }
+                (Cond::Silent, _) if good => {
+                    inst.live.last_ts = inst.live.last_ts.max(Some(ts));
+                }
+                _ => {}
+            }
+        }
+        let a = self
+            .instances
+            .get(e.instances.first().copied().unwrap_or(usize::MAX))
+            .map(|i| i.clock);
+        if let Some(a) = a {
+            self.agents[a].clock = self.agents[a].clock.max(ts);
+        }
+    }
+
+    /// Judges a stored batch. `now` is the wall clock (caps agent clocks,
+    /// so a device with a clock in the future cannot fire every timer).
+    pub fn observe(&mut self, batch: &Batch, now: Ts, out: &mut Vec<Transition>) {
+        let a = self.agent(&batch.site, &batch.agent);
+        for meta in &batch.points {
+            self.describe(&batch.site, &batch.agent, &batch.device, meta);
+        }
+        self.agents[a].seen = self.agents[a].seen.max(now);
+        // Agent silence ends with any batch.
+        for k in 0..self.agents[a].instances.len() {
+            let i = self.agents[a].instances[k];
+            self.step_live(i, now, false, None, out);
+        }
+        let Some(site_points) = self.points.get(&*batch.site) else {
+            return;
+        };
+        // Collected first: judging needs `&mut self`.
+        let mut work: Vec<(usize, usize)> = Vec::new();
+        for (ri, r) in batch.readings.iter().enumerate() {
+            if let Some(e) = site_points.get(&*r.point) {
+                work.extend(e.instances.iter().map(|&i| (i, ri)));
+            }
+        }
+        let mut clock = self.agents[a].clock;
+        for r in &batch.readings {
+            clock = clock.max(r.ts.min(now));
+        }
+        self.agents[a].clock = clock;
+        for (i, ri) in work {
+            let r = &batch.readings[ri];
+            let good = r.quality == Quality::Good;
+            self.judge(i, r.ts, r.value, r.text.as_deref(), good, now, out);
+        }
+        // Delays that ran out with the readings' time.
+        let clock = self.agents[a].clock.min(now);
+        self.run_timers(a, clock, out);
+    }
+
+    /// One reading for one instance.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &mut self,
+        i: usize,
+        ts: Ts,
+        value: Option<f64>,
+        text: Option<&str>,
+        good: bool,
+        now: Ts,
+        out: &mut Vec<Transition>,
+    ) {
+        let inst = &self.instances[i];
+        let rule = &self.rules.rules[inst.rule];
+        let late = inst.live.last_ts.is_some_and(|last| ts <= last) && rule.cond != Cond::Silent;
+        if late {
+            if inst.live.last_ts == Some(ts) {
+                return; // the same time again: nothing new
+            }
+            self.judge_late(i, ts, value, text, good, now, out);
+            return;
+        }
+        let inst = &mut self.instances[i];
+        let Some(cond) = evaluate(
+            &rule.cond,
+            &inst.params,
+            &mut inst.live,
+            ts,
+            value,
+            text,
+            good,
+        ) else {
+            return;
+        };
+        if cond != inst.live.cond {
+            inst.live.value = value;
+        }
+        self.step_live(i, ts, cond, value, out);
+    }
+
+    /// Applies a new condition to an instance's live machine at `ts`.
+    fn step_live(
+        &mut self,
+        i: usize,
+        ts: Ts,
+        cond: bool,
+        value: Option<f64>,
+        out: &mut Vec<Transition>,
+    ) {
+        let inst = &mut self.instances[i];
+        let was = inst.live.cond;
+        let before = inst.live.phase;
+        if cond && !was {
+            inst.live.began = Some(ts);
+        }
+        inst.live.cond = cond;
+        let params = inst.params;
+        let step = advance(&mut inst.live, params, ts, &mut self.next_serial);
+        let changed = was != cond || before != inst.live.phase;
+        if matches!(
+            inst.live.phase,
+            Phase::Pending { .. } | Phase::Clearing { .. }
+        ) && !inst.timed
+        {
+            inst.timed = true;
+            let a = inst.clock;
+            self.agents[a].timed.push(i);
+        }
+        if changed {
+            self.mark(i);
+        }
+        if let Some((kind, serial, at, began)) = step {
+            self.emit(i, kind, serial, at, began, value, false, out);
+        }
+        if was != cond {
+            for p in self.instances[i].parents.clone() {
+                self.recompute_composite(p, ts, out);
+            }
+        }
+    }
+
+    fn recompute_composite(&mut self, c: usize, ts: Ts, out: &mut Vec<Transition>) {
+        let inst = &self.instances[c];
+        let Cond::Composite { of, need } = &self.rules.rules[inst.rule].cond else {
+            return;
+        };
+        let members = &inst.members;
+        let true_of = |rule: usize| {
+            members
+                .iter()
+                .filter(|&&m| self.instances[m].rule == rule && self.instances[m].live.cond)
+                .count()
+        };
+        let cond = match need {
+            Need::All => of.iter().all(|&r| true_of(r) > 0),
+            Need::Any => of.iter().any(|&r| true_of(r) > 0),
+            Need::AtLeast(_) => {
+                let k = inst.params.threshold.max(1.0) as usize;
+                of.iter().map(|&r| true_of(r)).sum::<usize>() >= k
+            }
+        };
+        self.step_live(c, ts, cond, None, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        i: usize,
+        kind: Kind,
+        serial: u64,
+        at: Ts,
+        began: Ts,
+        value: Option<f64>,
+        late: bool,
+        out: &mut Vec<Transition>,
+    ) {
+        let (site, rule) = (self.instances[i].site.clone(), self.instances[i].rule);
+        let mut inhibited = false;
+        match kind {
+            Kind::Raise => {
+                inhibited = self.rules.rules[rule]
+                    .inhibited_by
+                    .iter()
+                    .any(|&by| self.active.get(&(site.clone(), by)).is_some_and(|n| *n > 0));
+                if !late {
+                    self.instances[i].inhibited = inhibited;
+                    *self.active.entry((site.clone(), rule)).or_default() += 1;
+                }
+            }
+            Kind::Clear => {
+                if !late {
+                    inhibited = std::mem::take(&mut self.instances[i].inhibited);
+                    if let Some(n) = self.active.get_mut(&(site.clone(), rule)) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            Kind::Correct | Kind::Release => {}
+        }
+        out.push(Transition {
+            kind,
+            serial,
+            instance: i,
+            at,
+            began_at: began,
+            value,
+            late,
+            inhibited,
+        });
+        // The last active alarm of an inhibiting rule cleared: what it
+        // explained may now be told.
+        if kind == Kind::Clear
+            && !late
+            && self
+                .active
+                .get(&(site.clone(), rule))
+                .is_none_or(|n| *n == 0)
+        {
+            for &target in &self.inhibits[rule].clone() {
+                let still = self.rules.rules[target]
+                    .inhibited_by
+                    .iter()
+                    .any(|&by| self.active.get(&(site.clone(), by)).is_some_and(|n| *n > 0));
+                if still {
+                    continue;
+                }
+                for j in 0..self.instances.len() {
+                    let inst = &self.instances[j];
+                    if inst.rule == target && inst.inhibited && inst.site == site {
+                        if let Some(serial) = inst.live.phase.serial() {
+                            self.instances[j].inhibited = false;
+                            self.mark(j);
+                            out.push(Transition {
+                                kind: Kind::Release,
+                                serial,
+                                instance: j,
+                                at,
+                                began_at: at,
+                                value: None,
+                                late: false,
+                                inhibited: false,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.mark(i);
+    }
+
+    /// A reading older than the instance's newest: judged on the late machine.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_late(
+        &mut self,
+        i: usize,
+        ts: Ts,
+        value: Option<f64>,
+        text: Option<&str>,
+        good: bool,
+        now: Ts,
+        out: &mut Vec<Transition>,
+    ) {
+        let rule = self.instances[i].rule;
+        let cond_kind = self.rules.rules[rule].cond.clone();
+        let params = self.instances[i].params;
+        let inst = &mut self.instances[i];
+        let (late, touched) = inst.late.get_or_insert_with(|| (Box::default(), now));
+        *touched = now;
+        if late.last_ts.is_some_and(|last| ts <= last) {
+            return; // older still: out of order within the backlog itself
+        }
+        let Some(cond) = evaluate(&cond_kind, &params, late, ts, value, text, good) else {
+            return;
+        };
+        if cond && !late.cond {
+            late.began = Some(ts);
+            late.value = value;
+        }
+        late.cond = cond;
+        let live_phase = inst.live.phase;
+        let late_serial = late.phase.serial();
+        let mut scratch = self.next_serial;
+        let step = advance(late, params, ts, &mut scratch);
+        let Some((kind, _, at, began)) = step else {
+            return;
+        };
+        match kind {
+            Kind::Raise => match live_phase.raised_at() {
+                // The live machine raised this episode when data resumed;
+                // the backlog shows when it really began.
+                Some(raised) if raised > at => {
+                    let serial = live_phase.serial().unwrap_or_default();
+                    late.phase = Phase::Active {
+                        serial,
+                        raised_at: at,
+                    };
+                    self.emit(i, Kind::Correct, serial, at, began, value, true, out);
+                }
+                // An alarm from before the gap, still going: nothing new.
+                Some(_) => {
+                    let serial = live_phase.serial().unwrap_or_default();
+                    late.phase = Phase::Active {
+                        serial,
+                        raised_at: at,
+                    };
+                }
+                None => {
+                    let serial = self.next_serial;
+                    self.next_serial += 1;
+                    late.phase = Phase::Active {
+                        serial,
+                        raised_at: at,
+                    };
+                    self.emit(i, Kind::Raise, serial, at, began, value, true, out);
+                }
+            },
+            Kind::Clear => {
+                // Only what the late machine raised itself is its to clear.
+                if let Some(serial) = late_serial.filter(|s| live_phase.serial() != Some(*s)) {
+                    self.emit(i, Kind::Clear, serial, at, began, value, true, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Timers: raise and clear delays that have run out on each agent's
+    /// clock, point and agent silence, late machines that are done.
+    pub fn tick(&mut self, now: Ts, out: &mut Vec<Transition>) {
+        for a in 0..self.agents.len() {
+            // Agent silence runs on the wall clock.
+            let seen = self.agents[a].seen.max(self.started);
+            for k in 0..self.agents[a].instances.len() {
+                let i = self.agents[a].instances[k];
+                let limit = self.instances[i].params.threshold as i64;
+                if now - seen >= limit && !self.instances[i].live.cond {
+                    self.step_live(i, seen + limit, true, None, out);
+                } else if self.instances[i].live.cond {
+                    let at = now;
+                    self.timers(i, at, out);
+                }
+            }
+            self.tick_agent(a, now, out);
+        }
+        for i in 0..self.instances.len() {
+            if let Some((m, touched)) = &self.instances[i].late {
+                if now - touched >= LATE_IDLE_MS {
+                    // The backlog is over. An alarm it raised that is still
+                    // active ends where the backlog ends.
+                    let end = m.last_ts.unwrap_or(now);
+                    let began = m.began.unwrap_or(end);
+                    let own = out_serial_of_late(&self.instances[i])
+                        .filter(|s| self.instances[i].live.phase.serial() != Some(*s));
+                    self.instances[i].late = None;
+                    if let Some(serial) = own {
+                        self.emit(i, Kind::Clear, serial, end, began, None, true, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Point silence (on the agent's clock) and running delays.
+    fn tick_agent(&mut self, a: usize, now: Ts, out: &mut Vec<Transition>) {
+        let clock = self.agents[a].clock.min(now);
+        if clock == i64::MIN {
+            return;
+        }
+        let silent = std::mem::take(&mut self.agents[a].silent);
+        for &i in &silent {
+            let limit = self.instances[i].params.threshold as i64;
+            if let Some(last) = self.instances[i].live.last_ts {
+                if !self.instances[i].live.cond && clock - last >= limit {
+                    self.step_live(i, last + limit, true, None, out);
+                }
+            }
+        }
+        self.agents[a].silent = silent;
+        self.run_timers(a, clock, out);
+    }
+
+    /// Delays of agent `a`'s instances that ran out by `clock`.
+    fn run_timers(&mut self, a: usize, clock: Ts, out: &mut Vec<Transition>) {
+        let mut timed = std::mem::take(&mut self.agents[a].timed);
+        for &i in &timed {
+            self.timers(i, clock, out);
+        }
+        timed.retain(|&i| {
+            let running = matches!(
+                self.instances[i].live.phase,
+                Phase::Pending { .. } | Phase::Clearing { .. }
+            );
+            if !running {
+                self.instances[i].timed = false;
+            }
+            running
+        });
+        // Anything that started a delay meanwhile was pushed to the new list.
+        let added = std::mem::take(&mut self.agents[a].timed);
+        for i in added {
+            if !timed.contains(&i) {
+                timed.push(i);
+            }
+        }
+        self.agents[a].timed = timed;
+    }
+
+    /// Moves pending and clearing phases whose delay ran out by `clock`.
+    fn timers(&mut self, i: usize, clock: Ts, out: &mut Vec<Transition>) {
+        let m = &self.instances[i].live;
+        let due = match m.phase {
+            Phase::Pending { since } => {
+                m.cond && clock - since >= self.instances[i].params.delay_ms
+            }
+            Phase::Clearing { since, .. } => {
+                !m.cond && clock - since >= self.instances[i].params.clear_delay_ms
+            }
+            _ => false,
+        };
+        if due {
+            let cond = m.cond;
+            let value = m.value;
+            self.step_live(i, clock, cond, value, out);
+        }
+    }
+
+    /// Active alarms by instance, for the record.
+    pub fn next_serial(&self) -> u64 {
+        self.next_serial
+    }
+
+    /// Points known, for tests and diagnostics.
+    pub fn point_count(&self) -> usize {
+        self.points.values().map(HashMap::len).sum()
+    }
+
+    /// The point's labels, if known.
+    pub fn point(&self, site: &str, point: &str) -> Option<(&str, &str, &str)> {
+        self.points
+            .get(site)
+            .and_then(|m| m.get(point))
+            .map(|e| (&*e.room, &*e.device, &*e.quantity))
+    }
+}
+
+fn out_serial_of_late(inst: &Instance) -> Option<u64> {
+    inst.late.as_ref().and_then(|(m, _)| m.phase.serial())
+}
+
+fn push_window(w: &mut VecDeque<(Ts, f64)>, ts: Ts, v: f64, window_ms: i64) {
+    if w.back().is_some_and(|(t, _)| *t >= ts) {
+        return;
+    }
+    w.push_back((ts, v));
+    while w.front().is_some_and(|(t, _)| ts - t > window_ms) || w.len() > MAX_WINDOW {
+        w.pop_front();
+    }
+}
+
+/// The condition after one reading; `None` when the reading says nothing
+/// about it (bad quality, no value).
+fn evaluate(
+    cond: &Cond,
+    p: &Params,
+    m: &mut Machine,
+    ts: Ts,
+    value: Option<f64>,
+    text: Option<&str>,
+    good: bool,
+) -> Option<bool> {
+    if let Cond::Silent = cond {
+        if good {
+            m.last_ts = Some(ts);
+        }
+        return good.then_some(false);
+    }
+    m.last_ts = Some(ts);
+    if !good {
+        return None;
+    }
+    let x = p.threshold;
+    Some(match cond {
+        Cond::Above => {
+            let v = value?;
+            if m.cond {
+                v >= x - p.hysteresis && (p.hysteresis > 0.0 || v > x)
+            } else {
+                v > x
+            }
+        }
+        Cond::Below => {
+            let v = value?;
+            if m.cond {
+                v <= x + p.hysteresis && (p.hysteresis > 0.0 || v < x)
+            } else {
+                v < x
+            }
+        }
+        Cond::Rise { per_ms, window_ms } => {
+            let v = value?;
+            push_window(&mut m.window, ts, v, *window_ms);
+            let (t0, v0) = *m.window.front()?;
+            // Judged once the window is at least half full, so two noisy
+            // samples a second apart cannot look like a fire.
+            if ts - t0 < window_ms / 2 || ts == t0 {
+                false
+            } else {
+                (v - v0) / (ts - t0) as f64 * *per_ms as f64 >= x
+            }
+        }
+        Cond::Equals => (value? - x).abs() < 1e-9,
+        Cond::Text(t) => text? == t,
+        Cond::Bit(b) => {
+            let v = value?;
+            v.is_finite() && ((v as i64) >> b) & 1 == 1
+        }
+        Cond::Silent | Cond::AgentSilent | Cond::Composite { .. } => return None,
+    })
+}
+
+/// Moves a machine's phase for its (already updated) condition at `ts`.
+/// Returns the transition, if one happened: (kind, serial, at, began).
+fn advance(
+    m: &mut Machine,
+    p: Params,
+    ts: Ts,
+    next_serial: &mut u64,
+) -> Option<(Kind, u64, Ts, Ts)> {
+    let began = m.began.unwrap_or(ts);
+    match m.phase {
+        Phase::Normal if m.cond => {
+            if p.delay_ms <= 0 {
+                let serial = *next_serial;
+                *next_serial += 1;
+                m.phase = Phase::Active {
+                    serial,
+                    raised_at: ts,
+                };
+                Some((Kind::Raise, serial, ts, began))
+            } else {
+                m.phase = Phase::Pending { since: ts };
+                None
+            }
+        }
+        Phase::Pending { .. } if !m.cond => {
+            m.phase = Phase::Normal;
+            None
+        }
+        Phase::Pending { since } if ts - since >= p.delay_ms => {
+            let serial = *next_serial;
+            *next_serial += 1;
+            let at = since + p.delay_ms;
+            m.phase = Phase::Active {
+                serial,
+                raised_at: at,
+            };
+            Some((Kind::Raise, serial, at, since))
+        }
+        Phase::Active { serial, raised_at } if !m.cond => {
+            if p.clear_delay_ms <= 0 {
+                m.phase = Phase::Normal;
+                Some((Kind::Clear, serial, ts, began))
+            } else {
+                m.phase = Phase::Clearing {
+                    serial,
+                    raised_at,
+                    since: ts,
+                };
+                None
+            }
+        }
+        Phase::Clearing {
+            serial, raised_at, ..
+        } if m.cond => {
+            m.phase = Phase::Active { serial, raised_at };
+            None
+        }
+        Phase::Clearing { serial, since, .. } if ts - since >= p.clear_delay_ms => {
+            m.phase = Phase::Normal;
+            Some((Kind::Clear, serial, since + p.clear_delay_ms, began))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomguard_protocol::{Reading, PROTOCOL_VERSION};
+    use std::path::PathBuf;
+
+    const RULES: &str = r#"
+pack = "t"
+[[rule]]
+id = "t.hot"
+name = "hot"
+category = "environment"
+level = 3
+source = "test"
+when = { above = 27.0, hysteresis = 1.0 }
+select = { quantity = ["temperature"] }
+clear_delay = "0s"
+
+[[rule]]
+id = "t.hot_slow"
+name = "hot for a while"
+category = "environment"
+level = 2
+source = "test"
+when = { above = 40.0 }
+select = { quantity = ["temperature"] }
+delay = "60s"
+clear_delay = "20s"
+
+[[rule]]
+id = "t.rise"
+name = "rising"
+category = "fire"
+level = 2
+source = "test"
+when = { rise = 8.0, per = "1m", window = "1m" }
+select = { quantity = ["temperature"] }
+delay = "0s"
+
+[[rule]]
+id = "t.smoke"
+name = "smoke"
+category = "fire"
+level = 2
+life_safety = true
+source = "test"
+when = { equals = 1 }
+select = { quantity = ["smoke"] }
+clear_delay = "0s"
+
+[[rule]]
+id = "t.two_heads"
+name = "two heads"
+category = "fire"
+level = 1
+life_safety = true
+source = "test"
+when = { at_least = 2, of = ["t.smoke"] }
+clear_delay = "0s"
+
+[[rule]]
+id = "t.fire"
+name = "smoke and heat"
+category = "fire"
+level = 1
+life_safety = true
+source = "test"
+when = { all = ["t.smoke", "t.hot"] }
+clear_delay = "0s"
+
+[[rule]]
+id = "t.mains"
+name = "mains failure"
+category = "electrical"
+level = 1
+source = "test"
+when = { below = 100.0 }
+select = { quantity = ["voltage"] }
+delay = "0s"
+clear_delay = "0s"
+
+[[rule]]
+id = "t.on_battery"
+name = "ups on battery"
+category = "electrical"
+level = 2
+source = "test"
+when = { text = "on_battery" }
+select = { quantity = ["ups_output_source"] }
+delay = "0s"
+clear_delay = "0s"
+inhibited_by = ["t.mains"]
+
+[[rule]]
+id = "t.fault"
+name = "fault bit"
+category = "explosion"
+level = 2
+source = "test"
+when = { bit = 2 }
+select = { quantity = ["fault_word"] }
+delay = "0s"
+clear_delay = "0s"
+
+[[rule]]
+id = "t.silent"
+name = "sensor silent"
+category = "environment"
+level = 3
+source = "test"
+when = { silent = "5m" }
+select = { quantity = ["humidity"] }
+clear_delay = "0s"
+
+[[rule]]
+id = "t.agent"
+name = "agent silent"
+category = "environment"
+level = 2
+source = "test"
+when = { agent_silent = "2m" }
+clear_delay = "0s"
+"#;
+
+    const T0: Ts = 1_700_000_000_000;
+    const S: Ts = 1000;
+
+    struct Site {
+        engine: Engine,
+        seq: u64,
+        out: Vec<Transition>,
+    }
+
+    fn meta(id: &str, room: &str, quantity: &str) -> PointMeta {
+        PointMeta {
+            id: id.into(),
+            room: room.into(),
+            quantity: quantity.into(),
+            unit: "".into(),
+        }
+    }
+
+    impl Site {
+        fn new() -> Site {
+            Self::restored(1, HashMap::new())
+        }
+
+        fn restored(next: u64, saved: HashMap<String, Saved>) -> Site {
+            let rules = RuleSet::from_texts(&[(PathBuf::from("t.toml"), RULES.into())], Vec::new())
+                .unwrap();
+            let mut engine = Engine::new(Arc::new(rules), next, T0, saved);
+            for (id, room, q) in [
+                ("temp", "mr", "temperature"),
+                ("smoke1", "mr", "smoke"),
+                ("smoke2", "mr", "smoke"),
+                ("volts", "pd", "voltage"),
+                ("ups", "pd", "ups_output_source"),
+                ("faults", "br", "fault_word"),
+                ("rh", "mr", "humidity"),
+            ] {
+                engine.describe("s", "a", "dev", &meta(id, room, q));
+            }
+            Site {
+                engine,
+                seq: 0,
+                out: Vec::new(),
+            }
+        }
+
+        fn send(&mut self, point: &str, ts: Ts, value: f64) -> Vec<Transition> {
+            self.send_reading(point, ts, Some(value), None, false)
+        }
+
+        fn send_reading(
+            &mut self,
+            point: &str,
+            ts: Ts,
+            value: Option<f64>,
+            text: Option<&str>,
+            backfill: bool,
+        ) -> Vec<Transition> {
+            self.seq += 1;
+            let batch = Batch {
+                v: PROTOCOL_VERSION,
+                site: "s".into(),
+                agent: "a".into(),
+                seq: self.seq,
+                device: "dev".into(),
+                polled_at: ts,
+                backfill,
+                points: Vec::new(),
+                readings: vec![Reading {
+                    point: point.into(),
+                    value,
+                    text: text.map(str::to_owned),
+                    ts,
+                    quality: Quality::Good,
+                }],
+            };
+            let mut out = Vec::new();
+            // The wall clock is never behind the newest reading here.
+            self.engine.observe(&batch, ts.max(T0) + 100 * S, &mut out);
+            self.out.extend(out.iter().cloned());
+            out
+        }
+
+        fn tick(&mut self, now: Ts) -> Vec<Transition> {
+            let mut out = Vec::new();
+            self.engine.tick(now, &mut out);
+            self.out.extend(out.iter().cloned());
+            out
+        }
+
+        fn of(&self, rule: &str) -> Vec<(Kind, Ts, bool)> {
+            let r = self.engine.rules().index(rule).unwrap();
+            self.out
+                .iter()
+                .filter(|t| self.engine.instance(t.instance).rule == r)
+                .map(|t| (t.kind, t.at, t.late))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn flapping_inside_the_hysteresis_band_raises_and_clears_once() {
+        let mut s = Site::new();
+        let values = [26.0, 27.5, 26.5, 27.2, 26.1, 27.9, 26.2, 25.9, 26.5, 27.1];
+        for (k, v) in values.iter().enumerate() {
+            s.send("temp", T0 + k as i64 * S, *v);
+        }
+        // Raised at 27.5, held through 26.1…27.9 (above 26), cleared at 25.9, raised again at 27.1.
+        assert_eq!(
+            s.of("t.hot"),
+            vec![
+                (Kind::Raise, T0 + S, false),
+                (Kind::Clear, T0 + 7 * S, false),
+                (Kind::Raise, T0 + 9 * S, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_raise_delay_needs_the_condition_to_hold_on_the_agents_clock() {
+        let mut s = Site::new();
+        s.send("temp", T0, 41.0);
+        s.send("temp", T0 + 30 * S, 41.0);
+        assert!(s.of("t.hot_slow").is_empty());
+        // Dips below: the delay starts again.
+        s.send("temp", T0 + 40 * S, 39.0);
+        s.send("temp", T0 + 50 * S, 42.0);
+        s.send("temp", T0 + 100 * S, 42.0);
+        assert!(s.of("t.hot_slow").is_empty());
+        // A reading of another point moves the agent's clock past the delay.
+        s.send("rh", T0 + 111 * S, 40.0);
+        assert_eq!(s.of("t.hot_slow"), vec![(Kind::Raise, T0 + 110 * S, false)]);
+        // Clear delay: back above within 20 s keeps the same alarm.
+        s.send("temp", T0 + 120 * S, 35.0);
+        s.send("temp", T0 + 130 * S, 41.0);
+        s.send("temp", T0 + 140 * S, 35.0);
+        s.send("temp", T0 + 161 * S, 35.0);
+        assert_eq!(
+            s.of("t.hot_slow"),
+            vec![
+                (Kind::Raise, T0 + 110 * S, false),
+                (Kind::Clear, T0 + 160 * S, false)
+            ]
+        );
+        let serials: Vec<u64> = s
+            .out
+            .iter()
+            .filter(|t| s.engine.instance(t.instance).rule == 1)
+            .map(|t| t.serial)
+            .collect();
+        assert_eq!(serials[0], serials[1], "raise and clear share one serial");
+    }
+
+    #[test]
+    fn a_pending_alarm_is_raised_by_the_timer_when_no_reading_follows() {
+        let mut s = Site::new();
+        s.send("temp", T0, 45.0);
+        s.send("rh", T0 + 59 * S, 40.0);
+        assert!(s.of("t.hot_slow").is_empty());
+        s.send("rh", T0 + 61 * S, 40.0);
+        assert_eq!(s.of("t.hot_slow"), vec![(Kind::Raise, T0 + 60 * S, false)]);
+    }
+
+    #[test]
+    fn rate_of_rise_is_measured_over_the_window() {
+        let mut s = Site::new();
+        // 2 °C/min: nothing.
+        for k in 0..60 {
+            s.send("temp", T0 + k * S, 20.0 + k as f64 * 2.0 / 60.0);
+        }
+        assert!(s.of("t.rise").is_empty());
+        // 12 °C/min from here on.
+        let base = T0 + 60 * S;
+        for k in 0..40 {
+            s.send("temp", base + k * S, 22.0 + k as f64 * 0.2);
+        }
+        let raised = s.of("t.rise");
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].0, Kind::Raise);
+        assert!(raised[0].1 > base && raised[0].1 < base + 40 * S);
+    }
+
+    #[test]
+    fn states_bits_and_texts() {
+        let mut s = Site::new();
+        s.send("faults", T0, 3.0); // bits 0 and 1
+        assert!(s.of("t.fault").is_empty());
+        s.send("faults", T0 + S, 4.0);
+        s.send("faults", T0 + 2 * S, 0.0);
+        assert_eq!(
+            s.of("t.fault"),
+            vec![
+                (Kind::Raise, T0 + S, false),
+                (Kind::Clear, T0 + 2 * S, false)
+            ]
+        );
+        s.send_reading("ups", T0, Some(3.0), Some("normal"), false);
+        s.send_reading("ups", T0 + S, Some(5.0), Some("on_battery"), false);
+        assert_eq!(s.of("t.on_battery"), vec![(Kind::Raise, T0 + S, false)]);
+    }
+
+    #[test]
+    fn two_smoke_heads_or_smoke_and_heat_confirm_a_fire() {
+        let mut s = Site::new();
+        s.send("temp", T0, 24.0);
+        s.send("smoke1", T0 + S, 1.0);
+        assert_eq!(s.of("t.smoke").len(), 1);
+        assert!(s.of("t.two_heads").is_empty() && s.of("t.fire").is_empty());
+        s.send("temp", T0 + 2 * S, 30.0);
+        assert_eq!(s.of("t.fire"), vec![(Kind::Raise, T0 + 2 * S, false)]);
+        s.send("smoke2", T0 + 3 * S, 1.0);
+        assert_eq!(s.of("t.two_heads"), vec![(Kind::Raise, T0 + 3 * S, false)]);
+        s.send("smoke1", T0 + 4 * S, 0.0);
+        assert_eq!(
+            s.of("t.two_heads"),
+            vec![
+                (Kind::Raise, T0 + 3 * S, false),
+                (Kind::Clear, T0 + 4 * S, false)
+            ]
+        );
+        // Smoke 2 and heat still: the confirmed fire stays.
+        assert_eq!(s.of("t.fire").len(), 1);
+    }
+
+    #[test]
+    fn mains_failure_inhibits_ups_on_battery_and_releases_it_when_it_clears() {
+        let mut s = Site::new();
+        s.send("volts", T0, 0.0);
+        let t = s.send_reading("ups", T0 + S, Some(5.0), Some("on_battery"), false);
+        assert_eq!(t.len(), 1);
+        assert!(t[0].inhibited, "{t:?}");
+        // Mains back, UPS still on battery: the UPS alarm is released.
+        let t = s.send("volts", T0 + 2 * S, 220.0);
+        let kinds: Vec<Kind> = t.iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, vec![Kind::Clear, Kind::Release]);
+        let t = s.send_reading("ups", T0 + 3 * S, Some(3.0), Some("normal"), false);
+        assert_eq!((t[0].kind, t[0].inhibited), (Kind::Clear, false));
+        // An inhibited alarm that clears while still inhibited says so.
+        s.send("volts", T0 + 10 * S, 0.0);
+        s.send_reading("ups", T0 + 11 * S, Some(5.0), Some("on_battery"), false);
+        let t = s.send_reading("ups", T0 + 12 * S, Some(3.0), Some("normal"), false);
+        assert_eq!((t[0].kind, t[0].inhibited), (Kind::Clear, true));
+    }
+
+    #[test]
+    fn a_silent_point_raises_on_its_agents_clock_and_clears_with_data() {
+        let mut s = Site::new();
+        s.send("rh", T0, 40.0);
+        s.send("temp", T0 + 299 * S, 24.0);
+        s.tick(T0 + 299 * S);
+        assert!(s.of("t.silent").is_empty());
+        s.send("temp", T0 + 301 * S, 24.0);
+        s.tick(T0 + 301 * S);
+        assert_eq!(s.of("t.silent"), vec![(Kind::Raise, T0 + 300 * S, false)]);
+        s.send("rh", T0 + 302 * S, 40.0);
+        assert_eq!(s.of("t.silent")[1], (Kind::Clear, T0 + 302 * S, false));
+    }
+
+    #[test]
+    fn a_silent_agent_raises_on_the_wall_clock_and_clears_with_its_next_batch() {
+        let mut s = Site::new();
+        s.send("temp", T0, 24.0);
+        let seen = T0 + 100 * S; // the wall clock the harness passes
+        s.tick(seen + 119 * S);
+        assert!(s.of("t.agent").is_empty());
+        s.tick(seen + 121 * S);
+        assert_eq!(s.of("t.agent"), vec![(Kind::Raise, seen + 120 * S, false)]);
+        s.tick(seen + 200 * S);
+        assert_eq!(s.of("t.agent").len(), 1, "raised once");
+        s.send("temp", T0 + 300 * S, 24.0);
+        assert_eq!(s.of("t.agent")[1].0, Kind::Clear);
+    }
+
+    #[test]
+    fn an_alarm_inside_an_outage_is_recorded_late_with_its_real_times() {
+        let mut s = Site::new();
+        s.send("smoke1", T0, 0.0);
+        // Data resumes at +100 s (live first), then the backlog arrives.
+        s.send("smoke1", T0 + 100 * S, 0.0);
+        for k in 1..100 {
+            let v = if (30..40).contains(&k) { 1.0 } else { 0.0 };
+            s.send_reading("smoke1", T0 + k * S, Some(v), None, true);
+        }
+        assert_eq!(
+            s.of("t.smoke"),
+            vec![
+                (Kind::Raise, T0 + 30 * S, true),
+                (Kind::Clear, T0 + 40 * S, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backlog_moves_the_start_of_an_alarm_raised_when_data_resumed() {
+        let mut s = Site::new();
+        s.send("smoke1", T0, 0.0);
+        let live = s.send("smoke1", T0 + 100 * S, 1.0);
+        assert_eq!(live[0].kind, Kind::Raise);
+        for k in 1..100 {
+            let v = if k >= 60 { 1.0 } else { 0.0 };
+            s.send_reading("smoke1", T0 + k * S, Some(v), None, true);
+        }
+        // The backlog ends and the late machine goes idle: nothing more.
+        s.tick(T0 + 1_000 * S);
+        let smoke = s.of("t.smoke");
+        assert_eq!(
+            smoke,
+            vec![
+                (Kind::Raise, T0 + 100 * S, false),
+                (Kind::Correct, T0 + 60 * S, true)
+            ]
+        );
+        let serials: Vec<u64> = s.out.iter().map(|t| t.serial).collect();
+        assert_eq!(serials[0], serials[1]);
+    }
+
+    #[test]
+    fn a_backlog_alarm_still_on_where_the_backlog_ends_is_closed_there() {
+        let mut s = Site::new();
+        s.send("smoke1", T0, 0.0);
+        s.send("smoke1", T0 + 100 * S, 0.0);
+        for k in 1..50 {
+            let v = if k >= 45 { 1.0 } else { 0.0 };
+            s.send_reading("smoke1", T0 + k * S, Some(v), None, true);
+        }
+        s.tick(T0 + 1_000 * S);
+        assert_eq!(
+            s.of("t.smoke"),
+            vec![
+                (Kind::Raise, T0 + 45 * S, true),
+                (Kind::Clear, T0 + 49 * S, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn restored_state_neither_raises_again_nor_loses_the_clear() {
+        let mut s = Site::new();
+        s.send("temp", T0, 45.0);
+        s.send("temp", T0 + 61 * S, 45.0);
+        assert_eq!(s.of("t.hot_slow").len(), 1);
+        // Pending on another rule at the moment of the "crash".
+        let saved: HashMap<String, Saved> = s.engine.take_dirty().into_iter().collect();
+        let next = s.engine.next_serial();
+        let mut r = Site::restored(next, saved);
+        r.send("temp", T0 + 62 * S, 45.0);
+        assert!(
+            r.of("t.hot_slow").is_empty(),
+            "no second raise: {:?}",
+            r.out
+        );
+        r.send("temp", T0 + 70 * S, 20.0);
+        r.send("temp", T0 + 91 * S, 20.0);
+        assert_eq!(r.of("t.hot_slow"), vec![(Kind::Clear, T0 + 90 * S, false)]);
+        assert_eq!(r.of("t.hot"), vec![(Kind::Clear, T0 + 70 * S, false)]);
+    }
+}

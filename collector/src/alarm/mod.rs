@@ -1,0 +1,13 @@
+//! Safety alarms: rule packs (`rules`), the pure rule engine (`engine`), the
+//! alarm record with its lifecycle, silences and notification outbox
+//! (`record`), and delivery to people (`notify`).
+//!
+//! The engine runs inside the store writer: the readings of a transaction,
+//! the alarm transitions they cause, the engine's changed state and the
+//! notifications to send are committed together, so a crash can neither
+//! lose a transition nor raise one twice.
+
+pub mod engine;
+pub mod notify;
+pub mod record;
+pub mod rules;

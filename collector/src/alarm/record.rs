@@ -1,0 +1,926 @@
+//! The alarm record in the store: alarms with their lifecycle, the audit
+//! trail of every change, silences, the engine's persisted state and the
+//! notification outbox. Transitions are written by the store writer in the
+//! same transaction as the readings that caused them; people's actions
+//! (acknowledge, comment, assign, silences) by the API.
+
+use super::engine::{Engine, Kind, Saved, Transition, Ts};
+use super::rules::{glob, RuleSet};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use thiserror::Error;
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS alarms (
+    serial      INTEGER PRIMARY KEY,
+    rule        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    level       INTEGER NOT NULL,
+    category    TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    point       TEXT NOT NULL,
+    began_at    INTEGER NOT NULL,
+    raised_at   INTEGER NOT NULL,
+    value       REAL,
+    cleared_at  INTEGER,
+    clear_value REAL,
+    late        INTEGER NOT NULL DEFAULT 0,
+    inhibited   INTEGER NOT NULL DEFAULT 0,
+    silenced_by INTEGER,
+    notified    INTEGER NOT NULL DEFAULT 0,
+    notified_at INTEGER,
+    escalated   INTEGER NOT NULL DEFAULT 0,
+    ack_by      TEXT,
+    ack_at      INTEGER,
+    ack_comment TEXT,
+    assignee    TEXT,
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarms_open ON alarms (cleared_at, ack_at);
+CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (raised_at);
+CREATE TABLE IF NOT EXISTS alarm_events (
+    id      INTEGER PRIMARY KEY,
+    serial  INTEGER NOT NULL,
+    at      INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    by      TEXT NOT NULL,
+    text    TEXT
+);
+CREATE INDEX IF NOT EXISTS alarm_events_by_serial ON alarm_events (serial);
+CREATE TABLE IF NOT EXISTS alarm_state (
+    key   TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS silences (
+    id         INTEGER PRIMARY KEY,
+    site       TEXT,
+    room       TEXT,
+    rule       TEXT,
+    reason     TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    starts_at  INTEGER NOT NULL,
+    ends_at    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    ended_at   INTEGER,
+    ended_by   TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id         INTEGER PRIMARY KEY,
+    channel    TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    serial     INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'pending',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_at    INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    sent_at    INTEGER,
+    UNIQUE (channel, key)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+"#;
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no alarm with serial {0}")]
+    NoAlarm(u64),
+    #[error("no silence with id {0}")]
+    NoSilence(i64),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Where notifications go, as the record needs to know it: which levels and
+/// which kinds of transition a channel takes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub channel: String,
+    pub levels: Vec<u8>,
+    /// Receives only escalations (the second target).
+    pub escalation_only: bool,
+    /// Takes acknowledgements and repeats (Alertmanager does not: it has
+    /// its own repeat and no acknowledgement).
+    pub lifecycle: bool,
+}
+
+/// Unacknowledged level-1/2 alarms are sent again every `repeat_every`,
+/// and after `escalate_after` to the escalation channels too.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    pub levels: Vec<u8>,
+    pub repeat_every_ms: i64,
+    pub escalate_after_ms: i64,
+}
+
+/// The alarm side of the store writer: the engine and where its transitions go.
+pub struct Recorder {
+    pub engine: Engine,
+    routes: Vec<Route>,
+    escalation: Escalation,
+    /// Notifications queued in the current transaction.
+    queued: usize,
+    /// Raises and clears recorded since the last `take_counts`.
+    counts: (u64, u64),
+}
+
+/// An active silence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: i64,
+    pub site: Option<String>,
+    pub room: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub owner: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    pub ended_by: Option<String>,
+}
+
+impl Silence {
+    pub fn matches(&self, site: &str, room: &str, rule: &str, at: Ts) -> bool {
+        self.ended_at.is_none()
+            && self.starts_at <= at
+            && at < self.ends_at
+            && self.site.as_deref().is_none_or(|s| s == site)
+            && self.room.as_deref().is_none_or(|r| r == room)
+            && self.rule.as_deref().is_none_or(|g| glob(g, rule))
+    }
+}
+
+pub fn active_silences(conn: &Connection, now: Ts) -> Result<Vec<Silence>, rusqlite::Error> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by
+         FROM silences WHERE ended_at IS NULL AND ends_at > ?1",
+    )?;
+    let rows = st.query_map([now], silence_row)?;
+    rows.collect()
+}
+
+fn silence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
+    Ok(Silence {
+        id: r.get(0)?,
+        site: r.get(1)?,
+        room: r.get(2)?,
+        rule: r.get(3)?,
+        reason: r.get(4)?,
+        owner: r.get(5)?,
+        starts_at: r.get(6)?,
+        ends_at: r.get(7)?,
+        created_at: r.get(8)?,
+        ended_at: r.get(9)?,
+        ended_by: r.get(10)?,
+    })
+}
+
+pub fn level_name(level: u8) -> (&'static str, &'static str) {
+    match level {
+        1 => ("critical", "一级"),
+        2 => ("major", "二级"),
+        3 => ("minor", "三级"),
+        _ => ("hint", "四级"),
+    }
+}
+
+/// Later than this after the event, a notification says it is late.
+const LATE_AFTER_MS: i64 = 60_000;
+
+impl Recorder {
+    /// Loads the engine's state from the store: the next serial, persisted
+    /// instance state, the catalogue (so instances exist before readings
+    /// arrive), and recent readings to refill rate windows.
+    pub fn load(
+        conn: &Connection,
+        rules: Arc<RuleSet>,
+        routes: Vec<Route>,
+        escalation: Escalation,
+        now: Ts,
+    ) -> Result<Recorder, RecordError> {
+        let next: i64 =
+            conn.query_row("SELECT coalesce(max(serial), 0) + 1 FROM alarms", [], |r| {
+                r.get(0)
+            })?;
+        let mut saved = HashMap::new();
+        {
+            let mut st = conn.prepare("SELECT key, state FROM alarm_state")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(0)?;
+                let text: String = r.get(1)?;
+                match serde_json::from_str::<Saved>(&text) {
+                    Ok(s) => {
+                        saved.insert(key, s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "unreadable alarm state; starting that rule fresh")
+                    }
+                }
+            }
+        }
+        let longest_window = rules
+            .rules
+            .iter()
+            .filter_map(|r| match r.cond {
+                super::rules::Cond::Rise { window_ms, .. } => Some(window_ms),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut engine = Engine::new(rules, next as u64, now, saved);
+        // (point id, site, point, newest reading) of every catalogued point.
+        let mut points: Vec<(i64, String, String, Option<i64>)> = Vec::new();
+        {
+            let mut st = conn.prepare(
+                "SELECT id, site, agent, point, room, device, quantity, last_ts FROM points",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let site: String = r.get(1)?;
+                let agent: String = r.get(2)?;
+                let point: String = r.get(3)?;
+                let device: String = r.get(5)?;
+                let meta = roomguard_protocol::PointMeta {
+                    id: point.as_str().into(),
+                    room: r.get::<_, String>(4)?.into(),
+                    quantity: r.get::<_, String>(6)?.into(),
+                    unit: "".into(),
+                };
+                engine.describe(&site, &agent, &device, &meta);
+                points.push((r.get(0)?, site, point, r.get(7)?));
+            }
+        }
+        // Rate windows and point silence from what is stored.
+        let mut st = conn.prepare_cached(
+            "SELECT ts, value, bad IS NULL FROM samples WHERE point_id = ?1 AND ts >= ?2 ORDER BY ts",
+        )?;
+        for (id, site, point, last_ts) in &points {
+            let Some(last) = last_ts else { continue };
+            let from = last - longest_window.max(1);
+            let mut rows = st.query(params![id, from])?;
+            while let Some(r) = rows.next()? {
+                let (ts, value, good): (i64, Option<f64>, bool) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                engine.warm(site, point, ts, value, good);
+            }
+        }
+        Ok(Recorder {
+            engine,
+            routes,
+            escalation,
+            queued: 0,
+            counts: (0, 0),
+        })
+    }
+
+    /// Notifications queued since the last call (the writer wakes the sender).
+    pub fn take_queued(&mut self) -> usize {
+        std::mem::take(&mut self.queued)
+    }
+
+    /// Raises and clears recorded since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Writes `transitions` and the engine's changed state in `tx`.
+    pub fn record(
+        &mut self,
+        tx: &Transaction<'_>,
+        transitions: &[Transition],
+        now: Ts,
+    ) -> Result<(), RecordError> {
+        if !transitions.is_empty() {
+            let silences = active_silences(tx, now)?;
+            for t in transitions {
+                self.record_one(tx, t, &silences, now)?;
+            }
+        }
+        let dirty = self.engine.take_dirty();
+        if !dirty.is_empty() {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO alarm_state (key, state) VALUES (?1, ?2)",
+            )?;
+            for (key, saved) in dirty {
+                let text = serde_json::to_string(&saved).unwrap_or_default();
+                st.execute(params![key, text])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_one(
+        &mut self,
+        tx: &Transaction<'_>,
+        t: &Transition,
+        silences: &[Silence],
+        now: Ts,
+    ) -> Result<(), RecordError> {
+        let inst = self.engine.instance(t.instance);
+        let rule = &self.engine.rules().rules[inst.rule];
+        if rule.feeds_only {
+            return Ok(());
+        }
+        let serial = t.serial as i64;
+        let event = |kind: &str, text: Option<String>| -> Result<(), rusqlite::Error> {
+            tx.prepare_cached("INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, ?3, 'rule', ?4)")?
+                .execute(params![serial, t.at, kind, text])?;
+            Ok(())
+        };
+        match t.kind {
+            Kind::Raise => {
+                let silenced = silences
+                    .iter()
+                    .find(|s| {
+                        s.matches(
+                            &inst.site,
+                            &inst.room,
+                            &rule.id,
+                            t.at.max(now - LATE_AFTER_MS),
+                        )
+                    })
+                    .map(|s| s.id);
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO alarms (serial, rule, name, level, category, site, agent, room, device, point,
+                        began_at, raised_at, value, late, inhibited, silenced_by, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                )?
+                .execute(params![
+                    serial,
+                    rule.id,
+                    rule.name,
+                    inst.params.level,
+                    rule.category.as_str(),
+                    &*inst.site,
+                    &*inst.agent,
+                    &*inst.room,
+                    &*inst.device,
+                    &*inst.point,
+                    t.began_at,
+                    t.at,
+                    t.value,
+                    t.late,
+                    t.inhibited,
+                    silenced,
+                    now
+                ])?;
+                let why = match (t.inhibited, silenced) {
+                    (true, _) => Some("inhibited by an active alarm that explains it".to_owned()),
+                    (_, Some(id)) => Some(format!("silenced by maintenance window {id}")),
+                    _ => None,
+                };
+                event("raise", why)?;
+                self.counts.0 += 1;
+                if !t.inhibited && silenced.is_none() {
+                    self.notify_raise(tx, t.serial, now)?;
+                }
+            }
+            Kind::Clear => {
+                tx.prepare_cached(
+                    "UPDATE alarms SET cleared_at = ?2, clear_value = ?3, late = late OR ?4, updated_at = ?5
+                     WHERE serial = ?1 AND cleared_at IS NULL",
+                )?
+                .execute(params![serial, t.at, t.value, t.late, now])?;
+                event("clear", None)?;
+                self.counts.1 += 1;
+                // A clear is told wherever its raise was: never a lost "resolved".
+                let notified: bool = tx
+                    .query_row(
+                        "SELECT notified FROM alarms WHERE serial = ?1",
+                        [serial],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(false);
+                if notified {
+                    self.enqueue(tx, t.serial, "clear", "clear", |r| !r.escalation_only, now)?;
+                }
+            }
+            Kind::Correct => {
+                tx.prepare_cached(
+                    "UPDATE alarms SET began_at = min(began_at, ?2), raised_at = min(raised_at, ?3), late = 1, updated_at = ?4
+                     WHERE serial = ?1",
+                )?
+                .execute(params![serial, t.began_at, t.at, now])?;
+                event(
+                    "correct",
+                    Some("readings from the outage show it began earlier".into()),
+                )?;
+            }
+            Kind::Release => {
+                tx.prepare_cached(
+                    "UPDATE alarms SET inhibited = 0, updated_at = ?2 WHERE serial = ?1",
+                )?
+                .execute(params![serial, now])?;
+                event(
+                    "release",
+                    Some("the alarm that explained it has cleared".into()),
+                )?;
+                let silenced = silences
+                    .iter()
+                    .any(|s| s.matches(&inst.site, &inst.room, &rule.id, now));
+                if !silenced {
+                    self.notify_raise(tx, t.serial, now)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the raise of `serial` once (it may have been held back).
+    fn notify_raise(
+        &mut self,
+        tx: &Transaction<'_>,
+        serial: u64,
+        now: Ts,
+    ) -> Result<(), RecordError> {
+        let done = tx
+            .prepare_cached("UPDATE alarms SET notified = 1, notified_at = ?2 WHERE serial = ?1 AND notified = 0")?
+            .execute(params![serial as i64, now])?;
+        if done == 1 {
+            self.enqueue(tx, serial, "raise", "raise", |r| !r.escalation_only, now)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a notification of `serial` for every route `take` accepts whose
+    /// levels include the alarm's. The (channel, key) pair is unique, so
+    /// queuing the same notification twice is harmless.
+    fn enqueue(
+        &mut self,
+        tx: &Transaction<'_>,
+        serial: u64,
+        kind: &str,
+        key: &str,
+        take: impl Fn(&Route) -> bool,
+        now: Ts,
+    ) -> Result<(), RecordError> {
+        let Some(doc) = document(tx, self.engine.rules(), serial, kind, now)? else {
+            return Ok(());
+        };
+        let level = doc["level"].as_u64().unwrap_or(4) as u8;
+        let payload = doc.to_string();
+        let key = format!("{serial}:{key}");
+        let lifecycle = matches!(kind, "ack" | "repeat" | "escalate");
+        for r in &self.routes {
+            if !take(r) || !r.levels.contains(&level) || (lifecycle && !r.lifecycle) {
+                continue;
+            }
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                )?
+                .execute(params![r.channel, key, serial as i64, kind, payload, now])?;
+            self.queued += n;
+        }
+        Ok(())
+    }
+
+    /// Background duties, every few seconds: raises held by a silence that
+    /// has ended, repeats and escalation of unacknowledged alarms.
+    pub fn sweep(&mut self, tx: &Transaction<'_>, now: Ts) -> Result<(), RecordError> {
+        let silences = active_silences(tx, now)?;
+        let held: Vec<(i64, String, String, String)> = tx
+            .prepare_cached(
+                "SELECT serial, site, room, rule FROM alarms
+                 WHERE cleared_at IS NULL AND notified = 0 AND inhibited = 0 AND silenced_by IS NOT NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (serial, site, room, rule) in held {
+            if !silences.iter().any(|s| s.matches(&site, &room, &rule, now)) {
+                self.notify_raise(tx, serial as u64, now)?;
+            }
+        }
+        let e = self.escalation.clone();
+        if e.repeat_every_ms <= 0 && e.escalate_after_ms <= 0 {
+            return Ok(());
+        }
+        let due: Vec<(i64, u8, i64, bool)> = tx
+            .prepare_cached(
+                "SELECT serial, level, notified_at, escalated FROM alarms
+                 WHERE cleared_at IS NULL AND ack_at IS NULL AND notified = 1 AND notified_at IS NOT NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (serial, level, since, escalated) in due {
+            if !e.levels.contains(&level) {
+                continue;
+            }
+            let age = now - since;
+            if e.repeat_every_ms > 0 && age >= e.repeat_every_ms {
+                let k = age / e.repeat_every_ms;
+                self.enqueue(
+                    tx,
+                    serial as u64,
+                    "repeat",
+                    &format!("repeat{k}"),
+                    |r| !r.escalation_only,
+                    now,
+                )?;
+            }
+            if e.escalate_after_ms > 0 && age >= e.escalate_after_ms && !escalated {
+                tx.prepare_cached("UPDATE alarms SET escalated = 1 WHERE serial = ?1")?
+                    .execute([serial])?;
+                tx.prepare_cached(
+                    "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'escalate', 'rule', 'unacknowledged: sent to the escalation channels')",
+                )?
+                .execute(params![serial, now])?;
+                self.enqueue(
+                    tx,
+                    serial as u64,
+                    "escalate",
+                    "escalate",
+                    |r| r.escalation_only,
+                    now,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The notification document of an alarm: everything a receiver needs,
+/// the same for every channel (channels format it their way).
+pub fn document(
+    conn: &Connection,
+    rules: &RuleSet,
+    serial: u64,
+    kind: &str,
+    now: Ts,
+) -> Result<Option<Value>, rusqlite::Error> {
+    let Some(a) = alarm(conn, serial)? else {
+        return Ok(None);
+    };
+    let rule = rules.index(&a.rule).map(|i| &rules.rules[i]);
+    let event_at = match kind {
+        "clear" => a.cleared_at.unwrap_or(now),
+        _ => a.raised_at,
+    };
+    let (level_en, level_zh) = level_name(a.level);
+    Ok(Some(json!({
+        "key": format!("{serial}:{kind}"),
+        "kind": kind,
+        "serial": serial,
+        "rule": a.rule,
+        "name": a.name,
+        "name_zh": rule.map(|r| r.name_zh.as_str()).unwrap_or(&a.name),
+        "level": a.level,
+        "level_name": level_en,
+        "level_name_zh": level_zh,
+        "category": a.category,
+        "site": a.site,
+        "room": a.room,
+        "device": a.device,
+        "point": a.point,
+        "agent": a.agent,
+        "value": a.value,
+        "began_at": a.began_at,
+        "raised_at": a.raised_at,
+        "cleared_at": a.cleared_at,
+        "acknowledged_by": a.ack_by,
+        "acknowledged_at": a.ack_at,
+        "comment": a.ack_comment,
+        "assignee": a.assignee,
+        // Told well after it happened: an outage's backlog, a silence or
+        // inhibition that ended.
+        "late": a.late || now - event_at > LATE_AFTER_MS,
+        "advice": rule.map(|r| r.advice.as_str()).unwrap_or(""),
+        "advice_zh": rule.map(|r| r.advice_zh.as_str()).unwrap_or(""),
+        "source": rule.map(|r| r.source.as_str()).unwrap_or(""),
+        "sent_at": now,
+    })))
+}
+
+/// One alarm as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlarmRow {
+    pub serial: u64,
+    pub rule: String,
+    pub name: String,
+    pub level: u8,
+    pub category: String,
+    pub site: String,
+    pub agent: String,
+    pub room: String,
+    pub device: String,
+    pub point: String,
+    pub began_at: i64,
+    pub raised_at: i64,
+    pub value: Option<f64>,
+    pub cleared_at: Option<i64>,
+    pub clear_value: Option<f64>,
+    pub late: bool,
+    pub inhibited: bool,
+    pub silenced_by: Option<i64>,
+    pub notified: bool,
+    pub ack_by: Option<String>,
+    pub ack_at: Option<i64>,
+    pub ack_comment: Option<String>,
+    pub assignee: Option<String>,
+    /// active | acknowledged | cleared (not yet acknowledged) | closed
+    pub state: &'static str,
+}
+
+const ALARM_COLUMNS: &str = "serial, rule, name, level, category, site, agent, room, device, point, began_at, raised_at,
+    value, cleared_at, clear_value, late, inhibited, silenced_by, notified, ack_by, ack_at, ack_comment, assignee";
+
+fn alarm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlarmRow> {
+    let cleared_at: Option<i64> = r.get(13)?;
+    let ack_at: Option<i64> = r.get(20)?;
+    let state = match (cleared_at.is_some(), ack_at.is_some()) {
+        (false, false) => "active",
+        (false, true) => "acknowledged",
+        (true, false) => "cleared",
+        (true, true) => "closed",
+    };
+    Ok(AlarmRow {
+        serial: r.get::<_, i64>(0)? as u64,
+        rule: r.get(1)?,
+        name: r.get(2)?,
+        level: r.get(3)?,
+        category: r.get(4)?,
+        site: r.get(5)?,
+        agent: r.get(6)?,
+        room: r.get(7)?,
+        device: r.get(8)?,
+        point: r.get(9)?,
+        began_at: r.get(10)?,
+        raised_at: r.get(11)?,
+        value: r.get(12)?,
+        cleared_at,
+        clear_value: r.get(14)?,
+        late: r.get(15)?,
+        inhibited: r.get(16)?,
+        silenced_by: r.get(17)?,
+        notified: r.get(18)?,
+        ack_by: r.get(19)?,
+        ack_at,
+        ack_comment: r.get(21)?,
+        assignee: r.get(22)?,
+        state,
+    })
+}
+
+pub fn alarm(conn: &Connection, serial: u64) -> Result<Option<AlarmRow>, rusqlite::Error> {
+    conn.query_row(
+        &format!("SELECT {ALARM_COLUMNS} FROM alarms WHERE serial = ?1"),
+        [serial as i64],
+        alarm_row,
+    )
+    .optional()
+}
+
+/// Which alarms a list asks for.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AlarmFilter {
+    /// `open` (default: active, or cleared but not acknowledged), `active`,
+    /// `unacknowledged`, `cleared`, `all`.
+    pub state: Option<String>,
+    pub site: Option<String>,
+    pub room: Option<String>,
+    pub rule: Option<String>,
+    /// Levels up to and including this one (1 = critical only).
+    pub level: Option<u8>,
+    /// Raised at or after, ms.
+    pub from: Option<i64>,
+    /// Raised before, ms.
+    pub to: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+pub const MAX_LIST: usize = 1_000;
+
+pub fn list(conn: &Connection, f: &AlarmFilter) -> Result<Vec<AlarmRow>, RecordError> {
+    let state = match f.state.as_deref().unwrap_or("open") {
+        "open" => "(cleared_at IS NULL OR ack_at IS NULL)",
+        "active" => "cleared_at IS NULL",
+        "unacknowledged" => "ack_at IS NULL",
+        "cleared" => "cleared_at IS NOT NULL",
+        "all" => "1",
+        other => {
+            return Err(RecordError::Invalid(format!(
+                "state {other:?} is not one of open, active, unacknowledged, cleared, all"
+            )))
+        }
+    };
+    if let Some(l) = f.level {
+        if !(1..=4).contains(&l) {
+            return Err(RecordError::Invalid("level must be 1 to 4".into()));
+        }
+    }
+    let limit = f.limit.unwrap_or(200);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(RecordError::Invalid(format!(
+            "limit must be 1 to {MAX_LIST}"
+        )));
+    }
+    let sql = format!(
+        "SELECT {ALARM_COLUMNS} FROM alarms WHERE {state}
+           AND (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2) AND (?3 IS NULL OR rule = ?3)
+           AND (?4 IS NULL OR level <= ?4) AND (?5 IS NULL OR raised_at >= ?5) AND (?6 IS NULL OR raised_at < ?6)
+         ORDER BY level, raised_at DESC LIMIT ?7"
+    );
+    let mut st = conn.prepare(&sql)?;
+    let rows = st.query_map(
+        params![f.site, f.room, f.rule, f.level, f.from, f.to, limit as i64],
+        alarm_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One entry of an alarm's audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub at: i64,
+    pub kind: String,
+    pub by: String,
+    pub text: Option<String>,
+}
+
+pub fn events(conn: &Connection, serial: u64) -> Result<Vec<EventRow>, rusqlite::Error> {
+    let mut st =
+        conn.prepare("SELECT at, kind, by, text FROM alarm_events WHERE serial = ?1 ORDER BY id")?;
+    let rows = st.query_map([serial as i64], |r| {
+        Ok(EventRow {
+            at: r.get(0)?,
+            kind: r.get(1)?,
+            by: r.get(2)?,
+            text: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// A person's action on an alarm.
+pub enum Action<'a> {
+    Acknowledge { comment: Option<&'a str> },
+    Comment { text: &'a str },
+    Assign { to: &'a str },
+}
+
+/// Applies a person's action in one transaction with its audit entry and,
+/// for an acknowledgement, its notification. Returns the alarm after.
+pub fn act(
+    conn: &mut Connection,
+    rules: &RuleSet,
+    routes: &[Route],
+    serial: u64,
+    by: &str,
+    action: Action<'_>,
+    now: Ts,
+) -> Result<(AlarmRow, usize), RecordError> {
+    let tx = conn.transaction()?;
+    let Some(before) = alarm(&tx, serial)? else {
+        return Err(RecordError::NoAlarm(serial));
+    };
+    let mut queued = 0;
+    let s = serial as i64;
+    match action {
+        Action::Acknowledge { comment } => {
+            if let (Some(who), Some(at)) = (&before.ack_by, before.ack_at) {
+                return Err(RecordError::Conflict(format!(
+                    "alarm {serial} was already acknowledged by {who} at {at}"
+                )));
+            }
+            tx.execute(
+                "UPDATE alarms SET ack_by = ?2, ack_at = ?3, ack_comment = ?4, updated_at = ?3 WHERE serial = ?1",
+                params![s, by, now, comment],
+            )?;
+            tx.execute(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'ack', ?3, ?4)",
+                params![s, now, by, comment],
+            )?;
+            if before.notified {
+                if let Some(doc) = document(&tx, rules, serial, "ack", now)? {
+                    let level = before.level;
+                    for r in routes
+                        .iter()
+                        .filter(|r| r.lifecycle && !r.escalation_only && r.levels.contains(&level))
+                    {
+                        queued += tx.execute(
+                            "INSERT OR IGNORE INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+                             VALUES (?1, ?2, ?3, 'ack', ?4, ?5, ?5)",
+                            params![r.channel, format!("{serial}:ack"), s, doc.to_string(), now],
+                        )?;
+                    }
+                }
+            }
+        }
+        Action::Comment { text } => {
+            tx.execute(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'comment', ?3, ?4)",
+                params![s, now, by, text],
+            )?;
+        }
+        Action::Assign { to } => {
+            tx.execute(
+                "UPDATE alarms SET assignee = ?2, updated_at = ?3 WHERE serial = ?1",
+                params![s, to, now],
+            )?;
+            tx.execute(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'assign', ?3, ?4)",
+                params![s, now, by, to],
+            )?;
+        }
+    }
+    let after = alarm(&tx, serial)?.ok_or(RecordError::NoAlarm(serial))?;
+    tx.commit()?;
+    Ok((after, queued))
+}
+
+/// A new maintenance window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    pub site: Option<String>,
+    pub room: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub owner: String,
+    /// Start, ms (default now).
+    pub starts_at: Option<i64>,
+    /// End, ms.
+    pub ends_at: i64,
+}
+
+/// Longest maintenance window accepted: hot work is days, not months.
+pub const MAX_SILENCE_MS: i64 = 30 * 86_400_000;
+
+pub fn create_silence(conn: &Connection, s: &NewSilence, now: Ts) -> Result<Silence, RecordError> {
+    let starts = s.starts_at.unwrap_or(now);
+    let bad = |m: &str| Err(RecordError::Invalid(m.to_owned()));
+    if s.reason.trim().is_empty() {
+        return bad("reason must say why (hot work, planned change, …)");
+    }
+    if s.owner.trim().is_empty() {
+        return bad("owner must name who is responsible");
+    }
+    if s.site.is_none() && s.room.is_some() {
+        return bad("a room silence needs its site");
+    }
+    if s.ends_at <= starts || s.ends_at <= now {
+        return bad("ends_at must be in the future and after starts_at");
+    }
+    if s.ends_at - starts > MAX_SILENCE_MS {
+        return bad("a maintenance window may last at most 30 days");
+    }
+    if [&s.site, &s.room, &s.rule]
+        .iter()
+        .any(|v| v.as_deref().is_some_and(|v| v.len() > 128))
+        || s.reason.len() > 1000
+        || s.owner.len() > 128
+    {
+        return bad("site, room, rule and owner are at most 128 characters, reason 1000");
+    }
+    conn.execute(
+        "INSERT INTO silences (site, room, rule, reason, owner, starts_at, ends_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![s.site, s.room, s.rule, s.reason, s.owner, starts, s.ends_at, now],
+    )?;
+    let id = conn.last_insert_rowid();
+    silence(conn, id)
+}
+
+pub fn silence(conn: &Connection, id: i64) -> Result<Silence, RecordError> {
+    conn.query_row(
+        "SELECT id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by FROM silences WHERE id = ?1",
+        [id],
+        silence_row,
+    )
+    .optional()?
+    .ok_or(RecordError::NoSilence(id))
+}
+
+pub fn list_silences(conn: &Connection, all: bool, now: Ts) -> Result<Vec<Silence>, RecordError> {
+    if !all {
+        return Ok(active_silences(conn, now)?);
+    }
+    let mut st = conn.prepare(
+        "SELECT id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by FROM silences ORDER BY id DESC LIMIT 1000",
+    )?;
+    let rows = st.query_map([], silence_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn end_silence(conn: &Connection, id: i64, by: &str, now: Ts) -> Result<Silence, RecordError> {
+    // Ending an ended silence changes nothing and is not an error: the
+    // answer shows who ended it and when.
+    conn.execute(
+        "UPDATE silences SET ended_at = ?2, ended_by = ?3 WHERE id = ?1 AND ended_at IS NULL",
+        params![id, now, by],
+    )?;
+    silence(conn, id)
+}
