@@ -611,3 +611,160 @@ pub fn http_client() -> reqwest::Client {
     });
     reqwest::Client::new()
 }
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The `Idempotency-Key` header.
+    pub key: String,
+    pub body: Value,
+    /// When it arrived, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// An HTTP endpoint that records every JSON POST, the receiving end of the
+/// collector's webhook channel. It can be told to fail (HTTP 503), to test
+/// retries; a failed request is not recorded.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    attempts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Receiver {
+    pub async fn start() -> Result<Receiver> {
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let r = Receiver {
+            url: format!("http://{addr}/hook"),
+            got: Default::default(),
+            failing: Default::default(),
+            attempts: Default::default(),
+        };
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    state.attempts.fetch_add(1, Ordering::SeqCst);
+                    if state.failing.load(Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+                    let at_ms = jiff::Timestamp::now().as_millisecond();
+                    state
+                        .got
+                        .lock()
+                        .unwrap()
+                        .push(Received { key, body, at_ms });
+                    StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(r)
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests made, failed ones included.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Notifications received for alarms of `rule`, as (kind, serial).
+    pub fn of_rule(&self, rule: &str) -> Vec<(String, u64)> {
+        self.received()
+            .iter()
+            .filter(|r| r.body["rule"] == rule)
+            .map(|r| {
+                (
+                    r.body["kind"].as_str().unwrap_or("").to_owned(),
+                    r.body["serial"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Every idempotency key received more than once.
+    pub fn duplicates(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.received().into_iter().map(|r| r.key).collect();
+        keys.sort();
+        let mut dups: Vec<String> = keys
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0].clone())
+            .collect();
+        dups.dedup();
+        dups
+    }
+}
+
+/// A real Prometheus Alertmanager (Debian's `prometheus-alertmanager`) on a
+/// loopback port, clustering off, routing everything to a receiver that
+/// does nothing: the test reads alerts back from its API.
+pub struct Alertmanager {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Alertmanager {
+    /// `None` when it is not installed outside CI.
+    pub fn start(dir: &Path) -> Result<Option<Alertmanager>> {
+        let Some(program) = external("prometheus-alertmanager", "prometheus-alertmanager") else {
+            return Ok(None);
+        };
+        let conf = dir.join("alertmanager.yml");
+        std::fs::write(
+            &conf,
+            "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
+        )?;
+        let port = free_port();
+        let mut cmd = Command::new(program);
+        cmd.arg(format!("--config.file={}", conf.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=warn");
+        let mut proc = Proc::spawn("alertmanager", cmd, dir)?;
+        wait_port(&mut proc, port, Duration::from_secs(20))?;
+        Ok(Some(Alertmanager {
+            proc,
+            url: format!("http://127.0.0.1:{port}"),
+        }))
+    }
+
+    /// Alerts it holds whose `alertname` is `rule`, resolved ones included.
+    pub async fn alerts(&self, client: &reqwest::Client, rule: &str) -> Vec<Value> {
+        let Some(v) = get_json(client, &format!("{}/api/v2/alerts", self.url)).await else {
+            return Vec::new();
+        };
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["labels"]["alertname"] == rule)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

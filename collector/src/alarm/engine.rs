@@ -214,7 +214,15 @@ pub struct Engine {
     dirty: Vec<bool>,
     dirty_list: Vec<usize>,
     saved: HashMap<String, Saved>,
+    /// Inhibited alarms whose cause cleared: (instance, serial, due on its
+    /// agent's clock). Released then if still active and unexplained.
+    releases: Vec<(usize, u64, Ts)>,
 }
+
+/// What an inhibiting alarm explained usually clears within moments of it
+/// (the UPS leaves battery as mains returns); only what is still active
+/// this long after is notified.
+const RELEASE_GRACE_MS: i64 = 30_000;
 
 impl Engine {
     /// An engine for `rules`, numbering new alarms from `next_serial`.
@@ -253,6 +261,7 @@ impl Engine {
             dirty: Vec::new(),
             dirty_list: Vec::new(),
             saved,
+            releases: Vec::new(),
         }
     }
 
@@ -715,18 +724,7 @@ impl Engine {
                     let inst = &self.instances[j];
                     if inst.rule == target && inst.inhibited && inst.site == site {
                         if let Some(serial) = inst.live.phase.serial() {
-                            self.instances[j].inhibited = false;
-                            self.mark(j);
-                            out.push(Transition {
-                                kind: Kind::Release,
-                                serial,
-                                instance: j,
-                                at,
-                                began_at: at,
-                                value: None,
-                                late: false,
-                                inhibited: false,
-                            });
+                            self.releases.push((j, serial, at + RELEASE_GRACE_MS));
                         }
                     }
                 }
@@ -814,6 +812,7 @@ impl Engine {
     /// Timers: raise and clear delays that have run out on each agent's
     /// clock, point and agent silence, late machines that are done.
     pub fn tick(&mut self, now: Ts, out: &mut Vec<Transition>) {
+        self.release_due(now, out);
         for a in 0..self.agents.len() {
             // Agent silence runs on the wall clock.
             let seen = self.agents[a].seen.max(self.started);
@@ -844,6 +843,44 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// Releases inhibited alarms whose grace after their cause cleared is over.
+    fn release_due(&mut self, now: Ts, out: &mut Vec<Transition>) {
+        if self.releases.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.releases);
+        for (j, serial, due) in pending {
+            let inst = &self.instances[j];
+            if inst.live.phase.serial() != Some(serial) || !inst.inhibited {
+                continue; // cleared meanwhile (recorded as inhibited), or released
+            }
+            if self.agents[inst.clock].clock.min(now) < due {
+                self.releases.push((j, serial, due));
+                continue;
+            }
+            let still = self.rules.rules[inst.rule].inhibited_by.iter().any(|&by| {
+                self.active
+                    .get(&(inst.site.clone(), by))
+                    .is_some_and(|n| *n > 0)
+            });
+            if still {
+                continue; // explained again; released when that clears
+            }
+            self.instances[j].inhibited = false;
+            self.mark(j);
+            out.push(Transition {
+                kind: Kind::Release,
+                serial,
+                instance: j,
+                at: due,
+                began_at: due,
+                value: None,
+                late: false,
+                inhibited: false,
+            });
         }
     }
 
@@ -1418,7 +1455,7 @@ clear_delay = "0s"
     }
 
     #[test]
-    fn mains_failure_inhibits_ups_on_battery_and_releases_it_when_it_clears() {
+    fn mains_failure_inhibits_ups_on_battery_and_releases_it_if_still_on_after_a_grace() {
         let mut s = Site::new();
         s.send("volts", T0, 0.0);
         let t = s.send_reading("ups", T0 + S, Some(5.0), Some("on_battery"), false);
@@ -1427,14 +1464,23 @@ clear_delay = "0s"
         // Mains back, UPS still on battery: the UPS alarm is released.
         let t = s.send("volts", T0 + 2 * S, 220.0);
         let kinds: Vec<Kind> = t.iter().map(|t| t.kind).collect();
-        assert_eq!(kinds, vec![Kind::Clear, Kind::Release]);
-        let t = s.send_reading("ups", T0 + 3 * S, Some(3.0), Some("normal"), false);
+        assert_eq!(kinds, vec![Kind::Clear]);
+        // Released only once its grace is over and it is still active.
+        s.send("volts", T0 + 31 * S, 220.0);
+        assert!(s.tick(T0 + 31 * S).is_empty());
+        s.send("volts", T0 + 33 * S, 220.0);
+        let t = s.tick(T0 + 33 * S);
+        assert_eq!((t[0].kind, t[0].at), (Kind::Release, T0 + 32 * S));
+        let t = s.send_reading("ups", T0 + 34 * S, Some(3.0), Some("normal"), false);
         assert_eq!((t[0].kind, t[0].inhibited), (Kind::Clear, false));
-        // An inhibited alarm that clears while still inhibited says so.
-        s.send("volts", T0 + 10 * S, 0.0);
-        s.send_reading("ups", T0 + 11 * S, Some(5.0), Some("on_battery"), false);
-        let t = s.send_reading("ups", T0 + 12 * S, Some(3.0), Some("normal"), false);
+        // An inhibited alarm that clears soon after its cause is never told.
+        s.send("volts", T0 + 40 * S, 0.0);
+        s.send_reading("ups", T0 + 41 * S, Some(5.0), Some("on_battery"), false);
+        s.send("volts", T0 + 42 * S, 220.0);
+        let t = s.send_reading("ups", T0 + 45 * S, Some(3.0), Some("normal"), false);
         assert_eq!((t[0].kind, t[0].inhibited), (Kind::Clear, true));
+        s.send("volts", T0 + 100 * S, 220.0);
+        assert!(s.tick(T0 + 100 * S).is_empty());
     }
 
     #[test]

@@ -783,7 +783,10 @@ pub fn act(
     action: Action<'_>,
     now: Ts,
 ) -> Result<(AlarmRow, usize), RecordError> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: take the write lock first (waiting for the store writer).
+    // A deferred transaction that read first could not upgrade while the
+    // writer commits, and would fail with "database is locked".
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let Some(before) = alarm(&tx, serial)? else {
         return Err(RecordError::NoAlarm(serial));
     };

@@ -1,0 +1,444 @@
+//! Safety alarms end to end: the simulator's drills through a real agent,
+//! Mosquitto and the collector's rule engine, to a webhook receiver and a
+//! real Prometheus Alertmanager. Every notification must arrive exactly once.
+
+use anyhow::{ensure, Context, Result};
+use roomguard_e2e::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+struct Site {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    _sim: Proc,
+    control: String,
+    collector: Proc,
+    http: String,
+    _agent: Proc,
+    hook: Receiver,
+    client: reqwest::Client,
+    extra: String,
+}
+
+/// A simulated site at `speed` with a collector whose alarms go to a webhook
+/// receiver; `extra` is appended to the collector's `[alarms]` configuration.
+async fn site(speed: &str, extra: &str) -> Result<Option<Site>> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(None);
+    };
+    let hook = Receiver::start().await?;
+    let (sim, addrs) = start_simulator(dir.path(), &["--speed", speed])?;
+    let extra = format!(
+        "[alarms]\n[[alarms.channels]]\nid = \"hook\"\nkind = \"webhook\"\nurl = {:?}\ntimeout = \"2s\"\n{extra}\n",
+        hook.url
+    );
+    let (collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), &extra)?;
+    let agent_conf = demo_agent_config(&addrs, &broker.url(), &dir.path().join("agent-state"))?;
+    let agent = start_agent(dir.path(), &agent_conf)?;
+    let client = http_client();
+    let s = Site {
+        control: addrs.control.clone(),
+        dir,
+        broker,
+        _sim: sim,
+        collector,
+        http,
+        _agent: agent,
+        hook,
+        client,
+        extra,
+    };
+    // Data flows before a drill starts.
+    eventually(PATIENCE, "first readings stored", || async {
+        latest_point(&s.client, &s.http, "br-bms-1.soc").await
+    })
+    .await?;
+    Ok(Some(s))
+}
+
+impl Site {
+    async fn drill(&self, scenario: &str) -> Result<()> {
+        let r = self
+            .client
+            .post(format!("http://{}/scenario/{scenario}", self.control))
+            .send()
+            .await?;
+        ensure!(
+            r.status().is_success(),
+            "scenario {scenario}: {}",
+            r.status()
+        );
+        Ok(())
+    }
+
+    async fn alarms(&self, query: &str) -> Vec<Value> {
+        get_json(
+            &self.client,
+            &format!("{}/api/v1/alarms?{query}", self.http),
+        )
+        .await
+        .and_then(|v| v["alarms"].as_array().cloned())
+        .unwrap_or_default()
+    }
+
+    /// Alarms of `rule` in any state.
+    async fn of_rule(&self, rule: &str) -> Vec<Value> {
+        self.alarms(&format!("state=all&rule={rule}")).await
+    }
+
+    /// Waits until the receiver holds a notification of `kind` for `rule`.
+    async fn told(&self, rule: &str, kind: &str) -> Result<Vec<u64>> {
+        eventually(
+            PATIENCE,
+            &format!("{kind} of {rule} at the receiver"),
+            || async {
+                let serials: Vec<u64> = self
+                    .hook
+                    .of_rule(rule)
+                    .into_iter()
+                    .filter(|(k, _)| k == kind)
+                    .map(|(_, s)| s)
+                    .collect();
+                (!serials.is_empty()).then_some(serials)
+            },
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.http))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    fn restart_collector(&mut self) -> Result<()> {
+        let (c, http, _) =
+            start_collector_with(self.dir.path(), Some(&self.broker.url()), &self.extra)?;
+        self.collector = c;
+        self.http = http;
+        Ok(())
+    }
+
+    fn no_duplicates(&self) -> Result<()> {
+        let dups = self.hook.duplicates();
+        ensure!(dups.is_empty(), "notifications received twice: {dups:?}");
+        Ok(())
+    }
+}
+
+fn serial(a: &Value) -> u64 {
+    a["serial"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across_a_collector_crash(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(am) = Alertmanager::start(dir.path())? else {
+        return Ok(());
+    };
+    // Fire alarms clear 2 s after the smoke is gone, to keep the test short.
+    let extra = format!(
+        "[[alarms.channels]]\nid = \"am\"\nkind = \"alertmanager\"\nurl = {:?}\n\
+         [[alarms.overrides]]\nrule = \"fire.*\"\nclear_delay = \"2s\"\n",
+        am.url
+    );
+    let Some(mut s) = site("4", &extra).await? else {
+        return Ok(());
+    };
+    s.drill("smoke").await?;
+
+    // First head: smoke; second head: two heads confirm; heat: smoke + heat confirm.
+    s.told("fire.smoke", "raise").await?;
+    s.told("fire.confirmed_two_heads", "raise").await?;
+    s.told("fire.confirmed_smoke_heat", "raise").await?;
+    let smoke = s.of_rule("fire.smoke").await;
+    assert_eq!(smoke.len(), 2, "one alarm per smoke head: {smoke:?}");
+    assert!(smoke
+        .iter()
+        .all(|a| a["level"] == 2 && a["state"] == "active"));
+    let confirmed = s.of_rule("fire.confirmed_two_heads").await;
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    assert_eq!(confirmed[0]["level"], 1);
+    assert_eq!(confirmed[0]["room"], "machine-room");
+
+    // The collector dies mid-fire and comes back: nothing is raised again.
+    let raises_before = s.hook.received().len();
+    s.collector.kill();
+    s.restart_collector()?;
+    let stored = metric(&s.client, &s.http, "roomguard_readings_stored_total").await;
+    eventually(PATIENCE, "readings after the restart", || async {
+        (metric(&s.client, &s.http, "roomguard_readings_stored_total").await > stored + 200)
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(
+        s.of_rule("fire.smoke").await.len(),
+        2,
+        "no second smoke alarm"
+    );
+    assert_eq!(s.of_rule("fire.confirmed_two_heads").await.len(), 1);
+    s.no_duplicates()?;
+
+    // Alertmanager holds the confirmed fire as an active alert.
+    let alert = eventually(PATIENCE, "confirmed fire in Alertmanager", || async {
+        am.alerts(&s.client, "fire.confirmed_two_heads")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await?;
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["labels"]["serial"], serial(&confirmed[0]).to_string());
+
+    // The on-call engineer acknowledges the confirmed fire, comments, assigns.
+    let base = format!("/api/v1/alarms/{}", serial(&confirmed[0]));
+    let (code, acked) = s
+        .post(
+            &format!("{base}/ack"),
+            json!({"by": "oncall-1", "comment": "on my way"}),
+        )
+        .await?;
+    assert_eq!(code, 200, "{acked}");
+    assert_eq!(acked["state"], "acknowledged");
+    assert_eq!(acked["acknowledged_by"], "oncall-1");
+    let (code, again) = s
+        .post(&format!("{base}/ack"), json!({"by": "oncall-2"}))
+        .await?;
+    assert_eq!(code, 409, "a second acknowledgement is refused: {again}");
+    let (code, _) = s
+        .post(
+            &format!("{base}/comment"),
+            json!({"by": "oncall-1", "text": "extinguisher used"}),
+        )
+        .await?;
+    assert_eq!(code, 200);
+    let (code, assigned) = s
+        .post(
+            &format!("{base}/assign"),
+            json!({"by": "oncall-1", "to": "site-engineer"}),
+        )
+        .await?;
+    assert_eq!(
+        (code, &assigned["assignee"]),
+        (200, &json!("site-engineer"))
+    );
+    s.told("fire.confirmed_two_heads", "ack").await?;
+    let trail = get_json(&s.client, &format!("{}{base}", s.http))
+        .await
+        .context("alarm")?;
+    let kinds: Vec<&str> = trail["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["raise", "ack", "comment", "assign"]);
+
+    // The fire is out: every alarm raised is cleared, each told once.
+    s.drill("normal").await?;
+    s.told("fire.confirmed_two_heads", "clear").await?;
+    eventually(PATIENCE, "every fire alarm cleared", || async {
+        let open = s.alarms("state=active").await;
+        (!open.iter().any(|a| a["category"] == "fire")).then_some(())
+    })
+    .await?;
+    eventually(PATIENCE, "a clear told for every raise", || async {
+        let got = s.hook.received();
+        let raised: Vec<u64> = got
+            .iter()
+            .filter(|r| r.body["kind"] == "raise")
+            .map(|r| r.body["serial"].as_u64().unwrap_or(0))
+            .collect();
+        raised
+            .iter()
+            .all(|sn| {
+                got.iter()
+                    .any(|r| r.body["kind"] == "clear" && r.body["serial"] == *sn)
+            })
+            .then_some(())
+    })
+    .await?;
+    assert!(s.hook.received().len() > raises_before);
+    s.no_duplicates()?;
+    // Cleared but acknowledged: closed. The others wait for acknowledgement.
+    let closed = s.alarms("state=all&rule=fire.confirmed_two_heads").await;
+    assert_eq!(closed[0]["state"], "closed");
+    assert!(s
+        .alarms("state=open")
+        .await
+        .iter()
+        .any(|a| a["rule"] == "fire.smoke" && a["state"] == "cleared"));
+    // Alertmanager learns the end of the alert. Its API leaves out alerts
+    // that have ended; one never told of its end would stay active for its
+    // resolve_timeout (5 min), far longer than this test waits.
+    eventually(PATIENCE, "resolved in Alertmanager", || async {
+        let alerts = am.alerts(&s.client, "fire.confirmed_two_heads").await;
+        let ended = alerts.iter().all(|a| {
+            a["endsAt"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t <= jiff::Timestamp::now())
+        });
+        ended.then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thermal_runaway_raises_the_explosion_alarms_in_order() -> Result<()> {
+    let Some(s) = site("4", "").await? else {
+        return Ok(());
+    };
+    s.drill("thermal_runaway").await?;
+    for rule in [
+        "explosion.h2_warning",
+        "explosion.h2_alarm",
+        "explosion.bms_fault",
+        "explosion.cell_overtemp",
+    ] {
+        s.told(rule, "raise").await?;
+    }
+    let raised = |rule: &'static str| {
+        let s = &s;
+        async move {
+            let a = s.of_rule(rule).await;
+            a.first()
+                .and_then(|a| a["raised_at"].as_str())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .with_context(|| format!("{rule} raised"))
+        }
+    };
+    let warning = raised("explosion.h2_warning").await?;
+    let alarm = raised("explosion.h2_alarm").await?;
+    let bms = raised("explosion.bms_fault").await?;
+    assert!(warning < alarm, "10 % LFL before 25 % LFL");
+    assert!(alarm < bms, "hydrogen before the BMS over-temperature bit");
+    let h2 = s.of_rule("explosion.h2_alarm").await;
+    assert_eq!(h2[0]["level"], 1);
+    assert_eq!(h2[0]["room"], "battery-room");
+    assert!(h2[0]["value"].as_f64().is_some_and(|v| v > 25.0), "{h2:?}");
+    s.no_duplicates()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mains_failure_inhibits_what_it_explains_and_is_told_once() -> Result<()> {
+    // The downstream rules wait 10 s here instead of their level's 120 s
+    // (mains failure itself waits 5 s).
+    let extra = "[[alarms.overrides]]\nrule = \"electrical.ups_on_battery\"\ndelay = \"10s\"\n\
+                 [[alarms.overrides]]\nrule = \"electrical.frequency_low\"\ndelay = \"10s\"\n";
+    let Some(s) = site("1", extra).await? else {
+        return Ok(());
+    };
+    s.drill("mains_failure").await?;
+    let serials = s.told("electrical.mains_failure", "raise").await?;
+    assert_eq!(serials.len(), 1, "one mains-failure alarm for the room");
+    let ups = eventually(PATIENCE, "UPS on battery recorded", || async {
+        s.of_rule("electrical.ups_on_battery")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await?;
+    assert_eq!(ups["inhibited"], true, "{ups}");
+    assert_eq!(ups["notified"], false);
+    let freq = eventually(PATIENCE, "low frequency recorded", || async {
+        s.of_rule("electrical.frequency_low")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await?;
+    assert_eq!(freq["inhibited"], true, "{freq}");
+
+    s.drill("normal").await?;
+    s.told("electrical.mains_failure", "clear").await?;
+    eventually(PATIENCE, "UPS back on mains", || async {
+        let a = s.of_rule("electrical.ups_on_battery").await;
+        a.iter().all(|a| !a["cleared_at"].is_null()).then_some(())
+    })
+    .await?;
+    // Explained and over: never told.
+    assert!(s.hook.of_rule("electrical.ups_on_battery").is_empty());
+    assert!(s.hook.of_rule("electrical.frequency_low").is_empty());
+    s.no_duplicates()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing_receiver(
+) -> Result<()> {
+    let Some(s) = site("4", "").await? else {
+        return Ok(());
+    };
+    s.hook.set_failing(true);
+    let (code, silence) = s
+        .post(
+            "/api/v1/silences",
+            json!({"site": "demo-site", "room": "machine-room", "reason": "hot work: welding",
+                   "owner": "site-engineer", "ends_at": "now+1h"}),
+        )
+        .await?;
+    assert_eq!(code, 201, "{silence}");
+    let (code, refused) = s
+        .post(
+            "/api/v1/silences",
+            json!({"site": "demo-site", "reason": "x", "owner": "y", "ends_at": "now-1h"}),
+        )
+        .await?;
+    assert_eq!(code, 400, "a window in the past is refused: {refused}");
+
+    s.drill("smoke").await?;
+    let smoke = eventually(PATIENCE, "smoke recorded while silenced", || async {
+        let a = s.of_rule("fire.smoke").await;
+        (!a.is_empty()).then_some(a)
+    })
+    .await?;
+    assert_eq!(smoke[0]["silenced_by"], silence["id"]);
+    assert_eq!(smoke[0]["notified"], false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.hook.attempts(), 0, "nothing sent during the window");
+
+    // The hot work is over while the smoke is still there: it is told now,
+    // through a receiver that fails at first.
+    let (code, ended) = s
+        .post(
+            &format!("/api/v1/silences/{}/end", silence["id"]),
+            json!({"by": "site-engineer"}),
+        )
+        .await?;
+    assert_eq!(code, 200, "{ended}");
+    eventually(
+        PATIENCE,
+        "attempts against the failing receiver",
+        || async { (s.hook.attempts() >= 2).then_some(()) },
+    )
+    .await?;
+    s.hook.set_failing(false);
+    let told = s.told("fire.smoke", "raise").await?;
+    assert!(!told.is_empty());
+    let outbox = get_json(
+        &s.client,
+        &format!("{}/api/v1/notifications?state=sent", s.http),
+    )
+    .await
+    .context("outbox")?;
+    assert!(
+        outbox["notifications"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["attempts"].as_i64() >= Some(2))),
+        "{outbox}"
+    );
+    s.no_duplicates()?;
+    Ok(())
+}
