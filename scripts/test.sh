@@ -12,6 +12,7 @@ declare -A needs=(
   [socat]=socat
   [victoria-metrics]=victoria-metrics
   [prometheus-alertmanager]=prometheus-alertmanager
+  [aiosmtpd]=python3-aiosmtpd
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -620,6 +620,8 @@ pub struct Received {
     pub body: Value,
     /// When it arrived, ms since the epoch.
     pub at_ms: i64,
+    /// Path and query it was sent to.
+    pub uri: String,
 }
 
 /// An HTTP endpoint that records every JSON POST, the receiving end of the
@@ -648,28 +650,31 @@ impl Receiver {
         let state = r.clone();
         let app = axum::Router::new().route(
             "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: String| {
-                let state = state.clone();
-                async move {
-                    state.attempts.fetch_add(1, Ordering::SeqCst);
-                    if state.failing.load(Ordering::SeqCst) {
-                        return StatusCode::SERVICE_UNAVAILABLE;
+            axum::routing::post(
+                move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+                    let state = state.clone();
+                    async move {
+                        state.attempts.fetch_add(1, Ordering::SeqCst);
+                        if state.failing.load(Ordering::SeqCst) {
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let key = headers
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+                        let at_ms = jiff::Timestamp::now().as_millisecond();
+                        state.got.lock().unwrap().push(Received {
+                            key,
+                            body,
+                            at_ms,
+                            uri: uri.to_string(),
+                        });
+                        StatusCode::OK
                     }
-                    let key = headers
-                        .get("idempotency-key")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
-                    let at_ms = jiff::Timestamp::now().as_millisecond();
-                    state
-                        .got
-                        .lock()
-                        .unwrap()
-                        .push(Received { key, body, at_ms });
-                    StatusCode::OK
-                }
-            }),
+                },
+            ),
         );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -766,5 +771,51 @@ impl Alertmanager {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// A real SMTP server (aiosmtpd from Debian's `python3-aiosmtpd`) on a
+/// loopback port, delivering every message into a maildir.
+pub struct SmtpReceiver {
+    pub proc: Proc,
+    pub port: u16,
+    maildir: PathBuf,
+}
+
+impl SmtpReceiver {
+    /// `None` when it is not installed outside CI.
+    pub fn start(dir: &Path) -> Result<Option<SmtpReceiver>> {
+        let Some(program) = external("aiosmtpd", "python3-aiosmtpd") else {
+            return Ok(None);
+        };
+        let maildir = dir.join("maildir");
+        let port = free_port();
+        let mut cmd = Command::new(program);
+        cmd.args(["-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir);
+        let mut proc = Proc::spawn("smtpd", cmd, dir)?;
+        wait_port(&mut proc, port, Duration::from_secs(20))?;
+        Ok(Some(SmtpReceiver {
+            proc,
+            port,
+            maildir,
+        }))
+    }
+
+    /// Every message delivered so far, as raw text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in entries.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(e.path()) {
+                        out.push(text);
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -295,8 +295,25 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn thermal_runaway_raises_the_explosion_alarms_in_order() -> Result<()> {
-    let Some(s) = site("4", "").await? else {
+async fn thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reaches_robot_and_email(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(smtp) = SmtpReceiver::start(dir.path())? else {
+        return Ok(());
+    };
+    let robot = Receiver::start().await?;
+    let secret_file = dir.path().join("dingtalk-secret");
+    std::fs::write(&secret_file, "SEC-test-secret\n")?;
+    let extra = format!(
+        "[[alarms.channels]]\nid = \"duty-group\"\nkind = \"dingtalk\"\nurl = {:?}\n\
+         secret = {{ file = {:?} }}\nlevels = [1]\n\
+         [[alarms.channels]]\nid = \"mail\"\nkind = \"email\"\nurl = \"smtp://127.0.0.1:{}\"\n\
+         from = \"RoomGuard <roomguard@example.com>\"\nto = [\"oncall@example.com\"]\nlevels = [1]\n",
+        robot.url,
+        secret_file.display().to_string(),
+        smtp.port
+    );
+    let Some(s) = site("4", &extra).await? else {
         return Ok(());
     };
     s.drill("thermal_runaway").await?;
@@ -328,6 +345,52 @@ async fn thermal_runaway_raises_the_explosion_alarms_in_order() -> Result<()> {
     assert_eq!(h2[0]["room"], "battery-room");
     assert!(h2[0]["value"].as_f64().is_some_and(|v| v > 25.0), "{h2:?}");
     s.no_duplicates()?;
+
+    // The level-1 hydrogen alarm reaches the DingTalk robot, signed, in Chinese.
+    let h2_serial = serial(&h2[0]);
+    let message = eventually(PATIENCE, "hydrogen alarm at the robot", || async {
+        robot
+            .received()
+            .into_iter()
+            .find(|r| r.key == format!("{h2_serial}:raise"))
+    })
+    .await?;
+    assert_eq!(message.body["msgtype"], "markdown");
+    let title = message.body["markdown"]["title"].as_str().unwrap_or("");
+    assert!(title.contains("一级告警"), "{title}");
+    let query: std::collections::HashMap<&str, &str> = message
+        .uri
+        .split_once('?')
+        .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
+        .unwrap_or_default();
+    let ts: i64 = query.get("timestamp").context("timestamp")?.parse()?;
+    let sign = query
+        .get("sign")
+        .context("sign")?
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
+    assert_eq!(
+        sign,
+        roomguard_collector::alarm::notify::dingtalk_sign("SEC-test-secret", ts)
+    );
+    assert!(robot.received().iter().all(|r| r.body["markdown"]["title"]
+        .as_str()
+        .is_some_and(|t| t.contains("一级"))));
+
+    // And an email through a real SMTP server, once.
+    let id = format!("<{h2_serial}.raise.mail@roomguard>");
+    eventually(PATIENCE, "hydrogen alarm email", || async {
+        smtp.messages()
+            .iter()
+            .any(|m| m.contains(&id))
+            .then_some(())
+    })
+    .await?;
+    let mails = smtp.messages();
+    assert_eq!(mails.iter().filter(|m| m.contains(&id)).count(), 1);
+    let mail = mails.iter().find(|m| m.contains(&id)).context("mail")?;
+    assert!(mail.contains("oncall@example.com"), "{mail}");
     Ok(())
 }
 
@@ -378,7 +441,10 @@ async fn mains_failure_inhibits_what_it_explains_and_is_told_once() -> Result<()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing_receiver(
 ) -> Result<()> {
-    let Some(s) = site("4", "").await? else {
+    // A second channel nobody listens on: its notifications become dead letters.
+    let extra = "[[alarms.channels]]\nid = \"nobody\"\nkind = \"webhook\"\n\
+                 url = \"http://127.0.0.1:1/hook\"\nmax_attempts = 2\ntimeout = \"1s\"\n";
+    let Some(s) = site("4", extra).await? else {
         return Ok(());
     };
     s.hook.set_failing(true);
@@ -440,5 +506,27 @@ async fn a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing
         "{outbox}"
     );
     s.no_duplicates()?;
+    let dead = eventually(
+        PATIENCE,
+        "dead letters of the unreachable channel",
+        || async {
+            let v = get_json(
+                &s.client,
+                &format!("{}/api/v1/notifications?state=dead", s.http),
+            )
+            .await?;
+            let rows = v["notifications"].as_array()?.clone();
+            (!rows.is_empty()).then_some(rows)
+        },
+    )
+    .await?;
+    assert!(
+        dead.iter()
+            .all(|n| n["channel"] == "nobody" && n["attempts"] == 2),
+        "{dead:?}"
+    );
+    assert!(dead[0]["last_error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
     Ok(())
 }

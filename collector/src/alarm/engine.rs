@@ -19,7 +19,8 @@
 use super::rules::{Cond, Need, Params, RuleSet};
 use roomguard_protocol::{Batch, PointMeta, Quality};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch.
@@ -148,8 +149,6 @@ pub struct Instance {
     parents: Vec<usize>,
     /// For composites: member instances.
     members: Vec<usize>,
-    /// On its agent's list of running delays.
-    timed: bool,
 }
 
 impl Instance {
@@ -183,8 +182,9 @@ struct AgentClock {
     instances: Vec<usize>,
     /// Point-silence instances timed by this agent's clock.
     silent: Vec<usize>,
-    /// Instances with a raise or clear delay running.
-    timed: Vec<usize>,
+    /// Running raise and clear delays: (due on this agent's clock, instance),
+    /// soonest first. An entry whose instance has moved on is skipped when due.
+    timed: BinaryHeap<Reverse<(Ts, usize)>>,
 }
 
 struct PointEntry {
@@ -199,7 +199,8 @@ pub struct Engine {
     instances: Vec<Instance>,
     points: HashMap<Arc<str>, HashMap<Arc<str>, PointEntry>>,
     agents: Vec<AgentClock>,
-    agent_index: HashMap<(Arc<str>, Arc<str>), usize>,
+    /// Agents by site, then agent id (nested so lookups borrow `&str`).
+    agent_index: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
     /// Composite instances by (site, room, rule).
     rooms: HashMap<(Arc<str>, Arc<str>, usize), usize>,
     /// Active alarms per (site, rule), for inhibition.
@@ -217,6 +218,8 @@ pub struct Engine {
     /// Inhibited alarms whose cause cleared: (instance, serial, due on its
     /// agent's clock). Released then if still active and unexplained.
     releases: Vec<(usize, u64, Ts)>,
+    /// (instance, reading) pairs of the batch being judged.
+    work: Vec<(usize, usize)>,
 }
 
 /// What an inhibiting alarm explained usually clears within moments of it
@@ -262,6 +265,7 @@ impl Engine {
             dirty_list: Vec::new(),
             saved,
             releases: Vec::new(),
+            work: Vec::new(),
         }
     }
 
@@ -303,7 +307,7 @@ impl Engine {
     }
 
     fn agent(&mut self, site: &str, agent: &str) -> usize {
-        if let Some(i) = self.agent_index.get(&(Arc::from(site), Arc::from(agent))) {
+        if let Some(i) = self.agent_index.get(site).and_then(|m| m.get(agent)) {
             return *i;
         }
         let (site, agent): (Arc<str>, Arc<str>) = (site.into(), agent.into());
@@ -315,9 +319,12 @@ impl Engine {
             seen: i64::MIN,
             instances: Vec::new(),
             silent: Vec::new(),
-            timed: Vec::new(),
+            timed: BinaryHeap::new(),
         });
-        self.agent_index.insert((site.clone(), agent.clone()), a);
+        self.agent_index
+            .entry(site.clone())
+            .or_default()
+            .insert(agent.clone(), a);
         for rule in 0..self.rules.rules.len() {
             if self.rules.rules[rule].cond != Cond::AgentSilent {
                 continue;
@@ -341,7 +348,6 @@ impl Engine {
                 clock: a,
                 parents: Vec::new(),
                 members: Vec::new(),
-                timed: false,
             });
             self.agents[a].instances.push(i);
         }
@@ -359,17 +365,13 @@ impl Engine {
                     .or_default() += 1;
             }
         }
-        let running = matches!(
-            inst.live.phase,
-            Phase::Pending { .. } | Phase::Clearing { .. }
-        );
+        let due = due_of(&inst);
         let clock = inst.clock;
         self.instances.push(inst);
         self.dirty.push(false);
         let i = self.instances.len() - 1;
-        if running {
-            self.instances[i].timed = true;
-            self.agents[clock].timed.push(i);
+        if let Some(due) = due {
+            self.agents[clock].timed.push(Reverse((due, i)));
         }
         i
     }
@@ -420,7 +422,6 @@ impl Engine {
                 clock: a,
                 parents: Vec::new(),
                 members: Vec::new(),
-                timed: false,
             });
             ids.push(i);
             if self.rules.rules[rule].cond == Cond::Silent {
@@ -475,7 +476,6 @@ impl Engine {
             clock: a,
             parents: Vec::new(),
             members: Vec::new(),
-            timed: false,
         });
         self.rooms.insert((site.clone(), room.clone(), rule), i);
         // A composite can be a member of another composite.
@@ -532,8 +532,9 @@ impl Engine {
         let Some(site_points) = self.points.get(&*batch.site) else {
             return;
         };
-        // Collected first: judging needs `&mut self`.
-        let mut work: Vec<(usize, usize)> = Vec::new();
+        // Collected first: judging needs `&mut self`. The buffer is reused.
+        let mut work = std::mem::take(&mut self.work);
+        work.clear();
         for (ri, r) in batch.readings.iter().enumerate() {
             if let Some(e) = site_points.get(&*r.point) {
                 work.extend(e.instances.iter().map(|&i| (i, ri)));
@@ -544,11 +545,12 @@ impl Engine {
             clock = clock.max(r.ts.min(now));
         }
         self.agents[a].clock = clock;
-        for (i, ri) in work {
+        for &(i, ri) in &work {
             let r = &batch.readings[ri];
             let good = r.quality == Quality::Good;
             self.judge(i, r.ts, r.value, r.text.as_deref(), good, now, out);
         }
+        self.work = work;
         // Delays that ran out with the readings' time.
         let clock = self.agents[a].clock.min(now);
         self.run_timers(a, clock, out);
@@ -613,14 +615,11 @@ impl Engine {
         let params = inst.params;
         let step = advance(&mut inst.live, params, ts, &mut self.next_serial);
         let changed = was != cond || before != inst.live.phase;
-        if matches!(
-            inst.live.phase,
-            Phase::Pending { .. } | Phase::Clearing { .. }
-        ) && !inst.timed
-        {
-            inst.timed = true;
-            let a = inst.clock;
-            self.agents[a].timed.push(i);
+        if before != inst.live.phase {
+            if let Some(due) = due_of(inst) {
+                let a = inst.clock;
+                self.agents[a].timed.push(Reverse((due, i)));
+            }
         }
         if changed {
             self.mark(i);
@@ -905,28 +904,14 @@ impl Engine {
 
     /// Delays of agent `a`'s instances that ran out by `clock`.
     fn run_timers(&mut self, a: usize, clock: Ts, out: &mut Vec<Transition>) {
-        let mut timed = std::mem::take(&mut self.agents[a].timed);
-        for &i in &timed {
+        while let Some(&Reverse((due, i))) = self.agents[a].timed.peek() {
+            if due > clock {
+                break;
+            }
+            self.agents[a].timed.pop();
+            // Checks the phase it is in now: a stale entry does nothing.
             self.timers(i, clock, out);
         }
-        timed.retain(|&i| {
-            let running = matches!(
-                self.instances[i].live.phase,
-                Phase::Pending { .. } | Phase::Clearing { .. }
-            );
-            if !running {
-                self.instances[i].timed = false;
-            }
-            running
-        });
-        // Anything that started a delay meanwhile was pushed to the new list.
-        let added = std::mem::take(&mut self.agents[a].timed);
-        for i in added {
-            if !timed.contains(&i) {
-                timed.push(i);
-            }
-        }
-        self.agents[a].timed = timed;
     }
 
     /// Moves pending and clearing phases whose delay ran out by `clock`.
@@ -953,6 +938,18 @@ impl Engine {
         self.next_serial
     }
 
+    /// The longest rate-of-rise window watching a point, if any.
+    pub fn window_of(&self, site: &str, point: &str) -> Option<Ts> {
+        let e = self.points.get(site)?.get(point)?;
+        e.instances
+            .iter()
+            .filter_map(|&i| match self.rules.rules[self.instances[i].rule].cond {
+                Cond::Rise { window_ms, .. } => Some(window_ms),
+                _ => None,
+            })
+            .max()
+    }
+
     /// Points known, for tests and diagnostics.
     pub fn point_count(&self) -> usize {
         self.points.values().map(HashMap::len).sum()
@@ -964,6 +961,15 @@ impl Engine {
             .get(site)
             .and_then(|m| m.get(point))
             .map(|e| (&*e.room, &*e.device, &*e.quantity))
+    }
+}
+
+/// When the running delay of `inst` (if any) runs out.
+fn due_of(inst: &Instance) -> Option<Ts> {
+    match inst.live.phase {
+        Phase::Pending { since } => Some(since.saturating_add(inst.params.delay_ms)),
+        Phase::Clearing { since, .. } => Some(since.saturating_add(inst.params.clear_delay_ms)),
+        _ => None,
     }
 }
 

@@ -27,6 +27,7 @@ pub enum ChannelKind {
     Dingtalk,
     Wecom,
     Feishu,
+    Email,
 }
 
 /// A notification channel as configured (`[[alarms.channels]]`).
@@ -54,6 +55,15 @@ pub struct ChannelConfig {
     /// Language of text messages: `zh` or `en`.
     #[serde(default = "default_language")]
     pub language: String,
+    /// Email: the sender address.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Email: recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Email: SMTP user name (the password is `secret`).
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 fn all_levels() -> Vec<u8> {
@@ -74,7 +84,9 @@ impl ChannelConfig {
         if self.id.is_empty() || self.id.len() > 64 {
             p.push(format!("{path}.id"), "must be 1–64 characters");
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        if self.kind == ChannelKind::Email {
+            self.check_email(path, p);
+        } else if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             p.push(
                 format!("{path}.url"),
                 format!("{:?} is not an http:// or https:// URL", self.url),
@@ -107,11 +119,55 @@ impl ChannelConfig {
                 ),
                 Ok(Some(_)) => {}
             },
+            (Some(s), ChannelKind::Email) => match s.resolve() {
+                Err(e) => p.push(format!("{path}.secret"), e),
+                Ok(_) if s.is_inline() => tracing::warn!(
+                    channel = %self.id,
+                    "{path}.secret (the SMTP password) is written in the configuration file; prefer env or file"
+                ),
+                Ok(_) => {}
+            },
             (Some(_), _) => p.push(
                 format!("{path}.secret"),
-                "only DingTalk and Feishu robots sign their messages",
+                "only DingTalk and Feishu robots sign their messages, and email logs in with it",
             ),
             (None, _) => {}
+        }
+    }
+
+    fn check_email(&self, path: &str, p: &mut conf::Problems) {
+        if !(self.url.starts_with("smtp://") || self.url.starts_with("smtps://")) {
+            p.push(
+                format!("{path}.url"),
+                format!(
+                    "{:?}: email takes smtp://host:port (add ?tls=required for STARTTLS) or smtps://host:port",
+                    self.url
+                ),
+            );
+        } else if self.url.contains('@') {
+            p.push(
+                format!("{path}.url"),
+                "put the user in `username` and the password in `secret`, not in the URL",
+            );
+        } else if let Err(e) = mailer(self, None) {
+            p.push(format!("{path}.url"), e);
+        }
+        match self
+            .from
+            .as_deref()
+            .map(str::parse::<lettre::message::Mailbox>)
+        {
+            None => p.push(format!("{path}.from"), "email needs a sender address"),
+            Some(Err(e)) => p.push(format!("{path}.from"), e.to_string()),
+            Some(Ok(_)) => {}
+        }
+        if self.to.is_empty() {
+            p.push(format!("{path}.to"), "email needs at least one recipient");
+        }
+        for (i, to) in self.to.iter().enumerate() {
+            if let Err(e) = to.parse::<lettre::message::Mailbox>() {
+                p.push(format!("{path}.to[{i}]"), e.to_string());
+            }
         }
     }
 
@@ -125,6 +181,25 @@ impl ChannelConfig {
 struct Channel {
     cfg: ChannelConfig,
     secret: Option<String>,
+    mailer: Option<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+}
+
+/// The SMTP transport of an email channel: `smtp://` plain (a local relay),
+/// `smtp://…?tls=required` STARTTLS, `smtps://` TLS; rustls either way.
+fn mailer(
+    c: &ChannelConfig,
+    password: Option<&str>,
+) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, String> {
+    let mut b = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&c.url)
+        .map_err(|e| format!("{:?}: {e}", c.url))?
+        .timeout(Some(c.timeout));
+    if let (Some(user), Some(pass)) = (&c.username, password) {
+        b = b.credentials(lettre::transport::smtp::authentication::Credentials::new(
+            user.clone(),
+            pass.to_owned(),
+        ));
+    }
+    Ok(b.build())
 }
 
 /// Sends the outbox. Runs until the process ends.
@@ -176,9 +251,14 @@ impl Sender {
                         .map_err(|e| format!("alarms.channels {}: secret: {e}", c.id))?,
                     None => None,
                 };
+                let mailer = match c.kind {
+                    ChannelKind::Email => Some(mailer(c, secret.as_deref())?),
+                    _ => None,
+                };
                 Ok(Channel {
                     cfg: c.clone(),
                     secret,
+                    mailer,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -315,7 +395,11 @@ impl Sender {
         };
         let doc: Value =
             serde_json::from_str(&row.payload).map_err(|e| format!("unreadable payload: {e}"))?;
+        if let Some(mailer) = &ch.mailer {
+            return self.email(ch, mailer, row, &doc).await;
+        }
         let (url, body) = match ch.cfg.kind {
+            ChannelKind::Email => return Err("email channel without an SMTP transport".into()),
             ChannelKind::Webhook => (ch.cfg.url.clone(), doc.clone()),
             ChannelKind::Alertmanager => (
                 alertmanager_url(&ch.cfg.url),
@@ -397,6 +481,39 @@ impl Sender {
             }
         }
         Ok(())
+    }
+
+    /// One email; its Message-ID is the notification's key, so a repeat of
+    /// the same notification is recognisable as such by mail systems.
+    async fn email(
+        &self,
+        ch: &Channel,
+        mailer: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+        row: &Row,
+        doc: &Value,
+    ) -> Result<(), String> {
+        use lettre::AsyncTransport;
+        let text = self.text(doc, &ch.cfg.language);
+        let subject = text.lines().next().unwrap_or("RoomGuard").to_owned();
+        let from = ch.cfg.from.as_deref().unwrap_or("");
+        let mut b = lettre::Message::builder()
+            .from(from.parse().map_err(|e| format!("from: {e}"))?)
+            .subject(subject)
+            .message_id(Some(format!(
+                "<{}.{}@roomguard>",
+                row.key.replace(':', "."),
+                ch.cfg.id
+            )))
+            .header(lettre::message::header::ContentType::TEXT_PLAIN);
+        for to in &ch.cfg.to {
+            b = b.to(to.parse().map_err(|e| format!("to {to}: {e}"))?);
+        }
+        let message = b.body(text).map_err(|e| e.to_string())?;
+        mailer
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{}: {}", ch.cfg.id, error_chain(&e)))
     }
 
     /// Re-sends every active, notified alarm to Alertmanager channels.

@@ -196,6 +196,9 @@ pub fn level_name(level: u8) -> (&'static str, &'static str) {
     }
 }
 
+/// How long delivered notifications are kept.
+const OUTBOX_KEEP_MS: i64 = 30 * 86_400_000;
+
 /// Later than this after the event, a notification says it is late.
 const LATE_AFTER_MS: i64 = 60_000;
 
@@ -231,15 +234,6 @@ impl Recorder {
                 }
             }
         }
-        let longest_window = rules
-            .rules
-            .iter()
-            .filter_map(|r| match r.cond {
-                super::rules::Cond::Rise { window_ms, .. } => Some(window_ms),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
         let mut engine = Engine::new(rules, next as u64, now, saved);
         // (point id, site, point, newest reading) of every catalogued point.
         let mut points: Vec<(i64, String, String, Option<i64>)> = Vec::new();
@@ -269,7 +263,10 @@ impl Recorder {
         )?;
         for (id, site, point, last_ts) in &points {
             let Some(last) = last_ts else { continue };
-            let from = last - longest_window.max(1);
+            // Only points with a rate rule need their recent history; the
+            // others need just their newest good reading (point silence).
+            let window = engine.window_of(site, point).unwrap_or(0);
+            let from = if window > 0 { last - window } else { *last };
             let mut rows = st.query(params![id, from])?;
             while let Some(r) = rows.next()? {
                 let (ts, value, good): (i64, Option<f64>, bool) = (r.get(0)?, r.get(1)?, r.get(2)?);
@@ -505,6 +502,13 @@ impl Recorder {
                 self.notify_raise(tx, serial as u64, now)?;
             }
         }
+        // Delivered notifications are kept 30 days (for the record and for
+        // /api/v1/notifications), then pruned in small steps.
+        tx.prepare_cached(
+            "DELETE FROM outbox WHERE id IN
+               (SELECT id FROM outbox WHERE state = 'sent' AND sent_at < ?1 LIMIT 1000)",
+        )?
+        .execute([now - OUTBOX_KEEP_MS])?;
         let e = self.escalation.clone();
         if e.repeat_every_ms <= 0 && e.escalate_after_ms <= 0 {
             return Ok(());
@@ -926,4 +930,275 @@ pub fn end_silence(conn: &Connection, id: i64, by: &str, now: Ts) -> Result<Sile
         params![id, now, by],
     )?;
     silence(conn, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{AlarmSetup, SqliteWriter};
+    use roomguard_protocol::{Batch, PointMeta, Quality, Reading, PROTOCOL_VERSION};
+    use std::path::PathBuf;
+
+    const T0: i64 = 1_800_000_000_000;
+    const MIN: i64 = 60_000;
+
+    const RULES: &str = r#"
+pack = "t"
+[[rule]]
+id = "t.smoke"
+name = "smoke"
+category = "fire"
+level = 1
+life_safety = true
+source = "test"
+select = { quantity = ["smoke"] }
+when = { equals = 1 }
+clear_delay = "0s"
+"#;
+
+    fn smoke(seq: u64, ts: i64, v: f64) -> Batch {
+        Batch {
+            v: PROTOCOL_VERSION,
+            site: "s".into(),
+            agent: "a".into(),
+            seq,
+            device: "d".into(),
+            polled_at: ts,
+            backfill: false,
+            points: vec![PointMeta {
+                id: "d.smoke".into(),
+                room: "mr".into(),
+                quantity: "smoke".into(),
+                unit: "".into(),
+            }],
+            readings: vec![Reading {
+                point: "d.smoke".into(),
+                value: Some(v),
+                text: None,
+                ts,
+                quality: Quality::Good,
+            }],
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        writer: SqliteWriter,
+        rules: Arc<RuleSet>,
+        routes: Vec<Route>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let rules = Arc::new(
+            RuleSet::from_texts(&[(PathBuf::from("t.toml"), RULES.into())], Vec::new()).unwrap(),
+        );
+        let route = |channel: &str, escalation_only| Route {
+            channel: channel.into(),
+            levels: vec![1, 2, 3, 4],
+            escalation_only,
+            lifecycle: true,
+        };
+        let routes = vec![route("oncall", false), route("boss", true)];
+        let setup = AlarmSetup {
+            rules: rules.clone(),
+            routes: routes.clone(),
+            escalation: Escalation {
+                levels: vec![1, 2],
+                repeat_every_ms: 15 * MIN,
+                escalate_after_ms: 30 * MIN,
+            },
+        };
+        let writer = SqliteWriter::open(&path)
+            .unwrap()
+            .with_alarms(setup, T0)
+            .unwrap();
+        Fixture {
+            _dir: dir,
+            path,
+            writer,
+            rules,
+            routes,
+        }
+    }
+
+    impl Fixture {
+        /// Enough maintenance calls at `now` for one sweep.
+        fn sweep(&mut self, now: i64) {
+            for _ in 0..5 {
+                self.writer.maintain(now).unwrap();
+            }
+        }
+
+        fn outbox(&self) -> Vec<String> {
+            let conn = Connection::open(&self.path).unwrap();
+            let mut st = conn
+                .prepare("SELECT channel || ' ' || key FROM outbox ORDER BY id")
+                .unwrap();
+            let rows = st.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        }
+    }
+
+    #[test]
+    fn an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowledged() {
+        let mut f = fixture();
+        f.writer.write_batches(&[smoke(1, T0, 1.0)], T0).unwrap();
+        assert_eq!(f.outbox(), ["oncall 1:raise"]);
+        f.sweep(T0 + 14 * MIN);
+        assert_eq!(f.outbox().len(), 1, "not yet");
+        f.sweep(T0 + 16 * MIN);
+        f.sweep(T0 + 17 * MIN);
+        assert_eq!(f.outbox(), ["oncall 1:raise", "oncall 1:repeat1"]);
+        f.sweep(T0 + 31 * MIN);
+        f.sweep(T0 + 32 * MIN);
+        assert_eq!(
+            f.outbox(),
+            [
+                "oncall 1:raise",
+                "oncall 1:repeat1",
+                "oncall 1:repeat2",
+                "boss 1:escalate"
+            ]
+        );
+        let mut conn = Connection::open(&f.path).unwrap();
+        let (a, queued) = act(
+            &mut conn,
+            &f.rules,
+            &f.routes,
+            1,
+            "oncall-1",
+            Action::Acknowledge {
+                comment: Some("on it"),
+            },
+            T0 + 33 * MIN,
+        )
+        .unwrap();
+        assert_eq!((a.state, queued), ("acknowledged", 1));
+        f.sweep(T0 + 46 * MIN);
+        assert_eq!(
+            f.outbox().last().unwrap(),
+            "oncall 1:ack",
+            "no repeats once acknowledged"
+        );
+        let err = act(
+            &mut conn,
+            &f.rules,
+            &f.routes,
+            1,
+            "x",
+            Action::Acknowledge { comment: None },
+            T0 + 47 * MIN,
+        );
+        assert!(matches!(err, Err(RecordError::Conflict(_))));
+    }
+
+    #[test]
+    fn a_silenced_alarm_is_told_when_the_window_ends_and_its_clear_follows() {
+        let mut f = fixture();
+        let conn = Connection::open(&f.path).unwrap();
+        let new = NewSilence {
+            site: Some("s".into()),
+            room: Some("mr".into()),
+            rule: None,
+            reason: "hot work".into(),
+            owner: "eng".into(),
+            starts_at: None,
+            ends_at: T0 + 10 * MIN,
+        };
+        let s = create_silence(&conn, &new, T0 - 1).unwrap();
+        f.writer.write_batches(&[smoke(1, T0, 1.0)], T0).unwrap();
+        assert!(f.outbox().is_empty());
+        assert_eq!(alarm(&conn, 1).unwrap().unwrap().silenced_by, Some(s.id));
+        f.sweep(T0 + 5 * MIN);
+        assert!(f.outbox().is_empty(), "still inside the window");
+        f.sweep(T0 + 11 * MIN);
+        assert_eq!(f.outbox(), ["oncall 1:raise"]);
+        f.writer
+            .write_batches(&[smoke(2, T0 + 12 * MIN, 0.0)], T0 + 12 * MIN)
+            .unwrap();
+        assert_eq!(f.outbox(), ["oncall 1:raise", "oncall 1:clear"]);
+    }
+
+    #[test]
+    fn an_alarm_raised_and_cleared_inside_a_window_is_recorded_and_never_told() {
+        let mut f = fixture();
+        let conn = Connection::open(&f.path).unwrap();
+        let new = NewSilence {
+            site: Some("s".into()),
+            room: None,
+            rule: Some("t.*".into()),
+            reason: "planned change".into(),
+            owner: "eng".into(),
+            starts_at: None,
+            ends_at: T0 + 10 * MIN,
+        };
+        create_silence(&conn, &new, T0 - 1).unwrap();
+        f.writer.write_batches(&[smoke(1, T0, 1.0)], T0).unwrap();
+        f.writer
+            .write_batches(&[smoke(2, T0 + MIN, 0.0)], T0 + MIN)
+            .unwrap();
+        f.sweep(T0 + 11 * MIN);
+        assert!(f.outbox().is_empty());
+        let a = alarm(&conn, 1).unwrap().unwrap();
+        assert_eq!(a.state, "cleared");
+        let kinds: Vec<String> = events(&conn, 1)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["raise", "clear"]);
+    }
+
+    #[test]
+    fn bad_silences_are_refused_with_the_reason() {
+        let f = fixture();
+        let conn = Connection::open(&f.path).unwrap();
+        let base = NewSilence {
+            site: Some("s".into()),
+            room: None,
+            rule: None,
+            reason: "x".into(),
+            owner: "y".into(),
+            starts_at: None,
+            ends_at: T0 + MIN,
+        };
+        let cases = [
+            (
+                NewSilence {
+                    reason: " ".into(),
+                    ..base.clone()
+                },
+                "reason",
+            ),
+            (
+                NewSilence {
+                    ends_at: T0 - 1,
+                    ..base.clone()
+                },
+                "future",
+            ),
+            (
+                NewSilence {
+                    ends_at: T0 + 31 * 86_400_000,
+                    ..base.clone()
+                },
+                "30 days",
+            ),
+            (
+                NewSilence {
+                    site: None,
+                    room: Some("r".into()),
+                    ..base.clone()
+                },
+                "site",
+            ),
+        ];
+        for (s, why) in cases {
+            let err = create_silence(&conn, &s, T0).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
 }
