@@ -259,7 +259,13 @@ impl Engine {
             active: HashMap::new(),
             parents_of,
             inhibits,
-            next_serial: next_serial.max(1),
+            // Above every serial held in saved state too: building-block
+            // (feeds_only) alarms are numbered but never recorded.
+            next_serial: saved
+                .values()
+                .filter_map(|s| s.live.phase.serial())
+                .map(|s| s + 1)
+                .fold(next_serial.max(1), u64::max),
             started,
             dirty: Vec::new(),
             dirty_list: Vec::new(),
