@@ -33,6 +33,8 @@ pub struct CollectorConfig {
     pub influx: Option<InfluxConfig>,
     #[serde(default)]
     pub alarms: AlarmsConfig,
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Safety alarms: which rules, their overrides, repeats and escalation,
@@ -416,6 +418,7 @@ impl CollectorConfig {
             i.check(&mut p);
         }
         self.alarms.check(&mut p);
+        self.auth.check(&mut p);
         if jiff::tz::TimeZone::get(&self.http.time_zone).is_err() {
             p.push(
                 "http.time_zone",
@@ -460,5 +463,27 @@ mod tests {
         assert_eq!(err.problems()[0].path, "http.listen");
         let err = CollectorConfig::parse("[store]\npth = \"x\"\n", Path::new("c")).unwrap_err();
         assert!(err.problems()[0].path.starts_with("store"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Any text, or the sample with one byte changed: a configuration or
+        /// problems named by path; never a panic.
+        #[test]
+        fn any_text_loads_or_is_refused_with_a_reason(text in "[\\[\\]a-z_.=\"0-9 \n{}:,-]{0,300}") {
+            if let Err(e) = CollectorConfig::parse(&text, Path::new("fuzz")) {
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn a_mutated_sample_loads_or_is_refused_with_a_reason(at in 0usize..8000, byte in 0x20u8..0x7f) {
+            let mut bytes = SAMPLE.as_bytes().to_vec();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = CollectorConfig::parse(&text, Path::new("fuzz")) {
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
     }
 }

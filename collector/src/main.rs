@@ -183,6 +183,22 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         store::spawn_writer(writer, metrics.clone(), confirmations.clone(), sink, wake)
             .context("cannot start the store writer")?;
 
+    let (auth, admin_password) = roomguard_collector::auth::Auth::init(&cfg.store.path, &cfg.auth)
+        .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+    if let Some(password) = admin_password {
+        // Shown once, here; only its hash is kept.
+        println!(
+            "{}",
+            serde_json::json!({"event": "admin_created", "user": "admin", "password": password})
+        );
+        tracing::warn!("created user admin with a one-time password printed on standard output; change it (POST /api/v1/users/admin/password)");
+    }
+    if !cfg.auth.enabled {
+        tracing::warn!(
+            "authentication is off (auth.enabled = false): anyone who reaches the API is an admin"
+        );
+    }
+    let auth = Arc::new(auth);
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
@@ -193,6 +209,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         time_zone: cfg.http.time_zone.clone(),
         retention: cfg.store.retention.policy(),
         alarms,
+        auth,
     }));
 
     let ingest = tokio::spawn(ingest::run(

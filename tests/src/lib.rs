@@ -461,8 +461,9 @@ pub fn start_collector_with(
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{extra}\n",
-            dir.join("store.db").display().to_string()
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{extra}\n",
+            dir.join("store.db").display().to_string(),
+            auth_toml()
         ),
     )?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));
@@ -609,7 +610,34 @@ pub fn http_client() -> reqwest::Client {
     PROVIDER.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TEST_TOKEN}"))
+            .expect("a valid header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// A client without credentials, for tests of authentication itself.
+pub fn anonymous_client() -> reqwest::Client {
+    let _ = http_client();
     reqwest::Client::new()
+}
+
+/// The machine token test collectors accept, as an admin (`[[auth.tokens]]`).
+pub const TEST_TOKEN: &str = "test-token-0123456789abcdef0123456789abcdef";
+
+/// The `[auth]` table of test collectors: the test token, and a known
+/// password for the first admin.
+pub fn auth_toml() -> String {
+    format!(
+        "[auth]\ninitial_admin_password = {{ value = \"admin-test-password\" }}\n\
+         tokens = [{{ name = \"tests\", role = \"admin\", token = {{ value = {TEST_TOKEN:?} }} }}]\n"
+    )
 }
 
 /// One request a [`Receiver`] got.

@@ -781,16 +781,15 @@ impl Engine {
                 Some(raised) if raised > at => {
                     let serial = live_phase.serial().unwrap_or_default();
                     late.phase = Phase::Active {
-                        serial,
+                        serial: NOT_OWN,
                         raised_at: at,
                     };
                     self.emit(i, Kind::Correct, serial, at, began, value, true, out);
                 }
                 // An alarm from before the gap, still going: nothing new.
                 Some(_) => {
-                    let serial = live_phase.serial().unwrap_or_default();
                     late.phase = Phase::Active {
-                        serial,
+                        serial: NOT_OWN,
                         raised_at: at,
                     };
                 }
@@ -806,7 +805,7 @@ impl Engine {
             },
             Kind::Clear => {
                 // Only what the late machine raised itself is its to clear.
-                if let Some(serial) = late_serial.filter(|s| live_phase.serial() != Some(*s)) {
+                if let Some(serial) = late_serial.filter(|s| *s != NOT_OWN) {
                     self.emit(i, Kind::Clear, serial, at, began, value, true, out);
                 }
             }
@@ -979,9 +978,18 @@ fn due_of(inst: &Instance) -> Option<Ts> {
     }
 }
 
+/// The serial of an alarm the late machine raised itself (not one it found
+/// the live machine already holds).
 fn out_serial_of_late(inst: &Instance) -> Option<u64> {
-    inst.late.as_ref().and_then(|(m, _)| m.phase.serial())
+    inst.late
+        .as_ref()
+        .and_then(|(m, _)| m.phase.serial())
+        .filter(|s| *s != NOT_OWN)
 }
+
+/// Marks a late machine's active episode as the live machine's alarm: it is
+/// the live machine's to clear, not the late one's. Serials start at 1.
+const NOT_OWN: u64 = 0;
 
 fn push_window(w: &mut VecDeque<(Ts, f64)>, ts: Ts, v: f64, window_ms: i64) {
     if w.back().is_some_and(|(t, _)| *t >= ts) {
@@ -1606,5 +1614,58 @@ clear_delay = "0s"
         r.send("temp", T0 + 91 * S, 20.0);
         assert_eq!(r.of("t.hot_slow"), vec![(Kind::Clear, T0 + 90 * S, false)]);
         assert_eq!(r.of("t.hot"), vec![(Kind::Clear, T0 + 70 * S, false)]);
+    }
+
+    /// Found by the property test below: a backlog reading merged into the
+    /// live alarm must leave its clear to the live machine.
+    #[test]
+    fn a_backlog_merged_into_a_live_alarm_does_not_clear_it_again() {
+        let mut s = Site::new();
+        s.send_reading("ups", T0, Some(5.0), Some("on_battery"), false);
+        s.send_reading("ups", T0 - S, Some(5.0), Some("on_battery"), true);
+        s.send_reading("ups", T0 + S, Some(3.0), Some("normal"), false);
+        s.tick(T0 + 115 * S);
+        let kinds: Vec<Kind> = s.of("t.on_battery").iter().map(|t| t.0).collect();
+        assert_eq!(kinds, [Kind::Raise, Kind::Correct, Kind::Clear]);
+    }
+
+    proptest::proptest! {
+        /// Any readings, in any order and with any gaps, and any ticks: no
+        /// panic, and every alarm is raised once and cleared at most once,
+        /// after its raise.
+        #[test]
+        fn each_alarm_is_raised_once_and_cleared_at_most_once(
+            steps in proptest::collection::vec((0usize..7, -200i64..400, -50.0f64..300.0, proptest::prelude::any::<bool>()), 1..300),
+        ) {
+            let mut s = Site::new();
+            let points = ["temp", "smoke1", "smoke2", "volts", "ups", "faults", "rh"];
+            for (p, dt, v, tick) in steps {
+                let ts = T0 + dt * S;
+                if tick {
+                    s.tick(ts + 100 * S);
+                } else if points[p] == "ups" {
+                    let text = if v > 100.0 { "on_battery" } else { "normal" };
+                    s.send_reading("ups", ts, Some(v.round()), Some(text), false);
+                } else {
+                    let v = if points[p].starts_with("smoke") { (v > 100.0) as u8 as f64 } else { v };
+                    s.send_reading(points[p], ts, Some(v), None, dt < 0);
+                }
+            }
+            let mut raised = std::collections::HashSet::new();
+            let mut cleared = std::collections::HashSet::new();
+            for t in &s.out {
+                match t.kind {
+                    Kind::Raise => proptest::prop_assert!(raised.insert(t.serial), "raised twice: {t:?}"),
+                    Kind::Clear => {
+                        proptest::prop_assert!(raised.contains(&t.serial), "cleared before raised: {t:?}");
+                        proptest::prop_assert!(cleared.insert(t.serial), "cleared twice: {t:?}");
+                    }
+                    Kind::Correct | Kind::Release => {
+                        proptest::prop_assert!(raised.contains(&t.serial), "{t:?}");
+                        proptest::prop_assert!(!cleared.contains(&t.serial) || t.kind == Kind::Correct, "{t:?}");
+                    }
+                }
+            }
+        }
     }
 }

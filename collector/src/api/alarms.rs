@@ -12,10 +12,11 @@ use crate::alarm::record::{
     self, Action, AlarmFilter, AlarmRow, NewSilence, RecordError, Route, Silence,
 };
 use crate::alarm::rules::{Cond, RuleSet};
+use crate::auth::User;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use jiff::tz::TimeZone;
 use rusqlite::Connection;
 use serde::Deserialize;
@@ -29,6 +30,15 @@ pub struct AlarmsApi {
     pub routes: Vec<Route>,
     /// Wakes the notification sender after an acknowledgement is queued.
     pub wake: Arc<Notify>,
+}
+
+/// Who acts: the logged-in user; with authentication off, whoever the body
+/// names.
+fn actor(user: &User, by: Option<String>) -> String {
+    match by {
+        Some(by) if user.name == "anonymous" => by,
+        _ => user.name.clone(),
+    }
 }
 
 /// Longest name of a person, comment or assignee accepted.
@@ -241,7 +251,9 @@ pub async fn one(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
-    by: String,
+    /// Only when authentication is off; otherwise the logged-in user acts.
+    #[serde(default)]
+    by: Option<String>,
     #[serde(default)]
     comment: Option<String>,
 }
@@ -249,14 +261,18 @@ pub struct AckBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommentBody {
-    by: String,
+    /// Only when authentication is off; otherwise the logged-in user acts.
+    #[serde(default)]
+    by: Option<String>,
     text: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignBody {
-    by: String,
+    /// Only when authentication is off; otherwise the logged-in user acts.
+    #[serde(default)]
+    by: Option<String>,
     to: String,
 }
 
@@ -299,6 +315,7 @@ pub enum OwnedAction {
 
 pub async fn acknowledge(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
     Path(serial): Path<String>,
     b: Result<Json<AckBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -306,11 +323,15 @@ pub async fn acknowledge(
     if let Some(c) = &b.comment {
         text("comment", c)?;
     }
-    act(st, serial, b.by, move |_| OwnedAction::Ack(b.comment)).await
+    act(st, serial, actor(&user, b.by), move |_| {
+        OwnedAction::Ack(b.comment)
+    })
+    .await
 }
 
 pub async fn comment(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
     Path(serial): Path<String>,
     b: Result<Json<CommentBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -319,17 +340,24 @@ pub async fn comment(
         return Err(bad("text: must not be empty"));
     }
     text("text", &b.text)?;
-    act(st, serial, b.by, move |_| OwnedAction::Comment(b.text)).await
+    act(st, serial, actor(&user, b.by), move |_| {
+        OwnedAction::Comment(b.text)
+    })
+    .await
 }
 
 pub async fn assign(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
     Path(serial): Path<String>,
     b: Result<Json<AssignBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let b = body(b)?;
     name("to", &b.to)?;
-    act(st, serial, b.by, move |_| OwnedAction::Assign(b.to)).await
+    act(st, serial, actor(&user, b.by), move |_| {
+        OwnedAction::Assign(b.to)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +402,7 @@ pub struct SilenceBody {
 
 pub async fn create_silence(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
     b: Result<Json<SilenceBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let a = api(&st)?;
@@ -410,7 +439,10 @@ pub async fn create_silence(
         ends_at,
     };
     let s = with_store(&st, move |c| {
-        record::create_silence(c, &new, crate::store::now_ms())
+        let s = record::create_silence(c, &new, crate::store::now_ms())?;
+        let detail = format!("{} (owner {}, reason {})", s.id, s.owner, s.reason);
+        crate::auth::audit(c, &user.name, "silence.create", &detail)?;
+        Ok(s)
     })
     .await?;
     tracing::info!(id = s.id, owner = %s.owner, reason = %s.reason, "maintenance window created");
@@ -420,23 +452,29 @@ pub async fn create_silence(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndBody {
-    by: String,
+    /// Only when authentication is off; otherwise the logged-in user acts.
+    #[serde(default)]
+    by: Option<String>,
 }
 
 pub async fn end_silence(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
     Path(id): Path<String>,
     b: Result<Json<EndBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     api(&st)?;
     let b = body(b)?;
-    name("by", &b.by)?;
+    let by = actor(&user, b.by);
+    name("by", &by)?;
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("{id:?} is not a silence id")))?;
     let tz = zone(None, &st)?;
     let s = with_store(&st, move |c| {
-        record::end_silence(c, id, &b.by, crate::store::now_ms())
+        let s = record::end_silence(c, id, &by, crate::store::now_ms())?;
+        crate::auth::audit(c, &by, "silence.end", &id.to_string())?;
+        Ok(s)
     })
     .await?;
     Ok(Json(silence_json(&s, &tz)))
@@ -517,6 +555,7 @@ pub async fn notifications(
 
 pub async fn retry(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let a = api(&st)?;
@@ -524,7 +563,11 @@ pub async fn retry(
         .parse()
         .map_err(|_| bad(format!("{id:?} is not a notification id")))?;
     let requeued = with_store(&st, move |c| {
-        Ok(notify::retry_dead(c, id, crate::store::now_ms())?)
+        let requeued = notify::retry_dead(c, id, crate::store::now_ms())?;
+        if requeued {
+            crate::auth::audit(c, &user.name, "notification.retry", &id.to_string())?;
+        }
+        Ok(requeued)
     })
     .await?;
     if !requeued {

@@ -515,4 +515,17 @@ mod tests {
         let tz = TimeZone::get("Asia/Shanghai").unwrap();
         assert_eq!(show(0, &tz), "1970-01-01T08:00:00+08:00");
     }
+
+    proptest::proptest! {
+        /// Any time parameter: a time or a 400 naming the parameter; never a panic.
+        #[test]
+        fn any_time_parameter_parses_or_is_refused(s in "(now[-+])?[0-9a-zA-Z:.+ -]{0,40}") {
+            let tz = TimeZone::get("Asia/Shanghai").unwrap();
+            let now: Timestamp = "2026-11-28T04:00:00Z".parse().unwrap();
+            if let Err(e) = parse_time("from", &s, &tz, now) {
+                proptest::prop_assert_eq!(e.0, StatusCode::BAD_REQUEST);
+                proptest::prop_assert!(e.1.starts_with("from"));
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 pub mod alarms;
 mod history;
 mod render;
+pub mod session;
 
 use crate::metrics::Metrics;
 use crate::store::retention::Policy;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub retention: Policy,
     /// Alarm actions, when alarms are on.
     pub alarms: Option<Arc<alarms::AlarmsApi>>,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -53,7 +55,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/rules", get(alarms::rules))
         .route("/api/v1/notifications", get(alarms::notifications))
         .route("/api/v1/notifications/{id}/retry", post(alarms::retry))
+        .route("/api/v1/login", post(session::login))
+        .route("/api/v1/logout", post(session::logout))
+        .route("/api/v1/me", get(session::me))
+        .route(
+            "/api/v1/users",
+            get(session::users).post(session::create_user),
+        )
+        .route("/api/v1/users/{name}/password", post(session::set_password))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::guard,
+        ))
+        .layer(axum::middleware::from_fn(session::security_headers))
+        .layer(axum::extract::DefaultBodyLimit::max(session::MAX_BODY))
         .with_state(state)
 }
 

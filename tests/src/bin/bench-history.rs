@@ -175,8 +175,9 @@ async fn main() -> Result<()> {
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n[store]\npath = {:?}\n",
-            db.display().to_string()
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n[store]\npath = {:?}\n{}",
+            db.display().to_string(),
+            auth_toml()
         ),
     )?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));

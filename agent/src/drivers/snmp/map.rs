@@ -65,6 +65,20 @@ pub fn map_value(
     now_ms: i64,
     prev: Option<CounterSample>,
 ) -> Result<Mapped, String> {
+    let r = map_raw(v, m, now_ms, prev)?;
+    // A huge scale (or a huge value) must not become an infinite reading.
+    if r.value.is_some_and(|x| !x.is_finite()) {
+        return Err("value out of range after scale and offset".into());
+    }
+    Ok(r)
+}
+
+fn map_raw(
+    v: &SnmpValue,
+    m: &Mapping<'_>,
+    now_ms: i64,
+    prev: Option<CounterSample>,
+) -> Result<Mapped, String> {
     let number = |x: f64| Mapped {
         value: Some(scaled(x, m)),
         text: None,
@@ -136,12 +150,15 @@ fn rate(
             counter: Some(sample),
         });
     };
+    let wrapped = u64::from(u32::MAX)
+        .checked_sub(prev.value)
+        .and_then(|d| d.checked_add(value)?.checked_add(1));
     let delta = if value >= prev.value {
         value - prev.value
-    } else if bits == 32 {
+    } else if let (32, Some(d)) = (bits, wrapped) {
         // One wrap of a 32-bit counter; a restarted agent looks the same and
         // is indistinguishable without sysUpTime, so rates stay plausible.
-        (u64::from(u32::MAX) - prev.value) + value + 1
+        d
     } else {
         return Ok(Mapped {
             value: None,
@@ -149,7 +166,7 @@ fn rate(
             counter: Some(sample),
         });
     };
-    let secs = (now_ms - prev.at_ms) as f64 / 1000.0;
+    let secs = now_ms.saturating_sub(prev.at_ms) as f64 / 1000.0;
     Ok(Mapped {
         value: Some(scaled(delta as f64 / secs, m)),
         text: None,
@@ -284,5 +301,65 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.text.as_deref(), Some("Outlet 3 - core switch"));
+    }
+
+    /// Found by the property test below.
+    #[test]
+    fn an_impossible_previous_sample_or_a_huge_scale_give_no_value_not_a_panic() {
+        let map = BTreeMap::new();
+        let prev = CounterSample {
+            value: u64::MAX,
+            at_ms: 0,
+            bits: 32,
+        };
+        let r = map_value(
+            &SnmpValue::Counter32(5),
+            &m(ValueKind::CounterRate, 1.0, &map),
+            1000,
+            Some(prev),
+        )
+        .unwrap();
+        assert_eq!(r.value, None);
+        let err = map_value(
+            &SnmpValue::Integer(-179_769_314),
+            &m(ValueKind::Gauge, 1e300, &map),
+            0,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Whatever a device answers, under any mapping and any previous
+        /// counter sample: a finite value and/or text, or an error saying
+        /// why; never a panic, never NaN or infinity.
+        #[test]
+        fn any_value_maps_to_a_finite_reading_or_a_reason(
+            which in 0usize..7,
+            n in proptest::prelude::any::<i64>(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            kind_ix in 0usize..4,
+            scale in proptest::prop_oneof![proptest::strategy::Just(1.0f64), proptest::strategy::Just(0.1), proptest::strategy::Just(1e-300), proptest::strategy::Just(1e300)],
+            prev in proptest::option::of((proptest::prelude::any::<u64>(), proptest::prelude::any::<i64>(), proptest::prop_oneof![proptest::strategy::Just(32u8), proptest::strategy::Just(64u8)])),
+            now in proptest::prelude::any::<i64>(),
+        ) {
+            let v = match which {
+                0 => SnmpValue::Integer(n),
+                1 => SnmpValue::Counter32(n as u32),
+                2 => SnmpValue::Counter64(n as u64),
+                3 => SnmpValue::Gauge(n as u32),
+                4 => SnmpValue::TimeTicks(n as u32),
+                5 => SnmpValue::OctetString(bytes),
+                _ => SnmpValue::Missing("noSuchObject"),
+            };
+            let kinds = [ValueKind::Gauge, ValueKind::CounterRate, ValueKind::Enum, ValueKind::Text];
+            let map: BTreeMap<String, String> = [("1".to_owned(), "on".to_owned())].into();
+            let prev = prev.map(|(value, at_ms, bits)| CounterSample { value, at_ms, bits });
+            match map_value(&v, &m(kinds[kind_ix], scale, &map), now, prev) {
+                Ok(r) => proptest::prop_assert!(r.value.is_none_or(f64::is_finite), "{r:?}"),
+                Err(why) => proptest::prop_assert!(!why.is_empty()),
+            }
+        }
     }
 }

@@ -1,0 +1,662 @@
+//! Who may do what on the HTTP API: users with roles, password login with
+//! argon2id hashes, cookie sessions with a CSRF token, bearer tokens for
+//! machines (from the configuration), and an append-only audit log of every
+//! write action with the user who did it.
+//!
+//! The policy is one table (`required`), so what each role may do is read in
+//! one place: viewers read; responders also acknowledge, comment, assign and
+//! silence; inspectors read (history, later patrols and reports); admins do
+//! everything, including users.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use roomguard_protocol::conf::{self, Secret};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS users (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    created_by    TEXT NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash BLOB PRIMARY KEY,
+    user       TEXT NOT NULL,
+    csrf       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_log (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    user   TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT
+);
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Responder,
+    Inspector,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Responder => "responder",
+            Role::Inspector => "inspector",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Responder, Role::Inspector, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nobody needs to log in.
+    Open,
+    /// Any logged-in user.
+    Read,
+    /// Acknowledge, comment, assign, silence.
+    Respond,
+    Admin,
+}
+
+/// The policy: what `method path` needs.
+pub fn required(method: &str, path: &str, open_health: bool, open_metrics: bool) -> Need {
+    match (method, path) {
+        (_, "/healthz") if open_health => Need::Open,
+        (_, "/metrics") if open_metrics => Need::Open,
+        // The page itself holds no data; it asks for a login.
+        ("GET", "/") | ("POST", "/api/v1/login") => Need::Open,
+        ("POST", "/api/v1/logout") => Need::Read,
+        (_, p) if p == "/api/v1/users" || p.starts_with("/api/v1/users/") => {
+            // Changing one's own password is the handler's check.
+            if method == "POST" && p.ends_with("/password") {
+                Need::Read
+            } else {
+                Need::Admin
+            }
+        }
+        ("POST", p) if p.starts_with("/api/v1/notifications/") => Need::Admin,
+        ("POST", p) if p.starts_with("/api/v1/alarms/") || p.starts_with("/api/v1/silences") => {
+            Need::Respond
+        }
+        ("GET" | "HEAD", _) => Need::Read,
+        // Anything else that writes: only admins, until the policy names it.
+        _ => Need::Admin,
+    }
+}
+
+impl Need {
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Need::Open | Need::Read => true,
+            Need::Respond => matches!(role, Role::Responder | Role::Admin),
+            Need::Admin => role == Role::Admin,
+        }
+    }
+}
+
+/// A machine's token, from the configuration (`[[auth.tokens]]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who the token acts as in the audit trail.
+    pub name: String,
+    pub role: Role,
+    /// `{ env = "…" }` or `{ file = "…" }`; at least 32 characters.
+    pub token: Secret,
+}
+
+/// `[auth]` in the collector's configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Off only for a closed test bench: every request is then `anonymous`, an admin.
+    pub enabled: bool,
+    /// Password of the `admin` user created at first start; when absent a
+    /// random one is made and printed once.
+    pub initial_admin_password: Option<Secret>,
+    /// `/healthz` and `/metrics` without login (for load balancers and Prometheus).
+    pub open_health: bool,
+    pub open_metrics: bool,
+    #[serde(with = "conf::duration")]
+    pub session_ttl: Duration,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            initial_admin_password: None,
+            open_health: true,
+            open_metrics: true,
+            session_ttl: Duration::from_secs(12 * 3600),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn check(&self, p: &mut conf::Problems) {
+        if let Some(s) = &self.initial_admin_password {
+            match s.resolve() {
+                Err(e) => p.push("auth.initial_admin_password", e),
+                Ok(Some(pw)) if pw.chars().count() < 8 => p.push(
+                    "auth.initial_admin_password",
+                    "must be at least 8 characters",
+                ),
+                Ok(_) => {}
+            }
+        }
+        if self.session_ttl < Duration::from_secs(60)
+            || self.session_ttl > Duration::from_secs(30 * 86_400)
+        {
+            p.push("auth.session_ttl", "must be between 1m and 30d");
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            let path = format!("auth.tokens[{i}]");
+            if let Err(e) = valid_name(&t.name) {
+                p.push(format!("{path}.name"), e);
+            }
+            match t.token.resolve() {
+                Err(e) => p.push(format!("{path}.token"), e),
+                Ok(None) => p.push(format!("{path}.token"), "give one of value, env, file"),
+                Ok(Some(v)) if v.len() < 32 => {
+                    p.push(format!("{path}.token"), "must be at least 32 characters")
+                }
+                Ok(Some(_)) => {
+                    if t.token.is_inline() {
+                        tracing::warn!(
+                            "{path}.token is written in the configuration file; prefer env or file"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum AuthError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("wrong user name or password")]
+    BadLogin,
+    #[error("no user {0:?}")]
+    NoUser(String),
+    #[error("user {0:?} exists already")]
+    Exists(String),
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+}
+
+/// Someone the API knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+}
+
+/// How a request proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A session cookie, with the session's CSRF token (writes must repeat it).
+    Session {
+        csrf: String,
+    },
+    Token,
+    /// Authentication is off.
+    Nobody,
+}
+
+pub struct Auth {
+    pub enabled: bool,
+    pub open_health: bool,
+    pub open_metrics: bool,
+    store: PathBuf,
+    session_ttl_ms: i64,
+    /// (SHA-256 of the token, who it is).
+    tokens: Vec<([u8; 32], User)>,
+}
+
+pub const SESSION_COOKIE: &str = "roomguard_session";
+const MIN_PASSWORD: usize = 8;
+
+fn sha256(s: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = vec![0u8; n];
+    // The system RNG failing is not something to go on without.
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random number generator failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn valid_name(name: &str) -> Result<(), String> {
+    // The name every request has when authentication is off.
+    if name == "anonymous" {
+        return Err("\"anonymous\" is reserved".into());
+    }
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_.@".contains(c))
+    {
+        return Err("must be 1–64 letters, digits, '-', '_', '.', '@'".into());
+    }
+    Ok(())
+}
+
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    use ring::rand::SecureRandom;
+    let mut salt = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| AuthError::Hash("no randomness".into()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+fn now_ms() -> i64 {
+    crate::store::now_ms()
+}
+
+fn open(path: &Path) -> Result<Connection, AuthError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Records a write action in the audit log.
+pub fn audit(
+    conn: &Connection,
+    user: &str,
+    action: &str,
+    detail: &str,
+) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO audit_log (at, user, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms(), user, action, detail],
+    )?;
+    Ok(())
+}
+
+impl Auth {
+    /// Creates the tables and, on first start, the `admin` user. Returns the
+    /// admin's one-time password when it was generated here.
+    pub fn init(store: &Path, cfg: &AuthConfig) -> Result<(Auth, Option<String>), AuthError> {
+        let conn = open(store)?;
+        conn.execute_batch(SCHEMA)?;
+        let mut created = None;
+        if cfg.enabled {
+            let users: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            if users == 0 {
+                let given = match &cfg.initial_admin_password {
+                    Some(s) => s.resolve().map_err(AuthError::Invalid)?,
+                    None => None,
+                };
+                let password = match given {
+                    Some(p) => p,
+                    None => {
+                        let p = random_hex(12);
+                        created = Some(p.clone());
+                        p
+                    }
+                };
+                conn.execute(
+                    "INSERT INTO users (name, role, password_hash, created_at, created_by) VALUES ('admin', 'admin', ?1, ?2, 'first start')",
+                    params![hash_password(&password)?, now_ms()],
+                )?;
+                audit(&conn, "first start", "user.create", "admin (admin)")?;
+            }
+        }
+        let mut tokens = Vec::new();
+        for t in &cfg.tokens {
+            if let Ok(Some(v)) = t.token.resolve() {
+                tokens.push((
+                    sha256(&v),
+                    User {
+                        name: t.name.clone(),
+                        role: t.role,
+                    },
+                ));
+            }
+        }
+        Ok((
+            Auth {
+                enabled: cfg.enabled,
+                open_health: cfg.open_health,
+                open_metrics: cfg.open_metrics,
+                store: store.to_owned(),
+                session_ttl_ms: cfg.session_ttl.as_millis() as i64,
+                tokens,
+            },
+            created,
+        ))
+    }
+
+    /// Who sent these headers (blocking: reads the store).
+    pub fn identify(
+        &self,
+        authorization: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Result<Option<(User, Via)>, AuthError> {
+        if !self.enabled {
+            return Ok(Some((
+                User {
+                    name: "anonymous".into(),
+                    role: Role::Admin,
+                },
+                Via::Nobody,
+            )));
+        }
+        if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+            let h = sha256(token.trim());
+            // Digests compared without an early exit: no timing hint about
+            // how much matched.
+            return Ok(self
+                .tokens
+                .iter()
+                .find(|(t, _)| {
+                    t.iter()
+                        .zip(h.iter())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+                })
+                .map(|(_, u)| (u.clone(), Via::Token)));
+        }
+        let Some(session) = cookie.and_then(session_of) else {
+            return Ok(None);
+        };
+        let conn = open(&self.store)?;
+        let row: Option<(String, String, String)> = conn
+            .query_row(
+                "SELECT s.user, s.csrf, u.role FROM sessions s JOIN users u ON u.name = s.user
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
+                params![sha256(session).as_slice(), now_ms()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(name, csrf, role)| {
+            Some((
+                User {
+                    name,
+                    role: Role::parse(&role)?,
+                },
+                Via::Session { csrf },
+            ))
+        }))
+    }
+
+    /// Checks a password and opens a session: (session token, CSRF token, user).
+    pub fn login(&self, name: &str, password: &str) -> Result<(String, String, User), AuthError> {
+        let conn = open(&self.store)?;
+        let row: Option<(String, String)> = conn
+            .query_row(
+                "SELECT role, password_hash FROM users WHERE name = ?1 AND disabled = 0",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((role, hash)) = row else {
+            // Same work as a real check, so a missing user is not faster.
+            let _ = verify_password(password, dummy_hash());
+            return Err(AuthError::BadLogin);
+        };
+        if !verify_password(password, &hash) {
+            return Err(AuthError::BadLogin);
+        }
+        let role = Role::parse(&role).ok_or(AuthError::BadLogin)?;
+        let token = random_hex(32);
+        let csrf = random_hex(16);
+        let now = now_ms();
+        conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+        conn.execute(
+            "INSERT INTO sessions (token_hash, user, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sha256(&token).as_slice(), name, csrf, now, now + self.session_ttl_ms],
+        )?;
+        audit(&conn, name, "login", "")?;
+        Ok((
+            token,
+            csrf,
+            User {
+                name: name.to_owned(),
+                role,
+            },
+        ))
+    }
+
+    pub fn logout(&self, cookie: Option<&str>) -> Result<(), AuthError> {
+        if let Some(session) = cookie.and_then(session_of) {
+            open(&self.store)?.execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                [sha256(session).as_slice()],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn session_ttl_s(&self) -> i64 {
+        self.session_ttl_ms / 1000
+    }
+
+    pub fn users(&self) -> Result<Vec<serde_json::Value>, AuthError> {
+        let conn = open(&self.store)?;
+        let mut st = conn.prepare(
+            "SELECT name, role, created_at, created_by, disabled FROM users ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(serde_json::json!({
+                "name": r.get::<_, String>(0)?,
+                "role": r.get::<_, String>(1)?,
+                "created_at": r.get::<_, i64>(2)?,
+                "created_by": r.get::<_, String>(3)?,
+                "disabled": r.get::<_, bool>(4)?,
+            }))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn create_user(
+        &self,
+        by: &str,
+        name: &str,
+        role: Role,
+        password: &str,
+    ) -> Result<(), AuthError> {
+        valid_name(name).map_err(|e| AuthError::Invalid(format!("name: {e}")))?;
+        check_password(password)?;
+        let conn = open(&self.store)?;
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO users (name, role, password_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, role.as_str(), hash_password(password)?, now_ms(), by],
+        )?;
+        if n == 0 {
+            return Err(AuthError::Exists(name.to_owned()));
+        }
+        audit(
+            &conn,
+            by,
+            "user.create",
+            &format!("{name} ({})", role.as_str()),
+        )?;
+        Ok(())
+    }
+
+    /// Sets a password; other sessions of the user end.
+    pub fn set_password(&self, by: &str, name: &str, password: &str) -> Result<(), AuthError> {
+        check_password(password)?;
+        let conn = open(&self.store)?;
+        let n = conn.execute(
+            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+            params![name, hash_password(password)?],
+        )?;
+        if n == 0 {
+            return Err(AuthError::NoUser(name.to_owned()));
+        }
+        conn.execute("DELETE FROM sessions WHERE user = ?1", [name])?;
+        audit(&conn, by, "user.password", name)?;
+        Ok(())
+    }
+
+    pub fn audit(&self, user: &str, action: &str, detail: &str) -> Result<(), AuthError> {
+        audit(&open(&self.store)?, user, action, detail)?;
+        Ok(())
+    }
+}
+
+fn check_password(p: &str) -> Result<(), AuthError> {
+    if p.chars().count() < MIN_PASSWORD || p.len() > 1024 {
+        return Err(AuthError::Invalid(format!(
+            "password: must be {MIN_PASSWORD} to 1024 characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The session token in a `Cookie` header.
+fn session_of(cookie: &str) -> Option<&str> {
+    cookie
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// An argon2id hash of a random password, checked against when a user does
+/// not exist so that the answer takes as long.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&random_hex(16)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_gives_each_role_what_it_needs() {
+        let need = |m, p| required(m, p, true, false);
+        assert_eq!(need("GET", "/healthz"), Need::Open);
+        assert_eq!(
+            need("GET", "/metrics"),
+            Need::Read,
+            "metrics closed by config"
+        );
+        assert_eq!(need("GET", "/api/v1/history"), Need::Read);
+        assert_eq!(need("POST", "/api/v1/alarms/3/ack"), Need::Respond);
+        assert_eq!(need("POST", "/api/v1/silences"), Need::Respond);
+        assert_eq!(need("POST", "/api/v1/users"), Need::Admin);
+        assert_eq!(need("GET", "/api/v1/users"), Need::Admin);
+        assert_eq!(need("POST", "/api/v1/users/bob/password"), Need::Read);
+        assert_eq!(need("POST", "/api/v1/notifications/4/retry"), Need::Admin);
+        assert_eq!(need("DELETE", "/api/v1/anything"), Need::Admin);
+        assert!(Need::Respond.allows(Role::Responder) && !Need::Respond.allows(Role::Viewer));
+        assert!(!Need::Respond.allows(Role::Inspector));
+        assert!(Need::Admin.allows(Role::Admin) && !Need::Admin.allows(Role::Responder));
+    }
+
+    #[test]
+    fn passwords_hash_with_argon2id_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        assert_eq!(session_of("a=1; roomguard_session=abc; b=2"), Some("abc"));
+        assert_eq!(session_of("roomguard_session="), None);
+        assert_eq!(session_of("other=1"), None);
+    }
+
+    #[test]
+    fn login_sessions_and_roles_work_against_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.db");
+        let cfg = AuthConfig::default();
+        let (auth, created) = Auth::init(&store, &cfg).unwrap();
+        let admin_pw = created.expect("a one-time admin password");
+        // A second start creates nothing.
+        assert!(Auth::init(&store, &cfg).unwrap().1.is_none());
+        assert!(matches!(
+            auth.login("admin", "nope"),
+            Err(AuthError::BadLogin)
+        ));
+        assert!(matches!(
+            auth.login("ghost", "nope"),
+            Err(AuthError::BadLogin)
+        ));
+        let (token, csrf, user) = auth.login("admin", &admin_pw).unwrap();
+        assert_eq!(user.role, Role::Admin);
+        let cookie = format!("{SESSION_COOKIE}={token}");
+        let (who, via) = auth.identify(None, Some(&cookie)).unwrap().unwrap();
+        assert_eq!((who.name.as_str(), via), ("admin", Via::Session { csrf }));
+        auth.create_user("admin", "night-shift", Role::Responder, "s3cret-pass")
+            .unwrap();
+        assert!(matches!(
+            auth.create_user("admin", "night-shift", Role::Viewer, "s3cret-pass"),
+            Err(AuthError::Exists(_))
+        ));
+        assert!(matches!(
+            auth.create_user("admin", "bad name!", Role::Viewer, "s3cret-pass"),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            auth.create_user("admin", "short", Role::Viewer, "abc"),
+            Err(AuthError::Invalid(_))
+        ));
+        // A new password ends the user's sessions.
+        auth.set_password("admin", "admin", "another-pass").unwrap();
+        assert!(auth.identify(None, Some(&cookie)).unwrap().is_none());
+        auth.logout(Some(&cookie)).unwrap();
+        assert!(auth.identify(None, None).unwrap().is_none());
+        assert!(auth.identify(Some("Bearer nope"), None).unwrap().is_none());
+    }
+}

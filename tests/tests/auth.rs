@@ -1,0 +1,214 @@
+//! Authentication and roles on the collector's API, against the real binary.
+
+use anyhow::{Context, Result};
+use roomguard_e2e::*;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+async fn status(r: reqwest::RequestBuilder) -> Result<(u16, Value, reqwest::header::HeaderMap)> {
+    let r = r.send().await?;
+    let code = r.status().as_u16();
+    let headers = r.headers().clone();
+    Ok((code, r.json().await.unwrap_or(Value::Null), headers))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_needs_a_login_and_each_role_may_do_only_its_part() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_collector, http, _) = start_collector(dir.path(), None)?;
+    let anon = anonymous_client();
+
+    // Health and metrics stay open; data does not.
+    let (code, _, headers) = status(anon.get(format!("{http}/healthz"))).await?;
+    assert!(code == 200 || code == 503);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let (code, body, headers) = status(anon.get(format!("{http}/api/v1/latest"))).await?;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("log in")));
+    let (code, _, _) = status(
+        anon.get(format!("{http}/api/v1/alarms"))
+            .bearer_auth("wrong"),
+    )
+    .await?;
+    assert_eq!(code, 401);
+
+    // The admin (password from the configuration) logs in; the session works
+    // for reads, and writes need its CSRF token too.
+    let (code, _, _) = status(
+        anon.post(format!("{http}/api/v1/login"))
+            .json(&json!({"user": "admin", "password": "wrong-password"})),
+    )
+    .await?;
+    assert_eq!(code, 401);
+    let (code, login, headers) = status(
+        anon.post(format!("{http}/api/v1/login"))
+            .json(&json!({"user": "admin", "password": "admin-test-password"})),
+    )
+    .await?;
+    assert_eq!(code, 200, "{login}");
+    let set_cookie = headers["set-cookie"].to_str()?.to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().context("cookie")?.to_owned();
+    let csrf = login["csrf"].as_str().context("csrf")?.to_owned();
+    let (code, me, _) = status(
+        anon.get(format!("{http}/api/v1/me"))
+            .header("cookie", &cookie),
+    )
+    .await?;
+    assert_eq!(
+        (code, &me["user"], &me["role"]),
+        (200, &json!("admin"), &json!("admin"))
+    );
+    let new_user =
+        |name: &str, role: &str| json!({"name": name, "role": role, "password": "night-shift-pw"});
+    let (code, _, _) = status(
+        anon.post(format!("{http}/api/v1/users"))
+            .header("cookie", &cookie)
+            .json(&new_user("viewer-1", "viewer")),
+    )
+    .await?;
+    assert_eq!(code, 403, "a cookie without the CSRF token cannot write");
+    for (name, role) in [("viewer-1", "viewer"), ("oncall-1", "responder")] {
+        let (code, body, _) = status(
+            anon.post(format!("{http}/api/v1/users"))
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .json(&new_user(name, role)),
+        )
+        .await?;
+        assert_eq!(code, 201, "{body}");
+    }
+
+    // A viewer reads but may not silence a room; a responder may.
+    let session = |user: &'static str| {
+        let anon = anon.clone();
+        let http = http.clone();
+        async move {
+            let r = anon
+                .post(format!("{http}/api/v1/login"))
+                .json(&json!({"user": user, "password": "night-shift-pw"}))
+                .send()
+                .await?;
+            let cookie = r.headers()["set-cookie"]
+                .to_str()?
+                .split(';')
+                .next()
+                .context("cookie")?
+                .to_owned();
+            let csrf = r.json::<Value>().await?["csrf"]
+                .as_str()
+                .context("csrf")?
+                .to_owned();
+            anyhow::Ok((cookie, csrf))
+        }
+    };
+    let silence = json!({"site": "s", "reason": "hot work", "owner": "eng", "ends_at": "now+1h"});
+    let (vc, vcsrf) = session("viewer-1").await?;
+    let (code, _, _) = status(
+        anon.get(format!("{http}/api/v1/alarms"))
+            .header("cookie", &vc),
+    )
+    .await?;
+    assert_eq!(code, 200);
+    let (code, body, _) = status(
+        anon.post(format!("{http}/api/v1/silences"))
+            .header("cookie", &vc)
+            .header("x-csrf-token", &vcsrf)
+            .json(&silence),
+    )
+    .await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("viewer")));
+    let (code, _, _) = status(
+        anon.get(format!("{http}/api/v1/users"))
+            .header("cookie", &vc),
+    )
+    .await?;
+    assert_eq!(code, 403, "users are for admins");
+    let (rc, rcsrf) = session("oncall-1").await?;
+    let (code, body, _) = status(
+        anon.post(format!("{http}/api/v1/silences"))
+            .header("cookie", &rc)
+            .header("x-csrf-token", &rcsrf)
+            .json(&silence),
+    )
+    .await?;
+    assert_eq!(code, 201, "{body}");
+
+    // Every write is in the audit log with its user.
+    let db = rusqlite::Connection::open(dir.path().join("store.db"))?;
+    let mut st = db.prepare("SELECT user || ' ' || action FROM audit_log ORDER BY id")?;
+    let log: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for line in [
+        "admin user.create",
+        "oncall-1 silence.create",
+        "viewer-1 login",
+    ] {
+        assert!(log.iter().any(|l| l == line), "{line} missing from {log:?}");
+    }
+
+    // Logging out ends the session.
+    let (code, _, _) = status(
+        anon.post(format!("{http}/api/v1/logout"))
+            .header("cookie", &vc)
+            .header("x-csrf-token", &vcsrf),
+    )
+    .await?;
+    assert_eq!(code, 200);
+    let (code, _, _) = status(
+        anon.get(format!("{http}/api/v1/alarms"))
+            .header("cookie", &vc),
+    )
+    .await?;
+    assert_eq!(code, 401);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_start_without_a_password_prints_a_one_time_admin_password_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("c.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n[store]\npath = {:?}\n",
+            dir.path().join("s.db").display().to_string()
+        ),
+    )?;
+    let start = || -> Result<(Proc, Option<String>, String)> {
+        let mut cmd = Command::new(workspace_bin("roomguard-collector"));
+        cmd.arg("run").arg(&conf);
+        let mut p = Proc::spawn("collector", cmd, dir.path())?;
+        let mut password = None;
+        let http;
+        loop {
+            let line = p.wait_line("\"event\"", Duration::from_secs(20))?;
+            let v: Value = serde_json::from_str(&line)?;
+            if v["event"] == "admin_created" {
+                password = v["password"].as_str().map(str::to_owned);
+            }
+            if v["event"] == "ready" {
+                http = format!("http://{}", v["http"].as_str().context("http")?);
+                break;
+            }
+        }
+        Ok((p, password, http))
+    };
+    let (mut first, password, http) = start()?;
+    let password = password.context("no one-time password printed")?;
+    assert!(password.len() >= 16);
+    let anon = anonymous_client();
+    let r = anon
+        .post(format!("{http}/api/v1/login"))
+        .json(&json!({"user": "admin", "password": password}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    first.terminate(Duration::from_secs(10))?;
+    let (_second, again, _) = start()?;
+    assert!(again.is_none(), "printed only at the first start");
+    Ok(())
+}
