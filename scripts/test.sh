@@ -13,6 +13,7 @@ declare -A needs=(
   [victoria-metrics]=victoria-metrics
   [prometheus-alertmanager]=prometheus-alertmanager
   [aiosmtpd]=python3-aiosmtpd
+  [openssl]=openssl
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -70,6 +70,9 @@ pub struct MqttConfig {
     /// How often the retained status is refreshed.
     #[serde(default = "default_status_interval", with = "conf::duration")]
     pub status_interval: Duration,
+    /// TLS certificates and login for the broker.
+    #[serde(default)]
+    pub security: roomguard_protocol::mqtt::Security,
 }
 
 fn default_keep_alive() -> Duration {
@@ -258,8 +261,9 @@ impl AgentConfig {
         if let Err(e) = validate_id(&self.agent) {
             p.push("agent", format!("{:?} {e}", self.agent));
         }
-        if let Err(e) = self.broker() {
-            p.push("mqtt.url", e);
+        match self.broker() {
+            Err(e) => p.push("mqtt.url", e),
+            Ok(url) => self.mqtt.security.check(&url, "mqtt.security", &mut p),
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             p.push("mqtt.keep_alive", "must be at least 1s");

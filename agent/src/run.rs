@@ -92,8 +92,12 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     log_recovery(&report);
     let broker = cfg.broker().map_err(AgentError::Broker)?;
 
-    let mut opts = MqttOptions::new(cfg.client_id(), broker.host, broker.port);
+    let mut opts = MqttOptions::new(cfg.client_id(), broker.host.clone(), broker.port);
     opts.set_keep_alive(cfg.mqtt.keep_alive);
+    cfg.mqtt
+        .security
+        .apply(&broker, &mut opts)
+        .map_err(AgentError::Broker)?;
     // A persistent session, so the broker keeps our confirmation subscription
     // (and what was sent to it) while we are away. What we publish is
     // resent from the spool, not from rumqttc's in-memory state.

@@ -291,6 +291,9 @@ pub struct MqttConfig {
     /// Fixed client id, so the broker keeps the collector's session.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// TLS certificates and login for an external broker.
+    #[serde(default)]
+    pub security: roomguard_protocol::mqtt::Security,
 }
 
 impl Default for MqttConfig {
@@ -299,6 +302,7 @@ impl Default for MqttConfig {
             url: None,
             embedded_listen: default_embedded_listen(),
             client_id: default_client_id(),
+            security: Default::default(),
         }
     }
 }
@@ -387,8 +391,10 @@ impl CollectorConfig {
 
     fn check(&self) -> Problems {
         let mut p = Problems::default();
-        if let Some(Err(e)) = self.broker() {
-            p.push("mqtt.url", e);
+        match self.broker() {
+            Some(Err(e)) => p.push("mqtt.url", e),
+            Some(Ok(url)) => self.mqtt.security.check(&url, "mqtt.security", &mut p),
+            None => {}
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 128 {
             p.push("mqtt.client_id", "must be 1–128 characters");

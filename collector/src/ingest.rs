@@ -16,13 +16,20 @@ use tokio::sync::mpsc;
 /// Connects to `broker` and ingests until the store's queue closes.
 pub async fn run(
     broker: BrokerUrl,
+    security: roomguard_protocol::mqtt::Security,
     client_id: String,
     metrics: Arc<Metrics>,
     store: mpsc::Sender<WriteCmd>,
     confirmations: Arc<Confirmations>,
 ) {
-    let mut opts = MqttOptions::new(client_id, broker.host, broker.port);
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     opts.set_keep_alive(Duration::from_secs(15));
+    // Checked when the configuration was loaded; a file that vanished since
+    // is reported and the connection tried without it failing silently.
+    if let Err(e) = security.apply(&broker, &mut opts) {
+        tracing::error!(error = %e, "mqtt.security: cannot set up TLS or login; not connecting");
+        return;
+    }
     // Persistent session: QoS 1 messages published while we are away are kept
     // by the broker and delivered on reconnect.
     opts.set_clean_session(false);

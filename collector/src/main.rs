@@ -119,6 +119,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             BrokerUrl {
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                tls: false,
             }
         }
     };
@@ -214,6 +215,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
 
     let ingest = tokio::spawn(ingest::run(
         broker_url.clone(),
+        cfg.mqtt.security.clone(),
         cfg.mqtt.client_id.clone(),
         metrics.clone(),
         store_tx,

@@ -329,29 +329,33 @@ mod tests {
     }
 }
 
-/// A broker address from a URL: `mqtt://host:1883` (`tcp://` also accepted).
-/// TLS (`mqtts://`) is not built in yet and is refused with a clear message.
+/// A broker address from a URL: `mqtt://host:1883` (`tcp://` also accepted)
+/// or, with TLS, `mqtts://host:8883` (`ssl://` also accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl std::str::FromStr for BrokerUrl {
     type Err = String;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let rest = if let Some(r) = url
+        let (rest, tls) = if let Some(r) = url
             .strip_prefix("mqtt://")
             .or_else(|| url.strip_prefix("tcp://"))
         {
-            r
-        } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-            return Err(format!(
-                "{url:?}: TLS to the broker is not supported by this build yet"
-            ));
+            (r, false)
+        } else if let Some(r) = url
+            .strip_prefix("mqtts://")
+            .or_else(|| url.strip_prefix("ssl://"))
+        {
+            (r, true)
         } else {
-            return Err(format!("{url:?} is not an mqtt://host:port URL"));
+            return Err(format!(
+                "{url:?} is not an mqtt://host:port or mqtts://host:port URL"
+            ));
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
@@ -361,7 +365,7 @@ impl std::str::FromStr for BrokerUrl {
                     .map_err(|_| format!("{url:?}: port {p:?} is not a number 1–65535"))?;
                 (h, port)
             }
-            _ => (rest, 1883),
+            _ => (rest, if tls { 8883 } else { 1883 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
@@ -373,6 +377,7 @@ impl std::str::FromStr for BrokerUrl {
         Ok(BrokerUrl {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
@@ -392,12 +397,21 @@ mod url_tests {
     }
 
     #[test]
+    fn tls_urls_default_to_port_8883() {
+        let u: BrokerUrl = "mqtts://broker.local".parse().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.tls),
+            ("broker.local", 8883, true)
+        );
+        let u: BrokerUrl = "ssl://10.0.0.1:8884".parse().unwrap();
+        assert_eq!((u.port, u.tls), (8884, true));
+        assert!(!"mqtt://x".parse::<BrokerUrl>().unwrap().tls);
+    }
+
+    #[test]
     fn other_schemes_and_bad_ports_are_refused() {
         assert!("http://x".parse::<BrokerUrl>().is_err());
-        assert!("mqtts://x"
-            .parse::<BrokerUrl>()
-            .unwrap_err()
-            .contains("TLS"));
+        assert!("mqtts://x:99999".parse::<BrokerUrl>().is_err());
         assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
         assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
     }

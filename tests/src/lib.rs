@@ -319,7 +319,8 @@ impl Mosquitto {
     }
 }
 
-fn wait_port(proc: &mut Proc, port: u16, timeout: Duration) -> Result<()> {
+/// Waits until `port` on 127.0.0.1 accepts connections (or `proc` exits).
+pub fn wait_port(proc: &mut Proc, port: u16, timeout: Duration) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

@@ -1,0 +1,173 @@
+//! MQTT over TLS with client certificates and per-client ACLs: a real
+//! Mosquitto configured by the test (certificates made with openssl), the
+//! collector and agents connecting with their own certificates. An agent may
+//! publish only under its own site and agent topic.
+
+use anyhow::{ensure, Context, Result};
+use roomguard_e2e::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn openssl(dir: &Path, args: &str) -> Result<()> {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A CA, a server certificate for localhost, and client certificates whose
+/// common names are the MQTT user names. Extensions make them X.509 v3
+/// certificates, which webpki requires.
+fn certificates(dir: &Path, clients: &[&str]) -> Result<()> {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n")?;
+    let ca = "-x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem";
+    openssl(dir, &format!("req {ca}"))?;
+    let mut names = vec![("server", "localhost", "server.ext")];
+    names.extend(clients.iter().map(|c| (*c, *c, "client.ext")));
+    for (name, cn, ext) in names {
+        openssl(
+            dir,
+            &format!(
+                "req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"
+            ),
+        )?;
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                 -extfile {ext} -out {name}.pem"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn security(dir: &Path, name: &str) -> String {
+    let p = |f: &str| format!("{:?}", dir.join(f).display().to_string());
+    format!(
+        "[mqtt.security]\nca_file = {}\nclient_cert = {}\nclient_key = {}\n",
+        p("ca.pem"),
+        p(&format!("{name}.pem")),
+        p(&format!("{name}.key"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_publish_over_tls_only_under_their_own_topic() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let Some(mosquitto) = external("mosquitto", "mosquitto") else {
+        return Ok(());
+    };
+    if external("openssl", "openssl").is_none() {
+        return Ok(());
+    }
+    certificates(d, &["collector", "edge-01"])?;
+    std::fs::write(
+        d.join("acl"),
+        "user collector\ntopic readwrite roomguard/#\n\n\
+         user edge-01\ntopic write roomguard/v1/demo-site/edge-01/batch\n\
+         topic write roomguard/v1/demo-site/edge-01/status\ntopic read roomguard/v1/demo-site/edge-01/ack\n",
+    )?;
+    let port = free_port();
+    std::fs::write(
+        d.join("mosquitto.conf"),
+        format!(
+            "listener {port} 127.0.0.1\ncafile {ca}\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n\
+             acl_file {d}/acl\npersistence false\n\
+             # Started as root, Mosquitto would become user mosquitto and lose\n\
+             # access to the test's private directory; as anyone else this is ignored.\n\
+             user root\n",
+            ca = d.join("ca.pem").display(),
+            d = d.display()
+        ),
+    )?;
+    let mut cmd = Command::new(mosquitto);
+    cmd.arg("-c").arg(d.join("mosquitto.conf"));
+    let mut broker = Proc::spawn("mosquitto-tls", cmd, d)?;
+    wait_port(&mut broker, port, Duration::from_secs(20))?;
+    let url = format!("mqtts://localhost:{port}");
+
+    let (_collector, http, _) = start_collector_with(d, Some(&url), &security(d, "collector"))?;
+    let (_sim, sim) = start_simulator(d, &[])?;
+
+    // The real agent, with its certificate.
+    let conf = demo_agent_config(&sim, &url, &d.join("state-1"))?;
+    let honest = start_agent_named(d, "agent-edge-01", &conf, &security(d, "edge-01"))?;
+    // An impostor holding edge-01's certificate but claiming to be edge-02.
+    let forged = conf.replace("agent = \"edge-01\"", "agent = \"edge-02\"");
+    ensure!(forged != conf, "the demo configuration names agent edge-01");
+    let forged = forged.replace(
+        &d.join("state-1").display().to_string(),
+        &d.join("state-2").display().to_string(),
+    );
+    let mut impostor = start_agent_named(d, "agent-impostor", &forged, &security(d, "edge-01"))?;
+
+    let client = http_client();
+    let soc = eventually(Duration::from_secs(60), "readings over TLS", || async {
+        latest_point(&client, &http, "br-bms-1.soc").await
+    })
+    .await?;
+    assert_eq!(soc["agent"], "edge-01");
+    // Give the impostor the same time to try, then look: nothing of edge-02.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let points = get_json(&client, &format!("{http}/api/v1/latest"))
+        .await
+        .context("latest")?;
+    let agents: std::collections::BTreeSet<String> = points["points"]
+        .as_array()
+        .context("points")?
+        .iter()
+        .filter_map(|p| p["agent"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(agents.into_iter().collect::<Vec<_>>(), ["edge-01"]);
+    // It was there trying all along, not stopped by something else.
+    assert!(impostor.is_running(), "{}", impostor.log_tail());
+    drop((honest, impostor));
+
+    // Without a client certificate the broker does not let one in.
+    let out =
+        Command::new(external("mosquitto_pub", "mosquitto-clients").context("mosquitto_pub")?)
+            .args(["-h", "localhost", "-p", &port.to_string(), "--cafile"])
+            .arg(d.join("ca.pem"))
+            .args([
+                "-t",
+                "roomguard/v1/demo-site/edge-01/batch",
+                "-m",
+                "{}",
+                "-q",
+                "1",
+            ])
+            .output()?;
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was let in"
+    );
+    Ok(())
+}
+
+/// An agent with its own log name and extra configuration appended.
+fn start_agent_named(dir: &Path, name: &str, config: &str, extra: &str) -> Result<Proc> {
+    let conf = dir.join(format!("{name}.toml"));
+    // [mqtt.security] goes after [mqtt]'s keys, before the next table.
+    let (head, tail) = config
+        .split_once("\n[metrics]")
+        .context("demo config has [metrics]")?;
+    std::fs::write(&conf, format!("{head}\n{extra}\n[metrics]{tail}"))?;
+    let mut cmd = Command::new(workspace_bin("roomguard-agent"));
+    cmd.arg("run").arg(&conf);
+    Proc::spawn(name, cmd, dir)
+}
