@@ -259,6 +259,16 @@ pub struct HttpConfig {
     /// IANA time zone of times in API answers unless a request names one.
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
+    /// Serve HTTPS with this certificate and key (PEM); plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<HttpTls>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -266,6 +276,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_http_listen(),
             time_zone: default_time_zone(),
+            tls: None,
         }
     }
 }
@@ -424,6 +435,11 @@ impl CollectorConfig {
             i.check(&mut p);
         }
         self.alarms.check(&mut p);
+        if let Some(t) = &self.http.tls {
+            if let Err(e) = crate::api::tls::server_config(&t.cert_file, &t.key_file) {
+                p.push("http.tls", e);
+            }
+        }
         self.auth.check(&mut p);
         if jiff::tz::TimeZone::get(&self.http.time_zone).is_err() {
             p.push(

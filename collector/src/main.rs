@@ -205,6 +205,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
     let app = api::router(Arc::new(api::AppState {
+        secure_cookies: cfg.http.tls.is_some(),
         store_path: cfg.store.path.clone(),
         metrics: metrics.clone(),
         time_zone: cfg.http.time_zone.clone(),
@@ -228,15 +229,26 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         serde_json::json!({
             "event": "ready",
             "http": http_addr,
+            "https": cfg.http.tls.is_some(),
             "mqtt": format!("{}:{}", broker_url.host, broker_url.port),
         })
     );
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker_url.host, broker_url.port), "collector serving");
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    match &cfg.http.tls {
+        Some(t) => {
+            let config = api::tls::server_config(&t.cert_file, &t.key_file)
+                .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
+            axum::serve(api::tls::TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("HTTPS server failed")?;
+        }
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("HTTP server failed")?,
+    }
 
     tracing::info!("shutting down: finishing queued writes");
     ingest.abort();

@@ -212,3 +212,63 @@ async fn a_first_start_without_a_password_prints_a_one_time_admin_password_once(
     assert!(again.is_none(), "printed only at the first start");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_is_served_over_https_with_secure_cookies_when_configured() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    if external("openssl", "openssl").is_none() {
+        return Ok(());
+    }
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(d)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let extra = format!(
+        "[http.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        d.join("cert.pem").display().to_string(),
+        d.join("key.pem").display().to_string()
+    );
+    let (_collector, http, _) = start_collector_with(d, None, &extra)?;
+    let https = http
+        .replace("http://", "https://")
+        .replace("127.0.0.1", "localhost");
+    let _ = http_client(); // installs the crypto provider
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("cert.pem"))?)?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()?;
+    let r = client
+        .post(format!("{https}/api/v1/login"))
+        .json(&json!({"user": "admin", "password": "admin-test-password"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r.headers()["set-cookie"].to_str()?.to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP on the same port gets no answer from the API.
+    let plain = anonymous_client()
+        .get(format!("{http}/healthz"))
+        .send()
+        .await;
+    assert!(plain.map_or(true, |r| !r.status().is_success()));
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod alarms;
 mod history;
 mod render;
 pub mod session;
+pub mod tls;
 
 use crate::metrics::Metrics;
 use crate::store::retention::Policy;
@@ -31,6 +32,8 @@ pub struct AppState {
     /// Alarm actions, when alarms are on.
     pub alarms: Option<Arc<alarms::AlarmsApi>>,
     pub auth: Arc<crate::auth::Auth>,
+    /// Served over HTTPS: session cookies are marked `Secure`.
+    pub secure_cookies: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

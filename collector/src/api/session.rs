@@ -155,9 +155,10 @@ pub async fn login(
         Err(e) => return Err(e.into()),
     };
     let cookie = format!(
-        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         auth::SESSION_COOKIE,
-        st.auth.session_ttl_s()
+        st.auth.session_ttl_s(),
+        if st.secure_cookies { "; Secure" } else { "" }
     );
     let mut r = Json(json!({ "user": user.name, "role": user.role.as_str(), "csrf": csrf }))
         .into_response();
