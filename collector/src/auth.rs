@@ -33,6 +33,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_hash BLOB PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at INTEGER,
+    revoked_by TEXT
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_log (
     id     INTEGER PRIMARY KEY,
     at     INTEGER NOT NULL,
@@ -88,6 +97,7 @@ pub fn required(method: &str, path: &str, open_health: bool, open_metrics: bool)
         // The page itself holds no data; it asks for a login.
         ("GET", "/") | ("POST", "/api/v1/login") => Need::Open,
         ("POST", "/api/v1/logout") => Need::Read,
+        (_, p) if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => Need::Admin,
         (_, p) if p == "/api/v1/users" || p.starts_with("/api/v1/users/") => {
             // Changing one's own password is the handler's check.
             if method == "POST" && p.ends_with("/password") {
@@ -397,16 +407,32 @@ impl Auth {
             let h = sha256(token.trim());
             // Digests compared without an early exit: no timing hint about
             // how much matched.
-            return Ok(self
-                .tokens
-                .iter()
-                .find(|(t, _)| {
-                    t.iter()
-                        .zip(h.iter())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-                })
-                .map(|(_, u)| (u.clone(), Via::Token)));
+            if let Some((_, u)) = self.tokens.iter().find(|(t, _)| {
+                t.iter()
+                    .zip(h.iter())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+            }) {
+                return Ok(Some((u.clone(), Via::Token)));
+            }
+            // Tokens made through the API; looked up by their digest.
+            let conn = open(&self.store)?;
+            let row: Option<(String, String)> = conn
+                .query_row(
+                    "SELECT name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                    [h.as_slice()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            return Ok(row.and_then(|(name, role)| {
+                Some((
+                    User {
+                        name,
+                        role: Role::parse(&role)?,
+                    },
+                    Via::Token,
+                ))
+            }));
         }
         let Some(session) = cookie.and_then(session_of) else {
             return Ok(None);
@@ -542,6 +568,58 @@ impl Auth {
         Ok(())
     }
 
+    /// A new machine token, returned once; only its digest is kept.
+    pub fn create_token(&self, by: &str, name: &str, role: Role) -> Result<String, AuthError> {
+        valid_name(name).map_err(|e| AuthError::Invalid(format!("name: {e}")))?;
+        let token = random_hex(32);
+        let conn = open(&self.store)?;
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO api_tokens (token_hash, name, role, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sha256(&token).as_slice(), name, role.as_str(), now_ms(), by],
+        )?;
+        if n == 0 {
+            return Err(AuthError::Exists(name.to_owned()));
+        }
+        audit(
+            &conn,
+            by,
+            "token.create",
+            &format!("{name} ({})", role.as_str()),
+        )?;
+        Ok(token)
+    }
+
+    pub fn revoke_token(&self, by: &str, name: &str) -> Result<(), AuthError> {
+        let conn = open(&self.store)?;
+        let n = conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?2, revoked_by = ?3 WHERE name = ?1 AND revoked_at IS NULL",
+            params![name, now_ms(), by],
+        )?;
+        if n == 0 {
+            return Err(AuthError::NoUser(name.to_owned()));
+        }
+        audit(&conn, by, "token.revoke", name)?;
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<serde_json::Value>, AuthError> {
+        let conn = open(&self.store)?;
+        let mut st = conn.prepare(
+            "SELECT name, role, created_at, created_by, revoked_at, revoked_by FROM api_tokens ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(serde_json::json!({
+                "name": r.get::<_, String>(0)?,
+                "role": r.get::<_, String>(1)?,
+                "created_at": r.get::<_, i64>(2)?,
+                "created_by": r.get::<_, String>(3)?,
+                "revoked_at": r.get::<_, Option<i64>>(4)?,
+                "revoked_by": r.get::<_, Option<String>>(5)?,
+            }))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn audit(&self, user: &str, action: &str, detail: &str) -> Result<(), AuthError> {
         audit(&open(&self.store)?, user, action, detail)?;
         Ok(())
@@ -594,6 +672,8 @@ mod tests {
         assert_eq!(need("GET", "/api/v1/users"), Need::Admin);
         assert_eq!(need("POST", "/api/v1/users/bob/password"), Need::Read);
         assert_eq!(need("POST", "/api/v1/notifications/4/retry"), Need::Admin);
+        assert_eq!(need("GET", "/api/v1/tokens"), Need::Admin);
+        assert_eq!(need("POST", "/api/v1/tokens/x/revoke"), Need::Admin);
         assert_eq!(need("DELETE", "/api/v1/anything"), Need::Admin);
         assert!(Need::Respond.allows(Role::Responder) && !Need::Respond.allows(Role::Viewer));
         assert!(!Need::Respond.allows(Role::Inspector));

@@ -150,6 +150,51 @@ async fn the_api_needs_a_login_and_each_role_may_do_only_its_part() -> Result<()
         assert!(log.iter().any(|l| l == line), "{line} missing from {log:?}");
     }
 
+    // A machine token made by an admin: a viewer's rights, until revoked.
+    let admin = http_client();
+    let made: Value = admin
+        .post(format!("{http}/api/v1/tokens"))
+        .json(&json!({"name": "report-script", "role": "viewer"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = made["token"]
+        .as_str()
+        .context("token shown once")?
+        .to_owned();
+    let (code, _, _) = status(
+        anon.get(format!("{http}/api/v1/alarms"))
+            .bearer_auth(&token),
+    )
+    .await?;
+    assert_eq!(code, 200);
+    let (code, _, _) = status(
+        anon.post(format!("{http}/api/v1/silences"))
+            .bearer_auth(&token)
+            .json(&silence),
+    )
+    .await?;
+    assert_eq!(code, 403);
+    let listed = get_json(&admin, &format!("{http}/api/v1/tokens"))
+        .await
+        .context("tokens")?;
+    assert!(
+        !listed.to_string().contains(&token),
+        "the token itself is never shown again"
+    );
+    let r = admin
+        .post(format!("{http}/api/v1/tokens/report-script/revoke"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let (code, _, _) = status(
+        anon.get(format!("{http}/api/v1/alarms"))
+            .bearer_auth(&token),
+    )
+    .await?;
+    assert_eq!(code, 401, "a revoked token is refused");
+
     // Logging out ends the session.
     let (code, _, _) = status(
         anon.post(format!("{http}/api/v1/logout"))

@@ -66,11 +66,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(session::users).post(session::create_user),
         )
         .route("/api/v1/users/{name}/password", post(session::set_password))
+        .route(
+            "/api/v1/tokens",
+            get(session::tokens).post(session::create_token),
+        )
+        .route("/api/v1/tokens/{name}/revoke", post(session::revoke_token))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::guard,
         ))
+        .layer(axum::middleware::from_fn(session::deadline))
         .layer(axum::middleware::from_fn(session::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(session::MAX_BODY))
         .with_state(state)

@@ -106,6 +106,21 @@ pub async fn guard(State(st): State<Arc<AppState>>, mut req: Request, next: Next
     next.run(req).await
 }
 
+/// Longest a request may take; then it is answered 503 and its work dropped
+/// (history reads are bounded well inside this).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub async fn deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the request took longer than {} s", DEADLINE.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
 /// Headers every answer carries: no sniffing, no framing, nothing loaded
 /// from elsewhere, no referrer.
 pub async fn security_headers(req: Request, next: Next) -> Response {
@@ -257,4 +272,49 @@ pub async fn set_password(
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(Json(json!({ "password_changed": true })))
+}
+
+pub async fn tokens(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = st.auth.clone();
+    let tokens = tokio::task::spawn_blocking(move || a.tokens())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    role: Role,
+}
+
+/// A machine token, shown in this answer only.
+pub async fn create_token(
+    State(st): State<Arc<AppState>>,
+    Extension(by): Extension<User>,
+    b: Result<Json<NewToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let b = b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))?;
+    let a = st.auth.clone();
+    let (name, role) = (b.name.clone(), b.role);
+    let token = tokio::task::spawn_blocking(move || a.create_token(&by.name, &b.name, b.role))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "role": role.as_str(), "token": token })),
+    ))
+}
+
+pub async fn revoke_token(
+    State(st): State<Arc<AppState>>,
+    Extension(by): Extension<User>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let a = st.auth.clone();
+    tokio::task::spawn_blocking(move || a.revoke_token(&by.name, &name))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!({ "revoked": true })))
 }
