@@ -334,6 +334,14 @@ pub struct StoreConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Distinct points one agent may name; batches beyond are refused
+    /// (counted as `too_many_points`).
+    #[serde(default = "default_max_points")]
+    pub max_points_per_agent: usize,
+}
+
+fn default_max_points() -> usize {
+    20_000
 }
 
 impl Default for StoreConfig {
@@ -341,6 +349,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: default_store_path(),
             retention: RetentionConfig::default(),
+            max_points_per_agent: default_max_points(),
         }
     }
 }
@@ -415,6 +424,9 @@ impl CollectorConfig {
             && self.mqtt.embedded_listen == self.http.listen
         {
             p.push("mqtt.embedded_listen", "is the same address as http.listen");
+        }
+        if !(1..=1_000_000).contains(&self.store.max_points_per_agent) {
+            p.push("store.max_points_per_agent", "must be 1 to 1000000");
         }
         if self.store.path.as_os_str().is_empty() {
             p.push("store.path", "must name a file");

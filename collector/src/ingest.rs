@@ -9,6 +9,7 @@ use crate::store::{now_ms, Ack, WriteCmd};
 use roomguard_protocol::conf::BrokerUrl;
 use roomguard_protocol::{decode_batch, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 pub async fn run(
     broker: BrokerUrl,
     security: roomguard_protocol::mqtt::Security,
+    max_points_per_agent: usize,
     client_id: String,
     metrics: Arc<Metrics>,
     store: mpsc::Sender<WriteCmd>,
@@ -49,6 +51,7 @@ pub async fn run(
         client.clone(),
     )));
     let filters = Topic::collector_filters();
+    let mut catalogue = Catalogue::new(max_points_per_agent);
     let mut backoff = Duration::from_millis(250);
     loop {
         match eventloop.poll().await {
@@ -69,7 +72,16 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if !handle(&p, &client, &metrics, &store, &confirmations).await {
+                if !handle(
+                    &p,
+                    &client,
+                    &metrics,
+                    &store,
+                    &confirmations,
+                    &mut catalogue,
+                )
+                .await
+                {
                     return;
                 }
             }
@@ -103,6 +115,7 @@ async fn handle(
     metrics: &Arc<Metrics>,
     store: &mpsc::Sender<WriteCmd>,
     confirmations: &Confirmations,
+    catalogue: &mut Catalogue,
 ) -> bool {
     metrics.messages_received.inc();
     // Refused messages are acknowledged at once: they will never be stored,
@@ -126,6 +139,13 @@ async fn handle(
     let ack = || Some(ack_for(p, client, metrics));
     let cmd = match topic.kind {
         TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {
+            Ok(batch) if !catalogue.admit(&batch) => {
+                tracing::warn!(site = %topic.site, agent = %topic.agent, seq = batch.seq,
+                    limit = catalogue.limit, "batch names more points than one agent may have; rejected");
+                refuse("too_many_points");
+                confirmations.refused(&topic.site, &topic.agent, batch.seq);
+                return true;
+            }
             Ok(batch) => {
                 metrics.batches_accepted.inc();
                 metrics.readings_accepted.add(batch.readings.len() as u64);
@@ -164,6 +184,43 @@ async fn handle(
     store.send(cmd).await.is_ok()
 }
 
+/// The points each agent has named, to bound the catalogue: a confused or
+/// hostile agent inventing point ids cannot grow the store without end.
+/// Counted since this start; points already known count again as they are seen.
+pub struct Catalogue {
+    limit: usize,
+    points: HashMap<(String, String), HashSet<String>>,
+}
+
+impl Catalogue {
+    pub fn new(limit: usize) -> Catalogue {
+        Catalogue {
+            limit,
+            points: HashMap::new(),
+        }
+    }
+
+    /// Whether `batch` fits; if so its points are remembered.
+    pub fn admit(&mut self, batch: &roomguard_protocol::Batch) -> bool {
+        let seen = self
+            .points
+            .entry((batch.site.clone(), batch.agent.clone()))
+            .or_default();
+        let new: HashSet<&str> = batch
+            .readings
+            .iter()
+            .map(|r| &*r.point)
+            .chain(batch.points.iter().map(|m| &*m.id))
+            .filter(|p| !seen.contains(*p))
+            .collect();
+        if seen.len() + new.len() > self.limit {
+            return false;
+        }
+        seen.extend(new.into_iter().map(str::to_owned));
+        true
+    }
+}
+
 /// The sequence number of a batch that failed validation, if it has one.
 fn seq_of(payload: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
@@ -181,5 +238,44 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomguard_protocol::{Batch, Quality, Reading, PROTOCOL_VERSION};
+
+    fn batch(agent: &str, points: &[&str]) -> Batch {
+        Batch {
+            v: PROTOCOL_VERSION,
+            site: "s".into(),
+            agent: agent.into(),
+            seq: 1,
+            device: "d".into(),
+            polled_at: 1,
+            backfill: false,
+            points: Vec::new(),
+            readings: points
+                .iter()
+                .map(|p| Reading {
+                    point: (*p).into(),
+                    value: Some(1.0),
+                    text: None,
+                    ts: 1,
+                    quality: Quality::Good,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_agent_may_name_only_so_many_points_and_known_ones_always_pass() {
+        let mut c = Catalogue::new(3);
+        assert!(c.admit(&batch("a", &["p1", "p2"])));
+        assert!(c.admit(&batch("a", &["p1", "p2", "p3"])));
+        assert!(!c.admit(&batch("a", &["p1", "p4"])), "a fourth point");
+        assert!(c.admit(&batch("a", &["p3", "p1"])), "known points go on");
+        assert!(c.admit(&batch("b", &["p4", "p5", "p6"])), "per agent");
     }
 }

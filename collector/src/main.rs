@@ -217,6 +217,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let ingest = tokio::spawn(ingest::run(
         broker_url.clone(),
         cfg.mqtt.security.clone(),
+        cfg.store.max_points_per_agent,
         cfg.mqtt.client_id.clone(),
         metrics.clone(),
         store_tx,

@@ -47,7 +47,7 @@ impl Timer {
 }
 
 /// Reasons a message is rejected; one counter each.
-pub const REJECT_REASONS: [&str; 7] = [
+pub const REJECT_REASONS: [&str; 8] = [
     "too_large",
     "malformed",
     "unknown_version",
@@ -55,6 +55,7 @@ pub const REJECT_REASONS: [&str; 7] = [
     "invalid",
     "bad_topic",
     "bad_status",
+    "too_many_points",
 ];
 
 #[derive(Debug, Default)]
