@@ -152,6 +152,34 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A fresh instance; `labels` are site, agent, room, device, point
+    /// (empty where the scope has none), timed by agent `clock`.
+    fn new(
+        rule: usize,
+        scope: Scope,
+        labels: [Arc<str>; 5],
+        params: Params,
+        clock: usize,
+    ) -> Instance {
+        let [site, agent, room, device, point] = labels;
+        Instance {
+            rule,
+            scope,
+            site,
+            agent,
+            room,
+            device,
+            point,
+            params,
+            live: Machine::default(),
+            late: None,
+            inhibited: false,
+            clock,
+            parents: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
     /// Key under which the instance's state is persisted.
     pub fn key(&self, rules: &RuleSet) -> String {
         let id = &rules.rules[self.rule].id;
@@ -339,22 +367,15 @@ impl Engine {
             if !params.enabled {
                 continue;
             }
-            let i = self.push(Instance {
-                rule,
-                scope: Scope::Agent,
-                site: site.clone(),
-                agent: agent.clone(),
-                room: "".into(),
-                device: "".into(),
-                point: "".into(),
-                params,
-                live: Machine::default(),
-                late: None,
-                inhibited: false,
-                clock: a,
-                parents: Vec::new(),
-                members: Vec::new(),
-            });
+            let empty: Arc<str> = "".into();
+            let labels = [
+                site.clone(),
+                agent.clone(),
+                empty.clone(),
+                empty.clone(),
+                empty,
+            ];
+            let i = self.push(Instance::new(rule, Scope::Agent, labels, params, a));
             self.agents[a].instances.push(i);
         }
         a
@@ -413,22 +434,14 @@ impl Engine {
             if !params.enabled {
                 continue;
             }
-            let i = self.push(Instance {
-                rule,
-                scope: Scope::Point,
-                site: site_arc.clone(),
-                agent: agent_arc.clone(),
-                room: room.clone(),
-                device: device.clone(),
-                point: meta.id.clone(),
-                params,
-                live: Machine::default(),
-                late: None,
-                inhibited: false,
-                clock: a,
-                parents: Vec::new(),
-                members: Vec::new(),
-            });
+            let labels = [
+                site_arc.clone(),
+                agent_arc.clone(),
+                room.clone(),
+                device.clone(),
+                meta.id.clone(),
+            ];
+            let i = self.push(Instance::new(rule, Scope::Point, labels, params, a));
             ids.push(i);
             if self.rules.rules[rule].cond == Cond::Silent {
                 self.agents[a].silent.push(i);
@@ -467,22 +480,15 @@ impl Engine {
         if !params.enabled {
             return None;
         }
-        let i = self.push(Instance {
-            rule,
-            scope: Scope::Room,
-            site: site.clone(),
-            agent: self.agents[a].agent.clone(),
-            room: room.clone(),
-            device: "".into(),
-            point: "".into(),
-            params,
-            live: Machine::default(),
-            late: None,
-            inhibited: false,
-            clock: a,
-            parents: Vec::new(),
-            members: Vec::new(),
-        });
+        let empty: Arc<str> = "".into();
+        let labels = [
+            site.clone(),
+            self.agents[a].agent.clone(),
+            room.clone(),
+            empty.clone(),
+            empty,
+        ];
+        let i = self.push(Instance::new(rule, Scope::Room, labels, params, a));
         self.rooms.insert((site.clone(), room.clone(), rule), i);
         // A composite can be a member of another composite.
         for parent_rule in self.parents_of[rule].clone() {

@@ -14,6 +14,11 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 
+/// A blocking task that panicked or was cancelled.
+fn joined(e: tokio::task::JoinError) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
 /// Longest request body accepted anywhere (the API takes small JSON documents).
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -193,7 +198,7 @@ pub async fn logout(
     let a = st.auth.clone();
     tokio::task::spawn_blocking(move || a.logout(cookie.as_deref()))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     let mut r = Json(json!({ "logged_out": true })).into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
@@ -219,7 +224,7 @@ pub async fn users(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::V
     let a = st.auth.clone();
     let users = tokio::task::spawn_blocking(move || a.users())
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     Ok(Json(json!({ "users": users })))
 }
 
@@ -241,7 +246,7 @@ pub async fn create_user(
     let (name, role) = (b.name.clone(), b.role);
     tokio::task::spawn_blocking(move || a.create_user(&by.name, &b.name, b.role, &b.password))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "name": name, "role": role.as_str() })),
@@ -270,7 +275,7 @@ pub async fn set_password(
     let a = st.auth.clone();
     tokio::task::spawn_blocking(move || a.set_password(&by.name, &name, &b.password))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     Ok(Json(json!({ "password_changed": true })))
 }
 
@@ -278,7 +283,7 @@ pub async fn tokens(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::
     let a = st.auth.clone();
     let tokens = tokio::task::spawn_blocking(move || a.tokens())
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     Ok(Json(json!({ "tokens": tokens })))
 }
 
@@ -300,7 +305,7 @@ pub async fn create_token(
     let (name, role) = (b.name.clone(), b.role);
     let token = tokio::task::spawn_blocking(move || a.create_token(&by.name, &b.name, b.role))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "name": name, "role": role.as_str(), "token": token })),
@@ -315,6 +320,6 @@ pub async fn revoke_token(
     let a = st.auth.clone();
     tokio::task::spawn_blocking(move || a.revoke_token(&by.name, &name))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(joined)??;
     Ok(Json(json!({ "revoked": true })))
 }
