@@ -28,6 +28,8 @@ pub type Ts = i64;
 
 /// Samples kept per rate-of-rise window at most (oldest dropped first).
 const MAX_WINDOW: usize = 1024;
+/// How far ahead of the wall clock a reading may be judged.
+const FUTURE_TOLERANCE_MS: i64 = 5_000;
 /// A late machine with no late reading for this long (wall clock) is done.
 const LATE_IDLE_MS: i64 = 15_000;
 
@@ -149,6 +151,8 @@ pub struct Instance {
     parents: Vec<usize>,
     /// For composites: member instances.
     members: Vec<usize>,
+    /// Its point was relabelled: it judges nothing any more.
+    retired: bool,
 }
 
 impl Instance {
@@ -177,6 +181,7 @@ impl Instance {
             clock,
             parents: Vec::new(),
             members: Vec::new(),
+            retired: false,
         }
     }
 
@@ -216,6 +221,7 @@ struct AgentClock {
 }
 
 struct PointEntry {
+    agent: usize,
     room: Arc<str>,
     device: Arc<str>,
     quantity: Arc<str>,
@@ -248,6 +254,8 @@ pub struct Engine {
     releases: Vec<(usize, u64, Ts)>,
     /// (instance, reading) pairs of the batch being judged.
     work: Vec<(usize, usize)>,
+    /// Clears of retired instances, handed out with the next transitions.
+    retired_out: Vec<Transition>,
 }
 
 /// What an inhibiting alarm explained usually clears within moments of it
@@ -300,6 +308,7 @@ impl Engine {
             saved,
             releases: Vec::new(),
             work: Vec::new(),
+            retired_out: Vec::new(),
         }
     }
 
@@ -408,13 +417,22 @@ impl Engine {
     pub fn describe(&mut self, site: &str, agent: &str, device: &str, meta: &PointMeta) {
         let a = self.agent(site, agent);
         if let Some(e) = self.points.get(site).and_then(|m| m.get(&*meta.id)) {
-            if *e.room == *meta.room && *e.quantity == *meta.quantity && *e.device == *device {
+            if *e.room == *meta.room
+                && *e.quantity == *meta.quantity
+                && *e.device == *device
+                && e.agent == a
+            {
                 return;
             }
-            // Relabelled: its old instances stop receiving readings. An
-            // active alarm on them stays until acknowledged and is not
-            // cleared by a reading it no longer sees.
+            // Relabelled (moved room, new quantity, another device or
+            // agent): its rules are matched again, and the old instances
+            // retire, their alarms cleared so nothing stays raised by a
+            // point that no longer exists as it was.
             tracing::info!(site, point = %meta.id, "point relabelled; its rules are matched again");
+            let old = e.instances.clone();
+            for i in old {
+                self.retire(i);
+            }
         }
         let site_arc: Arc<str> = self.agents[a].site.clone();
         let agent_arc = self.agents[a].agent.clone();
@@ -458,12 +476,37 @@ impl Engine {
         self.points.entry(site_arc).or_default().insert(
             meta.id.clone(),
             PointEntry {
+                agent: a,
                 room,
                 device,
                 quantity: meta.quantity.clone(),
                 instances: ids,
             },
         );
+    }
+
+    /// Takes an instance out of service: it leaves its composites and
+    /// silence and timer lists behave as if it were gone; an alarm it held
+    /// is cleared now (queued for the next `observe` or `tick`).
+    fn retire(&mut self, i: usize) {
+        let mut out = std::mem::take(&mut self.retired_out);
+        let at = self.agents[self.instances[i].clock].clock.max(self.started);
+        if let Some(serial) = self.instances[i].live.phase.serial() {
+            self.instances[i].live.cond = false;
+            self.instances[i].live.phase = Phase::Normal;
+            let began = self.instances[i].live.began.unwrap_or(at);
+            self.emit(i, Kind::Clear, serial, at, began, None, false, &mut out);
+        } else if self.instances[i].live.cond {
+            self.instances[i].live.cond = false;
+            self.instances[i].live.phase = Phase::Normal;
+        }
+        self.instances[i].retired = true;
+        self.mark(i);
+        for p in self.instances[i].parents.clone() {
+            self.instances[p].members.retain(|&m| m != i);
+            self.recompute_composite(p, at, &mut out);
+        }
+        self.retired_out = out;
     }
 
     fn room_instance(
@@ -535,6 +578,7 @@ impl Engine {
         for meta in &batch.points {
             self.describe(&batch.site, &batch.agent, &batch.device, meta);
         }
+        out.append(&mut self.retired_out);
         self.agents[a].seen = self.agents[a].seen.max(now);
         // Agent silence ends with any batch.
         for k in 0..self.agents[a].instances.len() {
@@ -560,7 +604,10 @@ impl Engine {
         for &(i, ri) in &work {
             let r = &batch.readings[ri];
             let good = r.quality == Quality::Good;
-            self.judge(i, r.ts, r.value, r.text.as_deref(), good, now, out);
+            // A device clock running ahead is judged at the wall clock, so
+            // one early reading cannot make every later one look late.
+            let ts = r.ts.min(now + FUTURE_TOLERANCE_MS);
+            self.judge(i, ts, r.value, r.text.as_deref(), good, now, out);
         }
         self.work = work;
         // Delays that ran out with the readings' time.
@@ -822,6 +869,7 @@ impl Engine {
     /// Timers: raise and clear delays that have run out on each agent's
     /// clock, point and agent silence, late machines that are done.
     pub fn tick(&mut self, now: Ts, out: &mut Vec<Transition>) {
+        out.append(&mut self.retired_out);
         self.release_due(now, out);
         for a in 0..self.agents.len() {
             // Agent silence runs on the wall clock.
@@ -845,11 +893,27 @@ impl Engine {
                     // active ends where the backlog ends.
                     let end = m.last_ts.unwrap_or(now);
                     let began = m.began.unwrap_or(end);
+                    let raised_at = m.phase.raised_at().unwrap_or(end);
                     let own = out_serial_of_late(&self.instances[i])
                         .filter(|s| self.instances[i].live.phase.serial() != Some(*s));
                     self.instances[i].late = None;
-                    if let Some(serial) = own {
-                        self.emit(i, Kind::Clear, serial, end, began, None, true, out);
+                    let live = &self.instances[i].live;
+                    match own {
+                        // Still true in the live data, its delay running: the
+                        // same episode. The live machine takes the alarm over
+                        // rather than clearing it and raising another.
+                        Some(serial)
+                            if live.cond && matches!(live.phase, Phase::Pending { .. }) =>
+                        {
+                            self.instances[i].live.phase = Phase::Active { serial, raised_at };
+                            let key = (self.instances[i].site.clone(), self.instances[i].rule);
+                            *self.active.entry(key).or_default() += 1;
+                            self.mark(i);
+                        }
+                        Some(serial) => {
+                            self.emit(i, Kind::Clear, serial, end, began, None, true, out)
+                        }
+                        None => {}
                     }
                 }
             }
@@ -902,11 +966,15 @@ impl Engine {
         }
         let silent = std::mem::take(&mut self.agents[a].silent);
         for &i in &silent {
+            if self.instances[i].retired {
+                continue;
+            }
             let limit = self.instances[i].params.threshold as i64;
-            if let Some(last) = self.instances[i].live.last_ts {
-                if !self.instances[i].live.cond && clock - last >= limit {
-                    self.step_live(i, last + limit, true, None, out);
-                }
+            // A point never heard from in good health is silent since this
+            // engine started listening.
+            let last = self.instances[i].live.last_ts.unwrap_or(self.started);
+            if !self.instances[i].live.cond && clock - last >= limit {
+                self.step_live(i, last + limit, true, None, out);
             }
         }
         self.agents[a].silent = silent;
@@ -927,6 +995,9 @@ impl Engine {
 
     /// Moves pending and clearing phases whose delay ran out by `clock`.
     fn timers(&mut self, i: usize, clock: Ts, out: &mut Vec<Transition>) {
+        if self.instances[i].retired {
+            return;
+        }
         let m = &self.instances[i].live;
         let due = match m.phase {
             Phase::Pending { since } => {
@@ -1020,7 +1091,8 @@ fn evaluate(
 ) -> Option<bool> {
     if let Cond::Silent = cond {
         if good {
-            m.last_ts = Some(ts);
+            // A backlog's older readings never move it back.
+            m.last_ts = m.last_ts.max(Some(ts));
         }
         return good.then_some(false);
     }
@@ -1339,6 +1411,31 @@ clear_delay = "0s"
             out
         }
 
+        /// A reading with the wall clock given.
+        fn send_at(&mut self, point: &str, ts: Ts, value: f64, now: Ts) {
+            self.seq += 1;
+            let batch = Batch {
+                v: PROTOCOL_VERSION,
+                site: "s".into(),
+                agent: "a".into(),
+                seq: self.seq,
+                device: "dev".into(),
+                polled_at: ts,
+                backfill: false,
+                points: Vec::new(),
+                readings: vec![Reading {
+                    point: point.into(),
+                    value: Some(value),
+                    text: None,
+                    ts,
+                    quality: Quality::Good,
+                }],
+            };
+            let mut out = Vec::new();
+            self.engine.observe(&batch, now, &mut out);
+            self.out.extend(out);
+        }
+
         fn tick(&mut self, now: Ts) -> Vec<Transition> {
             let mut out = Vec::new();
             self.engine.tick(now, &mut out);
@@ -1620,6 +1717,70 @@ clear_delay = "0s"
         r.send("temp", T0 + 91 * S, 20.0);
         assert_eq!(r.of("t.hot_slow"), vec![(Kind::Clear, T0 + 90 * S, false)]);
         assert_eq!(r.of("t.hot"), vec![(Kind::Clear, T0 + 70 * S, false)]);
+    }
+
+    #[test]
+    fn a_relabelled_point_clears_what_its_old_rules_held_and_leaves_its_composites() {
+        let mut s = Site::new();
+        s.send("smoke1", T0, 1.0);
+        s.send("smoke2", T0 + S, 1.0);
+        assert_eq!(s.of("t.two_heads").len(), 1);
+        // smoke2 is now described as another room's detector.
+        s.engine
+            .describe("s", "a", "dev", &meta("smoke2", "other-room", "smoke"));
+        s.send("smoke1", T0 + 2 * S, 1.0);
+        // Cleared when the relabel was seen, at the agent's clock then.
+        assert_eq!(
+            s.of("t.two_heads"),
+            [(Kind::Raise, T0 + S, false), (Kind::Clear, T0 + S, false)]
+        );
+        let smoke: Vec<Kind> = s.of("t.smoke").iter().map(|t| t.0).collect();
+        assert_eq!(
+            smoke,
+            [Kind::Raise, Kind::Raise, Kind::Clear],
+            "the old smoke2 alarm cleared"
+        );
+        // Its new instance judges its readings again.
+        s.send("smoke2", T0 + 3 * S, 1.0);
+        assert_eq!(s.of("t.smoke").len(), 4);
+    }
+
+    #[test]
+    fn a_backlog_alarm_still_true_in_live_data_is_taken_over_not_cleared() {
+        let mut s = Site::new();
+        s.send("temp", T0, 20.0);
+        // Live data resumes at +100 s, hot; t.hot_slow (60 s delay) is pending.
+        s.send("temp", T0 + 100 * S, 45.0);
+        for k in 1..100 {
+            s.send_reading("temp", T0 + k * S, Some(45.0), None, true);
+        }
+        s.tick(T0 + 1_000 * S);
+        let hot: Vec<(Kind, bool)> = s.of("t.hot_slow").iter().map(|t| (t.0, t.2)).collect();
+        assert_eq!(
+            hot,
+            [(Kind::Raise, true)],
+            "one alarm, raised from the backlog, not cleared"
+        );
+        // The live machine owns it now and clears it when it cools.
+        s.send("temp", T0 + 1_001 * S, 20.0);
+        s.send("temp", T0 + 1_030 * S, 20.0);
+        let hot: Vec<Kind> = s.of("t.hot_slow").iter().map(|t| t.0).collect();
+        assert_eq!(hot, [Kind::Raise, Kind::Clear]);
+    }
+
+    #[test]
+    fn a_reading_from_the_future_is_judged_at_the_wall_clock() {
+        let mut s = Site::new();
+        let now = T0 + 5 * S;
+        // The wall clock says T0 + 5 s; this reading claims T0 + 1 h.
+        s.send_at("smoke1", T0 + 3_600 * S, 1.0, now);
+        s.send_at("smoke1", T0 + 11 * S, 0.0, T0 + 11 * S);
+        let kinds: Vec<(Kind, bool)> = s.of("t.smoke").iter().map(|t| (t.0, t.2)).collect();
+        assert_eq!(
+            kinds,
+            [(Kind::Raise, false), (Kind::Clear, false)],
+            "the later reading is live, not late"
+        );
     }
 
     /// Found by the property test below: a backlog reading merged into the

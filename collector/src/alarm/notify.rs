@@ -521,7 +521,7 @@ impl Sender {
         let targets: Vec<&Channel> = self
             .channels
             .iter()
-            .filter(|c| c.cfg.kind == ChannelKind::Alertmanager)
+            .filter(|c| c.cfg.kind == ChannelKind::Alertmanager && !c.cfg.escalation_only)
             .collect();
         if targets.is_empty() {
             return;
@@ -728,9 +728,13 @@ pub fn outbox(
 }
 
 /// Puts a dead letter back in the queue (after the receiver is fixed).
+/// Not when a later notification of the same alarm reached the channel:
+/// sent now, an old raise would arrive after its clear.
 pub fn retry_dead(conn: &Connection, id: i64, now: i64) -> Result<bool, rusqlite::Error> {
     let n = conn.execute(
-        "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2 WHERE id = ?1 AND state = 'dead'",
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2 WHERE id = ?1 AND state = 'dead'
+           AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.serial = outbox.serial AND l.channel = outbox.channel
+                           AND l.id > outbox.id AND l.state = 'sent')",
         params![id, now],
     )?;
     Ok(n == 1)

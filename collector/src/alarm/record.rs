@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (channel, key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+CREATE INDEX IF NOT EXISTS outbox_by_alarm ON outbox (serial, channel, id);
+CREATE INDEX IF NOT EXISTS alarms_unacknowledged ON alarms (raised_at) WHERE ack_at IS NULL;
+CREATE INDEX IF NOT EXISTS alarms_active ON alarms (raised_at) WHERE cleared_at IS NULL;
 "#;
 
 #[derive(Debug, Error)]
@@ -257,20 +260,30 @@ impl Recorder {
                 points.push((r.get(0)?, site, point, r.get(7)?));
             }
         }
-        // Rate windows and point silence from what is stored.
-        let mut st = conn.prepare_cached(
+        // Rate windows and point silence from what is stored: the recent
+        // history of points with a rate rule, and every point's newest good
+        // reading (its newest reading may be a bad one).
+        let mut recent = conn.prepare_cached(
             "SELECT ts, value, bad IS NULL FROM samples WHERE point_id = ?1 AND ts >= ?2 ORDER BY ts",
+        )?;
+        let mut newest_good = conn.prepare_cached(
+            "SELECT ts, value FROM samples WHERE point_id = ?1 AND bad IS NULL ORDER BY ts DESC LIMIT 1",
         )?;
         for (id, site, point, last_ts) in &points {
             let Some(last) = last_ts else { continue };
-            // Only points with a rate rule need their recent history; the
-            // others need just their newest good reading (point silence).
-            let window = engine.window_of(site, point).unwrap_or(0);
-            let from = if window > 0 { last - window } else { *last };
-            let mut rows = st.query(params![id, from])?;
-            while let Some(r) = rows.next()? {
-                let (ts, value, good): (i64, Option<f64>, bool) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                engine.warm(site, point, ts, value, good);
+            if let Some(window) = engine.window_of(site, point) {
+                let mut rows = recent.query(params![id, last - window])?;
+                while let Some(r) = rows.next()? {
+                    let (ts, value, good): (i64, Option<f64>, bool) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?);
+                    engine.warm(site, point, ts, value, good);
+                }
+            }
+            let good: Option<(i64, Option<f64>)> = newest_good
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((ts, value)) = good {
+                engine.warm(site, point, ts, value, true);
             }
         }
         Ok(Recorder {
@@ -393,16 +406,24 @@ impl Recorder {
                 event("clear", None)?;
                 self.counts.1 += 1;
                 // A clear is told wherever its raise was: never a lost "resolved".
-                let notified: bool = tx
+                let (notified, escalated): (bool, bool) = tx
                     .query_row(
-                        "SELECT notified FROM alarms WHERE serial = ?1",
+                        "SELECT notified, escalated FROM alarms WHERE serial = ?1",
                         [serial],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?
-                    .unwrap_or(false);
+                    .unwrap_or((false, false));
                 if notified {
-                    self.enqueue(tx, t.serial, "clear", "clear", |r| !r.escalation_only, now)?;
+                    // Escalation channels hear the end of what they were told.
+                    self.enqueue(
+                        tx,
+                        t.serial,
+                        "clear",
+                        "clear",
+                        |r| !r.escalation_only || escalated,
+                        now,
+                    )?;
                 }
             }
             Kind::Correct => {
@@ -425,11 +446,16 @@ impl Recorder {
                     "release",
                     Some("the alarm that explained it has cleared".into()),
                 )?;
-                let silenced = silences
+                match silences
                     .iter()
-                    .any(|s| s.matches(&inst.site, &inst.room, &rule.id, now));
-                if !silenced {
-                    self.notify_raise(tx, t.serial, now)?;
+                    .find(|s| s.matches(&inst.site, &inst.room, &rule.id, now))
+                {
+                    // Told when the window ends, by the sweep.
+                    Some(s) => {
+                        tx.prepare_cached("UPDATE alarms SET silenced_by = ?2 WHERE serial = ?1")?
+                            .execute(params![serial, s.id])?;
+                    }
+                    None => self.notify_raise(tx, t.serial, now)?,
                 }
             }
         }
@@ -464,12 +490,14 @@ impl Recorder {
         take: impl Fn(&Route) -> bool,
         now: Ts,
     ) -> Result<(), RecordError> {
-        let Some(doc) = document(tx, self.engine.rules(), serial, kind, now)? else {
+        let Some(mut doc) = document(tx, self.engine.rules(), serial, kind, now)? else {
             return Ok(());
         };
         let level = doc["level"].as_u64().unwrap_or(4) as u8;
-        let payload = doc.to_string();
         let key = format!("{serial}:{key}");
+        // The body names the same key as the Idempotency-Key header.
+        doc["key"] = json!(key);
+        let payload = doc.to_string();
         let lifecycle = matches!(kind, "ack" | "repeat" | "escalate");
         for r in &self.routes {
             if !take(r) || !r.levels.contains(&level) || (lifecycle && !r.lifecycle) {
@@ -506,7 +534,8 @@ impl Recorder {
         // /api/v1/notifications), then pruned in small steps.
         tx.prepare_cached(
             "DELETE FROM outbox WHERE id IN
-               (SELECT id FROM outbox WHERE state = 'sent' AND sent_at < ?1 LIMIT 1000)",
+               (SELECT o.id FROM outbox o JOIN alarms a ON a.serial = o.serial
+                WHERE o.state = 'sent' AND o.sent_at < ?1 AND a.cleared_at IS NOT NULL LIMIT 1000)",
         )?
         .execute([now - OUTBOX_KEEP_MS])?;
         let e = self.escalation.clone();

@@ -194,6 +194,23 @@ pub enum Cond {
     },
 }
 
+impl Cond {
+    /// Whether `threshold` is a number an override may change.
+    pub fn has_threshold(&self) -> bool {
+        matches!(
+            self,
+            Cond::Above
+                | Cond::Below
+                | Cond::Rise { .. }
+                | Cond::Equals
+                | Cond::Composite {
+                    need: Need::AtLeast(_),
+                    ..
+                }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     All,
@@ -374,6 +391,16 @@ impl RuleSet {
                 None => rules.push(placeholder(d)),
             }
         }
+        // Composites of composites must not loop (A in B, B in A would
+        // latch true for ever).
+        for (i, r) in rules.iter().enumerate() {
+            if reaches(&rules, i, i, &mut vec![false; rules.len()]) {
+                p.push(
+                    format!("rules: {}", r.id),
+                    "composite rules contain each other in a loop",
+                );
+            }
+        }
         let mut set = RuleSet {
             rules,
             by_id,
@@ -408,6 +435,26 @@ impl RuleSet {
             }
             if o.threshold.is_some_and(|t| !t.is_finite()) {
                 p.push(format!("{path}.threshold"), "must be a finite number");
+            }
+            // One number for rules of different kinds (a smoke contact and a
+            // temperature) would be wrong for all but one of them.
+            if o.threshold.is_some() || o.hysteresis.is_some() {
+                let matched: Vec<&Rule> =
+                    self.rules.iter().filter(|r| glob(&o.rule, &r.id)).collect();
+                if let Some(r) = matched.iter().find(|r| !r.cond.has_threshold()) {
+                    p.push(
+                        format!("{path}.rule"),
+                        format!("{:?} matches {}, which has no threshold; name the rules a threshold is for", o.rule, r.id),
+                    );
+                } else if matched.windows(2).any(|w| {
+                    std::mem::discriminant(&w[0].cond) != std::mem::discriminant(&w[1].cond)
+                        || w[0].select.quantity != w[1].select.quantity
+                }) {
+                    p.push(
+                        format!("{path}.rule"),
+                        format!("{:?} matches rules of different kinds or quantities; one threshold cannot suit them all", o.rule),
+                    );
+                }
             }
             if o.hysteresis.is_some_and(|h| !(h.is_finite() && h >= 0.0)) {
                 p.push(format!("{path}.hysteresis"), "must be zero or more");
@@ -445,7 +492,9 @@ impl RuleSet {
                     p.level = v;
                 }
                 if let Some(v) = o.threshold {
-                    p.threshold = v;
+                    if rule.cond.has_threshold() {
+                        p.threshold = v;
+                    }
                 }
                 if let Some(v) = o.silent {
                     if matches!(rule.cond, Cond::Silent | Cond::AgentSilent) {
@@ -481,6 +530,25 @@ impl RuleSet {
             && s.device.as_deref().is_none_or(|g| glob(g, device))
             && s.point.as_deref().is_none_or(|g| glob(g, point))
     }
+}
+
+/// Whether composite `from` contains `target`, directly or through others.
+fn reaches(rules: &[Rule], from: usize, target: usize, seen: &mut Vec<bool>) -> bool {
+    let Cond::Composite { of, .. } = &rules[from].cond else {
+        return false;
+    };
+    for &m in of {
+        if m == target {
+            return true;
+        }
+        if !seen[m] {
+            seen[m] = true;
+            if reaches(rules, m, target, seen) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Stands in for a rule that failed to compile, so indexes stay aligned
@@ -801,6 +869,48 @@ when = { all = ["t.nope"] }
             err.contains("rule[1] (t.b).when.all: \"t.nope\" is not a rule"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_threshold_override_for_rules_of_different_kinds_is_refused() {
+        let err = RuleSet::builtin_with(vec![Override {
+            rule: "environment.*".into(),
+            threshold: Some(28.0),
+            ..Default::default()
+        }])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no threshold"), "{err}");
+        let ok = RuleSet::builtin_with(vec![Override {
+            rule: "environment.inlet_temp_high".into(),
+            threshold: Some(28.0),
+            ..Default::default()
+        }]);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn composites_that_contain_each_other_are_refused() {
+        let err = set(r#"
+pack = "t"
+[[rule]]
+id = "t.a"
+name = "a"
+category = "fire"
+level = 1
+source = "x"
+when = { any = ["t.b"] }
+[[rule]]
+id = "t.b"
+name = "b"
+category = "fire"
+level = 1
+source = "x"
+when = { any = ["t.a"] }
+"#)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("loop"), "{err}");
     }
 
     #[test]

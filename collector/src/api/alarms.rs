@@ -573,7 +573,7 @@ pub async fn retry(
     if !requeued {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("notification {id} is not a dead letter"),
+            format!("notification {id} is not a dead letter, or a later notification of its alarm reached the channel (sending it now would put them out of order)"),
         ));
     }
     a.wake.notify_one();

@@ -308,19 +308,19 @@ impl SqliteWriter {
             // next transaction.
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: it reads (silences) before it writes, and a deferred
+        // transaction could not upgrade if the sender or the API committed
+        // in between. On any error `maintain` rebuilds the engine once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         rec.record(&tx, &out, now_ms)?;
         if sweep {
             self.since_sweep = 0;
             rec.sweep(&tx, now_ms)?;
         }
-        match tx.commit() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.reload_alarms(now_ms);
-                Err(e.into())
-            }
-        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Sets how long each tier is kept.
