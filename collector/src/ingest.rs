@@ -202,10 +202,15 @@ impl Catalogue {
 
     /// Whether `batch` fits; if so its points are remembered.
     pub fn admit(&mut self, batch: &roomguard_protocol::Batch) -> bool {
-        let seen = self
-            .points
-            .entry((batch.site.clone(), batch.agent.clone()))
-            .or_default();
+        let key = (batch.site.clone(), batch.agent.clone());
+        // The common case, only known points, allocates nothing more.
+        if self.points.get(&key).is_some_and(|seen| {
+            batch.readings.iter().all(|r| seen.contains(&*r.point))
+                && batch.points.iter().all(|m| seen.contains(&*m.id))
+        }) {
+            return true;
+        }
+        let seen = self.points.entry(key).or_default();
         let new: HashSet<&str> = batch
             .readings
             .iter()

@@ -214,6 +214,15 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         auth,
     }));
 
+    // Files named in [mqtt.security] were read at load; read them again now
+    // so one that vanished since stops the start instead of ingest.
+    cfg.mqtt
+        .security
+        .apply(
+            &broker_url,
+            &mut rumqttc::MqttOptions::new("check", broker_url.host.clone(), broker_url.port),
+        )
+        .map_err(|e| anyhow::anyhow!("mqtt.security: {e}"))?;
     let ingest = tokio::spawn(ingest::run(
         broker_url.clone(),
         cfg.mqtt.security.clone(),

@@ -1386,6 +1386,24 @@ clear_delay = "0s"
             text: Option<&str>,
             backfill: bool,
         ) -> Vec<Transition> {
+            // The wall clock is never behind the newest reading here.
+            self.observe(point, ts, value, text, backfill, ts.max(T0) + 100 * S)
+        }
+
+        /// A reading with the wall clock given.
+        fn send_at(&mut self, point: &str, ts: Ts, value: f64, now: Ts) {
+            self.observe(point, ts, Some(value), None, false, now);
+        }
+
+        fn observe(
+            &mut self,
+            point: &str,
+            ts: Ts,
+            value: Option<f64>,
+            text: Option<&str>,
+            backfill: bool,
+            now: Ts,
+        ) -> Vec<Transition> {
             self.seq += 1;
             let batch = Batch {
                 v: PROTOCOL_VERSION,
@@ -1405,35 +1423,9 @@ clear_delay = "0s"
                 }],
             };
             let mut out = Vec::new();
-            // The wall clock is never behind the newest reading here.
-            self.engine.observe(&batch, ts.max(T0) + 100 * S, &mut out);
+            self.engine.observe(&batch, now, &mut out);
             self.out.extend(out.iter().cloned());
             out
-        }
-
-        /// A reading with the wall clock given.
-        fn send_at(&mut self, point: &str, ts: Ts, value: f64, now: Ts) {
-            self.seq += 1;
-            let batch = Batch {
-                v: PROTOCOL_VERSION,
-                site: "s".into(),
-                agent: "a".into(),
-                seq: self.seq,
-                device: "dev".into(),
-                polled_at: ts,
-                backfill: false,
-                points: Vec::new(),
-                readings: vec![Reading {
-                    point: point.into(),
-                    value: Some(value),
-                    text: None,
-                    ts,
-                    quality: Quality::Good,
-                }],
-            };
-            let mut out = Vec::new();
-            self.engine.observe(&batch, now, &mut out);
-            self.out.extend(out);
         }
 
         fn tick(&mut self, now: Ts) -> Vec<Transition> {

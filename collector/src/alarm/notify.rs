@@ -307,7 +307,11 @@ impl Sender {
                         due(&conn.lock().unwrap_or_else(|p| p.into_inner()), now_ms())
                     })
                     .await
-                    .unwrap_or_else(|_| Ok(Vec::new()))
+                    .unwrap_or_else(|e| {
+                        // A panic reading the outbox: said, and tried again next round.
+                        tracing::error!(error = %e, "reading the notification outbox failed");
+                        Ok(Vec::new())
+                    })
                 };
                 let rows = match rows {
                     Ok(r) => r,
