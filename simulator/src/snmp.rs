@@ -77,7 +77,7 @@ pub fn ups_mib(v: &SiteValues, on_battery_s: f64) -> Mib {
     put("4.2.0", MibValue::Integer(500));
     put("4.3.0", MibValue::Integer(1));
     put("4.4.1.1.1", MibValue::Integer(1));
-    put("4.4.1.2.1", MibValue::Integer(220));
+    put("4.4.1.2.1", MibValue::Integer(i64::from(UPS_OUTPUT_V)));
     put("4.4.1.3.1", MibValue::Integer(152));
     put("4.4.1.5.1", MibValue::Integer(35));
     // upsAlarm
@@ -90,12 +90,17 @@ const PDU_PHASE: &str = "1.3.6.1.4.1.318.1.1.26.6.3.1";
 /// Outlets of the simulated PDU.
 pub const OUTLETS: u32 = 8;
 
-/// The rPDU2 view: eight metered outlets and one phase.
+/// The UPS inverter's output voltage, as `ups_mib` reports it.
+const UPS_OUTPUT_V: u32 = 220;
+
+/// The rPDU2 view: eight metered outlets and one phase. The rack PDU is fed
+/// by the UPS, so a mains failure leaves its voltage and load unchanged: only
+/// the distribution room sees the grid go (one mains-failure alarm per site).
 pub fn pdu_mib(v: &SiteValues) -> Mib {
     let mains = v.phase_v.iter().any(|x| *x > 100.0);
     let mut m = Mib::new();
     for n in 1..=OUTLETS {
-        let amps_x10 = if mains { 8 + n * 3 } else { 0 };
+        let amps_x10 = 8 + n * 3;
         m.insert(
             oid(&format!("{PDU_OUTLETS}.1.{n}")),
             MibValue::Integer(i64::from(n)),
@@ -115,7 +120,13 @@ pub fn pdu_mib(v: &SiteValues) -> Mib {
     }
     m.insert(
         oid(&format!("{PDU_PHASE}.6.1")),
-        MibValue::Gauge(v.phase_v[0].round() as u32),
+        // On mains the UPS passes the grid through; on battery its inverter
+        // holds the output.
+        MibValue::Gauge(if mains {
+            v.phase_v[0].round() as u32
+        } else {
+            UPS_OUTPUT_V
+        }),
     );
     m
 }
@@ -391,6 +402,25 @@ mod tests {
         let got = values(&answer(&mib, &req, b"public").unwrap());
         assert_eq!(got[0].1, "INTEGER: 5");
         assert_eq!(got[1].1, "UNSIGNED32: 1");
+    }
+
+    #[test]
+    fn the_rack_pdu_stays_on_the_ups_through_a_mains_failure() {
+        let v = sample(Scenario::MainsFailure, 30.0, &mut Noise::new(1));
+        let mib = pdu_mib(&v);
+        let req = request(
+            ber::GET,
+            b"public",
+            &[
+                "1.3.6.1.4.1.318.1.1.26.6.3.1.6.1",
+                "1.3.6.1.4.1.318.1.1.26.9.4.3.1.6.1",
+            ],
+            0,
+            0,
+        );
+        let got = values(&answer(&mib, &req, b"public").unwrap());
+        assert_eq!(got[0].1, "UNSIGNED32: 220", "{got:?}");
+        assert_eq!(got[1].1, "UNSIGNED32: 11", "outlet 1 still draws 1.1 A");
     }
 
     #[test]
