@@ -14,6 +14,8 @@ declare -A needs=(
   [prometheus-alertmanager]=prometheus-alertmanager
   [aiosmtpd]=python3-aiosmtpd
   [openssl]=openssl
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for prog in "${!needs[@]}"; do
@@ -21,6 +23,10 @@ for prog in "${!needs[@]}"; do
     missing+=("${needs[$prog]}")
   fi
 done
+# A Chinese font, so the browser tests' zh-CN screenshots show characters.
+if ! { command -v fc-list >/dev/null && fc-list :lang=zh | grep -q .; }; then
+  missing+=(fonts-wqy-microhei)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -8,7 +8,7 @@ use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable};
 use crate::link::ConfirmBy;
 use crate::profiles::{Profile, Profiles};
 use crate::spool::{Limits, OnFull};
-use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
+use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems, Secret};
 use roomguard_protocol::{validate_id, Label, PointMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -352,6 +352,17 @@ impl AgentConfig {
         }
 
         let mut warnings = Vec::new();
+        if self
+            .mqtt
+            .security
+            .password
+            .as_ref()
+            .is_some_and(Secret::is_inline)
+        {
+            warnings.push(
+                "mqtt.security.password: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\"".to_owned(),
+            );
+        }
         let mut snmp = Vec::new();
         for (i, d) in self.snmp.iter().enumerate() {
             let path = format!("snmp[{i}]");

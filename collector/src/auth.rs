@@ -94,8 +94,9 @@ pub fn required(method: &str, path: &str, open_health: bool, open_metrics: bool)
     match (method, path) {
         (_, "/healthz") if open_health => Need::Open,
         (_, "/metrics") if open_metrics => Need::Open,
-        // The page itself holds no data; it asks for a login.
-        ("GET", "/") | ("POST", "/api/v1/login") => Need::Open,
+        // The page and its scripts hold no data; the page asks for a login.
+        ("GET" | "HEAD", "/") | ("POST", "/api/v1/login") => Need::Open,
+        ("GET" | "HEAD", p) if p.starts_with("/ui/") => Need::Open,
         ("POST", "/api/v1/logout") => Need::Read,
         (_, p) if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => Need::Admin,
         (_, p) if p == "/api/v1/users" || p.starts_with("/api/v1/users/") => {

@@ -262,6 +262,10 @@ pub struct HttpConfig {
     /// Serve HTTPS with this certificate and key (PEM); plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<HttpTls>,
+    /// For UI development: serve the web UI from this folder (re-read on
+    /// every request) instead of the files built into the binary.
+    #[serde(default)]
+    pub ui_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -277,6 +281,7 @@ impl Default for HttpConfig {
             listen: default_http_listen(),
             time_zone: default_time_zone(),
             tls: None,
+            ui_dir: None,
         }
     }
 }
@@ -404,6 +409,42 @@ impl CollectorConfig {
         Ok(cfg)
     }
 
+    /// Secrets written in the file itself (`value = "…"`): they work, but
+    /// config files get copied, shared and committed. One line per secret,
+    /// naming where it is; `validate` prints them and `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut inline: Vec<String> = Vec::new();
+        let mut check = |at: String, s: Option<&Secret>| {
+            if s.is_some_and(Secret::is_inline) {
+                inline.push(at);
+            }
+        };
+        check(
+            "mqtt.security.password".into(),
+            self.mqtt.security.password.as_ref(),
+        );
+        check(
+            "influx.token".into(),
+            self.influx.as_ref().map(|i| &i.token),
+        );
+        check(
+            "auth.initial_admin_password".into(),
+            self.auth.initial_admin_password.as_ref(),
+        );
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            check(format!("auth.tokens[{i}].token"), Some(&t.token));
+        }
+        for (i, c) in self.alarms.channels.iter().enumerate() {
+            check(format!("alarms.channels[{i}].secret"), c.secret.as_ref());
+        }
+        inline
+            .into_iter()
+            .map(|at| {
+                format!("{at}: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\"")
+            })
+            .collect()
+    }
+
     /// The external broker, if one is configured.
     pub fn broker(&self) -> Option<Result<BrokerUrl, String>> {
         self.mqtt.url.as_deref().map(str::parse)
@@ -453,6 +494,14 @@ impl CollectorConfig {
             }
         }
         self.auth.check(&mut p);
+        if let Some(dir) = &self.http.ui_dir {
+            if !dir.join("index.html").is_file() {
+                p.push(
+                    "http.ui_dir",
+                    format!("{} has no index.html", dir.display()),
+                );
+            }
+        }
         if jiff::tz::TimeZone::get(&self.http.time_zone).is_err() {
             p.push(
                 "http.time_zone",
@@ -478,6 +527,19 @@ mod tests {
             Path::new("demo"),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn secrets_written_in_the_file_are_named_in_warnings() {
+        let cfg = CollectorConfig::parse(
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[mqtt.security]\nusername = \"c\"\n\
+             password = { value = \"pw\" }\n[auth]\ninitial_admin_password = { env = \"PATH\" }\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("mqtt.security.password:"), "{w:?}");
     }
 
     #[test]

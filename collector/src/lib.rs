@@ -14,5 +14,6 @@ pub mod config;
 pub mod confirm;
 pub mod influx;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod store;

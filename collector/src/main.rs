@@ -72,7 +72,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Validate { config } => match CollectorConfig::load(&config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", config.display());
                 Ok(())
             }
@@ -90,7 +93,12 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             let cfg = match CollectorConfig::load(&config) {
-                Ok(cfg) => cfg,
+                Ok(cfg) => {
+                    for w in cfg.warnings() {
+                        tracing::warn!("{w}");
+                    }
+                    cfg
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     std::process::exit(2);
@@ -180,9 +188,17 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (store_tx, writer_thread) =
-        store::spawn_writer(writer, metrics.clone(), confirmations.clone(), sink, wake)
-            .context("cannot start the store writer")?;
+    let live = Arc::new(roomguard_collector::live::Live::default());
+    tokio::spawn(live.clone().run());
+    let (store_tx, writer_thread) = store::spawn_writer(
+        writer,
+        metrics.clone(),
+        confirmations.clone(),
+        sink,
+        wake,
+        live.clone(),
+    )
+    .context("cannot start the store writer")?;
 
     let (auth, admin_password) = roomguard_collector::auth::Auth::init(&cfg.store.path, &cfg.auth)
         .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
@@ -212,6 +228,8 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         retention: cfg.store.retention.policy(),
         alarms,
         auth,
+        live: live.clone(),
+        ui_dir: cfg.http.ui_dir.clone(),
     }));
 
     // Files named in [mqtt.security] were read at load; read them again now
@@ -250,12 +268,12 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             let config = api::tls::server_config(&t.cert_file, &t.key_file)
                 .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
             axum::serve(api::tls::TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(shutdown_signal(live))
                 .await
                 .context("HTTPS server failed")?;
         }
         None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown_signal(live))
             .await
             .context("HTTP server failed")?,
     }
@@ -269,8 +287,9 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM, after ending the open event streams
+/// (the HTTP server waits for every connection to finish).
+async fn shutdown_signal(live: Arc<roomguard_collector::live::Live>) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -289,4 +308,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+    live.close();
 }

@@ -3,6 +3,8 @@
 //! for readiness by polling, never by fixed sleeps, and kills everything when a
 //! test ends. A process's logs are printed when the test fails.
 
+pub mod browser;
+
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -454,6 +456,17 @@ pub fn start_collector_with(
     broker_url: Option<&str>,
     extra: &str,
 ) -> Result<(Proc, String, String)> {
+    start_collector_at(dir, broker_url, extra, "127.0.0.1:0")
+}
+
+/// [`start_collector_with`] serving HTTP on `listen` (to restart a collector
+/// where its clients expect it).
+pub fn start_collector_at(
+    dir: &Path,
+    broker_url: Option<&str>,
+    extra: &str,
+    listen: &str,
+) -> Result<(Proc, String, String)> {
     let mqtt = match broker_url {
         Some(url) => format!("url = {url:?}"),
         None => "embedded_listen = \"127.0.0.1:0\"".to_owned(),
@@ -462,7 +475,7 @@ pub fn start_collector_with(
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{extra}\n",
+            "[http]\nlisten = {listen:?}\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{extra}\n",
             dir.join("store.db").display().to_string(),
             auth_toml()
         ),
@@ -512,6 +525,18 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
                 .ok()
         })
         .unwrap_or(0.0) as u64
+}
+
+/// (user, system) CPU seconds of a process, from /proc/<pid>/stat.
+pub fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at ")".
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    let ticks = 100.0; // USER_HZ on Linux
+    Ok((utime / ticks, stime / ticks))
 }
 
 /// `--name value` from the command line, for the benchmark programs.
@@ -607,10 +632,7 @@ impl VictoriaMetrics {
 /// built-in crypto provider (the collector picks ring), so the provider is
 /// installed here once before the first client is made.
 pub fn http_client() -> reqwest::Client {
-    static PROVIDER: std::sync::Once = std::sync::Once::new();
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    install_crypto();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -639,6 +661,14 @@ pub fn auth_toml() -> String {
         "[auth]\ninitial_admin_password = {{ value = \"admin-test-password\" }}\n\
          tokens = [{{ name = \"tests\", role = \"admin\", token = {{ value = {TEST_TOKEN:?} }} }}]\n"
     )
+}
+
+/// Installs rustls's ring provider once, before any reqwest client is built.
+pub fn install_crypto() {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// One request a [`Receiver`] got.

@@ -250,6 +250,26 @@ pub struct Rule {
     pub feeds_only: bool,
 }
 
+/// What a rule selects a point by.
+#[derive(Debug, Clone, Copy)]
+pub struct PointLabels<'a> {
+    pub quantity: &'a str,
+    pub room: &'a str,
+    pub device: &'a str,
+    pub point: &'a str,
+}
+
+/// A threshold a point is held to (see [`RuleSet::limits`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub rule: String,
+    pub level: u8,
+    /// Raised above `value` (else below it).
+    pub above: bool,
+    pub value: f64,
+    pub hysteresis: f64,
+}
+
 /// A change to some rules' numbers, for a site, a room of a site, or everywhere.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -513,6 +533,33 @@ impl RuleSet {
             }
         }
         p
+    }
+
+    /// The alarm limits on a point with these labels at `site`: every enabled
+    /// threshold rule (above or below) that watches it, with its numbers
+    /// after overrides, most severe first. For charts and patrol records.
+    pub fn limits(&self, site: &str, labels: &PointLabels) -> Vec<Limit> {
+        let mut out: Vec<Limit> = (0..self.rules.len())
+            .filter(|&i| {
+                let r = &self.rules[i];
+                !r.feeds_only
+                    && matches!(r.cond, Cond::Above | Cond::Below)
+                    && self.selects(i, labels.quantity, labels.room, labels.device, labels.point)
+            })
+            .filter_map(|i| {
+                let p = self.params(i, site, labels.room);
+                let r = &self.rules[i];
+                p.enabled.then(|| Limit {
+                    rule: r.id.clone(),
+                    level: p.level,
+                    above: r.cond == Cond::Above,
+                    value: p.threshold,
+                    hysteresis: p.hysteresis,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.level.cmp(&b.level).then(a.rule.cmp(&b.rule)));
+        out
     }
 
     /// Whether rule `idx` watches a point with these labels.
@@ -911,6 +958,47 @@ when = { any = ["t.a"] }
         .unwrap_err()
         .to_string();
         assert!(err.contains("loop"), "{err}");
+    }
+
+    #[test]
+    fn a_points_limits_are_its_threshold_rules_after_overrides() {
+        let s = RuleSet::builtin_with(vec![Override {
+            rule: "environment.inlet_temp_high".into(),
+            site: Some("s1".into()),
+            threshold: Some(28.0),
+            ..Default::default()
+        }])
+        .unwrap();
+        let inlet = PointLabels {
+            quantity: "temperature",
+            room: "machine-room",
+            device: "mr-inlet-1",
+            point: "mr-inlet-1.temperature",
+        };
+        let limits = s.limits("s1", &inlet);
+        let high = limits
+            .iter()
+            .find(|l| l.rule == "environment.inlet_temp_high")
+            .expect("inlet high limit");
+        assert!(high.above);
+        assert_eq!(high.value, 28.0);
+        let low = limits
+            .iter()
+            .find(|l| l.rule == "environment.inlet_temp_low")
+            .expect("inlet low limit");
+        assert!(!low.above);
+        assert_eq!(low.value, 18.0);
+        assert!(limits.windows(2).all(|w| w[0].level <= w[1].level));
+        // Another site keeps the pack's number; a hot-aisle sensor is no inlet.
+        assert!(s.limits("s2", &inlet).iter().any(|l| l.value == 27.0));
+        let exhaust = PointLabels {
+            device: "mr-exhaust-1",
+            ..inlet
+        };
+        assert!(s
+            .limits("s1", &exhaust)
+            .iter()
+            .all(|l| !l.rule.starts_with("environment.inlet")));
     }
 
     #[test]

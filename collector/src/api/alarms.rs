@@ -302,6 +302,7 @@ async fn act(
     if queued > 0 {
         a.wake.notify_one();
     }
+    st.live.alarms_changed();
     let tz = zone(None, &st)?;
     Ok(Json(alarm_json(&alarm, &a.rules, &tz)))
 }
@@ -446,6 +447,7 @@ pub async fn create_silence(
     })
     .await?;
     tracing::info!(id = s.id, owner = %s.owner, reason = %s.reason, "maintenance window created");
+    st.live.alarms_changed();
     Ok((StatusCode::CREATED, Json(silence_json(&s, &tz))))
 }
 
@@ -477,6 +479,7 @@ pub async fn end_silence(
         Ok(s)
     })
     .await?;
+    st.live.alarms_changed();
     Ok(Json(silence_json(&s, &tz)))
 }
 
@@ -578,4 +581,69 @@ pub async fn retry(
     }
     a.wake.notify_one();
     Ok(Json(json!({ "id": id, "state": "pending" })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsQuery {
+    point: String,
+    #[serde(default)]
+    site: Option<String>,
+}
+
+/// `GET /api/v1/limits?point=…[&site=…]`: the alarm thresholds a point is
+/// held to, after overrides, for drawing on its chart. Empty with alarms off.
+pub async fn limits(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<LimitsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let (point, site) = (q.point.clone(), q.site.clone());
+    let found = super::read_store(&st, move |r| r.points_named(site.as_deref(), &point)).await?;
+    let p = match found.as_slice() {
+        [] => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("point: no point {:?}", q.point),
+            ))
+        }
+        [p] => p,
+        several => {
+            let sites: Vec<&str> = several.iter().map(|p| p.site.as_str()).collect();
+            return Err(bad(format!(
+                "point: {:?} exists in several sites ({}); give site=…",
+                q.point,
+                sites.join(", ")
+            )));
+        }
+    };
+    let Some(a) = st.alarms.clone() else {
+        return Ok(Json(json!({ "limits": [] })));
+    };
+    let labels = crate::alarm::rules::PointLabels {
+        quantity: &p.quantity,
+        room: &p.room,
+        device: &p.device,
+        point: &p.point,
+    };
+    let limits: Vec<Value> = a
+        .rules
+        .limits(&p.site, &labels)
+        .into_iter()
+        .map(|l| {
+            let rule = a.rules.index(&l.rule).map(|i| &a.rules.rules[i]);
+            json!({
+                "rule": l.rule,
+                "name": rule.map(|r| r.name.as_str()),
+                "name_zh": rule.map(|r| r.name_zh.as_str()),
+                "level": l.level,
+                "kind": if l.above { "above" } else { "below" },
+                "value": l.value,
+                "hysteresis": l.hysteresis,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "site": p.site, "point": p.point, "limits": limits }),
+    ))
 }

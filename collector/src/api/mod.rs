@@ -3,10 +3,12 @@
 //! the blocking pool, so a slow query never holds up ingest.
 
 pub mod alarms;
+mod events;
 mod history;
 mod render;
 pub mod session;
 pub mod tls;
+pub mod ui;
 
 use crate::metrics::Metrics;
 use crate::store::retention::Policy;
@@ -14,7 +16,7 @@ use crate::store::sqlite::SqliteReader;
 use crate::store::{LatestRow, StoreError};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -34,17 +36,23 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Served over HTTPS: session cookies are marked `Secure`.
     pub secure_cookies: bool,
+    /// The live stream to dashboards.
+    pub live: Arc<crate::live::Live>,
+    /// Serve the UI from this folder instead of the embedded files.
+    pub ui_dir: Option<PathBuf>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(page))
+        .route("/", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/latest", get(latest))
         .route("/api/v1/points", get(history::points))
         .route("/api/v1/history", get(history::history))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/alarms", get(alarms::list))
         .route("/api/v1/alarms/{serial}", get(alarms::one))
         .route("/api/v1/alarms/{serial}/ack", post(alarms::acknowledge))
@@ -56,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/silences/{id}/end", post(alarms::end_silence))
         .route("/api/v1/rules", get(alarms::rules))
+        .route("/api/v1/limits", get(alarms::limits))
         .route("/api/v1/notifications", get(alarms::notifications))
         .route("/api/v1/notifications/{id}/retry", post(alarms::retry))
         .route("/api/v1/login", post(session::login))
@@ -229,8 +238,4 @@ async fn agents(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Valu
         })
         .collect();
     Ok(Json(json!({ "agents": agents })))
-}
-
-async fn page() -> Html<&'static str> {
-    Html(include_str!("live.html"))
 }

@@ -139,7 +139,7 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"),
+        HeaderValue::from_static("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; media-src 'self' data: blob:; frame-ancestors 'none'"),
     );
     r
 }
@@ -210,6 +210,7 @@ pub async fn logout(
 }
 
 pub async fn me(
+    State(st): State<Arc<AppState>>,
     Extension(user): Extension<User>,
     Extension(via): Extension<Via>,
 ) -> Json<serde_json::Value> {
@@ -217,7 +218,12 @@ pub async fn me(
         Via::Session { csrf } => Some(csrf),
         _ => None,
     };
-    Json(json!({ "user": user.name, "role": user.role.as_str(), "csrf": csrf }))
+    Json(json!({
+        "user": user.name,
+        "role": user.role.as_str(),
+        "csrf": csrf,
+        "time_zone": st.time_zone,
+    }))
 }
 
 pub async fn users(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {

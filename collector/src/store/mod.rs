@@ -106,6 +106,7 @@ pub fn spawn_writer(
     confirmations: Arc<Confirmations>,
     sink: Option<crate::influx::SinkHandle>,
     wake: Arc<tokio::sync::Notify>,
+    live: Arc<crate::live::Live>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
     let handle = std::thread::Builder::new()
@@ -123,7 +124,10 @@ pub fn spawn_writer(
                             acks.extend(ack);
                         }
                         WriteCmd::Status(s, ack) => match writer.write_status(&s, now_ms()) {
-                            Ok(()) => acks.extend(ack),
+                            Ok(()) => {
+                                acks.extend(ack);
+                                live.agents_changed();
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot store agent status");
                                 metrics.store_errors.inc();
@@ -157,6 +161,7 @@ pub fn spawn_writer(
                             for b in &batches {
                                 confirmations.stored(&b.site, &b.agent, b.seq);
                             }
+                            live.stored(&batches);
                             // Handed over, not copied; never waits.
                             if let Some(sink) = &sink {
                                 sink.offer(std::mem::take(&mut batches));
@@ -177,14 +182,14 @@ pub fn spawn_writer(
                 for ack in acks.drain(..) {
                     ack();
                 }
-                tell(&mut writer, &metrics, &wake);
+                tell(&mut writer, &metrics, &wake, &live);
                 // Background work only between ingest transactions, in
                 // steps small enough not to hold ingest up.
                 if std::mem::take(&mut maintain) {
                     let started = Instant::now();
                     match writer.maintain(now_ms()) {
                         Ok(m) => {
-                            tell(&mut writer, &metrics, &wake);
+                            tell(&mut writer, &metrics, &wake, &live);
                             metrics.rollup_minutes.add(m.minutes as u64);
                             metrics.rows_expired.add(m.expired);
                             metrics.maintain_seconds.observe(started.elapsed());
@@ -213,8 +218,16 @@ pub fn spawn_writer(
 
 /// Counts committed alarm transitions and wakes the notification sender
 /// when they queued anything.
-fn tell(writer: &mut sqlite::SqliteWriter, metrics: &Metrics, wake: &tokio::sync::Notify) {
+fn tell(
+    writer: &mut sqlite::SqliteWriter,
+    metrics: &Metrics,
+    wake: &tokio::sync::Notify,
+    live: &crate::live::Live,
+) {
     let (raised, cleared) = writer.take_alarm_counts();
+    if raised + cleared > 0 {
+        live.alarms_changed();
+    }
     metrics.alarms_raised.add(raised);
     metrics.alarms_cleared.add(cleared);
     if writer.take_notifications() > 0 {

@@ -26,18 +26,6 @@ fn pin(cpus: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// (user, system) CPU seconds of a process, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start at ")".
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    let ticks = 100.0; // USER_HZ on Linux
-    Ok((utime / ticks, stime / ticks))
-}
-
 fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status

@@ -1,0 +1,329 @@
+// #/alarms — the alarm console. "Open" lists alarms still active or cleared
+// but not acknowledged, most severe first, then newest; "Recent" lists the
+// last 200 of any state, newest first. Responders and admins acknowledge,
+// comment, assign and silence a room for maintenance; everyone sees the
+// active silences. Rows are keyed by serial, so a refresh after an event
+// touches only rows that changed and keyboard focus stays where it was.
+
+import * as api from "../api.js";
+import * as data from "../data.js";
+import { h, reconcile, roomHref } from "../dom.js";
+import { t, getLang, stateWord } from "../i18n.js";
+import { fmtDateTime, fmtValue, stateOf, timeZone } from "../format.js";
+import { levelBadge, badge, openDialog, showError } from "../widgets.js";
+import { canRespond, currentUser } from "../session.js";
+
+let root = null;
+let tab = "open";
+let recent = [];
+let rowCache = new Map();
+let silenceCache = new Map();
+let unsubs = [];
+let viewGen = 0;
+
+const alarmName = (a) => (getLang() === "zh-CN" && a.name_zh) || a.name;
+const advice = (a) => (getLang() === "zh-CN" && a.advice_zh) || a.advice;
+
+/** An alarm's value as its point shows values: "42.3 °C", or "ALARM" for a smoke head's 1. */
+function valueOf(a) {
+  const p = a.point ? data.points.get(data.pointKey(a.site, a.point)) : null;
+  if (p && a.value != null) {
+    const state = stateOf({ quantity: p.quantity, value: a.value, text: null });
+    if (state != null) return stateWord(state);
+  }
+  return fmtValue(a.value, p?.unit ?? "");
+}
+
+function shownAlarms() {
+  return tab === "open" ? data.openAlarms : recent;
+}
+
+function metaItem(label, ...value) {
+  return h("div", null, h("dt", null, label), h("dd", null, ...value));
+}
+
+function renderRow(a) {
+  const respond = canRespond();
+  const flags = [];
+  if (a.late) flags.push(badge("late", t("alarm.flag.late"), t("alarm.flag.late_title")));
+  if (a.inhibited) flags.push(badge("inhibited", t("alarm.flag.inhibited"), t("alarm.flag.inhibited_title")));
+  if (a.silenced_by != null) flags.push(badge("silenced", t("alarm.flag.silenced", { id: a.silenced_by })));
+  const place = a.room ? h("a", { href: roomHref(a.site, a.room) }, `${a.site} / ${a.room}`) : `${a.site} / ${t("alarms.site_wide")}`;
+  const ack = a.acknowledged_by ? [a.acknowledged_by, a.acknowledged_at ? h("span", { class: "muted" }, ` ${fmtDateTime(Date.parse(a.acknowledged_at))}`) : null] : [t("common.none")];
+  const actions = [];
+  if (respond) {
+    // Only an unacknowledged alarm can be acknowledged (the API answers 409 otherwise).
+    if (!a.acknowledged_at) actions.push(h("button", { type: "button", class: "primary", dataset: { action: "ack" } }, t("action.ack")));
+    actions.push(h("button", { type: "button", dataset: { action: "comment" } }, t("action.comment")));
+    actions.push(h("button", { type: "button", dataset: { action: "assign" } }, t("action.assign")));
+    if (a.room) actions.push(h("button", { type: "button", dataset: { action: "silence" } }, t("action.silence_room")));
+  }
+  const nameId = `alarm-${a.serial}-name`;
+  return h(
+    "article",
+    { class: "alarm", tabindex: "0", "aria-labelledby": nameId, dataset: { alarm: String(a.serial), state: a.state, level: String(a.level) } },
+    h("div", { class: "alarm-level" }, levelBadge(a.level)),
+    h(
+      "div",
+      { class: "alarm-main" },
+      h("h3", { class: "alarm-name", id: nameId }, alarmName(a), " ", h("span", { class: "muted serial" }, `#${a.serial}`)),
+      flags.length ? h("div", { class: "alarm-flags" }, flags) : null,
+      advice(a) ? h("p", { class: "advice" }, h("span", { class: "advice-label" }, `${t("alarms.advice")}: `), advice(a)) : null,
+      a.comment ? h("p", { class: "comment" }, h("span", { class: "advice-label" }, `${t("alarms.comment")}: `), a.comment) : null,
+    ),
+    h(
+      "dl",
+      { class: "alarm-meta" },
+      metaItem(t("alarms.room"), place),
+      metaItem(t("alarms.value"), valueOf(a)),
+      metaItem(t("alarms.raised"), fmtDateTime(Date.parse(a.raised_at))),
+      a.cleared_at ? metaItem(t("alarms.cleared"), fmtDateTime(Date.parse(a.cleared_at))) : null,
+      metaItem(t("alarms.state"), h("span", { class: "state", dataset: { state: a.state } }, t("alarm.state." + a.state))),
+      metaItem(t("alarms.ack_by"), ...ack),
+      metaItem(t("alarms.assignee"), a.assignee || t("common.none")),
+    ),
+    actions.length ? h("div", { class: "alarm-actions" }, actions) : null,
+  );
+}
+
+function renderList() {
+  if (!root) return;
+  const list = root.querySelector(".alarm-list");
+  const items = shownAlarms();
+  const empty = root.querySelector(".alarm-empty");
+  empty.hidden = items.length > 0;
+  empty.textContent = tab === "open" ? t("alarms.none_open") : t("alarms.none_recent");
+  const extra = `${getLang()}|${canRespond()}`;
+  reconcile(list, items, { key: (a) => a.serial, sig: (a) => JSON.stringify(a) + extra, render: renderRow, cache: rowCache });
+  const count = root.querySelector(".tab-count");
+  if (count) count.textContent = ` (${data.openAlarms.length})`;
+}
+
+function silenceRow(s) {
+  return h(
+    "tr",
+    { dataset: { silence: String(s.id) } },
+    h("td", null, [s.site ?? "*", s.room ?? "*"].join(" / "), s.rule ? h("span", { class: "muted" }, " · " + t("silences.rule", { rule: s.rule })) : null),
+    h("td", null, s.reason),
+    h("td", null, s.owner),
+    h("td", null, `${fmtDateTime(Date.parse(s.starts_at))} → ${fmtDateTime(Date.parse(s.ends_at))}`),
+    h("td", null, canRespond() ? h("button", { type: "button", dataset: { action: "end-silence", id: String(s.id) } }, t("action.end_silence")) : null),
+  );
+}
+
+function renderSilencesFrame(box) {
+  box.append(
+    h("h2", null, t("silences.title")),
+    h("p", { class: "muted silences-empty" }, t("silences.none")),
+    h(
+      "div",
+      { class: "table-wrap" },
+      h(
+        "table",
+        { class: "silence-table" },
+        h("thead", null, h("tr", null, h("th", { scope: "col" }, t("silences.scope")), h("th", { scope: "col" }, t("silences.reason")), h("th", { scope: "col" }, t("silences.owner")), h("th", { scope: "col" }, t("silences.window")), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_silence"))))),
+        h("tbody"),
+      ),
+    ),
+  );
+}
+
+/** Keyed like the alarm rows: a refresh never pulls an "End now" button from under a finger or the focus. */
+function renderSilences() {
+  const box = root?.querySelector(".silences");
+  if (!box) return;
+  const list = data.silences;
+  box.querySelector(".silences-empty").hidden = list.length > 0;
+  box.querySelector(".table-wrap").hidden = list.length === 0;
+  reconcile(box.querySelector("tbody"), list, { key: (s) => s.id, sig: (s) => JSON.stringify(s), render: silenceRow, cache: silenceCache });
+}
+
+async function loadRecent() {
+  const gen = viewGen;
+  try {
+    const body = await api.get("/api/v1/alarms", { state: "all", limit: 200 });
+    if (gen !== viewGen) return;
+    recent = (body.alarms ?? []).slice().sort((a, b) => Date.parse(b.raised_at) - Date.parse(a.raised_at));
+    renderList();
+  } catch (e) {
+    if (e.status !== 401) showError(e.message);
+  }
+}
+
+function refreshSilences() {
+  data.loadSilences().catch((e) => e.status !== 401 && showError(e.message));
+}
+
+/** After an action: the event stream will tell too, but the person acting should see it at once. */
+function afterAction() {
+  data.loadAlarms().catch(() => {});
+  if (tab === "recent") loadRecent();
+}
+
+function describe(a) {
+  return `${alarmName(a)} — ${a.site}${a.room ? " / " + a.room : ""}`;
+}
+
+function ackDialog(a) {
+  openDialog("dlg-ack", {
+    init: (form, dlg) => {
+      dlg.querySelector(".dlg-title").textContent = t("dlg.ack.title", { serial: a.serial });
+      dlg.querySelector(".dlg-sub").textContent = describe(a);
+    },
+    submit: async (form) => {
+      const comment = form.querySelector("#ack-comment").value.trim();
+      await api.post(`/api/v1/alarms/${a.serial}/ack`, comment ? { comment } : {});
+      afterAction();
+    },
+  });
+}
+
+function commentDialog(a) {
+  openDialog("dlg-comment", {
+    init: (form, dlg) => {
+      dlg.querySelector(".dlg-title").textContent = t("dlg.comment.title", { serial: a.serial });
+      dlg.querySelector(".dlg-sub").textContent = describe(a);
+    },
+    submit: async (form) => {
+      await api.post(`/api/v1/alarms/${a.serial}/comment`, { text: form.querySelector("#comment-text").value.trim() });
+      afterAction();
+    },
+  });
+}
+
+function assignDialog(a) {
+  openDialog("dlg-assign", {
+    init: (form, dlg) => {
+      dlg.querySelector(".dlg-title").textContent = t("dlg.assign.title", { serial: a.serial });
+      dlg.querySelector(".dlg-sub").textContent = describe(a);
+      form.querySelector("#assign-to").value = a.assignee ?? "";
+    },
+    submit: async (form) => {
+      await api.post(`/api/v1/alarms/${a.serial}/assign`, { to: form.querySelector("#assign-to").value.trim() });
+      afterAction();
+    },
+  });
+}
+
+function fillRooms(siteSel, roomSel, wanted) {
+  const rooms = [...data.rooms.values()].filter((r) => r.site === siteSel.value).map((r) => r.room);
+  if (wanted && !rooms.includes(wanted)) rooms.push(wanted);
+  roomSel.replaceChildren(...rooms.sort().map((r) => h("option", { value: r }, r)));
+  if (wanted) roomSel.value = wanted;
+}
+
+export function silenceDialog(site, room) {
+  openDialog("dlg-silence", {
+    init: (form) => {
+      const siteSel = form.querySelector("#silence-site");
+      const roomSel = form.querySelector("#silence-room");
+      const sites = [...new Set([...data.rooms.values()].map((r) => r.site).concat(site ? [site] : []))].sort();
+      siteSel.replaceChildren(...sites.map((s) => h("option", { value: s }, s)));
+      if (site) siteSel.value = site;
+      fillRooms(siteSel, roomSel, room);
+      siteSel.onchange = () => fillRooms(siteSel, roomSel, null);
+      form.querySelector("#silence-owner").value = currentUser()?.user ?? "";
+      const dur = form.querySelector("#silence-duration");
+      const untilBox = form.querySelector("#silence-until-box");
+      const until = form.querySelector("#silence-until");
+      form.querySelector("#silence-until-label").textContent = t("dlg.silence.until", { tz: timeZone() });
+      const sync = () => {
+        untilBox.hidden = dur.value !== "custom";
+        until.required = dur.value === "custom";
+      };
+      dur.onchange = sync;
+      sync();
+    },
+    submit: async (form) => {
+      const dur = form.querySelector("#silence-duration").value;
+      // now+2h, or a local date-time the API reads in the site's zone.
+      const ends_at = dur === "custom" ? form.querySelector("#silence-until").value : `now+${dur}`;
+      await api.post("/api/v1/silences", {
+        site: form.querySelector("#silence-site").value,
+        room: form.querySelector("#silence-room").value,
+        reason: form.querySelector("#silence-reason").value.trim(),
+        owner: form.querySelector("#silence-owner").value.trim(),
+        ends_at,
+      });
+      refreshSilences();
+      afterAction();
+    },
+  });
+}
+
+async function endSilence(id, btn) {
+  btn.disabled = true;
+  try {
+    await api.post(`/api/v1/silences/${encodeURIComponent(id)}/end`, {});
+    refreshSilences();
+    afterAction();
+  } catch (e) {
+    btn.disabled = false;
+    showError(e.message);
+  }
+}
+
+function onClick(e) {
+  const btn = e.target.closest("button[data-action]");
+  if (!btn || !root?.contains(btn)) return;
+  const action = btn.dataset.action;
+  if (action === "end-silence") return endSilence(btn.dataset.id, btn);
+  const row = btn.closest("[data-alarm]");
+  if (!row) return;
+  const serial = Number(row.dataset.alarm);
+  const a = shownAlarms().find((x) => x.serial === serial);
+  if (!a) return;
+  if (action === "ack") ackDialog(a);
+  else if (action === "comment") commentDialog(a);
+  else if (action === "assign") assignDialog(a);
+  else if (action === "silence") silenceDialog(a.site, a.room);
+}
+
+export default {
+  id: "view-alarms",
+  mount(el, p) {
+    viewGen++;
+    root = el;
+    tab = p.tab;
+    rowCache = new Map();
+    silenceCache = new Map();
+    const tabLink = (name, href, extra) => h("a", { href, class: "tab", "aria-current": tab === name ? "page" : null }, t("alarms.tab." + name), extra);
+    el.append(
+      h(
+        "div",
+        { class: "view-head" },
+        h("h1", null, t("alarms.title")),
+        h("nav", { class: "tabs", "aria-label": t("alarms.title") }, tabLink("open", "#/alarms", h("span", { class: "tab-count" })), tabLink("recent", "#/alarms/recent")),
+        canRespond() ? h("button", { type: "button", class: "silence-new", onclick: () => silenceDialog(null, null) }, t("action.silence_new")) : null,
+      ),
+      h("p", { class: "alarm-empty empty", hidden: true }),
+      h("div", { class: "alarm-list" }),
+      h("section", { class: "silences card" }),
+    );
+    el.addEventListener("click", onClick);
+    renderSilencesFrame(el.querySelector(".silences"));
+    renderList();
+    renderSilences();
+    refreshSilences();
+    if (tab === "recent") loadRecent();
+    unsubs = [
+      data.on("alarms", () => {
+        renderList();
+        // The stream's "alarms" event also covers silences.
+        refreshSilences();
+        if (tab === "recent") loadRecent();
+      }),
+      data.on("silences", renderSilences),
+      data.on("structure", renderList), // units of values come with the points
+    ];
+  },
+  unmount() {
+    viewGen++;
+    for (const u of unsubs) u();
+    unsubs = [];
+    root?.removeEventListener("click", onClick);
+    rowCache = new Map();
+    recent = [];
+    root = null;
+  },
+};

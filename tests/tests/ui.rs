@@ -1,0 +1,324 @@
+//! The web UI in a real browser (Debian's headless Chromium through
+//! ChromeDriver) against a running simulator, agent, Mosquitto and collector:
+//! log in, watch a value change live, acknowledge an alarm from the console,
+//! follow a collector restart without reloading, switch language.
+//! Screenshots of each main view are kept in `tests/artifacts/screenshots/`.
+
+use anyhow::{ensure, Context, Result};
+use roomguard_e2e::browser::Browser;
+use roomguard_e2e::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts/screenshots")
+}
+
+/// The text of the first element matching `css`, or "" (JavaScript).
+fn text_of(css: &str) -> String {
+    format!("const e = document.querySelector({css:?}); return e ? e.textContent.trim() : '';")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    let Some(browser) = Browser::start(dir.path(), 1400, 1000).await? else {
+        return Ok(());
+    };
+    let (_sim, addrs) = start_simulator(dir.path(), &["--speed", "1"])?;
+    let (collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), "")?;
+    let agent_conf = demo_agent_config(&addrs, &broker.url(), &dir.path().join("agent-state"))?;
+    let _agent = start_agent(dir.path(), &agent_conf)?;
+    let client = http_client();
+    let h2 = "demo-site/br-h2-1.h2";
+    let h2_value = format!("[data-point={h2:?}] .value");
+
+    // Log in as a person would.
+    browser.goto(&format!("{http}/")).await?;
+    browser
+        .find("#login-user", PATIENCE)
+        .await?
+        .type_text("admin")
+        .await?;
+    browser
+        .find("#login-password", PATIENCE)
+        .await?
+        .type_text("admin-test-password")
+        .await?;
+    browser
+        .find("#login-submit", PATIENCE)
+        .await?
+        .click()
+        .await?;
+    browser
+        .wait_for(
+            "logged in",
+            PATIENCE,
+            &format!("return {} === 'admin';", js_text("#whoami")),
+        )
+        .await?;
+
+    // The overview: a tile per room, live values, the stream open.
+    browser
+        .find("[data-room=\"demo-site/battery-room\"]", PATIENCE)
+        .await?;
+    browser
+        .wait_for("event stream open", PATIENCE, "const s = document.querySelector('#live-status'); return s && s.dataset.state === 'live';")
+        .await?;
+    let before = browser
+        .wait_for("hydrogen value shown", PATIENCE, &text_of(&h2_value))
+        .await?;
+    let before = number(&before)?;
+    ensure!(before < 5.0, "normal air: {before}");
+    browser.screenshot(&shots().join("overview.png")).await?;
+
+    // The simulator starts off-gassing; the page follows without a reload.
+    browser
+        .eval("window.__sameDocument = true;", vec![])
+        .await?;
+    drill(&client, &addrs.control, "thermal_runaway").await?;
+    let rising = browser
+        .wait_for(
+            "hydrogen rising on the page",
+            PATIENCE,
+            &format!(
+                "const t = (document.querySelector({h2_value:?}) || {{}}).textContent || ''; \
+                 const v = parseFloat(t); return v > 10 ? t : '';"
+            ),
+        )
+        .await?;
+    let api = latest_point(&client, &http, "br-h2-1.h2")
+        .await
+        .context("hydrogen in the API")?;
+    ensure!(api["value"].as_f64().is_some_and(|v| v > 10.0), "{api}");
+    ensure!(
+        browser
+            .eval("return window.__sameDocument === true;", vec![])
+            .await?
+            == json!(true),
+        "the page reloaded"
+    );
+    eprintln!("hydrogen on the page: {rising}");
+
+    // The level-1 hydrogen alarm colours the battery room's tile.
+    browser
+        .wait_for(
+            "battery room tile at level 1",
+            PATIENCE,
+            "const t = document.querySelector('[data-room=\"demo-site/battery-room\"]'); return t && t.dataset.level === '1';",
+        )
+        .await?;
+    browser
+        .screenshot(&shots().join("overview-alarm.png"))
+        .await?;
+
+    // Acknowledge it from the console, with a comment.
+    let alarm = eventually(PATIENCE, "hydrogen alarm in the API", || async {
+        get_json(
+            &client,
+            &format!("{http}/api/v1/alarms?rule=explosion.h2_alarm"),
+        )
+        .await
+        .and_then(|v| v["alarms"].as_array().and_then(|a| a.first().cloned()))
+    })
+    .await?;
+    let serial = alarm["serial"].as_u64().context("serial")?;
+    browser
+        .find("a[data-nav=\"alarms\"]", PATIENCE)
+        .await?
+        .click()
+        .await?;
+    browser
+        .find(
+            &format!("[data-alarm=\"{serial}\"] [data-action=\"ack\"]"),
+            PATIENCE,
+        )
+        .await?
+        .click()
+        .await?;
+    browser
+        .find("#ack-comment", PATIENCE)
+        .await?
+        .type_text("ventilation started, on my way")
+        .await?;
+    browser
+        .screenshot(&shots().join("alarm-ack-dialog.png"))
+        .await?;
+    browser
+        .find("#ack-confirm", PATIENCE)
+        .await?
+        .click()
+        .await?;
+    let acked = eventually(PATIENCE, "acknowledgement recorded", || async {
+        get_json(&client, &format!("{http}/api/v1/alarms/{serial}"))
+            .await
+            .filter(|a| !a["acknowledged_at"].is_null())
+    })
+    .await?;
+    assert_eq!(acked["acknowledged_by"], "admin", "{acked}");
+    assert_eq!(acked["comment"], "ventilation started, on my way");
+    browser
+        .wait_for(
+            "the console shows it acknowledged",
+            PATIENCE,
+            &format!(
+                "const r = document.querySelector('[data-alarm=\"{serial}\"]'); \
+                 return r && r.dataset.state === 'acknowledged';"
+            ),
+        )
+        .await?;
+    browser.screenshot(&shots().join("alarms.png")).await?;
+
+    // Room view and point history.
+    browser
+        .goto(&format!("{http}/#/room/demo-site/battery-room"))
+        .await?;
+    browser.find("#view-room", PATIENCE).await?;
+    browser
+        .wait_for(
+            "room values",
+            PATIENCE,
+            &text_of(&format!("#view-room {h2_value}")),
+        )
+        .await?;
+    browser.screenshot(&shots().join("room.png")).await?;
+    browser
+        .goto(&format!("{http}/#/point/demo-site/br-h2-1.h2"))
+        .await?;
+    browser
+        .wait_for(
+            "history chart drawn",
+            PATIENCE,
+            "return !!document.querySelector('#view-point canvas');",
+        )
+        .await?;
+    browser.screenshot(&shots().join("point.png")).await?;
+
+    // The collector restarts on the same address; the page reconnects by
+    // itself and keeps updating.
+    browser
+        .find("a[data-nav=\"overview\"]", PATIENCE)
+        .await?
+        .click()
+        .await?;
+    browser
+        .wait_for("overview values", PATIENCE, &text_of(&h2_value))
+        .await?;
+    browser
+        .eval("window.__sameDocument = true;", vec![])
+        .await?;
+    let listen = http.trim_start_matches("http://").to_owned();
+    drop(collector);
+    browser
+        .wait_for(
+            "stream lost",
+            PATIENCE,
+            "return document.querySelector('#live-status').dataset.state !== 'live';",
+        )
+        .await?;
+    let (_collector, http2, _) = start_collector_at(dir.path(), Some(&broker.url()), "", &listen)?;
+    assert_eq!(http2, http);
+    browser
+        .wait_for(
+            "stream back",
+            PATIENCE,
+            "return document.querySelector('#live-status').dataset.state === 'live';",
+        )
+        .await?;
+    drill(&client, &addrs.control, "normal").await?;
+    browser
+        .wait_for(
+            "hydrogen falling after the restart",
+            Duration::from_secs(120),
+            &format!(
+                "const t = (document.querySelector({h2_value:?}) || {{}}).textContent || ''; \
+                 const v = parseFloat(t); return t && v < 5 ? t : '';"
+            ),
+        )
+        .await?;
+    ensure!(
+        browser
+            .eval("return window.__sameDocument === true;", vec![])
+            .await?
+            == json!(true),
+        "the page reloaded"
+    );
+
+    // 中文.
+    switch_language(&browser).await?;
+    browser
+        .wait_for(
+            "Chinese",
+            PATIENCE,
+            "return document.documentElement.lang === 'zh-CN';",
+        )
+        .await?;
+    let nav = browser
+        .wait_for(
+            "Chinese navigation",
+            PATIENCE,
+            &format!(
+                "const t = {}; return /告警/.test(t) ? t : '';",
+                js_text("a[data-nav=\"alarms\"]")
+            ),
+        )
+        .await?;
+    eprintln!("alarm console link in Chinese: {nav}");
+    browser.screenshot(&shots().join("overview-zh.png")).await?;
+    Ok(())
+}
+
+/// JavaScript for the trimmed text of the first match of `css`.
+fn js_text(css: &str) -> String {
+    format!("((document.querySelector({css:?}) || {{}}).textContent || '').trim()")
+}
+
+fn number(v: &Value) -> Result<f64> {
+    let t = v.as_str().context("text")?;
+    t.trim()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no number in {t:?}"))
+}
+
+async fn drill(client: &reqwest::Client, control: &str, scenario: &str) -> Result<()> {
+    let r = client
+        .post(format!("http://{control}/scenario/{scenario}"))
+        .send()
+        .await?;
+    ensure!(
+        r.status().is_success(),
+        "scenario {scenario}: {}",
+        r.status()
+    );
+    Ok(())
+}
+
+/// Clicks the language switch, or picks zh-CN when it is a select.
+async fn switch_language(b: &Browser) -> Result<()> {
+    let switch = b.find("#lang-switch", PATIENCE).await?;
+    let is_select = b
+        .eval(
+            "return document.querySelector('#lang-switch').tagName === 'SELECT';",
+            vec![],
+        )
+        .await?;
+    if is_select == json!(true) {
+        b.eval(
+            "const s = document.querySelector('#lang-switch'); s.value = 'zh-CN'; \
+             s.dispatchEvent(new Event('change', { bubbles: true }));",
+            vec![],
+        )
+        .await?;
+    } else {
+        switch.click().await?;
+    }
+    Ok(())
+}
