@@ -212,7 +212,11 @@ async function startSession(me) {
     },
   });
   route({ focus: false });
-  await loadSnapshot();
+  // The snapshot is fetched when the stream opens (so nothing falls between the
+  // two); if it does not open soon, fetch it anyway and let polling carry on.
+  setTimeout(() => {
+    if (loggedIn && liveState() !== "live") loadSnapshot();
+  }, 2000);
 }
 
 async function login(ev) {

@@ -160,8 +160,3 @@ function flush() {
     }
   }
 }
-
-/** Forces a write now (used after a view renders, so it never shows a blank frame). */
-export function flushNow() {
-  if (scheduled) flush();
-}

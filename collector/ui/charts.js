@@ -43,7 +43,7 @@ export function toColumns(values, stepSeconds) {
  * close by (within the data's own span), so "how far from the alarm line"
  * is visible without squashing the data flat against a distant limit.
  */
-export function yRange(lo, hi, limits) {
+function yRange(lo, hi, limits) {
   if (lo == null || hi == null || !Number.isFinite(lo) || !Number.isFinite(hi)) return [0, 1];
   const span = Math.max(hi - lo, Math.abs(hi) * 0.02, 0.5);
   let a = lo;

@@ -149,13 +149,14 @@ export function loadLatest() {
 const pick = (n) => ({ ts: n.ts, tsMs: n.tsMs, value: n.value, text: n.text, quality: n.quality, reason: n.reason });
 
 let latestTimer = null;
-/** Refetches the snapshot once after `ms`, however many times it is asked for meanwhile. */
-export function scheduleLatest(ms = 1000) {
-  if (latestTimer) return;
+/** Refetches the snapshot once after `ms`, however many times it is asked for meanwhile; false if one is already due. */
+function scheduleLatest(ms = 1000) {
+  if (latestTimer) return false;
   latestTimer = setTimeout(() => {
     latestTimer = null;
     loadLatest().catch((e) => console.warn("latest", e));
   }, ms);
+  return true;
 }
 
 /** Applies one `readings` event: [{site, point, ts, value, text?, quality, reason?}, …]. */
@@ -184,8 +185,15 @@ export function applyReadings(list) {
     markDirty(key);
   }
   // A point we have not seen: its room, device and unit are only in the snapshot.
-  if (unknown) scheduleLatest(1000);
+  // Soon for the first one; then at most every 10 s, so a point the snapshot
+  // does not list (yet) cannot make us refetch 2,000 points every second.
+  if (unknown) {
+    const due = Math.max(1000, lastUnknownFetch + UNKNOWN_REFETCH_MS - Date.now());
+    if (scheduleLatest(due)) lastUnknownFetch = Date.now() + due;
+  }
 }
+const UNKNOWN_REFETCH_MS = 10_000;
+let lastUnknownFetch = 0;
 
 /** Re-marks points whose freshness changed; called every few seconds. */
 export function sweepStale() {
@@ -208,7 +216,7 @@ export async function loadAgents() {
 }
 
 const LEVEL_ORDER = (a, b) => a.level - b.level || Date.parse(b.raised_at) - Date.parse(a.raised_at);
-export function sortAlarms(list) {
+function sortAlarms(list) {
   return list.slice().sort(LEVEL_ORDER);
 }
 

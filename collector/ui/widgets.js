@@ -3,7 +3,7 @@
 // levels apart), text badges, the error toast and modal dialogs.
 
 import { h } from "./dom.js";
-import { t, levelName } from "./i18n.js";
+import { levelName } from "./i18n.js";
 
 // One shape per level, read together with the level's words.
 const LEVEL_ICON = { 0: "✓", 1: "✖", 2: "▲", 3: "◆", 4: "ℹ" };

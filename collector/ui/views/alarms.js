@@ -212,7 +212,7 @@ function fillRooms(siteSel, roomSel, wanted) {
   if (wanted) roomSel.value = wanted;
 }
 
-export function silenceDialog(site, room) {
+function silenceDialog(site, room) {
   openDialog("dlg-silence", {
     init: (form) => {
       const siteSel = form.querySelector("#silence-site");

@@ -40,7 +40,7 @@ let xFrom = 0;
 let xTo = 1;
 
 /** A step giving about TARGET_BUCKETS buckets over `spanS` seconds. */
-export function stepFor(spanS) {
+function stepFor(spanS) {
   const want = spanS / TARGET_BUCKETS;
   return NICE_STEPS.find((s) => s >= want) ?? Math.ceil(want / 86400) * 86400;
 }
