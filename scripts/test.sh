@@ -16,6 +16,7 @@ declare -A needs=(
   [openssl]=openssl
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  [pdftotext]=poppler-utils
 )
 missing=()
 for prog in "${!needs[@]}"; do

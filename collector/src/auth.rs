@@ -86,6 +86,8 @@ pub enum Need {
     Read,
     /// Acknowledge, comment, assign, silence.
     Respond,
+    /// Record patrols, drills and hazard work (everyone but viewers).
+    Record,
     Admin,
 }
 
@@ -111,6 +113,14 @@ pub fn required(method: &str, path: &str, open_health: bool, open_metrics: bool)
         ("POST", p) if p.starts_with("/api/v1/alarms/") || p.starts_with("/api/v1/silences") => {
             Need::Respond
         }
+        ("POST", p)
+            if p == "/api/v1/patrols"
+                || p == "/api/v1/drills"
+                || p == "/api/v1/hazards"
+                || p.starts_with("/api/v1/hazards/") =>
+        {
+            Need::Record
+        }
         ("GET" | "HEAD", _) => Need::Read,
         // Anything else that writes: only admins, until the policy names it.
         _ => Need::Admin,
@@ -122,6 +132,7 @@ impl Need {
         match self {
             Need::Open | Need::Read => true,
             Need::Respond => matches!(role, Role::Responder | Role::Admin),
+            Need::Record => role != Role::Viewer,
             Need::Admin => role == Role::Admin,
         }
     }

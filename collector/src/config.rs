@@ -35,6 +35,9 @@ pub struct CollectorConfig {
     pub alarms: AlarmsConfig,
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// Patrol records, hazards, reports (docs/INSPECTION.md).
+    #[serde(default)]
+    pub inspection: crate::inspection::InspectionConfig,
 }
 
 /// Safety alarms: which rules, their overrides, repeats and escalation,
@@ -494,6 +497,7 @@ impl CollectorConfig {
             }
         }
         self.auth.check(&mut p);
+        self.inspection.check(&mut p);
         if let Some(dir) = &self.http.ui_dir {
             if !dir.join("index.html").is_file() {
                 p.push(

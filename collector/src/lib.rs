@@ -9,11 +9,13 @@
 pub mod alarm;
 pub mod api;
 pub mod auth;
+pub mod base64;
 pub mod broker;
 pub mod config;
 pub mod confirm;
 pub mod influx;
 pub mod ingest;
+pub mod inspection;
 pub mod live;
 pub mod metrics;
 pub mod store;

@@ -38,6 +38,30 @@ enum Command {
         /// The copy to write; must not exist yet.
         dest: PathBuf,
     },
+    /// Write a monthly or yearly safety report from the store (read-only;
+    /// works beside a running collector or on a backup copy).
+    Report {
+        /// Collector configuration file (TOML): store, rules, time zone, patrol schedule.
+        config: PathBuf,
+        /// A month, like 2026-11.
+        #[arg(long, conflicts_with = "year", required_unless_present = "year")]
+        month: Option<String>,
+        /// A year, like 2026: the months one by one.
+        #[arg(long)]
+        year: Option<String>,
+        /// One site; all sites when absent.
+        #[arg(long)]
+        site: Option<String>,
+        /// html (printable), json, or csv (a folder with one file per table).
+        #[arg(long, default_value = "html")]
+        format: String,
+        /// zh-CN or en (html only).
+        #[arg(long, default_value = "zh-CN")]
+        lang: String,
+        /// The file (html, json) or folder (csv) to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +90,33 @@ fn main() -> anyhow::Result<()> {
                     "from": cfg.store.path,
                     "to": dest,
                     "bytes": std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            );
+            Ok(())
+        }
+        Command::Report {
+            config,
+            month,
+            year,
+            site,
+            format,
+            lang,
+            out,
+        } => {
+            let cfg = match CollectorConfig::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            let started = std::time::Instant::now();
+            let written = report_cmd(&cfg, month, year, site, &format, &lang, &out)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "report", "files": written,
                     "seconds": started.elapsed().as_secs_f64(),
                 })
             );
@@ -189,6 +240,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         None => None,
     };
     let live = Arc::new(roomguard_collector::live::Live::default());
+    let wake_inspection = wake.clone();
     tokio::spawn(live.clone().run());
     let (store_tx, writer_thread) = store::spawn_writer(
         writer,
@@ -199,6 +251,20 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         live.clone(),
     )
     .context("cannot start the store writer")?;
+
+    if cfg.inspection.enabled {
+        let inspector = roomguard_collector::inspection::task::Inspector {
+            store: cfg.store.path.clone(),
+            cfg: cfg.inspection.clone(),
+            rules: alarms.as_ref().map(|a| a.rules.clone()),
+            routes: cfg.alarms.routes(),
+            tz: jiff::tz::TimeZone::get(&cfg.http.time_zone)
+                .context("http.time_zone: unknown time zone")?,
+            wake: wake_inspection,
+            live: live.clone(),
+        };
+        tokio::spawn(Arc::new(inspector).run());
+    }
 
     let (auth, admin_password) = roomguard_collector::auth::Auth::init(&cfg.store.path, &cfg.auth)
         .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
@@ -230,6 +296,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         auth,
         live: live.clone(),
         ui_dir: cfg.http.ui_dir.clone(),
+        inspection: cfg.inspection.clone(),
     }));
 
     // Files named in [mqtt.security] were read at load; read them again now
@@ -285,6 +352,85 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     // committing what was queued.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     Ok(())
+}
+
+/// `roomguard-collector report`: builds the report on a read-only
+/// connection and writes it; returns the files written.
+fn report_cmd(
+    cfg: &CollectorConfig,
+    month: Option<String>,
+    year: Option<String>,
+    site: Option<String>,
+    format: &str,
+    lang: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    use roomguard_collector::inspection::{render, report};
+    let lang = render::Lang::parse(lang).context("--lang: en or zh-CN")?;
+    anyhow::ensure!(
+        matches!(format, "html" | "json" | "csv"),
+        "--format: html, json or csv"
+    );
+    let tz = jiff::tz::TimeZone::get(&cfg.http.time_zone).context("http.time_zone")?;
+    let rules = if cfg.alarms.enabled {
+        Some(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?)
+    } else {
+        None
+    };
+    let schedule = cfg.inspection.schedule();
+    let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+    let inp = report::Inputs {
+        rules: rules.as_ref(),
+        schedule: &schedule,
+        tz: &tz,
+        now: store::now_ms(),
+    };
+    let site = site.as_deref();
+    // One report, as (json, html, csv of a table).
+    type CsvOf = Box<dyn Fn(&str) -> Option<String>>;
+    let (json, html, csv): (String, String, CsvOf) = match (month, year) {
+        (Some(m), _) => {
+            let p = report::month(&m, &tz).map_err(anyhow::Error::msg)?;
+            let r = report::build(reader.conn(), site, &p, &inp)?;
+            let tz2 = tz.clone();
+            (
+                serde_json::to_string_pretty(&r)?,
+                render::html_month(&r, lang, &tz),
+                Box::new(move |t| render::csv(&r, t, &tz2)),
+            )
+        }
+        (None, Some(y)) => {
+            let r = report::build_year(reader.conn(), site, &y, &inp)?;
+            let tz2 = tz.clone();
+            (
+                serde_json::to_string_pretty(&r)?,
+                render::html_year(&r, lang, &tz),
+                Box::new(move |t| render::csv_year(&r, t, &tz2)),
+            )
+        }
+        (None, None) => anyhow::bail!("give --month or --year"),
+    };
+    let mut written = Vec::new();
+    match format {
+        "csv" => {
+            std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+            for t in render::TABLES {
+                let path = out.join(format!("{t}.csv"));
+                std::fs::write(&path, csv(t).unwrap_or_default())
+                    .with_context(|| path.display().to_string())?;
+                written.push(path);
+            }
+        }
+        "json" => {
+            std::fs::write(out, json).with_context(|| out.display().to_string())?;
+            written.push(out.to_owned());
+        }
+        _ => {
+            std::fs::write(out, html).with_context(|| out.display().to_string())?;
+            written.push(out.to_owned());
+        }
+    }
+    Ok(written)
 }
 
 /// Completes on Ctrl-C or SIGTERM, after ending the open event streams

@@ -179,10 +179,25 @@ impl Browser {
         bail!("{what}: not within {timeout:?} (last: {last})")
     }
 
+    /// Prints the page to a PDF (A4, backgrounds on), as a person would
+    /// with the browser's "Save as PDF".
+    pub async fn print_pdf(&self, to: &Path) -> Result<()> {
+        let v = self
+            .post(
+                "/print",
+                json!({ "background": true, "page": { "width": 21.0, "height": 29.7 } }),
+            )
+            .await?;
+        let pdf = roomguard_collector::base64::decode(v.as_str().context("PDF data")?)
+            .map_err(|e| anyhow!("PDF: {e}"))?;
+        std::fs::write(to, pdf).with_context(|| to.display().to_string())
+    }
+
     /// Saves a PNG of the window.
     pub async fn screenshot(&self, to: &Path) -> Result<()> {
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await?;
-        let png = base64_decode(v.as_str().context("screenshot data")?)?;
+        let png = roomguard_collector::base64::decode(v.as_str().context("screenshot data")?)
+            .map_err(|e| anyhow!("screenshot: {e}"))?;
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -271,38 +286,5 @@ fn truthy(v: &Value) -> bool {
         Value::String(s) => !s.is_empty(),
         Value::Array(a) => !a.is_empty(),
         Value::Object(_) => true,
-    }
-}
-
-/// Standard base64 (WebDriver screenshots).
-fn base64_decode(s: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' | b'\n' | b'\r' => continue,
-            _ => bail!("not base64: {c:?}"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_decodes_padding_and_all_alphabets() {
-        assert_eq!(super::base64_decode("aGVsbG8/Pz4+").unwrap(), b"hello??>>");
-        assert_eq!(super::base64_decode("YQ==").unwrap(), b"a");
     }
 }

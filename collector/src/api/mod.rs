@@ -5,6 +5,7 @@
 pub mod alarms;
 mod events;
 mod history;
+mod inspection;
 mod render;
 pub mod session;
 pub mod tls;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub live: Arc<crate::live::Live>,
     /// Serve the UI from this folder instead of the embedded files.
     pub ui_dir: Option<PathBuf>,
+    /// Patrol schedule and checklist, for the inspection endpoints.
+    pub inspection: crate::inspection::InspectionConfig,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -67,6 +70,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/limits", get(alarms::limits))
         .route("/api/v1/notifications", get(alarms::notifications))
         .route("/api/v1/notifications/{id}/retry", post(alarms::retry))
+        .route(
+            "/api/v1/hazards",
+            get(inspection::hazards).post(inspection::create_hazard),
+        )
+        .route("/api/v1/hazards/zeroing", get(inspection::zeroing))
+        .route(
+            "/api/v1/hazards/{id}",
+            get(inspection::hazard).post(inspection::change_hazard),
+        )
+        .route(
+            "/api/v1/patrols",
+            get(inspection::patrols)
+                .post(inspection::record_patrol)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    inspection::PATROL_BODY,
+                )),
+        )
+        .route("/api/v1/patrols/checklist", get(inspection::checklist))
+        .route("/api/v1/patrols/{id}", get(inspection::patrol))
+        .route("/api/v1/patrols/{id}/photos/{n}", get(inspection::photo))
+        .route(
+            "/api/v1/drills",
+            get(inspection::drills).post(inspection::record_drill),
+        )
+        .route("/api/v1/reports/{kind}", get(inspection::report))
         .route("/api/v1/login", post(session::login))
         .route("/api/v1/logout", post(session::logout))
         .route("/api/v1/me", get(session::me))

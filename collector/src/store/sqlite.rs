@@ -20,9 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Bumped whenever the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
-const SCHEMA: &str = r#"
+/// The store's own tables (alarms and inspection add theirs).
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS points (
     id          INTEGER PRIMARY KEY,
     site        TEXT NOT NULL,
@@ -209,9 +210,10 @@ impl SqliteWriter {
             // New file, or an older version, which lacked only tables that
             // are created here; rollups of existing samples are computed by
             // the maintenance steps after the upgrade.
-            (0, 0) | (2, _) | (3, _) | (4, _) => {
+            (0, 0) | (2, _) | (3, _) | (4, _) | (5, _) => {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
                 conn.execute_batch(crate::alarm::record::SCHEMA).map_err(open_err)?;
+                crate::inspection::init(&conn).map_err(open_err)?;
                 if (1..4).contains(&version) {
                     conn.execute_batch(
                         "INSERT OR IGNORE INTO rollup_dirty (point_id, bucket)
@@ -611,6 +613,11 @@ pub struct SqliteReader {
 }
 
 impl SqliteReader {
+    /// The read-only connection, for queries of other modules (reports).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     pub fn open(path: &Path) -> Result<SqliteReader, StoreError> {
         let conn = Connection::open_with_flags(
             path,

@@ -1,0 +1,624 @@
+//! Inspectors' endpoints: hazards, patrols, drills and reports
+//! (docs/INSPECTION.md). Times in answers are RFC 3339 in `tz`; times in
+//! requests take the same forms as history (`2026-12-01`, `now+7d`…).
+
+use super::history::{bad, parse_time, show, zone};
+use super::{ApiError, AppState};
+use crate::auth::{Role, User};
+use crate::inspection::hazard::{self, Action, Edit, Filter, Hazard, NewHazard, Status};
+use crate::inspection::report::{self, Inputs};
+use crate::inspection::{patrol, render, InspectionError, NewDrill};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use jiff::tz::TimeZone;
+use rusqlite::Connection;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// A manual patrol may carry photos: its body may be this large.
+pub const PATROL_BODY: usize = 12 * 1024 * 1024;
+
+impl From<InspectionError> for ApiError {
+    fn from(e: InspectionError) -> Self {
+        let code = match &e {
+            InspectionError::Invalid(_) => StatusCode::BAD_REQUEST,
+            InspectionError::NotFound(_) => StatusCode::NOT_FOUND,
+            InspectionError::Conflict(_) => StatusCode::CONFLICT,
+            InspectionError::Store(_) => {
+                tracing::error!(error = %e, "inspection store access failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+/// Runs `f` on a read-write connection of its own, on the blocking pool.
+async fn with_conn<T, F>(st: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, InspectionError> + Send + 'static,
+{
+    let path = st.store_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = Connection::open(&path)?;
+        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        f(&mut c)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(ApiError::from)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|e| bad(e.body_text()))
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))
+}
+
+fn may_inspect(user: &User) -> Result<(), ApiError> {
+    if matches!(user.role, Role::Inspector | Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} ({}) may not do this: accepting, dismissing and verifying hazards is for inspectors and admins",
+                user.name,
+                user.role.as_str()
+            ),
+        ))
+    }
+}
+
+fn hazard_json(h: &Hazard, tz: &TimeZone, now: i64) -> Value {
+    let t = |v: Option<i64>| v.map(|ms| show(ms, tz));
+    json!({
+        "id": h.id, "site": h.site, "room": h.room, "category": h.category, "grade": h.grade,
+        "description": h.description, "found_by": h.found_by, "found_at": show(h.found_at, tz),
+        "owner": h.owner, "deadline": t(h.deadline), "plan": h.plan, "status": h.status,
+        "evidence": h.evidence, "verifier": h.verifier, "closed_at": t(h.closed_at),
+        "source": h.source, "rule": h.rule, "overdue": h.overdue_at(now),
+        "updated_at": show(h.updated_at, tz),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HazardsQuery {
+    site: Option<String>,
+    room: Option<String>,
+    status: Option<String>,
+    grade: Option<String>,
+    /// Only those still to be driven to zero.
+    #[serde(default)]
+    open: bool,
+    limit: Option<u32>,
+    tz: Option<String>,
+}
+
+pub async fn hazards(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<HazardsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let tz = zone(q.tz.as_deref(), &st)?;
+    let status = match q.status.as_deref() {
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            bad(format!(
+                "status: {s:?} is not one of proposed, open, rectifying, awaiting_verification, closed, dismissed"
+            ))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=5000).contains(&limit) {
+        return Err(bad("limit: 1–5000"));
+    }
+    let f = Filter {
+        site: q.site,
+        room: q.room,
+        status,
+        grade: q.grade,
+        open_only: q.open,
+    };
+    let now = crate::store::now_ms();
+    let list = with_conn(&st, move |c| hazard::list(c, &f, limit)).await?;
+    Ok(Json(json!({
+        "hazards": list.iter().map(|h| hazard_json(h, &tz, now)).collect::<Vec<_>>()
+    })))
+}
+
+/// [`NewHazard`] with its deadline as text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HazardBody {
+    /// RFC 3339, a local date, or now+30d.
+    #[serde(default)]
+    deadline: Option<String>,
+    site: String,
+    room: String,
+    category: String,
+    grade: String,
+    description: String,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+pub async fn create_hazard(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
+    b: Result<Json<HazardBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b = body(b)?;
+    let tz = zone(None, &st)?;
+    let now_t = jiff::Timestamp::now();
+    let deadline = b
+        .deadline
+        .as_deref()
+        .map(|d| parse_time("deadline", d, &tz, now_t))
+        .transpose()?;
+    let new = NewHazard {
+        site: b.site,
+        room: b.room,
+        category: b.category,
+        grade: b.grade,
+        description: b.description,
+        owner: b.owner,
+        deadline,
+        plan: b.plan,
+    };
+    let now = crate::store::now_ms();
+    let h = with_conn(&st, move |c| {
+        hazard::create(c, &new, &user.name, Status::Open, "manual", None, now)
+    })
+    .await?;
+    st.live.alarms_changed();
+    Ok((StatusCode::CREATED, Json(hazard_json(&h, &tz, now))))
+}
+
+pub async fn hazard(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_of(&id, "hazard")?;
+    let tz = zone(None, &st)?;
+    let now = crate::store::now_ms();
+    let (h, events) = with_conn(&st, move |c| {
+        Ok((hazard::get(c, id)?, hazard::events(c, id)?))
+    })
+    .await?;
+    let mut v = hazard_json(&h, &tz, now);
+    v["events"] = Value::Array(
+        events
+            .into_iter()
+            .map(|mut e| {
+                if let Some(at) = e["at"].as_i64() {
+                    e["at"] = json!(show(at, &tz));
+                }
+                e
+            })
+            .collect(),
+    );
+    Ok(Json(v))
+}
+
+fn id_of(s: &str, what: &str) -> Result<i64, ApiError> {
+    s.parse()
+        .map_err(|_| bad(format!("{s:?} is not a {what} id")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    deadline: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    evidence: Option<String>,
+    #[serde(default)]
+    grade: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+pub async fn change_hazard(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+    b: Result<Json<ChangeBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_of(&id, "hazard")?;
+    let b = body(b)?;
+    if matches!(
+        b.action,
+        Some(Action::Accept | Action::Dismiss | Action::Verify)
+    ) {
+        may_inspect(&user)?;
+    }
+    let tz = zone(None, &st)?;
+    let edit = Edit {
+        owner: b.owner,
+        deadline: b
+            .deadline
+            .as_deref()
+            .map(|d| parse_time("deadline", d, &tz, jiff::Timestamp::now()))
+            .transpose()?,
+        plan: b.plan,
+        evidence: b.evidence,
+        grade: b.grade,
+        description: b.description,
+    };
+    let now = crate::store::now_ms();
+    let (action, note) = (b.action, b.note);
+    let h = with_conn(&st, move |c| {
+        hazard::change(c, id, &edit, action, note.as_deref(), &user.name, now)
+    })
+    .await?;
+    st.live.alarms_changed();
+    Ok(Json(hazard_json(&h, &tz, now)))
+}
+
+pub async fn zeroing(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let now = crate::store::now_ms();
+    let sites = with_conn(&st, move |c| hazard::zeroing(c, now)).await?;
+    Ok(Json(json!({ "sites": sites, "target": "open_major = 0" })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatrolsQuery {
+    site: Option<String>,
+    room: Option<String>,
+    kind: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u32>,
+    tz: Option<String>,
+}
+
+fn period(
+    from: Option<&str>,
+    to: Option<&str>,
+    default_from: &str,
+    tz: &TimeZone,
+) -> Result<(i64, i64), ApiError> {
+    let now = jiff::Timestamp::now();
+    let from = parse_time("from", from.unwrap_or(default_from), tz, now)?;
+    let to = parse_time("to", to.unwrap_or("now"), tz, now)?;
+    if from >= to {
+        return Err(bad("from: must be before to"));
+    }
+    Ok((from, to))
+}
+
+fn times(v: &mut Value, keys: &[&str], tz: &TimeZone) {
+    for k in keys {
+        if let Some(ms) = v[*k].as_i64() {
+            v[*k] = json!(show(ms, tz));
+        }
+    }
+}
+
+pub async fn patrols(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<PatrolsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let tz = zone(q.tz.as_deref(), &st)?;
+    let (from, to) = period(q.from.as_deref(), q.to.as_deref(), "now-7d", &tz)?;
+    if let Some(k) = q
+        .kind
+        .as_deref()
+        .filter(|k| !matches!(*k, "auto" | "manual"))
+    {
+        return Err(bad(format!("kind: {k:?} is not auto or manual")));
+    }
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=5000).contains(&limit) {
+        return Err(bad("limit: 1–5000"));
+    }
+    let f = patrol::Filter {
+        site: q.site,
+        room: q.room,
+        kind: q.kind,
+        from,
+        to: to + 1,
+    };
+    let mut list = with_conn(&st, move |c| patrol::list(c, &f, limit)).await?;
+    for p in &mut list {
+        times(p, &["slot", "at", "period_from", "period_to"], &tz);
+    }
+    Ok(Json(json!({ "patrols": list })))
+}
+
+pub async fn patrol(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id_of(&id, "patrol")?;
+    let tz = zone(None, &st)?;
+    let mut p = with_conn(&st, move |c| patrol::get(c, id)).await?;
+    times(
+        &mut p,
+        &["at", "period_from", "period_to", "signed_at"],
+        &tz,
+    );
+    if let Some(points) = p["points"].as_array_mut() {
+        for pt in points {
+            times(pt, &["ts"], &tz);
+        }
+    }
+    Ok(Json(p))
+}
+
+pub async fn photo(
+    State(st): State<Arc<AppState>>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = id_of(&id, "patrol")?;
+    let n: i64 = n
+        .parse()
+        .map_err(|_| bad(format!("{n:?} is not a photo number")))?;
+    let (ct, data) = with_conn(&st, move |c| patrol::photo(c, id, n)).await?;
+    Ok(([(header::CONTENT_TYPE, ct)], data).into_response())
+}
+
+pub async fn checklist(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({ "items": st.inspection.checklist() }))
+}
+
+pub async fn record_patrol(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
+    b: Result<Json<patrol::ManualPatrol>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let m = body(b)?;
+    let list = st.inspection.checklist();
+    let tz = zone(None, &st)?;
+    let now = crate::store::now_ms();
+    let mut p = with_conn(&st, move |c| {
+        patrol::record_manual(c, &m, &list, &user.name, now)
+    })
+    .await?;
+    times(
+        &mut p,
+        &["at", "period_from", "period_to", "signed_at"],
+        &tz,
+    );
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillBody {
+    site: String,
+    #[serde(default)]
+    room: String,
+    scenario: String,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    started_at: Option<String>,
+    #[serde(default)]
+    ended_at: Option<String>,
+}
+
+pub async fn record_drill(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
+    b: Result<Json<DrillBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b = body(b)?;
+    let tz = zone(None, &st)?;
+    let now = jiff::Timestamp::now();
+    let started = parse_time(
+        "started_at",
+        b.started_at.as_deref().unwrap_or("now"),
+        &tz,
+        now,
+    )?;
+    let ended = b
+        .ended_at
+        .as_deref()
+        .map(|e| parse_time("ended_at", e, &tz, now))
+        .transpose()?;
+    let drill = NewDrill {
+        site: b.site,
+        room: b.room,
+        scenario: b.scenario,
+        note: b.note,
+    };
+    let mut d = with_conn(&st, move |c| {
+        crate::inspection::record_drill(c, &drill, started, ended, &user.name)
+    })
+    .await?;
+    times(&mut d, &["started_at", "ended_at"], &tz);
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillsQuery {
+    site: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    tz: Option<String>,
+}
+
+pub async fn drills(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<DrillsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let tz = zone(q.tz.as_deref(), &st)?;
+    let (from, to) = period(q.from.as_deref(), q.to.as_deref(), "now-365d", &tz)?;
+    let site = q.site;
+    let mut list = with_conn(&st, move |c| {
+        crate::inspection::drills(c, site.as_deref(), from, to + 1)
+    })
+    .await?;
+    for d in &mut list {
+        times(d, &["started_at", "ended_at"], &tz);
+    }
+    Ok(Json(json!({ "drills": list })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    month: Option<String>,
+    year: Option<String>,
+    site: Option<String>,
+    format: Option<String>,
+    table: Option<String>,
+    lang: Option<String>,
+    tz: Option<String>,
+}
+
+/// `GET /api/v1/reports/monthly?month=2026-11` and `/yearly?year=2026`.
+pub async fn report(
+    State(st): State<Arc<AppState>>,
+    Path(kind): Path<String>,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let tz = zone(q.tz.as_deref(), &st)?;
+    let format = q.format.clone().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv" | "html") {
+        return Err(bad(format!("format: {format:?} is not json, csv or html")));
+    }
+    let lang = match q.lang.as_deref() {
+        None => render::Lang::Zh,
+        Some(l) => {
+            render::Lang::parse(l).ok_or_else(|| bad(format!("lang: {l:?} is not en or zh-CN")))?
+        }
+    };
+    if format == "csv" {
+        match q.table.as_deref() {
+            Some(t) if render::TABLES.contains(&t) => {}
+            Some(t) => {
+                return Err(bad(format!(
+                    "table: {t:?} is not one of {}",
+                    render::TABLES.join(", ")
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "table: CSV is one table at a time; give one of {}",
+                    render::TABLES.join(", ")
+                )))
+            }
+        }
+    }
+    let rules = st.alarms.as_ref().map(|a| a.rules.clone());
+    let schedule = st.inspection.schedule();
+    let site = q.site.clone();
+    let table = q.table.clone();
+    let tz2 = tz.clone();
+    let (body, ct, name) = match kind.as_str() {
+        "monthly" => {
+            let m = q
+                .month
+                .as_deref()
+                .ok_or_else(|| bad("month: give the month, like 2026-11"))?;
+            let p = report::month(m, &tz).map_err(bad)?;
+            with_conn(&st, move |c| {
+                let inp = Inputs {
+                    rules: rules.as_deref(),
+                    schedule: &schedule,
+                    tz: &tz2,
+                    now: crate::store::now_ms(),
+                };
+                let rep = report::build(c, site.as_deref(), &p, &inp)?;
+                Ok(match format.as_str() {
+                    "csv" => (
+                        render::csv(&rep, table.as_deref().unwrap_or(""), &tz2).unwrap_or_default(),
+                        "text/csv; charset=utf-8",
+                        format!("report-{}-{}.csv", p.label, table.unwrap_or_default()),
+                    ),
+                    "html" => (
+                        render::html_month(&rep, lang, &tz2),
+                        "text/html; charset=utf-8",
+                        format!("report-{}.html", p.label),
+                    ),
+                    _ => (
+                        serde_json::to_string(&rep).unwrap_or_default(),
+                        "application/json",
+                        format!("report-{}.json", p.label),
+                    ),
+                })
+            })
+            .await?
+        }
+        "yearly" => {
+            let y = q
+                .year
+                .clone()
+                .ok_or_else(|| bad("year: give the year, like 2026"))?;
+            report::months_of(&y, &tz).map_err(bad)?;
+            with_conn(&st, move |c| {
+                let inp = Inputs {
+                    rules: rules.as_deref(),
+                    schedule: &schedule,
+                    tz: &tz2,
+                    now: crate::store::now_ms(),
+                };
+                let rep = report::build_year(c, site.as_deref(), &y, &inp)?;
+                Ok(match format.as_str() {
+                    "csv" => (
+                        render::csv_year(&rep, table.as_deref().unwrap_or(""), &tz2)
+                            .unwrap_or_default(),
+                        "text/csv; charset=utf-8",
+                        format!("report-{y}-{}.csv", table.unwrap_or_default()),
+                    ),
+                    "html" => (
+                        render::html_year(&rep, lang, &tz2),
+                        "text/html; charset=utf-8",
+                        format!("report-{y}.html"),
+                    ),
+                    _ => (
+                        serde_json::to_string(&rep).unwrap_or_default(),
+                        "application/json",
+                        format!("report-{y}.json"),
+                    ),
+                })
+            })
+            .await?
+        }
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no report kind {other:?}: monthly or yearly"),
+            ))
+        }
+    };
+    let disposition = if ct.starts_with("text/csv") {
+        format!("attachment; filename=\"{name}\"")
+    } else {
+        format!("inline; filename=\"{name}\"")
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, ct.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,568 @@
+//! Patrol records. Automatic ones are written per room at each scheduled
+//! slot: every point's value against its limits, its range and data
+//! completeness since the previous slot, the room's active alarms and open
+//! hazards. Manual ones are a person's walk-through: a checklist with pass or
+//! fail, notes and photos, recorded under their login. Both are immutable
+//! once written (triggers refuse UPDATE and DELETE) and carry a SHA-256 of
+//! their stored text, so a copy can be checked against the original.
+
+use super::figures::{self, Bucket};
+use super::{ChecklistItem, InspectionError};
+use crate::alarm::rules::{PointLabels, RuleSet};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS patrols (
+    id          INTEGER PRIMARY KEY,
+    site        TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    slot        INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    by          TEXT NOT NULL,
+    period_from INTEGER NOT NULL,
+    period_to   INTEGER NOT NULL,
+    record      TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    UNIQUE (site, room, kind, slot)
+);
+CREATE INDEX IF NOT EXISTS patrols_by_time ON patrols (slot);
+CREATE TABLE IF NOT EXISTS patrol_photos (
+    id           INTEGER PRIMARY KEY,
+    patrol       INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    data         BLOB NOT NULL,
+    sha256       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS patrol_photos_by_patrol ON patrol_photos (patrol);
+CREATE TRIGGER IF NOT EXISTS patrols_no_update BEFORE UPDATE ON patrols
+BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS patrols_no_delete BEFORE DELETE ON patrols
+BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS patrol_photos_no_update BEFORE UPDATE ON patrol_photos
+BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS patrol_photos_no_delete BEFORE DELETE ON patrol_photos
+BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
+"#;
+
+/// A point whose newest reading is older than this at patrol time is stale.
+pub const STALE_MS: i64 = 15 * 60_000;
+const MINUTE_MS: i64 = 60_000;
+pub const MAX_PHOTOS: usize = 4;
+pub const MAX_PHOTO_BYTES: usize = 2 * 1024 * 1024;
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Rooms known to the catalogue, as (site, room).
+pub fn rooms(c: &Connection, site: Option<&str>) -> Result<Vec<(String, String)>, InspectionError> {
+    let mut st = c.prepare_cached(
+        "SELECT DISTINCT site, room FROM points WHERE room <> '' AND (?1 IS NULL OR site = ?1)
+         ORDER BY site, room",
+    )?;
+    let rows = st.query_map([site], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One-minute buckets of a point in `[from, to)`.
+pub fn minutes(
+    c: &Connection,
+    point_id: i64,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Bucket>, rusqlite::Error> {
+    let mut st = c.prepare_cached(
+        "SELECT bucket, n, min, max FROM rollup_1m WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3
+         ORDER BY bucket",
+    )?;
+    let rows = st.query_map(params![point_id, from, to], |r| {
+        Ok(Bucket {
+            start: r.get(0)?,
+            n: r.get(1)?,
+            min: r.get(2)?,
+            max: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The record of an automatic patrol of one room over `[from, to)`.
+pub fn build_auto(
+    c: &Connection,
+    rules: Option<&RuleSet>,
+    site: &str,
+    room: &str,
+    from: i64,
+    to: i64,
+) -> Result<Value, InspectionError> {
+    let mut st = c.prepare_cached(
+        "SELECT id, point, device, quantity, unit, last_ts, last_value, last_text, last_bad, first_seen
+         FROM points WHERE site = ?1 AND room = ?2 ORDER BY device, point",
+    )?;
+    struct P {
+        id: i64,
+        point: String,
+        device: String,
+        quantity: String,
+        unit: String,
+        last_ts: Option<i64>,
+        value: Option<f64>,
+        text: Option<String>,
+        bad: Option<String>,
+        first_seen: i64,
+    }
+    let points: Vec<P> = st
+        .query_map(params![site, room], |r| {
+            Ok(P {
+                id: r.get(0)?,
+                point: r.get(1)?,
+                device: r.get(2)?,
+                quantity: r.get(3)?,
+                unit: r.get(4)?,
+                last_ts: r.get(5)?,
+                value: r.get(6)?,
+                text: r.get(7)?,
+                bad: r.get(8)?,
+                first_seen: r.get(9)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(points.len());
+    let (mut beyond_now, mut stale, mut bad, mut completeness_sum) = (0, 0, 0, 0.0);
+    for p in &points {
+        let start = from.max(figures_minute(p.first_seen));
+        let buckets = minutes(c, p.id, from, to)?;
+        let completeness = figures::completeness(&buckets, MINUTE_MS, start, to);
+        completeness_sum += completeness.unwrap_or(1.0);
+        let (min, max) =
+            buckets
+                .iter()
+                .fold((None, None), |(lo, hi): (Option<f64>, Option<f64>), b| {
+                    (
+                        Some(lo.map_or(b.min, |x| x.min(b.min))),
+                        Some(hi.map_or(b.max, |x| x.max(b.max))),
+                    )
+                });
+        let limits = rules
+            .map(|r| {
+                r.limits(
+                    site,
+                    &PointLabels {
+                        quantity: &p.quantity,
+                        room,
+                        device: &p.device,
+                        point: &p.point,
+                    },
+                )
+            })
+            .unwrap_or_default();
+        let now_beyond: Vec<&str> = limits
+            .iter()
+            .filter(|l| {
+                p.bad.is_none()
+                    && p.value
+                        .is_some_and(|v| if l.above { v > l.value } else { v < l.value })
+            })
+            .map(|l| l.rule.as_str())
+            .collect();
+        let status = if p.last_ts.is_none_or(|t| t < to - STALE_MS) {
+            stale += 1;
+            "stale"
+        } else if p.bad.is_some() {
+            bad += 1;
+            "bad"
+        } else if !now_beyond.is_empty() {
+            beyond_now += 1;
+            "beyond_limit"
+        } else {
+            "ok"
+        };
+        let limits_json: Vec<Value> = limits
+            .iter()
+            .map(|l| {
+                json!({
+                    "rule": l.rule, "level": l.level,
+                    "kind": if l.above { "above" } else { "below" }, "value": l.value,
+                    "minutes_beyond": figures::beyond(&buckets, l),
+                })
+            })
+            .collect();
+        out.push(json!({
+            "point": p.point, "device": p.device, "quantity": p.quantity, "unit": p.unit,
+            "value": p.value, "text": p.text, "ts": p.last_ts, "reason": p.bad,
+            "status": status, "min": min, "max": max,
+            "completeness": completeness.map(|c| (c * 1000.0).round() / 1000.0),
+            "limits": limits_json,
+        }));
+    }
+    let alarms = active_alarms(c, site, room)?;
+    let hazards = open_hazards(c, site, room, to)?;
+    let summary = json!({
+        "points": points.len(),
+        "beyond_limit": beyond_now,
+        "stale": stale,
+        "bad": bad,
+        "completeness": if points.is_empty() { Value::Null } else {
+            json!((completeness_sum / points.len() as f64 * 1000.0).round() / 1000.0)
+        },
+        "active_alarms": alarms.len(),
+        "open_hazards": hazards.len(),
+    });
+    Ok(json!({
+        "site": site, "room": room, "kind": "auto", "period_from": from, "period_to": to,
+        "summary": summary, "points": out, "active_alarms": alarms, "open_hazards": hazards,
+    }))
+}
+
+fn figures_minute(ts: i64) -> i64 {
+    ts.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+fn active_alarms(c: &Connection, site: &str, room: &str) -> Result<Vec<Value>, rusqlite::Error> {
+    // The table exists only with alarms on.
+    let exists: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarms')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut st = c.prepare_cached(
+        "SELECT serial, rule, name, level, raised_at, ack_at, inhibited FROM alarms
+         WHERE site = ?1 AND room = ?2 AND cleared_at IS NULL ORDER BY level, raised_at",
+    )?;
+    let rows = st.query_map(params![site, room], |r| {
+        Ok(json!({
+            "serial": r.get::<_, i64>(0)?, "rule": r.get::<_, String>(1)?,
+            "name": r.get::<_, String>(2)?, "level": r.get::<_, i64>(3)?,
+            "raised_at": r.get::<_, i64>(4)?, "acknowledged": r.get::<_, Option<i64>>(5)?.is_some(),
+            "inhibited": r.get::<_, bool>(6)?,
+        }))
+    })?;
+    rows.collect()
+}
+
+fn open_hazards(
+    c: &Connection,
+    site: &str,
+    room: &str,
+    now: i64,
+) -> Result<Vec<Value>, InspectionError> {
+    let f = super::hazard::Filter {
+        site: Some(site.into()),
+        room: Some(room.into()),
+        open_only: true,
+        ..Default::default()
+    };
+    Ok(super::hazard::list(c, &f, 1000)?
+        .into_iter()
+        .map(|h| {
+            json!({
+                "id": h.id, "grade": h.grade, "category": h.category, "description": h.description,
+                "status": h.status, "deadline": h.deadline, "overdue": h.overdue_at(now),
+            })
+        })
+        .collect())
+}
+
+/// Writes a record; `false` when one of this kind, room and slot exists.
+#[allow(clippy::too_many_arguments)]
+pub fn write(
+    c: &Connection,
+    site: &str,
+    room: &str,
+    kind: &str,
+    slot: i64,
+    at: i64,
+    by: &str,
+    record: &Value,
+) -> Result<Option<i64>, InspectionError> {
+    let text = record.to_string();
+    let n = c.execute(
+        "INSERT INTO patrols (site, room, kind, slot, at, by, period_from, period_to, record, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+        params![
+            site,
+            room,
+            kind,
+            slot,
+            at,
+            by,
+            record["period_from"].as_i64().unwrap_or(slot),
+            record["period_to"].as_i64().unwrap_or(slot),
+            text,
+            sha256_hex(text.as_bytes())
+        ],
+    )?;
+    Ok((n == 1).then(|| c.last_insert_rowid()))
+}
+
+/// One answer on a walk-through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    pub id: String,
+    pub pass: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Photo {
+    pub name: String,
+    pub content_type: String,
+    /// base64
+    pub data: String,
+}
+
+/// A person's walk-through of a room.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualPatrol {
+    pub site: String,
+    pub room: String,
+    pub items: Vec<Answer>,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub photos: Vec<Photo>,
+}
+
+/// Checks and records a walk-through by `by` at `now`; answers must name
+/// checklist items, photos must be JPEG, PNG or WebP within the limits.
+pub fn record_manual(
+    c: &mut Connection,
+    m: &ManualPatrol,
+    checklist: &[ChecklistItem],
+    by: &str,
+    now: i64,
+) -> Result<Value, InspectionError> {
+    let bad = |s: String| InspectionError::Invalid(s);
+    if m.site.trim().is_empty() || m.room.trim().is_empty() {
+        return Err(bad("site and room must be given".into()));
+    }
+    if m.items.is_empty() {
+        return Err(bad("items: answer at least one checklist item".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in m.items.iter().enumerate() {
+        if !checklist.iter().any(|c| c.id == a.id) {
+            return Err(bad(format!(
+                "items[{i}].id: {:?} is not on the checklist (GET /api/v1/patrols/checklist)",
+                a.id
+            )));
+        }
+        if !seen.insert(a.id.as_str()) {
+            return Err(bad(format!("items[{i}].id: {:?} is answered twice", a.id)));
+        }
+        if a.note.as_ref().is_some_and(|n| n.len() > 2000) {
+            return Err(bad(format!("items[{i}].note: at most 2000 characters")));
+        }
+    }
+    if m.photos.len() > MAX_PHOTOS {
+        return Err(bad(format!("photos: at most {MAX_PHOTOS}")));
+    }
+    let mut photos = Vec::with_capacity(m.photos.len());
+    for (i, p) in m.photos.iter().enumerate() {
+        let data =
+            crate::base64::decode(&p.data).map_err(|e| bad(format!("photos[{i}].data: {e}")))?;
+        if data.len() > MAX_PHOTO_BYTES {
+            return Err(bad(format!(
+                "photos[{i}]: {} bytes; at most {MAX_PHOTO_BYTES}",
+                data.len()
+            )));
+        }
+        let magic_ok = match p.content_type.as_str() {
+            "image/jpeg" => data.starts_with(&[0xFF, 0xD8, 0xFF]),
+            "image/png" => data.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "image/webp" => data.len() > 12 && &data[..4] == b"RIFF" && &data[8..12] == b"WEBP",
+            other => {
+                return Err(bad(format!(
+                    "photos[{i}].content_type: {other:?}; JPEG, PNG or WebP only"
+                )))
+            }
+        };
+        if !magic_ok {
+            return Err(bad(format!(
+                "photos[{i}]: the data is not a {} image",
+                p.content_type
+            )));
+        }
+        let name: String = p
+            .name
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        photos.push((name, p.content_type.clone(), sha256_hex(&data), data));
+    }
+    let items: Vec<Value> = checklist
+        .iter()
+        .map(|item| match m.items.iter().find(|a| a.id == item.id) {
+            Some(a) => json!({"id": item.id, "en": item.en, "zh": item.zh,
+                              "result": if a.pass { "pass" } else { "fail" }, "note": a.note}),
+            None => json!({"id": item.id, "en": item.en, "zh": item.zh, "result": "not_checked"}),
+        })
+        .collect();
+    let failed = m.items.iter().filter(|a| !a.pass).count();
+    let record = json!({
+        "site": m.site, "room": m.room, "kind": "manual", "period_from": now, "period_to": now,
+        "by": by, "signed_at": now, "note": m.note,
+        "summary": {"checked": m.items.len(), "failed": failed,
+                    "not_checked": checklist.len().saturating_sub(m.items.len()),
+                    "photos": photos.len()},
+        "items": items,
+        "photos": photos.iter().map(|(n, t, h, d)| json!({"name": n, "content_type": t, "sha256": h, "bytes": d.len()})).collect::<Vec<_>>(),
+    });
+    let tx = c.transaction()?;
+    let id = write(&tx, &m.site, &m.room, "manual", now, now, by, &record)?.ok_or_else(|| {
+        InspectionError::Conflict("a patrol of this room by this time exists; try again".into())
+    })?;
+    for (name, content_type, hash, data) in &photos {
+        tx.execute(
+            "INSERT INTO patrol_photos (patrol, name, content_type, data, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, content_type, data, hash],
+        )?;
+    }
+    tx.commit()?;
+    get(c, id)
+}
+
+/// Filters for [`list`].
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub site: Option<String>,
+    pub room: Option<String>,
+    pub kind: Option<String>,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Records in a period, newest first, with their summaries (not the whole record).
+pub fn list(c: &Connection, f: &Filter, limit: u32) -> Result<Vec<Value>, InspectionError> {
+    let mut st = c.prepare_cached(
+        "SELECT id, site, room, kind, slot, at, by, period_from, period_to, json_extract(record, '$.summary'), digest
+         FROM patrols WHERE (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2)
+           AND (?3 IS NULL OR kind = ?3) AND slot >= ?4 AND slot < ?5
+         ORDER BY slot DESC, id DESC LIMIT ?6",
+    )?;
+    let rows = st.query_map(params![f.site, f.room, f.kind, f.from, f.to, limit], |r| {
+        let summary: Option<String> = r.get(9)?;
+        Ok(json!({
+            "id": r.get::<_, i64>(0)?, "site": r.get::<_, String>(1)?, "room": r.get::<_, String>(2)?,
+            "kind": r.get::<_, String>(3)?, "slot": r.get::<_, i64>(4)?, "at": r.get::<_, i64>(5)?,
+            "by": r.get::<_, String>(6)?, "period_from": r.get::<_, i64>(7)?,
+            "period_to": r.get::<_, i64>(8)?,
+            "summary": summary.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+            "digest": r.get::<_, String>(10)?,
+        }))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One record, whole, with its id, author and digest.
+pub fn get(c: &Connection, id: i64) -> Result<Value, InspectionError> {
+    let row = c
+        .query_row(
+            "SELECT record, at, by, digest FROM patrols WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or(InspectionError::NotFound(format!("no patrol {id}")))?;
+    let mut v: Value = serde_json::from_str(&row.0)
+        .map_err(|e| InspectionError::Invalid(format!("patrol {id}: unreadable record: {e}")))?;
+    v["id"] = json!(id);
+    v["at"] = json!(row.1);
+    v["by"] = json!(row.2);
+    v["digest"] = json!(row.3);
+    v["digest_ok"] = json!(sha256_hex(row.0.as_bytes()) == row.3);
+    Ok(v)
+}
+
+/// Photo `n` (0-based) of a patrol: (content type, bytes).
+pub fn photo(c: &Connection, id: i64, n: i64) -> Result<(String, Vec<u8>), InspectionError> {
+    c.query_row(
+        "SELECT content_type, data FROM patrol_photos WHERE patrol = ?1 ORDER BY id LIMIT 1 OFFSET ?2",
+        params![id, n],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or(InspectionError::NotFound(format!("patrol {id} has no photo {n}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(crate::store::sqlite::SCHEMA).unwrap();
+        super::super::init(&c).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_manual_patrol_is_signed_immutable_and_refuses_what_is_not_on_the_checklist() {
+        let mut c = store();
+        let list = super::super::builtin_checklist();
+        let png = b"\x89PNG\r\n\x1a\n0000";
+        let m = ManualPatrol {
+            site: "s".into(),
+            room: "battery-room".into(),
+            items: vec![
+                Answer {
+                    id: "extinguishers".into(),
+                    pass: true,
+                    note: None,
+                },
+                Answer {
+                    id: "battery_ventilation".into(),
+                    pass: false,
+                    note: Some("fan 2 stopped".into()),
+                },
+            ],
+            note: Some("night round".into()),
+            photos: vec![Photo {
+                name: "fan.png".into(),
+                content_type: "image/png".into(),
+                data: crate::base64::encode(png),
+            }],
+        };
+        let r = record_manual(&mut c, &m, &list, "li", 1_000).unwrap();
+        assert_eq!(r["by"], "li");
+        assert_eq!(r["summary"]["failed"], 1);
+        assert_eq!(r["summary"]["not_checked"], list.len() - 2);
+        assert_eq!(r["digest_ok"], true);
+        let id = r["id"].as_i64().unwrap();
+        assert_eq!(photo(&c, id, 0).unwrap().1, png.to_vec());
+        assert!(c.execute("UPDATE patrols SET by = 'x'", []).is_err());
+        assert!(c.execute("DELETE FROM patrol_photos", []).is_err());
+
+        let mut wrong = m.clone();
+        wrong.items[0].id = "coffee_machine".into();
+        let e = record_manual(&mut c, &wrong, &list, "li", 2_000).unwrap_err();
+        assert!(e.to_string().contains("items[0].id"), "{e}");
+        let mut fake = m.clone();
+        fake.photos[0].content_type = "image/jpeg".into();
+        let e = record_manual(&mut c, &fake, &list, "li", 3_000).unwrap_err();
+        assert!(e.to_string().contains("not a image/jpeg image"), "{e}");
+    }
+}

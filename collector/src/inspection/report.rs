@@ -1,0 +1,551 @@
+//! Monthly and yearly safety reports, per site or for all sites: alarms by
+//! level and category with time to acknowledge and to clear, the longest
+//! open alarms, data completeness per room, minutes beyond each limit,
+//! hazards opened, closed and overdue, patrols done against planned, drills.
+//!
+//! Everything is read from one read-only connection. Work is bounded by
+//! the rollup tiers: completeness from 1-hour buckets, minutes beyond a
+//! limit from the 1-minute buckets of only those hours whose extremes crossed it.
+
+use super::figures::{self, Bucket, Schedule};
+use super::InspectionError;
+use crate::alarm::rules::{PointLabels, RuleSet};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// A calendar month or year in the report's time zone.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Period {
+    /// `2026-11` or `2026`.
+    pub label: String,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The month `2026-11` in `tz`.
+pub fn month(label: &str, tz: &jiff::tz::TimeZone) -> Result<Period, String> {
+    let bad = || format!("month: {label:?} is not a month like 2026-11");
+    let (y, m) = label.split_once('-').ok_or_else(bad)?;
+    let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    let first = jiff::civil::Date::new(y, m, 1).map_err(|_| bad())?;
+    let next = first
+        .checked_add(jiff::Span::new().months(1))
+        .map_err(|_| bad())?;
+    let ms = |d: jiff::civil::Date| -> Result<i64, String> {
+        Ok(d.to_zoned_datetime(tz.clone())
+            .map_err(|e| e.to_string())?
+            .timestamp()
+            .as_millisecond())
+    };
+    Ok(Period {
+        label: format!("{y:04}-{m:02}"),
+        from: ms(first)?,
+        to: ms(next)?,
+    })
+}
+
+/// The twelve months of `year` in `tz`.
+pub fn months_of(year: &str, tz: &jiff::tz::TimeZone) -> Result<Vec<Period>, String> {
+    let y: i16 = year
+        .parse()
+        .ok()
+        .filter(|y| (1970..=9998).contains(y))
+        .ok_or_else(|| format!("year: {year:?} is not a year like 2026"))?;
+    (1..=12)
+        .map(|m| month(&format!("{y}-{m:02}"), tz))
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AlarmRow {
+    pub level: u8,
+    pub category: String,
+    pub raised: i64,
+    pub inhibited: i64,
+    pub acknowledged: i64,
+    /// Seconds from raise to acknowledgement: mean and median.
+    pub ack_mean_s: Option<f64>,
+    pub ack_median_s: Option<f64>,
+    pub cleared: i64,
+    pub clear_mean_s: Option<f64>,
+    pub clear_median_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LongOpen {
+    pub serial: i64,
+    pub rule: String,
+    pub name: String,
+    /// From the loaded rules; the stored (English) name when the rule is gone.
+    pub name_zh: String,
+    pub level: u8,
+    pub site: String,
+    pub room: String,
+    pub raised_at: i64,
+    pub cleared_at: Option<i64>,
+    /// Until cleared, or until the period's end (or now) when still open.
+    pub open_s: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoomCompleteness {
+    pub site: String,
+    pub room: String,
+    pub points: usize,
+    /// Mean over the room's points of the share of expected readings that arrived.
+    pub completeness: f64,
+    /// The least complete point.
+    pub worst_point: String,
+    pub worst: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Exceedance {
+    pub site: String,
+    pub room: String,
+    pub point: String,
+    pub rule: String,
+    pub level: u8,
+    pub kind: &'static str,
+    pub limit: f64,
+    /// Minutes in which some reading was beyond the limit.
+    pub minutes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Hazards {
+    pub opened: i64,
+    pub opened_major: i64,
+    pub closed: i64,
+    /// Not closed by their deadline (which fell before the period's end),
+    /// and not closed before the period began.
+    pub overdue: i64,
+    pub open_at_end: i64,
+    /// The zeroing figure: the target is 0.
+    pub open_major_at_end: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PatrolRow {
+    pub site: String,
+    pub room: String,
+    pub planned: i64,
+    pub done: i64,
+    pub manual: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub site: Option<String>,
+    pub period: Period,
+    pub time_zone: String,
+    /// The period's end, or the time the report was made if earlier.
+    pub until: i64,
+    pub alarms: Vec<AlarmRow>,
+    pub longest_open: Vec<LongOpen>,
+    pub completeness: Vec<RoomCompleteness>,
+    pub exceedance: Vec<Exceedance>,
+    pub hazards: Hazards,
+    pub patrols: Vec<PatrolRow>,
+    pub drills: Vec<Value>,
+}
+
+/// A year, month by month.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct YearReport {
+    pub site: Option<String>,
+    pub year: String,
+    pub time_zone: String,
+    pub months: Vec<Report>,
+}
+
+pub struct Inputs<'a> {
+    pub rules: Option<&'a RuleSet>,
+    pub schedule: &'a Schedule,
+    pub tz: &'a jiff::tz::TimeZone,
+    pub now: i64,
+}
+
+pub fn build(
+    c: &Connection,
+    site: Option<&str>,
+    period: &Period,
+    inp: &Inputs,
+) -> Result<Report, InspectionError> {
+    let until = period.to.min(inp.now);
+    let alarms_on = table_exists(c, "alarms")?;
+    Ok(Report {
+        site: site.map(str::to_owned),
+        period: period.clone(),
+        time_zone: inp.tz.iana_name().unwrap_or("UTC").to_owned(),
+        until,
+        alarms: if alarms_on {
+            alarms(c, site, period)?
+        } else {
+            Vec::new()
+        },
+        longest_open: if alarms_on {
+            longest(c, site, period, until, inp.rules)?
+        } else {
+            Vec::new()
+        },
+        completeness: completeness(c, site, period.from, until)?,
+        exceedance: exceedance(c, site, period.from, until, inp.rules)?,
+        hazards: hazards(c, site, period)?,
+        patrols: patrols(c, site, period, until, inp)?,
+        drills: super::drills(c, site, period.from, period.to)?,
+    })
+}
+
+pub fn build_year(
+    c: &Connection,
+    site: Option<&str>,
+    year: &str,
+    inp: &Inputs,
+) -> Result<YearReport, InspectionError> {
+    let months = months_of(year, inp.tz).map_err(InspectionError::Invalid)?;
+    Ok(YearReport {
+        site: site.map(str::to_owned),
+        year: year.to_owned(),
+        time_zone: inp.tz.iana_name().unwrap_or("UTC").to_owned(),
+        months: months
+            .iter()
+            .filter(|m| m.from <= inp.now)
+            .map(|m| build(c, site, m, inp))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn alarms(
+    c: &Connection,
+    site: Option<&str>,
+    p: &Period,
+) -> Result<Vec<AlarmRow>, InspectionError> {
+    let mut st = c.prepare_cached(
+        "SELECT level, category, raised_at, ack_at, cleared_at, inhibited FROM alarms
+         WHERE raised_at >= ?1 AND raised_at < ?2 AND (?3 IS NULL OR site = ?3)",
+    )?;
+    type Acc = (i64, i64, Vec<f64>, Vec<f64>);
+    let mut by: BTreeMap<(u8, String), Acc> = BTreeMap::new();
+    let rows = st.query_map(params![p.from, p.to, site], |r| {
+        Ok((
+            r.get::<_, u8>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, bool>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (level, category, raised, ack, cleared, inhibited) = row?;
+        let e = by.entry((level, category)).or_default();
+        e.0 += 1;
+        e.1 += i64::from(inhibited);
+        if let Some(a) = ack {
+            e.2.push((a - raised).max(0) as f64 / 1000.0);
+        }
+        if let Some(cl) = cleared {
+            e.3.push((cl - raised).max(0) as f64 / 1000.0);
+        }
+    }
+    Ok(by
+        .into_iter()
+        .map(
+            |((level, category), (raised, inhibited, ack, clear))| AlarmRow {
+                level,
+                category,
+                raised,
+                inhibited,
+                acknowledged: ack.len() as i64,
+                ack_mean_s: mean(&ack),
+                ack_median_s: (!ack.is_empty()).then(|| figures::median(ack.clone())),
+                cleared: clear.len() as i64,
+                clear_mean_s: mean(&clear),
+                clear_median_s: (!clear.is_empty()).then(|| figures::median(clear.clone())),
+            },
+        )
+        .collect())
+}
+
+fn longest(
+    c: &Connection,
+    site: Option<&str>,
+    p: &Period,
+    until: i64,
+    rules: Option<&RuleSet>,
+) -> Result<Vec<LongOpen>, InspectionError> {
+    let mut st = c.prepare_cached(
+        "SELECT serial, rule, name, level, site, room, raised_at, cleared_at,
+                COALESCE(cleared_at, ?4) - raised_at AS open_ms
+         FROM alarms WHERE raised_at >= ?1 AND raised_at < ?2 AND (?3 IS NULL OR site = ?3)
+         ORDER BY open_ms DESC, serial LIMIT 10",
+    )?;
+    let rows = st.query_map(params![p.from, p.to, site, until], |r| {
+        let rule: String = r.get(1)?;
+        let name: String = r.get(2)?;
+        let name_zh = rules
+            .and_then(|rs| rs.index(&rule).map(|i| rs.rules[i].name_zh.clone()))
+            .unwrap_or_else(|| name.clone());
+        Ok(LongOpen {
+            serial: r.get(0)?,
+            rule,
+            name,
+            name_zh,
+            level: r.get(3)?,
+            site: r.get(4)?,
+            room: r.get(5)?,
+            raised_at: r.get(6)?,
+            cleared_at: r.get(7)?,
+            open_s: r.get::<_, i64>(8)?.max(0) / 1000,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+struct PointRow {
+    id: i64,
+    site: String,
+    room: String,
+    point: String,
+    device: String,
+    quantity: String,
+    first_seen: i64,
+}
+
+/// Points with a room, in existence before `to`.
+fn points(c: &Connection, site: Option<&str>, to: i64) -> Result<Vec<PointRow>, InspectionError> {
+    let mut st = c.prepare_cached(
+        "SELECT id, site, room, point, device, quantity, first_seen FROM points
+         WHERE room <> '' AND first_seen < ?1 AND (?2 IS NULL OR site = ?2)
+         ORDER BY site, room, point",
+    )?;
+    let rows = st.query_map(params![to, site], |r| {
+        Ok(PointRow {
+            id: r.get(0)?,
+            site: r.get(1)?,
+            room: r.get(2)?,
+            point: r.get(3)?,
+            device: r.get(4)?,
+            quantity: r.get(5)?,
+            first_seen: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The hour of a point's first reading, by event time (`first_seen` is when
+/// the collector received it: late for a backlog).
+fn existed_from(c: &Connection, p: &PointRow) -> Result<i64, rusqlite::Error> {
+    let first: Option<i64> = c
+        .prepare_cached("SELECT MIN(bucket) FROM rollup_1h WHERE point_id = ?1")?
+        .query_row([p.id], |r| r.get(0))?;
+    Ok(first.unwrap_or((p.first_seen + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS))
+}
+
+fn buckets(
+    c: &Connection,
+    table: &str,
+    id: i64,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Bucket>, rusqlite::Error> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT bucket, n, min, max FROM {table} WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket"
+    ))?;
+    let rows = st.query_map(params![id, from, to], |r| {
+        Ok(Bucket {
+            start: r.get(0)?,
+            n: r.get(1)?,
+            min: r.get(2)?,
+            max: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn completeness(
+    c: &Connection,
+    site: Option<&str>,
+    from: i64,
+    until: i64,
+) -> Result<Vec<RoomCompleteness>, InspectionError> {
+    let mut rooms: BTreeMap<(String, String), Vec<(String, f64)>> = BTreeMap::new();
+    // Only whole hours are judged (rollups are by hour).
+    let to = until.div_euclid(HOUR_MS) * HOUR_MS;
+    for p in points(c, site, to)? {
+        let start = from.max(existed_from(c, &p)?);
+        let Some(share) = figures::completeness(
+            &buckets(c, "rollup_1h", p.id, start, to)?,
+            HOUR_MS,
+            start,
+            to,
+        ) else {
+            continue;
+        };
+        rooms
+            .entry((p.site, p.room))
+            .or_default()
+            .push((p.point, share));
+    }
+    Ok(rooms
+        .into_iter()
+        .map(|((site, room), v)| {
+            let (worst_point, worst) = v
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .cloned()
+                .unwrap_or_default();
+            RoomCompleteness {
+                completeness: v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64,
+                points: v.len(),
+                site,
+                room,
+                worst_point,
+                worst,
+            }
+        })
+        .collect())
+}
+
+fn exceedance(
+    c: &Connection,
+    site: Option<&str>,
+    from: i64,
+    until: i64,
+    rules: Option<&RuleSet>,
+) -> Result<Vec<Exceedance>, InspectionError> {
+    let Some(rules) = rules else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for p in points(c, site, until)? {
+        let limits = rules.limits(
+            &p.site,
+            &PointLabels {
+                quantity: &p.quantity,
+                room: &p.room,
+                device: &p.device,
+                point: &p.point,
+            },
+        );
+        if limits.is_empty() {
+            continue;
+        }
+        // Hours first: only an hour whose extremes crossed a limit can hold
+        // a minute that did. The first and last hours may be partial.
+        let hours = buckets(
+            c,
+            "rollup_1h",
+            p.id,
+            from.div_euclid(HOUR_MS) * HOUR_MS,
+            until,
+        )?;
+        for l in &limits {
+            let mut minutes = 0i64;
+            for h in hours.iter().filter(|h| figures::is_beyond(h, l)) {
+                let m = buckets(
+                    c,
+                    "rollup_1m",
+                    p.id,
+                    h.start.max(from),
+                    (h.start + HOUR_MS).min(until),
+                )?;
+                minutes += figures::beyond(&m, l) as i64;
+            }
+            if minutes > 0 {
+                out.push(Exceedance {
+                    site: p.site.clone(),
+                    room: p.room.clone(),
+                    point: p.point.clone(),
+                    rule: l.rule.clone(),
+                    level: l.level,
+                    kind: if l.above { "above" } else { "below" },
+                    limit: l.value,
+                    minutes,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hazards(c: &Connection, site: Option<&str>, p: &Period) -> Result<Hazards, InspectionError> {
+    Ok(c.query_row(
+        "SELECT
+           COALESCE(SUM(found_at >= ?1 AND found_at < ?2), 0),
+           COALESCE(SUM(found_at >= ?1 AND found_at < ?2 AND grade = 'major'), 0),
+           COALESCE(SUM(status = 'closed' AND closed_at >= ?1 AND closed_at < ?2), 0),
+           COALESCE(SUM(deadline IS NOT NULL AND deadline < ?2
+                        AND (closed_at IS NULL OR closed_at > deadline)
+                        AND (closed_at IS NULL OR closed_at >= ?1)), 0),
+           COALESCE(SUM(found_at < ?2 AND (closed_at IS NULL OR closed_at >= ?2)), 0),
+           COALESCE(SUM(found_at < ?2 AND (closed_at IS NULL OR closed_at >= ?2) AND grade = 'major'), 0)
+         FROM hazards
+         WHERE status NOT IN ('proposed', 'dismissed') AND (?3 IS NULL OR site = ?3)",
+        params![p.from, p.to, site],
+        |r| {
+            Ok(Hazards {
+                opened: r.get(0)?,
+                opened_major: r.get(1)?,
+                closed: r.get(2)?,
+                overdue: r.get(3)?,
+                open_at_end: r.get(4)?,
+                open_major_at_end: r.get(5)?,
+            })
+        },
+    )?)
+}
+
+fn patrols(
+    c: &Connection,
+    site: Option<&str>,
+    p: &Period,
+    until: i64,
+    inp: &Inputs,
+) -> Result<Vec<PatrolRow>, InspectionError> {
+    let mut rooms: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for pt in points(c, site, until)? {
+        let existed = existed_from(c, &pt)?;
+        let e = rooms.entry((pt.site, pt.room)).or_insert(i64::MAX);
+        *e = (*e).min(existed);
+    }
+    let mut done = c.prepare_cached(
+        "SELECT COALESCE(SUM(kind = 'auto'), 0), COALESCE(SUM(kind = 'manual'), 0) FROM patrols
+         WHERE site = ?1 AND room = ?2 AND slot >= ?3 AND slot < ?4",
+    )?;
+    let mut out = Vec::new();
+    for ((site, room), existed) in rooms {
+        // Planned: the slots from the room's first reading up to now.
+        let planned =
+            figures::slots(inp.schedule, inp.tz, p.from.max(existed) - 1, until - 1).len() as i64;
+        let (auto, manual): (i64, i64) = done
+            .query_row(params![site, room, p.from, p.to], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        out.push(PatrolRow {
+            site,
+            room,
+            planned,
+            done: auto,
+            manual,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,277 @@
+//! The inspection round, every 30 s on the blocking pool with a connection
+//! of its own: the patrol of each room at its slot, hazards proposed from
+//! critical and recurring alarms, overdue hazards told through the alarm
+//! channels (outbox rows, so they are delivered like alarms: once, retried).
+
+use super::{figures, hazard, patrol, state_get, state_set, InspectionConfig, InspectionError};
+use crate::alarm::record::Route;
+use crate::alarm::rules::RuleSet;
+use rusqlite::{params, Connection};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A patrol is written this long after its slot, so the slot's last
+/// minute is rolled up.
+const SETTLE_MS: i64 = 60_000;
+const ROUND: Duration = Duration::from_secs(30);
+
+pub struct Inspector {
+    pub store: PathBuf,
+    pub cfg: InspectionConfig,
+    pub rules: Option<Arc<RuleSet>>,
+    pub routes: Vec<Route>,
+    pub tz: jiff::tz::TimeZone,
+    /// Wakes the notification sender.
+    pub wake: Arc<Notify>,
+    pub live: Arc<crate::live::Live>,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub patrols: usize,
+    pub proposed: usize,
+    pub overdue_told: usize,
+}
+
+impl Inspector {
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.round.unwrap_or(ROUND));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.round(crate::store::now_ms())).await {
+                Ok(Ok(r)) => {
+                    if r.overdue_told > 0 {
+                        self.wake.notify_one();
+                    }
+                    if r.proposed > 0 || r.patrols > 0 {
+                        tracing::info!(
+                            patrols = r.patrols,
+                            proposed = r.proposed,
+                            overdue_told = r.overdue_told,
+                            "inspection round"
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "inspection round failed; retried next round")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "inspection round panicked; retried next round")
+                }
+            }
+        }
+    }
+
+    /// One round at `now`.
+    pub fn round(&self, now: i64) -> Result<Round, InspectionError> {
+        let mut c = Connection::open(&self.store)?;
+        c.busy_timeout(Duration::from_secs(5))?;
+        let mut r = Round {
+            patrols: self.patrols(&c, now)?,
+            ..Default::default()
+        };
+        if table_exists(&c, "alarms")? {
+            r.proposed = self.propose(&mut c)?;
+            r.overdue_told = self.tell_overdue(&mut c, now)?;
+        }
+        Ok(r)
+    }
+
+    /// The patrol of every room at the latest slot, if not written yet.
+    fn patrols(&self, c: &Connection, now: i64) -> Result<usize, InspectionError> {
+        let Some((from, slot)) =
+            figures::current_slot(&self.cfg.schedule(), &self.tz, now - SETTLE_MS)
+        else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        for (site, room) in patrol::rooms(c, None)? {
+            let done: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM patrols WHERE site = ?1 AND room = ?2 AND kind = 'auto' AND slot = ?3)",
+                params![site, room, slot],
+                |r| r.get(0),
+            )?;
+            if done {
+                continue;
+            }
+            let record = patrol::build_auto(c, self.rules.as_deref(), &site, &room, from, slot)?;
+            if patrol::write(c, &site, &room, "auto", slot, now, "roomguard", &record)?.is_some() {
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Hazards proposed from alarms raised since the last round.
+    fn propose(&self, c: &mut Connection) -> Result<usize, InspectionError> {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let after = state_get(&tx, "proposed_after_serial")?.unwrap_or(0);
+        let alarms: Vec<Raised> = {
+            let mut st = tx.prepare_cached(
+                "SELECT serial, rule, name, level, site, room, category, raised_at FROM alarms
+                 WHERE serial > ?1 ORDER BY serial LIMIT 500",
+            )?;
+            let rows = st.query_map([after], |r| {
+                Ok(Raised {
+                    serial: r.get(0)?,
+                    rule: r.get(1)?,
+                    name: r.get(2)?,
+                    level: r.get(3)?,
+                    site: r.get(4)?,
+                    room: r.get(5)?,
+                    category: r.get(6)?,
+                    raised_at: r.get(7)?,
+                })
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let within = self.cfg.recurring_within.as_millis() as i64;
+        let mut proposed = 0;
+        for a in &alarms {
+            let Raised {
+                serial,
+                rule,
+                name,
+                level,
+                site,
+                room,
+                category,
+                raised_at,
+            } = a;
+            if room.is_empty() || hazard::already_tracked(&tx, site, room, rule)? {
+                continue;
+            }
+            let critical = self.cfg.propose_from_critical && *level == 1;
+            let times: i64 = if self.cfg.recurring_count > 0 {
+                tx.query_row(
+                    "SELECT count(*) FROM alarms WHERE site = ?1 AND room = ?2 AND rule = ?3
+                     AND raised_at > ?4 AND raised_at <= ?5",
+                    params![site, room, rule, raised_at - within, raised_at],
+                    |r| r.get(0),
+                )?
+            } else {
+                0
+            };
+            let recurring =
+                self.cfg.recurring_count > 0 && times >= i64::from(self.cfg.recurring_count);
+            if !critical && !recurring {
+                continue;
+            }
+            let category = if hazard::CATEGORIES.contains(&category.as_str()) {
+                category.clone()
+            } else {
+                "environment".into()
+            };
+            let (source, description) = if critical {
+                (
+                    "alarm",
+                    format!("Proposed from level-1 alarm #{serial}: {name}"),
+                )
+            } else {
+                (
+                    "recurring",
+                    format!(
+                        "Proposed: {name} ({rule}) raised {times} times within {} days in this room (latest #{serial})",
+                        within / 86_400_000
+                    ),
+                )
+            };
+            let new = hazard::NewHazard {
+                site: site.clone(),
+                room: room.clone(),
+                category,
+                grade: if *level == 1 { "major" } else { "general" }.into(),
+                description,
+                owner: None,
+                deadline: None,
+                plan: None,
+            };
+            hazard::create(
+                &tx,
+                &new,
+                "roomguard",
+                hazard::Status::Proposed,
+                source,
+                Some(rule),
+                *raised_at,
+            )?;
+            proposed += 1;
+        }
+        if let Some(last) = alarms.last() {
+            state_set(&tx, "proposed_after_serial", last.serial)?;
+        }
+        tx.commit()?;
+        Ok(proposed)
+    }
+
+    /// Outbox rows for hazards past their deadline, once per `overdue_repeat`.
+    fn tell_overdue(&self, c: &mut Connection, now: i64) -> Result<usize, InspectionError> {
+        let repeat = self.cfg.overdue_repeat.as_millis() as i64;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let due = hazard::due_overdue(&tx, now, repeat)?;
+        let mut queued = 0;
+        for h in &due {
+            let level: u8 = if h.grade == "major" { 1 } else { 2 };
+            let days = (now - h.deadline.unwrap_or(now)) / 86_400_000;
+            let doc = json!({
+                "kind": "hazard_overdue", "serial": -h.id, "hazard": h.id,
+                "rule": "hazard.overdue",
+                "name": format!("Hazard #{} overdue ({days} d): {}", h.id, h.description),
+                "name_zh": format!("隐患#{}逾期未整改（{days}天）：{}", h.id, h.description),
+                "level": level, "category": h.category, "site": h.site, "room": h.room,
+                "device": "", "point": "", "value": null,
+                "raised_at": h.found_at, "deadline": h.deadline, "late": false,
+                "advice": format!("Owner: {}. Plan: {}. Close it, or agree a new deadline and record why.",
+                                  h.owner.as_deref().unwrap_or("-"), h.plan.as_deref().unwrap_or("-")),
+                "advice_zh": format!("责任人：{}。整改方案：{}。请完成整改，或商定新的期限并记录原因。",
+                                     h.owner.as_deref().unwrap_or("-"), h.plan.as_deref().unwrap_or("-")),
+                "source": "hazard register (隐患台账)",
+            });
+            let round = now / repeat.max(1);
+            for route in self
+                .routes
+                .iter()
+                .filter(|r| r.lifecycle && !r.escalation_only && r.levels.contains(&level))
+            {
+                let key = format!("hazard-{}:overdue:{round}", h.id);
+                queued += tx.execute(
+                    "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+                     VALUES (?1, ?2, ?3, 'hazard_overdue', ?4, ?5, ?5) ON CONFLICT DO NOTHING",
+                    params![route.channel, key, -h.id, doc.to_string(), now],
+                )?;
+            }
+            hazard::mark_told(&tx, h.id, now)?;
+        }
+        tx.commit()?;
+        if !due.is_empty() {
+            self.live.alarms_changed();
+        }
+        Ok(queued)
+    }
+}
+
+/// An alarm looked at for a hazard proposal.
+struct Raised {
+    serial: i64,
+    rule: String,
+    name: String,
+    level: i64,
+    site: String,
+    room: String,
+    category: String,
+    raised_at: i64,
+}
+
+fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
+}
