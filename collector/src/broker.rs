@@ -17,7 +17,12 @@ pub enum BrokerError {
 }
 
 /// Starts the broker on `listen` in its own threads. Port 0 picks a free port; the address used is returned.
-pub fn start(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, BrokerError> {
+/// With `users` (name → password) it admits only them.
+pub fn start(
+    listen: SocketAddr,
+    max_payload: usize,
+    users: HashMap<String, String>,
+) -> Result<SocketAddr, BrokerError> {
     // rumqttd binds inside its own thread and only logs a failure there, so
     // check the address first to turn "port in use" into a clear error.
     let addr = {
@@ -35,7 +40,7 @@ pub fn start(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, Broke
         connection_timeout_ms: 60_000,
         max_payload_size: max_payload,
         max_inflight_count: 100,
-        auth: None,
+        auth: (!users.is_empty()).then_some(users),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -74,4 +79,62 @@ pub fn start(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, Broke
     // the collector's own client retries until the broker accepts it.
     tracing::info!(%addr, "embedded MQTT broker starting");
     Ok(addr)
+}
+
+/// Longest a client may take to finish its TLS handshake.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+/// TLS connections served at once; more wait in the kernel's backlog.
+const MAX_TLS_CLIENTS: usize = 10_000;
+
+/// MQTT over TLS in front of the embedded broker: each connection's TLS is
+/// ended here (rustls, with client certificates when configured) and its
+/// bytes are passed to the broker's plain listener on `plain`. rumqttd's own
+/// TLS would build a second, older rustls and an X.509 parser; this reuses
+/// the ones the collector already has.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: rustls::ServerConfig,
+    plain: SocketAddr,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "MQTT TLS accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "MQTT TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "MQTT TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut broker = match tokio::net::TcpStream::connect(plain).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "embedded broker unreachable for a TLS client");
+                    return;
+                }
+            };
+            let _ = broker.set_nodelay(true);
+            // Either side closing ends both.
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+        });
+    }
 }

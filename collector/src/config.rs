@@ -313,6 +313,35 @@ pub struct MqttConfig {
     /// TLS certificates and login for an external broker.
     #[serde(default)]
     pub security: roomguard_protocol::mqtt::Security,
+    /// MQTT over TLS to the embedded broker, for agents on other machines.
+    #[serde(default)]
+    pub embedded_tls: Option<EmbeddedTls>,
+    /// With users, the embedded broker admits only them (by user name and
+    /// password); the collector's own connection gets a login of its own.
+    #[serde(default)]
+    pub embedded_users: Vec<EmbeddedUser>,
+}
+
+/// A TLS listener in front of the embedded broker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTls {
+    /// Where agents connect with `mqtts://` (e.g. `0.0.0.0:8883`).
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When given, clients must present a certificate signed by this CA.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// A login of the embedded broker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedUser {
+    pub name: String,
+    /// `{ env = "…" }` or `{ file = "…" }`.
+    pub password: Secret,
 }
 
 impl Default for MqttConfig {
@@ -322,6 +351,8 @@ impl Default for MqttConfig {
             embedded_listen: default_embedded_listen(),
             client_id: default_client_id(),
             security: Default::default(),
+            embedded_tls: None,
+            embedded_users: Vec::new(),
         }
     }
 }
@@ -426,6 +457,12 @@ impl CollectorConfig {
             "mqtt.security.password".into(),
             self.mqtt.security.password.as_ref(),
         );
+        for (i, u) in self.mqtt.embedded_users.iter().enumerate() {
+            check(
+                format!("mqtt.embedded_users[{i}].password"),
+                Some(&u.password),
+            );
+        }
         check(
             "influx.token".into(),
             self.influx.as_ref().map(|i| &i.token),
@@ -459,6 +496,38 @@ impl CollectorConfig {
             Some(Err(e)) => p.push("mqtt.url", e),
             Some(Ok(url)) => self.mqtt.security.check(&url, "mqtt.security", &mut p),
             None => {}
+        }
+        if let Some(t) = &self.mqtt.embedded_tls {
+            if self.mqtt.url.is_some() {
+                p.push(
+                    "mqtt.embedded_tls",
+                    "is for the embedded broker; mqtt.url names an external one",
+                );
+            }
+            if let Err(e) = crate::api::tls::server_config_with(
+                &t.cert_file,
+                &t.key_file,
+                t.client_ca_file.as_deref(),
+            ) {
+                p.push("mqtt.embedded_tls", e);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.mqtt.embedded_users.iter().enumerate() {
+            if u.name.is_empty() || u.name.len() > 128 || !names.insert(u.name.as_str()) {
+                p.push(
+                    format!("mqtt.embedded_users[{i}].name"),
+                    "must be 1–128 characters and unique",
+                );
+            }
+            match u.password.resolve() {
+                Ok(Some(pw)) if pw.chars().count() >= 12 => {}
+                Ok(_) => p.push(
+                    format!("mqtt.embedded_users[{i}].password"),
+                    "must be at least 12 characters",
+                ),
+                Err(e) => p.push(format!("mqtt.embedded_users[{i}].password"), e),
+            }
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 128 {
             p.push("mqtt.client_id", "must be 1–128 characters");

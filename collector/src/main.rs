@@ -168,13 +168,51 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     // HTTPS (the InfluxDB sink) uses rustls with the ring provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::default());
+    let mut security = cfg.mqtt.security.clone();
+    let mut mqtts = None;
     let broker_url = match cfg.broker() {
         Some(url) => url.map_err(anyhow::Error::msg)?,
         None => {
+            let mut users = std::collections::HashMap::new();
+            for (i, u) in cfg.mqtt.embedded_users.iter().enumerate() {
+                let pw = u
+                    .password
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("mqtt.embedded_users[{i}].password: {e}"))?
+                    .unwrap_or_default();
+                users.insert(u.name.clone(), pw);
+            }
+            if !users.is_empty() {
+                // The collector's own login, new at every start, never written down.
+                let password = roomguard_collector::auth::random_hex(24);
+                users.insert(INTERNAL_USER.to_owned(), password.clone());
+                security.username = Some(INTERNAL_USER.to_owned());
+                security.password = Some(roomguard_protocol::conf::Secret {
+                    value: Some(password),
+                    ..Default::default()
+                });
+            }
             let addr = broker::start(
                 cfg.mqtt.embedded_listen,
                 roomguard_protocol::MAX_PAYLOAD_BYTES * 2,
+                users,
             )?;
+            if let Some(t) = &cfg.mqtt.embedded_tls {
+                let config = api::tls::server_config_with(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca_file.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("mqtt.embedded_tls: {e}"))?;
+                let listener =
+                    tokio::net::TcpListener::bind(t.listen)
+                        .await
+                        .with_context(|| {
+                            format!("mqtt.embedded_tls.listen: cannot listen on {}", t.listen)
+                        })?;
+                mqtts = Some(listener.local_addr()?);
+                tokio::spawn(broker::serve_tls(listener, config, addr));
+            }
             BrokerUrl {
                 host: addr.ip().to_string(),
                 port: addr.port(),
@@ -301,8 +339,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
 
     // Files named in [mqtt.security] were read at load; read them again now
     // so one that vanished since stops the start instead of ingest.
-    cfg.mqtt
-        .security
+    security
         .apply(
             &broker_url,
             &mut rumqttc::MqttOptions::new("check", broker_url.host.clone(), broker_url.port),
@@ -310,7 +347,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("mqtt.security: {e}"))?;
     let ingest = tokio::spawn(ingest::run(
         broker_url.clone(),
-        cfg.mqtt.security.clone(),
+        security,
         cfg.store.max_points_per_agent,
         cfg.mqtt.client_id.clone(),
         metrics.clone(),
@@ -326,6 +363,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             "http": http_addr,
             "https": cfg.http.tls.is_some(),
             "mqtt": format!("{}:{}", broker_url.host, broker_url.port),
+            "mqtts": mqtts,
         })
     );
     tracing::info!(%http_addr, broker = %format!("{}:{}", broker_url.host, broker_url.port), "collector serving");
@@ -353,6 +391,9 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     Ok(())
 }
+
+/// The embedded broker's login for the collector itself, when it has users.
+const INTERNAL_USER: &str = "roomguard-collector-internal";
 
 /// `roomguard-collector report`: builds the report on a read-only
 /// connection and writes it; returns the files written.

@@ -467,6 +467,19 @@ pub fn start_collector_at(
     extra: &str,
     listen: &str,
 ) -> Result<(Proc, String, String)> {
+    let (collector, ready) = start_collector_ready(dir, broker_url, extra, listen)?;
+    let http = format!("http://{}", ready["http"].as_str().context("http address")?);
+    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?);
+    Ok((collector, http, mqtt))
+}
+
+/// [`start_collector_at`], returning the collector's whole ready line.
+pub fn start_collector_ready(
+    dir: &Path,
+    broker_url: Option<&str>,
+    extra: &str,
+    listen: &str,
+) -> Result<(Proc, Value)> {
     let mqtt = match broker_url {
         Some(url) => format!("url = {url:?}"),
         None => "embedded_listen = \"127.0.0.1:0\"".to_owned(),
@@ -484,9 +497,7 @@ pub fn start_collector_at(
     cmd.arg("run").arg(&conf);
     let mut collector = Proc::spawn("collector", cmd, dir)?;
     let ready = collector.wait_ready(Duration::from_secs(20))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http address")?);
-    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?);
-    Ok((collector, http, mqtt))
+    Ok((collector, ready))
 }
 
 /// An agent running `config_text`.

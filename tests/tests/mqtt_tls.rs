@@ -171,3 +171,126 @@ fn start_agent_named(dir: &Path, name: &str, config: &str, extra: &str) -> Resul
     cmd.arg("run").arg(&conf);
     Proc::spawn(name, cmd, dir)
 }
+
+/// The embedded broker over TLS: agents on other machines connect with
+/// `mqtts://`, a client certificate signed by the site's CA and their own
+/// user name and password; without a certificate, with a wrong password, or
+/// in plain text without a login, nobody gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_broker_takes_agents_over_tls_with_certificates_and_passwords() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    if external("openssl", "openssl").is_none() {
+        return Ok(());
+    }
+    let Some(publish) = external("mosquitto_pub", "mosquitto-clients") else {
+        return Ok(());
+    };
+    certificates(d, &["edge-01"])?;
+    std::fs::write(d.join("edge-01.password"), "correct-horse-battery\n")?;
+    let p = |f: &str| format!("{:?}", d.join(f).display().to_string());
+    let extra = format!(
+        "[mqtt.embedded_tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {}\nkey_file = {}\nclient_ca_file = {}\n\
+         [[mqtt.embedded_users]]\nname = \"edge-01\"\npassword = {{ file = {} }}\n",
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem"),
+        p("edge-01.password")
+    );
+    let (_collector, ready) = start_collector_ready(d, None, &extra, "127.0.0.1:0")?;
+    let http = format!("http://{}", ready["http"].as_str().context("http")?);
+    let tls_port = ready["mqtts"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .context("mqtts address in the ready line")?
+        .to_owned();
+
+    let (_sim, sim) = start_simulator(d, &[])?;
+    let url = format!("mqtts://localhost:{tls_port}");
+    let agent_conf = demo_agent_config(&sim, &url, &d.join("state"))?;
+    let login = format!(
+        "{}username = \"edge-01\"\npassword = {{ file = {} }}\n",
+        security(d, "edge-01"),
+        p("edge-01.password")
+    );
+    let _agent = start_agent_named(d, "agent-mqtts", &agent_conf, &login)?;
+    let client = http_client();
+    let soc = eventually(
+        Duration::from_secs(60),
+        "readings over the embedded broker's TLS",
+        || async { latest_point(&client, &http, "br-bms-1.soc").await },
+    )
+    .await?;
+    assert_eq!(soc["agent"], "edge-01");
+
+    let try_publish = |args: Vec<String>| -> Result<bool> {
+        let out = Command::new(&publish)
+            .args(&args)
+            .args([
+                "-t",
+                "roomguard/v1/demo-site/edge-01/status",
+                "-m",
+                "{}",
+                "-q",
+                "1",
+            ])
+            .output()?;
+        Ok(out.status.success())
+    };
+    let tls = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["-h", "localhost", "-p", &tls_port, "--cafile"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(d.join("ca.pem").display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let cert = d.join("edge-01.pem").display().to_string();
+    let key = d.join("edge-01.key").display().to_string();
+    assert!(
+        try_publish(tls(&[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-u",
+            "edge-01",
+            "-P",
+            "correct-horse-battery"
+        ]))?,
+        "the right certificate and password are let in"
+    );
+    assert!(
+        !try_publish(tls(&["-u", "edge-01", "-P", "correct-horse-battery"]))?,
+        "a client without a certificate was let in"
+    );
+    assert!(
+        !try_publish(tls(&[
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-u",
+            "edge-01",
+            "-P",
+            "wrong-password"
+        ]))?,
+        "a wrong password was let in"
+    );
+    let plain_port = ready["mqtt"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .context("mqtt address")?
+        .to_owned();
+    assert!(
+        !try_publish(vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            plain_port
+        ])?,
+        "an anonymous plain-text client was let in"
+    );
+    Ok(())
+}

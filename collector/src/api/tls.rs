@@ -20,6 +20,16 @@ const READY: usize = 64;
 
 /// The server's TLS configuration from PEM files (rustls, ring provider).
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    server_config_with(cert, key, None)
+}
+
+/// [`server_config`], requiring client certificates signed by the CA in
+/// `client_ca` when given.
+pub fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, String> {
     let read = |p: &Path| {
         std::fs::File::open(p)
             .map(BufReader::new)
@@ -34,10 +44,32 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, St
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut read(key)?)
         .map_err(|e| format!("{}: {e}", key.display()))?
         .ok_or_else(|| format!("{}: no private key in it", key.display()))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut read(ca)?) {
+                roots
+                    .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no PEM certificate in it", ca.display()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("certificate and key: {e}"))
 }
