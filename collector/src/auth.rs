@@ -227,6 +227,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("wrong user name or password")]
     BadLogin,
+    #[error("too many failed logins for this user; try again in {0} s")]
+    Throttled(u64),
     #[error("no user {0:?}")]
     NoUser(String),
     #[error("user {0:?} exists already")]
@@ -262,6 +264,64 @@ pub struct Auth {
     session_ttl_ms: i64,
     /// (SHA-256 of the token, who it is).
     tokens: Vec<([u8; 32], User)>,
+    pub throttle: std::sync::Mutex<Throttle>,
+}
+
+/// Failed logins per user name: after [`Throttle::MAX_FAILURES`] within
+/// [`Throttle::WINDOW_MS`], that name is refused until the oldest failure
+/// leaves the window. Password guessing on one account is capped at a
+/// handful an hour; the price is that someone can lock a name out for ten
+/// minutes by failing on purpose (answered 429, which the UI shows).
+#[derive(Debug, Default)]
+pub struct Throttle {
+    failures: std::collections::HashMap<String, std::collections::VecDeque<i64>>,
+}
+
+impl Throttle {
+    pub const MAX_FAILURES: usize = 10;
+    pub const WINDOW_MS: i64 = 10 * 60_000;
+    /// Names tracked at most; beyond, the oldest entries go (a flood of
+    /// made-up names cannot grow memory).
+    const MAX_NAMES: usize = 10_000;
+
+    fn key(user: &str) -> String {
+        user.trim().to_lowercase()
+    }
+
+    /// `Err(seconds to wait)` while the name is locked.
+    pub fn check(&mut self, user: &str, now: i64) -> Result<(), u64> {
+        let Some(f) = self.failures.get_mut(&Self::key(user)) else {
+            return Ok(());
+        };
+        while f.front().is_some_and(|t| *t <= now - Self::WINDOW_MS) {
+            f.pop_front();
+        }
+        match f.front() {
+            Some(oldest) if f.len() >= Self::MAX_FAILURES => {
+                Err(((oldest + Self::WINDOW_MS - now).max(1000) / 1000) as u64)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn failed(&mut self, user: &str, now: i64) {
+        if self.failures.len() >= Self::MAX_NAMES {
+            self.failures
+                .retain(|_, f| f.back().is_some_and(|t| *t > now - Self::WINDOW_MS));
+            if self.failures.len() >= Self::MAX_NAMES {
+                self.failures.clear();
+            }
+        }
+        let f = self.failures.entry(Self::key(user)).or_default();
+        f.push_back(now);
+        while f.len() > Self::MAX_FAILURES {
+            f.pop_front();
+        }
+    }
+
+    pub fn succeeded(&mut self, user: &str) {
+        self.failures.remove(&Self::key(user));
+    }
 }
 
 pub const SESSION_COOKIE: &str = "roomguard_session";
@@ -395,6 +455,7 @@ impl Auth {
                 store: store.to_owned(),
                 session_ttl_ms: cfg.session_ttl.as_millis() as i64,
                 tokens,
+                throttle: Default::default(),
             },
             created,
         ))
@@ -667,6 +728,21 @@ fn dummy_hash() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ten_failed_logins_lock_a_name_until_the_oldest_leaves_the_window() {
+        let mut t = Throttle::default();
+        for i in 0..10 {
+            assert_eq!(t.check("Admin", i * 1000), Ok(()));
+            t.failed("admin ", i * 1000);
+        }
+        assert_eq!(t.check("admin", 10_000), Err(590));
+        assert_eq!(t.check("someone-else", 10_000), Ok(()));
+        // The first failure leaves the window ten minutes after it.
+        assert_eq!(t.check("admin", Throttle::WINDOW_MS), Ok(()));
+        t.succeeded("ADMIN");
+        assert_eq!(t.check("admin", 10_000), Ok(()));
+    }
 
     #[test]
     fn the_policy_gives_each_role_what_it_needs() {

@@ -317,3 +317,36 @@ async fn the_api_is_served_over_https_with_secure_cookies_when_configured() -> R
     assert!(plain.map_or(true, |r| !r.status().is_success()));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_guessed_at_ten_times_is_locked_even_for_the_right_password() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_collector, http, _) = start_collector(dir.path(), None)?;
+    let anon = anonymous_client();
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let r = anon
+            .post(format!("{http}/api/v1/login"))
+            .json(&json!({"user": "admin", "password": format!("guess-{i}")}));
+        guesses.spawn(status(r));
+    }
+    while let Some(r) = guesses.join_next().await {
+        assert_eq!(r??.0, 401);
+    }
+    let (code, body, _) = status(
+        anon.post(format!("{http}/api/v1/login"))
+            .json(&json!({"user": "admin", "password": "admin-test-password"})),
+    )
+    .await?;
+    assert_eq!(code, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("too many failed logins")),
+        "{body}"
+    );
+    // Machines with tokens are not affected.
+    let (code, _, _) = status(http_client().get(format!("{http}/api/v1/me"))).await?;
+    assert_eq!(code, 200);
+    Ok(())
+}

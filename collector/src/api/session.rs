@@ -26,6 +26,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let code = match &e {
             AuthError::BadLogin => StatusCode::UNAUTHORIZED,
+            AuthError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
             AuthError::NoUser(_) => StatusCode::NOT_FOUND,
             AuthError::Exists(_) => StatusCode::CONFLICT,
@@ -151,6 +152,9 @@ pub struct LoginBody {
     password: String,
 }
 
+/// Password checks running at once (argon2 is meant to be slow).
+static LOGIN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub async fn login(
     State(st): State<Arc<AppState>>,
     b: Result<Json<LoginBody>, JsonRejection>,
@@ -161,9 +165,33 @@ pub async fn login(
     }
     let a = st.auth.clone();
     let name = b.user.clone();
-    let result = tokio::task::spawn_blocking(move || a.login(&b.user, &b.password))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = crate::store::now_ms();
+    let locked = st
+        .auth
+        .throttle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&name, now);
+    if let Err(wait) = locked {
+        tracing::warn!(user = %name.chars().take(64).collect::<String>(), "login refused: too many failures");
+        return Err(AuthError::Throttled(wait).into());
+    }
+    // One password hash at a time per core: a flood of logins cannot take
+    // the CPU from ingest.
+    let result = {
+        let _slot = LOGIN_SLOTS.acquire().await;
+        tokio::task::spawn_blocking(move || a.login(&b.user, &b.password))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    {
+        let mut throttle = st.auth.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => throttle.succeeded(&name),
+            Err(AuthError::BadLogin) => throttle.failed(&name, now),
+            Err(_) => {}
+        }
+    }
     let (token, csrf, user) = match result {
         Ok(v) => v,
         Err(AuthError::BadLogin) => {
