@@ -62,9 +62,23 @@ RoomGuard demo is running.
 Type a scenario and press Enter: normal, ac_failure, thermal_runaway, mains_failure, smoke.
 Ctrl-C stops the demo.
 MSG
+# Records a drill in the collector (reports count drills), with bash's own
+# /dev/tcp so the demo needs no curl.
+record_drill() {
+  local body="{\"site\":\"demo-site\",\"scenario\":\"$1\",\"note\":\"typed in the demo terminal\"}"
+  if exec 4<>/dev/tcp/127.0.0.1/8080; then
+    printf 'POST /api/v1/drills HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer demo-drills-token-0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+      "${#body}" "$body" >&4
+    head -n 1 <&4 | grep -q ' 201 ' && echo "drill recorded" || echo "drill not recorded (see var/demo/collector.log)"
+    exec 4<&-
+  fi
+}
 while IFS= read -r line; do
   echo "$line" >&3
   echo "scenario -> $line"
+  case "$line" in
+    ac_failure|thermal_runaway|mains_failure|smoke) record_drill "$line" ;;
+  esac
 done
 # stdin closed (not a terminal): keep running until interrupted.
 wait
