@@ -53,7 +53,7 @@ pids+=($!)
 cat <<MSG
 
 RoomGuard demo is running.
-  live values   http://127.0.0.1:8080
+  dashboard     http://127.0.0.1:8080   (admin / roomguard-demo)
   latest API    http://127.0.0.1:8080/api/v1/latest
   metrics       http://127.0.0.1:8080/metrics
   drill control http://127.0.0.1:5080/scenario   (or type below)
