@@ -372,15 +372,14 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         Some(t) => {
             let config = api::tls::server_config(&t.cert_file, &t.key_file)
                 .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
-            axum::serve(api::tls::TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown_signal(live))
-                .await
-                .context("HTTPS server failed")?;
+            api::serve::serve(
+                api::tls::TlsListener::new(listener, config)?,
+                app,
+                shutdown_signal(live),
+            )
+            .await;
         }
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(live))
-            .await
-            .context("HTTP server failed")?,
+        None => api::serve::serve(listener, app, shutdown_signal(live)).await,
     }
 
     tracing::info!("shutting down: finishing queued writes");

@@ -350,3 +350,28 @@ async fn a_name_guessed_at_ten_times_is_locked_even_for_the_right_password() -> 
     assert_eq!(code, 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let (_collector, http, _) = start_collector(dir.path(), None)?;
+    let addr = http.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await?;
+    // Half a request, then nothing: the headers never end.
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut buf)).await;
+    let waited = started.elapsed();
+    assert!(read.is_ok(), "the connection was still open after 30 s");
+    assert!(
+        waited >= Duration::from_secs(5),
+        "cut off after {waited:?}, before the header deadline"
+    );
+    // Everyone else is served meanwhile and after.
+    let (code, _, _) = status(anonymous_client().get(format!("{http}/healthz"))).await?;
+    assert!(code == 200 || code == 503);
+    Ok(())
+}

@@ -7,6 +7,7 @@ mod events;
 mod history;
 mod inspection;
 mod render;
+pub mod serve;
 pub mod session;
 pub mod tls;
 pub mod ui;
