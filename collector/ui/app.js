@@ -5,6 +5,9 @@
 //   #/room/<site>/<room>    one room's devices and points
 //   #/point/<site>/<point>  one point's history
 //   #/alarms                the alarm console (#/alarms/recent for the recent tab)
+//   #/hazards               the hazard register and its zeroing panel
+//   #/patrols               patrol records, and recording a walk-through
+//   #/reports               monthly and yearly safety reports
 // No build step: the browser loads these ES modules as they are.
 
 import * as api from "./api.js";
@@ -20,6 +23,9 @@ import overview from "./views/overview.js";
 import room from "./views/room.js";
 import point from "./views/point.js";
 import alarms from "./views/alarms.js";
+import hazards from "./views/hazards.js";
+import patrols from "./views/patrols.js";
+import reports from "./views/reports.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -43,6 +49,8 @@ function parseHash() {
   if (parts[0] === "room" && parts.length === 3) return { view: room, params: { site: parts[1], room: parts[2] } };
   if (parts[0] === "point" && parts.length === 3) return { view: point, params: { site: parts[1], point: parts[2] } };
   if (parts[0] === "alarms" && parts.length <= 2) return { view: alarms, params: { tab: parts[1] === "recent" ? "recent" : "open" } };
+  const plain = new Map([["hazards", hazards], ["patrols", patrols], ["reports", reports]]).get(parts[0]);
+  if (plain && parts.length === 1) return { view: plain, params: {} };
   return { view: notfound, params: {} };
 }
 
@@ -65,13 +73,15 @@ function unmountCurrent() {
 function route({ focus = true } = {}) {
   if (!loggedIn) return;
   const next = parseHash();
+  // A link inside a dialog (a point in a patrol record) leaves the dialog's view.
+  for (const d of document.querySelectorAll("dialog[open]")) d.close();
   unmountCurrent();
   current = next;
   const el = $(next.view.id);
   el.hidden = false;
   for (const a of document.querySelectorAll("a[data-nav]")) {
-    const on = (a.dataset.nav === "overview" && next.view === overview) || (a.dataset.nav === "alarms" && next.view === alarms);
-    if (on) a.setAttribute("aria-current", "page");
+    // A nav link is named after its view's root: data-nav="alarms" for #view-alarms.
+    if (`view-${a.dataset.nav}` === next.view.id) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
   try {

@@ -232,6 +232,16 @@ export async function loadSilences() {
   emit("silences");
 }
 
+/** The sites the page knows rooms of, sorted. */
+export function siteNames() {
+  return [...new Set([...rooms.values()].map((r) => r.site))].sort();
+}
+
+/** The rooms of `site`, sorted. */
+export function roomNames(site) {
+  return [...rooms.values()].filter((r) => r.site === site).map((r) => r.room).sort();
+}
+
 /** Worst level (1 = critical) of alarms still active (not cleared) in a room, or 0. */
 export function roomLevel(site, room) {
   let level = 0;

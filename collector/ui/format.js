@@ -54,6 +54,24 @@ export function fmtDateTime(ms) {
   return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second}`;
 }
 
+/** An API time (RFC 3339 text, or ms since the epoch in reports) as fmtDateTime; "—" when absent. */
+export function fmtTime(v) {
+  return fmtDateTime(v == null ? null : typeof v === "number" ? v : Date.parse(v));
+}
+
+/** "2026-12-31": the day of an API time in the site's zone (a date input's value), or "". */
+export function fmtDate(v) {
+  const ms = v == null ? NaN : typeof v === "number" ? v : Date.parse(v);
+  if (Number.isNaN(ms)) return "";
+  const p = parts(ms, "day");
+  return `${p.year}-${p.month}-${p.day}`;
+}
+
+/** A share from 0 to 1 as "97.3 %". */
+export function fmtPct(x) {
+  return x == null || !Number.isFinite(x) ? t("common.none") : `${fmtNumber(x * 100)} %`;
+}
+
 /** "17:40:02" when `ms` is today in the site's zone, else the full date-time. */
 export function fmtTimeShort(ms, nowMs = Date.now()) {
   if (ms == null || Number.isNaN(ms)) return t("common.none");

@@ -1,9 +1,11 @@
 // Small pieces shared by the views: level badges (colour AND a shape AND
 // words, so a colour-blind operator or a greyscale screenshot still tells
-// levels apart), text badges, the error toast and modal dialogs.
+// levels apart), text badges, the error toast, modal dialogs, site and
+// room pickers and plain tables.
 
 import { h } from "./dom.js";
 import { levelName } from "./i18n.js";
+import { siteNames, roomNames } from "./data.js";
 
 // One shape per level, read together with the level's words.
 const LEVEL_ICON = { 0: "✓", 1: "✖", 2: "▲", 3: "◆", 4: "ℹ" };
@@ -82,7 +84,7 @@ function wire(dlg) {
     buttons.forEach((b) => (b.disabled = true));
     err.hidden = true;
     try {
-      await c.submit(form);
+      await c.submit(form, e.submitter);
       dlg.close();
     } catch (ex) {
       err.textContent = ex.message || String(ex);
@@ -94,8 +96,8 @@ function wire(dlg) {
 }
 
 /**
- * Opens a <dialog> from index.html as a modal. `init(form)` fills it; `submit(form)`
- * does the work and throws to keep it open with the error shown.
+ * Opens a <dialog> from index.html as a modal. `init(form)` fills it; `submit(form, button)`
+ * does the work (button: the submit button pressed) and throws to keep it open with the error shown.
  */
 export function openDialog(id, { init, submit }) {
   const dlg = document.getElementById(id);
@@ -109,5 +111,56 @@ export function openDialog(id, { init, submit }) {
   init?.(form, dlg);
   if (!dlg.open) dlg.showModal();
   const firstField = dlg.querySelector("textarea, input:not([type=hidden]), select");
-  (firstField || dlg.querySelector("button"))?.focus();
+  // Without scrolling: a long record is read from its top even when the only control is at the bottom.
+  (firstField || dlg.querySelector("button"))?.focus({ preventScroll: true });
+}
+
+/** A <dt>/<dd> pair for the grids of facts in alarm rows and records. */
+export function metaItem(label, ...value) {
+  return h("div", null, h("dt", null, label), h("dd", null, ...value));
+}
+
+/** A labelled <select> of [value, text] options showing `value`; a change calls `onchange(value)`. */
+export function picker(label, id, value, options, onchange) {
+  const s = h("select", { id, onchange: () => onchange(s.value) }, options.map(([v, text]) => h("option", { value: v }, text)));
+  s.value = value;
+  return h("label", null, label, s);
+}
+
+/** A click, or Enter, on a row carrying data-<name> calls `open(its value)`; for click and keydown. */
+export function rowOpener(name, open) {
+  return (e) => {
+    const row = e.target.closest(`[data-${name}]`);
+    if (row && (e.type === "click" || (e.key === "Enter" && e.target === row))) open(row.dataset[name]);
+  };
+}
+
+/**
+ * Fills a site <select> with the known sites, and `roomSel` (a <select> or a
+ * <datalist>) with the rooms of the chosen site, following it when it changes.
+ */
+export function siteRoomPicker(siteSel, roomSel, site, room) {
+  const sites = siteNames();
+  if (site && !sites.includes(site)) sites.push(site);
+  siteSel.replaceChildren(...sites.sort().map((s) => h("option", { value: s }, s)));
+  if (site) siteSel.value = site;
+  const fill = (wanted) => {
+    const rooms = roomNames(siteSel.value);
+    if (wanted && !rooms.includes(wanted)) rooms.push(wanted);
+    roomSel.replaceChildren(...rooms.sort().map((r) => h("option", { value: r }, r)));
+    if (wanted) roomSel.value = wanted;
+  };
+  fill(room);
+  siteSel.onchange = () => fill(null);
+}
+
+/** A table in its scrolling wrapper: `head` the column titles, `rows` arrays of cells; numbers are right-aligned. */
+export function table(head, rows, attrs) {
+  const num = rows[0]?.map((c) => typeof c === "number") ?? [];
+  const cell = (tag, c, isNum) => h(tag, { class: isNum ? "num" : null, scope: tag === "th" ? "col" : null }, c);
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h("table", attrs, h("thead", null, h("tr", null, head.map((c, i) => cell("th", c, num[i])))), h("tbody", null, rows.map((r) => h("tr", null, r.map((c) => cell("td", c, typeof c === "number")))))),
+  );
 }

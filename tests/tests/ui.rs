@@ -250,6 +250,100 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         "the page reloaded"
     );
 
+    // An inspector's work: a walk-through signed by the logged-in user, and a
+    // hazard opened from the register.
+    browser.goto(&format!("{http}/#/patrols")).await?;
+    browser.find("#patrol-new", PATIENCE).await?.click().await?;
+    browser
+        .find(
+            "[data-check=\"battery_ventilation\"] input[value=\"fail\"]",
+            PATIENCE,
+        )
+        .await?
+        .click()
+        .await?;
+    browser
+        .find(
+            "[data-check=\"extinguishers\"] input[value=\"pass\"]",
+            PATIENCE,
+        )
+        .await?
+        .click()
+        .await?;
+    browser
+        .screenshot(&shots().join("patrol-walk-through.png"))
+        .await?;
+    browser
+        .find("#patrol-submit", PATIENCE)
+        .await?
+        .click()
+        .await?;
+    let walk = eventually(PATIENCE, "walk-through recorded", || async {
+        get_json(&client, &format!("{http}/api/v1/patrols?kind=manual"))
+            .await
+            .and_then(|v| v["patrols"].as_array().and_then(|a| a.first().cloned()))
+    })
+    .await?;
+    assert_eq!(walk["by"], "admin", "{walk}");
+    assert_eq!(walk["summary"]["failed"], 1, "{walk}");
+    assert_eq!(walk["summary"]["checked"], 2, "{walk}");
+    // The page shows the signed record.
+    browser
+        .wait_for(
+            "the signed record shown",
+            PATIENCE,
+            "const d = document.querySelector('#dlg-patrol'); return !!(d && d.open);",
+        )
+        .await?;
+    browser
+        .screenshot(&shots().join("patrol-record.png"))
+        .await?;
+    browser.goto(&format!("{http}/#/hazards")).await?;
+    browser.find("#hazard-new", PATIENCE).await?.click().await?;
+    browser
+        .find("#hazard-room", PATIENCE)
+        .await?
+        .type_text("battery-room")
+        .await?;
+    browser
+        .find("#hazard-description", PATIENCE)
+        .await?
+        .type_text("Exhaust fan 2 seized")
+        .await?;
+    browser
+        .eval(
+            "const c = document.querySelector('#hazard-category'); c.value = 'explosion'; \
+             c.dispatchEvent(new Event('change', { bubbles: true }));",
+            vec![],
+        )
+        .await?;
+    browser
+        .find("#hazard-submit", PATIENCE)
+        .await?
+        .click()
+        .await?;
+    browser.screenshot(&shots().join("hazard-new.png")).await?;
+    let hz = eventually(PATIENCE, "hazard registered", || async {
+        get_json(&client, &format!("{http}/api/v1/hazards"))
+            .await
+            .and_then(|v| {
+                v["hazards"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|h| h["found_by"] == "admin").cloned())
+            })
+    })
+    .await?;
+    assert_eq!(hz["description"], "Exhaust fan 2 seized");
+    assert_eq!(hz["status"], "open");
+    browser
+        .find(&format!("[data-hazard=\"{}\"]", hz["id"]), PATIENCE)
+        .await?;
+    browser.screenshot(&shots().join("hazards.png")).await?;
+    browser.goto(&format!("{http}/#/reports")).await?;
+    browser.find("#report-print", PATIENCE).await?;
+    browser.screenshot(&shots().join("reports.png")).await?;
+    browser.goto(&format!("{http}/#/")).await?;
+
     // 中文.
     switch_language(&browser).await?;
     browser

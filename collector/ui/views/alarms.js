@@ -10,7 +10,7 @@ import * as data from "../data.js";
 import { h, reconcile, roomHref } from "../dom.js";
 import { t, getLang, stateWord } from "../i18n.js";
 import { fmtDateTime, fmtValue, stateOf, timeZone } from "../format.js";
-import { levelBadge, badge, openDialog, showError } from "../widgets.js";
+import { levelBadge, badge, metaItem, openDialog, showError, siteRoomPicker } from "../widgets.js";
 import { canRespond, currentUser } from "../session.js";
 
 let root = null;
@@ -36,10 +36,6 @@ function valueOf(a) {
 
 function shownAlarms() {
   return tab === "open" ? data.openAlarms : recent;
-}
-
-function metaItem(label, ...value) {
-  return h("div", null, h("dt", null, label), h("dd", null, ...value));
 }
 
 function renderRow(a) {
@@ -205,23 +201,10 @@ function assignDialog(a) {
   });
 }
 
-function fillRooms(siteSel, roomSel, wanted) {
-  const rooms = [...data.rooms.values()].filter((r) => r.site === siteSel.value).map((r) => r.room);
-  if (wanted && !rooms.includes(wanted)) rooms.push(wanted);
-  roomSel.replaceChildren(...rooms.sort().map((r) => h("option", { value: r }, r)));
-  if (wanted) roomSel.value = wanted;
-}
-
 function silenceDialog(site, room) {
   openDialog("dlg-silence", {
     init: (form) => {
-      const siteSel = form.querySelector("#silence-site");
-      const roomSel = form.querySelector("#silence-room");
-      const sites = [...new Set([...data.rooms.values()].map((r) => r.site).concat(site ? [site] : []))].sort();
-      siteSel.replaceChildren(...sites.map((s) => h("option", { value: s }, s)));
-      if (site) siteSel.value = site;
-      fillRooms(siteSel, roomSel, room);
-      siteSel.onchange = () => fillRooms(siteSel, roomSel, null);
+      siteRoomPicker(form.querySelector("#silence-site"), form.querySelector("#silence-room"), site, room);
       form.querySelector("#silence-owner").value = currentUser()?.user ?? "";
       const dur = form.querySelector("#silence-duration");
       const untilBox = form.querySelector("#silence-until-box");
