@@ -160,11 +160,10 @@ pub async fn create_hazard(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let b = body(b)?;
     let tz = zone(None, &st)?;
-    let now_t = jiff::Timestamp::now();
     let deadline = b
         .deadline
         .as_deref()
-        .map(|d| parse_time("deadline", d, &tz, now_t))
+        .map(|d| deadline(d, &tz))
         .transpose()?;
     let new = NewHazard {
         site: b.site,
@@ -204,11 +203,37 @@ pub async fn hazard(
                 if let Some(at) = e["at"].as_i64() {
                     e["at"] = json!(show(at, &tz));
                 }
+                // Deadlines in the trail read like every other time.
+                if let Some(pair) = e["changes"]["deadline"].as_array_mut() {
+                    for v in pair {
+                        if let Some(ms) = v.as_i64() {
+                            *v = json!(show(ms, &tz));
+                        }
+                    }
+                }
                 e
             })
             .collect(),
     );
     Ok(Json(v))
+}
+
+/// A hazard's deadline: a date means the end of that day; it may not be in
+/// the past.
+fn deadline(s: &str, tz: &TimeZone) -> Result<i64, ApiError> {
+    let now = jiff::Timestamp::now();
+    let ms = match s.parse::<jiff::civil::Date>() {
+        Ok(d) if s.len() == 10 => d
+            .tomorrow()
+            .and_then(|n| n.to_zoned_datetime(tz.clone()))
+            .map(|z| z.timestamp().as_millisecond() - 1)
+            .map_err(|e| bad(format!("deadline: {s:?}: {e}")))?,
+        _ => parse_time("deadline", s, tz, now)?,
+    };
+    if ms < now.as_millisecond() {
+        return Err(bad(format!("deadline: {s:?} is in the past")));
+    }
+    Ok(ms)
 }
 
 fn id_of(s: &str, what: &str) -> Result<i64, ApiError> {
@@ -257,7 +282,7 @@ pub async fn change_hazard(
         deadline: b
             .deadline
             .as_deref()
-            .map(|d| parse_time("deadline", d, &tz, jiff::Timestamp::now()))
+            .map(|d| deadline(d, &tz))
             .transpose()?,
         plan: b.plan,
         evidence: b.evidence,
@@ -621,4 +646,23 @@ pub async fn report(
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_date_means_the_end_of_that_day_and_the_past_is_refused() {
+        let tz = TimeZone::get("Asia/Shanghai").unwrap();
+        let ms = deadline("2099-12-31", &tz).unwrap();
+        let end: i64 = "2099-12-31T16:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        assert_eq!(ms, end - 1, "23:59:59.999 on the 31st, Shanghai time");
+        let e = deadline("2020-01-01", &tz).unwrap_err();
+        assert!(e.1.contains("in the past"), "{}", e.1);
+        assert!(deadline("2099-12-31T08:00", &tz).is_ok());
+    }
 }

@@ -307,14 +307,23 @@ pub fn create(
         ],
     )?;
     let id = c.last_insert_rowid();
-    let changes = json!({
-        "status": [null, status.as_str()],
-        "site": [null, h.site], "room": [null, h.room],
-        "category": [null, h.category], "grade": [null, h.grade],
-        "description": [null, h.description],
-        "owner": [null, h.owner], "deadline": [null, h.deadline], "plan": [null, h.plan],
-    });
-    event(c, id, now, by, "create", &changes)?;
+    let mut changes = serde_json::Map::new();
+    for (k, v) in [
+        ("status", json!(status.as_str())),
+        ("site", json!(h.site)),
+        ("room", json!(h.room)),
+        ("category", json!(h.category)),
+        ("grade", json!(h.grade)),
+        ("description", json!(h.description)),
+        ("owner", json!(h.owner)),
+        ("deadline", json!(h.deadline)),
+        ("plan", json!(h.plan)),
+    ] {
+        if !v.is_null() {
+            changes.insert(k.into(), json!([null, v]));
+        }
+    }
+    event(c, id, now, by, "create", &Value::Object(changes))?;
     get(c, id)
 }
 

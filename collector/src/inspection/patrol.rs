@@ -72,6 +72,23 @@ pub fn rooms(c: &Connection, site: Option<&str>) -> Result<Vec<(String, String)>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// When a room's first reading was taken (event time where its rollups
+/// know it, else when the collector first saw it): no patrol is due before.
+pub fn room_first_reading(
+    c: &Connection,
+    site: &str,
+    room: &str,
+) -> Result<Option<i64>, rusqlite::Error> {
+    c.prepare_cached(
+        "SELECT MIN(t) FROM (
+           SELECT first_seen AS t FROM points WHERE site = ?1 AND room = ?2
+           UNION ALL
+           SELECT (SELECT MIN(bucket) FROM rollup_1m r WHERE r.point_id = p.id)
+           FROM points p WHERE site = ?1 AND room = ?2)",
+    )?
+    .query_row(params![site, room], |r| r.get(0))
+}
+
 /// One-minute buckets of a point in `[from, to)`.
 pub fn minutes(
     c: &Connection,
@@ -136,12 +153,21 @@ pub fn build_auto(
         })?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(points.len());
-    let (mut beyond_now, mut stale, mut bad, mut completeness_sum) = (0, 0, 0, 0.0);
+    let (mut beyond_now, mut stale, mut bad) = (0, 0, 0);
+    let mut judged = Vec::new();
     for p in &points {
         let start = from.max(figures_minute(p.first_seen));
         let buckets = minutes(c, p.id, from, to)?;
-        let completeness = figures::completeness(&buckets, MINUTE_MS, start, to);
-        completeness_sum += completeness.unwrap_or(1.0);
+        // Rollups hold numbers only: a text point (a name, a string
+        // register) is not judged, and neither is a point that did not
+        // exist yet in the period.
+        let text_only = p.value.is_none() && p.text.is_some();
+        let completeness = if text_only {
+            None
+        } else {
+            figures::completeness(&buckets, MINUTE_MS, start, to)
+        };
+        judged.extend(completeness);
         let (min, max) =
             buckets
                 .iter()
@@ -210,8 +236,8 @@ pub fn build_auto(
         "beyond_limit": beyond_now,
         "stale": stale,
         "bad": bad,
-        "completeness": if points.is_empty() { Value::Null } else {
-            json!((completeness_sum / points.len() as f64 * 1000.0).round() / 1000.0)
+        "completeness": if judged.is_empty() { Value::Null } else {
+            json!((judged.iter().sum::<f64>() / judged.len() as f64 * 1000.0).round() / 1000.0)
         },
         "active_alarms": alarms.len(),
         "open_hazards": hazards.len(),

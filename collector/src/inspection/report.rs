@@ -522,9 +522,11 @@ fn patrols(
 ) -> Result<Vec<PatrolRow>, InspectionError> {
     let mut rooms: BTreeMap<(String, String), i64> = BTreeMap::new();
     for pt in points(c, site, until)? {
-        let existed = existed_from(c, &pt)?;
-        let e = rooms.entry((pt.site, pt.room)).or_insert(i64::MAX);
-        *e = (*e).min(existed);
+        if !rooms.contains_key(&(pt.site.clone(), pt.room.clone())) {
+            let first =
+                super::patrol::room_first_reading(c, &pt.site, &pt.room)?.unwrap_or(pt.first_seen);
+            rooms.insert((pt.site, pt.room), first);
+        }
     }
     let mut done = c.prepare_cached(
         "SELECT COALESCE(SUM(kind = 'auto'), 0), COALESCE(SUM(kind = 'manual'), 0) FROM patrols
@@ -535,8 +537,9 @@ fn patrols(
         // Planned: the slots from the room's first reading up to now.
         let planned =
             figures::slots(inp.schedule, inp.tz, p.from.max(existed) - 1, until - 1).len() as i64;
+        // Done: counted from the same start as planned.
         let (auto, manual): (i64, i64) = done
-            .query_row(params![site, room, p.from, p.to], |r| {
+            .query_row(params![site, room, p.from.max(existed), p.to], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
         out.push(PatrolRow {

@@ -92,6 +92,12 @@ impl Inspector {
         };
         let mut written = 0;
         for (site, room) in patrol::rooms(c, None)? {
+            // Not for a slot before the room's first reading: it was not
+            // there to patrol (and the report plans none for it).
+            let first = patrol::room_first_reading(c, &site, &room)?;
+            if first.is_none_or(|f| f > slot) {
+                continue;
+            }
             let done: bool = c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM patrols WHERE site = ?1 AND room = ?2 AND kind = 'auto' AND slot = ?3)",
                 params![site, room, slot],
