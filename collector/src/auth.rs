@@ -1,12 +1,14 @@
 //! Who may do what on the HTTP API: users with roles, password login with
 //! argon2id hashes, cookie sessions with a CSRF token, bearer tokens for
-//! machines (from the configuration), and an append-only audit log of every
-//! write action with the user who did it.
+//! machines (from the configuration), and an append-only audit log of
+//! logins, users, tokens, silences and retries (alarm actions go to the
+//! alarm's trail, hazard changes to the hazard's, patrols carry their author).
 //!
 //! The policy is one table (`required`), so what each role may do is read in
-//! one place: viewers read; responders also acknowledge, comment, assign and
-//! silence; inspectors read (history, later patrols and reports); admins do
-//! everything, including users.
+//! one place: viewers read; responders also acknowledge, comment, assign,
+//! silence, record patrols and drills and work on hazards; inspectors record
+//! and also accept, dismiss and verify hazards; admins do everything,
+//! including users.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -269,9 +271,9 @@ pub struct Auth {
 
 /// Failed logins per user name: after [`Throttle::MAX_FAILURES`] within
 /// [`Throttle::WINDOW_MS`], that name is refused until the oldest failure
-/// leaves the window. Password guessing on one account is capped at a
-/// handful an hour; the price is that someone can lock a name out for ten
-/// minutes by failing on purpose (answered 429, which the UI shows).
+/// leaves the window. Password guessing on one account is capped at 60 an
+/// hour; the price is that someone can lock a name out for ten minutes by
+/// failing on purpose (answered 429, which the UI shows).
 #[derive(Debug, Default)]
 pub struct Throttle {
     failures: std::collections::HashMap<String, std::collections::VecDeque<i64>>,
@@ -284,8 +286,9 @@ impl Throttle {
     /// made-up names cannot grow memory).
     const MAX_NAMES: usize = 10_000;
 
+    // User names are case-sensitive: so is the lock.
     fn key(user: &str) -> String {
-        user.trim().to_lowercase()
+        user.to_owned()
     }
 
     /// `Err(seconds to wait)` while the name is locked.
@@ -305,11 +308,21 @@ impl Throttle {
     }
 
     pub fn failed(&mut self, user: &str, now: i64) {
-        if self.failures.len() >= Self::MAX_NAMES {
+        if self.failures.len() >= Self::MAX_NAMES && !self.failures.contains_key(user) {
+            // Forget names whose failures left the window; if all are recent,
+            // the one with the fewest (a made-up name tried once), never a
+            // name that is locked.
             self.failures
                 .retain(|_, f| f.back().is_some_and(|t| *t > now - Self::WINDOW_MS));
             if self.failures.len() >= Self::MAX_NAMES {
-                self.failures.clear();
+                if let Some(k) = self
+                    .failures
+                    .iter()
+                    .min_by_key(|(_, f)| f.len())
+                    .map(|(k, _)| k.clone())
+                {
+                    self.failures.remove(&k);
+                }
             }
         }
         let f = self.failures.entry(Self::key(user)).or_default();
@@ -733,14 +746,19 @@ mod tests {
     fn ten_failed_logins_lock_a_name_until_the_oldest_leaves_the_window() {
         let mut t = Throttle::default();
         for i in 0..10 {
-            assert_eq!(t.check("Admin", i * 1000), Ok(()));
-            t.failed("admin ", i * 1000);
+            assert_eq!(t.check("admin", i * 1000), Ok(()));
+            t.failed("admin", i * 1000);
         }
         assert_eq!(t.check("admin", 10_000), Err(590));
-        assert_eq!(t.check("someone-else", 10_000), Ok(()));
+        assert_eq!(t.check("Admin", 10_000), Ok(()), "names are case-sensitive");
+        // A flood of made-up names does not unlock it.
+        for i in 0..Throttle::MAX_NAMES {
+            t.failed(&format!("made-up-{i}"), 11_000);
+        }
+        assert_eq!(t.check("admin", 12_000), Err(588));
         // The first failure leaves the window ten minutes after it.
         assert_eq!(t.check("admin", Throttle::WINDOW_MS), Ok(()));
-        t.succeeded("ADMIN");
+        t.succeeded("admin");
         assert_eq!(t.check("admin", 10_000), Ok(()));
     }
 

@@ -512,8 +512,37 @@ impl CollectorConfig {
                 p.push("mqtt.embedded_tls", e);
             }
         }
+        if let Some(t) = &self.mqtt.embedded_tls {
+            if t.client_ca_file.is_none()
+                && self.mqtt.embedded_users.is_empty()
+                && !t.listen.ip().is_loopback()
+            {
+                p.push(
+                    "mqtt.embedded_tls",
+                    "would let anyone on the network publish: give client_ca_file, or embedded_users, or both",
+                );
+            }
+            if !self.mqtt.embedded_listen.ip().is_loopback() {
+                p.push(
+                    "mqtt.embedded_listen",
+                    "must be on loopback (127.0.0.1) when embedded_tls is on, or it stays an open plain-text door",
+                );
+            }
+        }
+        if self.mqtt.url.is_some() && !self.mqtt.embedded_users.is_empty() {
+            p.push(
+                "mqtt.embedded_users",
+                "are for the embedded broker; mqtt.url names an external one",
+            );
+        }
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.mqtt.embedded_users.iter().enumerate() {
+            if u.name == "roomguard-collector-internal" {
+                p.push(
+                    format!("mqtt.embedded_users[{i}].name"),
+                    "is reserved for the collector itself",
+                );
+            }
             if u.name.is_empty() || u.name.len() > 128 || !names.insert(u.name.as_str()) {
                 p.push(
                     format!("mqtt.embedded_users[{i}].name"),

@@ -357,6 +357,8 @@ async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (_collector, http, _) = start_collector(dir.path(), None)?;
     let addr = http.trim_start_matches("http://").to_owned();
+    // A client that connects and says nothing is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await?;
     let mut slow = tokio::net::TcpStream::connect(&addr).await?;
     // Half a request, then nothing: the headers never end.
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -369,6 +371,12 @@ async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() -> Result<()> {
     assert!(
         waited >= Duration::from_secs(5),
         "cut off after {waited:?}, before the header deadline"
+    );
+    let mut none = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut none)).await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection was still open after 30 s"
     );
     // Everyone else is served meanwhile and after.
     let (code, _, _) = status(anonymous_client().get(format!("{http}/healthz"))).await?;

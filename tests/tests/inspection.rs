@@ -412,13 +412,39 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
 /// The collector serves the printable report; Chromium prints it to PDF;
 /// the CLI writes the CSV tables.
 async fn printable_report_and_csv(dir: &Path) -> Result<()> {
+    let (_collector, http, _) = start_collector_with(dir, None, "")?;
+    // The CLI: one CSV file per table, beside the running collector.
+    let csv_dir = dir.join("csv");
+    let status = std::process::Command::new(workspace_bin("roomguard-collector"))
+        .args(["report"])
+        .arg(dir.join("collector.toml"))
+        .args([
+            "--month", "2026-10", "--site", "s", "--format", "csv", "--out",
+        ])
+        .arg(&csv_dir)
+        .status()?;
+    ensure!(status.success(), "report CLI failed");
+    let alarms = std::fs::read_to_string(csv_dir.join("alarms.csv"))?;
+    ensure!(
+        alarms.starts_with("period,level,category,raised"),
+        "{alarms}"
+    );
+    ensure!(
+        alarms.contains("2026-10,1,explosion,1,0,1,600.0,600.0"),
+        "{alarms}"
+    );
+    let exceed = std::fs::read_to_string(csv_dir.join("exceedance.csv"))?;
+    ensure!(
+        exceed.contains("environment.inlet_temp_high,2,above,27,135"),
+        "{exceed}"
+    );
+
     let Some(pdftotext) = external("pdftotext", "poppler-utils") else {
         return Ok(());
     };
     let Some(browser) = Browser::start(dir, 1200, 900).await? else {
         return Ok(());
     };
-    let (_collector, http, _) = start_collector_with(dir, None, "")?;
     browser.goto(&format!("{http}/")).await?;
     browser
         .find("#login-user", Duration::from_secs(30))
@@ -485,30 +511,5 @@ async fn printable_report_and_csv(dir: &Path) -> Result<()> {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts/report-2026-10.pdf"),
     )?;
 
-    // The CLI: one CSV file per table, beside the running collector.
-    let csv_dir = dir.join("csv");
-    let status = std::process::Command::new(workspace_bin("roomguard-collector"))
-        .args(["report"])
-        .arg(dir.join("collector.toml"))
-        .args([
-            "--month", "2026-10", "--site", "s", "--format", "csv", "--out",
-        ])
-        .arg(&csv_dir)
-        .status()?;
-    ensure!(status.success(), "report CLI failed");
-    let alarms = std::fs::read_to_string(csv_dir.join("alarms.csv"))?;
-    ensure!(
-        alarms.starts_with("period,level,category,raised"),
-        "{alarms}"
-    );
-    ensure!(
-        alarms.contains("2026-10,1,explosion,1,0,1,600.0,600.0"),
-        "{alarms}"
-    );
-    let exceed = std::fs::read_to_string(csv_dir.join("exceedance.csv"))?;
-    ensure!(
-        exceed.contains("environment.inlet_temp_high,2,above,27,135"),
-        "{exceed}"
-    );
     Ok(())
 }

@@ -538,6 +538,12 @@ impl Recorder {
                 WHERE o.state = 'sent' AND o.sent_at < ?1 AND a.cleared_at IS NOT NULL LIMIT 1000)",
         )?
         .execute([now - OUTBOX_KEEP_MS])?;
+        // Overdue-hazard messages (negative serials, no alarm row) likewise.
+        tx.prepare_cached(
+            "DELETE FROM outbox WHERE id IN
+               (SELECT id FROM outbox WHERE serial < 0 AND state = 'sent' AND sent_at < ?1 LIMIT 1000)",
+        )?
+        .execute([now - OUTBOX_KEEP_MS])?;
         let e = self.escalation.clone();
         if e.repeat_every_ms <= 0 && e.escalate_after_ms <= 0 {
             return Ok(());

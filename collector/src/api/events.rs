@@ -14,6 +14,11 @@ use tokio::sync::broadcast::error::RecvError;
 /// Comments on an idle stream, so proxies and browsers keep it open and a
 /// dead peer is noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A stream is authenticated when it opens; it ends after this long, and the
+/// browser's EventSource reconnects at once, through the login check again.
+/// So a session that ended (logout, password change, expiry) stops
+/// receiving within this time.
+const MAX_LIFE: Duration = Duration::from_secs(300);
 
 pub async fn events(
     State(st): State<Arc<AppState>>,
@@ -23,9 +28,15 @@ pub async fn events(
         "server_time": jiff::Timestamp::now().to_string(),
         "time_zone": st.time_zone,
     });
-    let hello = Event::default().event("hello").data(hello.to_string());
-    let frames = stream::unfold((rx, closed), |(mut rx, mut closed)| async move {
+    // Reconnect quickly when a stream ends (see MAX_LIFE).
+    let hello = Event::default()
+        .event("hello")
+        .retry(Duration::from_secs(1))
+        .data(hello.to_string());
+    let until = tokio::time::Instant::now() + MAX_LIFE;
+    let frames = stream::unfold((rx, closed), move |(mut rx, mut closed)| async move {
         let event = tokio::select! {
+            () = tokio::time::sleep_until(until) => return None,
             r = rx.recv() => match r {
                 Ok(f) => event(&f),
                 // Fell behind: the page refetches its snapshot instead of

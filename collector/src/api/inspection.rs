@@ -516,6 +516,10 @@ pub struct ReportQuery {
     tz: Option<String>,
 }
 
+/// Reports built at once: each may read for a while, and a blocking task
+/// runs on after its request gave up, so more are turned away, not queued.
+static REPORT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// `GET /api/v1/reports/monthly?month=2026-11` and `/yearly?year=2026`.
 pub async fn report(
     State(st): State<Arc<AppState>>,
@@ -551,6 +555,12 @@ pub async fn report(
             }
         }
     }
+    let Ok(_slot) = REPORT_SLOTS.try_acquire() else {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another report is being built; try again in a moment".into(),
+        ));
+    };
     let rules = st.alarms.as_ref().map(|a| a.rules.clone());
     let schedule = st.inspection.schedule();
     let site = q.site.clone();

@@ -1,7 +1,10 @@
 //! The HTTP server loop: hyper with a deadline on reading a request's
 //! headers, which `axum::serve` does not set. Without it a client that sends
-//! its headers a byte at a time holds a connection (and a file descriptor)
-//! for as long as it likes; many such clients starve the real ones.
+//! nothing, or its headers a byte at a time, holds a connection (and a file
+//! descriptor) for as long as it likes; many such clients starve the real
+//! ones. HTTP/1 only: hyper's HTTP/2 server and its version sniffing have no
+//! such deadline, and nothing here needs HTTP/2 or upgrades (the event
+//! stream is a plain response).
 
 use axum::serve::Listener;
 use axum::Router;
@@ -23,7 +26,7 @@ pub async fn serve<L>(mut listener: L, app: Router, shutdown: impl Future<Output
 where
     L: Listener,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -37,7 +40,7 @@ where
         };
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -154,6 +154,8 @@ pub struct LoginBody {
 
 /// Password checks running at once (argon2 is meant to be slow).
 static LOGIN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Longest a login waits for a slot before it is turned away.
+const LOGIN_QUEUE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn login(
     State(st): State<Arc<AppState>>,
@@ -165,33 +167,37 @@ pub async fn login(
     }
     let a = st.auth.clone();
     let name = b.user.clone();
-    let now = crate::store::now_ms();
+    // One password check at a time per core, and the lock is judged only
+    // once a slot is held: concurrent guesses cannot all pass the check
+    // before the first failures are counted.
+    let Ok(_slot) = tokio::time::timeout(LOGIN_QUEUE, LOGIN_SLOTS.acquire()).await else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins at once; try again".into(),
+        ));
+    };
     let locked = st
         .auth
         .throttle
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .check(&name, now);
+        .check(&name, crate::store::now_ms());
     if let Err(wait) = locked {
         tracing::warn!(user = %name.chars().take(64).collect::<String>(), "login refused: too many failures");
         return Err(AuthError::Throttled(wait).into());
     }
-    // One password hash at a time per core: a flood of logins cannot take
-    // the CPU from ingest.
-    let result = {
-        let _slot = LOGIN_SLOTS.acquire().await;
-        tokio::task::spawn_blocking(move || a.login(&b.user, &b.password))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    };
+    let result = tokio::task::spawn_blocking(move || a.login(&b.user, &b.password))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     {
         let mut throttle = st.auth.throttle.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(_) => throttle.succeeded(&name),
-            Err(AuthError::BadLogin) => throttle.failed(&name, now),
+            Err(AuthError::BadLogin) => throttle.failed(&name, crate::store::now_ms()),
             Err(_) => {}
         }
     }
+    drop(_slot);
     let (token, csrf, user) = match result {
         Ok(v) => v,
         Err(AuthError::BadLogin) => {

@@ -61,10 +61,19 @@ async fn serve(st: &AppState, path: &str, headers: &HeaderMap) -> Response {
     if let Some(dir) = &st.ui_dir {
         // Development: straight from disk, never cached. Only plain relative
         // paths, so nothing outside the folder can be named.
+        // Plain relative names of the kinds of file a UI has; no hidden
+        // files, so a folder set by mistake to the store's cannot serve it.
         let plain = path
             .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'));
-        if !plain {
+            .all(|c| !c.is_empty() && !c.starts_with('.') && !c.contains('\\'));
+        let ui_file = [
+            ".html", ".js", ".css", ".svg", ".png", ".ico", ".woff2", ".json",
+        ]
+        .iter()
+        .any(|ext| path.ends_with(ext))
+            || path.ends_with("LICENSE")
+            || path.ends_with("VERSION");
+        if !plain || !ui_file {
             return not_found(path);
         }
         return match tokio::fs::read(dir.join(path)).await {

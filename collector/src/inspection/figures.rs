@@ -92,39 +92,53 @@ pub enum Schedule {
     At(Vec<i64>),
 }
 
-/// Patrol times in `(from, to]`, in the time zone `tz`.
+/// Patrol times in `(from, to]`, by the clock on the wall in `tz`: "08:00"
+/// is 08:00 local on a day clocks change too. A time that does not exist
+/// that day (skipped by a change) is taken as the first one after it.
 pub fn slots(s: &Schedule, tz: &jiff::tz::TimeZone, from: i64, to: i64) -> Vec<i64> {
     let mut out = Vec::new();
     let Ok(start) = jiff::Timestamp::from_millisecond(from) else {
         return out;
     };
-    // Walk day by day in local time, from the day before `from` (a slot
-    // late on that day may still be after `from` across a DST change).
+    // Seconds after local midnight.
+    let times: Vec<i64> = match s {
+        Schedule::Every(every) if *every >= 1000 => (0..)
+            .map(|i| i * (every / 1000))
+            .take_while(|t| *t < 86_400)
+            .collect(),
+        Schedule::Every(_) => return out,
+        Schedule::At(minutes) => minutes.iter().map(|m| m * 60).collect(),
+    };
+    // From the day before `from`'s local date: a slot late on it may still
+    // fall after `from`.
     let Ok(mut day) = start.to_zoned_datetime(tz.clone()).date().yesterday() else {
         return out;
     };
     loop {
         let Ok(midnight) = day.to_zoned_datetime(tz.clone()) else {
-            return out;
+            break;
         };
-        let m = midnight.timestamp().as_millisecond();
-        if m > to {
-            return out;
+        if midnight.timestamp().as_millisecond() > to {
+            break;
         }
-        let times: Vec<i64> = match s {
-            Schedule::Every(every) if *every > 0 => (0..)
-                .map(|i| m + i * every)
-                .take_while(|t| *t < m + 86_400_000)
-                .collect(),
-            Schedule::Every(_) => return out,
-            Schedule::At(minutes) => minutes.iter().map(|x| m + x * 60_000).collect(),
-        };
-        out.extend(times.into_iter().filter(|t| *t > from && *t <= to));
+        for t in &times {
+            let at = day.at((t / 3600) as i8, (t % 3600 / 60) as i8, (t % 60) as i8, 0);
+            if let Ok(z) = at.to_zoned_datetime(tz.clone()) {
+                let ms = z.timestamp().as_millisecond();
+                if ms > from && ms <= to {
+                    out.push(ms);
+                }
+            }
+        }
         match day.tomorrow() {
             Ok(d) => day = d,
-            Err(_) => return out,
+            Err(_) => break,
         }
     }
+    // A skipped hour's slot lands on the next one's: once.
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The latest slot at or before `now`, and the one before it (the period a
@@ -233,6 +247,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!((prev, last), (day - 4 * 3_600_000, day + 8 * 3_600_000));
+    }
+
+    #[test]
+    fn slots_keep_to_the_wall_clock_when_clocks_change() {
+        let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        let ms = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        // 2026-03-29: 02:00 CET → 03:00 CEST, a 23-hour day.
+        let (from, to) = (
+            ms("2026-03-28T23:00:00Z") - 1,
+            ms("2026-03-29T22:00:00Z") - 1,
+        );
+        let hourly = slots(&Schedule::Every(3_600_000), &tz, from, to);
+        assert_eq!(hourly.len(), 23, "{hourly:?}");
+        assert!(hourly.windows(2).all(|w| w[1] - w[0] == 3_600_000));
+        let eight = slots(&Schedule::At(vec![8 * 60]), &tz, from, to);
+        assert_eq!(eight, [ms("2026-03-29T06:00:00Z")], "08:00 CEST");
+        // 2026-10-25: 03:00 CEST → 02:00 CET, a 25-hour day; 08:00 is CET.
+        let (from, to) = (
+            ms("2026-10-24T22:00:00Z") - 1,
+            ms("2026-10-25T23:00:00Z") - 1,
+        );
+        let eight = slots(&Schedule::At(vec![8 * 60]), &tz, from, to);
+        assert_eq!(eight, [ms("2026-10-25T07:00:00Z")], "08:00 CET");
+        let (prev, last) =
+            current_slot(&Schedule::Every(3_600_000), &tz, ms("2026-10-25T02:30:00Z")).unwrap();
+        assert!(last > prev, "a patrol never covers an empty period");
     }
 
     proptest! {

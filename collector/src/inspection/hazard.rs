@@ -440,6 +440,27 @@ pub fn change(
             )));
         }
     }
+    if old.status == Status::AwaitingVerification && edit.owner.is_some() {
+        return Err(InspectionError::Conflict(
+            "the owner cannot change while the fix awaits verification; reject it first".into(),
+        ));
+    }
+    if action == Some(Action::Verify) {
+        // Four eyes: neither the owner nor whoever handed it over may verify.
+        let submitted_by: Option<String> = tx
+            .query_row(
+                "SELECT by FROM hazard_events WHERE hazard = ?1 AND action = 'submit_for_verification'
+                 ORDER BY id DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if submitted_by.as_deref() == Some(by) {
+            return Err(InspectionError::Conflict(format!(
+                "{by} handed this fix over for verification; someone else must verify it"
+            )));
+        }
+    }
     let mut new = old.clone();
     if let Some(v) = &edit.owner {
         new.owner = Some(v.clone());
@@ -704,6 +725,68 @@ mod tests {
         // Overdue after its deadline until handed over for verification.
         assert!(h2.overdue_at(6_000));
         assert!(!h2.overdue_at(4_000));
+        // Handed over by wang (not the owner), so wang cannot verify, nor
+        // can li by renaming the owner on the way.
+        let evidence = Edit {
+            evidence: Some("new fan".into()),
+            ..Default::default()
+        };
+        change(
+            &mut c,
+            h.id,
+            &evidence,
+            Some(Action::SubmitForVerification),
+            None,
+            "wang",
+            3_000,
+        )
+        .unwrap();
+        let e = change(
+            &mut c,
+            h.id,
+            &Edit::default(),
+            Some(Action::Verify),
+            None,
+            "wang",
+            3_100,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("someone else"), "{e}");
+        let rename = Edit {
+            owner: Some("zhao".into()),
+            ..Default::default()
+        };
+        assert!(change(
+            &mut c,
+            h.id,
+            &rename,
+            Some(Action::Verify),
+            None,
+            "li",
+            3_200
+        )
+        .is_err());
+        assert!(change(
+            &mut c,
+            h.id,
+            &Edit::default(),
+            Some(Action::Verify),
+            None,
+            "li",
+            3_300
+        )
+        .is_err());
+        let closed = change(
+            &mut c,
+            h.id,
+            &Edit::default(),
+            Some(Action::Verify),
+            None,
+            "inspector-2",
+            3_400,
+        )
+        .unwrap();
+        assert_eq!(closed.status, Status::Closed);
     }
 
     #[test]

@@ -41,6 +41,20 @@ pub fn init(c: &Connection) -> Result<(), rusqlite::Error> {
     c.execute_batch(hazard::SCHEMA)?;
     c.execute_batch(patrol::SCHEMA)?;
     c.execute_batch(DRILLS)?;
+    // A store upgraded with years of alarms: hazards are proposed from
+    // alarms raised from now on, not from its whole history.
+    let alarms: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarms')",
+        [],
+        |r| r.get(0),
+    )?;
+    if alarms {
+        c.execute(
+            "INSERT OR IGNORE INTO inspection_state (key, value)
+             SELECT 'proposed_after_serial', COALESCE(MAX(serial), 0) FROM alarms",
+            [],
+        )?;
+    }
     Ok(())
 }
 
@@ -231,7 +245,9 @@ impl InspectionConfig {
 
     pub fn check(&self, p: &mut Problems) {
         let every = self.patrol_every.as_secs();
-        if self.patrol_at.is_empty() && (every < 60 || 86_400 % every != 0) {
+        if self.patrol_at.is_empty()
+            && (every < 60 || 86_400 % every != 0 || self.patrol_every.subsec_nanos() != 0)
+        {
             p.push(
                 "inspection.patrol_every",
                 "must divide a day into whole periods (e.g. 1h, 2h, 4h, 8h, 12h, 24h) and be at least 1m",
@@ -244,6 +260,12 @@ impl InspectionConfig {
                     format!("{t:?} is not a time of day like \"08:00\""),
                 );
             }
+        }
+        if self.round.is_some_and(|r| r < Duration::from_secs(1)) {
+            p.push("inspection.round", "must be at least 1s");
+        }
+        if self.overdue_repeat < Duration::from_secs(60) {
+            p.push("inspection.overdue_repeat", "must be at least 1m");
         }
         let mut ids = std::collections::HashSet::new();
         for (i, c) in self.checklist.iter().enumerate() {

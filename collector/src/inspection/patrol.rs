@@ -53,6 +53,8 @@ pub const STALE_MS: i64 = 15 * 60_000;
 const MINUTE_MS: i64 = 60_000;
 pub const MAX_PHOTOS: usize = 4;
 pub const MAX_PHOTO_BYTES: usize = 2 * 1024 * 1024;
+/// Photos one person may add in 24 hours.
+pub const MAX_PHOTO_BYTES_PER_DAY: usize = 64 * 1024 * 1024;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -374,8 +376,24 @@ pub fn record_manual(
     now: i64,
 ) -> Result<Value, InspectionError> {
     let bad = |s: String| InspectionError::Invalid(s);
-    if m.site.trim().is_empty() || m.room.trim().is_empty() {
-        return Err(bad("site and room must be given".into()));
+    for (field, v) in [("site", &m.site), ("room", &m.room)] {
+        if v.trim().is_empty() || v.len() > 128 {
+            return Err(bad(format!("{field}: must be 1–128 characters")));
+        }
+    }
+    if m.note.as_ref().is_some_and(|n| n.len() > 4000) {
+        return Err(bad("note: at most 4000 characters".into()));
+    }
+    let known: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM points WHERE site = ?1 AND room = ?2)",
+        params![m.site, m.room],
+        |r| r.get(0),
+    )?;
+    if !known {
+        return Err(bad(format!(
+            "room: no room {:?} at site {:?} (GET /api/v1/points)",
+            m.room, m.site
+        )));
     }
     if m.items.is_empty() {
         return Err(bad("items: answer at least one checklist item".into()));
@@ -431,6 +449,24 @@ pub fn record_manual(
             .take(200)
             .collect();
         photos.push((name, p.content_type.clone(), sha256_hex(&data), data));
+    }
+    // Records cannot be deleted: a day's photos per person are bounded so
+    // that a runaway script cannot fill the disk.
+    let new_bytes: usize = photos.iter().map(|p| p.3.len()).sum();
+    if new_bytes > 0 {
+        let today: i64 = c.query_row(
+            "SELECT COALESCE(SUM(length(f.data)), 0) FROM patrol_photos f JOIN patrols p ON p.id = f.patrol
+             WHERE p.by = ?1 AND p.at > ?2",
+            params![by, now - 86_400_000],
+            |r| r.get(0),
+        )?;
+        if today as usize + new_bytes > MAX_PHOTO_BYTES_PER_DAY {
+            return Err(bad(format!(
+                "photos: {by} has sent {} MiB of photos in the last 24 h; at most {} MiB a day",
+                today / (1024 * 1024),
+                MAX_PHOTO_BYTES_PER_DAY / (1024 * 1024)
+            )));
+        }
     }
     let items: Vec<Value> = checklist
         .iter()
@@ -542,6 +578,12 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(crate::store::sqlite::SCHEMA).unwrap();
         super::super::init(&c).unwrap();
+        c.execute(
+            "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
+             VALUES ('s', 'br-h2-1.h2', 'a', 'battery-room', 'br-h2-1', 'h2_lfl', '%LFL', 0, 0)",
+            [],
+        )
+        .unwrap();
         c
     }
 
@@ -590,5 +632,9 @@ mod tests {
         fake.photos[0].content_type = "image/jpeg".into();
         let e = record_manual(&mut c, &fake, &list, "li", 3_000).unwrap_err();
         assert!(e.to_string().contains("not a image/jpeg image"), "{e}");
+        let mut nowhere = m.clone();
+        nowhere.room = "kitchen".into();
+        let e = record_manual(&mut c, &nowhere, &list, "li", 4_000).unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
     }
 }

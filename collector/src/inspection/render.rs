@@ -33,10 +33,17 @@ impl Lang {
 }
 
 fn csv_field(s: &str) -> String {
+    // Text a spreadsheet would run as a formula is kept as text. Numbers
+    // (a negative limit) stay numbers.
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err() {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 
@@ -796,6 +803,8 @@ mod tests {
         assert!(csv(&report(), "nope", &tz).is_none());
         let drills = csv(&report(), "drills", &tz).unwrap();
         assert!(drills.contains(",\"a,b\","), "{drills}");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("-12.5"), "-12.5");
     }
 
     #[test]

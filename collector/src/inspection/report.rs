@@ -3,7 +3,7 @@
 //! open alarms, data completeness per room, minutes beyond each limit,
 //! hazards opened, closed and overdue, patrols done against planned, drills.
 //!
-//! Everything is read from one read-only connection. Work is bounded by
+//! Everything is read on one connection. Work is bounded by
 //! the rollup tiers: completeness from 1-hour buckets, minutes beyond a
 //! limit from the 1-minute buckets of only those hours whose extremes crossed it.
 

@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 /// minute is rolled up.
 const SETTLE_MS: i64 = 60_000;
 const ROUND: Duration = Duration::from_secs(30);
+/// Longest a patrol waits for its period's rollups.
+const ROLLUP_WAIT_MS: i64 = 10 * 60_000;
 
 pub struct Inspector {
     pub store: PathBuf,
@@ -104,6 +106,18 @@ impl Inspector {
                 |r| r.get(0),
             )?;
             if done {
+                continue;
+            }
+            // Wait while the period's minutes are still being rolled up (a
+            // backlog being stored): a record cannot be corrected later.
+            // After ten minutes it is written as it stands.
+            let pending: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM rollup_dirty d JOIN points p ON p.id = d.point_id
+                                WHERE p.site = ?1 AND p.room = ?2 AND d.bucket >= ?3 AND d.bucket < ?4)",
+                params![site, room, from, slot],
+                |r| r.get(0),
+            )?;
+            if pending && now < slot + ROLLUP_WAIT_MS {
                 continue;
             }
             let record = patrol::build_auto(c, self.rules.as_deref(), &site, &room, from, slot)?;
