@@ -550,6 +550,39 @@ pub fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     Ok((utime / ticks, stime / ticks))
 }
 
+/// A benchmark's batch (site `bench`): `readings` good readings of points
+/// `{prefix}.p{i}`, all at `at`, values changing with `seq`.
+pub fn bench_batch(
+    agent: &str,
+    device: &str,
+    prefix: &str,
+    readings: usize,
+    seq: u64,
+    at: i64,
+) -> Vec<u8> {
+    use roomguard_protocol::{Batch, Label, Quality, Reading, PROTOCOL_VERSION};
+    Batch {
+        v: PROTOCOL_VERSION,
+        site: "bench".into(),
+        agent: agent.into(),
+        seq,
+        device: device.into(),
+        polled_at: at,
+        backfill: false,
+        points: Vec::new(),
+        readings: (0..readings)
+            .map(|i| Reading {
+                point: Label::from(format!("{prefix}.p{i:03}").as_str()),
+                value: Some(20.0 + ((seq as usize + i) % 97) as f64 / 10.0),
+                text: None,
+                ts: at,
+                quality: Quality::Good,
+            })
+            .collect(),
+    }
+    .to_json()
+}
+
 /// `--name value` from the command line, for the benchmark programs.
 pub fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -120,6 +120,20 @@ pub enum Action {
     Reject,
 }
 
+impl Action {
+    /// The name in the API and the trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Dismiss => "dismiss",
+            Action::StartRectification => "start_rectification",
+            Action::SubmitForVerification => "submit_for_verification",
+            Action::Verify => "verify",
+            Action::Reject => "reject",
+        }
+    }
+}
+
 /// The fields a transition needs, as the hazard has them now.
 #[derive(Debug, Clone, Default)]
 pub struct Facts<'a> {
@@ -167,11 +181,7 @@ pub fn next(status: Status, action: Action, facts: &Facts, actor: &str) -> Resul
         (S::AwaitingVerification, A::Reject) => Ok(S::Rectifying),
         (s, a) => Err(format!(
             "cannot {} a hazard that is {}",
-            serde_json::to_value(a)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-                .replace('_', " "),
+            a.as_str().replace('_', " "),
             s.as_str().replace('_', " ")
         )),
     }
@@ -538,11 +548,8 @@ pub fn change(
             now
         ],
     )?;
-    let action_name = action
-        .and_then(|a| serde_json::to_value(a).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "edit".into());
-    event(&tx, id, now, by, &action_name, &Value::Object(changes))?;
+    let action_name = action.map_or("edit", Action::as_str);
+    event(&tx, id, now, by, action_name, &Value::Object(changes))?;
     let h = get(&tx, id)?;
     tx.commit()?;
     Ok(h)
@@ -647,6 +654,20 @@ mod tests {
         assert_eq!(next(s, Action::Verify, &f, "wang").unwrap(), Status::Closed);
         let err = next(Status::Open, Action::Verify, &f, "wang").unwrap_err();
         assert_eq!(err, "cannot verify a hazard that is open");
+    }
+
+    #[test]
+    fn action_names_are_the_ones_the_api_takes() {
+        for a in [
+            Action::Accept,
+            Action::Dismiss,
+            Action::StartRectification,
+            Action::SubmitForVerification,
+            Action::Verify,
+            Action::Reject,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
     }
 
     #[test]

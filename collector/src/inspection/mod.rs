@@ -36,6 +36,47 @@ pub enum InspectionError {
     Store(#[from] rusqlite::Error),
 }
 
+/// Whether the store has table `name` (the alarm tables exist only with
+/// alarms on).
+pub(crate) fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
+}
+
+/// A rollup tier to read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tier {
+    Minute,
+    Hour,
+}
+
+/// A point's rollup buckets of `tier` in `[from, to)`, oldest first.
+pub(crate) fn rollups(
+    c: &Connection,
+    tier: Tier,
+    point_id: i64,
+    from: i64,
+    to: i64,
+) -> Result<Vec<figures::Bucket>, rusqlite::Error> {
+    let sql = match tier {
+        Tier::Minute => "SELECT bucket, n, min, max FROM rollup_1m WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket",
+        Tier::Hour => "SELECT bucket, n, min, max FROM rollup_1h WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket",
+    };
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map(params![point_id, from, to], |r| {
+        Ok(figures::Bucket {
+            start: r.get(0)?,
+            n: r.get(1)?,
+            min: r.get(2)?,
+            max: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Tables of this module; created with the store.
 pub fn init(c: &Connection) -> Result<(), rusqlite::Error> {
     c.execute_batch(hazard::SCHEMA)?;
@@ -43,12 +84,7 @@ pub fn init(c: &Connection) -> Result<(), rusqlite::Error> {
     c.execute_batch(DRILLS)?;
     // A store upgraded with years of alarms: hazards are proposed from
     // alarms raised from now on, not from its whole history.
-    let alarms: bool = c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarms')",
-        [],
-        |r| r.get(0),
-    )?;
-    if alarms {
+    if table_exists(c, "alarms")? {
         c.execute(
             "INSERT OR IGNORE INTO inspection_state (key, value)
              SELECT 'proposed_after_serial', COALESCE(MAX(serial), 0) FROM alarms",

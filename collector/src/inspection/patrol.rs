@@ -6,9 +6,10 @@
 //! once written (triggers refuse UPDATE and DELETE) and carry a SHA-256 of
 //! their stored text, so a copy can be checked against the original.
 
-use super::figures::{self, Bucket};
+use super::{figures, rollups, Tier};
 use super::{ChecklistItem, InspectionError};
 use crate::alarm::rules::{PointLabels, RuleSet};
+use crate::store::rollup::{bucket, MINUTE_MS};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -50,7 +51,6 @@ BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
 
 /// A point whose newest reading is older than this at patrol time is stale.
 pub const STALE_MS: i64 = 15 * 60_000;
-const MINUTE_MS: i64 = 60_000;
 pub const MAX_PHOTOS: usize = 4;
 pub const MAX_PHOTO_BYTES: usize = 2 * 1024 * 1024;
 /// Photos one person may add in 24 hours.
@@ -89,28 +89,6 @@ pub fn room_first_reading(
            FROM points p WHERE site = ?1 AND room = ?2)",
     )?
     .query_row(params![site, room], |r| r.get(0))
-}
-
-/// One-minute buckets of a point in `[from, to)`.
-pub fn minutes(
-    c: &Connection,
-    point_id: i64,
-    from: i64,
-    to: i64,
-) -> Result<Vec<Bucket>, rusqlite::Error> {
-    let mut st = c.prepare_cached(
-        "SELECT bucket, n, min, max FROM rollup_1m WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3
-         ORDER BY bucket",
-    )?;
-    let rows = st.query_map(params![point_id, from, to], |r| {
-        Ok(Bucket {
-            start: r.get(0)?,
-            n: r.get(1)?,
-            min: r.get(2)?,
-            max: r.get(3)?,
-        })
-    })?;
-    rows.collect()
 }
 
 /// The record of an automatic patrol of one room over `[from, to)`.
@@ -158,8 +136,8 @@ pub fn build_auto(
     let (mut beyond_now, mut stale, mut bad) = (0, 0, 0);
     let mut judged = Vec::new();
     for p in &points {
-        let start = from.max(figures_minute(p.first_seen));
-        let buckets = minutes(c, p.id, from, to)?;
+        let start = from.max(bucket(p.first_seen, MINUTE_MS));
+        let buckets = rollups(c, Tier::Minute, p.id, from, to)?;
         // Rollups hold numbers only: a text point (a name, a string
         // register) is not judged, and neither is a point that did not
         // exist yet in the period.
@@ -250,18 +228,8 @@ pub fn build_auto(
     }))
 }
 
-fn figures_minute(ts: i64) -> i64 {
-    ts.div_euclid(MINUTE_MS) * MINUTE_MS
-}
-
 fn active_alarms(c: &Connection, site: &str, room: &str) -> Result<Vec<Value>, rusqlite::Error> {
-    // The table exists only with alarms on.
-    let exists: bool = c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alarms')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !super::table_exists(c, "alarms")? {
         return Ok(Vec::new());
     }
     let mut st = c.prepare_cached(

@@ -7,15 +7,15 @@
 //! the rollup tiers: completeness from 1-hour buckets, minutes beyond a
 //! limit from the 1-minute buckets of only those hours whose extremes crossed it.
 
-use super::figures::{self, Bucket, Schedule};
+use super::figures::{self, Schedule};
 use super::InspectionError;
+use super::{rollups, Tier};
 use crate::alarm::rules::{PointLabels, RuleSet};
+use crate::store::rollup::HOUR_MS;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// A calendar month or year in the report's time zone.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -177,7 +177,7 @@ pub fn build(
     inp: &Inputs,
 ) -> Result<Report, InspectionError> {
     let until = period.to.min(inp.now);
-    let alarms_on = table_exists(c, "alarms")?;
+    let alarms_on = super::table_exists(c, "alarms")?;
     Ok(Report {
         site: site.map(str::to_owned),
         period: period.clone(),
@@ -218,14 +218,6 @@ pub fn build_year(
             .map(|m| build(c, site, m, inp))
             .collect::<Result<_, _>>()?,
     })
-}
-
-fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
-    c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |r| r.get(0),
-    )
 }
 
 fn mean(v: &[f64]) -> Option<f64> {
@@ -359,27 +351,6 @@ fn existed_from(c: &Connection, p: &PointRow) -> Result<i64, rusqlite::Error> {
     Ok(first.unwrap_or((p.first_seen + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS))
 }
 
-fn buckets(
-    c: &Connection,
-    table: &str,
-    id: i64,
-    from: i64,
-    to: i64,
-) -> Result<Vec<Bucket>, rusqlite::Error> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT bucket, n, min, max FROM {table} WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket"
-    ))?;
-    let rows = st.query_map(params![id, from, to], |r| {
-        Ok(Bucket {
-            start: r.get(0)?,
-            n: r.get(1)?,
-            min: r.get(2)?,
-            max: r.get(3)?,
-        })
-    })?;
-    rows.collect()
-}
-
 fn completeness(
     c: &Connection,
     site: Option<&str>,
@@ -392,7 +363,7 @@ fn completeness(
     for p in points(c, site, to)? {
         let start = from.max(existed_from(c, &p)?);
         let Some(share) = figures::completeness(
-            &buckets(c, "rollup_1h", p.id, start, to)?,
+            &rollups(c, Tier::Hour, p.id, start, to)?,
             HOUR_MS,
             start,
             to,
@@ -450,9 +421,9 @@ fn exceedance(
         }
         // Hours first: only an hour whose extremes crossed a limit can hold
         // a minute that did. The first and last hours may be partial.
-        let hours = buckets(
+        let hours = rollups(
             c,
-            "rollup_1h",
+            Tier::Hour,
             p.id,
             from.div_euclid(HOUR_MS) * HOUR_MS,
             until,
@@ -460,9 +431,9 @@ fn exceedance(
         for l in &limits {
             let mut minutes = 0i64;
             for h in hours.iter().filter(|h| figures::is_beyond(h, l)) {
-                let m = buckets(
+                let m = rollups(
                     c,
-                    "rollup_1m",
+                    Tier::Minute,
                     p.id,
                     h.start.max(from),
                     (h.start + HOUR_MS).min(until),

@@ -78,7 +78,7 @@ impl Inspector {
             patrols: self.patrols(&c, now)?,
             ..Default::default()
         };
-        if table_exists(&c, "alarms")? {
+        if super::table_exists(&c, "alarms")? {
             r.proposed = self.propose(&mut c)?;
             r.overdue_told = self.tell_overdue(&mut c, now)?;
         }
@@ -286,12 +286,4 @@ struct Raised {
     room: String,
     category: String,
     raised_at: i64,
-}
-
-fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
-    c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |r| r.get(0),
-    )
 }

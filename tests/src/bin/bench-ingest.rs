@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use roomguard_e2e::*;
-use roomguard_protocol::{Batch, Label, Quality, Reading, Topic, PROTOCOL_VERSION};
+use roomguard_protocol::Topic;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -116,26 +116,12 @@ async fn broker_ceiling(broker: &Mosquitto, count: usize) -> Result<f64> {
 }
 
 fn batch(agent: usize, seq: u64, at: i64) -> Vec<u8> {
-    Batch {
-        v: PROTOCOL_VERSION,
-        site: "bench".into(),
-        agent: format!("edge-{agent:04}"),
-        seq,
-        device: format!("dev-{agent:04}"),
-        polled_at: at,
-        backfill: false,
-        points: Vec::new(),
-        readings: (0..READINGS)
-            .map(|i| Reading {
-                point: Label::from(format!("a{agent:04}.p{i:02}").as_str()),
-                value: Some(20.0 + ((seq as usize + i) % 97) as f64 / 10.0),
-                text: None,
-                ts: at,
-                quality: Quality::Good,
-            })
-            .collect(),
-    }
-    .to_json()
+    let (a, d, p) = (
+        format!("edge-{agent:04}"),
+        format!("dev-{agent:04}"),
+        format!("a{agent:04}"),
+    );
+    bench_batch(&a, &d, &p, READINGS, seq, at)
 }
 
 /// Publishes at `rate` readings/s for `seconds`; returns (offered, stored/s, worst lag s).

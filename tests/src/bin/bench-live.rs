@@ -9,7 +9,7 @@
 
 use anyhow::{Context, Result};
 use roomguard_e2e::*;
-use roomguard_protocol::{Batch, Label, Quality, Reading, Topic, PROTOCOL_VERSION};
+use roomguard_protocol::Topic;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,27 +20,13 @@ const DEVICES: usize = 20;
 const POINTS: usize = 100;
 
 fn batch(device: usize, seq: u64, at: i64) -> Vec<u8> {
-    Batch {
-        v: PROTOCOL_VERSION,
-        site: "bench".into(),
-        agent: format!("edge-{device:02}"),
-        seq,
-        device: format!("dev-{device:02}"),
-        polled_at: at,
-        backfill: false,
-        points: Vec::new(),
-        readings: (0..POINTS)
-            .map(|i| Reading {
-                point: Label::from(format!("d{device:02}.p{i:03}").as_str()),
-                // Every value changes every second, the worst case for a push.
-                value: Some(20.0 + ((seq as usize + i) % 97) as f64 / 10.0),
-                text: None,
-                ts: at,
-                quality: Quality::Good,
-            })
-            .collect(),
-    }
-    .to_json()
+    let (a, d, p) = (
+        format!("edge-{device:02}"),
+        format!("dev-{device:02}"),
+        format!("d{device:02}"),
+    );
+    // Every value changes every second, the worst case for a push.
+    bench_batch(&a, &d, &p, POINTS, seq, at)
 }
 
 /// Publishes every device's batch once a second until dropped.
