@@ -423,52 +423,47 @@ fn report_cmd(
         rules: rules.as_ref(),
         schedule: &schedule,
         tz: &tz,
+        schedule_tz: &tz,
         now: store::now_ms(),
     };
     let site = site.as_deref();
-    // One report, as (json, html, csv of a table).
-    type CsvOf = Box<dyn Fn(&str) -> Option<String>>;
-    let (json, html, csv): (String, String, CsvOf) = match (month, year) {
+    // The report as its renderings, each made only when asked for.
+    enum Built {
+        Month(report::Report),
+        Year(report::YearReport),
+    }
+    let built = match (month, year) {
         (Some(m), _) => {
             let p = report::month(&m, &tz).map_err(anyhow::Error::msg)?;
-            let r = report::build(reader.conn(), site, &p, &inp)?;
-            let tz2 = tz.clone();
-            (
-                serde_json::to_string_pretty(&r)?,
-                render::html_month(&r, lang, &tz),
-                Box::new(move |t| render::csv(&r, t, &tz2)),
-            )
+            Built::Month(report::build(reader.conn(), site, &p, &inp)?)
         }
-        (None, Some(y)) => {
-            let r = report::build_year(reader.conn(), site, &y, &inp)?;
-            let tz2 = tz.clone();
-            (
-                serde_json::to_string_pretty(&r)?,
-                render::html_year(&r, lang, &tz),
-                Box::new(move |t| render::csv_year(&r, t, &tz2)),
-            )
-        }
+        (None, Some(y)) => Built::Year(report::build_year(reader.conn(), site, &y, &inp)?),
         (None, None) => anyhow::bail!("give --month or --year"),
     };
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).with_context(|| path.display().to_string())
+    };
     let mut written = Vec::new();
-    match format {
-        "csv" => {
+    match (format, &built) {
+        ("csv", b) => {
             std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
             for t in render::TABLES {
                 let path = out.join(format!("{t}.csv"));
-                std::fs::write(&path, csv(t).unwrap_or_default())
-                    .with_context(|| path.display().to_string())?;
+                let text = match b {
+                    Built::Month(r) => render::csv(r, t, &tz),
+                    Built::Year(r) => render::csv_year(r, t, &tz),
+                };
+                write(&path, text.unwrap_or_default())?;
                 written.push(path);
             }
         }
-        "json" => {
-            std::fs::write(out, json).with_context(|| out.display().to_string())?;
-            written.push(out.to_owned());
-        }
-        _ => {
-            std::fs::write(out, html).with_context(|| out.display().to_string())?;
-            written.push(out.to_owned());
-        }
+        ("json", Built::Month(r)) => write(out, serde_json::to_string_pretty(r)?)?,
+        ("json", Built::Year(r)) => write(out, serde_json::to_string_pretty(r)?)?,
+        (_, Built::Month(r)) => write(out, render::html_month(r, lang, &tz))?,
+        (_, Built::Year(r)) => write(out, render::html_year(r, lang, &tz))?,
+    }
+    if format != "csv" {
+        written.push(out.to_owned());
     }
     Ok(written)
 }

@@ -305,6 +305,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         rules: Some(&rules),
         schedule: &schedule,
         tz: &tz,
+        schedule_tz: &tz,
         now: p.end + DAY,
     };
     let month = report::month("2026-10", &tz).map_err(anyhow::Error::msg)?;

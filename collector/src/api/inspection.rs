@@ -563,6 +563,7 @@ pub async fn report(
     };
     let rules = st.alarms.as_ref().map(|a| a.rules.clone());
     let schedule = st.inspection.schedule();
+    let site_tz = zone(None, &st)?;
     let site = q.site.clone();
     let table = q.table.clone();
     let tz2 = tz.clone();
@@ -578,6 +579,7 @@ pub async fn report(
                     rules: rules.as_deref(),
                     schedule: &schedule,
                     tz: &tz2,
+                    schedule_tz: &site_tz,
                     now: crate::store::now_ms(),
                 };
                 let rep = report::build(c, site.as_deref(), &p, &inp)?;
@@ -612,6 +614,7 @@ pub async fn report(
                     rules: rules.as_deref(),
                     schedule: &schedule,
                     tz: &tz2,
+                    schedule_tz: &site_tz,
                     now: crate::store::now_ms(),
                 };
                 let rep = report::build_year(c, site.as_deref(), &y, &inp)?;

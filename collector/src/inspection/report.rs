@@ -166,7 +166,11 @@ pub struct YearReport {
 pub struct Inputs<'a> {
     pub rules: Option<&'a RuleSet>,
     pub schedule: &'a Schedule,
+    /// The report's time zone: months and times in it.
     pub tz: &'a jiff::tz::TimeZone,
+    /// The site's (`http.time_zone`): patrol slots follow its wall clock
+    /// whatever zone the report is read in.
+    pub schedule_tz: &'a jiff::tz::TimeZone,
     pub now: i64,
 }
 
@@ -506,8 +510,13 @@ fn patrols(
     let mut out = Vec::new();
     for ((site, room), existed) in rooms {
         // Planned: the slots from the room's first reading up to now.
-        let planned =
-            figures::slots(inp.schedule, inp.tz, p.from.max(existed) - 1, until - 1).len() as i64;
+        let planned = figures::slots(
+            inp.schedule,
+            inp.schedule_tz,
+            p.from.max(existed) - 1,
+            until - 1,
+        )
+        .len() as i64;
         // Done: counted from the same start as planned.
         let (auto, manual): (i64, i64) = done
             .query_row(params![site, room, p.from.max(existed), p.to], |r| {

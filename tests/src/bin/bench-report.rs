@@ -140,6 +140,7 @@ fn main() -> Result<()> {
         rules: Some(&rules),
         schedule: &schedule,
         tz: &tz,
+        schedule_tz: &tz,
         now: month.to + HOUR,
     };
     let reader = roomguard_collector::store::sqlite::SqliteReader::open(&path)?;
