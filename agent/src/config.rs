@@ -359,9 +359,7 @@ impl AgentConfig {
             .as_ref()
             .is_some_and(Secret::is_inline)
         {
-            warnings.push(
-                "mqtt.security.password: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\"".to_owned(),
-            );
+            warnings.push(conf::inline_secret_warning("mqtt.security.password"));
         }
         let mut snmp = Vec::new();
         for (i, d) in self.snmp.iter().enumerate() {
@@ -378,9 +376,7 @@ impl AgentConfig {
                     .as_ref()
                     .is_some_and(|v| v.auth_password.is_inline() || v.priv_password.is_inline())
             {
-                warnings.push(format!(
-                    "{path}: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\""
-                ));
+                warnings.push(conf::inline_secret_warning(&path));
             }
             if let Some(spec) = resolve_snmp(d, &profiles, &path, &mut p) {
                 snmp.push(spec);

@@ -209,13 +209,8 @@ impl AuthConfig {
                 Ok(Some(v)) if v.len() < 32 => {
                     p.push(format!("{path}.token"), "must be at least 32 characters")
                 }
-                Ok(Some(_)) => {
-                    if t.token.is_inline() {
-                        tracing::warn!(
-                            "{path}.token is written in the configuration file; prefer env or file"
-                        );
-                    }
-                }
+                // Inline tokens are named by CollectorConfig::warnings.
+                Ok(Some(_)) => {}
             }
         }
     }
@@ -347,6 +342,11 @@ fn sha256(s: &str) -> [u8; 32] {
     out
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `n` random bytes as hex.
 pub fn random_hex(n: usize) -> String {
     use ring::rand::SecureRandom;
@@ -355,7 +355,7 @@ pub fn random_hex(n: usize) -> String {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .expect("the system random number generator failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&bytes)
 }
 
 fn valid_name(name: &str) -> Result<(), String> {

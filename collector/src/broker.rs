@@ -81,50 +81,25 @@ pub fn start(
     Ok(addr)
 }
 
-/// Longest a client may take to finish its TLS handshake.
-const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
-/// TLS connections served at once; more wait in the kernel's backlog.
+/// TLS connections passed to the broker at once; more wait in the queue.
 const MAX_TLS_CLIENTS: usize = 10_000;
 
 /// MQTT over TLS in front of the embedded broker: each connection's TLS is
-/// ended here (rustls, with client certificates when configured) and its
-/// bytes are passed to the broker's plain listener on `plain`. rumqttd's own
-/// TLS would build a second, older rustls and an X.509 parser; this reuses
-/// the ones the collector already has.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    config: rustls::ServerConfig,
-    plain: SocketAddr,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+/// ended here (the HTTPS listener's handshake loop: rustls, client
+/// certificates when configured, a 10 s handshake limit, each in its own
+/// task) and its bytes are passed to the broker's plain listener on `plain`.
+/// rumqttd's own TLS would build a second, older rustls and an X.509
+/// parser; this reuses the ones the collector already has.
+pub async fn serve_tls(mut listener: crate::api::tls::TlsListener, plain: SocketAddr) {
+    use axum::serve::Listener as _;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CLIENTS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, do not spin.
-                tracing::warn!(error = %e, "MQTT TLS accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
+        let (mut tls, peer) = listener.accept().await;
         tokio::spawn(async move {
             let _permit = permit;
-            let mut tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "MQTT TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "MQTT TLS handshake timed out");
-                    return;
-                }
-            };
             let mut broker = match tokio::net::TcpStream::connect(plain).await {
                 Ok(s) => s,
                 Err(e) => {

@@ -478,10 +478,8 @@ impl CollectorConfig {
             check(format!("alarms.channels[{i}].secret"), c.secret.as_ref());
         }
         inline
-            .into_iter()
-            .map(|at| {
-                format!("{at}: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\"")
-            })
+            .iter()
+            .map(|at| roomguard_protocol::conf::inline_secret_warning(at))
             .collect()
     }
 

@@ -211,7 +211,8 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
                             format!("mqtt.embedded_tls.listen: cannot listen on {}", t.listen)
                         })?;
                 mqtts = Some(listener.local_addr()?);
-                tokio::spawn(broker::serve_tls(listener, config, addr));
+                let listener = api::tls::TlsListener::new(listener, config)?;
+                tokio::spawn(broker::serve_tls(listener, addr));
             }
             BrokerUrl {
                 host: addr.ip().to_string(),

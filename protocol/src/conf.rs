@@ -221,6 +221,14 @@ impl Secret {
     }
 }
 
+/// The warning for a secret written in a config file at `at` (config
+/// files get copied, shared and committed).
+pub fn inline_secret_warning(at: &str) -> String {
+    format!(
+        "{at}: a secret is written in the config file; prefer env = \"VAR\" or file = \"/path\""
+    )
+}
+
 /// Serde adapter for optional durations: `#[serde(default, with = "roomguard_protocol::conf::option_duration")]`.
 pub mod option_duration {
     use serde::{Deserialize, Deserializer, Serializer};

@@ -163,6 +163,16 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element matching `css`, waiting for it.
+    pub async fn click(&self, css: &str, timeout: Duration) -> Result<()> {
+        self.find(css, timeout).await?.click().await
+    }
+
+    /// Types `text` into the first element matching `css`, waiting for it.
+    pub async fn type_into(&self, css: &str, text: &str, timeout: Duration) -> Result<()> {
+        self.find(css, timeout).await?.type_text(text).await
+    }
+
     /// Waits until the page's `predicate` (a function body returning a value)
     /// gives something truthy, and returns it.
     pub async fn wait_for(&self, what: &str, timeout: Duration, predicate: &str) -> Result<Value> {

@@ -448,19 +448,17 @@ async fn printable_report_and_csv(dir: &Path) -> Result<()> {
     };
     browser.goto(&format!("{http}/")).await?;
     browser
-        .find("#login-user", Duration::from_secs(30))
-        .await?
-        .type_text("admin")
+        .type_into("#login-user", "admin", Duration::from_secs(30))
         .await?;
     browser
-        .find("#login-password", Duration::from_secs(5))
-        .await?
-        .type_text("admin-test-password")
+        .type_into(
+            "#login-password",
+            "admin-test-password",
+            Duration::from_secs(5),
+        )
         .await?;
     browser
-        .find("#login-submit", Duration::from_secs(5))
-        .await?
-        .click()
+        .click("#login-submit", Duration::from_secs(5))
         .await?;
     browser
         .wait_for(

@@ -41,21 +41,11 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
 
     // Log in as a person would.
     browser.goto(&format!("{http}/")).await?;
+    browser.type_into("#login-user", "admin", PATIENCE).await?;
     browser
-        .find("#login-user", PATIENCE)
-        .await?
-        .type_text("admin")
+        .type_into("#login-password", "admin-test-password", PATIENCE)
         .await?;
-    browser
-        .find("#login-password", PATIENCE)
-        .await?
-        .type_text("admin-test-password")
-        .await?;
-    browser
-        .find("#login-submit", PATIENCE)
-        .await?
-        .click()
-        .await?;
+    browser.click("#login-submit", PATIENCE).await?;
     browser
         .wait_for(
             "logged in",
@@ -129,32 +119,20 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
     })
     .await?;
     let serial = alarm["serial"].as_u64().context("serial")?;
+    browser.click("a[data-nav=\"alarms\"]", PATIENCE).await?;
     browser
-        .find("a[data-nav=\"alarms\"]", PATIENCE)
-        .await?
-        .click()
-        .await?;
-    browser
-        .find(
+        .click(
             &format!("[data-alarm=\"{serial}\"] [data-action=\"ack\"]"),
             PATIENCE,
         )
-        .await?
-        .click()
         .await?;
     browser
-        .find("#ack-comment", PATIENCE)
-        .await?
-        .type_text("ventilation started, on my way")
+        .type_into("#ack-comment", "ventilation started, on my way", PATIENCE)
         .await?;
     browser
         .screenshot(&shots().join("alarm-ack-dialog.png"))
         .await?;
-    browser
-        .find("#ack-confirm", PATIENCE)
-        .await?
-        .click()
-        .await?;
+    browser.click("#ack-confirm", PATIENCE).await?;
     let acked = eventually(PATIENCE, "acknowledgement recorded", || async {
         get_json(&client, &format!("{http}/api/v1/alarms/{serial}"))
             .await
@@ -202,11 +180,7 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
 
     // The collector restarts on the same address; the page reconnects by
     // itself and keeps updating.
-    browser
-        .find("a[data-nav=\"overview\"]", PATIENCE)
-        .await?
-        .click()
-        .await?;
+    browser.click("a[data-nav=\"overview\"]", PATIENCE).await?;
     browser
         .wait_for("overview values", PATIENCE, &text_of(&h2_value))
         .await?;
@@ -253,31 +227,23 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
     // An inspector's work: a walk-through signed by the logged-in user, and a
     // hazard opened from the register.
     browser.goto(&format!("{http}/#/patrols")).await?;
-    browser.find("#patrol-new", PATIENCE).await?.click().await?;
+    browser.click("#patrol-new", PATIENCE).await?;
     browser
-        .find(
+        .click(
             "[data-check=\"battery_ventilation\"] input[value=\"fail\"]",
             PATIENCE,
         )
-        .await?
-        .click()
         .await?;
     browser
-        .find(
+        .click(
             "[data-check=\"extinguishers\"] input[value=\"pass\"]",
             PATIENCE,
         )
-        .await?
-        .click()
         .await?;
     browser
         .screenshot(&shots().join("patrol-walk-through.png"))
         .await?;
-    browser
-        .find("#patrol-submit", PATIENCE)
-        .await?
-        .click()
-        .await?;
+    browser.click("#patrol-submit", PATIENCE).await?;
     let walk = eventually(PATIENCE, "walk-through recorded", || async {
         get_json(&client, &format!("{http}/api/v1/patrols?kind=manual"))
             .await
@@ -299,16 +265,12 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         .screenshot(&shots().join("patrol-record.png"))
         .await?;
     browser.goto(&format!("{http}/#/hazards")).await?;
-    browser.find("#hazard-new", PATIENCE).await?.click().await?;
+    browser.click("#hazard-new", PATIENCE).await?;
     browser
-        .find("#hazard-room", PATIENCE)
-        .await?
-        .type_text("battery-room")
+        .type_into("#hazard-room", "battery-room", PATIENCE)
         .await?;
     browser
-        .find("#hazard-description", PATIENCE)
-        .await?
-        .type_text("Exhaust fan 2 seized")
+        .type_into("#hazard-description", "Exhaust fan 2 seized", PATIENCE)
         .await?;
     browser
         .eval(
@@ -317,11 +279,7 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
             vec![],
         )
         .await?;
-    browser
-        .find("#hazard-submit", PATIENCE)
-        .await?
-        .click()
-        .await?;
+    browser.click("#hazard-submit", PATIENCE).await?;
     browser.screenshot(&shots().join("hazard-new.png")).await?;
     let hz = eventually(PATIENCE, "hazard registered", || async {
         get_json(&client, &format!("{http}/api/v1/hazards"))

@@ -26,10 +26,7 @@ static ASSETS: LazyLock<HashMap<&'static str, Asset>> = LazyLock::new(|| {
         .iter()
         .map(|(path, raw)| {
             let digest = ring::digest::digest(&ring::digest::SHA256, raw);
-            let etag: String = digest.as_ref()[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let etag = crate::auth::hex(&digest.as_ref()[..12]);
             let asset = Asset {
                 raw,
                 etag: format!("\"{etag}\""),

@@ -57,11 +57,7 @@ pub const MAX_PHOTO_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_PHOTO_BYTES_PER_DAY: usize = 64 * 1024 * 1024;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::auth::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Rooms known to the catalogue, as (site, room).
