@@ -14,6 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Readings accepted but not yet committed, at most. Ingest waits for room
+/// (and so stops reading from the broker) beyond it: a bound on memory
+/// whatever the batches' sizes, which the store queue's length alone is not.
+pub const MAX_QUEUED_READINGS: usize = 400_000;
+
 /// Connects to `broker` and ingests until the store's queue closes.
 pub async fn run(
     broker: BrokerUrl,
@@ -52,6 +57,7 @@ pub async fn run(
     )));
     let filters = Topic::collector_filters();
     let mut catalogue = Catalogue::new(max_points_per_agent);
+    let budget = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_READINGS));
     let mut backoff = Duration::from_millis(250);
     loop {
         match eventloop.poll().await {
@@ -79,6 +85,7 @@ pub async fn run(
                     &store,
                     &confirmations,
                     &mut catalogue,
+                    &budget,
                 )
                 .await
                 {
@@ -98,8 +105,20 @@ pub async fn run(
 
 /// The acknowledgement of `p`, sent from wherever it is called.
 fn ack_for(p: &Publish, client: &AsyncClient, metrics: &Arc<Metrics>) -> Ack {
+    ack_holding(p, client, metrics, None)
+}
+
+/// The acknowledgement of `p`, which gives back `permit` (room for its
+/// readings in the writer's queue) when it runs or is dropped.
+fn ack_holding(
+    p: &Publish,
+    client: &AsyncClient,
+    metrics: &Arc<Metrics>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Ack {
     let (p, client, metrics) = (p.clone(), client.clone(), metrics.clone());
     Box::new(move || {
+        drop(permit);
         if let Err(e) = client.try_ack(&p) {
             tracing::error!(error = %e, "cannot acknowledge a message; the broker will send it again");
             metrics.store_errors.inc();
@@ -116,6 +135,7 @@ async fn handle(
     store: &mpsc::Sender<WriteCmd>,
     confirmations: &Confirmations,
     catalogue: &mut Catalogue,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> bool {
     metrics.messages_received.inc();
     // Refused messages are acknowledged at once: they will never be stored,
@@ -149,7 +169,12 @@ async fn handle(
             Ok(batch) => {
                 metrics.batches_accepted.inc();
                 metrics.readings_accepted.add(batch.readings.len() as u64);
-                WriteCmd::Batch(batch, ack())
+                // A batch holds at most MAX_READINGS_PER_BATCH, far below the budget.
+                let n = batch.readings.len().min(MAX_QUEUED_READINGS) as u32;
+                let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
+                    return false;
+                };
+                WriteCmd::Batch(batch, Some(ack_holding(p, client, metrics, Some(permit))))
             }
             Err(e) => {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");

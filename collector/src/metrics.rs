@@ -73,6 +73,9 @@ pub struct Metrics {
     pub rollup_minutes: Counter,
     pub rows_expired: Counter,
     pub maintain_seconds: Timer,
+    pub checkpoint_seconds: Timer,
+    /// Pages in the WAL at the last checkpoint.
+    pub wal_pages: Gauge,
     pub write_queue_depth: Gauge,
     pub sink_lines_sent: Counter,
     pub sink_lines_dropped: Counter,
@@ -207,6 +210,13 @@ impl Metrics {
             self.maintain_seconds.count.get(),
             self.rollup_minutes.get(),
             self.rows_expired.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_store_checkpoint_seconds Time spent copying the WAL into the database file (beside the writer).\n# TYPE roomguard_store_checkpoint_seconds summary\nroomguard_store_checkpoint_seconds_sum {}\nroomguard_store_checkpoint_seconds_count {}\n# HELP roomguard_store_wal_pages Pages in the write-ahead log at the last checkpoint.\n# TYPE roomguard_store_wal_pages gauge\nroomguard_store_wal_pages {}",
+            self.checkpoint_seconds.micros.get() as f64 / 1e6,
+            self.checkpoint_seconds.count.get(),
+            self.wal_pages.get()
         );
         let _ = writeln!(
             out,

@@ -19,10 +19,14 @@ use tokio::sync::mpsc;
 
 /// Batches queued for the writer. When full, ingest waits, which stops
 /// reading from the broker: back-pressure instead of unbounded memory.
-pub const WRITE_QUEUE: usize = 1024;
+/// Ingest also bounds the readings queued (`ingest::MAX_QUEUED_READINGS`).
+pub const WRITE_QUEUE: usize = 8192;
 
-/// Most batches committed in one transaction.
-const MAX_BATCHES_PER_TX: usize = 512;
+/// Most readings committed in one transaction. Under load the writer takes
+/// whatever has queued, up to this: a transaction's cost is mostly the B-tree
+/// pages it touches, one or two per point whatever its readings, so larger
+/// transactions store more readings per page written.
+const MAX_READINGS_PER_TX: usize = 200_000;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -109,17 +113,22 @@ pub fn spawn_writer(
     live: Arc<crate::live::Live>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
+    let checkpointer = sqlite::Checkpointer::open(writer.path())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let cp_metrics = metrics.clone();
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
-            let mut batches = Vec::with_capacity(MAX_BATCHES_PER_TX);
-            let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCHES_PER_TX);
+            let mut batches = Vec::new();
+            let mut acks: Vec<Ack> = Vec::new();
+            let mut readings = 0;
             let mut maintain = false;
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
                 while let Some(cmd) = next.take() {
                     match cmd {
                         WriteCmd::Batch(b, ack) => {
+                            readings += b.readings.len();
                             batches.push(b);
                             acks.extend(ack);
                         }
@@ -135,7 +144,7 @@ pub fn spawn_writer(
                         },
                         WriteCmd::Maintain => maintain = true,
                     }
-                    if batches.len() < MAX_BATCHES_PER_TX {
+                    if readings < MAX_READINGS_PER_TX {
                         next = rx.try_recv().ok();
                     }
                 }
@@ -177,6 +186,7 @@ pub fn spawn_writer(
                         }
                     }
                     batches.clear();
+                    readings = 0;
                 }
                 // Committed: now, and only now, the broker may forget them.
                 for ack in acks.drain(..) {
@@ -213,6 +223,28 @@ pub fn spawn_writer(
             // Skipped when the queue is full: the writer is busy anyway.
             let _ = tx.try_send(WriteCmd::Maintain);
         })?;
+    // Checkpoints beside the writer, so it never stops to copy the WAL into
+    // the database file itself (it does only if this thread falls far behind).
+    let weak = tx.downgrade();
+    std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if weak.upgrade().is_none() {
+                return;
+            }
+            let started = Instant::now();
+            match checkpointer.run() {
+                Ok((pages, _)) => {
+                    cp_metrics.checkpoint_seconds.observe(started.elapsed());
+                    cp_metrics.wal_pages.set(pages.max(0) as u64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; tried again");
+                    cp_metrics.store_errors.inc();
+                }
+            }
+        })?;
     Ok((tx, handle))
 }
 
@@ -234,6 +266,9 @@ fn tell(
         wake.notify_one();
     }
 }
+
+/// How often the WAL is copied into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often the writer does a step of background work.
 const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

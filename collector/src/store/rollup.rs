@@ -28,12 +28,19 @@ pub fn bucket(ts: i64, width: i64) -> i64 {
 #[derive(Default)]
 pub struct Dirty {
     marked: HashSet<(i64, i64)>,
+    /// The last mark, so a run of one point's readings in one minute (the
+    /// writer inserts in key order) skips even the set lookup.
+    last: Option<(i64, i64)>,
 }
 
 impl Dirty {
     /// Marks the minute of `ts` for `point` (inside the writer's transaction).
     pub fn mark(&mut self, tx: &Transaction<'_>, point: i64, ts: i64) -> Result<(), StoreError> {
         let minute = bucket(ts, MINUTE_MS);
+        if self.last == Some((point, minute)) {
+            return Ok(());
+        }
+        self.last = Some((point, minute));
         if self.marked.insert((point, minute)) {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO rollup_dirty (point_id, bucket) VALUES (?1, ?2)",
@@ -46,6 +53,7 @@ impl Dirty {
     /// Forgets marks whose transaction rolled back, so they are made again.
     pub fn forget_uncommitted(&mut self) {
         self.marked.clear();
+        self.last = None;
     }
 }
 
@@ -121,6 +129,7 @@ pub fn step(
     tx.commit()?;
     for key in &work {
         dirty.marked.remove(key);
+        dirty.last = None;
     }
     Ok(work.len())
 }
