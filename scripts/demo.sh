@@ -59,7 +59,7 @@ RoomGuard demo is running.
   drill control http://127.0.0.1:5080/scenario   (or type below)
   logs          var/demo/*.log
 
-Type a scenario and press Enter: normal, ac_failure, thermal_runaway, mains_failure, smoke.
+Type a scenario and press Enter: normal, ac_failure, thermal_runaway, mains_failure, smoke, phase_unbalance.
 Ctrl-C stops the demo.
 MSG
 # Records a drill in the collector (reports count drills), with bash's own

@@ -177,6 +177,8 @@ pub struct ModbusSpec {
     /// What the device's points are, sent to the collector from time to time.
     pub meta: Arc<[PointMeta]>,
     pub groups: Vec<PollGroup>,
+    /// Points worked out from the others in each poll.
+    pub derived: Vec<crate::derive::Derived>,
 }
 
 /// Points of one device polled at one rate, and the reads that fetch them.
@@ -432,9 +434,13 @@ fn resolve_modbus(
         p.push(format!("{path}.interval"), "must be at least 100ms");
     }
     let mut points: Vec<ModbusPoint> = Vec::new();
+    let mut derived_defs: &[crate::derive::DerivedDef] = &[];
     if let Some(name) = &d.profile {
         match profiles.get(name) {
-            Some(Profile::Modbus(prof)) => points.extend(prof.points.iter().cloned()),
+            Some(Profile::Modbus(prof)) => {
+                points.extend(prof.points.iter().cloned());
+                derived_defs = &prof.derived;
+            }
             Some(Profile::Snmp(_)) => p.push(
                 format!("{path}.profile"),
                 format!("{name:?} is an SNMP profile"),
@@ -442,6 +448,7 @@ fn resolve_modbus(
             None => p.push(format!("{path}.profile"), unknown_profile(name, profiles)),
         }
     }
+    let profile_ids: HashSet<String> = points.iter().map(|pt| pt.id.clone()).collect();
     for (id, o) in &d.overrides {
         match points.iter_mut().find(|pt| &pt.id == id) {
             Some(pt) => pt.apply(o),
@@ -500,7 +507,7 @@ fn resolve_modbus(
         })
         .collect();
     let labels: Vec<Label> = points.iter().map(|p| Label::from(p.id.as_str())).collect();
-    let meta = points
+    let mut meta: Vec<PointMeta> = points
         .iter()
         .zip(&labels)
         .map(|(p, id)| PointMeta {
@@ -510,6 +517,14 @@ fn resolve_modbus(
             unit: p.unit.as_str().into(),
         })
         .collect();
+    let derived = resolve_derived(d, derived_defs, &labels, (&profile_ids, &ids), path, p);
+    meta.extend(derived.iter().map(|(x, def)| PointMeta {
+        id: x.label.clone(),
+        room: d.room.as_str().into(),
+        quantity: def.quantity.as_str().into(),
+        unit: def.unit.as_str().into(),
+    }));
+    let derived = derived.into_iter().map(|(x, _)| x).collect();
     Some(ModbusSpec {
         id: d.id.clone(),
         room: d.room.clone(),
@@ -517,9 +532,83 @@ fn resolve_modbus(
         timeout: d.timeout.unwrap_or(bus.timeout),
         points,
         labels,
-        meta,
+        meta: meta.into(),
         groups,
+        derived,
     })
+}
+
+/// A profile's derived points for one device. Every input must be a point
+/// of the profile; a derived point whose input the device disabled (a
+/// single-phase meter) is left out.
+fn resolve_derived<'a>(
+    d: &ModbusDevice,
+    defs: &'a [crate::derive::DerivedDef],
+    labels: &[Label],
+    (profile_ids, ids): (&HashSet<String>, &HashSet<String>),
+    path: &str,
+    p: &mut Problems,
+) -> Vec<(crate::derive::Derived, &'a crate::derive::DerivedDef)> {
+    use crate::derive::{Derived, Formula};
+    let mut out = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        let dpath = format!(
+            "{path}.profile({}).derived[{i}]",
+            d.profile.as_deref().unwrap_or("")
+        );
+        let before = p.list().len();
+        for (field, msg) in def.problems() {
+            let at = if field.is_empty() {
+                dpath.clone()
+            } else {
+                format!("{dpath}.{field}")
+            };
+            p.push(at, msg);
+        }
+        if ids.contains(&def.id) {
+            p.push(
+                format!("{dpath}.id"),
+                format!("{:?} is already a point of the device", def.id),
+            );
+        }
+        let mut found = Vec::new();
+        for input in def.inputs() {
+            if !profile_ids.contains(input) {
+                p.push(
+                    dpath.clone(),
+                    format!("{input:?} is not a point of the profile"),
+                );
+                continue;
+            }
+            let full = format!("{}.{input}", d.id);
+            found.push(labels.iter().find(|l| ***l == *full).cloned());
+        }
+        if p.list().len() > before {
+            continue;
+        }
+        // Disabled by the device's overrides: nothing to derive from.
+        let Some(inputs) = found.into_iter().collect::<Option<Vec<Label>>>() else {
+            continue;
+        };
+        let formula = match &def.unbalance {
+            Some(_) => Formula::Unbalance {
+                of: inputs,
+                min_mean: def.min_mean.unwrap_or(0.0),
+            },
+            None => Formula::DewPoint {
+                temperature: inputs[0].clone(),
+                humidity: inputs[1].clone(),
+            },
+        };
+        out.push((
+            Derived {
+                label: Label::from(format!("{}.{}", d.id, def.id).as_str()),
+                formula,
+            },
+            def,
+        ));
+    }
+    out
 }
 
 fn resolve_snmp(
@@ -702,6 +791,87 @@ mod tests {
         );
         let intervals: Vec<u64> = dev.groups.iter().map(|g| g.interval.as_secs()).collect();
         assert_eq!(intervals, vec![2, 60], "energy is its own 60 s poll group");
+        assert!(dev.derived.is_empty(), "no unbalance without phase C");
+    }
+
+    #[test]
+    fn derived_points_are_described_with_their_inputs_resolved_to_the_device() {
+        let text = r#"
+            site = "s"
+            agent = "a"
+            [mqtt]
+            url = "mqtt://127.0.0.1"
+            [[modbus]]
+            id = "meter-1"
+            room = "dist"
+            address = "10.0.0.5:502"
+            profile = "three-phase-meter"
+        "#;
+        let agent = AgentConfig::parse(text, Path::new("a.toml")).unwrap();
+        let dev = &agent.buses[0].devices[0];
+        assert_eq!(dev.derived.len(), 1);
+        assert_eq!(&*dev.derived[0].label, "meter-1.voltage_unbalance");
+        let crate::derive::Formula::Unbalance { of, min_mean } = &dev.derived[0].formula else {
+            panic!("{:?}", dev.derived[0].formula)
+        };
+        let of: Vec<&str> = of.iter().map(|l| &**l).collect();
+        assert_eq!(
+            of,
+            [
+                "meter-1.voltage_a",
+                "meter-1.voltage_b",
+                "meter-1.voltage_c"
+            ]
+        );
+        assert_eq!(*min_mean, 100.0);
+        let meta = dev
+            .meta
+            .iter()
+            .find(|m| &*m.id == "meter-1.voltage_unbalance")
+            .unwrap();
+        assert_eq!(
+            (&*meta.quantity, &*meta.unit, &*meta.room),
+            ("voltage_unbalance", "%", "dist")
+        );
+    }
+
+    #[test]
+    fn a_derived_point_naming_a_point_its_profile_lacks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("th.toml"),
+            r#"
+            name = "my-th"
+            driver = "modbus"
+            description = "t"
+            follows = "t"
+            [[points]]
+            id = "t"
+            quantity = "temperature"
+            unit = "°C"
+            table = "input"
+            address = 0
+            type = "int16"
+            [[derived]]
+            id = "dp"
+            quantity = "dew_point"
+            unit = "°C"
+            dew_point = { temperature = "t", humidity = "rh" }
+            "#,
+        )
+        .unwrap();
+        let text = format!(
+            "site = \"s\"\nagent = \"a\"\nprofiles_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n\
+             [[modbus]]\nid = \"d\"\nroom = \"r\"\naddress = \"10.0.0.5:502\"\nprofile = \"my-th\"\n",
+            dir.path()
+        );
+        let got = problems(&text);
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("modbus[0].profile(my-th).derived[0]")
+                    && g.contains("\"rh\" is not a point of the profile")),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! delivery from spool to broker and back, and `run` wires them together.
 
 pub mod config;
+pub mod derive;
 pub mod drivers;
 pub mod link;
 pub mod metrics;

@@ -57,6 +57,9 @@ pub struct ModbusProfile {
     /// The real device family (and document) the map follows.
     pub follows: String,
     pub points: Vec<ModbusPoint>,
+    /// Points worked out from the others in each poll (unbalance, dew point).
+    #[serde(default)]
+    pub derived: Vec<crate::derive::DerivedDef>,
 }
 
 /// An SNMP device family's scalars and tables.

@@ -39,7 +39,7 @@ struct Args {
     rtu: Vec<String>,
     #[arg(long, default_value_t = 9600)]
     rtu_baud: u32,
-    /// Scenario at start: normal, ac_failure, thermal_runaway, mains_failure, smoke.
+    /// Scenario at start: normal, ac_failure, thermal_runaway, mains_failure, smoke, phase_unbalance.
     #[arg(long, default_value = "normal")]
     scenario: Scenario,
     /// Noise seed, for repeatable runs.

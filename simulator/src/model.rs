@@ -24,15 +24,20 @@ pub enum Scenario {
     MainsFailure,
     /// A fire in the machine room: first smoke head, then heat, then the second head.
     Smoke,
+    /// A loose neutral in the distribution room: the phase voltages drift
+    /// apart (to about 228 / 220 / 208 V) while each stays inside the supply
+    /// range, so only the unbalance shows it.
+    PhaseUnbalance,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Normal,
         Scenario::AcFailure,
         Scenario::ThermalRunaway,
         Scenario::MainsFailure,
         Scenario::Smoke,
+        Scenario::PhaseUnbalance,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +47,7 @@ impl Scenario {
             Scenario::ThermalRunaway => "thermal_runaway",
             Scenario::MainsFailure => "mains_failure",
             Scenario::Smoke => "smoke",
+            Scenario::PhaseUnbalance => "phase_unbalance",
         }
     }
 }
@@ -173,6 +179,12 @@ pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
             v.hot_aisle_temp_c += 0.3 * t;
             v.inlet_temp_c += 0.05 * t;
         }
+        Scenario::PhaseUnbalance => {
+            // Reaches its full spread in 30 s.
+            let k = (t / 30.0).min(1.0);
+            v.phase_v[0] += 7.5 * k;
+            v.phase_v[2] -= 11.8 * k;
+        }
     }
     v
 }
@@ -180,9 +192,18 @@ pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
 fn warm_machine_room(v: &mut SiteValues, t: f64) {
     // Without cooling the room warms about 1 °C a minute towards 45 °C.
     let rise = (t / 60.0).min(22.0);
+    // The air holds the same water as it warms: its dew point stays, its
+    // relative humidity falls.
+    v.inlet_rh = rh_keeping_dew_point(v.inlet_temp_c, v.inlet_rh, v.inlet_temp_c + rise);
     v.inlet_temp_c += rise;
     v.hot_aisle_temp_c += rise;
-    v.inlet_rh = (v.inlet_rh - rise * 0.8).max(15.0);
+}
+
+/// Relative humidity at `to_c` of air at `from_c` and `rh` % (Magnus).
+fn rh_keeping_dew_point(from_c: f64, rh: f64, to_c: f64) -> f64 {
+    const A: f64 = 17.625;
+    const B: f64 = 243.04;
+    rh * (A * from_c / (B + from_c) - A * to_c / (B + to_c)).exp()
 }
 
 fn baseline(n: &mut Noise) -> SiteValues {

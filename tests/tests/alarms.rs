@@ -447,6 +447,80 @@ async fn mains_failure_inhibits_what_it_explains_and_is_told_once() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_alone() -> Result<()>
+{
+    // 10 s instead of level 3's 180 s, and a quick clear.
+    let extra = "[[alarms.overrides]]\nrule = \"electrical.voltage_unbalance\"\ndelay = \"10s\"\nclear_delay = \"2s\"\n";
+    let Some(s) = site("1", extra).await? else {
+        return Ok(());
+    };
+    // The derived points are there in normal running: the meter's unbalance
+    // is small, and the inlet sensor's dew point is its own temperature and
+    // humidity worked through the Magnus formula.
+    let unb = eventually(PATIENCE, "voltage unbalance stored", || async {
+        latest_point(&s.client, &s.http, "pd-meter-1.voltage_unbalance").await
+    })
+    .await?;
+    assert_eq!(unb["quantity"], "voltage_unbalance", "{unb}");
+    assert!(
+        unb["value"]
+            .as_f64()
+            .is_some_and(|v| (0.0..2.0).contains(&v)),
+        "{unb}"
+    );
+    let dew = eventually(PATIENCE, "dew point stored", || async {
+        latest_point(&s.client, &s.http, "mr-th-inlet.dew_point").await
+    })
+    .await?;
+    assert_eq!(
+        (dew["quantity"].as_str(), dew["unit"].as_str()),
+        (Some("dew_point"), Some("°C"))
+    );
+    let t = latest_point(&s.client, &s.http, "mr-th-inlet.temperature")
+        .await
+        .context("temperature")?;
+    let rh = latest_point(&s.client, &s.http, "mr-th-inlet.humidity")
+        .await
+        .context("humidity")?;
+    let (t, rh, dp) = (
+        t["value"].as_f64().unwrap_or(f64::NAN),
+        rh["value"].as_f64().unwrap_or(f64::NAN),
+        dew["value"].as_f64().unwrap_or(f64::NAN),
+    );
+    // Within the sensor's noise of the same poll: 1 °C either way.
+    let g = (rh / 100.0).ln() + 17.625 * t / (243.04 + t);
+    let want = 243.04 * g / (17.625 - g);
+    assert!(
+        (dp - want).abs() < 1.0,
+        "dew point {dp} from {t} °C and {rh} %: want {want}"
+    );
+
+    s.drill("phase_unbalance").await?;
+    s.told("electrical.voltage_unbalance", "raise").await?;
+    // Both meters read the same phases: one alarm each, each told once.
+    let alarms = eventually(PATIENCE, "both meters' unbalance told", || async {
+        let alarms = s.of_rule("electrical.voltage_unbalance").await;
+        let told = s.hook.of_rule("electrical.voltage_unbalance");
+        (alarms.len() == 2 && told.len() == 2).then_some(alarms)
+    })
+    .await?;
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a["point"] == "pd-meter-1.voltage_unbalance"),
+        "{alarms:?}"
+    );
+    // Each phase stayed inside 198–235.4 V: only the unbalance said it.
+    assert!(s.of_rule("electrical.voltage_low").await.is_empty());
+    assert!(s.of_rule("electrical.voltage_high").await.is_empty());
+
+    s.drill("normal").await?;
+    s.told("electrical.voltage_unbalance", "clear").await?;
+    s.no_duplicates()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing_receiver(
 ) -> Result<()> {
     // A second channel nobody listens on: its notifications become dead letters.

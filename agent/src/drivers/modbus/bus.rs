@@ -97,7 +97,7 @@ impl BusRunner {
             let overrun = started.duration_since(self.states[d].due[g]) > interval;
             let polled_at = now_ms();
             let dev = &self.spec.devices[d];
-            let (result, requests, registers) = self
+            let (mut result, requests, registers) = self
                 .line
                 .poll_group(&self.spec.bus, dev, &dev.groups[g])
                 .await;
@@ -121,6 +121,7 @@ impl BusRunner {
                 );
                 st.retry_at = Some(Instant::now() + wait.max(interval));
             }
+            crate::derive::apply(&self.spec.devices[d].derived, &mut result.readings);
             let poll = DevicePoll {
                 device: self.spec.devices[d].id.clone(),
                 polled_at,
