@@ -496,6 +496,40 @@ async fn history_catalogue_and_online_backup_work_against_a_running_collector() 
     assert!(min <= mean && mean <= max, "{b}");
     assert!(b["t"].as_str().unwrap().ends_with("+00:00"), "{b}");
 
+    // Every point at once: the answer is sent in pieces as they are read,
+    // and must still be one document with the series in the asked order.
+    let (_, _, body) = fetch(&client, &http, "/api/v1/points").await?;
+    let all: Vec<String> = serde_json::from_str::<Value>(&body)?["points"]
+        .as_array()
+        .context("points")?
+        .iter()
+        .filter_map(|p| p["point"].as_str().map(str::to_owned))
+        .rev()
+        .collect();
+    assert!(
+        all.len() > 50,
+        "enough points for several pieces: {}",
+        all.len()
+    );
+    let (code, _, body) = fetch(
+        &client,
+        &http,
+        &format!(
+            "/api/v1/history?point={}&from=now-5m&step=1m",
+            all.join(",")
+        ),
+    )
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body)?;
+    let got: Vec<&str> = doc["series"]
+        .as_array()
+        .context("series")?
+        .iter()
+        .filter_map(|s| s["point"].as_str())
+        .collect();
+    assert_eq!(got, all, "series in the asked order");
+
     // CSV, asked for either way.
     let (code, ctype, body) = fetch(
         &client,

@@ -240,94 +240,107 @@ pub async fn history(
         &st.retention,
     )
     .map_err(|e| bad(e.to_string()))?;
-    // Points are looked up, read and rendered in chunks, one per core, each
-    // on its own read-only connection: a month of 500 points is mostly
-    // formatting, which then runs on every core.
-    let chunks = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(names.len());
-    let per = names.len().div_ceil(chunks);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, chunk) in names.chunks(per).enumerate() {
-        let (chunk, site, path, tz) = (
-            chunk.to_vec(),
-            q.site.clone(),
-            st.store_path.clone(),
-            tz.clone(),
-        );
-        tasks.spawn_blocking(move || {
-            (
-                i,
-                render_chunk(&path, site.as_deref(), &chunk, &plan, tz, fmt),
-            )
-        });
-    }
-    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); chunks];
-    while let Some(joined) = tasks.join_next().await {
-        let (i, part) =
-            joined.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        parts[i] = part?.map_err(|(code, msg)| ApiError(code, msg))?;
-    }
-    let mut body = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 512);
+    // Every name is looked up before anything is sent, so an unknown point
+    // is a 404, not a broken answer.
+    let (site, lookup) = (q.site.clone(), names);
+    let points = read_store(&st, move |r| resolve(r, site.as_deref(), &lookup))
+        .await?
+        .map_err(|(code, msg)| ApiError(code, msg))?;
+    let mut head = Vec::with_capacity(512);
     let ctype = match fmt {
         Format::Json => {
             let mut t = TimeWriter::new(tz.clone());
-            body.extend_from_slice(b"{\"from\":\"");
-            t.write(&mut body, plan.from);
-            body.extend_from_slice(b"\",\"to\":\"");
-            t.write(&mut body, plan.to);
-            body.extend_from_slice(b"\",\"tz\":");
-            push_json_str(&mut body, tz.iana_name().unwrap_or("UTC"));
-            body.extend_from_slice(b",\"tier\":");
-            push_json_str(&mut body, plan.tier.name());
-            body.extend_from_slice(b",\"step\":");
+            head.extend_from_slice(b"{\"from\":\"");
+            t.write(&mut head, plan.from);
+            head.extend_from_slice(b"\",\"to\":\"");
+            t.write(&mut head, plan.to);
+            head.extend_from_slice(b"\",\"tz\":");
+            push_json_str(&mut head, tz.iana_name().unwrap_or("UTC"));
+            head.extend_from_slice(b",\"tier\":");
+            push_json_str(&mut head, plan.tier.name());
+            head.extend_from_slice(b",\"step\":");
             match plan.step {
-                Some(s) => push_json_str(&mut body, &format!("{}s", s as f64 / 1000.0)),
-                None => body.extend_from_slice(b"null"),
+                Some(s) => push_json_str(&mut head, &format!("{}s", s as f64 / 1000.0)),
+                None => head.extend_from_slice(b"null"),
             }
-            body.extend_from_slice(b",\"series\":[");
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(part);
-            }
-            body.extend_from_slice(b"]}");
+            head.extend_from_slice(b",\"series\":[");
             "application/json"
         }
         Format::Csv => {
-            body.extend_from_slice(if plan.step.is_none() {
+            head.extend_from_slice(if plan.step.is_none() {
                 b"site,point,time,value,text,quality,reason\n".as_slice()
             } else {
                 b"site,point,time,n,min,max,mean,last\n".as_slice()
             });
-            for part in &parts {
-                body.extend_from_slice(part);
-            }
             "text/csv; charset=utf-8"
         }
     };
-    Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
+    let tail: &'static [u8] = match fmt {
+        Format::Json => b"]}",
+        Format::Csv => b"",
+    };
+    let mut pieces = render_pieces(st.store_path.clone(), points, plan, tz, fmt);
+    if plan.step.is_none() {
+        // Raw answers can still be refused (too many samples in a series),
+        // so they are whole before anything is sent; they are bounded by
+        // MAX_POINTS_PER_SERIES.
+        let mut body = head;
+        while let Some(piece) = pieces.recv().await {
+            let piece = piece
+                .map_err(ApiError::from)?
+                .map_err(|(code, msg)| ApiError(code, msg))?;
+            body.extend_from_slice(&piece);
+        }
+        body.extend_from_slice(tail);
+        return Ok(([(header::CONTENT_TYPE, ctype)], body).into_response());
+    }
+    // Bucketed answers go out as their pieces are rendered: the client
+    // receives the first while the rest are being read, and a month of
+    // 500 points is never held whole in memory.
+    let body = futures_util::stream::unfold(
+        (Some(head), pieces, Some(tail)),
+        |(mut head, mut pieces, mut tail)| async move {
+            if let Some(h) = head.take() {
+                return Some((Ok(axum::body::Bytes::from(h)), (None, pieces, tail)));
+            }
+            match pieces.recv().await {
+                Some(Ok(Ok(piece))) => {
+                    Some((Ok(axum::body::Bytes::from(piece)), (None, pieces, tail)))
+                }
+                // Cannot happen for buckets; a store error mid-answer ends it
+                // broken rather than silently short.
+                Some(Ok(Err((_, msg)))) => {
+                    Some((Err(std::io::Error::other(msg)), (None, pieces, None)))
+                }
+                Some(Err(e)) => Some((
+                    Err(std::io::Error::other(e.to_string())),
+                    (None, pieces, None),
+                )),
+                None => tail
+                    .take()
+                    .map(|t| (Ok(axum::body::Bytes::from_static(t)), (None, pieces, None))),
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, ctype)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 type Refusal = (StatusCode, String);
 
-/// Finds, reads and renders some of a question's points (JSON: series
-/// objects separated by commas; CSV: rows).
-fn render_chunk(
-    path: &std::path::Path,
+/// The one point each name means.
+fn resolve(
+    r: &SqliteReader,
     site: Option<&str>,
     names: &[String],
-    plan: &history::Plan,
-    tz: TimeZone,
-    fmt: Format,
-) -> Result<Result<Vec<u8>, Refusal>, StoreError> {
-    let r = SqliteReader::open(path)?;
-    let mut t = TimeWriter::new(tz);
-    let mut out = Vec::new();
-    for (k, name) in names.iter().enumerate() {
+) -> Result<Result<Vec<PointRow>, Refusal>, StoreError> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
         let found = r.points_named(site, name)?;
-        let p = match found.len() {
+        match found.len() {
             0 => {
                 let msg = match site {
                     Some(s) => format!("point: no point {name:?} in site {s:?}"),
@@ -335,7 +348,7 @@ fn render_chunk(
                 };
                 return Ok(Err((StatusCode::NOT_FOUND, msg)));
             }
-            1 => found.into_iter().next().expect("one"),
+            1 => out.extend(found),
             _ => {
                 let sites: Vec<&str> = found.iter().map(|p| p.site.as_str()).collect();
                 return Ok(Err((
@@ -346,14 +359,83 @@ fn render_chunk(
                     ),
                 )));
             }
-        };
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Points per rendered piece of an answer.
+const PIECE_POINTS: usize = 25;
+
+type Piece = Result<Result<Vec<u8>, Refusal>, StoreError>;
+
+/// Reads and renders `points` in pieces, one blocking task per core at a
+/// time, each on its own read-only connection; the pieces arrive in order.
+/// JSON pieces are series objects separated by commas and start with one
+/// when they are not the first.
+fn render_pieces(
+    path: std::path::PathBuf,
+    points: Vec<PointRow>,
+    plan: history::Plan,
+    tz: TimeZone,
+    fmt: Format,
+) -> tokio::sync::mpsc::Receiver<Piece> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pieces: Vec<Vec<PointRow>> = points.chunks(PIECE_POINTS).map(<[_]>::to_vec).collect();
+    tokio::spawn(async move {
+        let mut running = std::collections::VecDeque::new();
+        let mut pieces = pieces.into_iter().enumerate();
+        loop {
+            while running.len() < cores {
+                let Some((i, piece)) = pieces.next() else {
+                    break;
+                };
+                let (path, tz) = (path.clone(), tz.clone());
+                running.push_back(tokio::task::spawn_blocking(move || {
+                    render_piece(&path, &piece, i > 0, &plan, tz, fmt)
+                }));
+            }
+            let Some(next) = running.pop_front() else {
+                return;
+            };
+            let piece = next.await.unwrap_or_else(|e| {
+                Err(StoreError::Open {
+                    path: path.clone(),
+                    message: format!("history task failed: {e}"),
+                })
+            });
+            let failed = !matches!(piece, Ok(Ok(_)));
+            // The client went away, or the answer is over: stop reading.
+            if tx.send(piece).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads and renders some of an answer's points.
+fn render_piece(
+    path: &std::path::Path,
+    points: &[PointRow],
+    after_first: bool,
+    plan: &history::Plan,
+    tz: TimeZone,
+    fmt: Format,
+) -> Piece {
+    let r = SqliteReader::open(path)?;
+    let mut t = TimeWriter::new(tz);
+    let mut out = Vec::new();
+    for (k, p) in points.iter().enumerate() {
         let series = r.history(p.id, plan)?;
         if let Series::Raw(v) = &series {
             if v.len() as i64 > history::MAX_POINTS_PER_SERIES {
                 return Ok(Err((
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "{name}: more than {} raw samples in the range; give a step or a shorter range",
+                        "{}: more than {} raw samples in the range; give a step or a shorter range",
+                        p.point,
                         history::MAX_POINTS_PER_SERIES
                     ),
                 )));
@@ -366,12 +448,12 @@ fn render_chunk(
         out.reserve(128 + 110 * values);
         match fmt {
             Format::Json => {
-                if k > 0 {
+                if k > 0 || after_first {
                     out.push(b',');
                 }
-                series_json(&p, &series, &mut t, &mut out);
+                series_json(p, &series, &mut t, &mut out);
             }
-            Format::Csv => series_csv(&p, &series, &mut t, &mut out),
+            Format::Csv => series_csv(p, &series, &mut t, &mut out),
         }
     }
     Ok(Ok(out))
