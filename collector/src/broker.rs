@@ -39,7 +39,10 @@ pub fn start(
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: max_payload,
-        max_inflight_count: 100,
+        // The collector acknowledges only once a transaction has committed,
+        // so a transaction's worth of messages must fit in flight: with a
+        // small window a backlog arrives a few messages per commit.
+        max_inflight_count: 2000,
         auth: (!users.is_empty()).then_some(users),
         external_auth: None,
         dynamic_filters: true,

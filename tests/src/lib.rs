@@ -274,7 +274,7 @@ impl Mosquitto {
             let conf = dir.join(format!("mosquitto-{port}.conf"));
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 100000\n"),
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 100000\nmax_inflight_messages 2000\n"),
             )?;
             let mut cmd = Command::new(&program);
             cmd.arg("-c").arg(&conf);

@@ -149,8 +149,6 @@ pub struct Maintained {
 
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 256 * 1024;
-/// Bytes of the database file the writer maps.
-const WRITER_MMAP_BYTES: i64 = 1 << 30;
 /// WAL pages after which the writer checkpoints itself (about 256 MiB);
 /// normally the checkpoint thread keeps the WAL far smaller.
 const WAL_BACKSTOP_PAGES: i64 = 131_072;
@@ -209,10 +207,6 @@ impl SqliteWriter {
         // pages there. This is only the backstop should that thread fall
         // behind: the writer then checkpoints itself.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
-            .map_err(open_err)?;
-        // Pages are read through a mapping of the file instead of a read
-        // call and a copy each.
-        conn.pragma_update(None, "mmap_size", WRITER_MMAP_BYTES)
             .map_err(open_err)?;
         // Once reset, the WAL file is truncated back to this size.
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)

@@ -202,9 +202,23 @@ async fn main() -> Result<()> {
     let mut seq = 0;
     println!("| offered readings/s | stored readings/s | worst ingest lag |");
     println!("|---|---|---|");
-    for rate in [
-        50_000.0, 100_000.0, 150_000.0, 200_000.0, 250_000.0, 300_000.0,
-    ] {
+    // `--rates 200000,300000` runs only those steps.
+    let args: Vec<String> = std::env::args().collect();
+    let rates: Vec<f64> = args
+        .iter()
+        .position(|a| a == "--rates")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| {
+            list.split(',')
+                .filter_map(|r| r.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| {
+            vec![
+                50_000.0, 100_000.0, 150_000.0, 200_000.0, 250_000.0, 300_000.0,
+            ]
+        });
+    for rate in rates {
         let (offered, stored, lag) = ingest_at(&clients, &http, rate, seconds, &mut seq).await?;
         println!("| {offered:.0} | {stored:.0} | {lag:.2} s |");
         // Let the queue drain before the next step.
@@ -212,6 +226,17 @@ async fn main() -> Result<()> {
         if lag > 5.0 {
             break;
         }
+    }
+    // What the collector complained of, if anything: a step that fell behind
+    // is easier to explain with it.
+    let log = std::fs::read_to_string(dir.path().join("collector.stderr.log")).unwrap_or_default();
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    println!("collector warnings and errors: {}", complaints.len());
+    for l in complaints.iter().take(5) {
+        println!("  {l}");
     }
     Ok(())
 }
