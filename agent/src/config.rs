@@ -565,7 +565,7 @@ fn resolve_derived<'a>(
             };
             p.push(at, msg);
         }
-        if ids.contains(&def.id) {
+        if ids.contains(&def.id) || defs[..i].iter().any(|other| other.id == def.id) {
             p.push(
                 format!("{dpath}.id"),
                 format!("{:?} is already a point of the device", def.id),

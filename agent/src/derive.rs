@@ -6,7 +6,8 @@
 //! A profile names them (`[[derived]]`); this module is the pure part: from a
 //! poll's readings to the derived readings.
 
-use roomguard_protocol::{Label, Quality, Reading};
+use roomguard_protocol::batch::MAX_TEXT_LEN;
+use roomguard_protocol::{validate_id, Label, Quality, Reading};
 use serde::Deserialize;
 
 /// A derived point as a profile writes it: exactly one of the formulas.
@@ -42,9 +43,23 @@ impl DerivedDef {
         }
     }
 
-    /// Problems with the definition itself, as `(field, message)`.
+    /// Problems with the definition itself, as `(field, message)`. The id,
+    /// quantity and unit go out in every point description, and the
+    /// collector refuses a whole batch over a bad one: so they are checked here.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        if let Err(e) = validate_id(&self.id) {
+            out.push(("id", format!("{:?} {e}", self.id)));
+        }
+        if let Err(e) = validate_id(&self.quantity) {
+            out.push(("quantity", format!("{:?} {e}", self.quantity)));
+        }
+        if self.unit.len() > MAX_TEXT_LEN || self.unit.chars().any(char::is_control) {
+            out.push((
+                "unit",
+                format!("must be at most {MAX_TEXT_LEN} bytes without control characters"),
+            ));
+        }
         match (&self.unbalance, &self.dew_point) {
             (Some(_), Some(_)) | (None, None) => {
                 out.push(("", "needs exactly one of unbalance, dew_point".to_owned()))
@@ -109,13 +124,15 @@ pub fn unbalance(values: &[f64], min_mean: f64) -> Option<f64> {
 
 /// Dew point in °C (Magnus formula with the Alduchov–Eskridge constants,
 /// within about 0.4 °C from −40 to 50 °C); `None` for a humidity outside
-/// (0, 100] % or a temperature outside that range.
+/// (0, 105] % or a temperature outside that range. Sensors read a little over
+/// 100 % at saturation: up to 105 % counts as 100 %.
 pub fn dew_point(temp_c: f64, rh_pct: f64) -> Option<f64> {
     const A: f64 = 17.625;
     const B: f64 = 243.04;
-    if !(rh_pct > 0.0 && rh_pct <= 100.0 && (-40.0..=50.0).contains(&temp_c)) {
+    if !(rh_pct > 0.0 && rh_pct <= 105.0 && (-40.0..=50.0).contains(&temp_c)) {
         return None;
     }
+    let rh_pct = rh_pct.min(100.0);
     let g = (rh_pct / 100.0).ln() + A * temp_c / (B + temp_c);
     Some(B * g / (A - g))
 }
@@ -233,6 +250,8 @@ mod tests {
         }
         assert_eq!(dew_point(25.0, 0.0), None);
         assert_eq!(dew_point(25.0, 120.0), None);
+        assert_eq!(dew_point(20.0, 102.0), dew_point(20.0, 100.0), "saturated");
+        assert_eq!(dew_point(60.0, 50.0), None, "outside the formula's range");
     }
 
     #[test]
@@ -313,5 +332,11 @@ mod tests {
             .problems()
             .is_empty());
         assert!(def(None, true, None).problems().is_empty());
+        let mut bad = def(None, true, None);
+        bad.id = "dew point".into();
+        bad.quantity = String::new();
+        bad.unit = "°C\n".into();
+        let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["id", "quantity", "unit"]);
     }
 }

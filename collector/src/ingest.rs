@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 /// whatever the batches' sizes, which the store queue's length alone is not.
 pub const MAX_QUEUED_READINGS: usize = 400_000;
 
+/// Requests (acknowledgements, confirmations) waiting for the MQTT event loop.
+const REQUEST_QUEUE: usize = 16_384;
+
 /// Connects to `broker` and ingests until the store's queue closes.
 pub async fn run(
     broker: BrokerUrl,
@@ -47,10 +50,12 @@ pub async fn run(
     // crash in between means the broker delivers it again (the store
     // ignores what it already has).
     opts.set_manual_acks(true);
-    // Unacknowledged messages are bounded by the broker's in-flight window
-    // (tens to hundreds), so acknowledgements queued from the writer thread
-    // with try_ack always find room here.
-    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    // Acknowledgements queued from the writer thread with try_ack, and the
+    // confirmer's publishes (one per agent every 100 ms at most), share this
+    // queue; it holds the broker's in-flight window (2,000 advised, the
+    // embedded broker's) several times over, plus confirmations of thousands
+    // of agents, so a try_ack finds room even while ingest waits on the writer.
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
     let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
         confirmations.clone(),
         client.clone(),

@@ -296,29 +296,42 @@ pub async fn history(
     }
     // Bucketed answers go out as their pieces are rendered: the client
     // receives the first while the rest are being read, and a month of
-    // 500 points is never held whole in memory.
+    // 500 points is never held whole in memory. The first piece is awaited
+    // before answering, so a store that cannot be read is still a 500.
+    if let Some(first) = pieces.recv().await {
+        let first = first
+            .map_err(ApiError::from)?
+            .map_err(|(code, msg)| ApiError(code, msg))?;
+        head.extend_from_slice(&first);
+    }
+    let metrics = st.metrics.clone();
     let body = futures_util::stream::unfold(
-        (Some(head), pieces, Some(tail)),
-        |(mut head, mut pieces, mut tail)| async move {
-            if let Some(h) = head.take() {
-                return Some((Ok(axum::body::Bytes::from(h)), (None, pieces, tail)));
-            }
-            match pieces.recv().await {
-                Some(Ok(Ok(piece))) => {
-                    Some((Ok(axum::body::Bytes::from(piece)), (None, pieces, tail)))
+        (Some(head), Some(pieces), Some(tail)),
+        move |(mut head, mut pieces, mut tail)| {
+            let metrics = metrics.clone();
+            async move {
+                if let Some(h) = head.take() {
+                    return Some((Ok(axum::body::Bytes::from(h)), (None, pieces, tail)));
                 }
-                // Cannot happen for buckets; a store error mid-answer ends it
-                // broken rather than silently short.
-                Some(Ok(Err((_, msg)))) => {
-                    Some((Err(std::io::Error::other(msg)), (None, pieces, None)))
-                }
-                Some(Err(e)) => Some((
-                    Err(std::io::Error::other(e.to_string())),
-                    (None, pieces, None),
-                )),
-                None => tail
-                    .take()
-                    .map(|t| (Ok(axum::body::Bytes::from_static(t)), (None, pieces, None))),
+                let next = pieces.as_mut()?.recv().await;
+                let msg = match next {
+                    Some(Ok(Ok(piece))) => {
+                        return Some((Ok(axum::body::Bytes::from(piece)), (None, pieces, tail)))
+                    }
+                    None => {
+                        return tail
+                            .take()
+                            .filter(|t| !t.is_empty())
+                            .map(|t| (Ok(axum::body::Bytes::from_static(t)), (None, None, None)))
+                    }
+                    Some(Ok(Err((_, msg)))) => msg,
+                    Some(Err(e)) => e.to_string(),
+                };
+                // The status line is gone: the answer ends broken rather than
+                // silently short, and the failure is logged and counted.
+                tracing::error!(error = %msg, "history answer cut short");
+                metrics.store_errors.inc();
+                Some((Err(std::io::Error::other(msg)), (None, None, None)))
             }
         },
     );
@@ -399,12 +412,9 @@ fn render_pieces(
             let Some(next) = running.pop_front() else {
                 return;
             };
-            let piece = next.await.unwrap_or_else(|e| {
-                Err(StoreError::Open {
-                    path: path.clone(),
-                    message: format!("history task failed: {e}"),
-                })
-            });
+            let piece = next
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
             let failed = !matches!(piece, Ok(Ok(_)));
             // The client went away, or the answer is over: stop reading.
             if tx.send(piece).await.is_err() || failed {

@@ -36,6 +36,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("alarms: {0}")]
     Alarm(#[from] crate::alarm::record::RecordError),
+    /// A blocking task reading the store panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -115,10 +118,44 @@ pub fn spawn_writer(
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
     let checkpointer = sqlite::Checkpointer::open(writer.path())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // Checkpoints beside the writer, so it seldom stops to copy the WAL into
+    // the database file itself (only if this thread falls far behind). The
+    // writer stops it and waits for it when it ends, so the writer's
+    // connection closes last and SQLite folds the WAL back into the file.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cp_stop = stop.clone();
     let cp_metrics = metrics.clone();
+    let checkpoints = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                std::thread::park_timeout(CHECKPOINT_EVERY);
+                if cp_stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let started = Instant::now();
+                match checkpointer.run() {
+                    Ok((pages, _)) => {
+                        cp_metrics.checkpoint_seconds.observe(started.elapsed());
+                        cp_metrics.wal_pages.set(pages.max(0) as u64);
+                        failing = false;
+                    }
+                    Err(e) => {
+                        // Said once per run of failures, counted every time.
+                        if !failing {
+                            tracing::warn!(error = %e, "WAL checkpoint failed; tried again every 500 ms");
+                        }
+                        failing = true;
+                        cp_metrics.store_errors.inc();
+                    }
+                }
+            }
+        })?;
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
+            let _stop_checkpoints = StopOnDrop(stop, Some(checkpoints));
             let mut batches = Vec::new();
             let mut acks: Vec<Ack> = Vec::new();
             let mut readings = 0;
@@ -223,29 +260,23 @@ pub fn spawn_writer(
             // Skipped when the queue is full: the writer is busy anyway.
             let _ = tx.try_send(WriteCmd::Maintain);
         })?;
-    // Checkpoints beside the writer, so it never stops to copy the WAL into
-    // the database file itself (it does only if this thread falls far behind).
-    let weak = tx.downgrade();
-    std::thread::Builder::new()
-        .name("store-checkpoint".into())
-        .spawn(move || loop {
-            std::thread::sleep(CHECKPOINT_EVERY);
-            if weak.upgrade().is_none() {
-                return;
-            }
-            let started = Instant::now();
-            match checkpointer.run() {
-                Ok((pages, _)) => {
-                    cp_metrics.checkpoint_seconds.observe(started.elapsed());
-                    cp_metrics.wal_pages.set(pages.max(0) as u64);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; tried again");
-                    cp_metrics.store_errors.inc();
-                }
-            }
-        })?;
     Ok((tx, handle))
+}
+
+/// Stops the checkpoint thread and waits for it.
+struct StopOnDrop(
+    Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.1.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 /// Counts committed alarm transitions and wakes the notification sender

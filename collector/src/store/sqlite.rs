@@ -149,7 +149,7 @@ pub struct Maintained {
 
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 256 * 1024;
-/// WAL pages after which the writer checkpoints itself (about 256 MiB);
+/// WAL pages after which the writer checkpoints itself (512 MiB at 4 KiB pages);
 /// normally the checkpoint thread keeps the WAL far smaller.
 const WAL_BACKSTOP_PAGES: i64 = 131_072;
 /// WAL bytes kept on disk after a reset.
@@ -198,7 +198,7 @@ impl SqliteWriter {
         // Readings of thousands of points land all over the samples B-tree;
         // with SQLite's default 2 MB cache every insert missed it, read its
         // page back from the OS and spilled dirty pages to the WAL in the
-        // middle of the transaction. 64 MiB holds the hot leaves of a
+        // middle of the transaction. 256 MiB holds the hot leaves of a
         // province's points.
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(open_err)?;
