@@ -142,6 +142,7 @@ impl Noise {
 pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
     let t = t.max(0.0);
     let mut v = baseline(noise);
+    let battery_air = (v.battery_room_temp_c, v.battery_room_rh);
     match scenario {
         Scenario::Normal => {}
         Scenario::AcFailure => warm_machine_room(&mut v, t),
@@ -186,6 +187,12 @@ pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
             v.phase_v[2] -= 11.8 * k;
         }
     }
+    // The hot aisle breathes the cold aisle's air, heated by the servers: the
+    // same water, so the same dew point and a lower relative humidity.
+    v.hot_aisle_rh =
+        rh_keeping_dew_point(v.inlet_temp_c, v.inlet_rh, v.hot_aisle_temp_c) + noise.jitter(0.5);
+    // A battery room warming in a drill holds the same water too.
+    v.battery_room_rh = rh_keeping_dew_point(battery_air.0, battery_air.1, v.battery_room_temp_c);
     v
 }
 
@@ -230,7 +237,8 @@ fn baseline(n: &mut Noise) -> SiteValues {
         inlet_temp_c: 23.0 + n.jitter(0.2),
         inlet_rh: 45.0 + n.jitter(1.0),
         hot_aisle_temp_c: 34.0 + n.jitter(0.3),
-        hot_aisle_rh: 30.0 + n.jitter(1.0),
+        // Set by `sample` from the inlet air.
+        hot_aisle_rh: 0.0,
         smoke_1: false,
         smoke_2: false,
         water_leak: false,
@@ -242,7 +250,7 @@ fn baseline(n: &mut Noise) -> SiteValues {
         breaker_closed: true,
         spd_failed: false,
         battery_room_temp_c: 24.5 + n.jitter(0.2),
-        battery_room_rh: 50.0 + n.jitter(1.0),
+        battery_room_rh: 45.0 + n.jitter(1.0),
         h2_lfl: (0.3 + n.jitter(0.2)).max(0.0),
         pack_voltage_v: 53.5 + n.jitter(0.05),
         pack_current_a: -1.5 + n.jitter(0.2),
@@ -266,6 +274,39 @@ mod tests {
             assert!((49.8..=50.2).contains(&v.frequency_hz));
             assert!(v.h2_lfl < 10.0);
             assert!(!v.smoke_1 && !v.water_leak);
+        }
+    }
+
+    /// Dew point by the Magnus formula, as the agent works it out.
+    fn dew_point(t: f64, rh: f64) -> f64 {
+        let g = (rh / 100.0).ln() + 17.625 * t / (243.04 + t);
+        243.04 * g / (17.625 - g)
+    }
+
+    #[test]
+    fn the_machine_rooms_dew_point_stays_inside_its_limits_while_the_air_warms() {
+        let mut n = Noise::new(3);
+        for (scenario, t) in [
+            (Scenario::Normal, 0.0),
+            (Scenario::AcFailure, 1800.0),
+            (Scenario::ThermalRunaway, 300.0),
+        ] {
+            for i in 0..100 {
+                let v = sample(scenario, t + i as f64, &mut n);
+                let battery = dew_point(v.battery_room_temp_c, v.battery_room_rh);
+                assert!(
+                    (7.0..=13.5).contains(&battery),
+                    "{scenario}: battery room {battery}"
+                );
+                let inlet = dew_point(v.inlet_temp_c, v.inlet_rh);
+                let hot = dew_point(v.hot_aisle_temp_c, v.hot_aisle_rh);
+                // GB 50174 5.5–15 °C, with room to spare for the 1 °C hysteresis.
+                assert!((7.0..=13.5).contains(&inlet), "{scenario}: inlet {inlet}");
+                assert!(
+                    (inlet - hot).abs() < 1.0,
+                    "{scenario}: hot aisle {hot}, inlet {inlet}"
+                );
+            }
         }
     }
 
