@@ -627,6 +627,19 @@ fn point_id(
     Ok(id)
 }
 
+/// A second connection to the store the writer created, used by one thread.
+fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, StoreError> {
+    let conn =
+        Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(|e| {
+            StoreError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+    apply_pragmas(&conn)?;
+    Ok(conn)
+}
+
 /// Copies committed pages from the WAL into the database file beside the
 /// writer: a PASSIVE checkpoint neither waits for nor blocks the writer or
 /// any reader, and the writer resets the WAL once it has all been copied.
@@ -636,16 +649,9 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     pub fn open(path: &Path) -> Result<Checkpointer, StoreError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        apply_pragmas(&conn)?;
-        Ok(Checkpointer { conn })
+        Ok(Checkpointer {
+            conn: open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+        })
     }
 
     /// One checkpoint; returns the pages in the WAL and how many of them
@@ -671,16 +677,9 @@ impl SqliteReader {
     }
 
     pub fn open(path: &Path) -> Result<SqliteReader, StoreError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        apply_pragmas(&conn)?;
-        Ok(SqliteReader { conn })
+        Ok(SqliteReader {
+            conn: open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+        })
     }
 
     /// The latest reading of every point, optionally of one site or room.
