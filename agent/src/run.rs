@@ -84,7 +84,15 @@ fn lock(link: &SharedLink) -> MutexGuard<'_, Link> {
 
 /// Runs the agent until `shutdown` completes, then publishes "offline".
 pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let cfg = &agent.config;
+    // Taken apart so that each bus's resolved points move into its task
+    // rather than being copied (for a large site they are most of the heap).
+    let Agent {
+        config,
+        buses,
+        snmp,
+        ..
+    } = agent;
+    let cfg = &config;
     std::fs::create_dir_all(&cfg.state_dir)?;
     let seq = Sequence::open(&cfg.state_dir.join("sequence"))?;
     let first_seq = seq.peek();
@@ -131,11 +139,10 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     let connected = Arc::new(Notify::new());
     let pace = Arc::new(Notify::new());
 
-    let device_ids: Vec<String> = agent
-        .buses
+    let device_ids: Vec<String> = buses
         .iter()
         .flat_map(|b| b.devices.iter().map(|d| d.id.clone()))
-        .chain(agent.snmp.iter().map(|s| s.device.id.clone()))
+        .chain(snmp.iter().map(|s| s.device.id.clone()))
         .collect();
     let metrics = Arc::new(AgentMetrics::new(device_ids.iter().map(String::as_str)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -157,16 +164,16 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     };
 
     let (tx, rx) = mpsc::channel::<DevicePoll>(POLL_QUEUE);
-    for bus in &agent.buses {
+    for bus in buses {
         for d in &bus.devices {
             let requests: Vec<usize> = d.groups.iter().map(|g| g.requests.len()).collect();
             tracing::info!(bus = %bus.bus.id, device = %d.id, points = d.points.len(), ?requests, "polling");
         }
-        tasks.spawn(BusRunner::new(bus.clone()).run(tx.clone()));
+        tasks.spawn(BusRunner::new(bus).run(tx.clone()));
     }
-    for s in &agent.snmp {
+    for s in snmp {
         tracing::info!(device = %s.device.id, points = s.points.len(), tables = s.tables.len(), "polling (SNMP)");
-        tasks.spawn(SnmpPoller::new(s.clone()).run(tx.clone()));
+        tasks.spawn(SnmpPoller::new(s).run(tx.clone()));
     }
     drop(tx);
     // Scripts and tests wait for this line rather than sleeping. It also says

@@ -84,6 +84,10 @@ struct Segment {
     size: u64,
     /// Open for appending acks, created on first use.
     acks: Option<File>,
+    /// Acks not yet written: they go to the file at the next sync, so a
+    /// confirmation costs no system call of its own. Losing them (a crash)
+    /// only means those batches are sent again after the restart.
+    unwritten_acks: Vec<u8>,
 }
 
 impl Segment {
@@ -195,6 +199,7 @@ impl Spool {
                 pending_bytes: 0,
                 size: bytes.len() as u64,
                 acks: None,
+                unwritten_acks: Vec::new(),
             };
             // Sequence numbers only grow, but a damaged file could repeat
             // one; the index needs them strictly increasing.
@@ -361,8 +366,12 @@ impl Spool {
         self.segments.back().expect("active segment")
     }
 
-    /// Flushes the active segment to the disk if anything was written since.
+    /// Flushes the active segment to the disk if anything was written since,
+    /// and writes the confirmations recorded since the last call.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        for seg in self.segments.iter_mut() {
+            write_acks(seg);
+        }
         if self.unsynced {
             self.active
                 .sync_data()
@@ -454,12 +463,10 @@ impl Spool {
         let start = self
             .segments
             .partition_point(|s| s.entries.last().is_some_and(|e| e.info.seq < first));
-        let mut acks = Vec::new();
         for seg in self.segments.iter_mut().skip(start) {
             if seg.entries.first().is_some_and(|e| e.info.seq > last) {
                 break;
             }
-            acks.clear();
             let from = seg.entries.partition_point(|e| e.info.seq < first);
             for e in seg.entries[from..].iter_mut() {
                 if e.info.seq > last {
@@ -475,17 +482,14 @@ impl Spool {
                     seg.pending -= 1;
                     seg.pending_bytes -= u64::from(e.info.len);
                     finished += 1;
-                    acks.extend_from_slice(&e.info.offset.to_le_bytes());
-                    acks.extend_from_slice(
-                        &record::checksum(&e.info.offset.to_le_bytes()).to_le_bytes(),
-                    );
+                    let offset = e.info.offset.to_le_bytes();
+                    seg.unwritten_acks.extend_from_slice(&offset);
+                    seg.unwritten_acks
+                        .extend_from_slice(&record::checksum(&offset).to_le_bytes());
                 }
             }
-            if !acks.is_empty() {
-                if let Err(e) = append_acks(seg, &acks) {
-                    // Only costs a resend after a restart.
-                    tracing::warn!(file = %seg.ack_path().display(), error = %e, "cannot record confirmations");
-                }
+            if seg.unwritten_acks.len() >= ACK_BUFFER {
+                write_acks(seg);
             }
         }
         if finished > 0 {
@@ -618,6 +622,7 @@ fn new_segment(dir: &Path, id: u64) -> Result<(File, Segment), SpoolError> {
         pending_bytes: 0,
         size: record::MAGIC.len() as u64,
         acks: None,
+        unwritten_acks: Vec::new(),
     };
     Ok((f, seg))
 }
@@ -633,16 +638,42 @@ fn remove_segment(seg: &Segment) {
     }
 }
 
-fn append_acks(seg: &mut Segment, bytes: &[u8]) -> io::Result<()> {
-    if seg.acks.is_none() {
-        seg.acks = Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(seg.ack_path())?,
-        );
+/// Acks buffered beyond this are written at once rather than at the next sync.
+const ACK_BUFFER: usize = 4096;
+
+/// Appends a segment's buffered acks to its ack file.
+fn write_acks(seg: &mut Segment) {
+    if seg.unwritten_acks.is_empty() {
+        return;
     }
-    seg.acks.as_mut().expect("opened").write_all(bytes)
+    let mut write = || -> io::Result<()> {
+        if seg.acks.is_none() {
+            seg.acks = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(seg.ack_path())?,
+            );
+        }
+        seg.acks
+            .as_mut()
+            .expect("opened")
+            .write_all(&seg.unwritten_acks)
+    };
+    if let Err(e) = write() {
+        // Only costs a resend after a restart.
+        tracing::warn!(file = %seg.ack_path().display(), error = %e, "cannot record confirmations");
+    }
+    seg.unwritten_acks.clear();
+}
+
+impl Drop for Spool {
+    /// A clean stop keeps every confirmation, synced or not.
+    fn drop(&mut self) {
+        for seg in self.segments.iter_mut() {
+            write_acks(seg);
+        }
+    }
 }
 
 /// Offsets of the records an ack file marks done, sorted. Entries are
@@ -723,7 +754,8 @@ mod tests {
         assert_eq!(report, OpenReport::default());
         fill(&mut s, 1..=10);
         assert_eq!(s.finish(1, 4), 4);
-        drop(s); // as if killed: nothing flushed on drop
+        s.sync().unwrap();
+        std::mem::forget(s); // as if killed: no destructor runs
         let (mut s, report) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
         assert_eq!(report.pending_batches, 6);
         assert_eq!(report.last_seq, Some(10));
@@ -739,6 +771,25 @@ mod tests {
             files, 1,
             "finished segments are deleted; only the new active one is left"
         );
+    }
+
+    #[test]
+    fn confirmations_reach_the_disk_at_the_next_sync_or_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
+        fill(&mut s, 1..=6);
+        s.sync().unwrap();
+        assert_eq!(s.finish(1, 2), 2);
+        // Killed before the next sync: those two are sent again (at least
+        // once, never lost).
+        std::mem::forget(s);
+        let (mut s, report) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
+        assert_eq!(pending_seqs(&s), (1..=6).collect::<Vec<_>>());
+        assert_eq!(report.pending_batches, 6);
+        assert_eq!(s.finish(1, 3), 3);
+        drop(s); // a clean stop writes them
+        let (s, _) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
+        assert_eq!(pending_seqs(&s), (4..=6).collect::<Vec<_>>());
     }
 
     #[test]
