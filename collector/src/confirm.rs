@@ -8,7 +8,7 @@
 //! per agent, so they cost a fraction of the batches they answer.
 
 use roomguard_protocol::{Confirm, Topic};
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,23 +58,61 @@ impl Confirmations {
     }
 }
 
-/// Sends gathered confirmations until the client goes away.
-pub async fn run(confirmations: std::sync::Arc<Confirmations>, client: AsyncClient) {
+/// Confirmations waiting for their connection's event loop.
+const CONFIRM_QUEUE: usize = 4_096;
+
+/// Sends gathered confirmations on a connection of their own (`opts`).
+///
+/// Not on the ingest connection: confirmations are QoS 1 publishes, and
+/// while rumqttc's window of unacknowledged publishes is full it takes no
+/// request from its queue, so the acknowledgements of ingested messages
+/// queued behind them waited, overflowed the queue and were lost; the broker
+/// then held those messages in its in-flight window for good and ingest
+/// stalled (seen in bench-ingest past 250,000 readings/s). Here a slow
+/// confirmation only delays other confirmations.
+pub async fn run(confirmations: std::sync::Arc<Confirmations>, opts: MqttOptions) {
+    let (client, mut eventloop) = AsyncClient::new(opts, CONFIRM_QUEUE);
+    let _connection = AbortOnDrop(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(250),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "confirmation connection failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }));
     loop {
         confirmations.wake.notified().await;
         tokio::time::sleep(GATHER).await;
         for ((site, agent), c) in confirmations.take() {
-            // QoS 1; if the queue is full the agent sends the batches again
-            // after its confirmation timeout, which the store absorbs.
-            if let Err(e) = client.try_publish(
-                Topic::ack(&site, &agent),
-                QoS::AtLeastOnce,
-                false,
-                c.to_json(),
-            ) {
-                tracing::warn!(%site, %agent, error = %e, "confirmation not sent; the agent will send those batches again");
+            // Waits for room rather than dropping: while it waits, newer
+            // confirmations gather and go out merged into ranges.
+            if client
+                .publish(
+                    Topic::ack(&site, &agent),
+                    QoS::AtLeastOnce,
+                    false,
+                    c.to_json(),
+                )
+                .await
+                .is_err()
+            {
+                return; // the event loop is gone: shutting down
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

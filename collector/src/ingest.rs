@@ -10,6 +10,7 @@ use roomguard_protocol::conf::BrokerUrl;
 use roomguard_protocol::{decode_batch, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 /// whatever the batches' sizes, which the store queue's length alone is not.
 pub const MAX_QUEUED_READINGS: usize = 400_000;
 
-/// Requests (acknowledgements, confirmations) waiting for the MQTT event loop.
+/// Requests (acknowledgements, subscriptions) waiting for the MQTT event loop.
 const REQUEST_QUEUE: usize = 16_384;
 
 /// Connects to `broker` and ingests until the store's queue closes.
@@ -32,17 +33,29 @@ pub async fn run(
     store: mpsc::Sender<WriteCmd>,
     confirmations: Arc<Confirmations>,
 ) {
-    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-    opts.set_keep_alive(Duration::from_secs(15));
+    // Persistent sessions: QoS 1 messages published while we are away are
+    // kept by the broker and delivered on reconnect, and rumqttc keeps our
+    // own unacknowledged confirmations across a reconnect.
+    let options = |client_id: String| {
+        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_session(false);
+        security.apply(&broker, &mut opts).map(|()| opts)
+    };
     // Checked when the configuration was loaded; a file that vanished since
     // is reported and the connection tried without it failing silently.
-    if let Err(e) = security.apply(&broker, &mut opts) {
-        tracing::error!(error = %e, "mqtt.security: cannot set up TLS or login; not connecting");
-        return;
-    }
-    // Persistent session: QoS 1 messages published while we are away are kept
-    // by the broker and delivered on reconnect.
-    opts.set_clean_session(false);
+    let (mut opts, mut confirm_opts) = match (
+        options(client_id.clone()),
+        options(format!("{client_id}-confirm")),
+    ) {
+        (Ok(o), Ok(c)) => (o, c),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "mqtt.security: cannot set up TLS or login; not connecting");
+            return;
+        }
+    };
+    // Confirmations list ranges; many gaps make a long one.
+    confirm_opts.set_max_packet_size(64 * 1024, 64 * 1024);
     // Accept a little more than the limit so oversized payloads reach the
     // decoder and are counted with a reason instead of killing the connection.
     opts.set_max_packet_size(MAX_PAYLOAD_BYTES * 2, 64 * 1024);
@@ -50,21 +63,23 @@ pub async fn run(
     // crash in between means the broker delivers it again (the store
     // ignores what it already has).
     opts.set_manual_acks(true);
-    // Acknowledgements queued from the writer thread with try_ack, and the
-    // confirmer's publishes (one per agent every 100 ms at most), share this
-    // queue; it holds the broker's in-flight window (2,000 advised, the
-    // embedded broker's) several times over, plus confirmations of thousands
-    // of agents, so a try_ack finds room even while ingest waits on the writer.
+    // Acknowledgements queued from the writer thread with try_ack (and the
+    // subscriptions) are all that use this queue; there are never more than
+    // the broker's in-flight window (2,000 advised, the embedded broker's)
+    // waiting, so a try_ack always finds room. Confirmations have their own
+    // connection (see `confirm::run`).
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
     let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
         confirmations.clone(),
-        client.clone(),
+        confirm_opts,
     )));
     let filters = Topic::collector_filters();
     let mut catalogue = Catalogue::new(max_points_per_agent);
     let budget = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_READINGS));
+    let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));
     let mut backoff = Duration::from_millis(250);
     loop {
+        acker.retry();
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(
@@ -85,7 +100,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if !handle(
                     &p,
-                    &client,
+                    &acker,
                     &metrics,
                     &store,
                     &confirmations,
@@ -108,26 +123,75 @@ pub async fn run(
     }
 }
 
+/// Sends acknowledgements, from the writer thread or the ingest task. One
+/// that finds rumqttc's request queue full is kept and sent again by the
+/// ingest loop (`retry`), never dropped: an unacknowledged message would sit
+/// in the broker's in-flight window until the next reconnect, and a few
+/// thousand of those stop the broker sending anything. (The queue fills when
+/// a large commit acknowledges thousands of messages at once: rumqttc takes
+/// one request per poll, between bulk reads of incoming messages.)
+pub struct Acker {
+    client: AsyncClient,
+    metrics: Arc<Metrics>,
+    unsent: std::sync::Mutex<Vec<Publish>>,
+    /// Length of `unsent`, read without the lock on every poll.
+    waiting: AtomicUsize,
+}
+
+impl Acker {
+    fn new(client: AsyncClient, metrics: Arc<Metrics>) -> Acker {
+        Acker {
+            client,
+            metrics,
+            unsent: std::sync::Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    fn ack(&self, p: &Publish) {
+        // Behind others already waiting: keep it with them.
+        if self.waiting.load(Relaxed) > 0 || self.client.try_ack(p).is_err() {
+            let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+            if unsent.is_empty() {
+                tracing::debug!("MQTT request queue full; acknowledgements wait for room");
+            }
+            unsent.push(p.clone());
+            self.waiting.store(unsent.len(), Relaxed);
+            self.metrics.acks_deferred.inc();
+        }
+    }
+
+    /// Sends what waits, as far as the queue has room.
+    fn retry(&self) {
+        if self.waiting.load(Relaxed) == 0 {
+            return;
+        }
+        let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = unsent
+            .iter()
+            .take_while(|p| self.client.try_ack(p).is_ok())
+            .count();
+        unsent.drain(..sent);
+        self.waiting.store(unsent.len(), Relaxed);
+    }
+}
+
 /// The acknowledgement of `p`, sent from wherever it is called.
-fn ack_for(p: &Publish, client: &AsyncClient, metrics: &Arc<Metrics>) -> Ack {
-    ack_holding(p, client, metrics, None)
+fn ack_for(p: &Publish, acker: &Arc<Acker>) -> Ack {
+    ack_holding(p, acker, None)
 }
 
 /// The acknowledgement of `p`, which gives back `permit` (room for its
 /// readings in the writer's queue) when it runs or is dropped.
 fn ack_holding(
     p: &Publish,
-    client: &AsyncClient,
-    metrics: &Arc<Metrics>,
+    acker: &Arc<Acker>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Ack {
-    let (p, client, metrics) = (p.clone(), client.clone(), metrics.clone());
+    let (p, acker) = (p.clone(), acker.clone());
     Box::new(move || {
         drop(permit);
-        if let Err(e) = client.try_ack(&p) {
-            tracing::error!(error = %e, "cannot acknowledge a message; the broker will send it again");
-            metrics.store_errors.inc();
-        }
+        acker.ack(&p);
     })
 }
 
@@ -135,7 +199,7 @@ fn ack_holding(
 /// store has shut down.
 async fn handle(
     p: &Publish,
-    client: &AsyncClient,
+    acker: &Arc<Acker>,
     metrics: &Arc<Metrics>,
     store: &mpsc::Sender<WriteCmd>,
     confirmations: &Confirmations,
@@ -147,7 +211,7 @@ async fn handle(
     // and unacknowledged they would come back on every reconnect.
     let refuse = |reason: &str| {
         metrics.reject(reason);
-        ack_for(p, client, metrics)();
+        ack_for(p, acker)();
     };
     let topic = match Topic::parse(&p.topic) {
         Ok(t) => t,
@@ -161,7 +225,7 @@ async fn handle(
             return true;
         }
     };
-    let ack = || Some(ack_for(p, client, metrics));
+    let ack = || Some(ack_for(p, acker));
     let cmd = match topic.kind {
         TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {
             Ok(batch) if !catalogue.admit(&batch) => {
@@ -179,7 +243,7 @@ async fn handle(
                 let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
                     return false;
                 };
-                WriteCmd::Batch(batch, Some(ack_holding(p, client, metrics, Some(permit))))
+                WriteCmd::Batch(batch, Some(ack_holding(p, acker, Some(permit))))
             }
             Err(e) => {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");
@@ -194,7 +258,7 @@ async fn handle(
         },
         TopicKind::Ack => {
             // Our own confirmations, should a broker route them here.
-            ack_for(p, client, metrics)();
+            ack_for(p, acker)();
             return true;
         }
         TopicKind::Status => match Status::from_json(&p.payload) {

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub readings_duplicate: Counter,
     pub batches_duplicate: Counter,
     pub store_errors: Counter,
+    /// Acknowledgements that found the MQTT request queue full and waited.
+    pub acks_deferred: Counter,
     pub store_write_seconds: Timer,
     pub rollup_minutes: Counter,
     pub rows_expired: Counter,
@@ -155,6 +157,11 @@ impl Metrics {
             "roomguard_store_errors_total",
             "Failed store writes.",
             self.store_errors.get(),
+        );
+        counter(
+            "roomguard_acks_deferred_total",
+            "Acknowledgements to the broker that waited for room in the MQTT client's queue.",
+            self.acks_deferred.get(),
         );
         counter(
             "roomguard_broker_connects_total",

@@ -51,6 +51,25 @@ fn bare_sqlite(rows: i64) -> Result<f64> {
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
+/// `text` without terminal colour codes (the collector's log has them).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 async fn publishers(port: u16, prefix: &str) -> Result<Vec<AsyncClient>> {
     let mut clients = Vec::new();
     for c in 0..CONNECTIONS {
@@ -141,6 +160,9 @@ async fn ingest_at(
     let mut owed = 0.0;
     let mut sent = 0u64;
     let mut agent = 0usize;
+    // A fresh round of sequence numbers: the previous step stopped part way
+    // through one, and reusing its numbers would store batches as "reused".
+    *seq += 1;
     let mut worst_lag = 0.0f64;
     let mut interval = tokio::time::interval(tick);
     let mut next_sample = Instant::now() + Duration::from_secs(1);
@@ -235,8 +257,24 @@ async fn main() -> Result<()> {
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
     println!("collector warnings and errors: {}", complaints.len());
-    for l in complaints.iter().take(5) {
-        println!("  {l}");
+    // Counted by message (the text before the first field), most frequent first.
+    let mut kinds: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for l in &complaints {
+        let plain = strip_ansi(l);
+        let message = plain
+            .split_once(": ")
+            .map_or(plain.as_str(), |(_, m)| m)
+            .split(' ')
+            .take_while(|w| !w.contains('='))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let kind = kinds.entry(message).or_insert_with(|| (0, plain.clone()));
+        kind.0 += 1;
+    }
+    let mut kinds: Vec<(usize, String)> = kinds.into_values().collect();
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.0));
+    for (n, first) in kinds.iter().take(8) {
+        println!("  {n} ×, the first: {first}");
     }
     Ok(())
 }
