@@ -230,7 +230,17 @@ async fn account(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let readings: i64 = stored.values().sum();
-    let samples = stored_samples(db)?;
+    // Readings reach the samples table from the store's staging a moment
+    // after their batch is recorded (the agent has stopped, so the store
+    // goes idle and moves them all within its next maintenance second).
+    let settle = Instant::now() + Duration::from_secs(15);
+    let samples = loop {
+        let samples = stored_samples(db)?;
+        if samples >= readings || Instant::now() > settle {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     println!(
         "[{name}] batches numbered {}, stored {}, missing {}; readings in stored batches {readings}, samples stored {samples}; duplicate deliveries skipped {duplicates}",
         numbered.len(),

@@ -277,6 +277,7 @@ impl SqliteReader {
 
     /// One point's history by `plan`: one range scan of one tier.
     pub fn history(&self, point_id: i64, plan: &Plan) -> Result<Series, StoreError> {
+        let waiting = self.pending_range(point_id, plan.from, plan.to);
         let Some(step) = plan.step else {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT ts, value, text, bad FROM samples WHERE point_id = ?1 AND ts >= ?2 AND ts < ?3
@@ -293,7 +294,19 @@ impl SqliteReader {
                     })
                 },
             )?;
-            return Ok(Series::Raw(rows.collect::<Result<_, _>>()?));
+            let stored: Vec<Sample> = rows.collect::<Result<_, _>>()?;
+            let waiting = waiting
+                .into_iter()
+                .map(|s| Sample {
+                    ts: s.ts,
+                    value: s.value,
+                    text: s.text.map(String::from),
+                    bad: s.bad.map(String::from),
+                })
+                .collect();
+            let mut all = super::pending::merge(stored, waiting, |s| s.ts);
+            all.truncate(MAX_POINTS_PER_SERIES as usize + 1);
+            return Ok(Series::Raw(all));
         };
         let rows: Vec<(i64, Agg)> = match plan.tier {
             Tier::Raw => {
@@ -305,7 +318,13 @@ impl SqliteReader {
                     let ts = r.get(0)?;
                     Ok((ts, Agg::sample(ts, r.get(1)?)))
                 })?;
-                rows.collect::<Result<_, _>>()?
+                let stored: Vec<(i64, Agg)> = rows.collect::<Result<_, _>>()?;
+                // A time whose first reading was bad has no good one to add.
+                let waiting = waiting
+                    .iter()
+                    .filter_map(|s| Some((s.ts, Agg::sample(s.ts, s.good_value()?))))
+                    .collect();
+                super::pending::merge(stored, waiting, |r| r.0)
             }
             Tier::Minute | Tier::Hour => {
                 // `table` is one of two constants.

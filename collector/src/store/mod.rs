@@ -3,6 +3,7 @@
 //! transaction: under load, batches grow and per-transaction cost is shared.
 
 pub mod history;
+pub mod pending;
 pub mod retention;
 pub mod rollup;
 pub mod sqlite;
@@ -239,6 +240,7 @@ pub fn spawn_writer(
                             tell(&mut writer, &metrics, &wake, &live);
                             metrics.rollup_minutes.add(m.minutes as u64);
                             metrics.rows_expired.add(m.expired);
+                            metrics.readings_duplicate.add(m.duplicates);
                             metrics.maintain_seconds.observe(started.elapsed());
                         }
                         Err(e) => {
