@@ -7,6 +7,7 @@
 //! Confirmations are gathered for a moment and sent as ranges, one message
 //! per agent, so they cost a fraction of the batches they answer.
 
+use crate::ingest::AbortOnDrop;
 use roomguard_protocol::{Confirm, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
@@ -105,14 +106,6 @@ pub async fn run(confirmations: std::sync::Arc<Confirmations>, opts: MqttOptions
                 return; // the event loop is gone: shutting down
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

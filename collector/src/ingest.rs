@@ -63,11 +63,11 @@ pub async fn run(
     // crash in between means the broker delivers it again (the store
     // ignores what it already has).
     opts.set_manual_acks(true);
-    // Acknowledgements queued from the writer thread with try_ack (and the
-    // subscriptions) are all that use this queue; there are never more than
-    // the broker's in-flight window (2,000 advised, the embedded broker's)
-    // waiting, so a try_ack always finds room. Confirmations have their own
-    // connection (see `confirm::run`).
+    // Acknowledgements queued from the writer thread (and the subscriptions)
+    // are all that use this queue: no more than the broker's in-flight window
+    // (2,000 advised, the embedded broker's) wait in it, so it fills only
+    // under a broker allowing more than it holds (see `Acker`).
+    // Confirmations have their own connection (see `confirm::run`).
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
     let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
         confirmations.clone(),
@@ -127,9 +127,11 @@ pub async fn run(
 /// that finds rumqttc's request queue full is kept and sent again by the
 /// ingest loop (`retry`), never dropped: an unacknowledged message would sit
 /// in the broker's in-flight window until the next reconnect, and a few
-/// thousand of those stop the broker sending anything. (The queue fills when
-/// a large commit acknowledges thousands of messages at once: rumqttc takes
-/// one request per poll, between bulk reads of incoming messages.)
+/// thousand of those stop the broker sending anything. The queue filled when
+/// confirmations shared it (they now have their own connection); it can
+/// still fill under a broker whose in-flight window exceeds the queue, as a
+/// large commit acknowledges a window's worth at once and rumqttc takes one
+/// request per poll between bulk reads of incoming messages.
 pub struct Acker {
     client: AsyncClient,
     metrics: Arc<Metrics>,
@@ -332,7 +334,8 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
 }
 
 /// Stops a helper task when ingest ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a background task when its owner goes.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

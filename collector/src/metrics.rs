@@ -140,7 +140,7 @@ impl Metrics {
         );
         counter(
             "roomguard_readings_stored_total",
-            "Readings committed to the store.",
+            "Readings committed to the store (one repeated under another batch number is also counted as a duplicate once found).",
             self.readings_stored.get(),
         );
         counter(

@@ -362,6 +362,13 @@ impl Spool {
         Ok(())
     }
 
+    /// Writes every segment's buffered acks.
+    fn write_acks(&mut self) {
+        for seg in self.segments.iter_mut() {
+            write_acks(seg);
+        }
+    }
+
     fn active_segment(&self) -> &Segment {
         self.segments.back().expect("active segment")
     }
@@ -369,9 +376,7 @@ impl Spool {
     /// Flushes the active segment to the disk if anything was written since,
     /// and writes the confirmations recorded since the last call.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        for seg in self.segments.iter_mut() {
-            write_acks(seg);
-        }
+        self.write_acks();
         if self.unsynced {
             self.active
                 .sync_data()
@@ -670,9 +675,7 @@ fn write_acks(seg: &mut Segment) {
 impl Drop for Spool {
     /// A clean stop keeps every confirmation, synced or not.
     fn drop(&mut self) {
-        for seg in self.segments.iter_mut() {
-            write_acks(seg);
-        }
+        self.write_acks();
     }
 }
 

@@ -277,7 +277,12 @@ impl SqliteReader {
 
     /// One point's history by `plan`: one range scan of one tier.
     pub fn history(&self, point_id: i64, plan: &Plan) -> Result<Series, StoreError> {
-        let waiting = self.pending_range(point_id, plan.from, plan.to);
+        // Only raw answers read samples; pending readings are taken first.
+        let waiting = if plan.tier == Tier::Raw {
+            self.pending_range(point_id, plan.from, plan.to)
+        } else {
+            Vec::new()
+        };
         let Some(step) = plan.step else {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT ts, value, text, bad FROM samples WHERE point_id = ?1 AND ts >= ?2 AND ts < ?3

@@ -250,6 +250,11 @@ pub fn spawn_writer(
                     }
                 }
             }
+            // A clean stop: what waits goes into samples, so a report or
+            // sqlite3 reading the file afterwards finds every reading.
+            if let Err(e) = writer.move_pending() {
+                tracing::error!(error = %e, "cannot move pending readings into samples at stop; they are moved at the next start");
+            }
         })?;
     // One maintenance tick a second; the ticker holds only a weak sender, so
     // the writer still stops when ingest drops the last real one.

@@ -50,10 +50,24 @@ pub struct Pending {
     /// The slice being moved by the transaction in progress: still visible
     /// to readers until that transaction has committed.
     moving: Slice,
+    /// Readings in `moving`.
+    moving_len: usize,
     len: usize,
+    /// Committed moves so far: a reader that saw it change knows readings
+    /// went from here into samples meanwhile.
+    moves: u64,
 }
 
 pub type SharedPending = Arc<RwLock<Pending>>;
+
+/// Reads `p` (a panic elsewhere while it was held leaves it usable).
+pub fn read(p: &SharedPending) -> std::sync::RwLockReadGuard<'_, Pending> {
+    p.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn write(p: &SharedPending) -> std::sync::RwLockWriteGuard<'_, Pending> {
+    p.write().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn slice_of(point: i64) -> usize {
     (point as u64 % SLICES as u64) as usize
@@ -70,7 +84,9 @@ impl Pending {
         Pending {
             slices: vec![Slice::new(); SLICES],
             moving: Slice::new(),
+            moving_len: 0,
             len: 0,
+            moves: 0,
         }
     }
 
@@ -81,6 +97,15 @@ impl Pending {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
+
+    /// Readings waiting that no transaction is moving yet.
+    pub fn waiting(&self) -> usize {
+        self.len - self.moving_len
     }
 
     /// Adds committed readings.
@@ -103,6 +128,7 @@ impl Pending {
             .flat_map(|(p, v)| v.iter().map(|s| (*p, s.clone())))
             .collect();
         for (p, mut v) in slice {
+            self.moving_len += v.len();
             self.moving.entry(p).or_default().append(&mut v);
         }
         out
@@ -110,12 +136,15 @@ impl Pending {
 
     /// The moving readings are in samples now.
     pub fn moved(&mut self) {
-        self.len -= self.moving.values().map(Vec::len).sum::<usize>();
+        self.moves += 1;
+        self.len -= self.moving_len;
+        self.moving_len = 0;
         self.moving.clear();
     }
 
     /// The move was rolled back: the readings wait again.
     pub fn not_moved(&mut self) {
+        self.moving_len = 0;
         for (p, mut v) in std::mem::take(&mut self.moving) {
             let slot = self.slices[slice_of(p)].entry(p).or_default();
             // Older than anything added since: keep arrival order.
@@ -124,20 +153,17 @@ impl Pending {
         }
     }
 
-    /// Each waiting point's newest reading (of equal times, the last to
-    /// arrive, as the catalogue keeps it).
-    pub fn newest(&self) -> HashMap<i64, Sample> {
-        let mut out: HashMap<i64, Sample> = HashMap::new();
-        for slice in std::iter::once(&self.moving).chain(&self.slices) {
-            for (p, v) in slice {
-                for s in v {
-                    if out.get(p).is_none_or(|n| s.ts >= n.ts) {
-                        out.insert(*p, s.clone());
-                    }
-                }
-            }
-        }
-        out
+    /// `point`'s newest waiting reading (of equal times, the last to arrive,
+    /// as the catalogue keeps it).
+    pub fn newest(&self, point: i64) -> Option<&Sample> {
+        [&self.moving, &self.slices[slice_of(point)]]
+            .into_iter()
+            .filter_map(|s| s.get(&point))
+            .flatten()
+            .fold(None, |best: Option<&Sample>, s| match best {
+                Some(b) if b.ts > s.ts => Some(b),
+                _ => Some(s),
+            })
     }
 
     /// `point`'s pending readings with `from <= ts < to`, in time order;
@@ -191,11 +217,16 @@ pub fn register(path: &Path, pending: &SharedPending) {
 }
 
 /// The pending readings of the store at `path`, when its writer runs in
-/// this process (otherwise everything is in samples).
+/// this process. (Another process, such as `report` or sqlite3 on a file a
+/// collector is writing, sees what has reached samples: all of it once the
+/// writer has stopped, which moves everything; after a crash, at the next open.)
 pub fn lookup(path: &Path) -> Option<SharedPending> {
     let k = key(path);
     let r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    r.iter().rev().find(|(p, _)| *p == k)?.1.upgrade()
+    r.iter()
+        .rev()
+        .filter(|(p, _)| *p == k)
+        .find_map(|(_, w)| w.upgrade())
 }
 
 /// Encodes readings as one staging blob.

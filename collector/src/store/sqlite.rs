@@ -292,7 +292,7 @@ impl SqliteWriter {
     }
 
     fn pending(&self) -> std::sync::RwLockWriteGuard<'_, Pending> {
-        self.pending.write().unwrap_or_else(|e| e.into_inner())
+        pending::write(&self.pending)
     }
 
     /// Moves what a previous run left in `staging` (it stopped, or crashed,
@@ -322,10 +322,19 @@ impl SqliteWriter {
         tx.commit()?;
         tracing::info!(
             readings = n,
-            duplicates = stats.duplicates,
+            already_there = stats.duplicates,
             "readings of the last run moved from staging into samples"
         );
         Ok(())
+    }
+
+    /// After a failed transaction: the slice it was moving waits again, and
+    /// what it did in the catalogue and the rollup marks is undone too (a
+    /// point id it created may be given to another point next time).
+    fn rolled_back(&mut self) {
+        self.pending().not_moved();
+        self.dirty.forget_uncommitted();
+        self.points.clear();
     }
 
     /// Once committed: what was moved is in samples, what is new waits.
@@ -343,13 +352,15 @@ impl SqliteWriter {
         self.next_slice = next;
     }
 
+    /// Moves every pending reading into samples: at a clean stop, so that
+    /// other processes (a report, sqlite3) find them there.
+    pub fn move_pending(&mut self) -> Result<u64, StoreError> {
+        self.move_all()
+    }
+
     /// Every pending reading into samples, when ingest is idle.
     fn move_all(&mut self) -> Result<u64, StoreError> {
-        let idle = self
-            .pending
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        let idle = pending::read(&self.pending).is_empty();
         if idle && self.staged.is_empty() {
             return Ok(0);
         }
@@ -379,8 +390,7 @@ impl SqliteWriter {
                 Ok(stats.duplicates)
             }
             Err(e) => {
-                self.pending().not_moved();
-                self.dirty.forget_uncommitted();
+                self.rolled_back();
                 Err(e)
             }
         }
@@ -485,7 +495,7 @@ impl SqliteWriter {
         }
         // Idle, or few waiting: everything into samples (and so into the
         // rollups) now. Under heavy ingest each transaction moves a slice.
-        let waiting = self.pending.read().unwrap_or_else(|e| e.into_inner()).len();
+        let waiting = pending::read(&self.pending).len();
         let duplicates = if !std::mem::take(&mut self.busy) || waiting < MOVE_ALL_BELOW {
             self.move_all()?
         } else {
@@ -515,10 +525,7 @@ impl SqliteWriter {
         self.busy = true;
         let result = self.write_batches_tx(batches, now_ms);
         if result.is_err() {
-            // The slice it was moving waits again; the rollup marks of the
-            // failed transaction were rolled back too.
-            self.pending().not_moved();
-            self.dirty.forget_uncommitted();
+            self.rolled_back();
             self.reload_alarms(now_ms);
         }
         result
@@ -689,7 +696,7 @@ fn move_slices(
     staged_id: Option<i64>,
     stats: &mut WriteStats,
 ) -> Result<(VecDeque<(i64, usize)>, usize), StoreError> {
-    let lock = || pending.write().unwrap_or_else(|e| e.into_inner());
+    let lock = || pending::write(pending);
     let mut staged = round.staged.clone();
     if let Some(id) = staged_id {
         staged.push_back((id, SLICES));
@@ -709,7 +716,7 @@ fn move_slices(
         }
         k = (k + 1) % SLICES;
         moved += 1;
-        let waiting = lock().len() + fresh.len();
+        let waiting = pending::read(pending).waiting() + fresh.len();
         let more = moved < SLICES && (round.all || waiting > pending::MAX_PENDING);
         if !more {
             break;
@@ -916,6 +923,21 @@ impl Checkpointer {
     }
 }
 
+/// A point's latest value as the catalogue has it (none yet: no time).
+struct CatalogueRow {
+    ts: Option<i64>,
+    row: LatestRow,
+}
+
+impl CatalogueRow {
+    fn into_row(self) -> Option<LatestRow> {
+        Some(LatestRow {
+            ts: self.ts?,
+            ..self.row
+        })
+    }
+}
+
 /// A read-only view for API requests. Cheap to open; one per request.
 pub struct SqliteReader {
     pub(super) conn: Connection,
@@ -942,12 +964,43 @@ impl SqliteReader {
         site: Option<&str>,
         room: Option<&str>,
     ) -> Result<Vec<LatestRow>, StoreError> {
-        // Pending readings first (see `pending_range`): a newer one there
-        // replaces the catalogue's.
-        let newest = self
-            .pending
-            .as_ref()
-            .map(|p| p.read().unwrap_or_else(|e| e.into_inner()).newest());
+        let moves = || self.pending.as_ref().map(|p| pending::read(p).moves());
+        // A reading that moves from pending into the catalogue between the
+        // query and the overlay would be in neither: then read again.
+        let mut attempt = 0;
+        loop {
+            let before = moves();
+            let rows = self.latest_in_catalogue(site, room)?;
+            attempt += 1;
+            let Some(p) = &self.pending else {
+                return Ok(rows.into_iter().filter_map(|(_, r)| r.into_row()).collect());
+            };
+            let p = pending::read(p);
+            if Some(p.moves()) != before && attempt < 3 {
+                continue;
+            }
+            return Ok(rows
+                .into_iter()
+                .filter_map(|(id, mut r)| {
+                    // A newer reading waiting replaces the catalogue's.
+                    if let Some(s) = p.newest(id).filter(|s| r.ts.is_none_or(|t| s.ts >= t)) {
+                        r.ts = Some(s.ts);
+                        r.row.value = s.value;
+                        r.row.text = s.text.as_deref().map(str::to_owned);
+                        r.row.bad = s.bad.as_deref().map(str::to_owned);
+                    }
+                    r.into_row()
+                })
+                .collect());
+        }
+    }
+
+    /// Every point's catalogue row (its latest value as far as samples go).
+    fn latest_in_catalogue(
+        &self,
+        site: Option<&str>,
+        room: Option<&str>,
+    ) -> Result<Vec<(i64, CatalogueRow)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT site, point, agent, room, device, quantity, unit, last_ts, last_value, last_bad, last_text, id
              FROM points
@@ -955,39 +1008,27 @@ impl SqliteReader {
              ORDER BY site, room, device, point",
         )?;
         let rows = stmt.query_map(params![site, room], |row| {
-            let mut latest = LatestRow {
-                site: row.get(0)?,
-                point: row.get(1)?,
-                agent: row.get(2)?,
-                room: row.get(3)?,
-                device: row.get(4)?,
-                quantity: row.get(5)?,
-                unit: row.get(6)?,
-                ts: 0,
-                value: row.get(8)?,
-                bad: row.get(9)?,
-                text: row.get(10)?,
-            };
-            let ts: Option<i64> = row.get(7)?;
-            let id: i64 = row.get(11)?;
-            let waiting = newest
-                .as_ref()
-                .and_then(|n| n.get(&id))
-                .filter(|s| ts.is_none_or(|t| s.ts >= t));
-            let ts = match waiting {
-                Some(s) => {
-                    latest.value = s.value;
-                    latest.text = s.text.as_deref().map(str::to_owned);
-                    latest.bad = s.bad.as_deref().map(str::to_owned);
-                    Some(s.ts)
-                }
-                None => ts,
-            };
-            Ok(ts.map(|ts| LatestRow { ts, ..latest }))
+            Ok((
+                row.get(11)?,
+                CatalogueRow {
+                    ts: row.get(7)?,
+                    row: LatestRow {
+                        site: row.get(0)?,
+                        point: row.get(1)?,
+                        agent: row.get(2)?,
+                        room: row.get(3)?,
+                        device: row.get(4)?,
+                        quantity: row.get(5)?,
+                        unit: row.get(6)?,
+                        ts: 0,
+                        value: row.get(8)?,
+                        bad: row.get(9)?,
+                        text: row.get(10)?,
+                    },
+                },
+            ))
         })?;
-        Ok(rows
-            .filter_map(Result::transpose)
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Every agent's last status, as it sent it, with when it arrived.
@@ -1010,9 +1051,10 @@ impl SqliteReader {
 
     /// Number of stored samples (for health and tests).
     pub fn sample_count(&self) -> Result<i64, StoreError> {
-        let waiting = self.pending.as_ref().map_or(0, |p| {
-            p.read().unwrap_or_else(|e| e.into_inner()).len() as i64
-        });
+        let waiting = self
+            .pending
+            .as_ref()
+            .map_or(0, |p| pending::read(p).len() as i64);
         let stored: i64 = self
             .conn
             .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
@@ -1026,11 +1068,9 @@ impl SqliteReader {
     /// is committed to samples, so read in this order none is missed (and
     /// one in both is merged away).
     pub(super) fn pending_range(&self, point: i64, from: i64, to: i64) -> Vec<Sample> {
-        self.pending.as_ref().map_or_else(Vec::new, |p| {
-            p.read()
-                .unwrap_or_else(|e| e.into_inner())
-                .range(point, from, to)
-        })
+        self.pending
+            .as_ref()
+            .map_or_else(Vec::new, |p| pending::read(p).range(point, from, to))
     }
 }
 
@@ -1072,10 +1112,24 @@ pub fn backup(
     }
     drop(backup);
     drop(to);
-    // Readings still in staging go into the copy's samples, so whatever
-    // reads the archive (a report, sqlite3) finds every reading there.
-    SqliteWriter::open(dest)?;
-    Ok(())
+    // Readings still in staging go into the copy's samples and rollups, so
+    // whatever reads the archive (a report, sqlite3) finds every reading.
+    let settle = || -> Result<(), StoreError> {
+        let mut copy = SqliteWriter::open(dest)?;
+        while rollup::step(
+            &mut copy.conn,
+            &mut copy.dirty,
+            super::now_ms(),
+            ROLLUP_STEP,
+        )? > 0
+        {}
+        Ok(())
+    };
+    settle().inspect_err(|_| {
+        // No half-made archive left behind to be mistaken for a good one.
+        let _ = std::fs::remove_file(dest);
+        let _ = std::fs::remove_file(format!("{}-wal", dest.display()));
+    })
 }
 
 #[cfg(test)]
@@ -1156,7 +1210,8 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         let mut w = SqliteWriter::open(&path).unwrap();
         let t = 2_000_000_000_000;
-        // Three transactions: with eight slices, most points wait.
+        // Three transactions, each moving one of the sixteen slices: the
+        // temperature point's last reading still waits.
         for seq in 1..=3 {
             w.write_batches(&[batch(seq, t + seq as i64 * 1000, 20.0 + seq as f64)], 0)
                 .unwrap();
@@ -1184,7 +1239,7 @@ mod tests {
         let copy = dir.path().join("copy.sqlite");
         backup(&path, &copy, |_, _| {}).unwrap();
         assert_eq!(samples_in_btree(&copy), 6);
-        // Killed: no destructor, nothing moved at stop.
+        // Killed: the writer never stops cleanly, nothing is moved.
         std::mem::forget(w);
         let _w = SqliteWriter::open(&path).unwrap();
         assert_eq!(samples_in_btree(&path), 6, "replayed from staging at open");
