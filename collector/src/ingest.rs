@@ -155,7 +155,9 @@ impl Acker {
         if self.waiting.load(Relaxed) > 0 || self.client.try_ack(p).is_err() {
             let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
             if unsent.is_empty() {
-                tracing::debug!("MQTT request queue full; acknowledgements wait for room");
+                // Once per episode: it should not happen with the advised
+                // broker window, so say so where an operator looks.
+                tracing::warn!("MQTT request queue full; acknowledgements wait for room (roomguard_acks_deferred_total)");
             }
             unsent.push(p.clone());
             self.waiting.store(unsent.len(), Relaxed);
