@@ -14,7 +14,7 @@
 //! unacknowledged publishes to replay them; we drop those and let the spool
 //! send them again, so there is exactly one source of truth for what is owed.
 
-use crate::spool::{Cursor, Spool, SpoolError, State};
+use crate::spool::{Cursor, NewRecord, Spool, SpoolError, State};
 use roomguard_protocol::{batch::mark_backfill, Confirm, SpoolStatus};
 use rumqttc::{AsyncClient, QoS, Request};
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +38,23 @@ pub enum ConfirmBy {
     Collector,
     /// The broker's PUBACK alone, for deployments without a RoomGuard collector.
     Broker,
+}
+
+/// A batch on its way: spooled first, then published.
+pub struct OutBatch {
+    pub seq: u64,
+    pub polled_at: i64,
+    pub readings: u32,
+    pub payload: Vec<u8>,
+}
+
+/// What [`Link::submit_all`] did.
+pub struct Submitted {
+    /// Time until the backlog may send again, if it waits on the rate limit.
+    pub waiting: Option<Duration>,
+    /// Batches lost because the spool could not be written.
+    pub lost: usize,
+    pub error: Option<SpoolError>,
 }
 
 pub struct LinkOptions {
@@ -105,28 +122,42 @@ impl Link {
         &self.spool
     }
 
-    /// Spools a batch and sends it if the window allows. Returns the time
-    /// until the backlog may send again, if it is waiting on the rate limit.
-    pub fn submit(
-        &mut self,
-        seq: u64,
-        polled_at: i64,
-        readings: u32,
-        payload: Vec<u8>,
-    ) -> Result<Option<Duration>, SpoolError> {
-        if !self.spool.append(seq, polled_at, readings, &payload)? {
-            tracing::warn!(
-                seq,
-                readings,
-                "spool full (on_full = drop_newest): batch dropped"
-            );
-            return Ok(None);
+    /// Spools a burst of batches (one `write` for all of them) and sends
+    /// what the window allows. Says how many the disk refused, and the time
+    /// until the backlog may send again if it is waiting on the rate limit.
+    pub fn submit_all(&mut self, batches: Vec<OutBatch>) -> Submitted {
+        let records: Vec<NewRecord<'_>> = batches
+            .iter()
+            .map(|b| NewRecord {
+                seq: b.seq,
+                polled_at: b.polled_at,
+                readings: b.readings,
+                payload: &b.payload,
+            })
+            .collect();
+        let appended = self.spool.append_all(&records);
+        drop(records);
+        for (b, kept) in batches.into_iter().zip(&appended.kept) {
+            if !kept {
+                if appended.error.is_none() {
+                    tracing::warn!(
+                        seq = b.seq,
+                        readings = b.readings,
+                        "spool full (on_full = drop_newest): batch dropped"
+                    );
+                }
+                continue;
+            }
+            if self.connected && self.live.len() < LIVE_MAX {
+                self.spool.set_state(b.seq, State::Sending);
+                self.live.push_back((b.seq, b.payload));
+            }
         }
-        if self.connected && self.live.len() < LIVE_MAX {
-            self.spool.set_state(seq, State::Sending);
-            self.live.push_back((seq, payload));
+        Submitted {
+            waiting: self.pump(),
+            lost: appended.lost,
+            error: appended.error,
         }
-        Ok(self.pump())
     }
 
     /// Hands as much to rumqttc as the window and the backlog rate allow.

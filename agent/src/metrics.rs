@@ -123,7 +123,7 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
     let s = l.spool_status();
     let c = l.spool().counters;
     let st = l.stats;
-    let rows: [(&str, &str, &str, u64); 12] = [
+    let rows: [(&str, &str, &str, u64); 13] = [
         (
             "roomguard_agent_spool_pending_batches",
             "gauge",
@@ -171,6 +171,12 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
             "counter",
             "Damaged stretches discarded at start.",
             s.discarded_records,
+        ),
+        (
+            "roomguard_agent_spool_syncs_total",
+            "counter",
+            "fsyncs of the spool (only for batches left waiting unconfirmed).",
+            c.syncs,
         ),
         (
             "roomguard_agent_sent_live_total",

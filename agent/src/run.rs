@@ -13,7 +13,7 @@ use crate::config::Agent;
 use crate::drivers::modbus::bus::BusRunner;
 use crate::drivers::snmp::SnmpPoller;
 use crate::drivers::DevicePoll;
-use crate::link::{Link, LinkOptions, WINDOW};
+use crate::link::{Link, LinkOptions, OutBatch, WINDOW};
 use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
 use crate::spool::{OpenReport, Spool, SpoolError};
@@ -390,6 +390,9 @@ struct Publisher {
 /// collector that starts afresh learns every room and unit within this.
 const DESCRIBE_EVERY: Duration = Duration::from_secs(60);
 
+/// Most polls spooled with one write.
+const BURST: usize = 64;
+
 impl Publisher {
     async fn run(
         mut self,
@@ -405,7 +408,16 @@ impl Publisher {
             tokio::select! {
                 poll = rx.recv() => {
                     let Some(poll) = poll else { return Ok(()) };
-                    self.publish_poll(poll)?;
+                    // Polls come in bursts (devices share a few phases per
+                    // interval): take what has arrived and spool it with one
+                    // write.
+                    let mut out = Vec::with_capacity(rx.len() + 1);
+                    out.extend(self.prepare(poll)?);
+                    while out.len() < BURST {
+                        let Ok(poll) = rx.try_recv() else { break };
+                        out.extend(self.prepare(poll)?);
+                    }
+                    self.submit(out);
                 }
                 () = connected.notified() => {
                     // A new connection may be to a collector (or broker) that
@@ -423,14 +435,15 @@ impl Publisher {
         }
     }
 
-    fn publish_poll(&mut self, poll: DevicePoll) -> Result<(), AgentError> {
+    /// Records a poll in the device's health and metrics, and makes its batch.
+    fn prepare(&mut self, poll: DevicePoll) -> Result<Option<OutBatch>, AgentError> {
         // Every device has an entry from the start: no key to allocate per poll.
         if !self.health.contains_key(&poll.device) {
             self.health
                 .insert(poll.device.clone(), DeviceHealth::new(&poll.device));
         }
         let Some(h) = self.health.get_mut(&poll.device) else {
-            return Ok(());
+            return Ok(None);
         };
         h.last_latency_ms = Some(poll.latency.as_millis() as u64);
         let good = poll.result.any_good();
@@ -467,7 +480,7 @@ impl Publisher {
             }
         }
         if poll.result.readings.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.metrics.batches_published.fetch_add(1, Relaxed);
         self.metrics
@@ -495,25 +508,32 @@ impl Publisher {
             backfill: false,
             readings: poll.result.readings,
         };
-        // Spooled before it is sent; never waits on the broker. A full disk
-        // is logged and the poll goes on: the next batch may fit again.
-        let waiting = match lock(&self.link).submit(
-            batch.seq,
-            batch.polled_at,
+        let payload = batch.to_json();
+        Ok(Some(OutBatch {
+            seq: batch.seq,
+            polled_at: batch.polled_at,
             readings,
-            batch.to_json(),
-        ) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, seq = batch.seq, "cannot write the spool; batch lost");
-                self.metrics.spool_write_errors.fetch_add(1, Relaxed);
-                None
-            }
-        };
-        if waiting.is_some() {
+            payload,
+        }))
+    }
+
+    /// Spools a burst of batches and sends them. Spooled before sent; never
+    /// waits on the broker. A full disk is logged and polling goes on: the
+    /// next batches may fit again.
+    fn submit(&mut self, out: Vec<OutBatch>) {
+        if out.is_empty() {
+            return;
+        }
+        let done = lock(&self.link).submit_all(out);
+        if let Some(e) = &done.error {
+            tracing::error!(error = %e, batches = done.lost, "cannot write the spool; batches lost");
+            self.metrics
+                .spool_write_errors
+                .fetch_add(done.lost as u64, Relaxed);
+        }
+        if done.waiting.is_some() {
             self.pace.notify_one();
         }
-        Ok(())
     }
 
     fn publish_status(&self) {

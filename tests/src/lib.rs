@@ -169,6 +169,16 @@ impl Proc {
         }
     }
 
+    /// The last line printed so far (those before it are passed over), for
+    /// programs that print running counters.
+    pub fn last_line(&mut self) -> Option<String> {
+        let mut last = None;
+        while let Ok(line) = self.lines.try_recv() {
+            last = Some(line);
+        }
+        last
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

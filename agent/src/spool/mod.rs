@@ -10,11 +10,16 @@
 //! flash of an edge box; and after damage a log can say exactly which records
 //! it lost and keep the rest, where a damaged database file is all or nothing.
 //!
-//! Durability: a record is written (one `write` call) before it is published,
-//! so a SIGKILL loses nothing. Against power loss the active segment is
-//! fsynced every `sync_interval` (or after every record when it is zero).
-//! Ack files are never fsynced: a lost ack only means a batch is sent again,
-//! and the collector stores a repeated batch once.
+//! Durability: a record is written before it is published, so a SIGKILL
+//! loses nothing. The batches of one burst of polls go in one `write`: the
+//! kernel's cost of appending to a file is mostly per call, not per byte.
+//! Against power loss, every `sync_interval` the active segment is fsynced if
+//! it holds a batch that has waited unconfirmed for more than half of that
+//! interval (or after every write when the interval is zero). A batch the
+//! collector has confirmed is safe there and needs no fsync, so on a healthy
+//! link the spool's pages are usually deleted before they are ever written
+//! to the flash of an edge box. Ack files are never fsynced: a lost ack only
+//! means a batch is sent again, and the collector stores a repeated batch once.
 
 pub mod record;
 
@@ -25,6 +30,25 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// A batch to write.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub seq: u64,
+    pub polled_at: i64,
+    pub readings: u32,
+    pub payload: &'a [u8],
+}
+
+/// What [`Spool::append_all`] did.
+#[derive(Debug)]
+pub struct Appended {
+    /// Per batch: written (true), or dropped by the bound or lost to an error.
+    pub kept: Vec<bool>,
+    /// Batches lost because the disk refused them.
+    pub lost: usize,
+    pub error: Option<SpoolError>,
+}
 
 /// What to do when a new batch does not fit within `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -130,6 +154,8 @@ pub struct Counters {
     pub discarded_records: u64,
     pub discarded_bytes: u64,
     pub refused_batches: u64,
+    /// fsyncs of segments: few while the collector confirms promptly.
+    pub syncs: u64,
 }
 
 /// A record to publish from the backlog.
@@ -145,7 +171,12 @@ pub struct Spool {
     /// Oldest first; the last one is written to.
     segments: VecDeque<Segment>,
     active: File,
-    unsynced: bool,
+    /// Leading entries of the active segment that are on disk, or done and so
+    /// in no need of it.
+    synced: usize,
+    /// Records encoded but not yet written, and their entries (with the
+    /// index of the batch in the call), while `append_all` runs.
+    staged: Vec<(usize, Entry)>,
     last_sync: Instant,
     next_id: u64,
     pub counters: Counters,
@@ -239,7 +270,8 @@ impl Spool {
             limits,
             segments,
             active,
-            unsynced: false,
+            synced: 0,
+            staged: Vec::new(),
             last_sync: Instant::now(),
             next_id: next_id + 1,
             counters: Counters {
@@ -262,45 +294,115 @@ impl Spool {
         readings: u32,
         payload: &[u8],
     ) -> Result<bool, SpoolError> {
+        let out = self.append_all(&[NewRecord {
+            seq,
+            polled_at,
+            readings,
+            payload,
+        }]);
+        match out.error {
+            Some(e) => Err(e),
+            None => Ok(out.kept[0]),
+        }
+    }
+
+    /// Writes batches in order, in one `write` unless a segment fills or the
+    /// bound is reached on the way. A failed write loses the batches it held
+    /// (they are not kept, and the error says so); those before are kept.
+    pub fn append_all(&mut self, records: &[NewRecord<'_>]) -> Appended {
+        let mut out = Appended {
+            kept: vec![false; records.len()],
+            lost: 0,
+            error: None,
+        };
         self.buf.clear();
-        record::encode(&mut self.buf, seq, polled_at, readings, payload);
-        let len = self.buf.len() as u64;
-        if !self.make_room(len, readings)? {
-            return Ok(false);
+        self.staged.clear();
+        for (i, r) in records.iter().enumerate() {
+            let len = record::encoded_len(r.payload) as u64;
+            let staged_bytes = self.buf.len() as u64;
+            let active = self.active_segment();
+            let segment_full = active.size + staged_bytes + len > self.limits.segment_bytes()
+                && !(active.entries.is_empty() && self.staged.is_empty());
+            let over_bound = self.total_bytes() + staged_bytes + len > self.limits.max_bytes;
+            if segment_full || over_bound {
+                // Rotating or dropping works on what is on disk: write first.
+                if let Err(e) = self.write_staged(&mut out) {
+                    out.error = Some(e);
+                }
+                let room = self.make_room(len, r.readings).and_then(|room| {
+                    if room
+                        && self.active_segment().size + len > self.limits.segment_bytes()
+                        && !self.active_segment().entries.is_empty()
+                    {
+                        self.rotate()?;
+                    }
+                    Ok(room)
+                });
+                match room {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        // The disk refuses: the rest of the burst is lost too.
+                        out.lost += records.len() - i;
+                        out.error = Some(e);
+                        return out;
+                    }
+                }
+            }
+            let offset = (self.active_segment().size + self.buf.len() as u64) as u32;
+            record::encode(&mut self.buf, r.seq, r.polled_at, r.readings, r.payload);
+            self.staged.push((
+                i,
+                Entry {
+                    info: RecordInfo {
+                        offset,
+                        len: len as u32,
+                        seq: r.seq,
+                        polled_at: r.polled_at,
+                        readings: r.readings,
+                    },
+                    state: State::Unsent,
+                    delivered_at: None,
+                },
+            ));
         }
-        if self.active_segment().size + len > self.limits.segment_bytes()
-            && !self.active_segment().entries.is_empty()
-        {
-            self.rotate()?;
+        if let Err(e) = self.write_staged(&mut out) {
+            out.error = Some(e);
         }
-        let seg = self.segments.back_mut().expect("active segment");
-        let offset = seg.size as u32;
+        if out.error.is_none() && self.limits.sync_interval.is_zero() {
+            if let Err(e) = self.sync() {
+                out.error = Some(e);
+            }
+        }
+        out
+    }
+
+    /// Writes the staged records to the active segment in one call and
+    /// indexes them.
+    fn write_staged(&mut self, out: &mut Appended) -> Result<(), SpoolError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
         if let Err(e) = self.active.write_all(&self.buf) {
+            out.lost += self.staged.len();
+            self.staged.clear();
+            self.buf.clear();
             // Partly written bytes would read back as damage; start afresh.
-            let path = seg.path.clone();
+            let path = self.active_segment().path.clone();
             self.rotate()?;
             return Err(SpoolError::File(path, e));
         }
-        seg.size += len;
-        seg.pending += 1;
-        seg.pending_bytes += len;
-        seg.entries.push(Entry {
-            info: RecordInfo {
-                offset,
-                len: len as u32,
-                seq,
-                polled_at,
-                readings,
-            },
-            state: State::Unsent,
-            delivered_at: None,
-        });
-        self.counters.appended += 1;
-        self.unsynced = true;
-        if self.limits.sync_interval.is_zero() {
-            self.sync()?;
+        let seg = self.segments.back_mut().expect("active segment");
+        seg.size += self.buf.len() as u64;
+        for (i, entry) in self.staged.drain(..) {
+            seg.pending += 1;
+            seg.pending_bytes += u64::from(entry.info.len);
+            seg.entries.push(entry);
+            out.kept[i] = true;
+            self.counters.appended += 1;
         }
-        Ok(true)
+        self.buf.clear();
+        Ok(())
     }
 
     /// Frees space for `len` more bytes by the configured policy; false if
@@ -352,7 +454,10 @@ impl Spool {
     }
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
-        self.sync()?;
+        // Young or not, a waiting batch is not left behind unsynced: the
+        // periodic check only looks at the active segment.
+        self.sync_waiting(None)?;
+        self.synced = 0;
         let (file, seg) = new_segment(&self.dir, self.next_id)?;
         self.next_id += 1;
         self.active = file;
@@ -377,20 +482,55 @@ impl Spool {
     /// and writes the confirmations recorded since the last call.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.write_acks();
-        if self.unsynced {
-            self.active
-                .sync_data()
-                .map_err(|e| SpoolError::File(self.active_segment().path.clone(), e))?;
-            self.unsynced = false;
+        let seg = self.active_segment();
+        if self.synced < seg.entries.len() {
+            self.fsync_active()?;
         }
         self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn fsync_active(&mut self) -> Result<(), SpoolError> {
+        self.active
+            .sync_data()
+            .map_err(|e| SpoolError::File(self.active_segment().path.clone(), e))?;
+        self.counters.syncs += 1;
+        self.synced = self.active_segment().entries.len();
+        Ok(())
+    }
+
+    /// Writes the confirmations, and fsyncs the active segment if a batch
+    /// written since the last fsync is still waiting for its confirmation,
+    /// except those polled between `young_since` = (since, now), in ms: they
+    /// get until the next time, as on a healthy link they are confirmed well
+    /// within it.
+    fn sync_waiting(&mut self, young_since: Option<(i64, i64)>) -> Result<(), SpoolError> {
+        self.write_acks();
+        self.last_sync = Instant::now();
+        let seg = self.active_segment();
+        let unsynced = &seg.entries[self.synced.min(seg.entries.len())..];
+        // A clock set back would make batches look young for as long as it
+        // was set back: anything stamped ahead of now is old.
+        let young = |e: &Entry| {
+            young_since
+                .is_some_and(|(since, now)| (since + 1..=now + 1_000).contains(&e.info.polled_at))
+        };
+        if unsynced.iter().any(|e| e.state != State::Done && !young(e)) {
+            return self.fsync_active();
+        }
+        // Everything up to the first waiting batch is done: never needs it.
+        self.synced += unsynced
+            .iter()
+            .position(|e| e.state != State::Done)
+            .unwrap_or(unsynced.len());
         Ok(())
     }
 
     /// Periodic upkeep: the fsync interval and the age bound.
     pub fn maintain(&mut self, now_ms: i64) -> Result<(), SpoolError> {
         if self.last_sync.elapsed() >= self.limits.sync_interval {
-            self.sync()?;
+            let half = (self.limits.sync_interval / 2).as_millis() as i64;
+            self.sync_waiting(Some((now_ms - half, now_ms)))?;
         }
         let max_age = self.limits.max_age.as_millis() as i64;
         while self.segments.len() > 1
@@ -793,6 +933,78 @@ mod tests {
         drop(s); // a clean stop writes them
         let (s, _) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
         assert_eq!(pending_seqs(&s), (4..=6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_burst_is_kept_in_order_across_segments_and_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 64 * 1024; // segments of 8 KiB: a burst spans many
+        let (mut s, _) = Spool::open(dir.path(), limits(max)).unwrap();
+        let payloads: Vec<Vec<u8>> = (1..=600).map(payload).collect();
+        let burst: Vec<NewRecord<'_>> = payloads
+            .iter()
+            .zip(1u64..)
+            .map(|(p, seq)| NewRecord {
+                seq,
+                polled_at: 1_000 * seq as i64,
+                readings: 2,
+                payload: p,
+            })
+            .collect();
+        let out = s.append_all(&burst);
+        assert!(out.error.is_none());
+        assert!(s.total_bytes() <= max, "{} > {max}", s.total_bytes());
+        let kept = pending_seqs(&s);
+        assert_eq!(*kept.last().unwrap(), 600, "the newest are kept");
+        assert_eq!(kept, (kept[0]..=600).collect::<Vec<_>>(), "no holes");
+        assert_eq!(s.counters.dropped_batches, 600 - kept.len() as u64);
+        assert_eq!(s.payload(kept[0]).unwrap().unwrap(), payload(kept[0]));
+        assert_eq!(s.payload(600).unwrap().unwrap(), payload(600));
+        std::mem::forget(s); // killed: what was written is on disk
+        let (mut s, report) = Spool::open(dir.path(), limits(max)).unwrap();
+        assert_eq!(report.discarded_records, 0, "{:?}", report.damage);
+        assert_eq!(pending_seqs(&s), kept);
+        assert_eq!(s.payload(599).unwrap().unwrap(), payload(599));
+    }
+
+    #[test]
+    fn only_batches_waiting_unconfirmed_are_forced_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = limits(1 << 20);
+        l.sync_interval = Duration::from_millis(20);
+        let (mut s, _) = Spool::open(dir.path(), l).unwrap();
+        let due = || std::thread::sleep(Duration::from_millis(25));
+        // polled_at is 1000 * seq; "now" is given to maintain.
+        fill(&mut s, 1..=3);
+        s.finish(1, 3);
+        due();
+        s.maintain(10_000).unwrap();
+        assert_eq!(s.counters.syncs, 0, "confirmed batches need no fsync");
+
+        fill(&mut s, 4..=5);
+        s.finish(5, 5);
+        due();
+        s.maintain(10_000).unwrap();
+        assert_eq!(s.counters.syncs, 1, "batch 4 waits unconfirmed");
+        due();
+        s.maintain(10_000).unwrap();
+        assert_eq!(s.counters.syncs, 1, "nothing new since");
+
+        fill(&mut s, 6..=6);
+        due();
+        s.maintain(6_000).unwrap();
+        assert_eq!(
+            s.counters.syncs, 1,
+            "polled just now: it may still be confirmed"
+        );
+        due();
+        s.maintain(7_000).unwrap();
+        assert_eq!(s.counters.syncs, 2, "still waiting a moment later");
+
+        fill(&mut s, 7..=7);
+        due();
+        s.maintain(5_000).unwrap();
+        assert_eq!(s.counters.syncs, 3, "a clock set back does not defer it");
     }
 
     #[test]

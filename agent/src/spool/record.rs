@@ -63,6 +63,11 @@ pub struct Scan {
     pub bad_header: bool,
 }
 
+/// Bytes [`encode`] appends for `payload`.
+pub fn encoded_len(payload: &[u8]) -> usize {
+    FRAME + HEADER + payload.len()
+}
+
 /// Appends one record to `out`.
 pub fn encode(out: &mut Vec<u8>, seq: u64, polled_at: i64, readings: u32, payload: &[u8]) {
     let body_len = (HEADER + payload.len()) as u32;

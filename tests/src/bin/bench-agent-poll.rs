@@ -4,12 +4,20 @@
 //! against the planner's minimum, CPU seconds per million registers read
 //! (user + system time of the agent process from /proc), and peak RSS.
 //!
+//! The same devices are also polled by a plain C poller built on libmodbus
+//! and libmosquitto (`tests/reference/modbus-mqtt-poller.c`, compiled here
+//! with `cc` when Debian's libmodbus-dev and libmosquitto-dev are installed),
+//! in alternating rounds, so the report compares the two under the same
+//! conditions: on a shared virtual machine the CPU time of one and the same
+//! binary varies by two or three times from hour to hour.
+//!
 //! Build release binaries first, then run:
 //!   cargo build --release --workspace --bins
-//!   target/release/bench-agent-poll [--devices 100] [--registers 100] [--seconds 60] [--pin]
+//!   target/release/bench-agent-poll [--devices 100] [--registers 100] [--seconds 60]
+//!       [--rounds 3] [--pin] [--no-reference]
 //!
-//! `--pin` puts the agent on the last core and the simulator and Mosquitto on
-//! the others, so they do not compete for one core.
+//! `--pin` puts the poller being measured on the last core and the simulator
+//! and Mosquitto on the others, so they do not compete for one core.
 
 use anyhow::{bail, Context, Result};
 use roomguard_e2e::*;
@@ -46,11 +54,205 @@ async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Result<f
         .sum())
 }
 
+/// One poller's figures over the measured window.
+struct Measured {
+    user: f64,
+    sys: f64,
+    polls: f64,
+    requests: f64,
+    registers: f64,
+    messages: f64,
+    failed: f64,
+    overruns: f64,
+    rss_kib: u64,
+    wall: f64,
+}
+
+impl Measured {
+    fn cpu(&self) -> f64 {
+        self.user + self.sys
+    }
+    fn per_million(&self) -> f64 {
+        self.cpu() / (self.registers / 1e6)
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    sim_pid: u32,
+    devices: Vec<String>,
+    registers: u64,
+    seconds: u64,
+    pin: bool,
+}
+
+impl Setup {
+    fn pin(&self, pid: u32) -> Result<()> {
+        // On a 2-core machine the poller, the simulator and Mosquitto compete
+        // for cores; this gives the poller the last one to itself.
+        if !self.pin {
+            return Ok(());
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if cores >= 2 {
+            let last = (cores - 1).to_string();
+            let rest = format!("0-{}", cores - 2);
+            pin(&last, pid)?;
+            pin(&rest, self.sim_pid)?;
+            pin(&rest, self.broker.proc.pid())?;
+        }
+        Ok(())
+    }
+}
+
+/// Warm-up: connections open, first polls spread over the interval.
+const WARM_UP: Duration = Duration::from_secs(5);
+
+async fn measure_agent(s: &Setup, round: u64) -> Result<Measured> {
+    let state = s.dir.path().join(format!("state-{round}"));
+    let mut toml = format!(
+        // No collector here, so nothing would confirm batches: the broker's
+        // PUBACK ends their stay in the spool (confirm = "broker"), which keeps
+        // the spool in its steady state, one append and one ack per batch.
+        "site = \"bench\"\nagent = \"edge-bench\"\nstate_dir = {:?}\nprofiles_dir = {:?}\n[mqtt]\nurl = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[spool]\nconfirm = \"broker\"\n",
+        state.display().to_string(),
+        s.dir.path().join("profiles").display().to_string(),
+        s.broker.url()
+    );
+    for (i, addr) in s.devices.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[modbus]]\nid = \"dev-{i:03}\"\nroom = \"room-{}\"\naddress = {addr:?}\nunit = 1\ninterval = \"1s\"\nprofile = \"bench-device\"\n",
+            i % 10
+        ));
+    }
+    let mut agent = start_agent(s.dir.path(), &toml)?;
+    let ready = agent.wait_ready(Duration::from_secs(30))?;
+    let metrics = format!(
+        "http://{}/metrics",
+        ready["metrics"].as_str().context("metrics address")?
+    );
+    let pid = agent.pid();
+    s.pin(pid)?;
+    let client = http_client();
+    tokio::time::sleep(WARM_UP).await;
+    let count = |name: &'static str| {
+        let (client, metrics) = (&client, &metrics);
+        async move { metric_sum(client, metrics, name).await }
+    };
+    let cpu0 = cpu_seconds(pid)?;
+    let regs0 = count("roomguard_agent_registers_total").await?;
+    let reqs0 = count("roomguard_agent_requests_total").await?;
+    let polls0 = count("roomguard_agent_polls_total").await?;
+    let batches0 = count("roomguard_agent_batches_published_total").await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(s.seconds)).await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(pid)?;
+    let m = Measured {
+        user: cpu1.0 - cpu0.0,
+        sys: cpu1.1 - cpu0.1,
+        registers: count("roomguard_agent_registers_total").await? - regs0,
+        requests: count("roomguard_agent_requests_total").await? - reqs0,
+        polls: count("roomguard_agent_polls_total").await? - polls0,
+        messages: count("roomguard_agent_batches_published_total").await? - batches0,
+        overruns: count("roomguard_agent_cycle_overruns_total").await?,
+        failed: count("roomguard_agent_failed_polls_total").await?,
+        rss_kib: peak_rss_kib(pid)?,
+        wall,
+    };
+    agent.kill();
+    Ok(m)
+}
+
+/// Compiles the C poller; `None` (and why) when the libraries are missing.
+fn build_reference(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("reference")
+        .join("modbus-mqtt-poller.c");
+    let exe = dir.join("modbus-mqtt-poller");
+    let out = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .args(["-I/usr/include/modbus", "-lmodbus", "-lmosquitto"])
+        .output()
+        .context("cc")?;
+    if !out.status.success() {
+        eprintln!(
+            "the C reference poller did not build (install libmodbus-dev and libmosquitto-dev): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(None);
+    }
+    Ok(Some(exe))
+}
+
+/// Cumulative (polls, registers, failed) from the C poller's last line.
+fn reference_counts(p: &mut Proc) -> Result<(f64, f64, f64)> {
+    let line = p.last_line().context("the C poller printed nothing")?;
+    let field = |name: &str| -> Result<f64> {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == name);
+        words
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} in {line:?}"))
+    };
+    Ok((field("polls")?, field("registers")?, field("failed")?))
+}
+
+async fn measure_reference(s: &Setup, exe: &std::path::Path) -> Result<Measured> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(s.broker.port.to_string())
+        .arg(s.registers.to_string())
+        .args(&s.devices);
+    let mut p = Proc::spawn("reference", cmd, s.dir.path())?;
+    p.wait_line("cycle", Duration::from_secs(30))?;
+    let pid = p.pid();
+    s.pin(pid)?;
+    tokio::time::sleep(WARM_UP).await;
+    let cpu0 = cpu_seconds(pid)?;
+    let (polls0, regs0, _) = reference_counts(&mut p)?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(s.seconds)).await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(pid)?;
+    let (polls1, regs1, failed) = reference_counts(&mut p)?;
+    let m = Measured {
+        user: cpu1.0 - cpu0.0,
+        sys: cpu1.1 - cpu0.1,
+        polls: polls1 - polls0,
+        requests: polls1 - polls0,
+        registers: regs1 - regs0,
+        messages: polls1 - polls0,
+        failed,
+        overruns: 0.0,
+        rss_kib: peak_rss_kib(pid)?,
+        wall,
+    };
+    p.kill();
+    Ok(m)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let devices = arg("--devices", 100);
     let registers = arg("--registers", 100);
     let seconds = arg("--seconds", 60);
+    let rounds = arg("--rounds", 1).max(1);
     let dir = tempfile::tempdir()?;
     let Some(broker) = Mosquitto::start(dir.path())? else {
         bail!("mosquitto is needed for this benchmark");
@@ -82,87 +284,76 @@ async fn main() -> Result<()> {
         ));
     }
     std::fs::write(profiles.join("bench-device.toml"), profile)?;
-    let mut toml = format!(
-        // No collector here, so nothing would confirm batches: the broker's
-        // PUBACK ends their stay in the spool (confirm = "broker"), which keeps
-        // the spool in its steady state, one append and one ack per batch.
-        "site = \"bench\"\nagent = \"edge-bench\"\nstate_dir = {:?}\nprofiles_dir = {:?}\n[mqtt]\nurl = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[spool]\nconfirm = \"broker\"\n",
-        dir.path().join("state").display().to_string(),
-        profiles.display().to_string(),
-        broker.url()
-    );
-    for (i, addr) in sim.bench.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[modbus]]\nid = \"dev-{i:03}\"\nroom = \"room-{}\"\naddress = {addr:?}\nunit = 1\ninterval = \"1s\"\nprofile = \"bench-device\"\n",
-            i % 10
-        ));
-    }
-    let mut agent = start_agent(dir.path(), &toml)?;
-    let ready = agent.wait_ready(Duration::from_secs(30))?;
-    let metrics = format!(
-        "http://{}/metrics",
-        ready["metrics"].as_str().context("metrics address")?
-    );
-    let pid = agent.pid();
-    // On a 2-core machine the agent, the simulator and Mosquitto compete for
-    // cores; pinning the agent to the last core and the others to the rest
-    // takes most of the run-to-run scatter out of the agent's CPU figure.
-    if std::env::args().any(|a| a == "--pin") {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        if cores >= 2 {
-            let last = (cores - 1).to_string();
-            let rest = format!("0-{}", cores - 2);
-            pin(&last, agent.pid())?;
-            pin(&rest, sim_proc.pid())?;
-            pin(&rest, broker.proc.pid())?;
+    let reference = if std::env::args().any(|a| a == "--no-reference") {
+        None
+    } else {
+        build_reference(dir.path())?
+    };
+    let setup = Setup {
+        broker,
+        sim_pid: sim_proc.pid(),
+        devices: sim.bench.clone(),
+        registers,
+        seconds,
+        pin: std::env::args().any(|a| a == "--pin"),
+        dir,
+    };
+
+    let mut agent_runs = Vec::new();
+    let mut reference_runs = Vec::new();
+    for round in 1..=rounds {
+        agent_runs.push(measure_agent(&setup, round).await?);
+        if let Some(exe) = &reference {
+            reference_runs.push(measure_reference(&setup, exe).await?);
         }
     }
-    let client = http_client();
 
-    // Warm up: connections open, first polls spread over the interval.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let cpu0 = cpu_seconds(pid)?;
-    let regs0 = metric_sum(&client, &metrics, "roomguard_agent_registers_total").await?;
-    let reqs0 = metric_sum(&client, &metrics, "roomguard_agent_requests_total").await?;
-    let polls0 = metric_sum(&client, &metrics, "roomguard_agent_polls_total").await?;
-    let batches0 = metric_sum(&client, &metrics, "roomguard_agent_batches_published_total").await?;
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let wall = started.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(pid)?;
-    let (user, sys) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
-    let cpu = user + sys;
-    let regs = metric_sum(&client, &metrics, "roomguard_agent_registers_total").await? - regs0;
-    let reqs = metric_sum(&client, &metrics, "roomguard_agent_requests_total").await? - reqs0;
-    let polls = metric_sum(&client, &metrics, "roomguard_agent_polls_total").await? - polls0;
-    let batches =
-        metric_sum(&client, &metrics, "roomguard_agent_batches_published_total").await? - batches0;
-    let overruns = metric_sum(&client, &metrics, "roomguard_agent_cycle_overruns_total").await?;
-    let failed = metric_sum(&client, &metrics, "roomguard_agent_failed_polls_total").await?;
-    let rss = peak_rss_kib(pid)?;
     // One read per device covers 100 contiguous registers: the minimum is one request per poll.
     let min_requests_per_cycle = devices * registers.div_ceil(125);
-    let cycles = polls / devices as f64;
-
-    println!("| measure | value |\n|---|---|");
-    println!("| devices × registers, interval | {devices} × {registers}, 1 s |");
-    println!("| measured for | {wall:.1} s |");
-    println!("| polls (cycles) | {polls:.0} ({cycles:.1}) |");
-    println!(
-        "| requests per cycle / planner minimum | {:.1} / {min_requests_per_cycle} |",
-        reqs / cycles
-    );
-    println!("| registers read | {regs:.0} |");
-    println!("| MQTT messages (QoS 1, one per poll) | {batches:.0} |");
-    println!("| agent CPU user + system | {user:.2} s + {sys:.2} s = {cpu:.2} s |");
-    println!(
-        "| CPU seconds per million registers | {:.3} |",
-        cpu / (regs / 1e6)
-    );
-    println!("| peak RSS (VmHWM) | {:.1} MB |", rss as f64 / 1024.0);
-    println!("| failed polls / overruns | {failed:.0} / {overruns:.0} |");
-    agent.kill();
+    println!("{devices} devices × {registers} registers, polled every 1 s, {seconds} s measured per run after a {WARM_UP:?} warm-up; rounds alternate the agent and the C poller.\n");
+    println!("| round | poller | CPU user + system | CPU-s per million registers | requests per cycle / minimum | messages | peak RSS | failed polls / overruns |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |round: usize, name: &str, m: &Measured| {
+        let cycles = m.polls / devices as f64;
+        println!(
+            "| {round} | {name} | {:.2} s + {:.2} s = {:.2} s in {:.0} s | {:.3} | {:.1} / {min_requests_per_cycle} | {:.0} | {:.1} MB | {:.0} / {:.0} |",
+            m.user,
+            m.sys,
+            m.cpu(),
+            m.wall,
+            m.per_million(),
+            m.requests / cycles,
+            m.messages,
+            m.rss_kib as f64 / 1024.0,
+            m.failed,
+            m.overruns
+        );
+    };
+    for (i, a) in agent_runs.iter().enumerate() {
+        row(i + 1, "RoomGuard agent", a);
+        if let Some(r) = reference_runs.get(i) {
+            row(i + 1, "C (libmodbus + libmosquitto)", r);
+        }
+    }
+    let agent_median = median(agent_runs.iter().map(Measured::per_million).collect());
+    println!("\nagent: median {agent_median:.3} CPU-s per million registers");
+    if !reference_runs.is_empty() {
+        let c = median(reference_runs.iter().map(Measured::per_million).collect());
+        let ratios: Vec<f64> = agent_runs
+            .iter()
+            .zip(&reference_runs)
+            .map(|(a, r)| a.per_million() / r.per_million())
+            .collect();
+        println!(
+            "C poller: median {c:.3}; agent / C per round: {} (median {:.2}×)",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}×"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(ratios.clone())
+        );
+    }
+    drop(sim_proc);
     Ok(())
 }
