@@ -15,6 +15,7 @@
 //! A crash loses nothing: `staging` is replayed into samples at open.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -41,15 +42,39 @@ impl Sample {
     }
 }
 
-type Slice = HashMap<i64, Vec<Sample>>;
+/// Hashing for point ids, which SQLite hands out (not chosen by a client):
+/// SipHash's guard against chosen keys buys nothing here, and the writer
+/// hashes every reading it takes in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the top bits too.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub type Slice = HashMap<i64, Vec<Sample>, BuildHasherDefault<IdHasher>>;
 
 /// Pending readings by point, in arrival order per point.
 #[derive(Debug)]
 pub struct Pending {
     slices: Vec<Slice>,
-    /// The slice being moved by the transaction in progress: still visible
-    /// to readers until that transaction has committed.
-    moving: Slice,
+    /// The slices being moved by the transaction in progress, by index:
+    /// still visible to readers until that transaction has committed.
+    moving: Vec<(usize, Slice)>,
     /// Readings in `moving`.
     moving_len: usize,
     len: usize,
@@ -82,8 +107,8 @@ impl Default for Pending {
 impl Pending {
     pub fn new() -> Pending {
         Pending {
-            slices: vec![Slice::new(); SLICES],
-            moving: Slice::new(),
+            slices: vec![Slice::default(); SLICES],
+            moving: Vec::new(),
             moving_len: 0,
             len: 0,
             moves: 0,
@@ -119,19 +144,20 @@ impl Pending {
         }
     }
 
-    /// Starts moving slice `k`: its readings stay visible until
-    /// [`Pending::moved`] (committed) or [`Pending::not_moved`] (rolled back).
-    pub fn start_moving(&mut self, k: usize) -> Vec<(i64, Sample)> {
+    /// Slice `k`'s readings, for the transaction that is about to move it
+    /// to insert them (by reference: it holds a read lock meanwhile, and
+    /// only the writer changes pending readings).
+    pub fn slice(&self, k: usize) -> &Slice {
+        &self.slices[k]
+    }
+
+    /// Starts moving slice `k`, once its readings are in the transaction:
+    /// they stay visible until [`Pending::moved`] (committed) or
+    /// [`Pending::not_moved`] (rolled back).
+    pub fn start_moving(&mut self, k: usize) {
         let slice = std::mem::take(&mut self.slices[k]);
-        let out = slice
-            .iter()
-            .flat_map(|(p, v)| v.iter().map(|s| (*p, s.clone())))
-            .collect();
-        for (p, mut v) in slice {
-            self.moving_len += v.len();
-            self.moving.entry(p).or_default().append(&mut v);
-        }
-        out
+        self.moving_len += slice.values().map(Vec::len).sum::<usize>();
+        self.moving.push((k, slice));
     }
 
     /// The moving readings are in samples now.
@@ -145,20 +171,31 @@ impl Pending {
     /// The move was rolled back: the readings wait again.
     pub fn not_moved(&mut self) {
         self.moving_len = 0;
-        for (p, mut v) in std::mem::take(&mut self.moving) {
-            let slot = self.slices[slice_of(p)].entry(p).or_default();
+        for (k, mut old) in std::mem::take(&mut self.moving) {
             // Older than anything added since: keep arrival order.
-            v.append(slot);
-            *slot = v;
+            for (p, mut v) in std::mem::take(&mut self.slices[k]) {
+                old.entry(p).or_default().append(&mut v);
+            }
+            self.slices[k] = old;
         }
+    }
+
+    /// Where `point`'s readings can be: its slice being moved, if it is,
+    /// then its slice.
+    fn slices_of(&self, point: i64) -> impl Iterator<Item = &Vec<Sample>> {
+        let k = slice_of(point);
+        self.moving
+            .iter()
+            .filter(move |(j, _)| *j == k)
+            .map(|(_, s)| s)
+            .chain(std::iter::once(&self.slices[k]))
+            .filter_map(move |s| s.get(&point))
     }
 
     /// `point`'s newest waiting reading (of equal times, the last to arrive,
     /// as the catalogue keeps it).
     pub fn newest(&self, point: i64) -> Option<&Sample> {
-        [&self.moving, &self.slices[slice_of(point)]]
-            .into_iter()
-            .filter_map(|s| s.get(&point))
+        self.slices_of(point)
             .flatten()
             .fold(None, |best: Option<&Sample>, s| match best {
                 Some(b) if b.ts > s.ts => Some(b),
@@ -169,9 +206,8 @@ impl Pending {
     /// `point`'s pending readings with `from <= ts < to`, in time order;
     /// of several with one time, the first to arrive (as samples keeps).
     pub fn range(&self, point: i64, from: i64, to: i64) -> Vec<Sample> {
-        let mut out: Vec<Sample> = [&self.moving, &self.slices[slice_of(point)]]
-            .into_iter()
-            .filter_map(|s| s.get(&point))
+        let mut out: Vec<Sample> = self
+            .slices_of(point)
             .flatten()
             .filter(|s| s.ts >= from && s.ts < to)
             .cloned()
@@ -352,8 +388,9 @@ mod tests {
         let mut p = Pending::new();
         let point = SLICES as i64 + 3; // slice 3
         p.add([(point, s(10, 1.0)), (point, s(20, 2.0))]);
-        let moving = p.start_moving(3);
-        assert_eq!(moving.len(), 2);
+        assert_eq!(p.slice(3)[&point].len(), 2);
+        p.start_moving(3);
+        assert_eq!(p.waiting(), 0);
         assert_eq!(p.range(point, 0, 100).len(), 2, "visible while moving");
         p.add([(point, s(30, 3.0))]);
         p.not_moved();

@@ -317,7 +317,8 @@ impl SqliteWriter {
         }
         let n = readings.len();
         let mut stats = WriteStats::default();
-        insert_samples(&tx, &mut self.dirty, readings, super::now_ms(), &mut stats)?;
+        let mut refs: Vec<(i64, &Sample)> = readings.iter().map(|(p, s)| (*p, s)).collect();
+        insert_samples(&tx, &mut self.dirty, &mut refs, super::now_ms(), &mut stats)?;
         tx.execute("DELETE FROM staging", [])?;
         tx.commit()?;
         tracing::info!(
@@ -704,13 +705,23 @@ fn move_slices(
     let mut k = round.next;
     let mut moved = 0;
     loop {
-        let mut readings = lock().start_moving(k);
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(fresh)
             .into_iter()
             .partition(|r| pending::slice_of(r.0) == k);
         *fresh = rest;
-        readings.extend(mine);
-        insert_samples(tx, dirty, readings, round.now_ms, stats)?;
+        {
+            // Inserted by reference, not copied: only this thread changes
+            // pending readings, and readers only read them meanwhile.
+            let p = pending::read(pending);
+            let mut readings: Vec<(i64, &Sample)> = p
+                .slice(k)
+                .iter()
+                .flat_map(|(id, v)| v.iter().map(move |s| (*id, s)))
+                .chain(mine.iter().map(|(id, s)| (*id, s)))
+                .collect();
+            insert_samples(tx, dirty, &mut readings, round.now_ms, stats)?;
+        }
+        lock().start_moving(k);
         for s in staged.iter_mut() {
             s.1 = s.1.saturating_sub(1);
         }
@@ -737,7 +748,7 @@ fn move_slices(
 fn insert_samples(
     tx: &rusqlite::Transaction<'_>,
     dirty: &mut rollup::Dirty,
-    mut readings: Vec<(i64, Sample)>,
+    readings: &mut [(i64, &Sample)],
     now_ms: i64,
     stats: &mut WriteStats,
 ) -> Result<(), StoreError> {
