@@ -71,15 +71,25 @@ const CONFIRM_QUEUE: usize = 4_096;
 /// then held those messages in its in-flight window for good and ingest
 /// stalled (seen in bench-ingest past 250,000 readings/s). Here a slow
 /// confirmation only delays other confirmations.
-pub async fn run(confirmations: std::sync::Arc<Confirmations>, opts: MqttOptions) {
+pub async fn run(
+    confirmations: std::sync::Arc<Confirmations>,
+    opts: MqttOptions,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
     let (client, mut eventloop) = AsyncClient::new(opts, CONFIRM_QUEUE);
     let _connection = AbortOnDrop(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(250),
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    metrics.confirm_connected.set(1);
+                    backoff = Duration::from_millis(250);
+                }
                 Ok(_) => {}
                 Err(e) => {
+                    // A broker ACL refusing this client id shows here, and
+                    // agents then resend what they never see confirmed.
+                    metrics.confirm_connected.set(0);
                     tracing::warn!(error = %e, retry_in = ?backoff, "confirmation connection failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));

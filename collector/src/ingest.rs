@@ -72,6 +72,7 @@ pub async fn run(
     let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
         confirmations.clone(),
         confirm_opts,
+        metrics.clone(),
     )));
     let filters = Topic::collector_filters();
     let mut catalogue = Catalogue::new(max_points_per_agent);

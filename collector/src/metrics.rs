@@ -88,6 +88,8 @@ pub struct Metrics {
     /// Poll-to-commit time of the newest live (not backfill) batch, ms.
     pub ingest_lag_ms: Gauge,
     pub broker_connected: Gauge,
+    /// The connection confirmations go out on (`<client_id>-confirm`).
+    pub confirm_connected: Gauge,
     pub broker_connects: Counter,
     pub alarms_raised: Counter,
     pub alarms_cleared: Counter,
@@ -287,6 +289,11 @@ impl Metrics {
             out,
             "# HELP roomguard_broker_connected 1 while connected to the MQTT broker.\n# TYPE roomguard_broker_connected gauge\nroomguard_broker_connected {}",
             self.broker_connected.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_confirm_connected 1 while the connection that confirms batches to agents is up.\n# TYPE roomguard_confirm_connected gauge\nroomguard_confirm_connected {}",
+            self.confirm_connected.get()
         );
         out
     }

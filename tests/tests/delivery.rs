@@ -365,6 +365,12 @@ async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> 
     drained(&client, &agent_metrics_url(&ready)?)
         .await
         .with_context(|| agent.log_tail())?;
+    // Drained means confirmed: the confirming connection is back too, and says so.
+    assert_eq!(
+        metric(&client, &http, "roomguard_confirm_connected").await,
+        1,
+        "the confirmation connection's gauge after the broker came back"
+    );
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
     account("broker outage", &db, &ledger, 0..=0, dups).await?;
