@@ -92,8 +92,8 @@ pub struct SpoolConfig {
     pub max_age: Duration,
     /// `drop_oldest` or `drop_newest`, when a batch does not fit.
     pub on_full: OnFull,
-    /// How long a batch may wait unconfirmed before it is forced to disk
-    /// (checked at this period); "0s": after every write.
+    /// How long a batch may wait unconfirmed before it is on disk (checked
+    /// twice per interval); "0s": after every write.
     #[serde(with = "conf::duration")]
     pub sync_interval: Duration,
     /// Who confirms a batch so it can leave the spool: `collector` (stored,

@@ -401,6 +401,18 @@ impl Link {
         self.pump()
     }
 
+    /// How often [`Link::sync_check`] is due.
+    pub fn sync_period(&self) -> Duration {
+        self.spool.check_period()
+    }
+
+    /// Writes confirmations and forces batches left waiting to disk.
+    pub fn sync_check(&mut self) {
+        if let Err(e) = self.spool.sync_check() {
+            tracing::error!(error = %e, "cannot flush the spool");
+        }
+    }
+
     /// Flushes the spool to disk (at shutdown).
     pub fn sync(&mut self) {
         if let Err(e) = self.spool.sync() {

@@ -175,7 +175,7 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
         (
             "roomguard_agent_spool_syncs_total",
             "counter",
-            "fsyncs of the spool (only for batches left waiting unconfirmed).",
+            "fsyncs of the spool: for batches left waiting unconfirmed, at a stop, and after every write when sync_interval is 0s.",
             c.syncs,
         ),
         (

@@ -404,6 +404,8 @@ impl Publisher {
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut upkeep = tokio::time::interval(Duration::from_secs(1));
         upkeep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sync_tick = tokio::time::interval(lock(&self.link).sync_period());
+        sync_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 poll = rx.recv() => {
@@ -412,12 +414,16 @@ impl Publisher {
                     // interval): take what has arrived and spool it with one
                     // write.
                     let mut out = Vec::with_capacity(rx.len() + 1);
-                    out.extend(self.prepare(poll)?);
-                    while out.len() < BURST {
+                    let mut prepared = self.prepare(poll).map(|b| out.extend(b));
+                    let mut taken = 1;
+                    while prepared.is_ok() && taken < BURST {
                         let Ok(poll) = rx.try_recv() else { break };
-                        out.extend(self.prepare(poll)?);
+                        taken += 1;
+                        prepared = self.prepare(poll).map(|b| out.extend(b));
                     }
+                    // What was prepared before a failure still goes out.
                     self.submit(out);
+                    prepared?;
                 }
                 () = connected.notified() => {
                     // A new connection may be to a collector (or broker) that
@@ -426,6 +432,7 @@ impl Publisher {
                     self.publish_status();
                 }
                 _ = status_tick.tick() => self.publish_status(),
+                _ = sync_tick.tick() => lock(&self.link).sync_check(),
                 _ = upkeep.tick() => {
                     if lock(&self.link).maintain(now_ms()).is_some() {
                         self.pace.notify_one();
@@ -526,10 +533,14 @@ impl Publisher {
         }
         let done = lock(&self.link).submit_all(out);
         if let Some(e) = &done.error {
-            tracing::error!(error = %e, batches = done.lost, "cannot write the spool; batches lost");
-            self.metrics
-                .spool_write_errors
-                .fetch_add(done.lost as u64, Relaxed);
+            if done.lost > 0 {
+                tracing::error!(error = %e, batches = done.lost, "cannot write the spool; batches lost");
+                self.metrics
+                    .spool_write_errors
+                    .fetch_add(done.lost as u64, Relaxed);
+            } else {
+                tracing::error!(error = %e, "cannot flush the spool to disk");
+            }
         }
         if done.waiting.is_some() {
             self.pace.notify_one();

@@ -87,8 +87,10 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    // A broker ACL refusing this client id shows here, and
-                    // agents then resend what they never see confirmed.
+                    // A broker refusing this connection (authentication, a
+                    // client-id rule) shows here; agents then resend what
+                    // they never see confirmed. A denied publish does not:
+                    // MQTT 3.1.1 acknowledges it all the same.
                     metrics.confirm_connected.set(0);
                     tracing::warn!(error = %e, retry_in = ?backoff, "confirmation connection failed");
                     tokio::time::sleep(backoff).await;

@@ -5,8 +5,9 @@
  *
  * Every second it reads each device's registers with one request (blocking,
  * one device after the other) and publishes one QoS 1 message per device
- * poll, a JSON batch in the agent's own format, so the bytes on the wire are
- * the same. libmosquitto's network thread sends and takes the PUBACKs. Unlike
+ * poll, a JSON batch in the agent's own format (integers where the agent
+ * writes the same values as JSON numbers; no point descriptions, which the
+ * agent adds once a minute), so the bytes on the wire are about the same. libmosquitto's network thread sends and takes the PUBACKs. Unlike
  * the agent it keeps nothing on disk, has no timeouts per device beyond
  * libmodbus's, and no metrics endpoint: it prints its counters, cumulative,
  * once a cycle.
@@ -14,7 +15,7 @@
  *   modbus-mqtt-poller MQTT_PORT REGISTERS HOST:PORT...
  *
  * Built by the benchmark with: cc -O2 -o poller modbus-mqtt-poller.c
- *   $(pkg-config --cflags --libs libmodbus) -lmosquitto
+ *   -I/usr/include/modbus -lmodbus -lmosquitto
  * (Debian: libmodbus-dev libmosquitto-dev).
  */
 #include <errno.h>
@@ -118,7 +119,8 @@ int main(int argc, char **argv) {
             }
             len += snprintf(payload + len, sizeof payload - len, "]}");
             snprintf(topic, sizeof topic, "roomguard/v1/bench/reference/batch");
-            mosquitto_publish(mq, NULL, topic, len, payload, 1, false);
+            if (mosquitto_publish(mq, NULL, topic, len, payload, 1, false) != MOSQ_ERR_SUCCESS)
+                failed++;
         }
         cycles++;
         printf("cycle %llu polls %llu registers %llu failed %llu\n", (unsigned long long)cycles,

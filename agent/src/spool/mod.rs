@@ -13,12 +13,15 @@
 //! Durability: a record is written before it is published, so a SIGKILL
 //! loses nothing. The batches of one burst of polls go in one `write`: the
 //! kernel's cost of appending to a file is mostly per call, not per byte.
-//! Against power loss, every `sync_interval` the active segment is fsynced if
-//! it holds a batch that has waited unconfirmed for more than half of that
-//! interval (or after every write when the interval is zero). A batch the
-//! collector has confirmed is safe there and needs no fsync, so on a healthy
-//! link the spool's pages are usually deleted before they are ever written
-//! to the flash of an edge box. Ack files are never fsynced: a lost ack only
+//! Against power loss, the spool is checked twice per `sync_interval`
+//! ([`Spool::sync_check`]) and the active segment fsynced if it holds a batch
+//! written before the previous check that is still unconfirmed: a batch is on
+//! disk within `sync_interval` unless it was confirmed first (or after every
+//! write when the interval is zero). A confirmed batch is safe at the
+//! collector and needs no fsync; so when segments fill and are confirmed
+//! within the kernel's writeback delay (about 30 s), as at a busy site on a
+//! healthy link, their pages are deleted before they are ever written to the
+//! flash of an edge box. Ack files are never fsynced: a lost ack only
 //! means a batch is sent again, and the collector stores a repeated batch once.
 
 pub mod record;
@@ -174,10 +177,12 @@ pub struct Spool {
     /// Leading entries of the active segment that are on disk, or done and so
     /// in no need of it.
     synced: usize,
+    /// Entries of the active segment at the previous [`Spool::sync_check`]:
+    /// those after it are given until the next check to be confirmed.
+    checked: usize,
     /// Records encoded but not yet written, and their entries (with the
     /// index of the batch in the call), while `append_all` runs.
     staged: Vec<(usize, Entry)>,
-    last_sync: Instant,
     next_id: u64,
     pub counters: Counters,
     /// When the most recently delivered of the confirmed batches was delivered.
@@ -271,8 +276,8 @@ impl Spool {
             segments,
             active,
             synced: 0,
+            checked: 0,
             staged: Vec::new(),
-            last_sync: Instant::now(),
             next_id: next_id + 1,
             counters: Counters {
                 discarded_records: report.discarded_records,
@@ -327,7 +332,7 @@ impl Spool {
             if segment_full || over_bound {
                 // Rotating or dropping works on what is on disk: write first.
                 if let Err(e) = self.write_staged(&mut out) {
-                    out.error = Some(e);
+                    out.error.get_or_insert(e);
                 }
                 let room = self.make_room(len, r.readings).and_then(|room| {
                     if room
@@ -344,8 +349,8 @@ impl Spool {
                     Err(e) => {
                         // The disk refuses: the rest of the burst is lost too.
                         out.lost += records.len() - i;
-                        out.error = Some(e);
-                        return out;
+                        out.error.get_or_insert(e);
+                        break;
                     }
                 }
             }
@@ -367,11 +372,12 @@ impl Spool {
             ));
         }
         if let Err(e) = self.write_staged(&mut out) {
-            out.error = Some(e);
+            out.error.get_or_insert(e);
         }
-        if out.error.is_none() && self.limits.sync_interval.is_zero() {
+        // "0s": every batch kept is on disk before it is sent.
+        if self.limits.sync_interval.is_zero() && out.kept.contains(&true) {
             if let Err(e) = self.sync() {
-                out.error = Some(e);
+                out.error.get_or_insert(e);
             }
         }
         out
@@ -383,7 +389,11 @@ impl Spool {
         if self.staged.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.active.write_all(&self.buf) {
+        // At the segment's known end, not the file's cursor: bytes a failed
+        // write left behind are overwritten rather than shifting every
+        // later record away from the offset the index gives it.
+        let at = self.active_segment().size;
+        if let Err(e) = self.active.write_all_at(&self.buf, at) {
             out.lost += self.staged.len();
             self.staged.clear();
             self.buf.clear();
@@ -454,14 +464,18 @@ impl Spool {
     }
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
-        // Young or not, a waiting batch is not left behind unsynced: the
+        // A waiting batch is not left behind unsynced, however recent: the
         // periodic check only looks at the active segment.
-        self.sync_waiting(None)?;
-        self.synced = 0;
+        self.write_acks();
+        if self.waiting_unsynced(self.active_segment().entries.len()) {
+            self.fsync_active()?;
+        }
         let (file, seg) = new_segment(&self.dir, self.next_id)?;
         self.next_id += 1;
         self.active = file;
         self.segments.push_back(seg);
+        self.synced = 0;
+        self.checked = 0;
         // The previous active segment may be all done already.
         self.remove_finished();
         Ok(())
@@ -482,11 +496,9 @@ impl Spool {
     /// and writes the confirmations recorded since the last call.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.write_acks();
-        let seg = self.active_segment();
-        if self.synced < seg.entries.len() {
+        if self.synced < self.active_segment().entries.len() {
             self.fsync_active()?;
         }
-        self.last_sync = Instant::now();
         Ok(())
     }
 
@@ -499,39 +511,48 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes the confirmations, and fsyncs the active segment if a batch
-    /// written since the last fsync is still waiting for its confirmation,
-    /// except those polled between `young_since` = (since, now), in ms: they
-    /// get until the next time, as on a healthy link they are confirmed well
-    /// within it.
-    fn sync_waiting(&mut self, young_since: Option<(i64, i64)>) -> Result<(), SpoolError> {
-        self.write_acks();
-        self.last_sync = Instant::now();
-        let seg = self.active_segment();
-        let unsynced = &seg.entries[self.synced.min(seg.entries.len())..];
-        // A clock set back would make batches look young for as long as it
-        // was set back: anything stamped ahead of now is old.
-        let young = |e: &Entry| {
-            young_since
-                .is_some_and(|(since, now)| (since + 1..=now + 1_000).contains(&e.info.polled_at))
-        };
-        if unsynced.iter().any(|e| e.state != State::Done && !young(e)) {
-            return self.fsync_active();
-        }
-        // Everything up to the first waiting batch is done: never needs it.
-        self.synced += unsynced
+    /// Whether one of the active segment's entries before `upto` is neither
+    /// on disk nor confirmed.
+    fn waiting_unsynced(&self, upto: usize) -> bool {
+        let entries = &self.active_segment().entries;
+        entries[self.synced.min(upto)..upto.min(entries.len())]
             .iter()
-            .position(|e| e.state != State::Done)
-            .unwrap_or(unsynced.len());
+            .any(|e| e.state != State::Done)
+    }
+
+    /// How often [`Spool::sync_check`] is to be called: twice per
+    /// `sync_interval`, so that a batch is on disk within one interval.
+    pub fn check_period(&self) -> Duration {
+        if self.limits.sync_interval.is_zero() {
+            Duration::from_secs(1) // every write is synced; this is for the acks
+        } else {
+            (self.limits.sync_interval / 2).max(Duration::from_millis(50))
+        }
+    }
+
+    /// Writes the confirmations, and fsyncs the active segment if a batch
+    /// written before the previous check is neither on disk nor confirmed.
+    /// Those written since get until the next check: on a healthy link they
+    /// are confirmed well within it.
+    pub fn sync_check(&mut self) -> Result<(), SpoolError> {
+        self.write_acks();
+        if self.waiting_unsynced(self.checked) {
+            self.fsync_active()?;
+        } else {
+            // Everything up to the first waiting batch is confirmed and
+            // never needs the disk.
+            let entries = &self.active_segment().entries;
+            self.synced += entries[self.synced.min(entries.len())..]
+                .iter()
+                .position(|e| e.state != State::Done)
+                .unwrap_or(entries.len().saturating_sub(self.synced));
+        }
+        self.checked = self.active_segment().entries.len();
         Ok(())
     }
 
-    /// Periodic upkeep: the fsync interval and the age bound.
+    /// Periodic upkeep: the age bound.
     pub fn maintain(&mut self, now_ms: i64) -> Result<(), SpoolError> {
-        if self.last_sync.elapsed() >= self.limits.sync_interval {
-            let half = (self.limits.sync_interval / 2).as_millis() as i64;
-            self.sync_waiting(Some((now_ms - half, now_ms)))?;
-        }
         let max_age = self.limits.max_age.as_millis() as i64;
         while self.segments.len() > 1
             && self.segments[0]
@@ -968,43 +989,33 @@ mod tests {
     }
 
     #[test]
-    fn only_batches_waiting_unconfirmed_are_forced_to_disk() {
+    fn only_batches_left_waiting_unconfirmed_are_forced_to_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = limits(1 << 20);
-        l.sync_interval = Duration::from_millis(20);
-        let (mut s, _) = Spool::open(dir.path(), l).unwrap();
-        let due = || std::thread::sleep(Duration::from_millis(25));
-        // polled_at is 1000 * seq; "now" is given to maintain.
+        let (mut s, _) = Spool::open(dir.path(), limits(1 << 20)).unwrap();
         fill(&mut s, 1..=3);
         s.finish(1, 3);
-        due();
-        s.maintain(10_000).unwrap();
+        s.sync_check().unwrap();
+        s.sync_check().unwrap();
         assert_eq!(s.counters.syncs, 0, "confirmed batches need no fsync");
 
         fill(&mut s, 4..=5);
         s.finish(5, 5);
-        due();
-        s.maintain(10_000).unwrap();
-        assert_eq!(s.counters.syncs, 1, "batch 4 waits unconfirmed");
-        due();
-        s.maintain(10_000).unwrap();
+        s.sync_check().unwrap();
+        assert_eq!(s.counters.syncs, 0, "4 was written since the last check");
+        s.sync_check().unwrap();
+        assert_eq!(s.counters.syncs, 1, "4 still waits a check later");
+        s.sync_check().unwrap();
         assert_eq!(s.counters.syncs, 1, "nothing new since");
 
         fill(&mut s, 6..=6);
-        due();
-        s.maintain(6_000).unwrap();
-        assert_eq!(
-            s.counters.syncs, 1,
-            "polled just now: it may still be confirmed"
-        );
-        due();
-        s.maintain(7_000).unwrap();
-        assert_eq!(s.counters.syncs, 2, "still waiting a moment later");
+        s.sync_check().unwrap();
+        s.finish(6, 6);
+        s.sync_check().unwrap();
+        assert_eq!(s.counters.syncs, 1, "6 was confirmed in time");
 
         fill(&mut s, 7..=7);
-        due();
-        s.maintain(5_000).unwrap();
-        assert_eq!(s.counters.syncs, 3, "a clock set back does not defer it");
+        s.sync().unwrap();
+        assert_eq!(s.counters.syncs, 2, "a stop syncs whatever is written");
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The low bits of a product depend only on the low bits of the id,
+        // and a slice's ids share theirs (id % SLICES); the table picks
+        // buckets by the low bits, so bring the well-mixed high bits down.
+        self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
@@ -58,7 +61,7 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: spreads consecutive ids over the top bits too.
+        // Fibonacci hashing: mixes the id into the high bits.
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
     fn write_i64(&mut self, n: i64) {

@@ -142,11 +142,13 @@ async fn measure_agent(s: &Setup, round: u64) -> Result<Measured> {
         let (client, metrics) = (&client, &metrics);
         async move { metric_sum(client, metrics, name).await }
     };
-    let cpu0 = cpu_seconds(pid)?;
+    // Scraped before the CPU reading, as the end's scrapes come after it:
+    // the window holds none of the benchmark's own requests.
     let regs0 = count("roomguard_agent_registers_total").await?;
     let reqs0 = count("roomguard_agent_requests_total").await?;
     let polls0 = count("roomguard_agent_polls_total").await?;
     let batches0 = count("roomguard_agent_batches_published_total").await?;
+    let cpu0 = cpu_seconds(pid)?;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(s.seconds)).await;
     let wall = started.elapsed().as_secs_f64();
@@ -302,15 +304,20 @@ async fn main() -> Result<()> {
     let mut agent_runs = Vec::new();
     let mut reference_runs = Vec::new();
     for round in 1..=rounds {
+        // Taking turns at going first, so neither always has the quieter slot.
+        let c_first = round % 2 == 0;
+        if let (Some(exe), true) = (&reference, c_first) {
+            reference_runs.push(measure_reference(&setup, exe).await?);
+        }
         agent_runs.push(measure_agent(&setup, round).await?);
-        if let Some(exe) = &reference {
+        if let (Some(exe), false) = (&reference, c_first) {
             reference_runs.push(measure_reference(&setup, exe).await?);
         }
     }
 
     // One read per device covers 100 contiguous registers: the minimum is one request per poll.
     let min_requests_per_cycle = devices * registers.div_ceil(125);
-    println!("{devices} devices × {registers} registers, polled every 1 s, {seconds} s measured per run after a {WARM_UP:?} warm-up; rounds alternate the agent and the C poller.\n");
+    println!("{devices} devices × {registers} registers, polled every 1 s, {seconds} s measured per run after a {WARM_UP:?} warm-up; rounds alternate the agent and the C poller (the C poller's requests are its polls: one read each by construction). CPU is user + system time from /proc in 10 ms ticks.\n");
     println!("| round | poller | CPU user + system | CPU-s per million registers | requests per cycle / minimum | messages | peak RSS | failed polls / overruns |");
     println!("|---|---|---|---|---|---|---|---|");
     let row = |round: usize, name: &str, m: &Measured| {
