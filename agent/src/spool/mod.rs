@@ -6,7 +6,7 @@
 //! file per segment listing the records that are done, and an in-memory index
 //! of each record's state. Why not SQLite or redb: the access pattern is a
 //! queue (append at the head, delete whole files at the tail), which a log
-//! does with one `write` per batch and no write amplification on the small
+//! does with one `write` per burst of batches and no write amplification on the small
 //! flash of an edge box; and after damage a log can say exactly which records
 //! it lost and keep the rest, where a damaged database file is all or nothing.
 //!
