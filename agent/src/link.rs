@@ -41,12 +41,7 @@ pub enum ConfirmBy {
 }
 
 /// A batch on its way: spooled first, then published.
-pub struct OutBatch {
-    pub seq: u64,
-    pub polled_at: i64,
-    pub readings: u32,
-    pub payload: Vec<u8>,
-}
+pub type OutBatch = NewRecord<Vec<u8>>;
 
 /// What [`Link::submit_all`] did.
 pub struct Submitted {
@@ -126,17 +121,7 @@ impl Link {
     /// what the window allows. Says how many the disk refused, and the time
     /// until the backlog may send again if it is waiting on the rate limit.
     pub fn submit_all(&mut self, batches: Vec<OutBatch>) -> Submitted {
-        let records: Vec<NewRecord<'_>> = batches
-            .iter()
-            .map(|b| NewRecord {
-                seq: b.seq,
-                polled_at: b.polled_at,
-                readings: b.readings,
-                payload: &b.payload,
-            })
-            .collect();
-        let appended = self.spool.append_all(&records);
-        drop(records);
+        let appended = self.spool.append_all(&batches);
         for (b, kept) in batches.into_iter().zip(&appended.kept) {
             if !kept {
                 if appended.error.is_none() {

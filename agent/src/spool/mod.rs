@@ -34,13 +34,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A batch to write.
-#[derive(Debug, Clone, Copy)]
-pub struct NewRecord<'a> {
+/// A batch to write: its payload owned (on its way from the publisher, see
+/// `link::OutBatch`) or borrowed.
+#[derive(Debug, Clone)]
+pub struct NewRecord<P> {
     pub seq: u64,
     pub polled_at: i64,
     pub readings: u32,
-    pub payload: &'a [u8],
+    pub payload: P,
 }
 
 /// What [`Spool::append_all`] did.
@@ -314,7 +315,7 @@ impl Spool {
     /// Writes batches in order, in one `write` unless a segment fills or the
     /// bound is reached on the way. A failed write loses the batches it held
     /// (they are not kept, and the error says so); those before are kept.
-    pub fn append_all(&mut self, records: &[NewRecord<'_>]) -> Appended {
+    pub fn append_all<P: AsRef<[u8]>>(&mut self, records: &[NewRecord<P>]) -> Appended {
         let mut out = Appended {
             kept: vec![false; records.len()],
             lost: 0,
@@ -323,7 +324,8 @@ impl Spool {
         self.buf.clear();
         self.staged.clear();
         for (i, r) in records.iter().enumerate() {
-            let len = record::encoded_len(r.payload) as u64;
+            let payload = r.payload.as_ref();
+            let len = record::encoded_len(payload) as u64;
             let staged_bytes = self.buf.len() as u64;
             let active = self.active_segment();
             let segment_full = active.size + staged_bytes + len > self.limits.segment_bytes()
@@ -355,7 +357,7 @@ impl Spool {
                 }
             }
             let offset = (self.active_segment().size + self.buf.len() as u64) as u32;
-            record::encode(&mut self.buf, r.seq, r.polled_at, r.readings, r.payload);
+            record::encode(&mut self.buf, r.seq, r.polled_at, r.readings, payload);
             self.staged.push((
                 i,
                 Entry {
@@ -397,9 +399,13 @@ impl Spool {
             out.lost += self.staged.len();
             self.staged.clear();
             self.buf.clear();
-            // Partly written bytes would read back as damage; start afresh.
+            // Partly written bytes would read back as damage after a crash;
+            // start afresh. The write's error is the one to report: if the
+            // new segment fails too, the next write goes over these bytes.
             let path = self.active_segment().path.clone();
-            self.rotate()?;
+            if let Err(r) = self.rotate() {
+                tracing::warn!(error = %r, "cannot start a new spool segment after a failed write");
+            }
             return Err(SpoolError::File(path, e));
         }
         let seg = self.segments.back_mut().expect("active segment");
@@ -962,7 +968,7 @@ mod tests {
         let max = 64 * 1024; // segments of 8 KiB: a burst spans many
         let (mut s, _) = Spool::open(dir.path(), limits(max)).unwrap();
         let payloads: Vec<Vec<u8>> = (1..=600).map(payload).collect();
-        let burst: Vec<NewRecord<'_>> = payloads
+        let burst: Vec<NewRecord<&Vec<u8>>> = payloads
             .iter()
             .zip(1u64..)
             .map(|(p, seq)| NewRecord {
