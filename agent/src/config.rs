@@ -9,7 +9,7 @@ use crate::link::ConfirmBy;
 use crate::profiles::{Profile, Profiles};
 use crate::spool::{Limits, OnFull};
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems, Secret};
-use roomguard_protocol::{validate_id, Label, PointMeta};
+use roomguard_protocol::{validate_id, AgentKey, Label, PointMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -73,6 +73,12 @@ pub struct MqttConfig {
     /// TLS certificates and login for the broker.
     #[serde(default)]
     pub security: roomguard_protocol::mqtt::Security,
+    /// This agent's key (64 hex digits, from `roomguard-collector agent-key`):
+    /// signs what the agent publishes and checks the collector's
+    /// confirmations (docs/PROTOCOL.md#authentication). Required with
+    /// `spool.confirm = "collector"`.
+    #[serde(default)]
+    pub key: Option<Secret>,
 }
 
 fn default_keep_alive() -> Duration {
@@ -216,6 +222,8 @@ pub struct Agent {
     pub snmp: Vec<SnmpSpec>,
     /// Secrets written in plain text in the file: worth a warning.
     pub warnings: Vec<String>,
+    /// `mqtt.key`, read and checked.
+    pub key: Option<AgentKey>,
 }
 
 impl Agent {
@@ -271,6 +279,7 @@ impl AgentConfig {
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             p.push("mqtt.keep_alive", "must be at least 1s");
         }
+        let key = self.key(&mut p);
         self.spool.check(&mut p);
         if self.modbus.is_empty() && self.snmp.is_empty() {
             p.push(
@@ -364,6 +373,9 @@ impl AgentConfig {
         {
             warnings.push(conf::inline_secret_warning("mqtt.security.password"));
         }
+        if self.mqtt.key.as_ref().is_some_and(Secret::is_inline) {
+            warnings.push(conf::inline_secret_warning("mqtt.key"));
+        }
         let mut snmp = Vec::new();
         for (i, d) in self.snmp.iter().enumerate() {
             let path = format!("snmp[{i}]");
@@ -398,8 +410,40 @@ impl AgentConfig {
                 .collect(),
             snmp,
             warnings,
+            key,
             config,
         })
+    }
+
+    /// `mqtt.key`, read from where it is kept; a problem when it is needed
+    /// and missing, or not a key.
+    fn key(&self, p: &mut Problems) -> Option<AgentKey> {
+        let how = format!(
+            "get it from the collector's host with `roomguard-collector agent-key <collector.toml> {} {}`",
+            self.site, self.agent
+        );
+        match self.mqtt.key.as_ref().map(Secret::resolve) {
+            None | Some(Ok(None)) => {
+                if self.spool.confirm == ConfirmBy::Collector {
+                    p.push(
+                        "mqtt.key",
+                        format!("missing: without it the collector's confirmations cannot be told from forged ones; {how}"),
+                    );
+                }
+                None
+            }
+            Some(Err(e)) => {
+                p.push("mqtt.key", e);
+                None
+            }
+            Some(Ok(Some(text))) => match AgentKey::from_hex(&text) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    p.push("mqtt.key", format!("{e}; {how}"));
+                    None
+                }
+            },
+        }
     }
 }
 
@@ -680,6 +724,7 @@ mod tests {
         ] {
             std::env::set_var(var, "sample-secret");
         }
+        std::env::set_var("ROOMGUARD_AGENT_KEY", "ab".repeat(32));
         assert_eq!(problems(SAMPLE), Vec::<String>::new());
     }
 
@@ -696,6 +741,7 @@ mod tests {
             agent = "edge-1"
             [mqtt]
             url = "http://broker"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
             [[modbus]]
             id = "th-1"
             room = "machine-room"
@@ -741,6 +787,7 @@ mod tests {
             agent = "a"
             [mqtt]
             url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
             [[modbus]]
             id = "d"
             room = "r"
@@ -768,6 +815,7 @@ mod tests {
             agent = "a"
             [mqtt]
             url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
             [[modbus]]
             id = "meter-1"
             room = "dist"
@@ -802,6 +850,7 @@ mod tests {
             agent = "a"
             [mqtt]
             url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
             [[modbus]]
             id = "meter-1"
             room = "dist"
@@ -863,7 +912,7 @@ mod tests {
         .unwrap();
         let text = format!(
             "site = \"s\"\nagent = \"a\"\nprofiles_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n\
-             [[modbus]]\nid = \"d\"\nroom = \"r\"\naddress = \"10.0.0.5:502\"\nprofile = \"my-th\"\n",
+             key = {{ value = \"abababababababababababababababababababababababababababababababab\" }}\n[[modbus]]\nid = \"d\"\nroom = \"r\"\naddress = \"10.0.0.5:502\"\nprofile = \"my-th\"\n",
             dir.path()
         );
         let got = problems(&text);
@@ -882,6 +931,7 @@ mod tests {
             agent = "a"
             [mqtt]
             url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
             [[modbus]]
             id = "x"
             room = "r"
@@ -914,6 +964,7 @@ mod tests {
             agent = "a"
             [mqtt]
             url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
             [[modbus_buses]]
             id = "rs485-1"
             transport = "rtu"

@@ -15,7 +15,7 @@
 //! send them again, so there is exactly one source of truth for what is owed.
 
 use crate::spool::{Cursor, NewRecord, Spool, SpoolError, State};
-use roomguard_protocol::{batch::mark_backfill, Confirm, SpoolStatus};
+use roomguard_protocol::{batch::mark_backfill, AgentKey, Confirm, SpoolStatus};
 use rumqttc::{AsyncClient, QoS, Request};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,6 +60,11 @@ pub struct LinkOptions {
     pub confirm_timeout: Duration,
     /// Backlog batches per second.
     pub replay_rate: u32,
+    /// Signs what is published and checks confirmations (`mqtt.key`).
+    pub key: Option<AgentKey>,
+    /// The first sequence number of this run: a confirmation may name
+    /// batches below it (sent by an earlier run), never above what was sent.
+    pub first_seq: u64,
 }
 
 pub struct Link {
@@ -79,6 +84,8 @@ pub struct Link {
     refilled: Instant,
     /// When the collector last confirmed anything.
     collector_seen: Option<Instant>,
+    /// When an ignored confirmation was last logged.
+    refusal_logged: Option<Instant>,
     pub stats: LinkStats,
 }
 
@@ -88,6 +95,12 @@ pub struct LinkStats {
     pub sent_backfill: u64,
     pub confirmed: u64,
     pub resent_unconfirmed: u64,
+    /// Confirmations ignored: not signed with this agent's key.
+    pub confirms_unauthenticated: u64,
+    /// Confirmations ignored: naming batches this agent never sent.
+    pub confirms_implausible: u64,
+    /// Messages on the confirmation topic that are not confirmations.
+    pub confirms_malformed: u64,
 }
 
 impl Link {
@@ -105,6 +118,7 @@ impl Link {
             tokens: 0.0,
             refilled: Instant::now(),
             collector_seen: None,
+            refusal_logged: None,
             stats: LinkStats::default(),
         }
     }
@@ -204,6 +218,12 @@ impl Link {
         let (topic, retain) = match seq {
             Some(_) => (self.opts.batch_topic.as_str(), false),
             None => (self.opts.status_topic.as_str(), true),
+        };
+        // Signed as it leaves, not in the spool: a backlog batch is marked
+        // as backfill first, and a key changed since still signs it.
+        let payload = match &self.opts.key {
+            Some(k) => k.sign(topic, &payload),
+            None => payload,
         };
         match self
             .client
@@ -307,7 +327,60 @@ impl Link {
         }
     }
 
-    pub fn on_confirm(&mut self, c: &Confirm) {
+    /// A message on the confirmation topic. Only one signed with this
+    /// agent's key and naming batches it has sent is acted on: anyone who
+    /// can publish on the broker could otherwise make the agent drop
+    /// unstored batches. Says whether it was acted on.
+    pub fn on_confirm_message(&mut self, topic: &str, payload: &[u8]) -> bool {
+        if let Some(k) = &self.opts.key {
+            if let Err(e) = k.verify(topic, payload) {
+                self.stats.confirms_unauthenticated += 1;
+                self.refused_confirm("unauthenticated", &e.to_string());
+                return false;
+            }
+        }
+        let c = match Confirm::from_json(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.confirms_malformed += 1;
+                self.refused_confirm("malformed", &e.to_string());
+                return false;
+            }
+        };
+        let sent = self
+            .spool
+            .last_seq()
+            .unwrap_or(0)
+            .max(self.opts.first_seq.saturating_sub(1));
+        if let Some(r) = c.stored.iter().chain(&c.refused).find(|r| r.1 > sent) {
+            self.stats.confirms_implausible += 1;
+            self.refused_confirm(
+                "implausible",
+                &format!("names batch {} but the highest sent is {sent}", r.1),
+            );
+            return false;
+        }
+        self.on_confirm(&c);
+        true
+    }
+
+    /// Logs an ignored confirmation, once a minute at most (a flood of
+    /// forgeries must not flood the log too); the counters count them all.
+    fn refused_confirm(&mut self, reason: &str, detail: &str) {
+        if self
+            .refusal_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.refusal_logged = Some(Instant::now());
+            tracing::warn!(
+                reason,
+                detail,
+                "ignoring a confirmation (roomguard_agent_confirmations_refused_total counts them all)"
+            );
+        }
+    }
+
+    fn on_confirm(&mut self, c: &Confirm) {
         self.collector_seen = Some(Instant::now());
         for r in &c.stored {
             self.stats.confirmed += self.spool.finish(r.0, r.1);

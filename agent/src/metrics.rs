@@ -209,6 +209,20 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP roomguard_agent_confirmations_refused_total Messages on the confirmation topic ignored: not signed with this agent's key, naming batches never sent, or not a confirmation.\n# TYPE roomguard_agent_confirmations_refused_total counter"
+    );
+    for (reason, v) in [
+        ("unauthenticated", st.confirms_unauthenticated),
+        ("implausible", st.confirms_implausible),
+        ("malformed", st.confirms_malformed),
+    ] {
+        let _ = writeln!(
+            out,
+            "roomguard_agent_confirmations_refused_total{{reason=\"{reason}\"}} {v}"
+        );
+    }
     if let Some(oldest) = s.oldest_ms {
         let age = (crate::run::now_ms() - oldest).max(0) as f64 / 1000.0;
         let _ = writeln!(out, "# HELP roomguard_agent_spool_oldest_age_seconds Age of the oldest unconfirmed batch.\n# TYPE roomguard_agent_spool_oldest_age_seconds gauge\nroomguard_agent_spool_oldest_age_seconds {age}");

@@ -17,9 +17,7 @@ use crate::link::{Link, LinkOptions, OutBatch, WINDOW};
 use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
 use crate::spool::{OpenReport, Spool, SpoolError};
-use roomguard_protocol::{
-    AgentState, Batch, Confirm, DeviceHealth, Status, Topic, PROTOCOL_VERSION,
-};
+use roomguard_protocol::{AgentState, Batch, DeviceHealth, Status, Topic, PROTOCOL_VERSION};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -90,6 +88,7 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         config,
         buses,
         snmp,
+        key,
         ..
     } = agent;
     let cfg = &config;
@@ -116,9 +115,13 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
     );
     let status_topic = Topic::status(&cfg.site, &cfg.agent);
+    let will = Status::offline(&cfg.site, &cfg.agent).to_json();
     opts.set_last_will(LastWill::new(
         status_topic.clone(),
-        Status::offline(&cfg.site, &cfg.agent).to_json(),
+        match &key {
+            Some(k) => k.sign(&status_topic, &will),
+            None => will,
+        },
         QoS::AtLeastOnce,
         true,
     ));
@@ -134,6 +137,8 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
             confirm_by: cfg.spool.confirm,
             confirm_timeout: cfg.spool.confirm_timeout,
             replay_rate: cfg.spool.replay_rate,
+            key,
+            first_seq,
         },
     )));
     let connected = Arc::new(Notify::new());
@@ -333,17 +338,14 @@ async fn drive_connection(
                 l.on_puback(ack.pkid);
                 l.pump()
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => match Confirm::from_json(&p.payload) {
-                Ok(c) => {
-                    let mut l = lock(&link);
-                    l.on_confirm(&c);
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let mut l = lock(&link);
+                if l.on_confirm_message(&p.topic, &p.payload) {
                     l.pump()
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %p.topic, error = %e, "ignoring a message that is not a confirmation");
+                } else {
                     None
                 }
-            },
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => None,
             Err(e) => {

@@ -344,7 +344,7 @@ fn sha256(s: &str) -> [u8; 32] {
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    roomguard_protocol::auth::hex(bytes)
 }
 
 /// `n` random bytes as hex.

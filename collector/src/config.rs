@@ -38,6 +38,36 @@ pub struct CollectorConfig {
     /// Patrol records, hazards, reports (docs/INSPECTION.md).
     #[serde(default)]
     pub inspection: crate::inspection::InspectionConfig,
+    /// How agents and the collector tell each other from impostors.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+/// `[agents]`: the secret each agent's key is derived from
+/// (docs/PROTOCOL.md#authentication).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// `{ env = "…" }` or `{ file = "…" }`; at least 32 characters
+    /// (`roomguard-collector gen-secret` makes one).
+    #[serde(default)]
+    pub secret: Secret,
+}
+
+impl AgentsConfig {
+    /// The secret, read from where it is kept.
+    pub fn secret(&self) -> Result<String, String> {
+        match self.secret.resolve()? {
+            Some(s) if s.len() >= roomguard_protocol::auth::MIN_SECRET_LEN => Ok(s),
+            Some(_) => Err(format!(
+                "must be at least {} characters; `roomguard-collector gen-secret` makes one",
+                roomguard_protocol::auth::MIN_SECRET_LEN
+            )),
+            None => Err("missing: every agent's key is derived from it (it signs confirmations and checks batches); \
+                 make one with `roomguard-collector gen-secret > /etc/roomguard/agent-secret` and give \
+                 secret = { file = \"/etc/roomguard/agent-secret\" }".into()),
+        }
+    }
 }
 
 /// Safety alarms: which rules, their overrides, repeats and escalation,
@@ -316,10 +346,14 @@ pub struct MqttConfig {
     /// MQTT over TLS to the embedded broker, for agents on other machines.
     #[serde(default)]
     pub embedded_tls: Option<EmbeddedTls>,
-    /// With users, the embedded broker admits only them (by user name and
-    /// password); the collector's own connection gets a login of its own.
+    /// The embedded broker admits only these (by user name and password);
+    /// the collector's own connection gets a login of its own.
     #[serde(default)]
     pub embedded_users: Vec<EmbeddedUser>,
+    /// Let the embedded broker admit clients without a login: only for a
+    /// closed test network. Off by default.
+    #[serde(default)]
+    pub embedded_anonymous: bool,
 }
 
 /// A TLS listener in front of the embedded broker.
@@ -353,6 +387,7 @@ impl Default for MqttConfig {
             security: Default::default(),
             embedded_tls: None,
             embedded_users: Vec::new(),
+            embedded_anonymous: false,
         }
     }
 }
@@ -477,6 +512,7 @@ impl CollectorConfig {
         for (i, c) in self.alarms.channels.iter().enumerate() {
             check(format!("alarms.channels[{i}].secret"), c.secret.as_ref());
         }
+        check("agents.secret".into(), Some(&self.agents.secret));
         inline
             .iter()
             .map(|at| roomguard_protocol::conf::inline_secret_warning(at))
@@ -526,6 +562,20 @@ impl CollectorConfig {
                     "must be on loopback (127.0.0.1) when embedded_tls is on, or it stays an open plain-text door",
                 );
             }
+        }
+        if self.mqtt.url.is_none()
+            && self.mqtt.embedded_users.is_empty()
+            && !self.mqtt.embedded_anonymous
+        {
+            p.push(
+                "mqtt.embedded_users",
+                "none: the embedded broker admits only its listed logins; add one per agent \
+                 ([[mqtt.embedded_users]] name, password) or, on a closed test network only, \
+                 set mqtt.embedded_anonymous = true",
+            );
+        }
+        if let Err(e) = self.agents.secret() {
+            p.push("agents.secret", e);
         }
         if self.mqtt.url.is_some() && !self.mqtt.embedded_users.is_empty() {
             p.push(
@@ -621,6 +671,12 @@ mod tests {
 
     #[test]
     fn sample_and_demo_configs_are_valid() {
+        // The sample reads its secrets from the environment.
+        std::env::set_var(
+            "ROOMGUARD_AGENT_SECRET",
+            "sample-secret-sample-secret-sample-secret",
+        );
+        std::env::set_var("ROOMGUARD_EDGE01_MQTT_PASSWORD", "sample-password");
         CollectorConfig::parse(SAMPLE, Path::new("sample")).unwrap();
         CollectorConfig::parse(
             include_str!("../../configs/demo/collector.toml"),
@@ -633,7 +689,8 @@ mod tests {
     fn secrets_written_in_the_file_are_named_in_warnings() {
         let cfg = CollectorConfig::parse(
             "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[mqtt.security]\nusername = \"c\"\n\
-             password = { value = \"pw\" }\n[auth]\ninitial_admin_password = { env = \"PATH\" }\n",
+             password = { value = \"pw\" }\n[auth]\ninitial_admin_password = { env = \"PATH\" }\n\
+             [agents]\nsecret = { env = \"PATH\" }\n",
             Path::new("t"),
         )
         .unwrap();
@@ -642,11 +699,26 @@ mod tests {
         assert!(w[0].starts_with("mqtt.security.password:"), "{w:?}");
     }
 
+    const AGENTS: &str = "[agents]\nsecret = { value = \"0123456789abcdef0123456789abcdef\" }\n";
+
     #[test]
-    fn an_empty_file_means_embedded_broker_and_defaults() {
-        let cfg = CollectorConfig::parse("", Path::new("empty")).unwrap();
+    fn an_anonymous_embedded_broker_and_a_missing_agent_secret_are_refused_by_default() {
+        let err = CollectorConfig::parse("", Path::new("empty")).unwrap_err();
+        let paths: Vec<String> = err.problems().iter().map(|p| p.path.clone()).collect();
+        assert_eq!(paths, ["mqtt.embedded_users", "agents.secret"], "{err}");
+        let cfg = CollectorConfig::parse(
+            &format!("[mqtt]\nembedded_anonymous = true\n{AGENTS}"),
+            Path::new("t"),
+        )
+        .unwrap();
         assert!(cfg.broker().is_none());
         assert_eq!(cfg.http.listen.port(), 8080);
+        let err = CollectorConfig::parse(
+            "[mqtt]\nembedded_anonymous = true\n[agents]\nsecret = { value = \"short\" }\n",
+            Path::new("t"),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems()[0].path, "agents.secret");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! per agent, so they cost a fraction of the batches they answer.
 
 use crate::ingest::AbortOnDrop;
-use roomguard_protocol::{Confirm, Topic};
+use roomguard_protocol::{AgentKey, Confirm, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,13 +18,13 @@ use tokio::sync::Notify;
 /// How long confirmations are gathered before they are sent.
 const GATHER: Duration = Duration::from_millis(100);
 
-type AgentKey = (String, String);
+type AgentId = (String, String);
 /// Sequence numbers stored and refused, since the last send.
 type Owed = (Vec<u64>, Vec<u64>);
 
 #[derive(Default)]
 pub struct Confirmations {
-    pending: Mutex<HashMap<AgentKey, Owed>>,
+    pending: Mutex<HashMap<AgentId, Owed>>,
     wake: Notify,
 }
 
@@ -51,7 +51,7 @@ impl Confirmations {
         self.with(site, agent, |v| v.1.push(seq));
     }
 
-    fn take(&self) -> Vec<(AgentKey, Confirm)> {
+    fn take(&self) -> Vec<(AgentId, Confirm)> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.drain()
             .map(|(k, (stored, refused))| (k, Confirm::new(stored, refused)))
@@ -74,6 +74,7 @@ const CONFIRM_QUEUE: usize = 4_096;
 pub async fn run(
     confirmations: std::sync::Arc<Confirmations>,
     opts: MqttOptions,
+    secret: std::sync::Arc<str>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     let (client, mut eventloop) = AsyncClient::new(opts, CONFIRM_QUEUE);
@@ -103,15 +104,18 @@ pub async fn run(
         confirmations.wake.notified().await;
         tokio::time::sleep(GATHER).await;
         for ((site, agent), c) in confirmations.take() {
+            let topic = Topic::ack(&site, &agent);
+            // Signed with the agent's key: the agent acts on nothing else
+            // (docs/PROTOCOL.md#authentication). Only agents whose batches
+            // verified are confirmed, so their ids make a key.
+            let Ok(key) = AgentKey::derive(&secret, &site, &agent) else {
+                continue;
+            };
+            let payload = key.sign(&topic, &c.to_json());
             // Waits for room rather than dropping: while it waits, newer
             // confirmations gather and go out merged into ranges.
             if client
-                .publish(
-                    Topic::ack(&site, &agent),
-                    QoS::AtLeastOnce,
-                    false,
-                    c.to_json(),
-                )
+                .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .is_err()
             {

@@ -7,7 +7,9 @@ use crate::confirm::{self, Confirmations};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Ack, WriteCmd};
 use roomguard_protocol::conf::BrokerUrl;
-use roomguard_protocol::{decode_batch, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES};
+use roomguard_protocol::{
+    decode_batch, AgentKey, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -23,16 +25,30 @@ pub const MAX_QUEUED_READINGS: usize = 400_000;
 /// Requests (acknowledgements, subscriptions) waiting for the MQTT event loop.
 const REQUEST_QUEUE: usize = 16_384;
 
-/// Connects to `broker` and ingests until the store's queue closes.
+/// Where and as whom ingest connects, and what it admits.
+pub struct Settings {
+    pub broker: BrokerUrl,
+    pub security: roomguard_protocol::mqtt::Security,
+    pub client_id: String,
+    pub max_points_per_agent: usize,
+    /// `[agents] secret`: every agent's key is derived from it.
+    pub secret: Arc<str>,
+}
+
+/// Connects to the broker and ingests until the store's queue closes.
 pub async fn run(
-    broker: BrokerUrl,
-    security: roomguard_protocol::mqtt::Security,
-    max_points_per_agent: usize,
-    client_id: String,
+    settings: Settings,
     metrics: Arc<Metrics>,
     store: mpsc::Sender<WriteCmd>,
     confirmations: Arc<Confirmations>,
 ) {
+    let Settings {
+        broker,
+        security,
+        client_id,
+        max_points_per_agent,
+        secret,
+    } = settings;
     // Persistent sessions: QoS 1 messages published while we are away are
     // kept by the broker and delivered on reconnect, and rumqttc keeps our
     // own unacknowledged confirmations across a reconnect.
@@ -72,11 +88,18 @@ pub async fn run(
     let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
         confirmations.clone(),
         confirm_opts,
+        secret.clone(),
         metrics.clone(),
     )));
     let filters = Topic::collector_filters();
-    let mut catalogue = Catalogue::new(max_points_per_agent);
-    let budget = Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_READINGS));
+    let mut handler = Handler {
+        secret,
+        metrics: metrics.clone(),
+        store,
+        confirmations,
+        catalogue: Catalogue::new(max_points_per_agent),
+        budget: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_READINGS)),
+    };
     let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -89,6 +112,7 @@ pub async fn run(
                 );
                 metrics.broker_connected.set(1);
                 metrics.broker_connects.inc();
+                acker.connected();
                 backoff = Duration::from_millis(250);
                 // Subscribe on every connection: a broker that lost our
                 // session (restart without persistence) has lost it too.
@@ -99,17 +123,8 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if !handle(
-                    &p,
-                    &acker,
-                    &metrics,
-                    &store,
-                    &confirmations,
-                    &mut catalogue,
-                    &budget,
-                )
-                .await
-                {
+                let ticket = acker.receive(&p);
+                if !handler.handle(&p, ticket).await {
                     return;
                 }
             }
@@ -124,21 +139,81 @@ pub async fn run(
     }
 }
 
-/// Sends acknowledgements, from the writer thread or the ingest task. One
-/// that finds rumqttc's request queue full is kept and sent again by the
-/// ingest loop (`retry`), never dropped: an unacknowledged message would sit
-/// in the broker's in-flight window until the next reconnect, and a few
-/// thousand of those stop the broker sending anything. The queue filled when
-/// confirmations shared it (they now have their own connection); it can
-/// still fill under a broker whose in-flight window exceeds the queue, as a
-/// large commit acknowledges a window's worth at once and rumqttc takes one
-/// request per poll between bulk reads of incoming messages.
+/// Sends acknowledgements, from the writer thread or the ingest task, in the
+/// order the messages arrived.
+///
+/// In order, because rumqttd takes an acknowledgement that is not for the
+/// oldest message it has in flight as a protocol error and drops the
+/// connection ("out of order ack"); then it delivers everything unacknowledged
+/// again. Refused messages used to be acknowledged at once, ahead of the
+/// batches waiting for their commit: one oversized message ten times a second
+/// cost 45 reconnections in 20 s (Mosquitto accepts any order). Now each
+/// message takes a place in line when it arrives ([`Acker::receive`]) and its
+/// acknowledgement leaves once everything before it has left.
+///
+/// A message whose acknowledgement is dropped unsent (its transaction failed)
+/// gives up its place without an acknowledgement: the broker delivers it
+/// again after the next reconnection, and the line does not wait for it.
+///
+/// One that finds rumqttc's request queue full is kept and sent again by
+/// the ingest loop (`retry`), never dropped: an unacknowledged message would
+/// sit in the broker's in-flight window until the next reconnect, and a few
+/// thousand of those stop the broker sending anything.
 pub struct Acker {
     client: AsyncClient,
     metrics: Arc<Metrics>,
-    unsent: std::sync::Mutex<Vec<Publish>>,
-    /// Length of `unsent`, read without the lock on every poll.
+    line: std::sync::Mutex<Line>,
+    /// Acknowledgements due but not yet taken by rumqttc, read without the
+    /// lock on every poll.
     waiting: AtomicUsize,
+}
+
+/// Messages of the current connection in arrival order, and the
+/// acknowledgements that are due.
+#[derive(Default)]
+struct Line {
+    /// Bumped at every connection: packet ids of an earlier one mean
+    /// nothing to the broker now, so their acknowledgements are dropped.
+    connection: u64,
+    /// Place in line of `places[0]`.
+    first: u64,
+    /// Each message's packet id and whether it is settled (acknowledged or
+    /// given up).
+    places: std::collections::VecDeque<(u16, Settled)>,
+    /// Acknowledgements due, in order, that rumqttc's queue had no room for.
+    due: std::collections::VecDeque<u16>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    No,
+    Ack,
+    GiveUp,
+}
+
+/// A message's place in line; settled by [`Ticket::ack`], or given up when
+/// dropped without it.
+pub struct Ticket {
+    acker: Arc<Acker>,
+    connection: u64,
+    place: u64,
+    done: bool,
+}
+
+impl Ticket {
+    fn ack(mut self) {
+        self.done = true;
+        self.acker.settle(self.connection, self.place, Settled::Ack);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.acker
+                .settle(self.connection, self.place, Settled::GiveUp);
+        }
+    }
 }
 
 impl Acker {
@@ -146,24 +221,85 @@ impl Acker {
         Acker {
             client,
             metrics,
-            unsent: std::sync::Mutex::new(Vec::new()),
+            line: std::sync::Mutex::new(Line::default()),
             waiting: AtomicUsize::new(0),
         }
     }
 
-    fn ack(&self, p: &Publish) {
-        // Behind others already waiting: keep it with them.
-        if self.waiting.load(Relaxed) > 0 || self.client.try_ack(p).is_err() {
-            let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
-            if unsent.is_empty() {
+    fn line(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.line.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new connection: what the old one owed is void.
+    fn connected(&self) {
+        let mut line = self.line();
+        line.connection += 1;
+        line.first = 0;
+        line.places.clear();
+        line.due.clear();
+        self.waiting.store(0, Relaxed);
+    }
+
+    /// `p` arrived: its place in line. A QoS 0 message needs no
+    /// acknowledgement and takes no place.
+    fn receive(self: &Arc<Self>, p: &Publish) -> Option<Ticket> {
+        if p.qos == QoS::AtMostOnce {
+            return None;
+        }
+        let mut line = self.line();
+        let place = line.first + line.places.len() as u64;
+        line.places.push_back((p.pkid, Settled::No));
+        Some(Ticket {
+            acker: self.clone(),
+            connection: line.connection,
+            place,
+            done: false,
+        })
+    }
+
+    fn settle(&self, connection: u64, place: u64, how: Settled) {
+        let mut line = self.line();
+        if connection != line.connection {
+            return;
+        }
+        let first = line.first;
+        if let Some(slot) = line.places.get_mut((place - first) as usize) {
+            slot.1 = how;
+        }
+        while let Some(&(pkid, how)) = line.places.front() {
+            if how == Settled::No {
+                break;
+            }
+            line.places.pop_front();
+            line.first += 1;
+            if how == Settled::Ack {
+                line.due.push_back(pkid);
+            }
+        }
+        self.send(&mut line);
+    }
+
+    /// Hands what is due to rumqttc, in order, as far as its queue has room.
+    fn send(&self, line: &mut Line) {
+        let before = self.waiting.load(Relaxed);
+        while let Some(&pkid) = line.due.front() {
+            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            p.pkid = pkid;
+            if self.client.try_ack(&p).is_err() {
+                break;
+            }
+            line.due.pop_front();
+        }
+        let left = line.due.len();
+        if left > before {
+            if before == 0 {
                 // Once per episode: it should not happen with the advised
                 // broker window, so say so where an operator looks.
                 tracing::warn!("MQTT request queue full; acknowledgements wait for room (roomguard_acks_deferred_total)");
             }
-            unsent.push(p.clone());
-            self.waiting.store(unsent.len(), Relaxed);
-            self.metrics.acks_deferred.inc();
+            self.metrics.acks_deferred.add((left - before) as u64);
         }
+        self.waiting.store(left, Relaxed);
     }
 
     /// Sends what waits, as far as the queue has room.
@@ -171,116 +307,134 @@ impl Acker {
         if self.waiting.load(Relaxed) == 0 {
             return;
         }
-        let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
-        let sent = unsent
-            .iter()
-            .take_while(|p| self.client.try_ack(p).is_ok())
-            .count();
-        unsent.drain(..sent);
-        self.waiting.store(unsent.len(), Relaxed);
+        self.send(&mut self.line());
     }
 }
 
-/// The acknowledgement of `p`, sent from wherever it is called.
-fn ack_for(p: &Publish, acker: &Arc<Acker>) -> Ack {
-    ack_holding(p, acker, None)
+/// The acknowledgement of a message, sent (in its turn) from wherever it is
+/// called.
+fn ack_for(ticket: Option<Ticket>) -> Ack {
+    ack_holding(ticket, None)
 }
 
-/// The acknowledgement of `p`, which gives back `permit` (room for its
-/// readings in the writer's queue) when it runs or is dropped.
-fn ack_holding(
-    p: &Publish,
-    acker: &Arc<Acker>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-) -> Ack {
-    let (p, acker) = (p.clone(), acker.clone());
+/// The acknowledgement of a message, which gives back `permit` (room for
+/// its readings in the writer's queue) when it runs or is dropped.
+fn ack_holding(ticket: Option<Ticket>, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Ack {
     Box::new(move || {
         drop(permit);
-        acker.ack(&p);
+        if let Some(t) = ticket {
+            t.ack();
+        }
     })
 }
 
-/// Validates one message and queues it for storage. Returns false when the
-/// store has shut down.
-async fn handle(
-    p: &Publish,
-    acker: &Arc<Acker>,
-    metrics: &Arc<Metrics>,
-    store: &mpsc::Sender<WriteCmd>,
-    confirmations: &Confirmations,
-    catalogue: &mut Catalogue,
-    budget: &Arc<tokio::sync::Semaphore>,
-) -> bool {
-    metrics.messages_received.inc();
-    // Refused messages are acknowledged at once: they will never be stored,
-    // and unacknowledged they would come back on every reconnect.
-    let refuse = |reason: &str| {
-        metrics.reject(reason);
-        ack_for(p, acker)();
-    };
-    let topic = match Topic::parse(&p.topic) {
-        Ok(t) => t,
-        Err(e) => {
-            let reason = match e {
-                TopicError::UnknownVersion(_) => "unknown_version",
-                _ => "bad_topic",
-            };
-            tracing::warn!(topic = %p.topic.chars().take(160).collect::<String>(), error = %e, "message rejected");
-            refuse(reason);
-            return true;
-        }
-    };
-    let ack = || Some(ack_for(p, acker));
-    let cmd = match topic.kind {
-        TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {
-            Ok(batch) if !catalogue.admit(&batch) => {
-                tracing::warn!(site = %topic.site, agent = %topic.agent, seq = batch.seq,
-                    limit = catalogue.limit, "batch names more points than one agent may have; rejected");
-                refuse("too_many_points");
-                confirmations.refused(&topic.site, &topic.agent, batch.seq);
-                return true;
-            }
-            Ok(batch) => {
-                metrics.batches_accepted.inc();
-                metrics.readings_accepted.add(batch.readings.len() as u64);
-                // A batch holds at most MAX_READINGS_PER_BATCH, far below the budget.
-                let n = batch.readings.len().min(MAX_QUEUED_READINGS) as u32;
-                let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
-                    return false;
+/// What a message is checked against and handed to.
+struct Handler {
+    secret: Arc<str>,
+    metrics: Arc<Metrics>,
+    store: mpsc::Sender<WriteCmd>,
+    confirmations: Arc<Confirmations>,
+    catalogue: Catalogue,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Handler {
+    /// Validates one message and queues it for storage. Returns false when the
+    /// store has shut down.
+    async fn handle(&mut self, p: &Publish, ticket: Option<Ticket>) -> bool {
+        let Handler {
+            secret,
+            metrics,
+            store,
+            confirmations,
+            catalogue,
+            budget,
+        } = self;
+        metrics.messages_received.inc();
+        // Refused messages are acknowledged (in their turn): they will never be
+        // stored, and unacknowledged they would come back on every reconnect.
+        let refuse = |reason: &str, ticket: Option<Ticket>| {
+            metrics.reject(reason);
+            ack_for(ticket)();
+        };
+        let topic = match Topic::parse(&p.topic) {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = match e {
+                    TopicError::UnknownVersion(_) => "unknown_version",
+                    _ => "bad_topic",
                 };
-                WriteCmd::Batch(batch, Some(ack_holding(p, acker, Some(permit))))
-            }
-            Err(e) => {
-                tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");
-                refuse(e.label());
-                // Tell the agent, so it stops sending it; only possible when
-                // the payload names its sequence number.
-                if let Some(seq) = seq_of(&p.payload) {
-                    confirmations.refused(&topic.site, &topic.agent, seq);
-                }
+                tracing::warn!(topic = %p.topic.chars().take(160).collect::<String>(), error = %e, "message rejected");
+                refuse(reason, ticket);
                 return true;
             }
-        },
-        TopicKind::Ack => {
-            // Our own confirmations, should a broker route them here.
-            ack_for(p, acker)();
-            return true;
+        };
+        // Before anything is read from it: a message not signed with the agent's
+        // key is nobody's word. It is not even confirmed as refused, or anyone
+        // could make an agent drop a batch by naming its sequence number.
+        // (Confirmations are the collector's own; see below.)
+        if topic.kind != TopicKind::Ack {
+            if let Err(e) = AgentKey::derive(secret, &topic.site, &topic.agent)
+                .and_then(|k| k.verify(&p.topic, &p.payload))
+            {
+                tracing::warn!(site = %topic.site, agent = %topic.agent, error = %e, "message rejected: not signed with the agent's key");
+                refuse("unauthenticated", ticket);
+                return true;
+            }
         }
-        TopicKind::Status => match Status::from_json(&p.payload) {
-            Ok(s) if s.site == topic.site && s.agent == topic.agent => WriteCmd::Status(s, ack()),
-            Ok(_) => {
-                tracing::warn!(site = %topic.site, agent = %topic.agent, "status names another agent than its topic; rejected");
-                refuse("identity_mismatch");
+        let cmd = match topic.kind {
+            TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {
+                Ok(batch) if !catalogue.admit(&batch) => {
+                    tracing::warn!(site = %topic.site, agent = %topic.agent, seq = batch.seq,
+                    limit = catalogue.limit, "batch names more points than one agent may have; rejected");
+                    refuse("too_many_points", ticket);
+                    confirmations.refused(&topic.site, &topic.agent, batch.seq);
+                    return true;
+                }
+                Ok(batch) => {
+                    metrics.batches_accepted.inc();
+                    metrics.readings_accepted.add(batch.readings.len() as u64);
+                    // A batch holds at most MAX_READINGS_PER_BATCH, far below the budget.
+                    let n = batch.readings.len().min(MAX_QUEUED_READINGS) as u32;
+                    let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
+                        return false;
+                    };
+                    WriteCmd::Batch(batch, Some(ack_holding(ticket, Some(permit))))
+                }
+                Err(e) => {
+                    tracing::warn!(site = %topic.site, agent = %topic.agent, reason = e.label(), error = %e, "batch rejected");
+                    refuse(e.label(), ticket);
+                    // Tell the agent, so it stops sending it; only possible when
+                    // the payload names its sequence number.
+                    if let Some(seq) = seq_of(&p.payload) {
+                        confirmations.refused(&topic.site, &topic.agent, seq);
+                    }
+                    return true;
+                }
+            },
+            TopicKind::Ack => {
+                // Our own confirmations, should a broker route them here.
+                ack_for(ticket)();
                 return true;
             }
-            Err(e) => {
-                tracing::warn!(site = %topic.site, agent = %topic.agent, error = %e, "status rejected");
-                refuse("bad_status");
-                return true;
-            }
-        },
-    };
-    store.send(cmd).await.is_ok()
+            TopicKind::Status => match Status::from_json(&p.payload) {
+                Ok(s) if s.site == topic.site && s.agent == topic.agent => {
+                    WriteCmd::Status(s, Some(ack_for(ticket)))
+                }
+                Ok(_) => {
+                    tracing::warn!(site = %topic.site, agent = %topic.agent, "status names another agent than its topic; rejected");
+                    refuse("identity_mismatch", ticket);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(site = %topic.site, agent = %topic.agent, error = %e, "status rejected");
+                    refuse("bad_status", ticket);
+                    return true;
+                }
+            },
+        };
+        store.send(cmd).await.is_ok()
+    }
 }
 
 /// The points each agent has named, to bound the catalogue: a confused or

@@ -30,6 +30,16 @@ enum Command {
     Validate { config: PathBuf },
     /// Print a commented sample configuration.
     SampleConfig,
+    /// Print a new random secret for `[agents] secret` (64 hex digits).
+    GenSecret,
+    /// Print the key of one agent (its `mqtt.key`), derived from the
+    /// configuration's `[agents] secret`.
+    AgentKey {
+        /// Collector configuration file (TOML).
+        config: PathBuf,
+        site: String,
+        agent: String,
+    },
     /// Copy the store to a new file while the collector runs (SQLite's
     /// online backup: a consistent snapshot, ingest is not stopped).
     Backup {
@@ -71,14 +81,30 @@ fn main() -> anyhow::Result<()> {
             print!("{SAMPLE}");
             Ok(())
         }
-        Command::Backup { config, dest } => {
-            let cfg = match CollectorConfig::load(&config) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("{e}");
+        Command::GenSecret => {
+            println!("{}", roomguard_collector::auth::random_hex(32));
+            Ok(())
+        }
+        Command::AgentKey {
+            config,
+            site,
+            agent,
+        } => {
+            let cfg = load_or_exit(&config);
+            for (what, id) in [("site", &site), ("agent", &agent)] {
+                if let Err(e) = roomguard_protocol::validate_id(id) {
+                    eprintln!("{what} {id:?} {e}");
                     std::process::exit(2);
                 }
-            };
+            }
+            let secret = cfg.agents.secret().map_err(anyhow::Error::msg)?;
+            let key = roomguard_protocol::AgentKey::derive_hex(&secret, &site, &agent)
+                .map_err(anyhow::Error::msg)?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::Backup { config, dest } => {
+            let cfg = load_or_exit(&config);
             let started = std::time::Instant::now();
             store::sqlite::backup(&cfg.store.path, &dest, |done, total| {
                 eprintln!("backup: {done}/{total} pages");
@@ -104,13 +130,7 @@ fn main() -> anyhow::Result<()> {
             lang,
             out,
         } => {
-            let cfg = match CollectorConfig::load(&config) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("{e}");
-                    std::process::exit(2);
-                }
-            };
+            let cfg = load_or_exit(&config);
             let started = std::time::Instant::now();
             let written = report_cmd(&cfg, month, year, site, &format, &lang, &out)?;
             println!(
@@ -160,6 +180,17 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?
                 .block_on(run(cfg))
+        }
+    }
+}
+
+/// The configuration, or its problems on standard error and exit code 2.
+fn load_or_exit(config: &std::path::Path) -> CollectorConfig {
+    match CollectorConfig::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
         }
     }
 }
@@ -305,6 +336,11 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         tokio::spawn(Arc::new(inspector).run());
     }
 
+    // Bound before the first admin is made: a one-time password printed by a
+    // start that then fails on a busy port would be shown for nothing.
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
     let (auth, admin_password) = roomguard_collector::auth::Auth::init(&cfg.store.path, &cfg.auth)
         .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
     if let Some(password) = admin_password {
@@ -321,9 +357,6 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         );
     }
     let auth = Arc::new(auth);
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
     let app = api::router(Arc::new(api::AppState {
         secure_cookies: cfg.http.tls.is_some(),
@@ -347,10 +380,13 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("mqtt.security: {e}"))?;
     let ingest = tokio::spawn(ingest::run(
-        broker_url.clone(),
-        security,
-        cfg.store.max_points_per_agent,
-        cfg.mqtt.client_id.clone(),
+        ingest::Settings {
+            broker: broker_url.clone(),
+            security,
+            client_id: cfg.mqtt.client_id.clone(),
+            max_points_per_agent: cfg.store.max_points_per_agent,
+            secret: cfg.agents.secret().map_err(anyhow::Error::msg)?.into(),
+        },
         metrics.clone(),
         store_tx,
         confirmations,

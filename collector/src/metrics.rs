@@ -47,7 +47,7 @@ impl Timer {
 }
 
 /// Reasons a message is rejected; one counter each.
-pub const REJECT_REASONS: [&str; 8] = [
+pub const REJECT_REASONS: [&str; 9] = [
     "too_large",
     "malformed",
     "unknown_version",
@@ -56,6 +56,7 @@ pub const REJECT_REASONS: [&str; 8] = [
     "bad_topic",
     "bad_status",
     "too_many_points",
+    "unauthenticated",
 ];
 
 #[derive(Debug, Default)]

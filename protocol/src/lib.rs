@@ -8,6 +8,7 @@
 //! Both sides use only this crate to build and read topics and payloads, so the
 //! contract lives in one place; `docs/PROTOCOL.md` is its human-readable form.
 
+pub mod auth;
 pub mod batch;
 pub mod conf;
 pub mod confirm;
@@ -16,6 +17,7 @@ pub mod mqtt;
 pub mod status;
 pub mod topic;
 
+pub use auth::{AgentKey, AuthError};
 pub use batch::{decode_batch, Batch, Label, PointMeta, Quality, Reading, RejectReason};
 pub use confirm::{Confirm, ConfirmError, SeqRange};
 pub use ident::{validate_id, IdError};

@@ -492,15 +492,21 @@ pub fn start_collector_ready(
 ) -> Result<(Proc, Value)> {
     let mqtt = match broker_url {
         Some(url) => format!("url = {url:?}"),
-        None => "embedded_listen = \"127.0.0.1:0\"".to_owned(),
+        // A test that lists its own logins keeps them alone.
+        None if extra.contains("embedded_users") => "embedded_listen = \"127.0.0.1:0\"".to_owned(),
+        None => format!(
+            "embedded_listen = \"127.0.0.1:0\"\n{}",
+            embedded_users_toml()
+        ),
     };
     let conf = dir.join("collector.toml");
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = {listen:?}\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{extra}\n",
+            "[http]\nlisten = {listen:?}\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{}{extra}\n",
             dir.join("store.db").display().to_string(),
-            auth_toml()
+            auth_toml(),
+            agents_toml(),
         ),
     )?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));
@@ -560,8 +566,8 @@ pub fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     Ok((utime / ticks, stime / ticks))
 }
 
-/// A benchmark's batch (site `bench`): `readings` good readings of points
-/// `{prefix}.p{i}`, all at `at`, values changing with `seq`.
+/// A benchmark's batch (site `bench`), signed: `readings` good readings of
+/// points `{prefix}.p{i}`, all at `at`, values changing with `seq`.
 pub fn bench_batch(
     agent: &str,
     device: &str,
@@ -570,8 +576,8 @@ pub fn bench_batch(
     seq: u64,
     at: i64,
 ) -> Vec<u8> {
-    use roomguard_protocol::{Batch, Label, Quality, Reading, PROTOCOL_VERSION};
-    Batch {
+    use roomguard_protocol::{Batch, Label, Quality, Reading, Topic, PROTOCOL_VERSION};
+    let json = Batch {
         v: PROTOCOL_VERSION,
         site: "bench".into(),
         agent: agent.into(),
@@ -590,7 +596,8 @@ pub fn bench_batch(
             })
             .collect(),
     }
-    .to_json()
+    .to_json();
+    signed(&Topic::batch("bench", agent), &json)
 }
 
 /// `--name value` from the command line, for the benchmark programs.
@@ -715,6 +722,51 @@ pub fn auth_toml() -> String {
         "[auth]\ninitial_admin_password = {{ value = \"admin-test-password\" }}\n\
          tokens = [{{ name = \"tests\", role = \"admin\", token = {{ value = {TEST_TOKEN:?} }} }}]\n"
     )
+}
+
+/// The secret test collectors derive agent keys from: the demo's, so the
+/// demo agent's config works against them as it is.
+pub const AGENT_SECRET: &str = "demo-agent-secret-not-for-production-0123456789";
+/// The embedded broker's login in test collectors: the demo agent's.
+pub const MQTT_USER: &str = "edge-01";
+pub const MQTT_PASSWORD: &str = "demo-edge-01-mqtt-password";
+
+/// The `[agents]` table of test collectors.
+pub fn agents_toml() -> String {
+    format!("[agents]\nsecret = {{ value = {AGENT_SECRET:?} }}\n")
+}
+
+/// The `embedded_users` key (of `[mqtt]`) of test collectors.
+pub fn embedded_users_toml() -> String {
+    format!("embedded_users = [{{ name = {MQTT_USER:?}, password = {{ value = {MQTT_PASSWORD:?} }} }}]\n")
+}
+
+/// The key of agent `agent` of `site` under [`AGENT_SECRET`], as hex.
+pub fn agent_key(site: &str, agent: &str) -> String {
+    roomguard_protocol::AgentKey::derive_hex(AGENT_SECRET, site, agent)
+        .expect("the test secret is long enough")
+}
+
+/// `[mqtt]` keys for a test agent `agent` of `site`: its key and the test
+/// broker login (harmless on a Mosquitto that allows anonymous clients).
+pub fn agent_mqtt_toml(site: &str, agent: &str) -> String {
+    format!(
+        "key = {{ value = {:?} }}\nsecurity = {{ username = {MQTT_USER:?}, password = {{ value = {MQTT_PASSWORD:?} }} }}\n",
+        agent_key(site, agent)
+    )
+}
+
+/// `payload` signed for `topic` with the key of the agent the topic names,
+/// as a real agent would send it.
+pub fn signed(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let parts: Vec<&str> = topic.split('/').collect();
+    let (site, agent) = (
+        parts.get(2).copied().unwrap_or(""),
+        parts.get(3).copied().unwrap_or(""),
+    );
+    roomguard_protocol::AgentKey::derive(AGENT_SECRET, site, agent)
+        .expect("the test secret is long enough")
+        .sign(topic, payload)
 }
 
 /// Installs rustls's ring provider once, before any reqwest client is built.

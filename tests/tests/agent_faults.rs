@@ -24,8 +24,9 @@ fn now_ms() -> i64 {
 
 fn agent_toml(broker: &str, state: &Path, devices: &str) -> String {
     format!(
-        "site = \"demo-site\"\nagent = \"edge-01\"\nstate_dir = {:?}\n[mqtt]\nurl = {broker:?}\nstatus_interval = \"1s\"\n{devices}",
-        state.display().to_string()
+        "site = \"demo-site\"\nagent = \"edge-01\"\nstate_dir = {:?}\n[mqtt]\nurl = {broker:?}\nstatus_interval = \"1s\"\n{}{devices}",
+        state.display().to_string(),
+        agent_mqtt_toml("demo-site", "edge-01")
     )
 }
 

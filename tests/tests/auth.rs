@@ -219,8 +219,10 @@ async fn a_first_start_without_a_password_prints_a_one_time_admin_password_once(
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n[store]\npath = {:?}\n",
-            dir.path().join("s.db").display().to_string()
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n{}[store]\npath = {:?}\n{}",
+            embedded_users_toml(),
+            dir.path().join("s.db").display().to_string(),
+            agents_toml()
         ),
     )?;
     let start = || -> Result<(Proc, Option<String>, String)> {

@@ -591,3 +591,107 @@ async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_wa
     account("broker lost its state", &db, &ledger, 0..=0, dups).await?;
     Ok(())
 }
+
+/// Issue 19's attack: while the collector is down, anyone who can publish on
+/// the broker sends `{"stored":[[1,1000000000]]}` to the agent's `ack`
+/// topic. The agent used to drop every spooled batch as stored; now it
+/// refuses confirmations not signed with its key (or signed for another
+/// agent) and signed ones that name batches it never sent, counts them, and
+/// keeps every batch until the real collector confirms it.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_confirmations_are_refused_and_counted_and_nothing_leaves_the_spool_unstored(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    let Some(mosquitto_pub) = external("mosquitto_pub", "mosquitto-clients") else {
+        return Ok(());
+    };
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
+    let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let client = http_client();
+    let mut ledger = Ledger::default();
+    let conf = agent_config(&sim, &broker.url(), dir.path(), "")?;
+    let (mut agent, ready) = start_run(dir.path(), &conf, &mut ledger)?;
+    let agent_http = agent_metrics_url(&ready)?;
+    flowing(&client, &http).await?;
+
+    collector.kill();
+    let owed = eventually(
+        Duration::from_secs(30),
+        "batches waiting in the spool",
+        || async {
+            let n = metric(
+                &client,
+                &agent_http,
+                "roomguard_agent_spool_pending_batches",
+            )
+            .await;
+            (n >= 20).then_some(n)
+        },
+    )
+    .await?;
+    let topic = "roomguard/v1/demo-site/edge-01/ack";
+    let forgery = r#"{"v":1,"stored":[[1,1000000000]]}"#;
+    let publish = |payload: &[u8]| -> Result<()> {
+        let status = Command::new(&mosquitto_pub)
+            .args(broker.client_args())
+            .args(["-q", "1", "-t", topic, "-m"])
+            .arg(std::str::from_utf8(payload)?)
+            .status()?;
+        anyhow::ensure!(status.success(), "mosquitto_pub failed: {status}");
+        Ok(())
+    };
+    let confirmed = metric(&client, &agent_http, "roomguard_agent_confirmed_total").await;
+    // Unsigned; signed with another agent's key; signed with the right key
+    // (as by someone who stole it) but naming batches never sent.
+    publish(forgery.as_bytes())?;
+    publish(&signed(
+        "roomguard/v1/demo-site/edge-02/ack",
+        forgery.as_bytes(),
+    ))?;
+    publish(&signed(topic, forgery.as_bytes()))?;
+    let refused = |reason: &'static str| {
+        let (client, agent_http) = (&client, &agent_http);
+        async move {
+            metric(
+                client,
+                agent_http,
+                &format!("roomguard_agent_confirmations_refused_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+    eventually(Duration::from_secs(30), "the forgeries refused", || async {
+        (refused("unauthenticated").await == 2 && refused("implausible").await == 1).then_some(())
+    })
+    .await?;
+    let pending = metric(
+        &client,
+        &agent_http,
+        "roomguard_agent_spool_pending_batches",
+    )
+    .await;
+    assert!(
+        pending >= owed,
+        "the spool went from {owed} to {pending} batches with no collector to confirm them"
+    );
+    assert_eq!(
+        metric(&client, &agent_http, "roomguard_agent_confirmed_total").await,
+        confirmed,
+        "batches were taken as confirmed while the collector was down"
+    );
+
+    // The real collector returns: every batch is stored, once.
+    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let db = dir.path().join("store.db");
+    flowing(&client, &http).await?;
+    drained(&client, &agent_http)
+        .await
+        .with_context(|| agent.log_tail())?;
+    ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
+    let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
+    account("forged confirmations", &db, &ledger, 0..=0, dups).await?;
+    Ok(())
+}

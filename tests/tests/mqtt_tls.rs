@@ -162,6 +162,11 @@ async fn agents_publish_over_tls_only_under_their_own_topic() -> Result<()> {
 /// An agent with its own log name and extra configuration appended.
 fn start_agent_named(dir: &Path, name: &str, config: &str, extra: &str) -> Result<Proc> {
     let conf = dir.join(format!("{name}.toml"));
+    // The demo's own login gives way to the one in `extra`.
+    let config = match config.split_once("\n[mqtt.security]\n") {
+        Some((head, rest)) => format!("{head}{}", rest.find("\n[").map_or("", |i| &rest[i..])),
+        None => config.to_owned(),
+    };
     // [mqtt.security] goes after [mqtt]'s keys, before the next table.
     let (head, tail) = config
         .split_once("\n[metrics]")

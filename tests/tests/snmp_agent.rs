@@ -87,7 +87,7 @@ fn v3(auth: &str) -> String {
 /// An SNMP poller for one device described in agent TOML.
 fn poller(device_toml: &str) -> Result<SnmpPoller> {
     let text =
-        format!("site = \"s\"\nagent = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n{device_toml}");
+        format!("site = \"s\"\nagent = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[spool]\nconfirm = \"broker\"\n{device_toml}");
     let agent =
         AgentConfig::parse(&text, Path::new("test.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(SnmpPoller::new(

@@ -175,9 +175,11 @@ async fn main() -> Result<()> {
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n[store]\npath = {:?}\n{}",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n{}[store]\npath = {:?}\n{}{}",
+            embedded_users_toml(),
             db.display().to_string(),
-            auth_toml()
+            auth_toml(),
+            agents_toml()
         ),
     )?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));

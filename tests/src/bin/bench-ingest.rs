@@ -75,6 +75,7 @@ async fn publishers(port: u16, prefix: &str) -> Result<Vec<AsyncClient>> {
     for c in 0..CONNECTIONS {
         let mut opts = MqttOptions::new(format!("{prefix}-{c}"), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_credentials(MQTT_USER, MQTT_PASSWORD);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         opts.set_inflight(200);
         let (client, mut eventloop) = AsyncClient::new(opts, 1_000);

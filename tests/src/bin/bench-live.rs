@@ -33,6 +33,7 @@ fn batch(device: usize, seq: u64, at: i64) -> Vec<u8> {
 async fn publish(port: u16) -> Result<tokio::task::JoinHandle<()>> {
     let mut opts = MqttOptions::new("bench-live", "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_credentials(MQTT_USER, MQTT_PASSWORD);
     let (client, mut eventloop) = AsyncClient::new(opts, 1_000);
     tokio::spawn(async move {
         loop {

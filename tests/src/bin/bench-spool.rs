@@ -158,9 +158,10 @@ async fn replay(devices: usize, minutes: u64, rate: Option<u32>) -> Result<()> {
     let rate = rate.unwrap_or(1_000_000);
     // One real device, so the agent also has live batches to send meanwhile.
     let conf = format!(
-        "site = {SITE:?}\nagent = {AGENT:?}\nstate_dir = {:?}\n[mqtt]\nurl = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[spool]\nreplay_rate = {rate}\n[[modbus]]\nid = \"th-1\"\nprofile = \"generic-th-sensor\"\naddress = {:?}\nunit = 1\nroom = \"r1\"\n",
+        "site = {SITE:?}\nagent = {AGENT:?}\nstate_dir = {:?}\n[mqtt]\nurl = {:?}\n{}[metrics]\nlisten = \"127.0.0.1:0\"\n[spool]\nreplay_rate = {rate}\n[[modbus]]\nid = \"th-1\"\nprofile = \"generic-th-sensor\"\naddress = {:?}\nunit = 1\nroom = \"r1\"\n",
         state.display().to_string(),
         broker.url(),
+        agent_mqtt_toml(SITE, AGENT),
         sim.modbus,
     );
     let client = http_client();
