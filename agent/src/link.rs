@@ -267,6 +267,7 @@ impl Link {
             discarded_records: c.discarded_records,
             discarded_bytes: c.discarded_bytes,
             refused_batches: c.refused_batches,
+            write_error: None,
         }
     }
 

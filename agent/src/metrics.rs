@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use roomguard_protocol::health::Failing;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -30,6 +31,8 @@ pub struct AgentMetrics {
     pub readings_published: AtomicU64,
     pub broker_connected: AtomicU64,
     pub spool_write_errors: AtomicU64,
+    /// Spool writes (and syncs) failing, since when.
+    pub spool_failing: Failing,
 }
 
 impl AgentMetrics {
@@ -107,6 +110,11 @@ impl AgentMetrics {
             out,
             "# HELP roomguard_agent_broker_connected 1 while connected to the broker.\n# TYPE roomguard_agent_broker_connected gauge\nroomguard_agent_broker_connected {}",
             self.broker_connected.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_agent_spool_failing_seconds How long spool writes have been failing (0: they work).\n# TYPE roomguard_agent_spool_failing_seconds gauge\nroomguard_agent_spool_failing_seconds {}",
+            self.spool_failing.seconds()
         );
         let _ = writeln!(
             out,
@@ -251,6 +259,21 @@ pub fn router(metrics: Arc<AgentMetrics>, link: Arc<Mutex<Link>>) -> Router {
                 },
             ),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(
+                |axum::extract::State((m, _)): axum::extract::State<MetricsState>| async move {
+                    // A spool that cannot be written loses every new batch:
+                    // that is not a healthy agent, whatever else works.
+                    match m.spool_failing.unhealthy() {
+                        None => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+                        Some(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("degraded: spool cannot be written: {why}\n"),
+                        ),
+                    }
+                },
+            ),
+        )
         .with_state((metrics, link))
 }

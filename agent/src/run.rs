@@ -17,7 +17,10 @@ use crate::link::{Link, LinkOptions, OutBatch, WINDOW};
 use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
 use crate::spool::{OpenReport, Spool, SpoolError};
-use roomguard_protocol::{AgentState, Batch, DeviceHealth, Status, Topic, PROTOCOL_VERSION};
+use roomguard_protocol::{
+    batch::clean_text, AgentState, Batch, DeviceHealth, Quality, SpoolStatus, Status, Topic,
+    PROTOCOL_VERSION,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -506,6 +509,15 @@ impl Publisher {
             Vec::new()
         };
         let readings = poll.result.readings.len() as u32;
+        let mut polled = poll.result.readings;
+        for r in &mut polled {
+            if let Quality::Bad(why) = &mut r.quality {
+                clean_text(why);
+            }
+            if let Some(x) = &mut r.text {
+                clean_text(x);
+            }
+        }
         let batch = Batch {
             v: PROTOCOL_VERSION,
             site: self.site.clone(),
@@ -515,7 +527,7 @@ impl Publisher {
             device: poll.device,
             polled_at: poll.polled_at,
             backfill: false,
-            readings: poll.result.readings,
+            readings: polled,
         };
         let payload = batch.to_json();
         Ok(Some(OutBatch {
@@ -534,6 +546,10 @@ impl Publisher {
             return;
         }
         let done = lock(&self.link).submit_all(out);
+        match &done.error {
+            Some(e) => self.metrics.spool_failing.failed(e),
+            None => self.metrics.spool_failing.succeeded(),
+        }
         if let Some(e) = &done.error {
             if done.lost > 0 {
                 tracing::error!(error = %e, batches = done.lost, "cannot write the spool; batches lost");
@@ -559,7 +575,10 @@ impl Publisher {
             at: Some(now_ms()),
             software: Some(env!("CARGO_PKG_VERSION").to_owned()),
             devices: self.health.values().cloned().collect(),
-            spool: Some(link.spool_status()),
+            spool: Some(SpoolStatus {
+                write_error: self.metrics.spool_failing.failing().map(|(_, why)| why),
+                ..link.spool_status()
+            }),
         };
         link.publish_status(status.to_json());
     }

@@ -1,6 +1,8 @@
 //! The collector's self-metrics, rendered in the Prometheus text format at
 //! `/metrics`. Plain atomics: cheap on the ingest path, no registry needed.
 
+use roomguard_protocol::health::Failing;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -99,9 +101,85 @@ pub struct Metrics {
     pub notifications_dead: Counter,
     /// Outbox rows waiting to be delivered (sampled when /metrics is read).
     pub notifications_pending: Gauge,
+    /// Store writes (batches, statuses, maintenance) failing, since when.
+    pub store_failing: Failing,
+    /// WAL checkpoints failing, since when (the WAL grows meanwhile).
+    pub checkpoint_failing: Failing,
+    /// The store file's last integrity check.
+    pub integrity: std::sync::Mutex<Integrity>,
+}
+
+/// What the last integrity check (SQLite's `quick_check`) of the store found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Integrity {
+    /// Not checked yet, or a check is running.
+    #[default]
+    Checking,
+    Ok {
+        checked_at: i64,
+    },
+    Damaged {
+        checked_at: i64,
+        detail: String,
+    },
+}
+
+/// Whether the collector is fit to take readings, and if not, why.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// "ok" or "degraded".
+    pub status: &'static str,
+    /// What makes it degraded, in words.
+    pub reasons: Vec<String>,
+    pub broker_connected: bool,
+    pub integrity: Integrity,
 }
 
 impl Metrics {
+    fn integrity(&self) -> Integrity {
+        self.integrity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_integrity(&self, i: Integrity) {
+        *self.integrity.lock().unwrap_or_else(|e| e.into_inner()) = i;
+    }
+
+    /// True once a check found the store file damaged: nothing more is
+    /// written into it.
+    pub fn store_damaged(&self) -> bool {
+        matches!(self.integrity(), Integrity::Damaged { .. })
+    }
+
+    /// Health as `/healthz` reports it: degraded while the broker is away,
+    /// the store has failed for longer than `health::GRACE`, or its file is damaged.
+    pub fn health(&self) -> Health {
+        let broker_connected = self.broker_connected.get() == 1;
+        let integrity = self.integrity();
+        let mut reasons = Vec::new();
+        if !broker_connected {
+            reasons.push("not connected to the MQTT broker".to_owned());
+        }
+        if let Some(why) = self.store_failing.unhealthy() {
+            reasons.push(format!("store writes failing: {why}"));
+        }
+        if let Some(why) = self.checkpoint_failing.unhealthy() {
+            reasons.push(format!("store checkpoints failing (its WAL grows): {why}"));
+        }
+        if let Integrity::Damaged { detail, .. } = &integrity {
+            reasons.push(format!("store file damaged, not written: {detail}"));
+        }
+        Health {
+            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            reasons,
+            broker_connected,
+            integrity,
+        }
+    }
+
     /// Counts a rejection under `reason`, one of [`REJECT_REASONS`].
     pub fn reject(&self, reason: &str) {
         if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
@@ -291,6 +369,26 @@ impl Metrics {
             "# HELP roomguard_broker_connected 1 while connected to the MQTT broker.\n# TYPE roomguard_broker_connected gauge\nroomguard_broker_connected {}",
             self.broker_connected.get()
         );
+        let integrity_ok = match self.integrity() {
+            Integrity::Checking => None,
+            Integrity::Ok { .. } => Some(1),
+            Integrity::Damaged { .. } => Some(0),
+        };
+        let _ = writeln!(
+            out,
+            "# HELP roomguard_store_failing_seconds How long store writes have been failing (0: they work).\n# TYPE roomguard_store_failing_seconds gauge\nroomguard_store_failing_seconds {}\n\
+             # HELP roomguard_store_checkpoint_failing_seconds How long WAL checkpoints have been failing (0: they work).\n# TYPE roomguard_store_checkpoint_failing_seconds gauge\nroomguard_store_checkpoint_failing_seconds {}\n\
+             # HELP roomguard_healthy 1 when /healthz says ok.\n# TYPE roomguard_healthy gauge\nroomguard_healthy {}",
+            self.store_failing.seconds(),
+            self.checkpoint_failing.seconds(),
+            u8::from(self.health().reasons.is_empty()),
+        );
+        if let Some(ok) = integrity_ok {
+            let _ = writeln!(
+                out,
+                "# HELP roomguard_store_integrity_ok 1 when the last integrity check of the store file passed, 0 when it found damage (absent while checking).\n# TYPE roomguard_store_integrity_ok gauge\nroomguard_store_integrity_ok {ok}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP roomguard_confirm_connected 1 while the connection that confirms batches to agents is up.\n# TYPE roomguard_confirm_connected gauge\nroomguard_confirm_connected {}",

@@ -286,13 +286,37 @@ impl Batch {
                 (_, Some(v)) if !v.is_finite() => {
                     return invalid(format!("readings[{i}].v is not finite"));
                 }
-                (Quality::Bad(reason), _) if reason.len() > MAX_TEXT_LEN => {
-                    return invalid(format!("readings[{i}].bad reason is too long"));
+                (Quality::Bad(reason), _)
+                    if reason.len() > MAX_TEXT_LEN || reason.chars().any(char::is_control) =>
+                {
+                    return invalid(format!(
+                        "readings[{i}].bad reason is too long or has control characters"
+                    ));
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+}
+
+/// Makes a text fit the limits above: control characters become spaces,
+/// and it is cut to [`MAX_TEXT_LEN`] bytes on a character boundary. The
+/// agent passes device texts and error messages through this, so a
+/// device's odd string never gets a whole batch refused.
+pub fn clean_text(s: &mut String) {
+    if s.chars().any(char::is_control) {
+        *s = s
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+    }
+    if s.len() > MAX_TEXT_LEN {
+        let mut end = MAX_TEXT_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 
@@ -427,6 +451,34 @@ mod tests {
         b.readings[0].value = Some(f64::NAN); // serialises as null
         let err = decode_batch(&topic(), &b.to_json(), NOW).unwrap_err();
         assert_eq!(err.label(), "invalid");
+    }
+
+    #[test]
+    fn a_bad_reason_with_control_characters_is_invalid_and_cleaning_makes_it_pass() {
+        let mut b = batch();
+        let r = b
+            .readings
+            .iter_mut()
+            .find(|r| !r.quality.is_good())
+            .unwrap();
+        r.quality = Quality::Bad("no reply\r\nfrom \u{1b}[31mdevice".into());
+        let err = decode_batch(&topic(), &b.to_json(), NOW).unwrap_err();
+        assert_eq!(err.label(), "invalid");
+        assert!(err.to_string().contains("control characters"), "{err}");
+        if let Quality::Bad(why) = &mut b
+            .readings
+            .iter_mut()
+            .find(|r| !r.quality.is_good())
+            .unwrap()
+            .quality
+        {
+            clean_text(why);
+            assert_eq!(why, "no reply  from  [31mdevice");
+        }
+        decode_batch(&topic(), &b.to_json(), NOW).unwrap();
+        let mut long = "é".repeat(200);
+        clean_text(&mut long);
+        assert!(long.len() <= MAX_TEXT_LEN && long.chars().all(|c| c == 'é'));
     }
 
     #[test]

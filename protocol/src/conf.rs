@@ -132,17 +132,119 @@ pub fn parse<T: DeserializeOwned>(text: &str, name: &Path) -> Result<T, ConfigEr
     from_config(built, name)
 }
 
+/// Deserializes `T`, naming every structural problem rather than the first.
+///
+/// serde stops at the first error, and the `config` crate keeps tables in a
+/// hash map, so which error came first changed from run to run (`validate`
+/// and `run` could name different ones). So: note the error, take the
+/// offending key out of the file's tree, and try again, until it
+/// deserializes or nothing more can be taken out; then every problem is
+/// reported, sorted by path.
 fn from_config<T: DeserializeOwned>(built: config::Config, file: &Path) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(built).map_err(|e| {
-        let path = e.path().to_string();
-        ConfigError::Field {
-            file: file.to_owned(),
-            problem: Problem {
-                path: if path == "." { String::new() } else { path },
-                message: e.into_inner().to_string(),
-            },
+    // `config`'s own reading decides (it is the lenient one: numbers from
+    // environment variables into strings, and the like).
+    let first = match serde_path_to_error::deserialize::<_, T>(built.clone()) {
+        Ok(t) => return Ok(t),
+        Err(e) => field_problem(e),
+    };
+    // The problems themselves are read from the file's tree, in its sorted
+    // order, so they are the same, in the same words, at every run.
+    let mut problems = Vec::new();
+    if let Ok(mut tree) = built.try_deserialize::<serde_json::Value>() {
+        let mut removed: Vec<String> = Vec::new();
+        // Each round takes one key out; a bound all the same.
+        for _ in 0..100 {
+            let Err(e) = serde_path_to_error::deserialize::<_, T>(&tree) else {
+                break;
+            };
+            let next = field_problem(e);
+            // A key taken out here is now "missing": not a new problem.
+            let ours = removed
+                .iter()
+                .any(|r| names_missing(&next.message, last_key(r)));
+            if !ours && !problems.contains(&next) {
+                problems.push(next.clone());
+            }
+            if !take_out(&mut tree, &next.path) {
+                break;
+            }
+            removed.push(next.path);
         }
+    }
+    if !problems.iter().any(|p| p.path == first.path) {
+        problems.push(first);
+    }
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    if problems.len() == 1 {
+        return Err(ConfigError::Field {
+            file: file.to_owned(),
+            problem: problems.remove(0),
+        });
+    }
+    Err(ConfigError::Invalid {
+        file: file.to_owned(),
+        problems,
     })
+}
+
+fn field_problem<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Problem {
+    let path = e.path().to_string();
+    Problem {
+        path: if path == "." { String::new() } else { path },
+        message: e.into_inner().to_string(),
+    }
+}
+
+/// Whether `message` says `key` is missing, in serde's words (missing field
+/// `key`) or the config crate's (missing configuration field "a[0]key").
+fn names_missing(message: &str, key: &str) -> bool {
+    message.contains("missing")
+        && (message.contains(&format!("`{key}`")) || message.contains(&format!("{key}\"")))
+}
+
+/// The last key of a path such as `modbus[0].points[1].type` (`type`).
+fn last_key(path: &str) -> &str {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last.split('[').next().unwrap_or(last)
+}
+
+/// Removes the value at `path` (`a.b[2].c`) from `tree`: the key from its
+/// table, or, for an array element, the whole array's key (taking one
+/// element out would renumber the others and misname their problems).
+/// False when there is nothing there to remove.
+fn take_out(tree: &mut serde_json::Value, path: &str) -> bool {
+    if path.is_empty() {
+        return false;
+    }
+    let mut keys: Vec<&str> = path.split('.').collect();
+    let last = keys.pop().unwrap_or_default();
+    let mut node = tree;
+    for key in keys {
+        let (name, indices) = split_indices(key);
+        let Some(mut next) = node.get_mut(name) else {
+            return false;
+        };
+        for i in indices {
+            match next.get_mut(i) {
+                Some(n) => next = n,
+                None => return false,
+            }
+        }
+        node = next;
+    }
+    let (name, _) = split_indices(last);
+    node.as_object_mut()
+        .is_some_and(|table| table.remove(name).is_some())
+}
+
+/// `points[1][2]` → (`points`, [1, 2]).
+fn split_indices(key: &str) -> (&str, Vec<usize>) {
+    let mut parts = key.split('[');
+    let name = parts.next().unwrap_or_default();
+    let indices = parts
+        .filter_map(|p| p.trim_end_matches(']').parse().ok())
+        .collect();
+    (name, indices)
 }
 
 /// Parses durations such as `250ms`, `5s`, `2m`, `1h`, `7d` (one unit only).
@@ -307,6 +409,60 @@ mod tests {
         let err = parse::<Top>(toml, Path::new("agent.toml")).unwrap_err();
         let p = &err.problems()[0];
         assert_eq!(p.path, "devices[1].points[3].address", "{err}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Tables {
+        #[serde(default)]
+        a: Option<Inner>,
+        #[serde(default)]
+        b: Option<Inner>,
+        name: String,
+        #[serde(default)]
+        c: Option<u8>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u16,
+    }
+
+    #[test]
+    fn every_structural_problem_is_named_in_the_same_order_every_time() {
+        let toml = "name = \"x\"\nc = 999\n[a]\nn = \"forty\"\n[b]\nn = 1\ncolour = \"red\"\n";
+        let first = parse::<Tables>(toml, Path::new("x.toml"))
+            .unwrap_err()
+            .problems();
+        let paths: Vec<&str> = first.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths.len(), 3, "{first:?}");
+        assert!(
+            paths[0].starts_with('a') && paths[1].starts_with('b') && paths[2] == "c",
+            "{first:?}"
+        );
+        assert!(first[1].message.contains("colour"), "{first:?}");
+        // Not one spurious "missing field" for a key taken out to go on.
+        assert!(
+            !first.iter().any(|p| p.message.contains("missing")),
+            "{first:?}"
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                parse::<Tables>(toml, Path::new("x.toml"))
+                    .unwrap_err()
+                    .problems(),
+                first
+            );
+        }
+        // A required key really missing is still named.
+        let err = parse::<Tables>("[a]\nn = 1\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            err.problems()[0].message.contains("missing field `name`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod batch;
 pub mod conf;
 pub mod confirm;
+pub mod health;
 pub mod ident;
 pub mod mqtt;
 pub mod status;

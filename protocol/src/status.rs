@@ -75,6 +75,10 @@ pub struct SpoolStatus {
     /// Batches the collector refused for good (invalid), dropped from the spool.
     #[serde(default)]
     pub refused_batches: u64,
+    /// Why the spool cannot be written, while it cannot (new batches are
+    /// lost meanwhile); absent while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
 }
 
 impl Status {

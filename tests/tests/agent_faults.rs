@@ -372,6 +372,8 @@ async fn hostile_devices_are_reported_and_never_stop_the_healthy_ones() -> Resul
     for id in ["garbage", "short", "overlong", "wrong-tid"] {
         let e = error_of(id);
         assert!(!e.is_empty(), "{id} has no error");
+        // It did answer, with bytes that make no frame: not "no reply".
+        assert!(!e.contains("no reply"), "{id}: {e}");
         eprintln!("{id}: {e}");
     }
 
@@ -398,6 +400,25 @@ async fn hostile_devices_are_reported_and_never_stop_the_healthy_ones() -> Resul
         .context("exception.temperature")?;
     assert_eq!(bad["quality"], "bad");
     assert!(bad["value"].is_null());
+    // Failing devices back off; waiting out a backoff is not a poll
+    // started late, so no cycle overrun is counted for them.
+    let health = eventually(
+        PATIENCE,
+        "the silent device well into its backoff",
+        || async {
+            let devices = device_health(&client, &http).await?;
+            (health_of(&devices, "silent")?["consecutive_failures"].as_u64()? >= 3)
+                .then_some(devices)
+        },
+    )
+    .await?;
+    for id in ["silent", "garbage", "exception", "late-ups"] {
+        assert_eq!(
+            health_of(&health, id).map(|h| h["cycle_overruns"].clone()),
+            Some(serde_json::json!(0)),
+            "{id}: backoff counted as overruns"
+        );
+    }
     assert!(agent.is_running(), "the agent died:\n{}", agent.log_tail());
     Ok(())
 }

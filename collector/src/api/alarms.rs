@@ -6,7 +6,7 @@
 //! request body (`by`) and recorded in the audit trail.
 
 use super::history::{bad, parse_time, show, zone};
-use super::{ApiError, AppState};
+use super::{body, ApiError, AppState};
 use crate::alarm::notify;
 use crate::alarm::record::{
     self, Action, AlarmFilter, AlarmRow, NewSilence, RecordError, Route, Silence,
@@ -84,10 +84,6 @@ where
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(ApiError::from)
-}
-
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {

@@ -3,7 +3,7 @@
 //! requests take the same forms as history (`2026-12-01`, `now+7d`…).
 
 use super::history::{bad, parse_time, show, zone};
-use super::{ApiError, AppState};
+use super::{body, ApiError, AppState};
 use crate::auth::{Role, User};
 use crate::inspection::hazard::{self, Action, Edit, Filter, Hazard, NewHazard, Status};
 use crate::inspection::report::{self, Inputs};
@@ -56,10 +56,6 @@ where
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v).map_err(|e| bad(e.body_text()))
-}
-
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))
 }
 
 fn may_inspect(user: &User) -> Result<(), ApiError> {

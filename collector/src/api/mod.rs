@@ -124,6 +124,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    /// The rejection's own status: 413 for a body over the limit, 415 for
+    /// a missing content type, 400 or 422 for what is not the JSON asked for.
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError(e.status(), e.body_text())
+    }
+}
+
+/// A JSON request body, or the error that names what is wrong with it.
+pub(crate) fn body<T>(
+    b: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(ApiError::from)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({ "error": self.1 }))).into_response()
@@ -161,19 +176,21 @@ async fn not_found() -> ApiError {
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
-    let connected = st.metrics.broker_connected.get() == 1;
-    let body = json!({
-        "status": if connected { "ok" } else { "degraded" },
-        "broker_connected": connected,
-        "readings_stored": st.metrics.readings_stored.get(),
-        "messages_rejected": st.metrics.rejected_total(),
-        "store_errors": st.metrics.store_errors.get(),
-    });
-    let code = if connected {
+    let health = st.metrics.health();
+    let code = if health.reasons.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let body = json!({
+        "status": health.status,
+        "reasons": health.reasons,
+        "broker_connected": health.broker_connected,
+        "integrity": health.integrity,
+        "readings_stored": st.metrics.readings_stored.get(),
+        "messages_rejected": st.metrics.rejected_total(),
+        "store_errors": st.metrics.store_errors.get(),
+    });
     (code, Json(body)).into_response()
 }
 

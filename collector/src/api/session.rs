@@ -2,7 +2,7 @@
 //! that applies `auth::required` to every request and adds security headers.
 
 use super::history::bad;
-use super::{ApiError, AppState};
+use super::{body, ApiError, AppState};
 use crate::auth::{self, AuthError, Role, User, Via};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
@@ -161,7 +161,7 @@ pub async fn login(
     State(st): State<Arc<AppState>>,
     b: Result<Json<LoginBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let b = b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))?;
+    let b = body(b)?;
     if b.user.len() > 64 || b.password.len() > 1024 {
         return Err(bad("user or password too long"));
     }
@@ -281,7 +281,7 @@ pub async fn create_user(
     Extension(by): Extension<User>,
     b: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let b = b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))?;
+    let b = body(b)?;
     let a = st.auth.clone();
     let (name, role) = (b.name.clone(), b.role);
     tokio::task::spawn_blocking(move || a.create_user(&by.name, &b.name, b.role, &b.password))
@@ -311,7 +311,7 @@ pub async fn set_password(
             "only an admin may set another user's password".into(),
         ));
     }
-    let b = b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))?;
+    let b = body(b)?;
     let a = st.auth.clone();
     tokio::task::spawn_blocking(move || a.set_password(&by.name, &name, &b.password))
         .await
@@ -340,7 +340,7 @@ pub async fn create_token(
     Extension(by): Extension<User>,
     b: Result<Json<NewToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let b = b.map(|Json(v)| v).map_err(|e| bad(e.body_text()))?;
+    let b = body(b)?;
     let a = st.auth.clone();
     let (name, role) = (b.name.clone(), b.role);
     let token = tokio::task::spawn_blocking(move || a.create_token(&by.name, &b.name, b.role))

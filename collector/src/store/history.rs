@@ -450,6 +450,13 @@ mod tests {
         assert_eq!(b[0].mean(), 5.0);
         assert_eq!((b[1].start, b[1].n, b[1].last), (10_000, 1, 2.0));
     }
+
+    #[test]
+    fn the_mean_of_equal_values_is_that_value_not_one_ulp_above() {
+        let same: Vec<(i64, Agg)> = (0..3).map(|t| (t, Agg::sample(t, 0.4))).collect();
+        let b = fold(same, 0, 10_000);
+        assert_eq!((b[0].min, b[0].mean(), b[0].max), (0.4, 0.4, 0.4));
+    }
 }
 
 /// Rollups and history through the real writer and reader on a temp file.

@@ -9,7 +9,7 @@ pub mod rollup;
 pub mod sqlite;
 
 use crate::confirm::Confirmations;
-use crate::metrics::Metrics;
+use crate::metrics::{Integrity, Metrics};
 use roomguard_protocol::{Batch, Status};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -40,7 +40,16 @@ pub enum StoreError {
     /// A blocking task reading the store panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("store {path} is damaged ({detail}); nothing more is written into it. {RECOVERY}", path = path.display())]
+    Damaged { path: PathBuf, detail: String },
 }
+
+/// What to do with a damaged store file.
+pub const RECOVERY: &str = "To recover: stop the collector; move the file and its -wal and -shm \
+     files aside; copy what can still be read into a new file with SQLite's own tool \
+     (`sqlite3 old.db .recover | sqlite3 new.db`, Debian package sqlite3) and put the new \
+     file at store.path, or start with an empty store. Agents resend what they still \
+     hold in their spools (docs/API.md, Store integrity).";
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
@@ -140,6 +149,7 @@ pub fn spawn_writer(
                     Ok((pages, _)) => {
                         cp_metrics.checkpoint_seconds.observe(started.elapsed());
                         cp_metrics.wal_pages.set(pages.max(0) as u64);
+                        cp_metrics.checkpoint_failing.succeeded();
                         failing = false;
                     }
                     Err(e) => {
@@ -149,10 +159,54 @@ pub fn spawn_writer(
                         }
                         failing = true;
                         cp_metrics.store_errors.inc();
+                        cp_metrics.checkpoint_failing.failed(&e);
                     }
                 }
             }
         })?;
+    match writer.checked() {
+        sqlite::Check::Ok => metrics.set_integrity(Integrity::Ok {
+            checked_at: now_ms(),
+        }),
+        // Larger than the check at open could finish: the rest in the
+        // background, and the writer stops if it finds damage.
+        _ => {
+            let (path, metrics) = (writer.path().to_owned(), metrics.clone());
+            std::thread::Builder::new()
+                .name("store-check".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    let integrity = match sqlite::check_file(&path) {
+                        Ok(sqlite::Check::Damaged(detail)) => {
+                            tracing::error!(
+                                "{}",
+                                StoreError::Damaged {
+                                    path: path.clone(),
+                                    detail: detail.clone()
+                                }
+                            );
+                            Integrity::Damaged {
+                                checked_at: now_ms(),
+                                detail,
+                            }
+                        }
+                        Ok(_) => Integrity::Ok {
+                            checked_at: now_ms(),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot check the store's integrity");
+                            return;
+                        }
+                    };
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        ?integrity,
+                        "store integrity checked in the background"
+                    );
+                    metrics.set_integrity(integrity);
+                })?;
+        }
+    }
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
@@ -170,6 +224,7 @@ pub fn spawn_writer(
                             batches.push(b);
                             acks.extend(ack);
                         }
+                        WriteCmd::Status(_, _) if metrics.store_damaged() => {}
                         WriteCmd::Status(s, ack) => match writer.write_status(&s, now_ms()) {
                             Ok(()) => {
                                 acks.extend(ack);
@@ -178,6 +233,7 @@ pub fn spawn_writer(
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot store agent status");
                                 metrics.store_errors.inc();
+                                metrics.store_failing.failed(&e);
                             }
                         },
                         WriteCmd::Maintain => maintain = true,
@@ -189,8 +245,19 @@ pub fn spawn_writer(
                 metrics.write_queue_depth.set(rx.len() as u64);
                 if !batches.is_empty() {
                     let started = Instant::now();
-                    match writer.write_batches(&batches, now_ms()) {
+                    let written = if metrics.store_damaged() {
+                        // Found damaged after it opened (the check ran on in
+                        // the background): not one more write into it.
+                        Err(StoreError::Damaged {
+                            path: writer.path().to_owned(),
+                            detail: "found by the integrity check".into(),
+                        })
+                    } else {
+                        writer.write_batches(&batches, now_ms())
+                    };
+                    match written {
                         Ok(stats) => {
+                            metrics.store_failing.succeeded();
                             metrics.batches_stored.add(stats.batches);
                             metrics.readings_stored.add(stats.readings);
                             metrics.readings_duplicate.add(stats.duplicates);
@@ -220,6 +287,7 @@ pub fn spawn_writer(
                             // the disk is fixed). Logged and counted.
                             tracing::error!(error = %e, batches = batches.len(), "store write failed; not acknowledged");
                             metrics.store_errors.inc();
+                            metrics.store_failing.failed(&e);
                             acks.clear();
                         }
                     }
@@ -233,7 +301,7 @@ pub fn spawn_writer(
                 tell(&mut writer, &metrics, &wake, &live);
                 // Background work only between ingest transactions, in
                 // steps small enough not to hold ingest up.
-                if std::mem::take(&mut maintain) {
+                if std::mem::take(&mut maintain) && !metrics.store_damaged() {
                     let started = Instant::now();
                     match writer.maintain(now_ms()) {
                         Ok(m) => {
@@ -246,6 +314,7 @@ pub fn spawn_writer(
                         Err(e) => {
                             tracing::error!(error = %e, "store maintenance failed; retried next time");
                             metrics.store_errors.inc();
+                            metrics.store_failing.failed(&e);
                         }
                     }
                 }

@@ -94,7 +94,9 @@ impl Agg {
     }
 
     pub fn mean(&self) -> f64 {
-        self.sum / self.n as f64
+        // A sum of equal values divided back can land one ulp outside them
+        // (0.4 × 3 / 3 = 0.4000000000000001): a mean above the maximum.
+        (self.sum / self.n as f64).max(self.min).min(self.max)
     }
 }
 

@@ -141,6 +141,65 @@ pub struct SqliteWriter {
     staged: VecDeque<(i64, usize)>,
     /// Batches were written since the last maintenance call.
     busy: bool,
+    /// What the integrity check at open found (never `Damaged`: such a
+    /// file is not opened for writing).
+    checked: Check,
+}
+
+/// What SQLite's `quick_check` found in a store file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Ok,
+    Damaged(String),
+    /// Stopped at its time limit: to be finished in the background.
+    Unfinished,
+}
+
+/// How long the integrity check at open may take; a larger file is
+/// checked to the end in the background while the collector runs.
+pub const OPEN_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs SQLite's `quick_check` (pages, B-trees, records; not index
+/// contents, which `integrity_check` adds at several times the cost) on
+/// `conn`, interrupted after `budget` when one is given.
+pub fn quick_check(
+    conn: &Connection,
+    budget: Option<std::time::Duration>,
+) -> Result<Check, rusqlite::Error> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let watchdog = budget.map(|b| {
+        let handle = conn.get_interrupt_handle();
+        std::thread::spawn(move || {
+            if stopped.recv_timeout(b) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                handle.interrupt();
+            }
+        })
+    });
+    let rows = conn.prepare("PRAGMA quick_check(20)").and_then(|mut stmt| {
+        stmt.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<String>, _>>()
+    });
+    drop(stop);
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
+    match rows {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(Check::Ok),
+        Ok(rows) => Ok(Check::Damaged(rows.join("; "))),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            Ok(Check::Unfinished)
+        }
+        Err(e) if is_damage(&e) => Ok(Check::Damaged(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// SQLite's own word that a file is not a sound database.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// What the alarm record is built from, kept to rebuild it after a failed
@@ -196,9 +255,18 @@ impl SqliteWriter {
                 message: e.to_string(),
             })?;
         }
-        let open_err = |e: rusqlite::Error| StoreError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
+        let open_err = |e: rusqlite::Error| {
+            if is_damage(&e) {
+                StoreError::Damaged {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                }
+            } else {
+                StoreError::Open {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                }
+            }
         };
         let conn = Connection::open(path).map_err(open_err)?;
         let mode: String = conn
@@ -231,6 +299,17 @@ impl SqliteWriter {
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
             .map_err(open_err)?;
         apply_pragmas(&conn).map_err(open_err)?;
+        // Before anything is written: a damaged file is refused with the
+        // way out, not written into until it fails in some other way.
+        let checked = match quick_check(&conn, Some(OPEN_CHECK_BUDGET)).map_err(open_err)? {
+            Check::Damaged(detail) => {
+                return Err(StoreError::Damaged {
+                    path: path.to_owned(),
+                    detail,
+                })
+            }
+            c => c,
+        };
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;
@@ -286,6 +365,7 @@ impl SqliteWriter {
             next_slice: 0,
             staged: VecDeque::new(),
             busy: false,
+            checked,
         };
         writer.replay_staging()?;
         Ok(writer)
@@ -411,6 +491,11 @@ impl SqliteWriter {
     }
 
     /// The database file.
+    /// What the integrity check at open found.
+    pub fn checked(&self) -> &Check {
+        &self.checked
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -907,6 +992,13 @@ fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, StoreError>
         })?;
     apply_pragmas(&conn)?;
     Ok(conn)
+}
+
+/// Checks the store file at `path` to the end, on a read-only connection of
+/// its own (beside a running writer: WAL readers do not block it).
+pub fn check_file(path: &Path) -> Result<Check, StoreError> {
+    let conn = open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(quick_check(&conn, None)?)
 }
 
 /// Copies committed pages from the WAL into the database file beside the

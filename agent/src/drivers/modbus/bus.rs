@@ -12,7 +12,6 @@ use crate::run::{jitter, now_ms, random_u64};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
-use tokio_modbus::client::Context;
 
 struct DeviceState {
     /// Next due time per poll group.
@@ -43,7 +42,7 @@ pub struct BusRunner {
 /// The open connection of a bus, kept apart from its (read-only) spec so a
 /// poll can borrow both without copying the device's points.
 struct Line {
-    ctx: Option<Context>,
+    ctx: Option<transport::Opened>,
     /// When the last frame on the line ended, to keep the pause before the next.
     last_frame: Option<Instant>,
 }
@@ -93,8 +92,10 @@ impl BusRunner {
             sleep_until(at.into()).await;
             let interval = self.spec.devices[d].groups[g].interval;
             let started = Instant::now();
-            // Late by a whole interval: the bus cannot keep up with its schedule.
-            let overrun = started.duration_since(self.states[d].due[g]) > interval;
+            // Late by a whole interval after it was due (a device in
+            // backoff is due at its retry): the bus cannot keep up with its
+            // schedule. Waiting out a backoff is not being late.
+            let overrun = started.duration_since(at) > interval;
             let polled_at = now_ms();
             let dev = &self.spec.devices[d];
             let (mut result, requests, registers) = self
@@ -142,11 +143,11 @@ impl BusRunner {
 impl Line {
     async fn ensure_connected(&mut self, bus: &BusConfig, to: Duration) -> Result<(), ModbusError> {
         if self.ctx.is_none() {
-            let ctx = transport::open(bus, to).await?;
+            let opened = transport::open(bus, to).await?;
             if !bus.connect_pause.is_zero() {
                 tokio::time::sleep(bus.connect_pause).await;
             }
-            self.ctx = Some(ctx);
+            self.ctx = Some(opened);
             self.last_frame = Some(Instant::now());
         }
         Ok(())
@@ -184,11 +185,11 @@ impl Line {
             if let Some(last) = self.last_frame.filter(|_| !gap.is_zero()) {
                 sleep_until((last + gap).into()).await;
             }
-            let Some(ctx) = self.ctx.as_mut() else {
+            let Some(open) = self.ctx.as_mut() else {
                 continue;
             };
             requests += 1;
-            let outcome = read(ctx, dev.unit, req, dev.timeout).await;
+            let outcome = read(&mut open.ctx, &open.received, dev.unit, req, dev.timeout).await;
             self.last_frame = Some(Instant::now());
             let ts = now_ms();
             match outcome {

@@ -30,6 +30,8 @@ pub enum ModbusError {
     },
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    #[error("garbled reply: {bytes} bytes received within {within:?}, none a valid frame")]
+    Garbled { bytes: u64, within: Duration },
     #[error("transport: {0}")]
     Transport(String),
     #[error("device exception {0}")]
@@ -66,13 +68,16 @@ fn exception_text(code: ExceptionCode) -> String {
     format!("{code:?} (0x{:02X})", u8::from(code))
 }
 
-/// Performs one planned read for `unit` under `to`.
+/// Performs one planned read for `unit` under `to`; `received` counts the
+/// bytes the bus has received (see `transport::Counted`).
 pub async fn read(
     ctx: &mut Context,
+    received: &std::sync::atomic::AtomicU64,
     unit: u8,
     req: &ReadRequest,
     to: Duration,
 ) -> Result<Data, ModbusError> {
+    let before = received.load(std::sync::atomic::Ordering::Relaxed);
     ctx.set_slave(Slave(unit));
     let (start, count) = (req.start, req.count);
     let outcome = timeout(to, async {
@@ -97,7 +102,14 @@ pub async fn read(
     })
     .await;
     let data = match outcome {
-        Err(_) => return Err(ModbusError::Timeout(to)),
+        Err(_) => {
+            let bytes = received.load(std::sync::atomic::Ordering::Relaxed) - before;
+            return Err(if bytes == 0 {
+                ModbusError::Timeout(to)
+            } else {
+                ModbusError::Garbled { bytes, within: to }
+            });
+        }
         Ok(Err(e)) => return Err(ModbusError::Transport(e.to_string())),
         Ok(Ok(Err(code))) => return Err(ModbusError::Device(exception_text(code))),
         Ok(Ok(Ok(data))) => data,

@@ -5,7 +5,12 @@
 
 use super::config::{BusConfig, Parity, Transport};
 use super::ModbusError;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{lookup_host, TcpStream};
 use tokio::time::timeout;
 use tokio_modbus::client::Context;
@@ -35,12 +40,70 @@ async fn tcp(addr: &str, to: Duration) -> Result<TcpStream, ModbusError> {
     Ok(stream)
 }
 
+/// A stream that counts the bytes it receives, so a request that timed out
+/// can tell silence ("no reply") from bytes that never made a valid frame
+/// (a garbled reply: wrong baud rate, two masters, a device sending noise);
+/// tokio-modbus skips such bytes and waits on, so both end in its timeout.
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    received: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.received.fetch_add(n as u64, Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An open bus, and the count of bytes received on it.
+pub struct Opened {
+    pub ctx: Context,
+    pub received: Arc<AtomicU64>,
+}
+
 /// Opens the bus; the caller sets the unit id per request.
-pub async fn open(bus: &BusConfig, to: Duration) -> Result<Context, ModbusError> {
+pub async fn open(bus: &BusConfig, to: Duration) -> Result<Opened, ModbusError> {
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = |inner| Counted {
+        inner,
+        received: received.clone(),
+    };
     let address = bus.address.as_deref().unwrap_or_default();
-    match bus.transport {
-        Transport::Tcp => Ok(tokio_modbus::client::tcp::attach(tcp(address, to).await?)),
-        Transport::RtuOverTcp => Ok(tokio_modbus::client::rtu::attach(tcp(address, to).await?)),
+    let ctx = match bus.transport {
+        Transport::Tcp => tokio_modbus::client::tcp::attach(counted(tcp(address, to).await?)),
+        Transport::RtuOverTcp => {
+            tokio_modbus::client::rtu::attach(counted(tcp(address, to).await?))
+        }
         Transport::Rtu => {
             let path = bus.serial_port.as_deref().unwrap_or_default();
             let parity = match bus.parity {
@@ -71,7 +134,11 @@ pub async fn open(bus: &BusConfig, to: Duration) -> Result<Context, ModbusError>
                 })?;
             // Drop whatever a device sent while nobody was listening.
             let _ = port.clear(tokio_serial::ClearBuffer::All);
-            Ok(tokio_modbus::client::rtu::attach(port))
+            tokio_modbus::client::rtu::attach(Counted {
+                inner: port,
+                received: received.clone(),
+            })
         }
-    }
+    };
+    Ok(Opened { ctx, received })
 }
