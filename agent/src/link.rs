@@ -86,6 +86,9 @@ pub struct Link {
     collector_seen: Option<Instant>,
     /// When an ignored confirmation was last logged.
     refusal_logged: Option<Instant>,
+    /// The highest sequence number handed to the broker since the start (or
+    /// the last of the previous run): a confirmation naming more is forged.
+    highest_sent: u64,
     pub stats: LinkStats,
 }
 
@@ -105,6 +108,10 @@ pub struct LinkStats {
 
 impl Link {
     pub fn new(spool: Spool, client: AsyncClient, opts: LinkOptions) -> Link {
+        let highest_sent = spool
+            .last_seq()
+            .unwrap_or(0)
+            .max(opts.first_seq.saturating_sub(1));
         Link {
             spool,
             client,
@@ -119,6 +126,7 @@ impl Link {
             refilled: Instant::now(),
             collector_seen: None,
             refusal_logged: None,
+            highest_sent,
             stats: LinkStats::default(),
         }
     }
@@ -231,6 +239,9 @@ impl Link {
         {
             Ok(()) => {
                 self.order.push_back(seq);
+                if let Some(seq) = seq {
+                    self.highest_sent = self.highest_sent.max(seq);
+                }
                 true
             }
             Err(e) => {
@@ -348,11 +359,7 @@ impl Link {
                 return false;
             }
         };
-        let sent = self
-            .spool
-            .last_seq()
-            .unwrap_or(0)
-            .max(self.opts.first_seq.saturating_sub(1));
+        let sent = self.highest_sent;
         if let Some(r) = c.stored.iter().chain(&c.refused).find(|r| r.1 > sent) {
             self.stats.confirms_implausible += 1;
             self.refused_confirm(

@@ -37,7 +37,9 @@ pub fn start(
     };
 
     let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
+        // A client that has not logged in within this is dropped: silent
+        // sockets held open cost memory and a slot each.
+        connection_timeout_ms: 10_000,
         max_payload_size: max_payload,
         // The collector acknowledges only once a transaction has committed,
         // so a transaction's worth of messages must fit in flight: with a

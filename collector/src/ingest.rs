@@ -112,7 +112,7 @@ pub async fn run(
                 );
                 metrics.broker_connected.set(1);
                 metrics.broker_connects.inc();
-                acker.connected();
+                acker.reset();
                 backoff = Duration::from_millis(250);
                 // Subscribe on every connection: a broker that lost our
                 // session (restart without persistence) has lost it too.
@@ -131,6 +131,9 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 metrics.broker_connected.set(0);
+                // Acknowledgements settled before the next ConnAck would carry
+                // packet ids of this connection.
+                acker.reset();
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -151,9 +154,11 @@ pub async fn run(
 /// message takes a place in line when it arrives ([`Acker::receive`]) and its
 /// acknowledgement leaves once everything before it has left.
 ///
-/// A message whose acknowledgement is dropped unsent (its transaction failed)
-/// gives up its place without an acknowledgement: the broker delivers it
-/// again after the next reconnection, and the line does not wait for it.
+/// The store writer retries a failed write until it works, so an
+/// acknowledgement is dropped unsent only when the collector stops. Such a
+/// message gives up its place without one: the line does not wait for it,
+/// and the broker delivers it again at the next connection (rumqttd, seeing
+/// the next acknowledgement out of order, ends this one at once).
 ///
 /// One that finds rumqttc's request queue full is kept and sent again by
 /// the ingest loop (`retry`), never dropped: an unacknowledged message would
@@ -169,7 +174,7 @@ pub struct Acker {
 }
 
 /// Messages of the current connection in arrival order, and the
-/// acknowledgements that are due.
+/// acknowledgements that are due (pure: [`Acker`] does the sending).
 #[derive(Default)]
 struct Line {
     /// Bumped at every connection: packet ids of an earlier one mean
@@ -184,7 +189,49 @@ struct Line {
     due: std::collections::VecDeque<u16>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+impl Line {
+    fn reset(&mut self) {
+        self.connection += 1;
+        self.first = 0;
+        self.places.clear();
+        self.due.clear();
+    }
+
+    /// Takes a place for a message with packet id `pkid`; returns it.
+    fn take_place(&mut self, pkid: u16) -> u64 {
+        let place = self.first + self.places.len() as u64;
+        self.places.push_back((pkid, Settled::No));
+        place
+    }
+
+    /// Settles a place; what is settled at the head of the line moves to
+    /// `due` (acknowledged) or leaves (given up). Returns how many became due.
+    fn settle(&mut self, connection: u64, place: u64, how: Settled) -> usize {
+        if connection != self.connection {
+            return 0;
+        }
+        let due = self.due.len();
+        let slot = place
+            .checked_sub(self.first)
+            .and_then(|i| self.places.get_mut(usize::try_from(i).ok()?));
+        if let Some(slot) = slot {
+            slot.1 = how;
+        }
+        while let Some(&(pkid, how)) = self.places.front() {
+            if how == Settled::No {
+                break;
+            }
+            self.places.pop_front();
+            self.first += 1;
+            if how == Settled::Ack {
+                self.due.push_back(pkid);
+            }
+        }
+        self.due.len() - due
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Settled {
     No,
     Ack,
@@ -230,13 +277,10 @@ impl Acker {
         self.line.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new connection: what the old one owed is void.
-    fn connected(&self) {
-        let mut line = self.line();
-        line.connection += 1;
-        line.first = 0;
-        line.places.clear();
-        line.due.clear();
+    /// The connection ended or a new one began: what the old one owed is
+    /// void (its packet ids mean nothing to the broker now).
+    fn reset(&self) {
+        self.line().reset();
         self.waiting.store(0, Relaxed);
     }
 
@@ -247,8 +291,7 @@ impl Acker {
             return None;
         }
         let mut line = self.line();
-        let place = line.first + line.places.len() as u64;
-        line.places.push_back((p.pkid, Settled::No));
+        let place = line.take_place(p.pkid);
         Some(Ticket {
             acker: self.clone(),
             connection: line.connection,
@@ -259,28 +302,13 @@ impl Acker {
 
     fn settle(&self, connection: u64, place: u64, how: Settled) {
         let mut line = self.line();
-        if connection != line.connection {
-            return;
-        }
-        let first = line.first;
-        if let Some(slot) = line.places.get_mut((place - first) as usize) {
-            slot.1 = how;
-        }
-        while let Some(&(pkid, how)) = line.places.front() {
-            if how == Settled::No {
-                break;
-            }
-            line.places.pop_front();
-            line.first += 1;
-            if how == Settled::Ack {
-                line.due.push_back(pkid);
-            }
-        }
-        self.send(&mut line);
+        let fresh = line.settle(connection, place, how);
+        self.send(&mut line, fresh);
     }
 
     /// Hands what is due to rumqttc, in order, as far as its queue has room.
-    fn send(&self, line: &mut Line) {
+    /// `fresh`: how many of the last in `due` are new since the last call.
+    fn send(&self, line: &mut Line, fresh: usize) {
         let before = self.waiting.load(Relaxed);
         while let Some(&pkid) = line.due.front() {
             let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
@@ -291,13 +319,15 @@ impl Acker {
             line.due.pop_front();
         }
         let left = line.due.len();
-        if left > before {
+        // The new ones are the last in line: those still there had to wait.
+        let deferred = left.min(fresh);
+        if deferred > 0 {
             if before == 0 {
                 // Once per episode: it should not happen with the advised
                 // broker window, so say so where an operator looks.
                 tracing::warn!("MQTT request queue full; acknowledgements wait for room (roomguard_acks_deferred_total)");
             }
-            self.metrics.acks_deferred.add((left - before) as u64);
+            self.metrics.acks_deferred.add(deferred as u64);
         }
         self.waiting.store(left, Relaxed);
     }
@@ -307,7 +337,7 @@ impl Acker {
         if self.waiting.load(Relaxed) == 0 {
             return;
         }
-        self.send(&mut self.line());
+        self.send(&mut self.line(), 0);
     }
 }
 
@@ -526,6 +556,44 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn line_with(pkids: &[u16]) -> (Line, Vec<u64>) {
+        let mut line = Line::default();
+        let places = pkids.iter().map(|&p| line.take_place(p)).collect();
+        (line, places)
+    }
+
+    #[test]
+    fn acknowledgements_leave_in_arrival_order_whatever_order_they_settle_in() {
+        let (mut line, places) = line_with(&[7, 8, 9]);
+        // The third (a refused message) settles first: nothing may leave yet.
+        line.settle(0, places[2], Settled::Ack);
+        assert!(line.due.is_empty());
+        line.settle(0, places[0], Settled::Ack);
+        assert_eq!(line.due, [7]);
+        line.settle(0, places[1], Settled::Ack);
+        assert_eq!(line.due, [7, 8, 9]);
+        assert!(line.places.is_empty());
+    }
+
+    #[test]
+    fn a_place_given_up_leaves_without_an_acknowledgement_and_stale_ones_are_ignored() {
+        let (mut line, places) = line_with(&[1, 2, 3]);
+        line.settle(0, places[1], Settled::Ack);
+        line.settle(0, places[0], Settled::GiveUp);
+        assert_eq!(line.due, [2]);
+        // A new connection: what the old one owed means nothing now.
+        line.reset();
+        line.settle(0, places[2], Settled::Ack);
+        assert_eq!(line.due.len(), 0);
+        let p = line.take_place(5);
+        assert_eq!(p, 0, "places count again from the start");
+        // Out of range or already gone: ignored, never a panic.
+        line.settle(1, 99, Settled::Ack);
+        line.settle(1, p, Settled::Ack);
+        line.settle(1, p, Settled::Ack);
+        assert_eq!(line.due, [5]);
     }
 
     #[test]

@@ -253,7 +253,8 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         }
     };
     let mut writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
-        .with_retention(cfg.store.retention.policy());
+        .with_retention(cfg.store.retention.policy())
+        .with_cache_mib(cfg.store.cache_mib)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let alarms = if cfg.alarms.enabled {
         let rules = Arc::new(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);

@@ -123,6 +123,10 @@ pub enum Integrity {
         checked_at: i64,
         detail: String,
     },
+    /// The check could not run (the file could not be opened for it).
+    Unchecked {
+        detail: String,
+    },
 }
 
 /// Whether the collector is fit to take readings, and if not, why.
@@ -370,7 +374,7 @@ impl Metrics {
             self.broker_connected.get()
         );
         let integrity_ok = match self.integrity() {
-            Integrity::Checking => None,
+            Integrity::Checking | Integrity::Unchecked { .. } => None,
             Integrity::Ok { .. } => Some(1),
             Integrity::Damaged { .. } => Some(0),
         };

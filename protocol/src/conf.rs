@@ -140,6 +140,13 @@ pub fn parse<T: DeserializeOwned>(text: &str, name: &Path) -> Result<T, ConfigEr
 /// offending key out of the file's tree, and try again, until it
 /// deserializes or nothing more can be taken out; then every problem is
 /// reported, sorted by path.
+///
+/// Limits: a key that must be there, once taken out, takes its table with
+/// it, so a second problem in the same array of tables (`modbus[1]` after
+/// one in `modbus[0]`) shows after the first is fixed. The later rounds read
+/// the tree with serde_json, a little stricter than `config` (a number from
+/// an environment variable for a text key): such a key may be named too,
+/// but only beside a real problem.
 fn from_config<T: DeserializeOwned>(built: config::Config, file: &Path) -> Result<T, ConfigError> {
     // `config`'s own reading decides (it is the lenient one: numbers from
     // environment variables into strings, and the like).
@@ -159,9 +166,9 @@ fn from_config<T: DeserializeOwned>(built: config::Config, file: &Path) -> Resul
             };
             let next = field_problem(e);
             // A key taken out here is now "missing": not a new problem.
-            let ours = removed
-                .iter()
-                .any(|r| names_missing(&next.message, last_key(r)));
+            let ours = removed.iter().any(|r| {
+                parent(r) == next.path.as_str() && names_missing(&next.message, last_key(r))
+            });
             if !ours && !problems.contains(&next) {
                 problems.push(next.clone());
             }
@@ -200,6 +207,11 @@ fn field_problem<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Prob
 fn names_missing(message: &str, key: &str) -> bool {
     message.contains("missing")
         && (message.contains(&format!("`{key}`")) || message.contains(&format!("{key}\"")))
+}
+
+/// The table a path's last key is in: `a[0]` for `a[0].b`, `` for `b`.
+fn parent(path: &str) -> &str {
+    path.rsplit_once('.').map_or("", |(p, _)| p)
 }
 
 /// The last key of a path such as `modbus[0].points[1].type` (`type`).

@@ -490,6 +490,24 @@ pub fn start_collector_ready(
     extra: &str,
     listen: &str,
 ) -> Result<(Proc, Value)> {
+    let conf = write_collector_config(dir, &dir.join("store.db"), broker_url, extra, listen)?;
+    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
+    cmd.arg("run").arg(&conf);
+    let mut collector = Proc::spawn("collector", cmd, dir)?;
+    let ready = collector.wait_ready(Duration::from_secs(20))?;
+    Ok((collector, ready))
+}
+
+/// Writes `dir/collector.toml` for a test collector: HTTP on `listen`, the
+/// store at `store`, `broker_url` or the embedded broker (with the test
+/// login), the test users and agent secret, and `extra` tables.
+pub fn write_collector_config(
+    dir: &Path,
+    store: &Path,
+    broker_url: Option<&str>,
+    extra: &str,
+    listen: &str,
+) -> Result<PathBuf> {
     let mqtt = match broker_url {
         Some(url) => format!("url = {url:?}"),
         // A test that lists its own logins keeps them alone.
@@ -504,16 +522,12 @@ pub fn start_collector_ready(
         &conf,
         format!(
             "[http]\nlisten = {listen:?}\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{}{extra}\n",
-            dir.join("store.db").display().to_string(),
+            store.display().to_string(),
             auth_toml(),
             agents_toml(),
         ),
     )?;
-    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(&conf);
-    let mut collector = Proc::spawn("collector", cmd, dir)?;
-    let ready = collector.wait_ready(Duration::from_secs(20))?;
-    Ok((collector, ready))
+    Ok(conf)
 }
 
 /// An agent running `config_text`.

@@ -244,6 +244,29 @@ async fn a_first_start_without_a_password_prints_a_one_time_admin_password_once(
         }
         Ok((p, password, http))
     };
+    // A start that fails on a busy HTTP port makes no admin and prints no
+    // password (it would be shown for nothing, and the next start would
+    // have none to show).
+    let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let busy_conf = dir.path().join("busy.toml");
+    std::fs::write(
+        &busy_conf,
+        std::fs::read_to_string(&conf)?.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", busy.local_addr()?),
+            1,
+        ),
+    )?;
+    let out = Command::new(workspace_bin("roomguard-collector"))
+        .arg("run")
+        .arg(&busy_conf)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("admin_created"), "{stdout}");
+    drop(busy);
+
     let (mut first, password, http) = start()?;
     let password = password.context("no one-time password printed")?;
     assert!(password.len() >= 16);

@@ -670,30 +670,24 @@ async fn oversized_messages_are_refused_once_each_and_never_knock_the_collector_
         // A signed batch of 300 KB: past the 256 KiB limit, refused as too_large.
         let topic = "roomguard/v1/demo-site/edge-big/batch";
         const SENT: u64 = 100;
-        for round in 1..=SENT {
-            // Good batches just ahead of it, still waiting for their commit
-            // when the big one is refused: what made the order matter.
-            for i in 0..20 {
-                let mut b = batch("demo-site", "edge-big", "small.t", i as f64);
-                b["seq"] = json!(round * 100 + i);
-                big.publish(
-                    topic,
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    signed(topic, b.to_string().as_bytes()),
-                )
-                .await?;
-            }
-            let mut b = batch("demo-site", "edge-big", "big.t", 1.0);
-            b["seq"] = json!(round * 100 + 99);
-            b["points"][0]["unit"] = json!("x".repeat(300 * 1024));
+        let send = |seq: u64, unit: String| {
+            let mut b = batch("demo-site", "edge-big", "b.t", 1.0);
+            b["seq"] = json!(seq);
+            b["points"][0]["unit"] = json!(unit);
             big.publish(
                 topic,
                 rumqttc::QoS::AtLeastOnce,
                 false,
                 signed(topic, b.to_string().as_bytes()),
             )
-            .await?;
+        };
+        for round in 1..=SENT {
+            // Good batches just ahead of it, still waiting for their commit
+            // when the big one is refused: what made the order matter.
+            for i in 0..20 {
+                send(round * 100 + i, "°C".into()).await?;
+            }
+            send(round * 100 + 99, "x".repeat(300 * 1024)).await?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let refused = eventually(PATIENCE, "every big message refused", || async {

@@ -68,17 +68,7 @@ impl Drop for SmallDisk {
 /// A collector (embedded broker) whose store is `store`; its config and
 /// logs in `dir`.
 fn start_collector_on(dir: &Path, store: &Path) -> Result<(Proc, String, String)> {
-    let conf = dir.join("collector.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n{}[store]\npath = {:?}\n{}{}",
-            embedded_users_toml(),
-            store.display().to_string(),
-            auth_toml(),
-            agents_toml()
-        ),
-    )?;
+    let conf = write_collector_config(dir, store, None, "", "127.0.0.1:0")?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));
     cmd.arg("run").arg(&conf);
     let mut collector = Proc::spawn("collector", cmd, dir)?;

@@ -144,6 +144,8 @@ pub struct SqliteWriter {
     /// What the integrity check at open found (never `Damaged`: such a
     /// file is not opened for writing).
     checked: Check,
+    /// The newest `at` of each agent's statuses: an older one is a replay.
+    status_at: HashMap<(String, String), i64>,
 }
 
 /// What SQLite's `quick_check` found in a store file.
@@ -366,6 +368,7 @@ impl SqliteWriter {
             staged: VecDeque::new(),
             busy: false,
             checked,
+            status_at: HashMap::new(),
         };
         writer.replay_staging()?;
         Ok(writer)
@@ -490,12 +493,12 @@ impl SqliteWriter {
         Ok(self)
     }
 
-    /// The database file.
     /// What the integrity check at open found.
     pub fn checked(&self) -> &Check {
         &self.checked
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -570,6 +573,14 @@ impl SqliteWriter {
     pub fn with_retention(mut self, policy: retention::Policy) -> Self {
         self.policy = policy;
         self
+    }
+
+    /// Bounds the writer's page cache to `mib` MiB (`store.cache_mib`): most
+    /// of the collector's resident memory once the store is larger than it.
+    pub fn with_cache_mib(self, mib: u32) -> Result<Self, StoreError> {
+        self.conn
+            .pragma_update(None, "cache_size", -(i64::from(mib) * 1024))?;
+        Ok(self)
     }
 
     /// One bounded step of background work: rollups of closed dirty minutes,
@@ -743,6 +754,30 @@ impl SqliteWriter {
 
     /// Records an agent's latest status.
     pub fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), StoreError> {
+        // A signed status can still be replayed by anyone who saw it: an old
+        // "online" would hide an agent that has died. Statuses carry the
+        // agent's time, so one not newer than the newest seen is dropped.
+        // (The last will has none; a replayed one shows the agent offline
+        // until its next status.)
+        if let Some(at) = status.at {
+            let key = (status.site.clone(), status.agent.clone());
+            let newest = match self.status_at.get(&key) {
+                Some(&t) => Some(t),
+                None => self
+                    .conn
+                    .query_row(
+                        "SELECT json_extract(status_json, '$.at') FROM agents WHERE site = ?1 AND agent = ?2",
+                        params![status.site, status.agent],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )
+                    .optional()?
+                    .flatten(),
+            };
+            if newest.is_some_and(|t| at <= t) {
+                tracing::debug!(site = %status.site, agent = %status.agent, at, "status not newer than the last one: ignored as a replay");
+                return Ok(());
+            }
+        }
         let state = serde_json::to_value(status.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -754,6 +789,10 @@ impl SqliteWriter {
                  status_json = excluded.status_json, updated_at = excluded.updated_at",
             params![status.site, status.agent, state, json, now_ms],
         )?;
+        if let Some(at) = status.at {
+            self.status_at
+                .insert((status.site.clone(), status.agent.clone()), at);
+        }
         Ok(())
     }
 }
@@ -1280,6 +1319,36 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn a_replayed_older_status_is_ignored_so_a_dead_agent_cannot_be_shown_online() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let online = |at| Status {
+            at: Some(at),
+            state: roomguard_protocol::AgentState::Online,
+            ..Status::offline("s", "a")
+        };
+        let state = || {
+            SqliteReader::open(&path).unwrap().agents().unwrap()[0]
+                .state
+                .clone()
+        };
+        let mut w = SqliteWriter::open(&path).unwrap();
+        w.write_status(&online(1_000), 0).unwrap();
+        w.write_status(&Status::offline("s", "a"), 0).unwrap();
+        assert_eq!(state(), "offline");
+        w.write_status(&online(1_000), 0).unwrap();
+        assert_eq!(state(), "offline", "a replay of the old status");
+        w.write_status(&online(2_000), 0).unwrap();
+        assert_eq!(state(), "online");
+        drop(w);
+        // After a restart the newest time comes from the stored status.
+        let mut w = SqliteWriter::open(&path).unwrap();
+        w.write_status(&online(1_500), 0).unwrap();
+        let row = &SqliteReader::open(&path).unwrap().agents().unwrap()[0];
+        assert_eq!(row.status["at"], 2_000);
     }
 
     #[test]

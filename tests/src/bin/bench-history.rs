@@ -171,17 +171,7 @@ async fn main() -> Result<()> {
     let names = month_of_500_points(&db, end)?;
 
     // The collector, on this store, with no agents.
-    let conf = dir.path().join("collector.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nembedded_listen = \"127.0.0.1:0\"\n{}[store]\npath = {:?}\n{}{}",
-            embedded_users_toml(),
-            db.display().to_string(),
-            auth_toml(),
-            agents_toml()
-        ),
-    )?;
+    let conf = write_collector_config(dir.path(), &db, None, "", "127.0.0.1:0")?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));
     cmd.arg("run").arg(&conf);
     let mut collector = Proc::spawn("collector", cmd, dir.path())?;

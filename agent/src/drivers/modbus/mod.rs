@@ -30,7 +30,7 @@ pub enum ModbusError {
     },
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    #[error("garbled reply: {bytes} bytes received within {within:?}, none a valid frame")]
+    #[error("garbled or incomplete reply: {bytes} bytes received within {within:?}, no complete valid frame (check the line's settings; a slow device may need a longer timeout)")]
     Garbled { bytes: u64, within: Duration },
     #[error("transport: {0}")]
     Transport(String),
