@@ -17,11 +17,13 @@ pub enum BrokerError {
 }
 
 /// Starts the broker on `listen` in its own threads. Port 0 picks a free port; the address used is returned.
-/// With `users` (name → password) it admits only them.
+/// With `users` (name → password) it admits only them. `log_mib`: the
+/// messages it keeps per subscription (`mqtt.embedded_log_mib`).
 pub fn start(
     listen: SocketAddr,
     max_payload: usize,
     users: HashMap<String, String>,
+    log_mib: u32,
 ) -> Result<SocketAddr, BrokerError> {
     // rumqttd binds inside its own thread and only logs a failure there, so
     // check the address first to turn "port in use" into a clear error.
@@ -61,7 +63,13 @@ pub fn start(
         router: rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 200,
-            max_segment_size: 16 * 1024 * 1024,
+            // Each subscription's log of messages, in four segments: once
+            // full, the oldest segment goes. It must hold what the collector
+            // has not acknowledged yet (a backlog of a few seconds at the
+            // rates in BENCHMARKS.md); a message pushed out before it was
+            // delivered is sent again by its agent, which never saw it
+            // confirmed. Held once filled: most of the broker's memory.
+            max_segment_size: (log_mib as usize) << 18,
             max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,

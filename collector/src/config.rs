@@ -354,6 +354,15 @@ pub struct MqttConfig {
     /// closed test network. Off by default.
     #[serde(default)]
     pub embedded_anonymous: bool,
+    /// Messages the embedded broker keeps per subscription, MiB (the
+    /// collector has two): a backlog it can hold while the collector catches
+    /// up, and memory it keeps once filled (docs/METRICS.md, Memory).
+    #[serde(default = "default_embedded_log_mib")]
+    pub embedded_log_mib: u32,
+}
+
+fn default_embedded_log_mib() -> u32 {
+    64
 }
 
 /// A TLS listener in front of the embedded broker.
@@ -388,6 +397,7 @@ impl Default for MqttConfig {
             embedded_tls: None,
             embedded_users: Vec::new(),
             embedded_anonymous: false,
+            embedded_log_mib: default_embedded_log_mib(),
         }
     }
 }
@@ -624,6 +634,9 @@ impl CollectorConfig {
             && self.mqtt.embedded_listen == self.http.listen
         {
             p.push("mqtt.embedded_listen", "is the same address as http.listen");
+        }
+        if !(4..=4096).contains(&self.mqtt.embedded_log_mib) {
+            p.push("mqtt.embedded_log_mib", "must be 4 to 4096");
         }
         if !(8..=65_536).contains(&self.store.cache_mib) {
             p.push("store.cache_mib", "must be 8 to 65536");

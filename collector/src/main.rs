@@ -227,6 +227,7 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
                 cfg.mqtt.embedded_listen,
                 roomguard_protocol::MAX_PAYLOAD_BYTES * 2,
                 users,
+                cfg.mqtt.embedded_log_mib,
             )?;
             if let Some(t) = &cfg.mqtt.embedded_tls {
                 let config = api::tls::server_config_with(
