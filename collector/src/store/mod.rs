@@ -477,3 +477,79 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomguard_protocol::{Quality, Reading, PROTOCOL_VERSION};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn batch() -> Batch {
+        Batch {
+            v: PROTOCOL_VERSION,
+            site: "s".into(),
+            agent: "a".into(),
+            seq: 1,
+            device: "d".into(),
+            polled_at: now_ms(),
+            backfill: false,
+            points: Vec::new(),
+            readings: vec![Reading {
+                point: "d.t".into(),
+                value: Some(1.0),
+                text: None,
+                ts: now_ms(),
+                quality: Quality::Good,
+            }],
+        }
+    }
+
+    /// A file the background check found damaged after it opened: nothing
+    /// more is written, nothing acknowledged, health says so; the writer
+    /// still stops when the collector does.
+    #[test]
+    fn a_store_found_damaged_while_running_is_not_written_and_nothing_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = sqlite::SqliteWriter::open(&dir.path().join("s.db")).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (tx, thread) = spawn_writer(
+            writer,
+            metrics.clone(),
+            Arc::new(Confirmations::default()),
+            None,
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(crate::live::Live::default()),
+        )
+        .unwrap();
+        metrics.set_integrity(Integrity::Damaged {
+            checked_at: now_ms(),
+            detail: "test".into(),
+        });
+        let acked = Arc::new(AtomicBool::new(false));
+        let flag = acked.clone();
+        tx.blocking_send(WriteCmd::Batch(
+            batch(),
+            Some(Box::new(move || flag.store(true, Ordering::SeqCst))),
+        ))
+        .unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while metrics.store_failing.failing().is_none() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (_, why) = metrics.store_failing.failing().expect("the write failed");
+        assert!(why.contains("damaged"), "{why}");
+        assert!(
+            !acked.load(Ordering::SeqCst),
+            "acknowledged without a commit"
+        );
+        assert_eq!(metrics.batches_stored.get(), 0);
+        assert!(metrics
+            .health()
+            .reasons
+            .iter()
+            .any(|r| r.contains("damaged")));
+        drop(tx);
+        thread.join().unwrap();
+        assert!(!acked.load(Ordering::SeqCst));
+    }
+}
