@@ -677,16 +677,32 @@ fn resolve_snmp(
             None => p.push(format!("{path}.profile"), unknown_profile(name, profiles)),
         }
     }
+    // A point by its id, or a table's column as `table.column` (a card
+    // sending UPS-MIB voltages in 0.1 V: `"input.voltage" = { scale = 0.1 }`).
     for (id, o) in &d.overrides {
-        match points.iter_mut().find(|pt: &&mut SnmpPoint| &pt.id == id) {
+        let found = match id.split_once('.') {
+            None => points.iter_mut().find(|pt: &&mut SnmpPoint| &pt.id == id),
+            Some((table, column)) => tables
+                .iter_mut()
+                .find(|t| t.id == table)
+                .and_then(|t| t.columns.iter_mut().find(|c| c.id == column)),
+        };
+        match found {
             Some(pt) => pt.apply(o),
             None => p.push(
                 format!("{path}.overrides.{id}"),
-                "no such point in the profile",
+                "no such point (or table.column) in the profile",
             ),
         }
     }
     points.retain(|pt| !d.overrides.get(&pt.id).is_some_and(|o| o.disabled));
+    for t in &mut tables {
+        t.columns.retain(|c| {
+            !d.overrides
+                .get(&format!("{}.{}", t.id, c.id))
+                .is_some_and(|o| o.disabled)
+        });
+    }
     points.extend(d.points.iter().cloned());
     tables.extend(d.tables.iter().cloned());
     if points.is_empty() && tables.is_empty() {
@@ -953,6 +969,55 @@ mod tests {
         assert!(
             got.iter()
                 .any(|g| g.starts_with("modbus[1].overrides.temprature")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn overrides_reach_table_columns_and_sentinels_and_a_wrong_column_is_named() {
+        let text = r#"
+            site = "s"
+            agent = "a"
+            [mqtt]
+            url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
+            [[snmp]]
+            id = "ups"
+            room = "r"
+            profile = "ups-mib"
+            address = "10.0.0.9"
+            version = "v2c"
+            community = { value = "public" }
+            [snmp.overrides]
+            "input.voltage" = { scale = 0.1 }
+            "input.frequency" = { scale = 0.01 }
+            "output.current" = { disabled = true }
+            minutes_remaining = { not_available = [-1] }
+        "#;
+        let agent = AgentConfig::parse(text, Path::new("agent.toml")).unwrap();
+        let ups = &agent.snmp[0];
+        let column = |t: &str, c: &str| {
+            ups.tables
+                .iter()
+                .find(|x| x.id == t)
+                .and_then(|x| x.columns.iter().find(|y| y.id == c))
+        };
+        assert_eq!(column("input", "voltage").unwrap().scale, 0.1);
+        assert_eq!(column("input", "frequency").unwrap().scale, 0.01);
+        assert!(column("output", "current").is_none(), "disabled");
+        assert!(column("output", "voltage").is_some(), "the others stay");
+        let minutes = ups
+            .points
+            .iter()
+            .find(|p| p.id == "minutes_remaining")
+            .unwrap();
+        assert_eq!(minutes.not_available, [-1.0]);
+
+        let wrong = text.replace("\"input.voltage\"", "\"input.voltag\"");
+        let got = problems(&wrong);
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("snmp[0].overrides.input.voltag")),
             "{got:?}"
         );
     }

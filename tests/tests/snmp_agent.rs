@@ -32,11 +32,16 @@ struct Snmpd {
 }
 
 fn start_snmpd(dir: &Path) -> Result<Option<Snmpd>> {
+    start_snmpd_with(dir, SNMPD_CONF)
+}
+
+/// snmpd serving `conf`.
+fn start_snmpd_with(dir: &Path, conf_text: &str) -> Result<Option<Snmpd>> {
     let Some(program) = external("snmpd", "snmpd") else {
         return Ok(None);
     };
     let conf = dir.join("snmpd.conf");
-    std::fs::write(&conf, SNMPD_CONF)?;
+    std::fs::write(&conf, conf_text)?;
     let persist = dir.join("snmp-persist");
     std::fs::create_dir_all(&persist)?;
     // A UDP port the OS says is free now; retried if snmpd loses the race.
@@ -138,6 +143,50 @@ community = { value = \"public\" }",
     // An object this agent does not have is a bad reading that says so, not a value.
     let missing = reading(&r, "ups-1.battery_temperature");
     assert!(!missing.quality.is_good(), "{missing:?}");
+    Ok(())
+}
+
+/// Issue 20: a card that answers -1 for what it does not know and sends its
+/// output voltages in 0.1 V where the MIB says 1 V. The shipped profile
+/// reads its -1s as "not available" (out of RFC 1628's ranges), never -1
+/// minutes; the override a user reaches for, `"output.voltage" = { scale =
+/// 0.1 }` on the profile's table column, makes the voltages right.
+#[tokio::test]
+async fn a_quirky_card_is_read_right_with_column_overrides_and_sentinels() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let quirky = "rocommunity public 127.0.0.1\n\
+        override .1.3.6.1.2.1.33.1.4.1.0 integer 3\n\
+        override .1.3.6.1.2.1.33.1.2.3.0 integer -1\n\
+        override .1.3.6.1.2.1.33.1.2.4.0 integer -1\n\
+        override .1.3.6.1.2.1.33.1.4.4.1.2.1 integer 2201\n";
+    let Some(snmpd) = start_snmpd_with(dir.path(), quirky)? else {
+        return Ok(());
+    };
+    let v2c = "version = \"v2c\"\ncommunity = { value = \"public\" }";
+    let not_available = |r: &roomguard_agent::drivers::PollResult| {
+        for id in ["ups-1.minutes_remaining", "ups-1.charge_remaining"] {
+            let x = reading(r, id);
+            assert_eq!(x.value, None, "{x:?}");
+            match &x.quality {
+                roomguard_protocol::Quality::Bad(why) => {
+                    assert!(why.starts_with("not available"), "{why}")
+                }
+                q => panic!("{id} is {q:?}"),
+            }
+        }
+    };
+    let mut plain = ups(&snmpd.addr, v2c)?;
+    let r = plain.poll().await;
+    not_available(&r);
+    assert_eq!(reading(&r, "ups-1.output.1.voltage").value, Some(2201.0));
+
+    let mut fixed = ups(
+        &snmpd.addr,
+        &format!("{v2c}\n[snmp.overrides]\n\"output.voltage\" = {{ scale = 0.1 }}"),
+    )?;
+    let r = fixed.poll().await;
+    not_available(&r);
+    assert_eq!(reading(&r, "ups-1.output.1.voltage").value, Some(220.1));
     Ok(())
 }
 

@@ -1445,6 +1445,75 @@ clear_delay = "0s"
         }
     }
 
+    /// Issue 20: the UPS profile labelled its battery voltage `dc_voltage`,
+    /// so a healthy 41 V UPS battery string raised the −48 V plant's
+    /// under-voltage (46.1 V). The shipped profile's quantity for it, fed
+    /// 41 V to the built-in rules, raises nothing; a −48 V plant at 41 V does.
+    #[test]
+    fn a_ups_battery_at_41_volts_raises_no_dc_plant_alarm() {
+        let profile = include_str!("../../../configs/profiles/ups-mib.toml");
+        let block = &profile[profile.find("id = \"battery_voltage\"").unwrap()..];
+        let quantity = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("quantity = \""))
+            .and_then(|q| q.strip_suffix('"'))
+            .unwrap();
+        let rules = RuleSet::builtin_with(Vec::new()).unwrap();
+        let mut engine = Engine::new(Arc::new(rules), 1, T0, HashMap::new());
+        engine.describe(
+            "s",
+            "a",
+            "ups",
+            &meta("ups.battery_voltage", "pd", quantity),
+        );
+        engine.describe("s", "a", "rect", &meta("rect.bus", "pd", "dc_voltage"));
+        let mut out = Vec::new();
+        for (i, point) in ["ups.battery_voltage", "rect.bus"].iter().enumerate() {
+            for k in 0..30 {
+                let ts = T0 + k * 10 * S + i as Ts;
+                let batch = Batch {
+                    v: PROTOCOL_VERSION,
+                    site: "s".into(),
+                    agent: "a".into(),
+                    seq: (i * 100 + k as usize) as u64,
+                    device: "d".into(),
+                    polled_at: ts,
+                    backfill: false,
+                    points: Vec::new(),
+                    readings: vec![Reading {
+                        point: (*point).into(),
+                        value: Some(41.0),
+                        text: None,
+                        ts,
+                        quality: Quality::Good,
+                    }],
+                };
+                engine.observe(&batch, ts + S, &mut out);
+            }
+        }
+        let raised: Vec<(String, String)> = out
+            .iter()
+            .filter(|t| t.kind == Kind::Raise)
+            .map(|t| {
+                let inst = engine.instance(t.instance);
+                (
+                    engine.rules().rules[inst.rule].id.clone(),
+                    inst.point.to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            raised.iter().all(|(_, p)| p != "ups.battery_voltage"),
+            "{quantity}: {raised:?}"
+        );
+        assert!(
+            raised
+                .iter()
+                .any(|(r, p)| r == "electrical.dc_undervoltage" && p == "rect.bus"),
+            "{raised:?}"
+        );
+    }
+
     #[test]
     fn flapping_inside_the_hysteresis_band_raises_and_clears_once() {
         let mut s = Site::new();

@@ -11,7 +11,7 @@ pub enum Decoded {
     Text(String),
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum DecodeError {
     #[error("needs {needed} registers, the reply held {got}")]
     Short { needed: usize, got: usize },
@@ -19,6 +19,10 @@ pub enum DecodeError {
     NotFinite,
     #[error("text is not printable ASCII")]
     NotAscii,
+    /// The device's own "no such value" (a probe not fitted, a figure the
+    /// model does not measure): see `ModbusPoint::not_available`.
+    #[error("not available (the device answers {0} for a value it does not have)")]
+    NotAvailable(f64),
 }
 
 /// Puts the bytes of `regs` (big-endian on the wire) into big-endian order
@@ -107,6 +111,9 @@ pub fn decode_registers(point: &ModbusPoint, regs: &[u16]) -> Result<f64, Decode
         DataType::Float64 => f64::from_be_bytes(b),
         DataType::String => return Err(DecodeError::NotFinite),
     };
+    if point.not_available.contains(&raw) {
+        return Err(DecodeError::NotAvailable(raw));
+    }
     let value = scaled(raw, point.scale) + point.offset;
     if value.is_finite() {
         Ok(value)
@@ -159,8 +166,33 @@ mod tests {
             order,
             scale: 1.0,
             offset: 0.0,
+            not_available: Vec::new(),
             interval: None,
         }
+    }
+
+    #[test]
+    fn a_sentinel_is_not_available_never_a_value_and_other_raws_decode() {
+        let mut p = point(DataType::Int16, WordOrder::Abcd);
+        p.scale = 0.1;
+        p.not_available = vec![-1.0, 32767.0];
+        // -1 would have been -0.1 °C after the scale.
+        assert!(matches!(
+            decode_registers(&p, &[0xFFFF]),
+            Err(DecodeError::NotAvailable(r)) if r == -1.0
+        ));
+        assert!(matches!(
+            decode_registers(&p, &[0x7FFF]),
+            Err(DecodeError::NotAvailable(_))
+        ));
+        assert!(decode_registers(&p, &[0xFFFF])
+            .unwrap_err()
+            .to_string()
+            .starts_with("not available"));
+        assert_eq!(decode_registers(&p, &[0xFFFE]).unwrap(), -0.2);
+        // The same register read unsigned is 65535, not a sentinel of -1.
+        p.data_type = DataType::Uint16;
+        assert_eq!(decode_registers(&p, &[0xFFFF]).unwrap(), 6553.5);
     }
 
     #[test]
@@ -297,7 +329,8 @@ mod hostile_registers {
                 table: Table::Holding, address: 0, data_type,
                 bit: (data_type == DataType::Bit).then_some(7),
                 length: (data_type == DataType::String).then_some(4),
-                order: orders[order_ix], scale, offset: 0.0, interval: None,
+                order: orders[order_ix], scale, offset: 0.0, not_available: vec![-1.0, 32767.0],
+                interval: None,
             };
             match decode(&p, &regs) {
                 Ok(Decoded::Number(v)) => prop_assert!(v.is_finite()),

@@ -226,6 +226,9 @@ pub struct PointOverride {
     pub room: Option<String>,
     #[serde(default, with = "conf::option_duration")]
     pub interval: Option<Duration>,
+    /// Replaces the point's "not available" raw values.
+    #[serde(default)]
+    pub not_available: Option<Vec<f64>>,
 }
 
 /// Which of the four Modbus data tables a point lives in.
@@ -315,6 +318,11 @@ pub struct ModbusPoint {
     pub scale: f64,
     #[serde(default)]
     pub offset: f64,
+    /// Raw values (as decoded, before scale and offset) the device answers
+    /// for a value it does not have: -1, 32767 (0x7FFF), 65535 (0xFFFF),
+    /// -9999. Such a reading is bad, "not available", never a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_available: Vec<f64>,
     /// Poll this point at its own rate (a poll group): smoke every second,
     /// energy counters every minute.
     #[serde(default, with = "conf::option_duration")]
@@ -409,6 +417,12 @@ impl ModbusPoint {
         if !self.scale.is_finite() || self.scale == 0.0 {
             p.push(format!("{path}.scale"), "must be a finite, non-zero number");
         }
+        if self.not_available.iter().any(|v| !v.is_finite()) {
+            p.push(
+                format!("{path}.not_available"),
+                "lists raw values, finite numbers such as -1 or 32767",
+            );
+        }
         if !self.offset.is_finite() {
             p.push(format!("{path}.offset"), "must be a finite number");
         }
@@ -439,6 +453,9 @@ impl ModbusPoint {
         }
         if let Some(v) = o.interval {
             self.interval = Some(v);
+        }
+        if let Some(v) = &o.not_available {
+            self.not_available = v.clone();
         }
     }
 }

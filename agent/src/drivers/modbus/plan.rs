@@ -95,6 +95,7 @@ mod tests {
             order: WordOrder::Abcd,
             scale: 1.0,
             offset: 0.0,
+            not_available: Vec::new(),
             interval: None,
         }
     }

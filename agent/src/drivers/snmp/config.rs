@@ -79,6 +79,10 @@ pub struct SnmpPoint {
     /// For `kind = "enum"`: value → state name, e.g. `{ "5" = "on_battery" }`.
     #[serde(default)]
     pub map: BTreeMap<String, String>,
+    /// Raw values (before scale and offset) the agent answers for a value
+    /// it does not have, e.g. -1: such a reading is bad, "not available".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_available: Vec<f64>,
 }
 
 fn one() -> f64 {
@@ -127,7 +131,8 @@ pub struct SnmpDevice {
     /// GETBULK max-repetitions when walking tables (v2c/v3).
     #[serde(default = "default_max_repetitions")]
     pub max_repetitions: u32,
-    /// Changes to profile points by id (scale, offset, unit, quantity, disabled).
+    /// Changes to profile points by id, or to table columns as `table.column`
+    /// (scale, offset, unit, quantity, not_available, disabled).
     #[serde(default)]
     pub overrides: BTreeMap<String, SnmpOverride>,
     #[serde(default)]
@@ -149,6 +154,9 @@ pub struct SnmpOverride {
     pub unit: Option<String>,
     #[serde(default)]
     pub quantity: Option<String>,
+    /// Replaces the point's "not available" raw values.
+    #[serde(default)]
+    pub not_available: Option<Vec<f64>>,
 }
 
 fn default_interval() -> Duration {
@@ -196,18 +204,25 @@ impl SnmpPoint {
         if let Some(v) = &o.quantity {
             self.quantity = v.clone();
         }
+        if let Some(v) = &o.not_available {
+            self.not_available = v.clone();
+        }
+    }
+
+    /// How its values become readings.
+    pub fn mapping(&self) -> super::map::Mapping<'_> {
+        super::map::Mapping {
+            kind: self.kind,
+            scale: self.scale,
+            offset: self.offset,
+            map: &self.map,
+            not_available: &self.not_available,
+        }
     }
 }
 
-fn check_value(
-    path: &str,
-    id: &str,
-    oid: &str,
-    quantity: &str,
-    scale: f64,
-    p: &mut Problems,
-    ids: &mut HashSet<String>,
-) {
+fn check_value(path: &str, pt: &SnmpPoint, p: &mut Problems, ids: &mut HashSet<String>) {
+    let id = &pt.id;
     if let Err(e) = validate_id(id) {
         p.push(format!("{path}.id"), format!("{id:?} {e}"));
     } else if !ids.insert(id.to_owned()) {
@@ -216,14 +231,20 @@ fn check_value(
             format!("{id:?} is used twice in this device"),
         );
     }
-    if let Err(e) = parse_oid(oid) {
+    if let Err(e) = parse_oid(&pt.oid) {
         p.push(format!("{path}.oid"), e);
     }
-    if let Err(e) = validate_id(quantity) {
-        p.push(format!("{path}.quantity"), format!("{quantity:?} {e}"));
+    if let Err(e) = validate_id(&pt.quantity) {
+        p.push(format!("{path}.quantity"), format!("{:?} {e}", pt.quantity));
     }
-    if !scale.is_finite() || scale == 0.0 {
+    if !pt.scale.is_finite() || pt.scale == 0.0 {
         p.push(format!("{path}.scale"), "must be a finite, non-zero number");
+    }
+    if pt.not_available.iter().any(|v| !v.is_finite()) {
+        p.push(
+            format!("{path}.not_available"),
+            "lists raw values, finite numbers such as -1",
+        );
     }
 }
 
@@ -310,15 +331,7 @@ impl SnmpDevice {
     pub fn check_points(path: &str, points: &[SnmpPoint], tables: &[SnmpTable], p: &mut Problems) {
         let mut ids = HashSet::new();
         for (i, pt) in points.iter().enumerate() {
-            check_value(
-                &format!("{path}.points[{i}]"),
-                &pt.id,
-                &pt.oid,
-                &pt.quantity,
-                pt.scale,
-                p,
-                &mut ids,
-            );
+            check_value(&format!("{path}.points[{i}]"), pt, p, &mut ids);
         }
         for (t, table) in tables.iter().enumerate() {
             let tpath = format!("{path}.tables[{t}]");
@@ -338,15 +351,7 @@ impl SnmpDevice {
             }
             let mut col_ids = HashSet::new();
             for (c, col) in table.columns.iter().enumerate() {
-                check_value(
-                    &format!("{tpath}.columns[{c}]"),
-                    &col.id,
-                    &col.oid,
-                    &col.quantity,
-                    col.scale,
-                    p,
-                    &mut col_ids,
-                );
+                check_value(&format!("{tpath}.columns[{c}]"), col, p, &mut col_ids);
             }
         }
     }

@@ -26,6 +26,8 @@ pub struct Mapping<'a> {
     pub scale: f64,
     pub offset: f64,
     pub map: &'a BTreeMap<String, String>,
+    /// Raw values that mean "not available" (see `SnmpPoint::not_available`).
+    pub not_available: &'a [f64],
 }
 
 /// A counter's previous sample, for rates.
@@ -79,10 +81,17 @@ fn map_raw(
     now_ms: i64,
     prev: Option<CounterSample>,
 ) -> Result<Mapped, String> {
-    let number = |x: f64| Mapped {
-        value: Some(scaled(x, m)),
-        text: None,
-        counter: None,
+    let number = |x: f64| {
+        if m.not_available.contains(&x) {
+            return Err(format!(
+                "not available (the device answers {x} for a value it does not have)"
+            ));
+        }
+        Ok(Mapped {
+            value: Some(scaled(x, m)),
+            text: None,
+            counter: None,
+        })
     };
     match (m.kind, v) {
         (_, SnmpValue::Missing(why)) => Err((*why).to_owned()),
@@ -112,21 +121,22 @@ fn map_raw(
             })
         }
         (ValueKind::Enum, other) => Err(format!("expected an Integer enumeration, got {other:?}")),
-        (ValueKind::Gauge, SnmpValue::Integer(i)) => Ok(number(*i as f64)),
+        (ValueKind::Gauge, SnmpValue::Integer(i)) => number(*i as f64),
         (
             ValueKind::Gauge,
             SnmpValue::Gauge(g) | SnmpValue::Counter32(g) | SnmpValue::TimeTicks(g),
-        ) => Ok(number(f64::from(*g))),
-        (ValueKind::Gauge, SnmpValue::Counter64(c)) => Ok(number(*c as f64)),
+        ) => number(f64::from(*g)),
+        (ValueKind::Gauge, SnmpValue::Counter64(c)) => number(*c as f64),
         // Many agents (PDUs above all) report readings as text: "230.4".
         (ValueKind::Gauge, SnmpValue::OctetString(b)) => {
             let text = printable(b)?;
-            text.trim()
+            let x = text
+                .trim()
                 .parse::<f64>()
                 .ok()
                 .filter(|x| x.is_finite())
-                .map(number)
-                .ok_or_else(|| format!("{text:?} is not a number"))
+                .ok_or_else(|| format!("{text:?} is not a number"))?;
+            number(x)
         }
     }
 }
@@ -193,7 +203,28 @@ mod tests {
             scale,
             offset: 0.0,
             map,
+            not_available: &[],
         }
+    }
+
+    #[test]
+    fn a_sentinel_is_not_available_never_a_value() {
+        let map = BTreeMap::new();
+        let m = Mapping {
+            not_available: &[-1.0],
+            ..m(ValueKind::Gauge, 0.1, &map)
+        };
+        // -1 minutes (or -0.1 °C after a ×0.1 scale) is the card saying "I do not know".
+        let e = map_value(&SnmpValue::Integer(-1), &m, 0, None).unwrap_err();
+        assert!(e.starts_with("not available"), "{e}");
+        let e = map_value(&SnmpValue::OctetString(b"-1".to_vec()), &m, 0, None).unwrap_err();
+        assert!(e.starts_with("not available"), "{e}");
+        assert_eq!(
+            map_value(&SnmpValue::Integer(215), &m, 0, None)
+                .unwrap()
+                .value,
+            Some(21.5)
+        );
     }
 
     #[test]

@@ -324,12 +324,7 @@ impl SnmpPoller {
                                 .find(|(o, _)| *o == want)
                                 .map(|(_, v)| v.clone())
                                 .unwrap_or(SnmpValue::Missing("not in the reply"));
-                            let mapping = Mapping {
-                                kind: p.kind,
-                                scale: p.scale,
-                                offset: p.offset,
-                                map: &p.map,
-                            };
+                            let mapping = p.mapping();
                             let id = format!("{}.{}", self.spec.device.id, p.id);
                             readings.push(self.reading(
                                 &id,
@@ -388,12 +383,7 @@ impl SnmpPoller {
                                 "{}.{}.{}.{}",
                                 self.spec.device.id, table.id, index, col.id
                             );
-                            let mapping = Mapping {
-                                kind: col.kind,
-                                scale: col.scale,
-                                offset: col.offset,
-                                map: &col.map,
-                            };
+                            let mapping = col.mapping();
                             readings.push(self.reading(
                                 &id,
                                 &col.quantity,
