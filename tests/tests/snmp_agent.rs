@@ -89,6 +89,52 @@ fn v3(auth: &str) -> String {
     )
 }
 
+/// Issue 20: a dead agent (nothing listens at the port) was reported as
+/// "snmp: Receive"; it is the documented "no reply".
+#[tokio::test]
+async fn a_dead_agent_is_reported_as_no_reply() -> Result<()> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut p = ups(
+        &format!("127.0.0.1:{port}"),
+        "version = \"v2c\"\ntimeout = \"300ms\"\nretries = 0\ncommunity = { value = \"public\" }",
+    )?;
+    let r = p.poll().await;
+    let err = r.error.clone().unwrap_or_default();
+    assert!(err.starts_with("no reply"), "{err}");
+    assert!(r.readings.iter().all(|x| !x.quality.is_good()));
+    Ok(())
+}
+
+/// Issue 20: the SNMPv3 context name is sent as configured: snmpd serves
+/// only the default context, so a named one it does not know reads nothing.
+#[tokio::test]
+async fn the_v3_context_name_is_sent_as_configured() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(snmpd) = start_snmpd(dir.path())? else {
+        return Ok(());
+    };
+    let mut default = ups(
+        &snmpd.addr,
+        &format!("{}\ncontext_name = \"\"", v3("authpass123")),
+    )?;
+    let r = default.poll().await;
+    assert_eq!(
+        reading(&r, "ups-1.output_source").text.as_deref(),
+        Some("on_battery")
+    );
+    let mut other = ups(
+        &snmpd.addr,
+        &format!("{}\ncontext_name = \"no-such-instance\"", v3("authpass123"))
+            .replace("retries = 0", "retries = 0\ntimeout = \"500ms\""),
+    )?;
+    let r = other.poll().await;
+    assert!(r.readings.iter().all(|x| !x.quality.is_good()), "{r:?}");
+    assert!(r.error.is_some());
+    Ok(())
+}
+
 /// An SNMP poller for one device described in agent TOML.
 fn poller(device_toml: &str) -> Result<SnmpPoller> {
     let text =

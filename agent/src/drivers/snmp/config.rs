@@ -42,6 +42,10 @@ pub struct V3Config {
     pub priv_protocol: Option<PrivProtocol>,
     #[serde(default)]
     pub priv_password: Secret,
+    /// The SNMPv3 context to read (proxies, agents serving several
+    /// instances); empty: the default context.
+    #[serde(default)]
+    pub context_name: String,
 }
 
 /// How a value is turned into a reading.

@@ -38,6 +38,10 @@ pub enum SnmpError {
     Auth(String),
     #[error("agent answered {} at varbind {index}", error_status_name(*status))]
     Agent { status: u32, index: u32 },
+    /// The request was refused at the address (ICMP port unreachable): the
+    /// agent is down or listens elsewhere.
+    #[error("no reply: nothing answers at the address (agent down, or wrong address or port)")]
+    Unreachable,
     #[error("snmp: {0}")]
     Protocol(String),
 }
@@ -49,6 +53,7 @@ struct V3Credentials {
     auth: snmp2::v3::AuthProtocol,
     cipher: Option<snmp2::v3::Cipher>,
     priv_password: Vec<u8>,
+    context_name: String,
 }
 
 /// One SNMP device's poller: its session, credentials and counter history.
@@ -147,6 +152,7 @@ fn classify(e: snmp2::Error) -> SnmpError {
             | K::SignatureMismatch
             | K::UnsupportedUSM),
         ) => SnmpError::Auth(format!("{kind:?}")),
+        snmp2::Error::Receive => SnmpError::Unreachable,
         // Engine time, boots or id moved on (an agent reboot, a long idle gap
         // on a slow poll interval): a fresh session re-discovers them, so
         // these are retried like any other failure.
@@ -184,6 +190,7 @@ impl SnmpPoller {
                 auth,
                 cipher,
                 priv_password: secret(&v.priv_password),
+                context_name: v.context_name.clone(),
             }
         });
         SnmpPoller {
@@ -218,7 +225,8 @@ impl SnmpPoller {
                 .map_err(session_err)?,
             (SnmpVersion::V3, Some(v3)) => {
                 let mut security = snmp2::v3::Security::new(&v3.user, &v3.auth_password)
-                    .with_auth_protocol(v3.auth);
+                    .with_auth_protocol(v3.auth)
+                    .with_context_name(&v3.context_name);
                 security = match v3.cipher {
                     Some(c) => security.with_auth(snmp2::v3::Auth::AuthPriv {
                         cipher: c,
