@@ -290,6 +290,20 @@ fn log_recovery(report: &OpenReport) {
 
 trait HealthExt {
     fn new(device: &str) -> Self;
+    /// Takes a poll's outcome in; says what changed, for the log.
+    fn record(&mut self, good: bool, error: Option<&String>) -> HealthChange;
+}
+
+/// What a poll changed in a device's health, worth a log line.
+#[derive(Debug, PartialEq, Eq)]
+enum HealthChange {
+    None,
+    /// No good reading at all (a new error, or the first of a run).
+    Failed,
+    /// Good readings, and some points failed (a new error).
+    Partly,
+    /// Answering again after failures.
+    Recovered,
 }
 
 impl HealthExt for DeviceHealth {
@@ -301,6 +315,31 @@ impl HealthExt for DeviceHealth {
             last_error: None,
             last_latency_ms: None,
             cycle_overruns: 0,
+        }
+    }
+
+    /// Only a poll without a single good reading is a failure: a device
+    /// answering 14 points and missing one is up, its error kept to say
+    /// which (it counted as failing, and its consecutive failures grew).
+    fn record(&mut self, good: bool, error: Option<&String>) -> HealthChange {
+        let changed = error.is_some_and(|e| self.last_error.as_ref() != Some(e));
+        self.last_error = error.cloned();
+        if good {
+            let was_failing = std::mem::take(&mut self.consecutive_failures) > 0;
+            if was_failing {
+                HealthChange::Recovered
+            } else if changed {
+                HealthChange::Partly
+            } else {
+                HealthChange::None
+            }
+        } else {
+            self.consecutive_failures += 1;
+            if changed || self.consecutive_failures == 1 {
+                HealthChange::Failed
+            } else {
+                HealthChange::None
+            }
         }
     }
 }
@@ -475,21 +514,18 @@ impl Publisher {
             c.poll_micros
                 .fetch_add(poll.latency.as_micros() as u64, Relaxed);
         }
-        match &poll.result.error {
-            Some(err) => {
-                h.consecutive_failures += 1;
-                if h.last_error.as_deref() != Some(err) {
-                    tracing::warn!(device = %poll.device, error = %err, "poll failed");
-                }
-                h.last_error = Some(err.clone());
+        let err = poll.result.error.as_ref();
+        match h.record(good, err) {
+            HealthChange::Failed => {
+                tracing::warn!(device = %poll.device, error = ?err, "poll failed")
             }
-            None => {
-                if h.consecutive_failures > 0 {
-                    tracing::info!(device = %poll.device, "device answering again");
-                }
-                h.consecutive_failures = 0;
-                h.last_error = None;
+            HealthChange::Partly => {
+                tracing::warn!(device = %poll.device, error = ?err, "some points of the device failed")
             }
+            HealthChange::Recovered => {
+                tracing::info!(device = %poll.device, "device answering again")
+            }
+            HealthChange::None => {}
         }
         if poll.result.readings.is_empty() {
             return Ok(None);
@@ -581,5 +617,26 @@ impl Publisher {
             }),
         };
         link.publish_status(status.to_json());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_with_good_readings_and_one_missing_object_is_not_failing() {
+        let mut h = <DeviceHealth as HealthExt>::new("ups");
+        let missing = "battery_temperature: noSuchObject".to_owned();
+        assert_eq!(h.record(true, Some(&missing)), HealthChange::Partly);
+        assert_eq!(h.record(true, Some(&missing)), HealthChange::None);
+        assert_eq!(h.consecutive_failures, 0);
+        assert_eq!(h.last_error.as_deref(), Some(missing.as_str()));
+        let down = "no reply within 2s".to_owned();
+        assert_eq!(h.record(false, Some(&down)), HealthChange::Failed);
+        assert_eq!(h.record(false, Some(&down)), HealthChange::None);
+        assert_eq!(h.consecutive_failures, 2);
+        assert_eq!(h.record(true, None), HealthChange::Recovered);
+        assert_eq!((h.consecutive_failures, h.last_error.as_deref()), (0, None));
     }
 }
