@@ -89,6 +89,32 @@ fn v3(auth: &str) -> String {
     )
 }
 
+/// Issue 20: a table-only view of a device that stops answering published
+/// nothing at all, not even bad readings, so nothing downstream saw it go.
+/// The rows known from the last walk now each get a bad reading saying why.
+#[tokio::test]
+async fn table_rows_known_from_the_last_walk_turn_bad_when_the_agent_stops_answering() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let Some(snmpd) = start_snmpd(dir.path())? else {
+        return Ok(());
+    };
+    let mut p = ups(
+        &snmpd.addr,
+        "version = \"v2c\"\ntimeout = \"300ms\"\nretries = 0\ncommunity = { value = \"public\" }",
+    )?;
+    let r = p.poll().await;
+    assert_eq!(reading(&r, "ups-1.output.3.voltage").value, Some(222.0));
+    drop(snmpd);
+    let r = p.poll().await;
+    for line in 1..=3 {
+        let x = reading(&r, &format!("ups-1.output.{line}.voltage"));
+        assert!(!x.quality.is_good() && x.value.is_none(), "{x:?}");
+    }
+    assert!(r.error.is_some());
+    Ok(())
+}
+
 /// Issue 20: a dead agent (nothing listens at the port) was reported as
 /// "snmp: Receive"; it is the documented "no reply".
 #[tokio::test]

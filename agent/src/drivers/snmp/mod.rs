@@ -69,6 +69,10 @@ pub struct SnmpPoller {
     requests: u32,
     /// What the points of the current poll are (table rows come and go).
     meta: Vec<PointMeta>,
+    /// Each table column's rows at its last successful walk: when the walk
+    /// fails or comes back empty, each still gets a bad reading saying why,
+    /// so a table (or a device with only tables) that vanishes is seen.
+    known_rows: HashMap<(usize, usize), Vec<String>>,
 }
 
 /// `host:port` from a configured address, adding `port` when it has none
@@ -203,6 +207,7 @@ impl SnmpPoller {
             counters: HashMap::new(),
             requests: 0,
             meta: Vec::new(),
+            known_rows: HashMap::new(),
         }
     }
 
@@ -367,9 +372,18 @@ impl SnmpPoller {
                         }
                         if matches!(
                             e,
-                            SnmpError::Timeout(_) | SnmpError::Auth(_) | SnmpError::Session(..)
+                            SnmpError::Timeout(_)
+                                | SnmpError::Unreachable
+                                | SnmpError::Auth(_)
+                                | SnmpError::Session(..)
                         ) {
-                            // The agent is unreachable: do not wait out a timeout per table.
+                            // The agent is unreachable: do not wait out a
+                            // timeout per table; its known rows say why.
+                            for t in 0..self.spec.tables.len() {
+                                for c in 0..self.spec.tables[t].columns.len() {
+                                    self.rows_gone(t, c, &why, ts, &mut readings);
+                                }
+                            }
                             return PollResult {
                                 readings,
                                 error: first_error,
@@ -381,11 +395,18 @@ impl SnmpPoller {
             }
         }
         let tables = Arc::clone(&self.spec.tables);
-        for table in tables.iter() {
-            for col in &table.columns {
+        for (t, table) in tables.iter().enumerate() {
+            for (c, col) in table.columns.iter().enumerate() {
                 match self.walk(&col.oid).await {
+                    Ok(rows) if rows.is_empty() => {
+                        let why = format!("table {} has no rows now", table.id);
+                        first_error.get_or_insert_with(|| why.clone());
+                        self.rows_gone(t, c, &why, now_ms(), &mut readings);
+                    }
                     Ok(rows) => {
                         let ts = now_ms();
+                        self.known_rows
+                            .insert((t, c), rows.iter().map(|(i, _)| i.clone()).collect());
                         for (index, value) in rows {
                             let id = format!(
                                 "{}.{}.{}.{}",
@@ -406,6 +427,7 @@ impl SnmpPoller {
                     Err(e) => {
                         let why = format!("walking {}.{}: {e}", table.id, col.id);
                         tracing::debug!(device = %self.spec.device.id, error = %why);
+                        self.rows_gone(t, c, &why, now_ms(), &mut readings);
                         first_error.get_or_insert(why);
                     }
                 }
@@ -507,6 +529,21 @@ impl SnmpPoller {
     }
 
     /// Records what a point is, for the batch's point descriptions.
+    /// Bad readings, saying `why`, for the rows column `c` of table `t` had
+    /// at its last successful walk.
+    fn rows_gone(&mut self, t: usize, c: usize, why: &str, ts: i64, out: &mut Vec<Reading>) {
+        let Some(rows) = self.known_rows.get(&(t, c)).cloned() else {
+            return;
+        };
+        let tables = Arc::clone(&self.spec.tables);
+        let (table, col) = (&tables[t], &tables[t].columns[c]);
+        for index in rows {
+            let id = format!("{}.{}.{}.{}", self.spec.device.id, table.id, index, col.id);
+            self.note(&id, &col.quantity, &col.unit);
+            out.push(bad(&id, ts, why));
+        }
+    }
+
     fn note(&mut self, id: &str, quantity: &str, unit: &str) {
         self.meta.push(PointMeta {
             id: id.into(),
