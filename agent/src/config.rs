@@ -705,6 +705,11 @@ fn resolve_snmp(
     }
     points.extend(d.points.iter().cloned());
     tables.extend(d.tables.iter().cloned());
+    for id in d.rows.keys() {
+        if !tables.iter().any(|t| &t.id == id) {
+            p.push(format!("{path}.rows.{id}"), "no such table");
+        }
+    }
     if points.is_empty() && tables.is_empty() {
         p.push(
             format!("{path}.points"),
@@ -1013,11 +1018,18 @@ mod tests {
             .unwrap();
         assert_eq!(minutes.not_available, [-1.0]);
 
-        let wrong = text.replace("\"input.voltage\"", "\"input.voltag\"");
+        let wrong = text
+            .replace("\"input.voltage\"", "\"input.voltag\"")
+            .replace("[snmp.overrides]", "rows = { inptu = 1 }\n[snmp.overrides]");
         let got = problems(&wrong);
         assert!(
             got.iter()
                 .any(|g| g.starts_with("snmp[0].overrides.input.voltag")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("snmp[0].rows.inptu: no such table")),
             "{got:?}"
         );
     }

@@ -115,6 +115,38 @@ async fn table_rows_known_from_the_last_walk_turn_bad_when_the_agent_stops_answe
     Ok(())
 }
 
+/// Issue 20: a single-phase UPS listing input lines 2 and 3 at 0 V raised a
+/// level-1 mains failure in a healthy room. Rows beyond the MIB's own line
+/// count (upsInputNumLines), or a device's `rows`, are ignored.
+#[tokio::test]
+async fn phantom_rows_beyond_the_line_count_are_ignored() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let phantom = "rocommunity public 127.0.0.1\n\
+        override .1.3.6.1.2.1.33.1.3.2.0 integer 1\n\
+        override .1.3.6.1.2.1.33.1.3.3.1.3.1 integer 221\n\
+        override .1.3.6.1.2.1.33.1.3.3.1.3.2 integer 0\n\
+        override .1.3.6.1.2.1.33.1.3.3.1.3.3 integer 0\n\
+        override .1.3.6.1.2.1.33.1.4.4.1.2.1 integer 220\n\
+        override .1.3.6.1.2.1.33.1.4.4.1.2.2 integer 0\n";
+    let Some(snmpd) = start_snmpd_with(dir.path(), phantom)? else {
+        return Ok(());
+    };
+    let v2c = "version = \"v2c\"\ncommunity = { value = \"public\" }";
+    let has = |r: &roomguard_agent::drivers::PollResult, id: &str| {
+        r.readings.iter().any(|x| &*x.point == id)
+    };
+    let mut p = ups(&snmpd.addr, v2c)?;
+    let r = p.poll().await;
+    assert_eq!(reading(&r, "ups-1.input.1.voltage").value, Some(221.0));
+    assert!(!has(&r, "ups-1.input.2.voltage") && !has(&r, "ups-1.input.3.voltage"));
+    // No upsOutputNumLines here: every output row, unless the device says.
+    assert!(has(&r, "ups-1.output.2.voltage"));
+    let mut one = ups(&snmpd.addr, &format!("{v2c}\nrows = {{ output = 1 }}"))?;
+    let r = one.poll().await;
+    assert!(has(&r, "ups-1.output.1.voltage") && !has(&r, "ups-1.output.2.voltage"));
+    Ok(())
+}
+
 /// Issue 20: a dead agent (nothing listens at the port) was reported as
 /// "snmp: Receive"; it is the documented "no reply".
 #[tokio::test]

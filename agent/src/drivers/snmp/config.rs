@@ -103,6 +103,11 @@ pub struct SnmpTable {
     /// Columns, each like a scalar point whose `oid` is the column's (the row
     /// index follows it).
     pub columns: Vec<SnmpPoint>,
+    /// A scalar saying how many rows really exist (UPS-MIB `upsInputNumLines`):
+    /// rows numbered beyond it are phantoms (a single-phase UPS listing lines
+    /// 2 and 3 at 0 V) and are ignored.
+    #[serde(default)]
+    pub rows_oid: Option<String>,
 }
 
 /// An SNMP agent (UPS, PDU, environment monitor) to poll.
@@ -135,6 +140,11 @@ pub struct SnmpDevice {
     /// GETBULK max-repetitions when walking tables (v2c/v3).
     #[serde(default = "default_max_repetitions")]
     pub max_repetitions: u32,
+    /// Rows each table really has, by table id (`rows = { input = 1 }` for a
+    /// single-phase UPS whose card lists three input lines): rows numbered
+    /// beyond are ignored. Takes precedence over the table's `rows_oid`.
+    #[serde(default)]
+    pub rows: BTreeMap<String, u32>,
     /// Changes to profile points by id, or to table columns as `table.column`
     /// (scale, offset, unit, quantity, not_available, disabled).
     #[serde(default)]
@@ -352,6 +362,9 @@ impl SnmpDevice {
                     format!("{tpath}.columns"),
                     "a table needs at least one column",
                 );
+            }
+            if let Some(Err(e)) = table.rows_oid.as_deref().map(parse_oid) {
+                p.push(format!("{tpath}.rows_oid"), e);
             }
             let mut col_ids = HashSet::new();
             for (c, col) in table.columns.iter().enumerate() {

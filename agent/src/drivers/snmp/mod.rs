@@ -11,7 +11,9 @@
 pub mod config;
 pub mod map;
 
-use self::config::{parse_oid, AuthProtocol, PrivProtocol, SnmpPoint, SnmpVersion, ValueKind};
+use self::config::{
+    parse_oid, AuthProtocol, PrivProtocol, SnmpPoint, SnmpTable, SnmpVersion, ValueKind,
+};
 use self::map::{map_value, CounterSample, Mapping, SnmpValue};
 use crate::config::SnmpSpec;
 use crate::drivers::{Backoff, DevicePoll, PollResult};
@@ -396,8 +398,15 @@ impl SnmpPoller {
         }
         let tables = Arc::clone(&self.spec.tables);
         for (t, table) in tables.iter().enumerate() {
+            let limit = self.row_limit(table).await;
             for (c, col) in table.columns.iter().enumerate() {
-                match self.walk(&col.oid).await {
+                let walked = self.walk(&col.oid).await.map(|mut rows| {
+                    if let Some(n) = limit {
+                        rows.retain(|(index, _)| row_number(index) <= n);
+                    }
+                    rows
+                });
+                match walked {
                     Ok(rows) if rows.is_empty() => {
                         let why = format!("table {} has no rows now", table.id);
                         first_error.get_or_insert_with(|| why.clone());
@@ -529,6 +538,22 @@ impl SnmpPoller {
     }
 
     /// Records what a point is, for the batch's point descriptions.
+    /// How many rows `table` really has: the device's `rows`, else the
+    /// table's `rows_oid` read now; `None`: as many as the walk finds.
+    async fn row_limit(&mut self, table: &SnmpTable) -> Option<u64> {
+        if let Some(n) = self.spec.device.rows.get(&table.id) {
+            return Some(u64::from(*n));
+        }
+        let oid = parse_oid(table.rows_oid.as_deref()?).ok()?;
+        let oid = Oid::from(&oid).ok()?;
+        let vbs = self.request(Op::Get(&[&oid])).await.ok()?;
+        match vbs.first().map(|(_, v)| v) {
+            Some(SnmpValue::Integer(n)) if *n >= 0 => Some(*n as u64),
+            Some(SnmpValue::Gauge(n) | SnmpValue::Counter32(n)) => Some(u64::from(*n)),
+            _ => None,
+        }
+    }
+
     /// Bad readings, saying `why`, for the rows column `c` of table `t` had
     /// at its last successful walk.
     fn rows_gone(&mut self, t: usize, c: usize, why: &str, ts: i64, out: &mut Vec<Reading>) {
@@ -599,6 +624,15 @@ impl SnmpPoller {
             }
         }
     }
+}
+
+/// A row's number: the first part of its index (`2` of `2` or `2.1`).
+fn row_number(index: &str) -> u64 {
+    index
+        .split('.')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 enum Op<'a> {
