@@ -1514,6 +1514,88 @@ clear_delay = "0s"
         );
     }
 
+    /// Drill for electrical.ups_runtime_low (issue 20): a UPS reporting 0
+    /// minutes left on mains raised nothing, right, and on battery nothing
+    /// either. Now: on battery with 8 minutes left it raises; on mains with
+    /// 0, or on battery with 30, it stays quiet; back on mains it clears.
+    #[test]
+    fn ups_runtime_low_fires_only_on_battery_with_minutes_short() {
+        let rules = RuleSet::builtin_with(Vec::new()).unwrap();
+        let mut engine = Engine::new(Arc::new(rules), 1, T0, HashMap::new());
+        engine.describe(
+            "s",
+            "a",
+            "ups",
+            &meta("ups.source", "pd", "ups_output_source"),
+        );
+        engine.describe(
+            "s",
+            "a",
+            "ups",
+            &meta("ups.minutes", "pd", "ups_runtime_remaining"),
+        );
+        let mut out = Vec::new();
+        let mut seq = 0;
+        let mut poll = |engine: &mut Engine, ts: Ts, source: &str, minutes: f64| {
+            seq += 1;
+            let code = if source == "on_battery" { 5.0 } else { 3.0 };
+            let batch = Batch {
+                v: PROTOCOL_VERSION,
+                site: "s".into(),
+                agent: "a".into(),
+                seq,
+                device: "ups".into(),
+                polled_at: ts,
+                backfill: false,
+                points: Vec::new(),
+                readings: vec![
+                    Reading {
+                        point: "ups.source".into(),
+                        value: Some(code),
+                        text: Some(source.into()),
+                        ts,
+                        quality: Quality::Good,
+                    },
+                    Reading {
+                        point: "ups.minutes".into(),
+                        value: Some(minutes),
+                        text: None,
+                        ts,
+                        quality: Quality::Good,
+                    },
+                ],
+            };
+            let mut o = Vec::new();
+            engine.observe(&batch, ts + S, &mut o);
+            o
+        };
+        let runtime_low = engine.rules().index("electrical.ups_runtime_low").unwrap();
+        let of_rule = |engine: &Engine, o: &[Transition]| -> Vec<Kind> {
+            o.iter()
+                .filter(|t| engine.instance(t.instance).rule == runtime_low)
+                .map(|t| t.kind)
+                .collect()
+        };
+        // On mains with an empty estimate, then on battery with plenty left.
+        for k in 0..10 {
+            out.extend(poll(&mut engine, T0 + k * 10 * S, "normal", 0.0));
+        }
+        for k in 10..20 {
+            out.extend(poll(&mut engine, T0 + k * 10 * S, "on_battery", 30.0));
+        }
+        assert!(of_rule(&engine, &out).is_empty(), "quiet otherwise");
+        // On battery, 8 minutes left: raised once.
+        for k in 20..30 {
+            out.extend(poll(&mut engine, T0 + k * 10 * S, "on_battery", 8.0));
+        }
+        assert_eq!(of_rule(&engine, &out), [Kind::Raise]);
+        // Mains is back: cleared.
+        for k in 30..40 {
+            out.extend(poll(&mut engine, T0 + k * 10 * S, "normal", 8.0));
+        }
+        assert_eq!(of_rule(&engine, &out), [Kind::Raise, Kind::Clear]);
+    }
+
     #[test]
     fn flapping_inside_the_hysteresis_band_raises_and_clears_once() {
         let mut s = Site::new();
