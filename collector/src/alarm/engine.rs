@@ -1332,6 +1332,38 @@ clear_delay = "0s"
     const T0: Ts = 1_700_000_000_000;
     const S: Ts = 1000;
 
+    /// One batch of site `s`, agent `a`, polled at `ts`.
+    fn batch_of(seq: u64, ts: Ts, readings: Vec<Reading>) -> Batch {
+        Batch {
+            v: PROTOCOL_VERSION,
+            site: "s".into(),
+            agent: "a".into(),
+            seq,
+            device: "dev".into(),
+            polled_at: ts,
+            backfill: false,
+            points: Vec::new(),
+            readings,
+        }
+    }
+
+    /// A good reading of `point`.
+    fn good(point: &str, ts: Ts, value: f64, text: Option<&str>) -> Reading {
+        Reading {
+            point: point.into(),
+            value: Some(value),
+            text: text.map(str::to_owned),
+            ts,
+            quality: Quality::Good,
+        }
+    }
+
+    /// An engine with the built-in rule packs.
+    fn builtin_engine() -> Engine {
+        let rules = RuleSet::builtin_with(Vec::new()).unwrap();
+        Engine::new(Arc::new(rules), 1, T0, HashMap::new())
+    }
+
     struct Site {
         engine: Engine,
         seq: u64,
@@ -1406,21 +1438,18 @@ clear_delay = "0s"
         ) -> Vec<Transition> {
             self.seq += 1;
             let batch = Batch {
-                v: PROTOCOL_VERSION,
-                site: "s".into(),
-                agent: "a".into(),
-                seq: self.seq,
-                device: "dev".into(),
-                polled_at: ts,
                 backfill,
-                points: Vec::new(),
-                readings: vec![Reading {
-                    point: point.into(),
-                    value,
-                    text: text.map(str::to_owned),
+                ..batch_of(
+                    self.seq,
                     ts,
-                    quality: Quality::Good,
-                }],
+                    vec![Reading {
+                        point: point.into(),
+                        value,
+                        text: text.map(str::to_owned),
+                        ts,
+                        quality: Quality::Good,
+                    }],
+                )
             };
             let mut out = Vec::new();
             self.engine.observe(&batch, now, &mut out);
@@ -1458,8 +1487,7 @@ clear_delay = "0s"
             .find_map(|l| l.trim().strip_prefix("quantity = \""))
             .and_then(|q| q.strip_suffix('"'))
             .unwrap();
-        let rules = RuleSet::builtin_with(Vec::new()).unwrap();
-        let mut engine = Engine::new(Arc::new(rules), 1, T0, HashMap::new());
+        let mut engine = builtin_engine();
         engine.describe(
             "s",
             "a",
@@ -1471,23 +1499,11 @@ clear_delay = "0s"
         for (i, point) in ["ups.battery_voltage", "rect.bus"].iter().enumerate() {
             for k in 0..30 {
                 let ts = T0 + k * 10 * S + i as Ts;
-                let batch = Batch {
-                    v: PROTOCOL_VERSION,
-                    site: "s".into(),
-                    agent: "a".into(),
-                    seq: (i * 100 + k as usize) as u64,
-                    device: "d".into(),
-                    polled_at: ts,
-                    backfill: false,
-                    points: Vec::new(),
-                    readings: vec![Reading {
-                        point: (*point).into(),
-                        value: Some(41.0),
-                        text: None,
-                        ts,
-                        quality: Quality::Good,
-                    }],
-                };
+                let batch = batch_of(
+                    (i * 100 + k as usize) as u64,
+                    ts,
+                    vec![good(point, ts, 41.0, None)],
+                );
                 engine.observe(&batch, ts + S, &mut out);
             }
         }
@@ -1520,8 +1536,7 @@ clear_delay = "0s"
     /// 0, or on battery with 30, it stays quiet; back on mains it clears.
     #[test]
     fn ups_runtime_low_fires_only_on_battery_with_minutes_short() {
-        let rules = RuleSet::builtin_with(Vec::new()).unwrap();
-        let mut engine = Engine::new(Arc::new(rules), 1, T0, HashMap::new());
+        let mut engine = builtin_engine();
         engine.describe(
             "s",
             "a",
@@ -1534,37 +1549,19 @@ clear_delay = "0s"
             "ups",
             &meta("ups.minutes", "pd", "ups_runtime_remaining"),
         );
-        let mut out = Vec::new();
         let mut seq = 0;
+        let mut out = Vec::new();
         let mut poll = |engine: &mut Engine, ts: Ts, source: &str, minutes: f64| {
             seq += 1;
             let code = if source == "on_battery" { 5.0 } else { 3.0 };
-            let batch = Batch {
-                v: PROTOCOL_VERSION,
-                site: "s".into(),
-                agent: "a".into(),
+            let batch = batch_of(
                 seq,
-                device: "ups".into(),
-                polled_at: ts,
-                backfill: false,
-                points: Vec::new(),
-                readings: vec![
-                    Reading {
-                        point: "ups.source".into(),
-                        value: Some(code),
-                        text: Some(source.into()),
-                        ts,
-                        quality: Quality::Good,
-                    },
-                    Reading {
-                        point: "ups.minutes".into(),
-                        value: Some(minutes),
-                        text: None,
-                        ts,
-                        quality: Quality::Good,
-                    },
+                ts,
+                vec![
+                    good("ups.source", ts, code, Some(source)),
+                    good("ups.minutes", ts, minutes, None),
                 ],
-            };
+            );
             let mut o = Vec::new();
             engine.observe(&batch, ts + S, &mut o);
             o
