@@ -478,6 +478,9 @@ fn resolve_modbus(
     if d.interval < Duration::from_millis(100) {
         p.push(format!("{path}.interval"), "must be at least 100ms");
     }
+    if !(1..=crate::drivers::modbus::plan::MAX_REGISTERS).contains(&d.max_read) {
+        p.push(format!("{path}.max_read"), "must be 1–125 registers");
+    }
     let mut points: Vec<ModbusPoint> = Vec::new();
     let mut derived_defs: &[crate::derive::DerivedDef] = &[];
     if let Some(name) = &d.profile {
@@ -548,7 +551,7 @@ fn resolve_modbus(
         .into_iter()
         .map(|(interval, idx)| PollGroup {
             interval,
-            requests: plan_subset(&points, idx, max_gap),
+            requests: plan_subset(&points, idx, max_gap, d.max_read),
         })
         .collect();
     let labels: Vec<Label> = points.iter().map(|p| Label::from(p.id.as_str())).collect();

@@ -197,6 +197,9 @@ enum Hostility {
     WrongTransaction,
     Exception,
     Silent,
+    /// Answers reads of at most this many registers (value 215 each) and
+    /// refuses larger ones with exception 03, as the SDM630 does past 80.
+    RefusesOver(u16),
 }
 
 /// Serves one hostile Modbus TCP device; returns its address.
@@ -242,6 +245,22 @@ async fn hostile_device(kind: Hostility) -> Result<String> {
                             vec![tid[0], tid[1], 0, 0, 0, 3, unit, function | 0x80, 0x02]
                         }
                         Hostility::Silent => continue,
+                        Hostility::RefusesOver(max) => {
+                            let count = pdu
+                                .get(3..5)
+                                .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                            if count > max {
+                                vec![tid[0], tid[1], 0, 0, 0, 3, unit, function | 0x80, 0x03]
+                            } else {
+                                let bytes = (count * 2) as u8;
+                                let mut r =
+                                    vec![tid[0], tid[1], 0, 0, 0, 3 + bytes, unit, function, bytes];
+                                for _ in 0..count {
+                                    r.extend_from_slice(&215u16.to_be_bytes());
+                                }
+                                r
+                            }
+                        }
                     };
                     if sock.write_all(&reply).await.is_err() {
                         return;
@@ -420,5 +439,53 @@ async fn hostile_devices_are_reported_and_never_stop_the_healthy_ones() -> Resul
         );
     }
     assert!(agent.is_running(), "the agent died:\n{}", agent.log_tail());
+    Ok(())
+}
+
+/// Issue 20: a device that refuses reads larger than it takes (exception
+/// 03) made every point of the read bad, poll after poll. The agent splits
+/// the refused read into one read per point, keeps that plan, and the
+/// points are good; it says so once in its log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_that_refuses_a_large_read_is_read_point_by_point_and_its_points_are_good(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_collector, http, mqtt) = start_collector(dir.path(), None)?;
+    let addr = hostile_device(Hostility::RefusesOver(1)).await?;
+    let devices = format!(
+        "[[modbus]]\nid = \"picky\"\nroom = \"machine-room\"\naddress = {addr:?}\nunit = 1\nprofile = \"generic-th-sensor\"\ninterval = \"1s\"\n"
+    );
+    let agent = start_agent(
+        dir.path(),
+        &agent_toml(&mqtt, &dir.path().join("state"), &devices),
+    )?;
+    let client = http_client();
+    let since = now_ms();
+    eventually(
+        PATIENCE,
+        "the picky device's points good, twice in a row",
+        || async {
+            let devices = device_health(&client, &http).await?;
+            let h = health_of(&devices, "picky")?;
+            (h["last_success"].as_i64()? > since + 2_000 && h["consecutive_failures"] == 0)
+                .then_some(())
+        },
+    )
+    .await?;
+    for point in ["picky.temperature", "picky.humidity"] {
+        let p = latest_point(&client, &http, point).await.context("point")?;
+        assert_eq!(
+            (p["quality"].as_str(), p["value"].as_f64()),
+            (Some("good"), Some(21.5)),
+            "{p}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("agent.stderr.log"))?;
+    assert_eq!(
+        log.matches("reading them one by one").count(),
+        1,
+        "the plan is learned once and kept:\n{}",
+        agent.log_tail()
+    );
     Ok(())
 }

@@ -5,10 +5,12 @@
 //! devices on other buses are never affected.
 
 use super::config::BusConfig;
+use super::plan::{self, ReadRequest};
 use super::{decode, fail, read, transport, ModbusError};
 use crate::config::{BusSpec, ModbusSpec, PollGroup};
 use crate::drivers::{Backoff, DevicePoll, PollResult};
 use crate::run::{jitter, now_ms, random_u64};
+use roomguard_protocol::Reading;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
@@ -98,11 +100,16 @@ impl BusRunner {
             let overrun = started.duration_since(at) > interval;
             let polled_at = now_ms();
             let dev = &self.spec.devices[d];
-            let (mut result, requests, registers) = self
+            let (mut result, requests, registers, learned) = self
                 .line
                 .poll_group(&self.spec.bus, dev, &dev.groups[g])
                 .await;
             let latency = started.elapsed();
+            // Reads the device refused whole are kept split from now on.
+            let kept = &mut self.spec.devices[d].groups[g].requests;
+            for (r, parts) in learned.into_iter().rev() {
+                kept.splice(r..=r, parts);
+            }
 
             let st = &mut self.states[d];
             let next = st.due[g] + interval;
@@ -153,20 +160,22 @@ impl Line {
         Ok(())
     }
 
-    /// Reads one poll group of one device.
+    /// Reads one poll group of one device. Also returns the requests it
+    /// had to split (index in the group, the reads that replace it).
     async fn poll_group(
         &mut self,
         bus: &BusConfig,
         dev: &ModbusSpec,
         group: &PollGroup,
-    ) -> (PollResult, u32, u32) {
+    ) -> (PollResult, u32, u32, Vec<(usize, Vec<ReadRequest>)>) {
         // The pause kept between frames on this bus.
         let gap = bus.request_pause.max(bus.frame_gap());
         let mut readings = Vec::with_capacity(dev.points.len());
         let mut first_error: Option<String> = None;
         let mut broken: Option<String> = None;
         let (mut requests, mut registers) = (0u32, 0u32);
-        for req in &group.requests {
+        let mut learned = Vec::new();
+        for (r, req) in group.requests.iter().enumerate() {
             let ts = now_ms();
             if let Some(why) = &broken {
                 // The line is down: report the rest with the same cause rather
@@ -181,31 +190,47 @@ impl Line {
                 broken = Some(why);
                 continue;
             }
-            // No timer at all when the bus needs no pause (TCP without request_pause).
-            if let Some(last) = self.last_frame.filter(|_| !gap.is_zero()) {
-                sleep_until((last + gap).into()).await;
-            }
-            let Some(open) = self.ctx.as_mut() else {
+            requests += 1;
+            let Some(outcome) = self.exchange(dev, req, gap).await else {
                 continue;
             };
-            requests += 1;
-            let outcome = read(&mut open.ctx, &open.received, dev.unit, req, dev.timeout).await;
-            self.last_frame = Some(Instant::now());
-            let ts = now_ms();
             match outcome {
-                Ok(data) => {
-                    registers += u32::from(req.count);
-                    decode(dev, req, &data, ts, &mut readings, &mut first_error);
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    first_error.get_or_insert_with(|| why.clone());
-                    fail(dev, req, ts, &why, &mut readings);
-                    if e.breaks_connection() {
-                        self.ctx = None;
-                        broken = Some(why);
+                Err(e) if e.refused_span() && req.points.len() > 1 => {
+                    // One refused read must not make good points bad: ask
+                    // for them one by one, now and from now on.
+                    let parts = plan::split(&dev.points, req);
+                    tracing::warn!(device = %dev.id, start = req.start, count = req.count, error = %e,
+                        "the device refused a read of several points; reading them one by one from now on");
+                    for part in &parts {
+                        if let Some(why) = &broken {
+                            fail(dev, part, now_ms(), why, &mut readings);
+                            continue;
+                        }
+                        requests += 1;
+                        let Some(outcome) = self.exchange(dev, part, gap).await else {
+                            continue;
+                        };
+                        self.settle(
+                            dev,
+                            part,
+                            outcome,
+                            &mut readings,
+                            &mut first_error,
+                            &mut broken,
+                            &mut registers,
+                        );
                     }
+                    learned.push((r, parts));
                 }
+                outcome => self.settle(
+                    dev,
+                    req,
+                    outcome,
+                    &mut readings,
+                    &mut first_error,
+                    &mut broken,
+                    &mut registers,
+                ),
             }
         }
         (
@@ -215,6 +240,55 @@ impl Line {
             },
             requests,
             registers,
+            learned,
         )
+    }
+
+    /// One read on the open line, after the pause the bus keeps between
+    /// frames; `None` when the line is not open.
+    async fn exchange(
+        &mut self,
+        dev: &ModbusSpec,
+        req: &ReadRequest,
+        gap: Duration,
+    ) -> Option<Result<super::Data, ModbusError>> {
+        // No timer at all when the bus needs no pause (TCP without request_pause).
+        if let Some(last) = self.last_frame.filter(|_| !gap.is_zero()) {
+            sleep_until((last + gap).into()).await;
+        }
+        let open = self.ctx.as_mut()?;
+        let outcome = read(&mut open.ctx, &open.received, dev.unit, req, dev.timeout).await;
+        self.last_frame = Some(Instant::now());
+        Some(outcome)
+    }
+
+    /// Readings from a read's outcome; a broken line is dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        dev: &ModbusSpec,
+        req: &ReadRequest,
+        outcome: Result<super::Data, ModbusError>,
+        readings: &mut Vec<Reading>,
+        first_error: &mut Option<String>,
+        broken: &mut Option<String>,
+        registers: &mut u32,
+    ) {
+        let ts = now_ms();
+        match outcome {
+            Ok(data) => {
+                *registers += u32::from(req.count);
+                decode(dev, req, &data, ts, readings, first_error);
+            }
+            Err(e) => {
+                let why = e.to_string();
+                first_error.get_or_insert_with(|| why.clone());
+                fail(dev, req, ts, &why, readings);
+                if e.breaks_connection() {
+                    self.ctx = None;
+                    *broken = Some(why);
+                }
+            }
+        }
     }
 }

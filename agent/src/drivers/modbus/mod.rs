@@ -34,17 +34,23 @@ pub enum ModbusError {
     Garbled { bytes: u64, within: Duration },
     #[error("transport: {0}")]
     Transport(String),
-    #[error("device exception {0}")]
-    Device(String),
+    #[error("device exception {text}")]
+    Device { code: u8, text: String },
 }
 
 impl ModbusError {
+    /// The device refused the read's span or size (exception 02, illegal
+    /// data address, or 03, illegal data value): one read per point may work.
+    pub fn refused_span(&self) -> bool {
+        matches!(self, ModbusError::Device { code: 2 | 3, .. })
+    }
+
     /// Whether the connection can no longer be trusted: after a timeout,
     /// tokio-modbus could read the late reply as the answer to the next
     /// request, and after a garbled or mismatched frame the stream is out of
     /// step. Device exceptions are proper answers and keep the connection.
     pub fn breaks_connection(&self) -> bool {
-        !matches!(self, ModbusError::Device(_))
+        !matches!(self, ModbusError::Device { .. })
     }
 }
 
@@ -111,7 +117,12 @@ pub async fn read(
             });
         }
         Ok(Err(e)) => return Err(ModbusError::Transport(e.to_string())),
-        Ok(Ok(Err(code))) => return Err(ModbusError::Device(exception_text(code))),
+        Ok(Ok(Err(code))) => {
+            return Err(ModbusError::Device {
+                code: u8::from(code),
+                text: exception_text(code),
+            })
+        }
         Ok(Ok(Ok(data))) => data,
     };
     // Bit replies are padded to whole bytes; fewer than asked is a broken reply.

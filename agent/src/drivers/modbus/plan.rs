@@ -33,15 +33,18 @@ impl ReadRequest {
 /// Plans the reads for all of `points`, spanning at most `max_gap` unused
 /// registers (or bits) inside one request.
 pub fn plan(points: &[ModbusPoint], max_gap: u16) -> Vec<ReadRequest> {
-    plan_subset(points, 0..points.len(), max_gap)
+    plan_subset(points, 0..points.len(), max_gap, MAX_REGISTERS)
 }
 
 /// Plans the reads for the points at `subset` (one poll group); request
-/// point indices refer to `points`.
+/// point indices refer to `points`. `max_read`: most registers one read
+/// may ask for (devices that refuse more than the protocol allows, like the
+/// Eastron SDM630 past 80); bit reads keep the protocol's limit.
 pub fn plan_subset(
     points: &[ModbusPoint],
     subset: impl IntoIterator<Item = usize>,
     max_gap: u16,
+    max_read: u16,
 ) -> Vec<ReadRequest> {
     let mut order: Vec<usize> = subset.into_iter().collect();
     order.sort_by_key(|&i| (points[i].table, points[i].address, points[i].width()));
@@ -54,7 +57,7 @@ pub fn plan_subset(
         let limit = u32::from(if p.table.is_bits() {
             MAX_BITS
         } else {
-            MAX_REGISTERS
+            max_read.clamp(1, MAX_REGISTERS)
         });
         if let Some(cur) = requests.last_mut() {
             let same_table = cur.table == p.table;
@@ -74,6 +77,21 @@ pub fn plan_subset(
         });
     }
     requests
+}
+
+/// `req` split into one read per point: the fallback when a device refuses
+/// a read that spans registers it does not implement, or more of them than
+/// it takes at once (exceptions 02 and 03).
+pub fn split(points: &[ModbusPoint], req: &ReadRequest) -> Vec<ReadRequest> {
+    req.points
+        .iter()
+        .map(|&i| ReadRequest {
+            table: req.table,
+            start: points[i].address,
+            count: points[i].width(),
+            points: vec![i],
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -98,6 +116,28 @@ mod tests {
             not_available: Vec::new(),
             interval: None,
         }
+    }
+
+    #[test]
+    fn a_device_limit_on_registers_per_read_splits_an_88_register_span() {
+        // The SDM630 refuses more than 80 registers in one read.
+        let pts: Vec<ModbusPoint> = [0u16, 40, 86]
+            .iter()
+            .map(|&a| pt(Table::Input, a, DataType::Float32))
+            .collect();
+        let all = plan_subset(&pts, 0..3, 100, MAX_REGISTERS);
+        assert_eq!((all.len(), all[0].count), (1, 88));
+        let limited = plan_subset(&pts, 0..3, 100, 80);
+        assert!(limited.iter().all(|r| r.count <= 80), "{limited:?}");
+        assert_eq!(limited.len(), 2);
+        let one_each = split(&pts, &all[0]);
+        assert_eq!(
+            one_each
+                .iter()
+                .map(|r| (r.start, r.count))
+                .collect::<Vec<_>>(),
+            [(0, 2), (40, 2), (86, 2)]
+        );
     }
 
     #[test]
