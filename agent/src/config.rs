@@ -478,16 +478,20 @@ fn resolve_modbus(
     if d.interval < Duration::from_millis(100) {
         p.push(format!("{path}.interval"), "must be at least 100ms");
     }
-    if !(1..=crate::drivers::modbus::plan::MAX_REGISTERS).contains(&d.max_read) {
+    if d.max_read
+        .is_some_and(|n| !(1..=crate::drivers::modbus::plan::MAX_REGISTERS).contains(&n))
+    {
         p.push(format!("{path}.max_read"), "must be 1–125 registers");
     }
     let mut points: Vec<ModbusPoint> = Vec::new();
     let mut derived_defs: &[crate::derive::DerivedDef] = &[];
+    let mut profile_max_read = None;
     if let Some(name) = &d.profile {
         match profiles.get(name) {
             Some(Profile::Modbus(prof)) => {
                 points.extend(prof.points.iter().cloned());
                 derived_defs = &prof.derived;
+                profile_max_read = prof.max_read;
             }
             Some(Profile::Snmp(_)) => p.push(
                 format!("{path}.profile"),
@@ -547,11 +551,15 @@ fn resolve_modbus(
             .push(i);
     }
     let max_gap = if d.contiguous_only { 0 } else { d.max_gap };
+    let max_read = d
+        .max_read
+        .or(profile_max_read)
+        .unwrap_or(crate::drivers::modbus::plan::MAX_REGISTERS);
     let groups = by_interval
         .into_iter()
         .map(|(interval, idx)| PollGroup {
             interval,
-            requests: plan_subset(&points, idx, max_gap, d.max_read),
+            requests: plan_subset(&points, idx, max_gap, max_read),
         })
         .collect();
     let labels: Vec<Label> = points.iter().map(|p| Label::from(p.id.as_str())).collect();
@@ -1035,6 +1043,40 @@ mod tests {
                 .any(|g| g.starts_with("snmp[0].rows.inptu: no such table")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn the_meter_profile_reads_at_most_80_registers_and_a_device_may_lower_it() {
+        let text = |extra: &str| {
+            format!(
+                "site = \"s\"\nagent = \"a\"\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n\
+                 key = {{ value = \"{}\" }}\n[[modbus]]\nid = \"m\"\nroom = \"r\"\n\
+                 address = \"10.0.0.5:502\"\nprofile = \"three-phase-meter\"\n{extra}",
+                "ab".repeat(32)
+            )
+        };
+        let counts = |extra: &str| -> Vec<u16> {
+            let agent = AgentConfig::parse(&text(extra), Path::new("agent.toml")).unwrap();
+            agent.buses[0].devices[0]
+                .groups
+                .iter()
+                .flat_map(|g| g.requests.iter().map(|r| r.count))
+                .collect()
+        };
+        // A point at 30087 added to the profile's: 88 registers from the first.
+        let more = "max_gap = 60\n[[modbus.points]]\nid = \"thd\"\nquantity = \"voltage_thd\"\n\
+                    table = \"input\"\naddress = 86\ntype = \"float32\"\n";
+        assert!(counts(more).iter().all(|&c| c <= 80), "{:?}", counts(more));
+        let lower = format!("max_read = 40\n{more}");
+        assert!(counts(more).len() >= 2, "{:?}", counts(more));
+        assert!(
+            counts(&lower).iter().all(|&c| c <= 40),
+            "{:?}",
+            counts(&lower)
+        );
+        assert!(problems(&text("max_read = 200\n"))
+            .iter()
+            .any(|g| g.starts_with("modbus[0].max_read")));
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct ModbusProfile {
     /// Points worked out from the others in each poll (unbalance, dew point).
     #[serde(default)]
     pub derived: Vec<crate::derive::DerivedDef>,
+    /// Most registers the family takes in one read, when its map says
+    /// (a device's own `max_read` wins).
+    #[serde(default)]
+    pub max_read: Option<u16>,
 }
 
 /// An SNMP device family's scalars and tables.

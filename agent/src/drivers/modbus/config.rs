@@ -186,11 +186,11 @@ pub struct ModbusDevice {
     /// do not define: reads cover only runs of configured registers.
     #[serde(default)]
     pub contiguous_only: bool,
-    /// Most registers one read may ask for (1–125; the Eastron SDM630 takes
-    /// 80). A read the device refuses anyway (exception 02 or 03) is split
-    /// into one read per point, and that plan is kept.
-    #[serde(default = "default_max_read")]
-    pub max_read: u16,
+    /// Most registers one read may ask for (1–125); default: the profile's,
+    /// else the protocol's 125. A read the device refuses anyway (exception
+    /// 02 or 03) is split into one read per point, and that plan is kept.
+    #[serde(default)]
+    pub max_read: Option<u16>,
     /// Word order for every multi-register point of this device, overriding
     /// the profile (the same meter model ships ABCD and CDAB).
     #[serde(default)]
@@ -211,9 +211,6 @@ fn default_unit() -> u8 {
 }
 fn default_max_gap() -> u16 {
     8
-}
-fn default_max_read() -> u16 {
-    super::plan::MAX_REGISTERS
 }
 
 /// Per-device changes to one profile point.
