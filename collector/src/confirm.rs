@@ -8,7 +8,7 @@
 //! per agent, so they cost a fraction of the batches they answer.
 
 use crate::ingest::AbortOnDrop;
-use roomguard_protocol::{AgentKey, Confirm, Topic};
+use roomguard_protocol::{AgentSecret, Confirm, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -74,7 +74,7 @@ const CONFIRM_QUEUE: usize = 4_096;
 pub async fn run(
     confirmations: std::sync::Arc<Confirmations>,
     opts: MqttOptions,
-    secret: std::sync::Arc<str>,
+    secret: std::sync::Arc<AgentSecret>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     let (client, mut eventloop) = AsyncClient::new(opts, CONFIRM_QUEUE);
@@ -106,12 +106,8 @@ pub async fn run(
         for ((site, agent), c) in confirmations.take() {
             let topic = Topic::ack(&site, &agent);
             // Signed with the agent's key: the agent acts on nothing else
-            // (docs/PROTOCOL.md#authentication). Only agents whose batches
-            // verified are confirmed, so their ids make a key.
-            let Ok(key) = AgentKey::derive(&secret, &site, &agent) else {
-                continue;
-            };
-            let payload = key.sign(&topic, &c.to_json());
+            // (docs/PROTOCOL.md#authentication).
+            let payload = secret.key(&site, &agent).sign(&topic, &c.to_json());
             // Waits for room rather than dropping: while it waits, newer
             // confirmations gather and go out merged into ranges.
             if client

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::store::{now_ms, Ack, WriteCmd};
 use roomguard_protocol::conf::BrokerUrl;
 use roomguard_protocol::{
-    decode_batch, AgentKey, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES,
+    decode_batch, AgentSecret, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::collections::{HashMap, HashSet};
@@ -32,7 +32,7 @@ pub struct Settings {
     pub client_id: String,
     pub max_points_per_agent: usize,
     /// `[agents] secret`: every agent's key is derived from it.
-    pub secret: Arc<str>,
+    pub secret: Arc<AgentSecret>,
 }
 
 /// Connects to the broker and ingests until the store's queue closes.
@@ -360,7 +360,7 @@ fn ack_holding(ticket: Option<Ticket>, permit: Option<tokio::sync::OwnedSemaphor
 
 /// What a message is checked against and handed to.
 struct Handler {
-    secret: Arc<str>,
+    secret: Arc<AgentSecret>,
     metrics: Arc<Metrics>,
     store: mpsc::Sender<WriteCmd>,
     confirmations: Arc<Confirmations>,
@@ -404,8 +404,9 @@ impl Handler {
         // could make an agent drop a batch by naming its sequence number.
         // (Confirmations are the collector's own; see below.)
         if topic.kind != TopicKind::Ack {
-            if let Err(e) = AgentKey::derive(secret, &topic.site, &topic.agent)
-                .and_then(|k| k.verify(&p.topic, &p.payload))
+            if let Err(e) = secret
+                .key(&topic.site, &topic.agent)
+                .verify(&p.topic, &p.payload)
             {
                 tracing::warn!(site = %topic.site, agent = %topic.agent, error = %e, "message rejected: not signed with the agent's key");
                 refuse("unauthenticated", ticket);

@@ -387,7 +387,12 @@ async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             security,
             client_id: cfg.mqtt.client_id.clone(),
             max_points_per_agent: cfg.store.max_points_per_agent,
-            secret: cfg.agents.secret().map_err(anyhow::Error::msg)?.into(),
+            secret: Arc::new(
+                roomguard_protocol::AgentSecret::new(
+                    &cfg.agents.secret().map_err(anyhow::Error::msg)?,
+                )
+                .map_err(|e| anyhow::anyhow!("agents.secret: {e}"))?,
+            ),
         },
         metrics.clone(),
         store_tx,

@@ -53,17 +53,57 @@ const TAG_HEX: usize = 64;
 /// What precedes the tag at the end of a signed payload.
 const MEMBER: &[u8] = b"\"mac\":\"";
 
+/// The collector's `[agents] secret`, ready to derive agent keys: its HMAC
+/// key is set up once, not for every message.
+pub struct AgentSecret(hmac::Key);
+
+impl std::fmt::Debug for AgentSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentSecret(…)")
+    }
+}
+
+impl AgentSecret {
+    pub fn new(secret: &str) -> Result<AgentSecret, AuthError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(AuthError::ShortSecret);
+        }
+        Ok(AgentSecret(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            secret.as_bytes(),
+        )))
+    }
+
+    fn derive(&self, site: &str, agent: &str) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        // Zero bytes cannot occur in ids, so (site, agent) pairs never collide.
+        ctx.update(b"roomguard agent key v1\0");
+        ctx.update(site.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(agent.as_bytes());
+        ctx.sign()
+    }
+
+    /// The key of agent `agent` of `site`.
+    pub fn key(&self, site: &str, agent: &str) -> AgentKey {
+        AgentKey::from_bytes(self.derive(site, agent).as_ref())
+    }
+
+    /// Its hex form, for the agent's config (`mqtt.key`).
+    pub fn key_hex(&self, site: &str, agent: &str) -> String {
+        hex(self.derive(site, agent).as_ref())
+    }
+}
+
 impl AgentKey {
     /// The key of agent `agent` of `site` under the collector's `secret`.
     pub fn derive(secret: &str, site: &str, agent: &str) -> Result<AgentKey, AuthError> {
-        Ok(AgentKey::from_bytes(
-            derive_bytes(secret, site, agent)?.as_ref(),
-        ))
+        Ok(AgentSecret::new(secret)?.key(site, agent))
     }
 
     /// The hex form of [`AgentKey::derive`], for the agent's config.
     pub fn derive_hex(secret: &str, site: &str, agent: &str) -> Result<String, AuthError> {
-        Ok(hex(derive_bytes(secret, site, agent)?.as_ref()))
+        Ok(AgentSecret::new(secret)?.key_hex(site, agent))
     }
 
     fn from_bytes(bytes: &[u8]) -> AgentKey {
@@ -125,20 +165,6 @@ impl AgentKey {
             Err(AuthError::Mismatch)
         }
     }
-}
-
-fn derive_bytes(secret: &str, site: &str, agent: &str) -> Result<hmac::Tag, AuthError> {
-    if secret.len() < MIN_SECRET_LEN {
-        return Err(AuthError::ShortSecret);
-    }
-    let master = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let mut ctx = hmac::Context::with_key(&master);
-    // Zero bytes cannot occur in ids, so (site, agent) pairs never collide.
-    ctx.update(b"roomguard agent key v1\0");
-    ctx.update(site.as_bytes());
-    ctx.update(b"\0");
-    ctx.update(agent.as_bytes());
-    Ok(ctx.sign())
 }
 
 /// A signed payload's body (without the tag member and the closing brace)

@@ -18,7 +18,7 @@ pub mod mqtt;
 pub mod status;
 pub mod topic;
 
-pub use auth::{AgentKey, AuthError};
+pub use auth::{AgentKey, AgentSecret, AuthError};
 pub use batch::{decode_batch, Batch, Label, PointMeta, Quality, Reading, RejectReason};
 pub use confirm::{Confirm, ConfirmError, SeqRange};
 pub use ident::{validate_id, IdError};

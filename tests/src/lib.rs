@@ -539,6 +539,24 @@ pub fn start_agent(dir: &Path, config_text: &str) -> Result<Proc> {
     Proc::spawn("agent", cmd, dir)
 }
 
+/// Waits until `point` has a newer reading than it has now: readings still
+/// reach the store.
+pub async fn newer_reading(client: &reqwest::Client, http: &str, point: &str) -> Result<()> {
+    let before = latest_point(client, http, point)
+        .await
+        .with_context(|| format!("no reading of {point}"))?["ts"]
+        .clone();
+    eventually(
+        Duration::from_secs(60),
+        &format!("a newer reading of {point}"),
+        || async {
+            let now = latest_point(client, http, point).await?;
+            (now["ts"] != before).then_some(())
+        },
+    )
+    .await
+}
+
 /// The latest reading of `point` from the collector's API.
 pub async fn latest_point(client: &reqwest::Client, http: &str, point: &str) -> Option<Value> {
     let doc = get_json(client, &format!("{http}/api/v1/latest")).await?;

@@ -140,15 +140,7 @@ async fn a_full_store_disk_turns_health_degraded_with_the_reason_and_back_when_f
         metric(&client, &http, "roomguard_store_failing_seconds").await,
         0
     );
-    let before = latest_point(&client, &http, "br-h2-1.h2")
-        .await
-        .context("h2")?["ts"]
-        .clone();
-    eventually(PATIENCE, "readings flowing again", || async {
-        let now = latest_point(&client, &http, "br-h2-1.h2").await?;
-        (now["ts"] != before).then_some(())
-    })
-    .await?;
+    newer_reading(&client, &http, "br-h2-1.h2").await?;
     Ok(())
 }
 

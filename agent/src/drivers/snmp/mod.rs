@@ -75,6 +75,8 @@ pub struct SnmpPoller {
     /// fails or comes back empty, each still gets a bad reading saying why,
     /// so a table (or a device with only tables) that vanishes is seen.
     known_rows: HashMap<(usize, usize), Vec<String>>,
+    /// Tables whose `rows_oid` the agent does not have: not asked again.
+    no_row_count: std::collections::HashSet<String>,
 }
 
 /// `host:port` from a configured address, adding `port` when it has none
@@ -210,6 +212,7 @@ impl SnmpPoller {
             requests: 0,
             meta: Vec::new(),
             known_rows: HashMap::new(),
+            no_row_count: std::collections::HashSet::new(),
         }
     }
 
@@ -544,13 +547,21 @@ impl SnmpPoller {
         if let Some(n) = self.spec.device.rows.get(&table.id) {
             return Some(u64::from(*n));
         }
+        if self.no_row_count.contains(&table.id) {
+            return None;
+        }
         let oid = parse_oid(table.rows_oid.as_deref()?).ok()?;
         let oid = Oid::from(&oid).ok()?;
+        // A failed request (a timeout) is asked again next poll; an answer
+        // without a count is kept, so the poll costs no extra request.
         let vbs = self.request(Op::Get(&[&oid])).await.ok()?;
         match vbs.first().map(|(_, v)| v) {
             Some(SnmpValue::Integer(n)) if *n >= 0 => Some(*n as u64),
             Some(SnmpValue::Gauge(n) | SnmpValue::Counter32(n)) => Some(u64::from(*n)),
-            _ => None,
+            _ => {
+                self.no_row_count.insert(table.id.clone());
+                None
+            }
         }
     }
 
