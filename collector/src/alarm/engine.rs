@@ -128,6 +128,8 @@ pub struct Transition {
 pub enum Scope {
     Point,
     Room,
+    /// One device's points (`every` composites).
+    Device,
     Agent,
 }
 
@@ -191,6 +193,7 @@ impl Instance {
         match self.scope {
             Scope::Point => format!("{id}|{}|p|{}", self.site, self.point),
             Scope::Room => format!("{id}|{}|r|{}", self.site, self.room),
+            Scope::Device => format!("{id}|{}|d|{}", self.site, self.device),
             Scope::Agent => format!("{id}|{}|a|{}", self.site, self.agent),
         }
     }
@@ -220,6 +223,10 @@ struct AgentClock {
     timed: BinaryHeap<Reverse<(Ts, usize)>>,
 }
 
+/// A composite instance's group: site, room, device (empty for a room
+/// composite), rule.
+type GroupKey = (Arc<str>, Arc<str>, Arc<str>, usize);
+
 struct PointEntry {
     agent: usize,
     room: Arc<str>,
@@ -235,8 +242,9 @@ pub struct Engine {
     agents: Vec<AgentClock>,
     /// Agents by site, then agent id (nested so lookups borrow `&str`).
     agent_index: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
-    /// Composite instances by (site, room, rule).
-    rooms: HashMap<(Arc<str>, Arc<str>, usize), usize>,
+    /// Composite instances by (site, room, device, rule); the device is
+    /// empty for room composites.
+    rooms: HashMap<GroupKey, usize>,
     /// Active alarms per (site, rule), for inhibition.
     active: HashMap<(Arc<str>, usize), u32>,
     /// Rules containing each rule (composites), and rules it inhibits.
@@ -464,9 +472,9 @@ impl Engine {
             if self.rules.rules[rule].cond == Cond::Silent {
                 self.agents[a].silent.push(i);
             }
-            // Composites in this room that count this rule.
+            // Composites in this room (or of this device) that count this rule.
             for parent_rule in self.parents_of[rule].clone() {
-                let c = self.room_instance(parent_rule, &site_arc, &room, a);
+                let c = self.group_instance(parent_rule, &site_arc, &room, &device, a);
                 if let Some(c) = c {
                     self.instances[c].members.push(i);
                     self.instances[i].parents.push(c);
@@ -509,33 +517,54 @@ impl Engine {
         self.retired_out = out;
     }
 
-    fn room_instance(
+    /// The composite instance of `rule` for this room, or for this device
+    /// of the room when the rule groups by device (`every`).
+    fn group_instance(
         &mut self,
         rule: usize,
         site: &Arc<str>,
         room: &Arc<str>,
+        device: &Arc<str>,
         a: usize,
     ) -> Option<usize> {
-        if let Some(i) = self.rooms.get(&(site.clone(), room.clone(), rule)) {
+        let per_device = matches!(
+            self.rules.rules[rule].cond,
+            Cond::Composite {
+                need: Need::Every,
+                ..
+            }
+        );
+        let empty: Arc<str> = "".into();
+        let group = if per_device {
+            device.clone()
+        } else {
+            empty.clone()
+        };
+        let key = (site.clone(), room.clone(), group.clone(), rule);
+        if let Some(i) = self.rooms.get(&key) {
             return Some(*i);
         }
         let params = self.rules.params(rule, site, room);
         if !params.enabled {
             return None;
         }
-        let empty: Arc<str> = "".into();
         let labels = [
             site.clone(),
             self.agents[a].agent.clone(),
             room.clone(),
-            empty.clone(),
+            group,
             empty,
         ];
-        let i = self.push(Instance::new(rule, Scope::Room, labels, params, a));
-        self.rooms.insert((site.clone(), room.clone(), rule), i);
+        let scope = if per_device {
+            Scope::Device
+        } else {
+            Scope::Room
+        };
+        let i = self.push(Instance::new(rule, scope, labels, params, a));
+        self.rooms.insert(key, i);
         // A composite can be a member of another composite.
         for parent_rule in self.parents_of[rule].clone() {
-            if let Some(c) = self.room_instance(parent_rule, site, room, a) {
+            if let Some(c) = self.group_instance(parent_rule, site, room, device, a) {
                 self.instances[c].members.push(i);
                 self.instances[i].parents.push(c);
             }
@@ -708,6 +737,9 @@ impl Engine {
         let cond = match need {
             Need::All => of.iter().all(|&r| true_of(r) > 0),
             Need::Any => of.iter().any(|&r| true_of(r) > 0),
+            Need::Every => {
+                !members.is_empty() && members.iter().all(|&m| self.instances[m].live.cond)
+            }
             Need::AtLeast(_) => {
                 let k = inst.params.threshold.max(1.0) as usize;
                 of.iter().map(|&r| true_of(r)).sum::<usize>() >= k
@@ -1591,6 +1623,138 @@ clear_delay = "0s"
             out.extend(poll(&mut engine, T0 + k * 10 * S, "normal", 8.0));
         }
         assert_eq!(of_rule(&engine, &out), [Kind::Raise, Kind::Clear]);
+    }
+
+    /// Issue 20, item 7: with L3 at 0 V and L1/L2 healthy the collector
+    /// raised a room-wide mains failure. Now one phase lost is phase loss on
+    /// that phase; every phase of the meter lost is mains failure (which
+    /// explains the phase losses); a single-line UPS whose input is lost is a
+    /// supply lost too, while its output lines never count as its supply.
+    #[test]
+    fn one_phase_lost_is_phase_loss_and_every_phase_lost_is_mains_failure() {
+        let mut engine = builtin_engine();
+        let points = [
+            ("m.voltage_a", "m"),
+            ("m.voltage_b", "m"),
+            ("m.voltage_c", "m"),
+            ("ups.input.1.voltage", "ups"),
+            ("ups.output.1.voltage", "ups"),
+        ];
+        for (id, device) in points {
+            engine.describe("s", "a", device, &meta(id, "pd", "voltage"));
+        }
+        let rules = engine.rules().clone();
+        let mut seq = 0;
+        let mut t = T0;
+        // Polls every 10 s for `secs` with these volts (a, b, c, ups in, ups out).
+        let mut run = |engine: &mut Engine, secs: i64, v: [f64; 5]| {
+            let mut o = Vec::new();
+            for _ in 0..secs / 10 {
+                seq += 1;
+                t += 10 * S;
+                let readings = points
+                    .iter()
+                    .zip(v)
+                    .map(|((id, _), v)| good(id, t, v, None))
+                    .collect();
+                engine.observe(&batch_of(seq, t, readings), t + S, &mut o);
+            }
+            o
+        };
+        // Recorded transitions (building blocks are never recorded).
+        let told = |engine: &Engine, o: &[Transition]| -> Vec<(String, String, Kind, bool)> {
+            o.iter()
+                .filter(|tr| !rules.rules[engine.instance(tr.instance).rule].feeds_only)
+                .map(|tr| {
+                    let i = engine.instance(tr.instance);
+                    let room_or_point = if i.point.is_empty() {
+                        &i.room
+                    } else {
+                        &i.point
+                    };
+                    (
+                        rules.rules[i.rule].id.clone(),
+                        room_or_point.to_string(),
+                        tr.kind,
+                        tr.inhibited,
+                    )
+                })
+                .collect()
+        };
+        let healthy = [230.0; 5];
+        assert!(run(&mut engine, 300, healthy).is_empty(), "healthy: quiet");
+        // Notified: recorded and not explained by another alarm.
+        let notified = |o: Vec<(String, String, Kind, bool)>| -> Vec<(String, String, Kind)> {
+            o.into_iter()
+                .filter(|x| !x.3)
+                .map(|(r, p, k, _)| (r, p, k))
+                .collect()
+        };
+        // L3 lost, L1 and L2 healthy: phase loss on L3 only.
+        let o = run(&mut engine, 300, [230.0, 230.0, 0.0, 230.0, 230.0]);
+        assert_eq!(
+            notified(told(&engine, &o)),
+            [(
+                "electrical.phase_loss".to_owned(),
+                "m.voltage_c".to_owned(),
+                Kind::Raise,
+            )]
+        );
+        let o = run(&mut engine, 300, healthy);
+        assert!(
+            told(&engine, &o).iter().all(|x| x.2 == Kind::Clear),
+            "L3 back: cleared: {o:?}"
+        );
+        // Every phase of the meter lost: mains failure, which explains the
+        // three phase losses raised after it.
+        let o = run(&mut engine, 300, [0.0, 0.0, 0.0, 230.0, 230.0]);
+        let o = told(&engine, &o);
+        assert_eq!(
+            notified(o.clone()),
+            [(
+                "electrical.mains_failure".to_owned(),
+                "pd".to_owned(),
+                Kind::Raise,
+            )]
+        );
+        let explained: Vec<_> = o
+            .iter()
+            .filter(|x| x.0 == "electrical.phase_loss")
+            .map(|x| (x.1.as_str(), x.2, x.3))
+            .collect();
+        assert_eq!(
+            explained,
+            [
+                ("m.voltage_a", Kind::Raise, true),
+                ("m.voltage_b", Kind::Raise, true),
+                ("m.voltage_c", Kind::Raise, true)
+            ]
+        );
+        let o = run(&mut engine, 300, healthy);
+        assert!(
+            told(&engine, &o).iter().all(|x| x.2 == Kind::Clear),
+            "all cleared: {o:?}"
+        );
+        // The UPS's output alone at 0 V is no mains failure…
+        let o = run(&mut engine, 300, [230.0, 230.0, 230.0, 230.0, 0.0]);
+        assert!(
+            told(&engine, &o)
+                .iter()
+                .all(|(r, _, _, _)| r != "electrical.mains_failure"),
+            "{o:?}"
+        );
+        run(&mut engine, 300, healthy);
+        // …its one input line lost is.
+        let o = run(&mut engine, 300, [230.0, 230.0, 230.0, 0.0, 230.0]);
+        assert!(
+            told(&engine, &o).contains(&(
+                "electrical.mains_failure".to_owned(),
+                "pd".to_owned(),
+                Kind::Raise,
+                false
+            )),
+            "{o:?}"
+        );
     }
 
     #[test]

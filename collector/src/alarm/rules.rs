@@ -134,6 +134,10 @@ pub struct Select {
     pub device: Option<String>,
     #[serde(default)]
     pub point: Option<String>,
+    /// Points matching this glob are left out (a UPS's output lines are not
+    /// its supply).
+    #[serde(default)]
+    pub except_point: Option<String>,
 }
 
 /// The condition, exactly one kind per rule.
@@ -171,6 +175,9 @@ pub struct When {
     /// …or at least this many points' conditions among the rules in `of`.
     pub at_least: Option<usize>,
     pub of: Option<Vec<String>>,
+    /// Per device: this point rule's condition is true on every point of
+    /// one device it watches (all phases of a meter without voltage).
+    pub every: Option<String>,
 }
 
 /// A compiled condition.
@@ -216,6 +223,8 @@ pub enum Need {
     All,
     Any,
     AtLeast(usize),
+    /// Device-scoped: every watched point of one device (one member rule).
+    Every,
 }
 
 /// Numbers of a rule for one instance, after overrides.
@@ -411,6 +420,27 @@ impl RuleSet {
                 None => rules.push(placeholder(d)),
             }
         }
+        // `every` groups one device's points, so it can only count a rule
+        // that judges points, not another composite.
+        for r in &rules {
+            if let Cond::Composite {
+                of,
+                need: Need::Every,
+            } = &r.cond
+            {
+                for &m in of {
+                    if matches!(rules[m].cond, Cond::Composite { .. } | Cond::AgentSilent) {
+                        p.push(
+                            format!("rules: {}", r.id),
+                            format!(
+                                "when.every names {:?}, which does not judge points",
+                                rules[m].id
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         // Composites of composites must not loop (A in B, B in A would
         // latch true for ever).
         for (i, r) in rules.iter().enumerate() {
@@ -576,6 +606,7 @@ impl RuleSet {
             && s.room.as_deref().is_none_or(|g| glob(g, room))
             && s.device.as_deref().is_none_or(|g| glob(g, device))
             && s.point.as_deref().is_none_or(|g| glob(g, point))
+            && s.except_point.as_deref().is_none_or(|g| !glob(g, point))
     }
 }
 
@@ -660,6 +691,7 @@ fn compile(
         w.all.is_some(),
         w.any.is_some(),
         w.at_least.is_some(),
+        w.every.is_some(),
     ]
     .iter()
     .filter(|k| **k)
@@ -667,7 +699,7 @@ fn compile(
     if kinds != 1 {
         p.push(
             format!("{path}.when"),
-            "needs exactly one of above, below, rise, equals, text, bit, silent, agent_silent, all, any, at_least",
+            "needs exactly one of above, below, rise, equals, text, bit, silent, agent_silent, all, any, at_least, every",
         );
         return None;
     }
@@ -744,6 +776,14 @@ fn compile(
             Cond::Composite {
                 of: refs(ids, "any", p),
                 need: Need::Any,
+            },
+            0.0,
+        )
+    } else if let Some(id) = &w.every {
+        (
+            Cond::Composite {
+                of: refs(std::slice::from_ref(id), "every", p),
+                need: Need::Every,
             },
             0.0,
         )
