@@ -315,6 +315,7 @@ impl HealthExt for DeviceHealth {
             last_error: None,
             last_latency_ms: None,
             cycle_overruns: 0,
+            reads_split: 0,
         }
     }
 
@@ -497,6 +498,7 @@ impl Publisher {
             return Ok(None);
         };
         h.last_latency_ms = Some(poll.latency.as_millis() as u64);
+        h.reads_split = poll.reads_split;
         let good = poll.result.any_good();
         if good {
             h.last_success = Some(poll.polled_at);

@@ -29,6 +29,14 @@ pub struct DeviceHealth {
     /// the configured rates (slow device, long pauses, too many points).
     #[serde(default)]
     pub cycle_overruns: u64,
+    /// Reads the device refused whole (Modbus exception 02/03) and that are
+    /// made one point at a time since: the read plan the agent learned.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reads_split: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

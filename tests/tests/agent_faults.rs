@@ -445,7 +445,7 @@ async fn hostile_devices_are_reported_and_never_stop_the_healthy_ones() -> Resul
 /// Issue 20: a device that refuses reads larger than it takes (exception
 /// 03) made every point of the read bad, poll after poll. The agent splits
 /// the refused read into one read per point, keeps that plan, and the
-/// points are good; it says so once in its log.
+/// points are good; it says so once in its log and in its status.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_that_refuses_a_large_read_is_read_point_by_point_and_its_points_are_good(
 ) -> Result<()> {
@@ -467,7 +467,10 @@ async fn a_device_that_refuses_a_large_read_is_read_point_by_point_and_its_point
         || async {
             let devices = device_health(&client, &http).await?;
             let h = health_of(&devices, "picky")?;
-            (h["last_success"].as_i64()? > since + 2_000 && h["consecutive_failures"] == 0)
+            // The learned plan is in the status: one read split.
+            (h["last_success"].as_i64()? > since + 2_000
+                && h["consecutive_failures"] == 0
+                && h["reads_split"] == 1)
                 .then_some(())
         },
     )

@@ -41,6 +41,8 @@ pub struct DevicePoll {
     pub registers: u32,
     /// What the device's points are; the publisher sends it along now and then.
     pub meta: Arc<[PointMeta]>,
+    /// Reads split so far because the device refused them whole.
+    pub reads_split: u32,
 }
 
 /// Exponential backoff with jitter for a failing device: it is retried at

@@ -63,6 +63,8 @@ function deviceHealth(site, agent, device) {
   const a = data.agents.get(`${site}/${agent}`);
   const d = a?.devices?.find?.((x) => x.device === device);
   if (d && d.consecutive_failures > 0) out.push(badge("bad", t("room.device_health", { n: d.consecutive_failures, err: d.last_error ?? "" })));
+  // Not a fault: the agent reads these points one by one since the device refused a larger read.
+  if (d && d.reads_split > 0) out.push(badge("muted", t("room.reads_split", { n: d.reads_split })));
   return out;
 }
 

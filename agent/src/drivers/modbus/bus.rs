@@ -21,6 +21,8 @@ struct DeviceState {
     failures: u32,
     /// While set, the device is not polled (backoff after failures).
     retry_at: Option<Instant>,
+    /// Reads split since start because the device refused them whole.
+    reads_split: u32,
 }
 
 /// Slots per interval that first polls are spread over.
@@ -59,6 +61,7 @@ impl BusRunner {
                 due: d.groups.iter().map(|g| now + phase(g.interval)).collect(),
                 failures: 0,
                 retry_at: None,
+                reads_split: 0,
             })
             .collect();
         BusRunner {
@@ -109,6 +112,7 @@ impl BusRunner {
             let kept = &mut self.spec.devices[d].groups[g].requests;
             for (r, parts) in learned.into_iter().rev() {
                 kept.splice(r..=r, parts);
+                self.states[d].reads_split += 1;
             }
 
             let st = &mut self.states[d];
@@ -139,6 +143,7 @@ impl BusRunner {
                 requests,
                 registers,
                 meta: self.spec.devices[d].meta.clone(),
+                reads_split: self.states[d].reads_split,
             };
             if tx.send(poll).await.is_err() {
                 return; // publisher gone: shutting down

@@ -629,6 +629,7 @@ impl SnmpPoller {
                 registers: result.readings.len() as u32,
                 result,
                 meta: Arc::from(std::mem::take(&mut self.meta)),
+                reads_split: 0,
             };
             if tx.send(poll).await.is_err() {
                 return;
