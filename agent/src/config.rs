@@ -4,7 +4,7 @@
 
 use crate::drivers::modbus::config::{BusConfig, ModbusDevice, ModbusPoint, Transport};
 use crate::drivers::modbus::plan::{plan_subset, ReadRequest};
-use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable};
+use crate::drivers::snmp::config::{SnmpDevice, SnmpPoint, SnmpTable, TrapDef, TrapListen};
 use crate::link::ConfirmBy;
 use crate::profiles::{Profile, Profiles};
 use crate::spool::{Limits, OnFull};
@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub modbus: Vec<ModbusDevice>,
     #[serde(default)]
     pub snmp: Vec<SnmpDevice>,
+    /// Receive SNMP traps and informs from the SNMP devices; off when absent.
+    #[serde(default)]
+    pub snmp_traps: Option<TrapListen>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -210,6 +213,8 @@ pub struct SnmpSpec {
     /// Shared, so each poll walks them without copying.
     pub points: Arc<[SnmpPoint]>,
     pub tables: Arc<[SnmpTable]>,
+    /// Notifications it sends: the profile's, then the device's own.
+    pub traps: Vec<TrapDef>,
 }
 
 /// A loaded configuration with everything resolved.
@@ -285,6 +290,12 @@ impl AgentConfig {
             p.push(
                 "modbus",
                 "no devices configured; the agent would have nothing to poll",
+            );
+        }
+        if self.snmp_traps.is_some() && self.snmp.is_empty() {
+            p.push(
+                "snmp_traps",
+                "no [[snmp]] device to receive traps from: traps are taken only from configured devices",
             );
         }
         let profiles_dir = self.profiles_dir.as_ref().map(|d| relative_to(file, d));
@@ -675,11 +686,13 @@ fn resolve_snmp(
 ) -> Option<SnmpSpec> {
     let mut points = Vec::new();
     let mut tables = Vec::new();
+    let mut traps = Vec::new();
     if let Some(name) = &d.profile {
         match profiles.get(name) {
             Some(Profile::Snmp(prof)) => {
                 points.extend(prof.points.iter().cloned());
                 tables.extend(prof.tables.iter().cloned());
+                traps.extend(prof.traps.iter().cloned());
             }
             Some(Profile::Modbus(_)) => p.push(
                 format!("{path}.profile"),
@@ -728,10 +741,13 @@ fn resolve_snmp(
         );
     }
     SnmpDevice::check_points(path, &points, &tables, p);
+    traps.extend(d.traps.iter().cloned());
+    SnmpDevice::check_traps(path, &traps, &points, p);
     Some(SnmpSpec {
         device: d.clone(),
         points: points.into(),
         tables: tables.into(),
+        traps,
     })
 }
 
@@ -1041,6 +1057,59 @@ mod tests {
         assert!(
             got.iter()
                 .any(|g| g.starts_with("snmp[0].rows.inptu: no such table")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn traps_come_from_the_profile_and_a_wrong_one_is_named_by_path() {
+        let text = r#"
+            site = "s"
+            agent = "a"
+            [mqtt]
+            url = "mqtt://127.0.0.1"
+            key = { value = "abababababababababababababababababababababababababababababababab" }
+            [snmp_traps]
+            listen = "127.0.0.1:10162"
+            [[snmp]]
+            id = "ups"
+            room = "r"
+            profile = "ups-mib"
+            address = "10.0.0.9"
+            version = "v2c"
+            community = { value = "public" }
+            [[snmp.traps]]
+            name = "vendorOnBattery"
+            oid = "1.3.6.1.4.1.99999.0.5"
+            set = { point = "output_source", value = 5 }
+        "#;
+        let agent = AgentConfig::parse(text, Path::new("agent.toml")).unwrap();
+        let names: Vec<&str> = agent.snmp[0]
+            .traps
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert!(names.contains(&"upsTrapOnBattery") && names.contains(&"vendorOnBattery"));
+
+        let wrong = text
+            .replace("\"output_source\"", "\"output_sauce\"")
+            .replace("1.3.6.1.4.1.99999.0.5", "1.3.6.1.2.1.33.2.1");
+        let got = problems(&wrong);
+        for want in [
+            "snmp[0].traps[4].set.point: \"output_sauce\" is not a scalar point",
+            "snmp[0].traps[4].oid: listed twice",
+        ] {
+            assert!(got.iter().any(|g| g.starts_with(want)), "{want}: {got:?}");
+        }
+        let modbus_only = format!(
+            "{}[[modbus]]\nid = \"th\"\nroom = \"r\"\naddress = \"127.0.0.1:502\"\nunit = 1\nprofile = \"generic-th-sensor\"\n",
+            &text[..text.find("[[snmp]]").unwrap()]
+        );
+        let alone = modbus_only;
+        let got = problems(&alone);
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("snmp_traps: no [[snmp]] device")),
             "{got:?}"
         );
     }

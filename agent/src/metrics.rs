@@ -33,6 +33,8 @@ pub struct AgentMetrics {
     pub spool_write_errors: AtomicU64,
     /// Spool writes (and syncs) failing, since when.
     pub spool_failing: Failing,
+    /// SNMP notifications received, by outcome.
+    pub traps: Arc<crate::drivers::snmp::trap::TrapCounters>,
 }
 
 impl AgentMetrics {
@@ -105,6 +107,11 @@ impl AgentMetrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Relaxed)
             );
+        }
+        let name = "roomguard_agent_snmp_traps_total";
+        let _ = writeln!(out, "# HELP {name} SNMP notifications received, by outcome: known (acted on), unknown (in no profile), refused (community or credentials), unknown_source, malformed.\n# TYPE {name} counter");
+        for (outcome, v) in self.traps.by_outcome() {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {v}");
         }
         let _ = writeln!(
             out,

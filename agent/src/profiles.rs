@@ -4,7 +4,7 @@
 //! `profiles_dir` adds more (or replaces a shipped one of the same name).
 
 use crate::drivers::modbus::config::ModbusPoint;
-use crate::drivers::snmp::config::{SnmpPoint, SnmpTable};
+use crate::drivers::snmp::config::{SnmpPoint, SnmpTable, TrapDef};
 use roomguard_protocol::conf::{self, Problems};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -78,6 +78,9 @@ pub struct SnmpProfile {
     pub points: Vec<SnmpPoint>,
     #[serde(default)]
     pub tables: Vec<SnmpTable>,
+    /// Notifications the family sends and what they mean.
+    #[serde(default)]
+    pub traps: Vec<TrapDef>,
 }
 
 #[derive(Debug, Clone)]

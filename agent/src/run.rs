@@ -49,6 +49,8 @@ pub enum AgentError {
     Broker(String),
     #[error("metrics.listen: {0}")]
     Metrics(std::io::Error),
+    #[error("snmp_traps.listen: {0}")]
+    Traps(String),
 }
 
 /// Wall-clock time in ms since the Unix epoch.
@@ -171,6 +173,16 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         None => None,
     };
 
+    let (mut trap_rx, traps_addr) = match &cfg.snmp_traps {
+        Some(t) => {
+            let (listener, receivers) = trap_listener(t, &snmp, metrics.traps.clone()).await?;
+            let addr = listener.socket.local_addr().ok();
+            tracing::info!(listen = ?addr, devices = listener.targets.len(), "receiving SNMP traps");
+            tasks.spawn(listener.run());
+            (receivers, addr)
+        }
+        None => (HashMap::new(), None),
+    };
     let (tx, rx) = mpsc::channel::<DevicePoll>(POLL_QUEUE);
     for bus in buses {
         for d in &bus.devices {
@@ -181,7 +193,13 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     }
     for s in snmp {
         tracing::info!(device = %s.device.id, points = s.points.len(), tables = s.tables.len(), "polling (SNMP)");
-        tasks.spawn(SnmpPoller::new(s).run(tx.clone()));
+        let traps = trap_rx.remove(&s.device.id);
+        let poller = SnmpPoller::new(s);
+        let poller = match traps {
+            Some(rx) => poller.with_traps(rx),
+            None => poller,
+        };
+        tasks.spawn(poller.run(tx.clone()));
     }
     drop(tx);
     // Scripts and tests wait for this line rather than sleeping. It also says
@@ -191,6 +209,7 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         serde_json::json!({
             "event": "ready",
             "metrics": metrics_addr,
+            "traps": traps_addr,
             "first_seq": first_seq,
             "spool": {
                 "pending": report.pending_batches,
@@ -343,6 +362,65 @@ impl HealthExt for DeviceHealth {
             }
         }
     }
+}
+
+/// Binds the trap receiver and makes one channel per SNMP device (by id).
+async fn trap_listener(
+    t: &crate::drivers::snmp::config::TrapListen,
+    snmp: &[crate::config::SnmpSpec],
+    counters: Arc<crate::drivers::snmp::trap::TrapCounters>,
+) -> Result<
+    (
+        crate::drivers::snmp::trap::TrapListener,
+        HashMap<String, mpsc::Receiver<crate::drivers::snmp::trap::TrapEvent>>,
+    ),
+    AgentError,
+> {
+    use crate::drivers::snmp::{community_of, trap, V3Credentials};
+    let socket = tokio::net::UdpSocket::bind(t.listen).await.map_err(|e| {
+        let hint = if t.listen.port() < 1024 && e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (ports below 1024 need CAP_NET_BIND_SERVICE; or use a port above 1023 and point the devices at it)"
+        } else {
+            ""
+        };
+        AgentError::Traps(format!("cannot listen on {}: {e}{hint}", t.listen))
+    })?;
+    let mut targets = Vec::new();
+    let mut receivers = HashMap::new();
+    for s in snmp {
+        let d = &s.device;
+        let addr = crate::drivers::snmp::with_default_port(&d.address, 161);
+        // Traps come from the device's own address; a name is looked up
+        // once here (a device whose name does not resolve sends none we
+        // could place, which the log says).
+        let ips: Vec<std::net::IpAddr> = match tokio::net::lookup_host(addr.as_str()).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(e) => {
+                tracing::warn!(device = %d.id, address = %d.address, error = %e,
+                    "cannot resolve the device's address; its traps will count as unknown_source");
+                Vec::new()
+            }
+        };
+        let (tx, rx) = mpsc::channel(16);
+        receivers.insert(d.id.clone(), rx);
+        targets.push(trap::TrapTarget {
+            device: d.id.clone(),
+            ips,
+            community: community_of(d),
+            v3: d.v3.as_ref().map(V3Credentials::from_config),
+            traps: trap::by_oid(&s.traps),
+            points: s.points.iter().map(|p| (p.id.clone(), p.clone())).collect(),
+            tx,
+        });
+    }
+    Ok((
+        trap::TrapListener {
+            socket,
+            targets,
+            counters,
+        },
+        receivers,
+    ))
 }
 
 /// Keeps the MQTT connection up and tells the link what happened to each

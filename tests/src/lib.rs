@@ -1016,3 +1016,50 @@ impl SmtpReceiver {
         out
     }
 }
+
+/// A net-snmp `snmpd` on a loopback UDP port, stopped when dropped.
+pub struct Snmpd {
+    _proc: Proc,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+}
+
+/// snmpd serving `conf_text` (its own config only, its persistent state in
+/// `dir`); `None` outside CI when snmpd is not installed.
+pub fn start_snmpd_with(dir: &Path, conf_text: &str) -> Result<Option<Snmpd>> {
+    let Some(program) = external("snmpd", "snmpd") else {
+        return Ok(None);
+    };
+    let conf = dir.join("snmpd.conf");
+    std::fs::write(&conf, conf_text)?;
+    let persist = dir.join("snmp-persist");
+    std::fs::create_dir_all(&persist)?;
+    // A UDP port the OS says is free now; retried if snmpd loses the race.
+    let mut last = anyhow::anyhow!("snmpd did not start");
+    for attempt in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = Command::new(&program);
+        // -C: read only our file; the persistent dir keeps snmpd out of /var/lib/snmp.
+        cmd.env("SNMP_PERSISTENT_DIR", &persist)
+            .env("MIBS", "")
+            .env("MIBDIRS", "/nonexistent")
+            .args(["-f", "-Lo", "-C", "-c"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.join(format!("snmpd-{attempt}.pid")))
+            .arg(format!("udp:127.0.0.1:{port}"));
+        let mut proc = Proc::spawn(&format!("snmpd-{attempt}"), cmd, dir)?;
+        match proc.wait_line("NET-SNMP version", Duration::from_secs(10)) {
+            Ok(_) => {
+                return Ok(Some(Snmpd {
+                    _proc: proc,
+                    addr: format!("127.0.0.1:{port}"),
+                }))
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

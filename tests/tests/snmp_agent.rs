@@ -7,8 +7,6 @@ use roomguard_agent::config::AgentConfig;
 use roomguard_agent::drivers::snmp::SnmpPoller;
 use roomguard_e2e::*;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 /// A UPS (RFC 1628 values) with a three-line output table.
 const SNMPD_CONF: &str = r#"
@@ -26,52 +24,8 @@ override .1.3.6.1.2.1.33.1.4.4.1.2.2 integer 221
 override .1.3.6.1.2.1.33.1.4.4.1.2.3 integer 222
 "#;
 
-struct Snmpd {
-    _proc: Proc,
-    addr: String,
-}
-
 fn start_snmpd(dir: &Path) -> Result<Option<Snmpd>> {
     start_snmpd_with(dir, SNMPD_CONF)
-}
-
-/// snmpd serving `conf`.
-fn start_snmpd_with(dir: &Path, conf_text: &str) -> Result<Option<Snmpd>> {
-    let Some(program) = external("snmpd", "snmpd") else {
-        return Ok(None);
-    };
-    let conf = dir.join("snmpd.conf");
-    std::fs::write(&conf, conf_text)?;
-    let persist = dir.join("snmp-persist");
-    std::fs::create_dir_all(&persist)?;
-    // A UDP port the OS says is free now; retried if snmpd loses the race.
-    let mut last = anyhow::anyhow!("snmpd did not start");
-    for attempt in 0..5 {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut cmd = Command::new(&program);
-        // -C: read only our file; the persistent dir keeps snmpd out of /var/lib/snmp.
-        cmd.env("SNMP_PERSISTENT_DIR", &persist)
-            .env("MIBS", "")
-            .env("MIBDIRS", "/nonexistent")
-            .args(["-f", "-Lo", "-C", "-c"])
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir.join(format!("snmpd-{attempt}.pid")))
-            .arg(format!("udp:127.0.0.1:{port}"));
-        let mut proc = Proc::spawn(&format!("snmpd-{attempt}"), cmd, dir)?;
-        match proc.wait_line("NET-SNMP version", Duration::from_secs(10)) {
-            Ok(_) => {
-                return Ok(Some(Snmpd {
-                    _proc: proc,
-                    addr: format!("127.0.0.1:{port}"),
-                }))
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// A UPS-MIB device `ups-1` at `addr`, with `settings` (version, credentials,

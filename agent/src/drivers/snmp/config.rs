@@ -110,6 +110,39 @@ pub struct SnmpTable {
     pub rows_oid: Option<String>,
 }
 
+/// A notification a device family sends (profile `[[traps]]`): on arrival
+/// the device is polled at once, and `set` gives a reading straight away.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrapDef {
+    /// The MIB's name for it, for the log (`upsTrapOnBattery`).
+    pub name: String,
+    /// The notification's OID: snmpTrapOID for v2c/v3; a v1 trap is
+    /// matched as `enterprise.0.specific` (RFC 3584).
+    pub oid: String,
+    #[serde(default)]
+    pub set: Option<TrapSet>,
+}
+
+/// A reading a trap stands for: `point` (a scalar of the device) takes the
+/// raw `value`, mapped like a polled one (`output_source` = 5 is
+/// `on_battery`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrapSet {
+    pub point: String,
+    pub value: f64,
+}
+
+/// The agent's trap receiver (`[snmp_traps]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrapListen {
+    /// UDP address to receive on; the standard port 162 needs
+    /// CAP_NET_BIND_SERVICE (or root).
+    pub listen: std::net::SocketAddr,
+}
+
 /// An SNMP agent (UPS, PDU, environment monitor) to poll.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +186,9 @@ pub struct SnmpDevice {
     pub points: Vec<SnmpPoint>,
     #[serde(default)]
     pub tables: Vec<SnmpTable>,
+    /// Notifications besides the profile's.
+    #[serde(default)]
+    pub traps: Vec<TrapDef>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -338,6 +374,39 @@ impl SnmpDevice {
         }
         if !(1..=100).contains(&self.max_repetitions) {
             p.push(format!("{path}.max_repetitions"), "must be 1–100");
+        }
+    }
+
+    /// Checks resolved trap definitions against the device's scalars.
+    pub fn check_traps(path: &str, traps: &[TrapDef], points: &[SnmpPoint], p: &mut Problems) {
+        let mut oids = HashSet::new();
+        for (i, t) in traps.iter().enumerate() {
+            let tpath = format!("{path}.traps[{i}]");
+            if t.name.trim().is_empty() {
+                p.push(format!("{tpath}.name"), "must not be empty");
+            }
+            match parse_oid(&t.oid) {
+                Err(e) => p.push(format!("{tpath}.oid"), e),
+                Ok(oid) => {
+                    if !oids.insert(oid) {
+                        p.push(format!("{tpath}.oid"), "listed twice for this device");
+                    }
+                }
+            }
+            if let Some(set) = &t.set {
+                if !points.iter().any(|pt| pt.id == set.point) {
+                    p.push(
+                        format!("{tpath}.set.point"),
+                        format!("{:?} is not a scalar point of this device", set.point),
+                    );
+                }
+                if !set.value.is_finite() || set.value.fract() != 0.0 {
+                    p.push(
+                        format!("{tpath}.set.value"),
+                        "must be a whole number (the raw value)",
+                    );
+                }
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod map;
+pub mod trap;
 
 use self::config::{
     parse_oid, AuthProtocol, PrivProtocol, SnmpPoint, SnmpTable, SnmpVersion, ValueKind,
@@ -49,7 +50,7 @@ pub enum SnmpError {
 }
 
 /// SNMPv3 credentials, resolved from the configuration at start.
-struct V3Credentials {
+pub(crate) struct V3Credentials {
     user: Vec<u8>,
     auth_password: Vec<u8>,
     auth: snmp2::v3::AuthProtocol,
@@ -77,11 +78,13 @@ pub struct SnmpPoller {
     known_rows: HashMap<(usize, usize), Vec<String>>,
     /// Tables whose `rows_oid` the agent does not have: not asked again.
     no_row_count: std::collections::HashSet<String>,
+    /// Traps for this device, from the agent's trap listener.
+    traps: Option<mpsc::Receiver<trap::TrapEvent>>,
 }
 
 /// `host:port` from a configured address, adding `port` when it has none
 /// (`192.0.2.7`, `ups.local`, `[2001:db8::7]`, a bare IPv6 address).
-fn with_default_port(addr: &str, port: u16) -> String {
+pub(crate) fn with_default_port(addr: &str, port: u16) -> String {
     if addr.parse::<std::net::SocketAddr>().is_ok() {
         return addr.to_owned();
     }
@@ -168,39 +171,47 @@ fn classify(e: snmp2::Error) -> SnmpError {
     }
 }
 
+impl V3Credentials {
+    pub(crate) fn from_config(v: &config::V3Config) -> V3Credentials {
+        let auth = match v.auth_protocol {
+            AuthProtocol::Md5 => snmp2::v3::AuthProtocol::Md5,
+            AuthProtocol::Sha => snmp2::v3::AuthProtocol::Sha1,
+        };
+        let cipher = v.priv_protocol.map(|p| match p {
+            PrivProtocol::Des => snmp2::v3::Cipher::Des,
+            PrivProtocol::Aes => snmp2::v3::Cipher::Aes128,
+        });
+        // Secrets were checked at load; resolved once here, never logged.
+        let secret =
+            |s: &config::Secret| s.resolve().ok().flatten().unwrap_or_default().into_bytes();
+        V3Credentials {
+            user: v.user.clone().into_bytes(),
+            auth_password: secret(&v.auth_password),
+            auth,
+            cipher,
+            priv_password: secret(&v.priv_password),
+            context_name: v.context_name.clone(),
+        }
+    }
+}
+
+/// The community of a v1/v2c device (checked at load).
+pub(crate) fn community_of(d: &config::SnmpDevice) -> Vec<u8> {
+    d.community
+        .resolve()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .into_bytes()
+}
+
 impl SnmpPoller {
     /// Builds the poller; credentials were checked at config load.
     pub fn new(spec: SnmpSpec) -> SnmpPoller {
         let d = &spec.device;
         let address = with_default_port(&d.address, 161);
-        let community = d
-            .community
-            .resolve()
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .into_bytes();
-        let v3 = d.v3.as_ref().map(|v| {
-            let auth = match v.auth_protocol {
-                AuthProtocol::Md5 => snmp2::v3::AuthProtocol::Md5,
-                AuthProtocol::Sha => snmp2::v3::AuthProtocol::Sha1,
-            };
-            let cipher = v.priv_protocol.map(|p| match p {
-                PrivProtocol::Des => snmp2::v3::Cipher::Des,
-                PrivProtocol::Aes => snmp2::v3::Cipher::Aes128,
-            });
-            // Secrets were checked at load; resolved once here, never logged.
-            let secret =
-                |s: &config::Secret| s.resolve().ok().flatten().unwrap_or_default().into_bytes();
-            V3Credentials {
-                user: v.user.clone().into_bytes(),
-                auth_password: secret(&v.auth_password),
-                auth,
-                cipher,
-                priv_password: secret(&v.priv_password),
-                context_name: v.context_name.clone(),
-            }
-        });
+        let community = community_of(d);
+        let v3 = d.v3.as_ref().map(V3Credentials::from_config);
         SnmpPoller {
             spec,
             address,
@@ -213,7 +224,14 @@ impl SnmpPoller {
             meta: Vec::new(),
             known_rows: HashMap::new(),
             no_row_count: std::collections::HashSet::new(),
+            traps: None,
         }
+    }
+
+    /// Takes the device's traps from the listener: each one polls at once.
+    pub fn with_traps(mut self, rx: mpsc::Receiver<trap::TrapEvent>) -> SnmpPoller {
+        self.traps = Some(rx);
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -599,15 +617,43 @@ impl SnmpPoller {
         };
         let mut due = Instant::now() + jitter(interval);
         let mut failures = 0u32;
+        let mut last_started: Option<Instant> = None;
         loop {
-            tokio::time::sleep_until(due.into()).await;
+            let mut from_trap = Vec::new();
+            let by_trap = tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => false,
+                Some(ev) = next_trap(&mut self.traps) => {
+                    from_trap.extend(ev.readings);
+                    true
+                }
+            };
+            if by_trap {
+                // A burst of traps (a UPS sends several as mains fails)
+                // makes one poll, and never more than one a second.
+                if let Some(calm) = last_started.map(|l| l + MIN_TRAP_POLL_GAP) {
+                    tokio::time::sleep_until(calm.into()).await;
+                }
+                if let Some(rx) = &mut self.traps {
+                    while let Ok(ev) = rx.try_recv() {
+                        from_trap.extend(ev.readings);
+                    }
+                }
+            }
             let started = Instant::now();
-            let overrun = started.duration_since(due) > interval;
+            last_started = Some(started);
+            let overrun = !by_trap && started.duration_since(due) > interval;
             let polled_at = now_ms();
-            let result = self.poll().await;
+            let mut result = self.poll().await;
             let latency = started.elapsed();
             let requests = self.requests;
-            if result.any_good() || result.readings.is_empty() && result.error.is_none() {
+            if !from_trap.is_empty() {
+                // What the trap said comes first: it happened before the poll.
+                from_trap.append(&mut result.readings);
+                result.readings = from_trap;
+            }
+            if by_trap {
+                // The regular schedule (and any backoff) carries on as it was.
+            } else if result.any_good() || result.readings.is_empty() && result.error.is_none() {
                 failures = 0;
                 due += interval;
             } else {
@@ -635,6 +681,17 @@ impl SnmpPoller {
                 return;
             }
         }
+    }
+}
+
+/// Least time between two trap-driven polls of one device.
+const MIN_TRAP_POLL_GAP: Duration = Duration::from_secs(1);
+
+/// The next trap for this device; never, without a listener.
+async fn next_trap(rx: &mut Option<mpsc::Receiver<trap::TrapEvent>>) -> Option<trap::TrapEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
