@@ -9,6 +9,7 @@ declare -A needs=(
   [mosquitto]=mosquitto
   [mosquitto_pub]=mosquitto-clients
   [snmpd]=snmpd
+  [snmptrap]=snmp
   [socat]=socat
   [victoria-metrics]=victoria-metrics
   [prometheus-alertmanager]=prometheus-alertmanager
