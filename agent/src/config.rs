@@ -497,12 +497,14 @@ fn resolve_modbus(
     let mut points: Vec<ModbusPoint> = Vec::new();
     let mut derived_defs: &[crate::derive::DerivedDef] = &[];
     let mut profile_max_read = None;
+    let mut profile_contiguous = false;
     if let Some(name) = &d.profile {
         match profiles.get(name) {
             Some(Profile::Modbus(prof)) => {
                 points.extend(prof.points.iter().cloned());
                 derived_defs = &prof.derived;
                 profile_max_read = prof.max_read;
+                profile_contiguous = prof.contiguous_only;
             }
             Some(Profile::Snmp(_)) => p.push(
                 format!("{path}.profile"),
@@ -561,7 +563,11 @@ fn resolve_modbus(
             .or_default()
             .push(i);
     }
-    let max_gap = if d.contiguous_only { 0 } else { d.max_gap };
+    let max_gap = if d.contiguous_only || profile_contiguous {
+        0
+    } else {
+        d.max_gap
+    };
     let max_read = d
         .max_read
         .or(profile_max_read)

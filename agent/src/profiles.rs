@@ -45,6 +45,50 @@ const BUILT_IN: &[(&str, &str)] = &[
         "snmp-pdu.toml",
         include_str!("../../configs/profiles/snmp-pdu.toml"),
     ),
+    (
+        "rs485-th-fc03.toml",
+        include_str!("../../configs/profiles/rs485-th-fc03.toml"),
+    ),
+    (
+        "gas-detector-lel.toml",
+        include_str!("../../configs/profiles/gas-detector-lel.toml"),
+    ),
+    (
+        "co-detector.toml",
+        include_str!("../../configs/profiles/co-detector.toml"),
+    ),
+    (
+        "residual-current-relay.toml",
+        include_str!("../../configs/profiles/residual-current-relay.toml"),
+    ),
+    (
+        "insulation-monitor.toml",
+        include_str!("../../configs/profiles/insulation-monitor.toml"),
+    ),
+    (
+        "di-module.toml",
+        include_str!("../../configs/profiles/di-module.toml"),
+    ),
+    (
+        "eaton-xups.toml",
+        include_str!("../../configs/profiles/eaton-xups.toml"),
+    ),
+    (
+        "liebert-pac.toml",
+        include_str!("../../configs/profiles/liebert-pac.toml"),
+    ),
+    (
+        "geist-env.toml",
+        include_str!("../../configs/profiles/geist-env.toml"),
+    ),
+    (
+        "apc-env.toml",
+        include_str!("../../configs/profiles/apc-env.toml"),
+    ),
+    (
+        "apc-ats.toml",
+        include_str!("../../configs/profiles/apc-ats.toml"),
+    ),
 ];
 
 /// A Modbus device family's point map.
@@ -64,6 +108,10 @@ pub struct ModbusProfile {
     /// (a device's own `max_read` wins).
     #[serde(default)]
     pub max_read: Option<u16>,
+    /// The family refuses reads that span registers it does not implement
+    /// (as a device's `contiguous_only`).
+    #[serde(default)]
+    pub contiguous_only: bool,
 }
 
 /// An SNMP device family's scalars and tables.

@@ -15,6 +15,21 @@ use snmp::Mib;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// The SNMP agents served on the annex port, by community: an Eaton UPS,
+/// a Liebert precision air conditioner, a Geist and an APC environment
+/// probe, an APC ATS.
+pub const ANNEX: [&str; 5] = ["eaton", "liebert", "geist", "apc-env", "apc-ats"];
+
+fn annex_mibs(v: &SiteValues, on_battery_s: f64) -> [Mib; 5] {
+    [
+        snmp::eaton_mib(v, on_battery_s),
+        snmp::liebert_mib(v),
+        snmp::geist_mib(v),
+        snmp::apc_env_mib(v),
+        snmp::apc_ats_mib(v),
+    ]
+}
+
 /// How often the sensors' values move.
 pub const TICK: Duration = Duration::from_millis(200);
 
@@ -25,6 +40,8 @@ pub struct Simulator {
     site: Arc<RwLock<Site>>,
     ups: Arc<RwLock<Mib>>,
     pdu: Arc<RwLock<Mib>>,
+    /// The agents served on one port by community (see [`ANNEX`]).
+    annex: Vec<Arc<RwLock<Mib>>>,
     /// Simulated seconds per real second, to run long drills quickly.
     speed: f64,
 }
@@ -49,6 +66,10 @@ impl Simulator {
             site: Arc::new(RwLock::new(registers::encode(&values))),
             ups: Arc::new(RwLock::new(snmp::ups_mib(&values, 0.0))),
             pdu: Arc::new(RwLock::new(snmp::pdu_mib(&values))),
+            annex: annex_mibs(&values, 0.0)
+                .into_iter()
+                .map(|m| Arc::new(RwLock::new(m)))
+                .collect(),
             state: Mutex::new(SimState {
                 scenario,
                 since: Instant::now(),
@@ -74,6 +95,15 @@ impl Simulator {
     /// The PowerNet-MIB the simulated PDU answers from.
     pub fn pdu_mib(&self) -> Arc<RwLock<Mib>> {
         Arc::clone(&self.pdu)
+    }
+
+    /// The annex agents' MIBs with their communities, for one SNMP server.
+    pub fn annex_mibs(&self) -> Vec<(Vec<u8>, Arc<RwLock<Mib>>)> {
+        ANNEX
+            .iter()
+            .zip(&self.annex)
+            .map(|(c, m)| (c.as_bytes().to_vec(), Arc::clone(m)))
+            .collect()
     }
 
     pub fn scenario(&self) -> (Scenario, Duration) {
@@ -119,6 +149,9 @@ impl Simulator {
         *self.site.write().unwrap_or_else(|p| p.into_inner()) = registers::encode(&values);
         *self.ups.write().unwrap_or_else(|p| p.into_inner()) = snmp::ups_mib(&values, on_battery_s);
         *self.pdu.write().unwrap_or_else(|p| p.into_inner()) = snmp::pdu_mib(&values);
+        for (slot, mib) in self.annex.iter().zip(annex_mibs(&values, on_battery_s)) {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = mib;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {

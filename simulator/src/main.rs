@@ -30,6 +30,11 @@ struct Args {
     /// SNMP v1/v2c agent of the metered PDU (PowerNet-MIB outlet table), UDP.
     #[arg(long, default_value = "127.0.0.1:1162")]
     snmp_pdu: SocketAddr,
+    /// More SNMP agents on one port, told apart by community: `eaton` (XUPS-MIB
+    /// UPS), `liebert` (precision air conditioner), `geist` and `apc-env`
+    /// (environment probes), `apc-ats` (transfer switch).
+    #[arg(long, default_value = "127.0.0.1:1164")]
+    snmp_annex: SocketAddr,
     /// Community both SNMP agents answer to.
     #[arg(long, default_value = "public")]
     snmp_community: String,
@@ -39,7 +44,9 @@ struct Args {
     rtu: Vec<String>,
     #[arg(long, default_value_t = 9600)]
     rtu_baud: u32,
-    /// Scenario at start: normal, ac_failure, thermal_runaway, mains_failure, smoke, phase_unbalance.
+    /// Scenario at start: normal, ac_failure, thermal_runaway, mains_failure, smoke,
+    /// phase_unbalance, gas_leak, co_rise, earth_leakage, insulation_fault, door_open,
+    /// ventilation_failure, ats_transfer, battery_test.
     #[arg(long, default_value = "normal")]
     scenario: Scenario,
     /// Noise seed, for repeatable runs.
@@ -87,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
     let pdu_socket = UdpSocket::bind(args.snmp_pdu)
         .await
         .with_context(|| format!("cannot listen for SNMP (PDU) on {}", args.snmp_pdu))?;
+    let annex_socket = UdpSocket::bind(args.snmp_annex)
+        .await
+        .with_context(|| format!("cannot listen for SNMP (annex) on {}", args.snmp_annex))?;
+    let annex_addr = annex_socket.local_addr()?;
     let modbus_addr = modbus_listener.local_addr()?;
     let control_addr = control_listener.local_addr()?;
     let ups_addr = ups_socket.local_addr()?;
@@ -109,6 +120,12 @@ async fn main() -> anyhow::Result<()> {
     let community = args.snmp_community.clone().into_bytes();
     tasks.spawn(snmp_task(ups_socket, sim.ups_mib(), community.clone()));
     tasks.spawn(snmp_task(pdu_socket, sim.pdu_mib(), community));
+    let annex = sim.annex_mibs();
+    tasks.spawn(async move {
+        snmp::serve_by_community(annex_socket, annex)
+            .await
+            .context("SNMP annex agents")
+    });
     for path in args.rtu.clone() {
         let service = modbus::SiteService::serial_line(sim.site());
         let baud = args.rtu_baud;
@@ -161,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
             "control": control_addr,
             "snmp_ups": ups_addr,
             "snmp_pdu": pdu_addr,
+            "snmp_annex": annex_addr,
             "rtu": args.rtu,
             "bench": bench_addrs,
         })

@@ -28,16 +28,45 @@ pub enum Scenario {
     /// apart (to about 228 / 220 / 208 V) while each stays inside the supply
     /// range, so only the unbalance shows it.
     PhaseUnbalance,
+    /// Combustible gas leaks into the distribution room: past 10 % LEL in
+    /// about 20 s and 25 % in about 50 s, levelling at 40 %.
+    GasLeak,
+    /// Carbon monoxide builds up in the battery room (smouldering cable
+    /// insulation) to about 80 ppm.
+    CoRise,
+    /// An earth leakage on a distribution-room circuit: residual current
+    /// rises from a few mA to about 45 mA.
+    EarthLeakage,
+    /// The battery string's insulation to earth fails (a wet, leaking
+    /// battery tray): resistance falls to about 30 kΩ and the IMD alarms.
+    InsulationFault,
+    /// The battery-room door is left open.
+    DoorOpen,
+    /// The battery-room exhaust fan stops: its fault contact closes.
+    VentilationFailure,
+    /// The ATS's source A fails and it transfers the load to source B: no
+    /// redundancy left.
+    AtsTransfer,
+    /// A UPS battery test: the UPSes run on battery with mains present.
+    BatteryTest,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Normal,
         Scenario::AcFailure,
         Scenario::ThermalRunaway,
         Scenario::MainsFailure,
         Scenario::Smoke,
         Scenario::PhaseUnbalance,
+        Scenario::GasLeak,
+        Scenario::CoRise,
+        Scenario::EarthLeakage,
+        Scenario::InsulationFault,
+        Scenario::DoorOpen,
+        Scenario::VentilationFailure,
+        Scenario::AtsTransfer,
+        Scenario::BatteryTest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +77,14 @@ impl Scenario {
             Scenario::MainsFailure => "mains_failure",
             Scenario::Smoke => "smoke",
             Scenario::PhaseUnbalance => "phase_unbalance",
+            Scenario::GasLeak => "gas_leak",
+            Scenario::CoRise => "co_rise",
+            Scenario::EarthLeakage => "earth_leakage",
+            Scenario::InsulationFault => "insulation_fault",
+            Scenario::DoorOpen => "door_open",
+            Scenario::VentilationFailure => "ventilation_failure",
+            Scenario::AtsTransfer => "ats_transfer",
+            Scenario::BatteryTest => "battery_test",
         }
     }
 }
@@ -112,6 +149,25 @@ pub struct SiteValues {
     pub cell_temp_c: [f64; CELLS],
     /// BMS fault bits: 0 over-temperature, 1 cell over-voltage, 2 low voltage.
     pub bms_faults: u16,
+    pub co_ppm: f64,
+    /// Insulation resistance of the battery string to earth, and the
+    /// monitor's alarm state.
+    pub insulation_ohm: f64,
+    pub insulation_alarm: bool,
+    /// Door contact (closed while the door is shut) and exhaust-fan fault contact.
+    pub door_shut: bool,
+    pub fan_fault: bool,
+    // more of the distribution room
+    pub gas_lel: f64,
+    pub residual_ma: f64,
+    /// ATS: each source healthy, and the one feeding the load (1 = A, 2 = B).
+    pub ats_source_ok: [bool; 2],
+    pub ats_selected: u8,
+    /// The UPSes run on battery with mains present (a battery test).
+    pub ups_battery_test: bool,
+    // more of the machine room
+    /// The precision air conditioner's common alarm output.
+    pub pac_alarm: bool,
 }
 
 /// A small deterministic noise source (SplitMix64), so a seeded run is repeatable.
@@ -145,7 +201,25 @@ pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
     let battery_air = (v.battery_room_temp_c, v.battery_room_rh);
     match scenario {
         Scenario::Normal => {}
-        Scenario::AcFailure => warm_machine_room(&mut v, t),
+        Scenario::AcFailure => {
+            // The unit that failed says so first.
+            v.pac_alarm = true;
+            warm_machine_room(&mut v, t);
+        }
+        Scenario::GasLeak => v.gas_lel = (v.gas_lel + 0.5 * t).min(40.0),
+        Scenario::CoRise => v.co_ppm = (v.co_ppm + 1.5 * t).min(80.0),
+        Scenario::EarthLeakage => v.residual_ma = (v.residual_ma + 2.0 * t).min(45.0),
+        Scenario::InsulationFault => {
+            v.insulation_ohm = (v.insulation_ohm / (1.0 + t)).max(30_000.0);
+            v.insulation_alarm = v.insulation_ohm < 100_000.0;
+        }
+        Scenario::DoorOpen => v.door_shut = false,
+        Scenario::VentilationFailure => v.fan_fault = true,
+        Scenario::AtsTransfer => {
+            v.ats_source_ok[0] = false;
+            v.ats_selected = 2;
+        }
+        Scenario::BatteryTest => v.ups_battery_test = true,
         Scenario::ThermalRunaway => {
             // Cell heating accelerates; H₂ vents once the cell passes ~35 °C and
             // climbs past the 10 % and 25 % LFL stages within the first minute.
@@ -170,6 +244,9 @@ pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
             if v.pack_voltage_v < 46.1 {
                 v.bms_faults |= 1 << 2;
             }
+            // The ATS's source A is the grid; B (the generator feed) carries on.
+            v.ats_source_ok[0] = false;
+            v.ats_selected = 2;
             warm_machine_room(&mut v, t);
         }
         Scenario::Smoke => {
@@ -193,6 +270,10 @@ pub fn sample(scenario: Scenario, t: f64, noise: &mut Noise) -> SiteValues {
         rh_keeping_dew_point(v.inlet_temp_c, v.inlet_rh, v.hot_aisle_temp_c) + noise.jitter(0.5);
     // A battery room warming in a drill holds the same water too.
     v.battery_room_rh = rh_keeping_dew_point(battery_air.0, battery_air.1, v.battery_room_temp_c);
+    v.co_ppm = (v.co_ppm + noise.jitter(0.5)).max(0.0);
+    v.gas_lel = (v.gas_lel + noise.jitter(0.2)).max(0.0);
+    v.residual_ma = (v.residual_ma + noise.jitter(0.5)).max(0.0);
+    v.insulation_ohm += noise.jitter(2e4);
     v
 }
 
@@ -257,6 +338,19 @@ fn baseline(n: &mut Noise) -> SiteValues {
         soc_pct: 100.0,
         cell_temp_c,
         bms_faults: 0,
+        // Their noise is added last in `sample`, so the older devices keep
+        // the values a seed gave them before these existed.
+        co_ppm: 1.5,
+        insulation_ohm: 1.2e6,
+        insulation_alarm: false,
+        door_shut: true,
+        fan_fault: false,
+        gas_lel: 0.3,
+        residual_ma: 6.0,
+        ats_source_ok: [true, true],
+        ats_selected: 1,
+        ups_battery_test: false,
+        pac_alarm: false,
     }
 }
 
@@ -274,6 +368,9 @@ mod tests {
             assert!((49.8..=50.2).contains(&v.frequency_hz));
             assert!(v.h2_lfl < 10.0);
             assert!(!v.smoke_1 && !v.water_leak);
+            assert!(v.co_ppm < 50.0 && v.gas_lel < 10.0 && v.residual_ma < 30.0);
+            assert!(!v.insulation_alarm && v.door_shut && !v.fan_fault && !v.pac_alarm);
+            assert_eq!((v.ats_source_ok, v.ats_selected), ([true, true], 1));
         }
     }
 
@@ -336,6 +433,26 @@ mod tests {
         assert!(early.smoke_1 && !early.smoke_2);
         let late = sample(Scenario::Smoke, 120.0, &mut n);
         assert!(late.smoke_2 && late.hot_aisle_temp_c > 57.0);
+    }
+
+    #[test]
+    fn the_device_drills_pass_their_limits_and_touch_nothing_else() {
+        let mut n = Noise::new(5);
+        let at = |s, t, n: &mut Noise| sample(s, t, n);
+        assert!(at(Scenario::GasLeak, 25.0, &mut n).gas_lel > 10.0);
+        assert!(at(Scenario::GasLeak, 60.0, &mut n).gas_lel > 25.0);
+        assert!(at(Scenario::CoRise, 60.0, &mut n).co_ppm > 50.0);
+        assert!(at(Scenario::EarthLeakage, 30.0, &mut n).residual_ma > 30.0);
+        let imd = at(Scenario::InsulationFault, 60.0, &mut n);
+        assert!(imd.insulation_alarm && imd.insulation_ohm < 100_000.0);
+        assert!(!at(Scenario::DoorOpen, 1.0, &mut n).door_shut);
+        assert!(at(Scenario::VentilationFailure, 1.0, &mut n).fan_fault);
+        let ats = at(Scenario::AtsTransfer, 1.0, &mut n);
+        assert_eq!((ats.ats_source_ok, ats.ats_selected), ([false, true], 2));
+        let test = at(Scenario::BatteryTest, 1.0, &mut n);
+        assert!(test.ups_battery_test && test.phase_v.iter().all(|v| *v > 200.0));
+        // A gas leak is only gas: the battery room's hydrogen stays put.
+        assert!(at(Scenario::GasLeak, 60.0, &mut n).h2_lfl < 10.0);
     }
 
     #[test]

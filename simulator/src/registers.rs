@@ -31,6 +31,26 @@ pub mod unit {
     pub const BR_BMS: u8 = 21;
     /// Battery room ambient temperature/humidity.
     pub const BR_TH: u8 = 22;
+    /// Machine room, a second cold-aisle T/H transmitter of the common
+    /// Chinese RS-485 kind (Renke RS-WS-N01): holding registers only (FC03;
+    /// FC04 is refused), 0 humidity ×10, 1 temperature ×10 int16.
+    pub const MR_TH_INLET_FC03: u8 = 6;
+    /// Distribution room combustible-gas detector (Evikon E2648-LEL map):
+    /// holding 0x00FF status (bit 0 sensor absent), 0x0103 gas, % LEL.
+    pub const PD_GAS: u8 = 13;
+    /// Distribution room residual-current relay (Acrel ASJ10L-LD1A map):
+    /// holding 0 residual current mA, 0x1B alarm bits (0 warning, 1 alarm, 2 CT open).
+    pub const PD_RCM: u8 = 14;
+    /// Battery room CO transmitter (Greystone CMD5B4 map): holding 0 status,
+    /// 1 CO ppm, 2 temperature ×10, 7 fault.
+    pub const BR_CO: u8 = 23;
+    /// Battery room DC insulation monitor (Bender isoBAT425 map): holding
+    /// 1000–1001 resistance Ω float32 (high word first), 1002 alarm type
+    /// (high byte) and unit/validity (low byte), 1003 channel description.
+    pub const BR_IMD: u8 = 24;
+    /// Battery room 8-channel DI module (Eletechsup R4PIN08 map, FC02):
+    /// DI1 door contact (closed = shut), DI2 exhaust-fan fault contact.
+    pub const BR_DI: u8 = 25;
 }
 
 /// The four Modbus data tables of one device.
@@ -117,6 +137,59 @@ fn bms(v: &SiteValues) -> Tables {
     }
 }
 
+/// The Renke-style transmitter: holding registers only, humidity first.
+fn th_fc03(temp: f64, rh: f64) -> Tables {
+    Tables {
+        holding_registers: vec![x10_u16(rh), x10_i16(temp)],
+        ..Tables::default()
+    }
+}
+
+fn gas_detector(lel: f64) -> Tables {
+    let mut regs = vec![0u16; 0x104];
+    regs[0x0101] = (lel * 40.0).round().clamp(0.0, 4095.0) as u16; // raw ADC
+    regs[0x0103] = lel.round().clamp(0.0, 100.0) as u16;
+    Tables {
+        holding_registers: regs,
+        ..Tables::default()
+    }
+}
+
+fn residual_current_relay(ma: f64) -> Tables {
+    let mut regs = vec![0u16; 0x1F];
+    regs[0] = ma.round().clamp(0.0, 30_000.0) as u16;
+    regs[0x08] = 30; // rated operating current, mA
+    regs[0x09] = 20; // pre-warning, mA
+    regs[0x1B] = u16::from(ma >= 20.0) | (u16::from(ma >= 30.0) << 1);
+    Tables {
+        holding_registers: regs,
+        ..Tables::default()
+    }
+}
+
+fn co_transmitter(ppm: f64, temp: f64) -> Tables {
+    let mut regs = vec![0u16; 8];
+    regs[0] = u16::from(ppm >= 50.0);
+    regs[1] = ppm.round().clamp(0.0, 500.0) as u16;
+    regs[2] = x10_u16(temp);
+    Tables {
+        holding_registers: regs,
+        ..Tables::default()
+    }
+}
+
+fn insulation_monitor(ohm: f64, alarm: bool) -> Tables {
+    let mut regs = vec![0u16; 1004];
+    regs[1000..1002].copy_from_slice(&f32_abcd(ohm));
+    // High byte: alarm type 0b101 alarm, 0 none; low byte: unit Ω (0b00010), valid.
+    regs[1002] = (if alarm { 0b101 } else { 0 } << 8) | 0b00010;
+    regs[1003] = if alarm { 71 } else { 0 }; // 71: insulation fault
+    Tables {
+        holding_registers: regs,
+        ..Tables::default()
+    }
+}
+
 /// Encodes the site's values into every device's tables.
 pub fn encode(v: &SiteValues) -> Site {
     let mut site = Site::new();
@@ -155,6 +228,27 @@ pub fn encode(v: &SiteValues) -> Site {
         unit::BR_TH,
         th_sensor(v.battery_room_temp_c, v.battery_room_rh),
     );
+    site.insert(
+        unit::MR_TH_INLET_FC03,
+        th_fc03(v.inlet_temp_c + 0.3, v.inlet_rh - 1.0),
+    );
+    site.insert(unit::PD_GAS, gas_detector(v.gas_lel));
+    site.insert(unit::PD_RCM, residual_current_relay(v.residual_ma));
+    site.insert(unit::BR_CO, co_transmitter(v.co_ppm, v.battery_room_temp_c));
+    site.insert(
+        unit::BR_IMD,
+        insulation_monitor(v.insulation_ohm, v.insulation_alarm),
+    );
+    let mut di = vec![false; 8];
+    di[0] = v.door_shut;
+    di[1] = v.fan_fault;
+    site.insert(
+        unit::BR_DI,
+        Tables {
+            discrete_inputs: di,
+            ..Tables::default()
+        },
+    );
     site
 }
 
@@ -183,6 +277,8 @@ mod tests {
         let site = encode(&sample(Scenario::Normal, 0.0, &mut Noise::new(1)));
         assert_eq!(site[&unit::PD_METER_ABCD].input_registers.len(), 74);
         assert_eq!(site[&unit::BR_BMS].holding_registers.len(), 18);
-        assert_eq!(site.len(), 11);
+        assert_eq!(site.len(), 17);
+        // The FC03-only transmitter has no input registers to read.
+        assert!(site[&unit::MR_TH_INLET_FC03].input_registers.is_empty());
     }
 }

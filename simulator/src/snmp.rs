@@ -33,7 +33,8 @@ const UPS: &str = "1.3.6.1.2.1.33.1";
 
 /// The UPS-MIB view of the site: mains failure puts the UPS on battery.
 pub fn ups_mib(v: &SiteValues, on_battery_s: f64) -> Mib {
-    let mains = v.phase_v.iter().any(|x| *x > 100.0);
+    // On the inverter's battery when the grid is gone, or in a battery test.
+    let mains = v.phase_v.iter().any(|x| *x > 100.0) && !v.ups_battery_test;
     let charge = if mains {
         100.0
     } else {
@@ -128,6 +129,148 @@ pub fn pdu_mib(v: &SiteValues) -> Mib {
             UPS_OUTPUT_V
         }),
     );
+    m
+}
+
+/// The second UPS, an Eaton 9PX with a Network-M2 card speaking XUPS-MIB
+/// (1.3.6.1.4.1.534.1): three input phases, one output, runtime in seconds.
+pub fn eaton_mib(v: &SiteValues, on_battery_s: f64) -> Mib {
+    const X: &str = "1.3.6.1.4.1.534.1";
+    let mains = v.phase_v.iter().any(|x| *x > 100.0);
+    let on_battery = !mains || v.ups_battery_test;
+    let charge = if mains {
+        100.0
+    } else {
+        (100.0 - on_battery_s / 24.0).max(0.0)
+    };
+    let mut m = Mib::new();
+    let mut put = |suffix: &str, val: MibValue| {
+        m.insert(oid(&format!("{X}.{suffix}")), val);
+    };
+    put("2.1.0", MibValue::Integer((charge * 36.0).round() as i64)); // xupsBatTimeRemaining, s
+    put(
+        "2.2.0",
+        MibValue::Integer(v.pack_voltage_v.round() as i64 * 4),
+    ); // xupsBatVoltage, V DC (a 192 V string)
+    put("2.4.0", MibValue::Integer(charge.round() as i64)); // xupsBatCapacity, %
+    put("2.5.0", MibValue::Integer(if on_battery { 2 } else { 3 })); // xupsBatteryAbmStatus
+    put(
+        "3.1.0",
+        MibValue::Integer((v.frequency_hz * 10.0).round() as i64),
+    );
+    put("3.3.0", MibValue::Integer(3)); // xupsInputNumPhases
+    for (i, volts) in v.phase_v.iter().enumerate() {
+        put(
+            &format!("3.4.1.1.{}", i + 1),
+            MibValue::Integer(i as i64 + 1),
+        );
+        put(
+            &format!("3.4.1.2.{}", i + 1),
+            MibValue::Integer(volts.round() as i64),
+        );
+    }
+    put("4.1.0", MibValue::Integer(38)); // xupsOutputLoad, %
+    put("4.2.0", MibValue::Integer(500));
+    put("4.3.0", MibValue::Integer(1));
+    put("4.4.1.1.1", MibValue::Integer(1));
+    put("4.4.1.2.1", MibValue::Integer(i64::from(UPS_OUTPUT_V)));
+    put("4.5.0", MibValue::Integer(if on_battery { 5 } else { 3 })); // xupsOutputSource
+    put(
+        "6.1.0",
+        MibValue::Integer(v.battery_room_temp_c.round() as i64),
+    );
+    put("7.1.0", MibValue::Gauge(u32::from(on_battery))); // xupsAlarms
+    m
+}
+
+/// The machine room's precision air conditioner, a Liebert unit with an
+/// IntelliSlot card (LIEBERT-GP-ENVIRONMENTAL-MIB, 1.3.6.1.4.1.476.1.42.3.4):
+/// return and supply air rows in the temperature table, return humidity,
+/// the system state and the common alarm output.
+pub fn liebert_mib(v: &SiteValues) -> Mib {
+    const E: &str = "1.3.6.1.4.1.476.1.42.3.4";
+    let mut m = Mib::new();
+    let mut put = |suffix: &str, val: MibValue| {
+        m.insert(oid(&format!("{E}.{suffix}")), val);
+    };
+    // Rows 1 return air, 2 supply air (their Descr well-known OIDs are not
+    // read: the rows' meaning is in the profile's documentation).
+    put(
+        "1.3.3.1.3.1",
+        MibValue::Integer(v.hot_aisle_temp_c.round() as i64),
+    );
+    put(
+        "1.3.3.1.3.2",
+        MibValue::Integer((v.inlet_temp_c - 2.0).round() as i64),
+    );
+    put(
+        "2.2.3.1.3.1",
+        MibValue::Integer(v.hot_aisle_rh.round() as i64),
+    );
+    put("3.1.0", MibValue::Integer(1)); // lgpEnvStateSystem on(1)
+    put("3.8.0", MibValue::Integer(if v.pac_alarm { 1 } else { 2 })); // GeneralAlarmOutput on(1)/off(2)
+    m
+}
+
+/// A Geist Watchdog 100 at the machine room's cold aisle (GEIST-V4-MIB
+/// internal sensor, 1.3.6.1.4.1.21239.5.1.2): tenths of °C (units set to
+/// Celsius), %RH, dew point.
+pub fn geist_mib(v: &SiteValues) -> Mib {
+    const G: &str = "1.3.6.1.4.1.21239.5.1";
+    let mut m = Mib::new();
+    m.insert(oid(&format!("{G}.1.7.0")), MibValue::Integer(1)); // temperatureUnits: Celsius
+    m.insert(
+        oid(&format!("{G}.2.1.3.1")),
+        MibValue::Text("Cold aisle A".into()),
+    );
+    m.insert(
+        oid(&format!("{G}.2.1.5.1")),
+        MibValue::Integer((v.inlet_temp_c * 10.0).round() as i64),
+    );
+    m.insert(
+        oid(&format!("{G}.2.1.6.1")),
+        MibValue::Integer(v.inlet_rh.round() as i64),
+    );
+    m
+}
+
+/// An APC AP9335TH probe on a network management card, reported in the
+/// universal I/O sensor table (PowerNet-MIB uioSensorStatusTable,
+/// 1.3.6.1.4.1.318.1.1.25.1.2, indexed by port and sensor): whole °C, %RH.
+pub fn apc_env_mib(v: &SiteValues) -> Mib {
+    const U: &str = "1.3.6.1.4.1.318.1.1.25.1.2.1";
+    let mut m = Mib::new();
+    m.insert(
+        oid(&format!("{U}.3.1.1")),
+        MibValue::Text("Rack A1 front".into()),
+    );
+    m.insert(
+        oid(&format!("{U}.6.1.1")),
+        MibValue::Integer((v.inlet_temp_c + 0.5).round() as i64),
+    );
+    m.insert(
+        oid(&format!("{U}.7.1.1")),
+        MibValue::Integer(v.inlet_rh.round() as i64),
+    );
+    m.insert(oid(&format!("{U}.10.1.1")), MibValue::Integer(2)); // commsOK
+    m
+}
+
+/// An APC rack ATS (PowerNet-MIB atsStatusDeviceStatus, 1.3.6.1.4.1.318.1.1.8.5.1).
+pub fn apc_ats_mib(v: &SiteValues) -> Mib {
+    const A: &str = "1.3.6.1.4.1.318.1.1.8.5.1";
+    let ok = |b: bool| MibValue::Integer(if b { 2 } else { 1 }); // fail(1), ok(2)
+    let mut m = Mib::new();
+    m.insert(
+        oid(&format!("{A}.2.0")),
+        MibValue::Integer(i64::from(v.ats_selected)),
+    );
+    m.insert(
+        oid(&format!("{A}.3.0")),
+        ok(v.ats_source_ok.iter().all(|s| *s)), // atsRedundancyLost(1), atsFullyRedundant(2)
+    );
+    m.insert(oid(&format!("{A}.12.0")), ok(v.ats_source_ok[0]));
+    m.insert(oid(&format!("{A}.13.0")), ok(v.ats_source_ok[1]));
     m
 }
 
@@ -326,6 +469,25 @@ pub mod ber {
             [] => {}
         }
         tlv(OID, &body)
+    }
+}
+
+/// Serves several agents on one socket, told apart by community (as a
+/// proxy agent does): each MIB answers only its own community.
+pub async fn serve_by_community(
+    socket: UdpSocket,
+    mibs: Vec<(Vec<u8>, Arc<RwLock<Mib>>)>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, peer) = socket.recv_from(&mut buf).await?;
+        let reply = mibs.iter().find_map(|(community, mib)| {
+            let mib = mib.read().unwrap_or_else(|p| p.into_inner());
+            answer(&mib, &buf[..len], community)
+        });
+        if let Some(reply) = reply {
+            let _ = socket.send_to(&reply, peer).await;
+        }
     }
 }
 

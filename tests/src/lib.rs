@@ -394,6 +394,9 @@ pub struct SimAddrs {
     pub control: String,
     pub snmp_ups: String,
     pub snmp_pdu: String,
+    /// The annex agents (Eaton UPS, Liebert PAC, Geist, APC probe, APC ATS),
+    /// told apart by community.
+    pub snmp_annex: String,
     pub bench: Vec<String>,
 }
 
@@ -405,6 +408,7 @@ pub fn demo_agent_config(sim: &SimAddrs, broker_url: &str, state_dir: &Path) -> 
         .replace("127.0.0.1:5020", &sim.modbus)
         .replace("127.0.0.1:1161", &sim.snmp_ups)
         .replace("127.0.0.1:1162", &sim.snmp_pdu)
+        .replace("127.0.0.1:1164", &sim.snmp_annex)
         .replace("127.0.0.1:9102", "127.0.0.1:0")
         .replace("mqtt://127.0.0.1:11883", broker_url)
         .replace(
@@ -426,6 +430,8 @@ pub fn start_simulator(dir: &Path, extra: &[&str]) -> Result<(Proc, SimAddrs)> {
         "127.0.0.1:0",
         "--snmp-pdu",
         "127.0.0.1:0",
+        "--snmp-annex",
+        "127.0.0.1:0",
     ])
     .args(extra);
     let mut sim = Proc::spawn("simulator", cmd, dir)?;
@@ -441,6 +447,7 @@ pub fn start_simulator(dir: &Path, extra: &[&str]) -> Result<(Proc, SimAddrs)> {
         control: field("control")?,
         snmp_ups: field("snmp_ups")?,
         snmp_pdu: field("snmp_pdu")?,
+        snmp_annex: field("snmp_annex")?,
         bench: ready["bench"]
             .as_array()
             .map(|a| {
