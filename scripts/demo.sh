@@ -3,7 +3,7 @@
 # rooms of Modbus devices), the collector with its embedded MQTT broker and
 # SQLite store, and an agent polling the site. Live values at
 # http://127.0.0.1:8080. Type a scenario name and Enter to run a drill:
-#   normal | ac_failure | thermal_runaway | mains_failure | smoke
+#   normal | ac_failure | thermal_runaway | mains_failure | smoke | … (docs/SIMULATOR.md)
 # Ctrl-C stops everything. Logs and data go to var/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +59,9 @@ RoomGuard demo is running.
   drill control http://127.0.0.1:5080/scenario   (or type below)
   logs          var/demo/*.log
 
-Type a scenario and press Enter: normal, ac_failure, thermal_runaway, mains_failure, smoke, phase_unbalance.
+Type a scenario and press Enter: normal, ac_failure, thermal_runaway, mains_failure, smoke,
+phase_unbalance, gas_leak, co_rise, earth_leakage, insulation_fault, door_open,
+ventilation_failure, ats_transfer, battery_test.
 Ctrl-C stops the demo.
 MSG
 # Records a drill in the collector (reports count drills), with bash's own
@@ -77,7 +79,8 @@ while IFS= read -r line; do
   echo "$line" >&3
   echo "scenario -> $line"
   case "$line" in
-    ac_failure|thermal_runaway|mains_failure|smoke) record_drill "$line" ;;
+    ac_failure|thermal_runaway|mains_failure|smoke|phase_unbalance|gas_leak|co_rise|earth_leakage|insulation_fault|door_open|ventilation_failure|ats_transfer|battery_test)
+      record_drill "$line" ;;
   esac
 done
 # stdin closed (not a terminal): keep running until interrupted.

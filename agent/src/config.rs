@@ -215,6 +215,9 @@ pub struct SnmpSpec {
     pub tables: Arc<[SnmpTable]>,
     /// Notifications it sends: the profile's, then the device's own.
     pub traps: Vec<TrapDef>,
+    /// The profile's derived points, with their descriptions (room left
+    /// empty: the poller fills it in).
+    pub derived: Vec<(crate::derive::Derived, PointMeta)>,
 }
 
 /// A loaded configuration with everything resolved.
@@ -622,7 +625,6 @@ fn resolve_derived<'a>(
     path: &str,
     p: &mut Problems,
 ) -> Vec<(crate::derive::Derived, &'a crate::derive::DerivedDef)> {
-    use crate::derive::{Derived, Formula};
     let mut out = Vec::new();
     for (i, def) in defs.iter().enumerate() {
         let dpath = format!(
@@ -663,23 +665,75 @@ fn resolve_derived<'a>(
         let Some(inputs) = found.into_iter().collect::<Option<Vec<Label>>>() else {
             continue;
         };
-        let formula = match &def.unbalance {
-            Some(_) => Formula::Unbalance {
-                of: inputs,
-                min_mean: def.min_mean.unwrap_or(0.0),
-            },
-            None => Formula::DewPoint {
-                temperature: inputs[0].clone(),
-                humidity: inputs[1].clone(),
-            },
+        out.push((def.resolve(&d.id, inputs), def));
+    }
+    out
+}
+
+/// An SNMP profile's derived points for one device. Inputs are scalar
+/// points or table cells `table.row.column` (UPS input lines
+/// `input.1.voltage`…); a device without such a row (a single-phase UPS)
+/// simply gets no reading of it.
+fn resolve_snmp_derived(
+    device: &str,
+    defs: &[crate::derive::DerivedDef],
+    points: &[SnmpPoint],
+    tables: &[SnmpTable],
+    path: &str,
+    p: &mut Problems,
+) -> Vec<(crate::derive::Derived, PointMeta)> {
+    let mut out = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        let dpath = format!("{path}.derived[{i}]");
+        let before = p.list().len();
+        for (field, msg) in def.problems() {
+            let at = if field.is_empty() {
+                dpath.clone()
+            } else {
+                format!("{dpath}.{field}")
+            };
+            p.push(at, msg);
+        }
+        if points.iter().any(|pt| pt.id == def.id) || tables.iter().any(|t| t.id == def.id) {
+            p.push(
+                format!("{dpath}.id"),
+                format!("{:?} is already a point or table of the device", def.id),
+            );
+        }
+        let known = |input: &str| match input.split('.').collect::<Vec<_>>().as_slice() {
+            [id] => points.iter().any(|pt| pt.id == *id),
+            [table, row, column] => {
+                row.parse::<u32>().is_ok()
+                    && tables
+                        .iter()
+                        .any(|t| t.id == *table && t.columns.iter().any(|c| c.id == *column))
+            }
+            _ => false,
         };
-        out.push((
-            Derived {
-                label: Label::from(format!("{}.{}", d.id, def.id).as_str()),
-                formula,
-            },
-            def,
-        ));
+        for input in def.inputs() {
+            if !known(input) {
+                p.push(
+                    dpath.clone(),
+                    format!("{input:?} is neither a scalar point nor a table cell (table.row.column) of the device"),
+                );
+            }
+        }
+        if p.list().len() > before {
+            continue;
+        }
+        let inputs = def
+            .inputs()
+            .iter()
+            .map(|input| Label::from(format!("{device}.{input}").as_str()))
+            .collect();
+        let derived = def.resolve(device, inputs);
+        let meta = PointMeta {
+            id: derived.label.clone(),
+            room: Label::from(""),
+            quantity: def.quantity.as_str().into(),
+            unit: def.unit.as_str().into(),
+        };
+        out.push((derived, meta));
     }
     out
 }
@@ -693,9 +747,11 @@ fn resolve_snmp(
     let mut points = Vec::new();
     let mut tables = Vec::new();
     let mut traps = Vec::new();
+    let mut derived_defs: &[crate::derive::DerivedDef] = &[];
     if let Some(name) = &d.profile {
         match profiles.get(name) {
             Some(Profile::Snmp(prof)) => {
+                derived_defs = &prof.derived;
                 points.extend(prof.points.iter().cloned());
                 tables.extend(prof.tables.iter().cloned());
                 traps.extend(prof.traps.iter().cloned());
@@ -749,11 +805,14 @@ fn resolve_snmp(
     SnmpDevice::check_points(path, &points, &tables, p);
     traps.extend(d.traps.iter().cloned());
     SnmpDevice::check_traps(path, &traps, &points, p);
+    let dpath = format!("{path}.profile({})", d.profile.as_deref().unwrap_or(""));
+    let derived = resolve_snmp_derived(&d.id, derived_defs, &points, &tables, &dpath, p);
     Some(SnmpSpec {
         device: d.clone(),
         points: points.into(),
         tables: tables.into(),
         traps,
+        derived,
     })
 }
 
@@ -1065,6 +1124,56 @@ mod tests {
                 .any(|g| g.starts_with("snmp[0].rows.inptu: no such table")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn snmp_derived_points_take_table_cells_and_a_wrong_cell_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = r#"
+            name = "my-ups"
+            driver = "snmp"
+            description = "test"
+            follows = "test"
+            [[points]]
+            id = "source"
+            oid = "1.3.6.1.2.1.33.1.4.1.0"
+            quantity = "ups_output_source"
+            [[tables]]
+            id = "input"
+              [[tables.columns]]
+              id = "voltage"
+              oid = "1.3.6.1.2.1.33.1.3.3.1.3"
+              quantity = "voltage"
+            [[derived]]
+            id = "unbalance"
+            quantity = "voltage_unbalance"
+            unit = "%"
+            unbalance = ["input.1.voltage", "input.2.voltage", "input.3.voltag"]
+        "#;
+        std::fs::write(dir.path().join("my-ups.toml"), profile).unwrap();
+        let text = format!(
+            "site = \"s\"\nagent = \"a\"\nprofiles_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\nkey = {{ value = \"abababababababababababababababababababababababababababababababab\" }}\n[[snmp]]\nid = \"ups\"\nroom = \"r\"\nprofile = \"my-ups\"\naddress = \"10.0.0.9\"\nversion = \"v2c\"\ncommunity = {{ value = \"public\" }}\n",
+            dir.path().display().to_string()
+        );
+        let got = problems(&text);
+        assert!(
+            got.iter().any(|g| g
+                .starts_with("snmp[0].profile(my-ups).derived[0]: \"input.3.voltag\" is neither")),
+            "{got:?}"
+        );
+        std::fs::write(
+            dir.path().join("my-ups.toml"),
+            profile.replace("input.3.voltag\"", "input.3.voltage\""),
+        )
+        .unwrap();
+        let agent = AgentConfig::parse(&text, Path::new("agent.toml")).unwrap();
+        let (d, meta) = &agent.snmp[0].derived[0];
+        assert_eq!(&*d.label, "ups.unbalance");
+        assert_eq!(&*meta.quantity, "voltage_unbalance");
+        let crate::derive::Formula::Unbalance { of, .. } = &d.formula else {
+            panic!("{:?}", d.formula)
+        };
+        assert_eq!(&*of[2], "ups.input.3.voltage");
     }
 
     #[test]

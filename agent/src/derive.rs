@@ -34,6 +34,25 @@ pub struct DewPointOf {
 }
 
 impl DerivedDef {
+    /// The derived point of device `device`, from its inputs' full ids (in
+    /// the order of [`DerivedDef::inputs`]).
+    pub fn resolve(&self, device: &str, inputs: Vec<Label>) -> Derived {
+        let formula = match &self.unbalance {
+            Some(_) => Formula::Unbalance {
+                of: inputs,
+                min_mean: self.min_mean.unwrap_or(0.0),
+            },
+            None => Formula::DewPoint {
+                temperature: inputs[0].clone(),
+                humidity: inputs[1].clone(),
+            },
+        };
+        Derived {
+            label: Label::from(format!("{device}.{}", self.id).as_str()),
+            formula,
+        }
+    }
+
     /// The points it is worked out from, by their ids in the profile.
     pub fn inputs(&self) -> Vec<&str> {
         match (&self.unbalance, &self.dew_point) {

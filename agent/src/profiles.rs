@@ -129,6 +129,9 @@ pub struct SnmpProfile {
     /// Notifications the family sends and what they mean.
     #[serde(default)]
     pub traps: Vec<TrapDef>,
+    /// Points worked out from the others in each poll (input voltage unbalance).
+    #[serde(default)]
+    pub derived: Vec<crate::derive::DerivedDef>,
 }
 
 #[derive(Debug, Clone)]

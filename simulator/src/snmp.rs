@@ -119,6 +119,12 @@ pub fn pdu_mib(v: &SiteValues) -> Mib {
             MibValue::Gauge(amps_x10 * 22),
         );
     }
+    // The phase carries every outlet's current (tenths of an ampere).
+    let total_x10: u32 = (1..=OUTLETS).map(|n| 8 + n * 3).sum();
+    m.insert(
+        oid(&format!("{PDU_PHASE}.5.1")),
+        MibValue::Integer(i64::from(total_x10)),
+    );
     m.insert(
         oid(&format!("{PDU_PHASE}.6.1")),
         // On mains the UPS passes the grid through; on battery its inverter

@@ -71,6 +71,15 @@ async fn each_device_family_drill_raises_exactly_its_rules_and_clears() -> Resul
         })
         .await?;
     }
+    // The Eaton UPS's three input phases give the derived unbalance (an
+    // SNMP profile's derived point from table cells).
+    let unbalance = latest_point(&client, &http, "pd-ups-2.input_voltage_unbalance")
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no pd-ups-2.input_voltage_unbalance"))?;
+    ensure!(
+        unbalance["quality"] == "good" && unbalance["value"].as_f64().is_some_and(|v| v < 2.0),
+        "{unbalance}"
+    );
     // A healthy site raises nothing (a few seconds of data with zero delays).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let quiet = active(&client, &http)

@@ -463,6 +463,17 @@ impl SnmpPoller {
                 }
             }
         }
+        if !self.spec.derived.is_empty() {
+            let before = readings.len();
+            let derived: Vec<_> = self.spec.derived.iter().map(|(d, _)| d.clone()).collect();
+            crate::derive::apply(&derived, &mut readings);
+            for r in &readings[before..] {
+                if let Some((_, m)) = self.spec.derived.iter().find(|(d, _)| d.label == r.point) {
+                    let (id, quantity, unit) = (m.id.clone(), m.quantity.clone(), m.unit.clone());
+                    self.note(&id, &quantity, &unit);
+                }
+            }
+        }
         PollResult {
             readings,
             error: first_error,
