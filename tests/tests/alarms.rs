@@ -508,19 +508,24 @@ async fn a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_
 
     s.drill("phase_unbalance").await?;
     s.told("electrical.voltage_unbalance", "raise").await?;
-    // Both meters read the same phases: one alarm each, each told once.
-    let alarms = eventually(PATIENCE, "both meters' unbalance told", || async {
+    // Both meters and the Eaton UPS's input (an SNMP derived point) read
+    // the same phases: one alarm each, each told once.
+    let alarms = eventually(PATIENCE, "every source's unbalance told", || async {
         let alarms = s.of_rule("electrical.voltage_unbalance").await;
         let told = s.hook.of_rule("electrical.voltage_unbalance");
-        (alarms.len() == 2 && told.len() == 2).then_some(alarms)
+        (alarms.len() == 3 && told.len() == 3).then_some(alarms)
     })
     .await?;
-    assert!(
-        alarms
-            .iter()
-            .any(|a| a["point"] == "pd-meter-1.voltage_unbalance"),
-        "{alarms:?}"
-    );
+    for point in [
+        "pd-meter-1.voltage_unbalance",
+        "pd-meter-2.voltage_unbalance",
+        "pd-ups-2.input_voltage_unbalance",
+    ] {
+        assert!(
+            alarms.iter().any(|a| a["point"] == point),
+            "{point}: {alarms:?}"
+        );
+    }
     // Each phase stayed inside 198–235.4 V: only the unbalance said it.
     assert!(s.of_rule("electrical.voltage_low").await.is_empty());
     assert!(s.of_rule("electrical.voltage_high").await.is_empty());
