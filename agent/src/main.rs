@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let cfg = &agent.config;
                 tracing::info!(site = %cfg.site, agent = %cfg.agent, broker = %cfg.mqtt.url, "agent starting");
-                roomguard_agent::run::run(agent, shutdown_signal()).await
+                roomguard_agent::run::run(agent, roomguard_protocol::clock::shutdown_signal()).await
             })?;
             Ok(())
         }
@@ -113,27 +113,5 @@ fn keep_heap_between_bursts() {
         // Setting the trim threshold fixes the mmap threshold too (glibc
         // stops adapting it); keep bursts' buffers on the heap.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

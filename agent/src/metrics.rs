@@ -239,7 +239,7 @@ fn render_spool(link: &Mutex<Link>, out: &mut String) {
         );
     }
     if let Some(oldest) = s.oldest_ms {
-        let age = (crate::run::now_ms() - oldest).max(0) as f64 / 1000.0;
+        let age = (roomguard_protocol::clock::now_ms() - oldest).max(0) as f64 / 1000.0;
         let _ = writeln!(out, "# HELP roomguard_agent_spool_oldest_age_seconds Age of the oldest unconfirmed batch.\n# TYPE roomguard_agent_spool_oldest_age_seconds gauge\nroomguard_agent_spool_oldest_age_seconds {age}");
     }
 }

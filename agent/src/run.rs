@@ -17,6 +17,7 @@ use crate::link::{Link, LinkOptions, OutBatch, WINDOW};
 use crate::metrics::AgentMetrics;
 use crate::seq::Sequence;
 use crate::spool::{OpenReport, Spool, SpoolError};
+use roomguard_protocol::clock::{jitter, now_ms};
 use roomguard_protocol::{
     batch::clean_text, AgentState, Batch, DeviceHealth, Quality, SpoolStatus, Status, Topic,
     PROTOCOL_VERSION,
@@ -24,10 +25,9 @@ use roomguard_protocol::{
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
@@ -51,28 +51,6 @@ pub enum AgentError {
     Metrics(std::io::Error),
     #[error("snmp_traps.listen: {0}")]
     Traps(String),
-}
-
-/// Wall-clock time in ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// A random number, good enough for spreading polls and retries (std's
-/// hasher keys are randomly seeded; no need for a crate for this).
-pub fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms() as u64);
-    h.finish()
-}
-
-/// A random duration in `[0, max)`, for spreading polls and reconnects.
-pub fn jitter(max: Duration) -> Duration {
-    let nanos = max.as_nanos().max(1) as u64;
-    Duration::from_nanos(random_u64() % nanos)
 }
 
 /// The link is shared by the publisher, the MQTT event loop and the pacer;

@@ -12,6 +12,7 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::conf::{self, Secret};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -393,10 +394,6 @@ fn verify_password(password: &str, hash: &str) -> bool {
             .verify_password(password.as_bytes(), &h)
             .is_ok()
     })
-}
-
-fn now_ms() -> i64 {
-    crate::store::now_ms()
 }
 
 fn open(path: &Path) -> Result<Connection, AuthError> {

@@ -4,7 +4,7 @@
 use crate::alarm::notify::ChannelConfig;
 use crate::alarm::record::{Escalation, Route};
 use crate::alarm::rules::{Override, RuleSet, RulesError};
-use crate::influx::{Precision, SinkSettings};
+use crate::sinks::influx::{Precision, SinkSettings};
 use crate::store::retention::Policy;
 use roomguard_protocol::conf::Secret;
 use roomguard_protocol::conf::{self, BrokerUrl, ConfigError, Problems};
@@ -259,7 +259,10 @@ impl InfluxConfig {
                 "influx.url",
                 format!("{:?} is not an http:// or https:// URL", self.url),
             );
-        } else if let Err(e) = self.settings().and_then(|s| crate::influx::write_url(&s)) {
+        } else if let Err(e) = self
+            .settings()
+            .and_then(|s| crate::sinks::influx::write_url(&s))
+        {
             p.push("influx", e);
         }
         if self.org.is_empty() {

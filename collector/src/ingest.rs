@@ -5,7 +5,8 @@
 
 use crate::confirm::{self, Confirmations};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Ack, WriteCmd};
+use crate::store::{Ack, WriteCmd};
+use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::conf::BrokerUrl;
 use roomguard_protocol::{
     decode_batch, AgentSecret, Status, Topic, TopicError, TopicKind, MAX_PAYLOAD_BYTES,

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod clock;
 pub mod conf;
 pub mod confirm;
 pub mod health;

@@ -373,7 +373,7 @@ async fn thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reache
         .replace("%3D", "=");
     assert_eq!(
         sign,
-        roomguard_collector::alarm::notify::dingtalk_sign("SEC-test-secret", ts)
+        roomguard_collector::alarm::notify::dingtalk::sign("SEC-test-secret", ts)
     );
     assert!(robot.received().iter().all(|r| r.body["markdown"]["title"]
         .as_str()

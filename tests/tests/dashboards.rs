@@ -12,7 +12,7 @@
 //! their queries in that style.
 
 use anyhow::{ensure, Context, Result};
-use roomguard_collector::influx::{FIELDS, MEASUREMENT, TAGS};
+use roomguard_collector::sinks::influx::{FIELDS, MEASUREMENT, TAGS};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

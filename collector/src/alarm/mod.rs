@@ -1,6 +1,7 @@
 //! Safety alarms: rule packs (`rules`), the pure rule engine (`engine`), the
-//! alarm record with its lifecycle, silences and notification outbox
-//! (`record`), and delivery to people (`notify`).
+//! pure lifecycle decisions (`lifecycle`: silences, who is told what, repeats
+//! and escalation), the alarm record with its outbox (`record`), and
+//! delivery to people (`notify`).
 //!
 //! The engine runs inside the store writer: the readings of a transaction,
 //! the alarm transitions they cause, the engine's changed state and the
@@ -8,6 +9,7 @@
 //! lose a transition nor raise one twice.
 
 pub mod engine;
+pub mod lifecycle;
 pub mod notify;
 pub mod record;
 pub mod rules;

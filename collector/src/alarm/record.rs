@@ -5,7 +5,9 @@
 //! (acknowledge, comment, assign, silences) by the API.
 
 use super::engine::{Engine, Kind, Saved, Transition, Ts};
-use super::rules::{glob, RuleSet};
+use super::lifecycle::{self, Note, LATE_AFTER_MS};
+pub use super::lifecycle::{level_name, Escalation, Route, Silence};
+use super::rules::RuleSet;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -105,28 +107,6 @@ pub enum RecordError {
     Conflict(String),
 }
 
-/// Where notifications go, as the record needs to know it: which levels and
-/// which kinds of transition a channel takes.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub channel: String,
-    pub levels: Vec<u8>,
-    /// Receives only escalations (the second target).
-    pub escalation_only: bool,
-    /// Takes acknowledgements and repeats (Alertmanager does not: it has
-    /// its own repeat and no acknowledgement).
-    pub lifecycle: bool,
-}
-
-/// Unacknowledged level-1/2 alarms are sent again every `repeat_every`,
-/// and after `escalate_after` to the escalation channels too.
-#[derive(Debug, Clone)]
-pub struct Escalation {
-    pub levels: Vec<u8>,
-    pub repeat_every_ms: i64,
-    pub escalate_after_ms: i64,
-}
-
 /// The alarm side of the store writer: the engine and where its transitions go.
 pub struct Recorder {
     pub engine: Engine,
@@ -136,33 +116,6 @@ pub struct Recorder {
     queued: usize,
     /// Raises and clears recorded since the last `take_counts`.
     counts: (u64, u64),
-}
-
-/// An active silence.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Silence {
-    pub id: i64,
-    pub site: Option<String>,
-    pub room: Option<String>,
-    pub rule: Option<String>,
-    pub reason: String,
-    pub owner: String,
-    pub starts_at: i64,
-    pub ends_at: i64,
-    pub created_at: i64,
-    pub ended_at: Option<i64>,
-    pub ended_by: Option<String>,
-}
-
-impl Silence {
-    pub fn matches(&self, site: &str, room: &str, rule: &str, at: Ts) -> bool {
-        self.ended_at.is_none()
-            && self.starts_at <= at
-            && at < self.ends_at
-            && self.site.as_deref().is_none_or(|s| s == site)
-            && self.room.as_deref().is_none_or(|r| r == room)
-            && self.rule.as_deref().is_none_or(|g| glob(g, rule))
-    }
 }
 
 pub fn active_silences(conn: &Connection, now: Ts) -> Result<Vec<Silence>, rusqlite::Error> {
@@ -190,20 +143,8 @@ fn silence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
     })
 }
 
-pub fn level_name(level: u8) -> (&'static str, &'static str) {
-    match level {
-        1 => ("critical", "一级"),
-        2 => ("major", "二级"),
-        3 => ("minor", "三级"),
-        _ => ("hint", "四级"),
-    }
-}
-
 /// How long delivered notifications are kept.
 const OUTBOX_KEEP_MS: i64 = 30 * 86_400_000;
-
-/// Later than this after the event, a notification says it is late.
-const LATE_AFTER_MS: i64 = 60_000;
 
 impl Recorder {
     /// Loads the engine's state from the store: the next serial, persisted
@@ -351,17 +292,14 @@ impl Recorder {
         };
         match t.kind {
             Kind::Raise => {
-                let silenced = silences
-                    .iter()
-                    .find(|s| {
-                        s.matches(
-                            &inst.site,
-                            &inst.room,
-                            &rule.id,
-                            t.at.max(now - LATE_AFTER_MS),
-                        )
-                    })
-                    .map(|s| s.id);
+                let raise = lifecycle::on_raise(
+                    t.inhibited,
+                    silences,
+                    (&inst.site, &inst.room, &rule.id),
+                    t.at,
+                    now,
+                );
+                let silenced = raise.silenced_by;
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO alarms (serial, rule, name, level, category, site, agent, room, device, point,
                         began_at, raised_at, value, late, inhibited, silenced_by, updated_at)
@@ -386,14 +324,9 @@ impl Recorder {
                     silenced,
                     now
                 ])?;
-                let why = match (t.inhibited, silenced) {
-                    (true, _) => Some("inhibited by an active alarm that explains it".to_owned()),
-                    (_, Some(id)) => Some(format!("silenced by maintenance window {id}")),
-                    _ => None,
-                };
-                event("raise", why)?;
+                event("raise", raise.why)?;
                 self.counts.0 += 1;
-                if !t.inhibited && silenced.is_none() {
+                if raise.tell {
                     self.notify_raise(tx, t.serial, now)?;
                 }
             }
@@ -416,14 +349,7 @@ impl Recorder {
                     .unwrap_or((false, false));
                 if notified {
                     // Escalation channels hear the end of what they were told.
-                    self.enqueue(
-                        tx,
-                        t.serial,
-                        "clear",
-                        "clear",
-                        |r| !r.escalation_only || escalated,
-                        now,
-                    )?;
+                    self.enqueue(tx, t.serial, Note::Clear { escalated }, now)?;
                 }
             }
             Kind::Correct => {
@@ -446,14 +372,11 @@ impl Recorder {
                     "release",
                     Some("the alarm that explained it has cleared".into()),
                 )?;
-                match silences
-                    .iter()
-                    .find(|s| s.matches(&inst.site, &inst.room, &rule.id, now))
-                {
+                match lifecycle::on_release(silences, (&inst.site, &inst.room, &rule.id), now) {
                     // Told when the window ends, by the sweep.
-                    Some(s) => {
+                    Some(id) => {
                         tx.prepare_cached("UPDATE alarms SET silenced_by = ?2 WHERE serial = ?1")?
-                            .execute(params![serial, s.id])?;
+                            .execute(params![serial, id])?;
                     }
                     None => self.notify_raise(tx, t.serial, now)?,
                 }
@@ -473,44 +396,20 @@ impl Recorder {
             .prepare_cached("UPDATE alarms SET notified = 1, notified_at = ?2 WHERE serial = ?1 AND notified = 0")?
             .execute(params![serial as i64, now])?;
         if done == 1 {
-            self.enqueue(tx, serial, "raise", "raise", |r| !r.escalation_only, now)?;
+            self.enqueue(tx, serial, Note::Raise, now)?;
         }
         Ok(())
     }
 
-    /// Adds a notification of `serial` for every route `take` accepts whose
-    /// levels include the alarm's. The (channel, key) pair is unique, so
-    /// queuing the same notification twice is harmless.
+    /// Queues `note` about `serial` for every route it goes to.
     fn enqueue(
         &mut self,
         tx: &Transaction<'_>,
         serial: u64,
-        kind: &str,
-        key: &str,
-        take: impl Fn(&Route) -> bool,
+        note: Note,
         now: Ts,
     ) -> Result<(), RecordError> {
-        let Some(mut doc) = document(tx, self.engine.rules(), serial, kind, now)? else {
-            return Ok(());
-        };
-        let level = doc["level"].as_u64().unwrap_or(4) as u8;
-        let key = format!("{serial}:{key}");
-        // The body names the same key as the Idempotency-Key header.
-        doc["key"] = json!(key);
-        let payload = doc.to_string();
-        let lifecycle = matches!(kind, "ack" | "repeat" | "escalate");
-        for r in &self.routes {
-            if !take(r) || !r.levels.contains(&level) || (lifecycle && !r.lifecycle) {
-                continue;
-            }
-            let n = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                )?
-                .execute(params![r.channel, key, serial as i64, kind, payload, now])?;
-            self.queued += n;
-        }
+        self.queued += enqueue(tx, self.engine.rules(), &self.routes, serial, note, now)?;
         Ok(())
     }
 
@@ -526,7 +425,7 @@ impl Recorder {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         for (serial, site, room, rule) in held {
-            if !silences.iter().any(|s| s.matches(&site, &room, &rule, now)) {
+            if lifecycle::held_raise_due(&silences, (&site, &room, &rule), now) {
                 self.notify_raise(tx, serial as u64, now)?;
             }
         }
@@ -556,40 +455,51 @@ impl Recorder {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         for (serial, level, since, escalated) in due {
-            if !e.levels.contains(&level) {
-                continue;
-            }
-            let age = now - since;
-            if e.repeat_every_ms > 0 && age >= e.repeat_every_ms {
-                let k = age / e.repeat_every_ms;
-                self.enqueue(
-                    tx,
-                    serial as u64,
-                    "repeat",
-                    &format!("repeat{k}"),
-                    |r| !r.escalation_only,
-                    now,
-                )?;
-            }
-            if e.escalate_after_ms > 0 && age >= e.escalate_after_ms && !escalated {
-                tx.prepare_cached("UPDATE alarms SET escalated = 1 WHERE serial = ?1")?
-                    .execute([serial])?;
-                tx.prepare_cached(
-                    "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'escalate', 'rule', 'unacknowledged: sent to the escalation channels')",
-                )?
-                .execute(params![serial, now])?;
-                self.enqueue(
-                    tx,
-                    serial as u64,
-                    "escalate",
-                    "escalate",
-                    |r| r.escalation_only,
-                    now,
-                )?;
+            for note in lifecycle::reminders(&e, level, since, escalated, now) {
+                if note == Note::Escalate {
+                    tx.prepare_cached("UPDATE alarms SET escalated = 1 WHERE serial = ?1")?
+                        .execute([serial])?;
+                    tx.prepare_cached(
+                        "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'escalate', 'rule', 'unacknowledged: sent to the escalation channels')",
+                    )?
+                    .execute(params![serial, now])?;
+                }
+                self.enqueue(tx, serial as u64, note, now)?;
             }
         }
         Ok(())
     }
+}
+
+/// Adds `note` about `serial` for every route it goes to (by the alarm's
+/// level and the note's kind); returns how many were queued. The (channel,
+/// key) pair is unique, so queuing the same notification twice is harmless.
+fn enqueue(
+    tx: &Connection,
+    rules: &RuleSet,
+    routes: &[Route],
+    serial: u64,
+    note: Note,
+    now: Ts,
+) -> Result<usize, RecordError> {
+    let Some(mut doc) = document(tx, rules, serial, note.kind(), now)? else {
+        return Ok(0);
+    };
+    let level = doc["level"].as_u64().unwrap_or(4) as u8;
+    let key = note.key(serial);
+    // The body names the same key as the Idempotency-Key header.
+    doc["key"] = json!(key);
+    let payload = doc.to_string();
+    let mut queued = 0;
+    for r in routes.iter().filter(|r| note.goes_to(r, level)) {
+        queued += tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?
+            .execute(params![r.channel, key, serial as i64, note.kind(), payload, now])?;
+    }
+    Ok(queued)
 }
 
 /// The notification document of an alarm: everything a receiver needs,
@@ -847,19 +757,7 @@ pub fn act(
                 params![s, now, by, comment],
             )?;
             if before.notified {
-                if let Some(doc) = document(&tx, rules, serial, "ack", now)? {
-                    let level = before.level;
-                    for r in routes
-                        .iter()
-                        .filter(|r| r.lifecycle && !r.escalation_only && r.levels.contains(&level))
-                    {
-                        queued += tx.execute(
-                            "INSERT OR IGNORE INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
-                             VALUES (?1, ?2, ?3, 'ack', ?4, ?5, ?5)",
-                            params![r.channel, format!("{serial}:ack"), s, doc.to_string(), now],
-                        )?;
-                    }
-                }
+                queued += enqueue(&tx, rules, routes, serial, Note::Ack, now)?;
             }
         }
         Action::Comment { text } => {

@@ -7,7 +7,6 @@
 
 use super::history::{bad, parse_time, show, zone};
 use super::{body, ApiError, AppState};
-use crate::alarm::notify;
 use crate::alarm::record::{
     self, Action, AlarmFilter, AlarmRow, NewSilence, RecordError, Route, Silence,
 };
@@ -292,7 +291,15 @@ async fn act(
             OwnedAction::Comment(t) => Action::Comment { text: t },
             OwnedAction::Assign(to) => Action::Assign { to },
         };
-        record::act(c, &rules, &routes, serial, &by, act, crate::store::now_ms())
+        record::act(
+            c,
+            &rules,
+            &routes,
+            serial,
+            &by,
+            act,
+            roomguard_protocol::clock::now_ms(),
+        )
     })
     .await?;
     if queued > 0 {
@@ -374,7 +381,7 @@ pub async fn silences(
     let q = query(q)?;
     let tz = zone(q.tz.as_deref(), &st)?;
     let rows = with_store(&st, move |c| {
-        record::list_silences(c, q.all, crate::store::now_ms())
+        record::list_silences(c, q.all, roomguard_protocol::clock::now_ms())
     })
     .await?;
     Ok(Json(
@@ -436,7 +443,7 @@ pub async fn create_silence(
         ends_at,
     };
     let s = with_store(&st, move |c| {
-        let s = record::create_silence(c, &new, crate::store::now_ms())?;
+        let s = record::create_silence(c, &new, roomguard_protocol::clock::now_ms())?;
         let detail = format!("{} (owner {}, reason {})", s.id, s.owner, s.reason);
         crate::auth::audit(c, &user.name, "silence.create", &detail)?;
         Ok(s)
@@ -470,7 +477,7 @@ pub async fn end_silence(
         .map_err(|_| bad(format!("{id:?} is not a silence id")))?;
     let tz = zone(None, &st)?;
     let s = with_store(&st, move |c| {
-        let s = record::end_silence(c, id, &by, crate::store::now_ms())?;
+        let s = record::end_silence(c, id, &by, roomguard_protocol::clock::now_ms())?;
         crate::auth::audit(c, &by, "silence.end", &id.to_string())?;
         Ok(s)
     })
@@ -546,7 +553,7 @@ pub async fn notifications(
         return Err(bad(format!("limit must be 1 to {}", record::MAX_LIST)));
     }
     let rows = with_store(&st, move |c| {
-        Ok(notify::outbox(c, q.state.as_deref(), limit)?)
+        Ok(crate::store::outbox::list(c, q.state.as_deref(), limit)?)
     })
     .await?;
     Ok(Json(json!({ "notifications": rows })))
@@ -562,7 +569,8 @@ pub async fn retry(
         .parse()
         .map_err(|_| bad(format!("{id:?} is not a notification id")))?;
     let requeued = with_store(&st, move |c| {
-        let requeued = notify::retry_dead(c, id, crate::store::now_ms())?;
+        let requeued =
+            crate::store::outbox::retry_dead(c, id, roomguard_protocol::clock::now_ms())?;
         if requeued {
             crate::auth::audit(c, &user.name, "notification.retry", &id.to_string())?;
         }

@@ -124,7 +124,7 @@ pub async fn hazards(
         grade: q.grade,
         open_only: q.open,
     };
-    let now = crate::store::now_ms();
+    let now = roomguard_protocol::clock::now_ms();
     let list = with_conn(&st, move |c| hazard::list(c, &f, limit)).await?;
     Ok(Json(json!({
         "hazards": list.iter().map(|h| hazard_json(h, &tz, now)).collect::<Vec<_>>()
@@ -171,7 +171,7 @@ pub async fn create_hazard(
         deadline,
         plan: b.plan,
     };
-    let now = crate::store::now_ms();
+    let now = roomguard_protocol::clock::now_ms();
     let h = with_conn(&st, move |c| {
         hazard::create(c, &new, &user.name, Status::Open, "manual", None, now)
     })
@@ -186,7 +186,7 @@ pub async fn hazard(
 ) -> Result<Json<Value>, ApiError> {
     let id = id_of(&id, "hazard")?;
     let tz = zone(None, &st)?;
-    let now = crate::store::now_ms();
+    let now = roomguard_protocol::clock::now_ms();
     let (h, events) = with_conn(&st, move |c| {
         Ok((hazard::get(c, id)?, hazard::events(c, id)?))
     })
@@ -285,7 +285,7 @@ pub async fn change_hazard(
         grade: b.grade,
         description: b.description,
     };
-    let now = crate::store::now_ms();
+    let now = roomguard_protocol::clock::now_ms();
     let (action, note) = (b.action, b.note);
     let h = with_conn(&st, move |c| {
         hazard::change(c, id, &edit, action, note.as_deref(), &user.name, now)
@@ -296,7 +296,7 @@ pub async fn change_hazard(
 }
 
 pub async fn zeroing(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let now = crate::store::now_ms();
+    let now = roomguard_protocol::clock::now_ms();
     let sites = with_conn(&st, move |c| hazard::zeroing(c, now)).await?;
     Ok(Json(json!({ "sites": sites, "target": "open_major = 0" })))
 }
@@ -412,7 +412,7 @@ pub async fn record_patrol(
     let m = body(b)?;
     let list = st.inspection.checklist();
     let tz = zone(None, &st)?;
-    let now = crate::store::now_ms();
+    let now = roomguard_protocol::clock::now_ms();
     let mut p = with_conn(&st, move |c| {
         patrol::record_manual(c, &m, &list, &user.name, now)
     })
@@ -576,7 +576,7 @@ pub async fn report(
                     schedule: &schedule,
                     tz: &tz2,
                     schedule_tz: &site_tz,
-                    now: crate::store::now_ms(),
+                    now: roomguard_protocol::clock::now_ms(),
                 };
                 let rep = report::build(c, site.as_deref(), &p, &inp)?;
                 Ok(match format.as_str() {
@@ -611,7 +611,7 @@ pub async fn report(
                     schedule: &schedule,
                     tz: &tz2,
                     schedule_tz: &site_tz,
-                    now: crate::store::now_ms(),
+                    now: roomguard_protocol::clock::now_ms(),
                 };
                 let rep = report::build_year(c, site.as_deref(), &y, &inp)?;
                 Ok(match format.as_str() {

@@ -181,7 +181,7 @@ pub async fn login(
         .throttle
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .check(&name, crate::store::now_ms());
+        .check(&name, roomguard_protocol::clock::now_ms());
     if let Err(wait) = locked {
         tracing::warn!(user = %name.chars().take(64).collect::<String>(), "login refused: too many failures");
         return Err(AuthError::Throttled(wait).into());
@@ -193,7 +193,7 @@ pub async fn login(
         let mut throttle = st.auth.throttle.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(_) => throttle.succeeded(&name),
-            Err(AuthError::BadLogin) => throttle.failed(&name, crate::store::now_ms()),
+            Err(AuthError::BadLogin) => throttle.failed(&name, roomguard_protocol::clock::now_ms()),
             Err(_) => {}
         }
     }

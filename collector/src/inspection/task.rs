@@ -46,7 +46,9 @@ impl Inspector {
         loop {
             tick.tick().await;
             let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.round(crate::store::now_ms())).await {
+            match tokio::task::spawn_blocking(move || me.round(roomguard_protocol::clock::now_ms()))
+                .await
+            {
                 Ok(Ok(r)) => {
                     if r.overdue_told > 0 {
                         self.wake.notify_one();

@@ -3,6 +3,7 @@
 //! transaction: under load, batches grow and per-transaction cost is shared.
 
 pub mod history;
+pub mod outbox;
 pub mod pending;
 pub mod retention;
 pub mod rollup;
@@ -10,6 +11,7 @@ pub mod sqlite;
 
 use crate::confirm::Confirmations;
 use crate::metrics::{Integrity, Metrics};
+use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::{Batch, Status};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -121,7 +123,7 @@ pub fn spawn_writer(
     mut writer: sqlite::SqliteWriter,
     metrics: Arc<Metrics>,
     confirmations: Arc<Confirmations>,
-    sink: Option<crate::influx::SinkHandle>,
+    sink: Option<crate::sinks::influx::SinkHandle>,
     wake: Arc<tokio::sync::Notify>,
     live: Arc<crate::live::Live>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
@@ -470,13 +472,6 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 
 /// How often the writer does a step of background work.
 const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 #[cfg(test)]
 mod tests {

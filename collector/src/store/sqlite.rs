@@ -401,7 +401,13 @@ impl SqliteWriter {
         let n = readings.len();
         let mut stats = WriteStats::default();
         let mut refs: Vec<(i64, &Sample)> = readings.iter().map(|(p, s)| (*p, s)).collect();
-        insert_samples(&tx, &mut self.dirty, &mut refs, super::now_ms(), &mut stats)?;
+        insert_samples(
+            &tx,
+            &mut self.dirty,
+            &mut refs,
+            roomguard_protocol::clock::now_ms(),
+            &mut stats,
+        )?;
         tx.execute("DELETE FROM staging", [])?;
         tx.commit()?;
         tracing::info!(
@@ -458,7 +464,7 @@ impl SqliteWriter {
                 staged: &self.staged,
                 next: self.next_slice,
                 all: true,
-                now_ms: super::now_ms(),
+                now_ms: roomguard_protocol::clock::now_ms(),
             },
             &mut Vec::new(),
             None,
@@ -1261,7 +1267,7 @@ pub fn backup(
         while rollup::step(
             &mut copy.conn,
             &mut copy.dirty,
-            super::now_ms(),
+            roomguard_protocol::clock::now_ms(),
             ROLLUP_STEP,
         )? > 0
         {}

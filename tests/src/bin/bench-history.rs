@@ -147,7 +147,7 @@ async fn main() -> Result<()> {
     let runs = arg("--runs", 20) as usize;
     let dir = tempfile::tempdir_in(std::env::current_dir()?)?;
     let db = dir.path().join("store.db");
-    let end = roomguard_agent::run::now_ms();
+    let end = roomguard_protocol::clock::now_ms();
     let (samples, insert_s, rollup_s) = one_point_90_days(&db, end)?;
     let size = std::fs::metadata(&db)?.len()
         + std::fs::metadata(db.with_extension("db-wal"))

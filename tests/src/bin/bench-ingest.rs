@@ -170,7 +170,7 @@ async fn ingest_at(
     while started.elapsed() < Duration::from_secs(seconds) {
         interval.tick().await;
         owed += per_tick;
-        let now = roomguard_agent::run::now_ms();
+        let now = roomguard_protocol::clock::now_ms();
         while owed >= 1.0 {
             owed -= 1.0;
             agent = (agent + 1) % AGENTS;

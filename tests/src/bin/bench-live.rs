@@ -48,7 +48,7 @@ async fn publish(port: u16) -> Result<tokio::task::JoinHandle<()>> {
         loop {
             tick.tick().await;
             seq += 1;
-            let now = roomguard_agent::run::now_ms();
+            let now = roomguard_protocol::clock::now_ms();
             for d in 0..DEVICES {
                 let topic = Topic::batch("bench", &format!("edge-{d:02}"));
                 let _ = client
@@ -84,7 +84,7 @@ async fn dashboard(http: String, seen: Arc<Seen>) -> Result<()> {
             else {
                 continue;
             };
-            let now = roomguard_agent::run::now_ms();
+            let now = roomguard_protocol::clock::now_ms();
             let doc: serde_json::Value = serde_json::from_str(data)?;
             let points = doc["points"].as_array().context("points")?;
             seen.readings

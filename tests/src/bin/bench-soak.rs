@@ -137,7 +137,7 @@ async fn main() -> Result<()> {
             Phase::Idle => 0.0,
         };
         owed += rate / READINGS as f64 / 10.0;
-        let now = roomguard_agent::run::now_ms();
+        let now = roomguard_protocol::clock::now_ms();
         while owed >= 1.0 {
             owed -= 1.0;
             seq += 1;

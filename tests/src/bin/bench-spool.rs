@@ -132,7 +132,7 @@ fn spool_alone(n: u64) -> Result<()> {
 /// Writes `devices` × `minutes` of 10-second polls into a spool at `dir`.
 fn fill_outage(dir: &Path, devices: usize, minutes: u64) -> Result<(u64, i64)> {
     let (mut spool, _) = Spool::open(dir, limits(Duration::from_secs(1)))?;
-    let start = roomguard_agent::run::now_ms() - minutes as i64 * 60_000;
+    let start = roomguard_protocol::clock::now_ms() - minutes as i64 * 60_000;
     let mut seq = 0;
     for tick in 0..(minutes * 6) {
         let t = start + tick as i64 * 10_000;

@@ -9,7 +9,7 @@ use super::plan::{self, ReadRequest};
 use super::{decode, fail, read, transport, ModbusError};
 use crate::config::{BusSpec, ModbusSpec, PollGroup};
 use crate::drivers::{Backoff, DevicePoll, PollResult};
-use crate::run::{jitter, now_ms, random_u64};
+use roomguard_protocol::clock::{jitter, now_ms, random_u64};
 use roomguard_protocol::Reading;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;

@@ -18,7 +18,7 @@ use self::config::{
 use self::map::{map_value, CounterSample, Mapping, SnmpValue};
 use crate::config::SnmpSpec;
 use crate::drivers::{Backoff, DevicePoll, PollResult};
-use crate::run::{jitter, now_ms};
+use roomguard_protocol::clock::{jitter, now_ms};
 use roomguard_protocol::{PointMeta, Quality, Reading};
 use snmp2::{AsyncSession, Oid, Value};
 use std::collections::HashMap;

@@ -17,7 +17,7 @@
 use super::config::{parse_oid, SnmpPoint, TrapDef};
 use super::map::{map_value, SnmpValue};
 use super::V3Credentials;
-use crate::run::now_ms;
+use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::{Quality, Reading};
 use snmp2::{MessageType, Pdu, Value};
 use std::collections::{HashMap, HashSet};

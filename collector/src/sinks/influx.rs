@@ -19,6 +19,7 @@
 
 use crate::metrics::Metrics;
 use influxdb_line_protocol::LineProtocolBuilder;
+use roomguard_protocol::clock::jitter;
 use roomguard_protocol::{Batch, Quality};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -299,19 +300,6 @@ pub fn write_url(s: &SinkSettings) -> Result<reqwest::Url, String> {
         ],
     )
     .map_err(|e| format!("{base:?}: {e}"))
-}
-
-/// A random duration below `max`, so retries from many collectors spread out.
-fn jitter(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    Duration::from_nanos(h.finish() % (max.as_nanos().max(1) as u64))
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -1,0 +1,337 @@
+//! The collector's wiring: the embedded broker (or an external one), the
+//! store writer with the alarm engine, the notification sender, the sinks,
+//! the inspection round, ingest and the API, run until a signal; and the
+//! commands that work on a store (report). `main.rs` only parses the
+//! command line and calls these.
+
+use crate::config::CollectorConfig;
+use crate::{alarm, api, broker, confirm, ingest, metrics::Metrics, sinks::influx, store};
+use anyhow::Context;
+use roomguard_protocol::conf::BrokerUrl;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Ingests, stores and serves until Ctrl-C or SIGTERM.
+pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
+    // HTTPS (the InfluxDB sink) uses rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(Metrics::default());
+    let mut security = cfg.mqtt.security.clone();
+    let mut mqtts = None;
+    let broker_url = match cfg.broker() {
+        Some(url) => url.map_err(anyhow::Error::msg)?,
+        None => {
+            let mut users = std::collections::HashMap::new();
+            for (i, u) in cfg.mqtt.embedded_users.iter().enumerate() {
+                let pw = u
+                    .password
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("mqtt.embedded_users[{i}].password: {e}"))?
+                    .unwrap_or_default();
+                users.insert(u.name.clone(), pw);
+            }
+            if !users.is_empty() {
+                // The collector's own login, new at every start, never written down.
+                let password = crate::auth::random_hex(24);
+                users.insert(INTERNAL_USER.to_owned(), password.clone());
+                security.username = Some(INTERNAL_USER.to_owned());
+                security.password = Some(roomguard_protocol::conf::Secret {
+                    value: Some(password),
+                    ..Default::default()
+                });
+            }
+            let addr = broker::start(
+                cfg.mqtt.embedded_listen,
+                roomguard_protocol::MAX_PAYLOAD_BYTES * 2,
+                users,
+                cfg.mqtt.embedded_log_mib,
+            )?;
+            if let Some(t) = &cfg.mqtt.embedded_tls {
+                let config = api::tls::server_config_with(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca_file.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("mqtt.embedded_tls: {e}"))?;
+                let listener =
+                    tokio::net::TcpListener::bind(t.listen)
+                        .await
+                        .with_context(|| {
+                            format!("mqtt.embedded_tls.listen: cannot listen on {}", t.listen)
+                        })?;
+                mqtts = Some(listener.local_addr()?);
+                let listener = api::tls::TlsListener::new(listener, config)?;
+                tokio::spawn(broker::serve_tls(listener, addr));
+            }
+            BrokerUrl {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                tls: false,
+            }
+        }
+    };
+    let mut writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
+        .with_retention(cfg.store.retention.policy())
+        .with_cache_mib(cfg.store.cache_mib)?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let alarms = if cfg.alarms.enabled {
+        let rules = Arc::new(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);
+        let setup = store::sqlite::AlarmSetup {
+            rules: rules.clone(),
+            routes: cfg.alarms.routes(),
+            escalation: cfg.alarms.escalation(),
+        };
+        writer = writer.with_alarms(setup, roomguard_protocol::clock::now_ms())?;
+        let sender = alarm::notify::Sender::new(
+            &cfg.alarms.channels,
+            cfg.store.path.clone(),
+            wake.clone(),
+            metrics.clone(),
+            &cfg.http.time_zone,
+            cfg.alarms.link.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(sender.run());
+        tracing::info!(
+            rules = rules.rules.len(),
+            channels = cfg.alarms.channels.len(),
+            "alarm engine on"
+        );
+        Some(Arc::new(api::alarms::AlarmsApi {
+            rules,
+            routes: cfg.alarms.routes(),
+            wake: wake.clone(),
+        }))
+    } else {
+        tracing::warn!("alarms are off (alarms.enabled = false)");
+        None
+    };
+    let confirmations = Arc::new(confirm::Confirmations::default());
+    let sink = match &cfg.influx {
+        Some(influx) => {
+            let settings = influx
+                .settings()
+                .map_err(|e| anyhow::anyhow!("influx.token: {e}"))?;
+            // Tags for points described before this start.
+            let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+            let mut catalogue = influx::Catalogue::new();
+            for p in reader.points(&store::history::PointFilter::default())? {
+                let tags = influx::PointTags {
+                    room: p.room,
+                    quantity: p.quantity,
+                    unit: p.unit,
+                };
+                catalogue.entry(p.site).or_default().insert(p.point, tags);
+            }
+            tracing::info!(url = %influx.url, bucket = %influx.bucket, "writing readings to InfluxDB too");
+            Some(influx::spawn(settings, catalogue, metrics.clone())?)
+        }
+        None => None,
+    };
+    let live = Arc::new(crate::live::Live::default());
+    let wake_inspection = wake.clone();
+    tokio::spawn(live.clone().run());
+    let (store_tx, writer_thread) = store::spawn_writer(
+        writer,
+        metrics.clone(),
+        confirmations.clone(),
+        sink,
+        wake,
+        live.clone(),
+    )
+    .context("cannot start the store writer")?;
+
+    if cfg.inspection.enabled {
+        let inspector = crate::inspection::task::Inspector {
+            store: cfg.store.path.clone(),
+            cfg: cfg.inspection.clone(),
+            rules: alarms.as_ref().map(|a| a.rules.clone()),
+            routes: cfg.alarms.routes(),
+            tz: jiff::tz::TimeZone::get(&cfg.http.time_zone)
+                .context("http.time_zone: unknown time zone")?,
+            wake: wake_inspection,
+            live: live.clone(),
+        };
+        tokio::spawn(Arc::new(inspector).run());
+    }
+
+    // Bound before the first admin is made: a one-time password printed by a
+    // start that then fails on a busy port would be shown for nothing.
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
+    let (auth, admin_password) = crate::auth::Auth::init(&cfg.store.path, &cfg.auth)
+        .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+    if let Some(password) = admin_password {
+        // Shown once, here; only its hash is kept.
+        println!(
+            "{}",
+            serde_json::json!({"event": "admin_created", "user": "admin", "password": password})
+        );
+        tracing::warn!("created user admin with a one-time password printed on standard output; change it (POST /api/v1/users/admin/password)");
+    }
+    if !cfg.auth.enabled {
+        tracing::warn!(
+            "authentication is off (auth.enabled = false): anyone who reaches the API is an admin"
+        );
+    }
+    let auth = Arc::new(auth);
+    let http_addr = listener.local_addr()?;
+    let app = api::router(Arc::new(api::AppState {
+        secure_cookies: cfg.http.tls.is_some(),
+        store_path: cfg.store.path.clone(),
+        metrics: metrics.clone(),
+        time_zone: cfg.http.time_zone.clone(),
+        retention: cfg.store.retention.policy(),
+        alarms,
+        auth,
+        live: live.clone(),
+        ui_dir: cfg.http.ui_dir.clone(),
+        inspection: cfg.inspection.clone(),
+    }));
+
+    // Files named in [mqtt.security] were read at load; read them again now
+    // so one that vanished since stops the start instead of ingest.
+    security
+        .apply(
+            &broker_url,
+            &mut rumqttc::MqttOptions::new("check", broker_url.host.clone(), broker_url.port),
+        )
+        .map_err(|e| anyhow::anyhow!("mqtt.security: {e}"))?;
+    let ingest = tokio::spawn(ingest::run(
+        ingest::Settings {
+            broker: broker_url.clone(),
+            security,
+            client_id: cfg.mqtt.client_id.clone(),
+            max_points_per_agent: cfg.store.max_points_per_agent,
+            secret: Arc::new(
+                roomguard_protocol::AgentSecret::new(
+                    &cfg.agents.secret().map_err(anyhow::Error::msg)?,
+                )
+                .map_err(|e| anyhow::anyhow!("agents.secret: {e}"))?,
+            ),
+        },
+        metrics.clone(),
+        store_tx,
+        confirmations,
+    ));
+
+    // Scripts and tests wait for this line instead of sleeping.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "http": http_addr,
+            "https": cfg.http.tls.is_some(),
+            "mqtt": format!("{}:{}", broker_url.host, broker_url.port),
+            "mqtts": mqtts,
+        })
+    );
+    tracing::info!(%http_addr, broker = %format!("{}:{}", broker_url.host, broker_url.port), "collector serving");
+
+    match &cfg.http.tls {
+        Some(t) => {
+            let config = api::tls::server_config(&t.cert_file, &t.key_file)
+                .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
+            api::serve::serve(
+                api::tls::TlsListener::new(listener, config)?,
+                app,
+                shutdown_signal(live),
+            )
+            .await;
+        }
+        None => api::serve::serve(listener, app, shutdown_signal(live)).await,
+    }
+
+    tracing::info!("shutting down: finishing queued writes");
+    ingest.abort();
+    let _ = ingest.await;
+    // The writer stops once the last sender (held by ingest) is gone, after
+    // committing what was queued.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    Ok(())
+}
+
+/// The embedded broker's login for the collector itself, when it has users.
+const INTERNAL_USER: &str = "roomguard-collector-internal";
+
+/// `roomguard-collector report`: builds the report on a read-only
+/// connection and writes it; returns the files written.
+pub fn report(
+    cfg: &CollectorConfig,
+    month: Option<String>,
+    year: Option<String>,
+    site: Option<String>,
+    format: &str,
+    lang: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    use crate::inspection::{render, report};
+    let lang = render::Lang::parse(lang).context("--lang: en or zh-CN")?;
+    anyhow::ensure!(
+        matches!(format, "html" | "json" | "csv"),
+        "--format: html, json or csv"
+    );
+    let tz = jiff::tz::TimeZone::get(&cfg.http.time_zone).context("http.time_zone")?;
+    let rules = if cfg.alarms.enabled {
+        Some(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?)
+    } else {
+        None
+    };
+    let schedule = cfg.inspection.schedule();
+    let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+    let inp = report::Inputs {
+        rules: rules.as_ref(),
+        schedule: &schedule,
+        tz: &tz,
+        schedule_tz: &tz,
+        now: roomguard_protocol::clock::now_ms(),
+    };
+    let site = site.as_deref();
+    // The report as its renderings, each made only when asked for.
+    enum Built {
+        Month(report::Report),
+        Year(report::YearReport),
+    }
+    let built = match (month, year) {
+        (Some(m), _) => {
+            let p = report::month(&m, &tz).map_err(anyhow::Error::msg)?;
+            Built::Month(report::build(reader.conn(), site, &p, &inp)?)
+        }
+        (None, Some(y)) => Built::Year(report::build_year(reader.conn(), site, &y, &inp)?),
+        (None, None) => anyhow::bail!("give --month or --year"),
+    };
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).with_context(|| path.display().to_string())
+    };
+    let mut written = Vec::new();
+    match (format, &built) {
+        ("csv", b) => {
+            std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+            for t in render::TABLES {
+                let path = out.join(format!("{t}.csv"));
+                let text = match b {
+                    Built::Month(r) => render::csv(r, t, &tz),
+                    Built::Year(r) => render::csv_year(r, t, &tz),
+                };
+                write(&path, text.unwrap_or_default())?;
+                written.push(path);
+            }
+        }
+        ("json", Built::Month(r)) => write(out, serde_json::to_string_pretty(r)?)?,
+        ("json", Built::Year(r)) => write(out, serde_json::to_string_pretty(r)?)?,
+        (_, Built::Month(r)) => write(out, render::html_month(r, lang, &tz))?,
+        (_, Built::Year(r)) => write(out, render::html_year(r, lang, &tz))?,
+    }
+    if format != "csv" {
+        written.push(out.to_owned());
+    }
+    Ok(written)
+}
+
+/// Completes on Ctrl-C or SIGTERM, after ending the open event streams
+/// (the HTTP server waits for every connection to finish).
+async fn shutdown_signal(live: Arc<crate::live::Live>) {
+    roomguard_protocol::clock::shutdown_signal().await;
+    live.close();
+}
