@@ -20,40 +20,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS users (
-    name          TEXT PRIMARY KEY,
-    role          TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    created_at    INTEGER NOT NULL,
-    created_by    TEXT NOT NULL,
-    disabled      INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    token_hash BLOB PRIMARY KEY,
-    user       TEXT NOT NULL,
-    csrf       TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS api_tokens (
-    token_hash BLOB PRIMARY KEY,
-    name       TEXT NOT NULL UNIQUE,
-    role       TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    created_by TEXT NOT NULL,
-    revoked_at INTEGER,
-    revoked_by TEXT
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit_log (
-    id     INTEGER PRIMARY KEY,
-    at     INTEGER NOT NULL,
-    user   TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT
-);
-"#;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -421,7 +387,7 @@ impl Auth {
     /// admin's one-time password when it was generated here.
     pub fn init(store: &Path, cfg: &AuthConfig) -> Result<(Auth, Option<String>), AuthError> {
         let conn = open(store)?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::store::schema::AUTH)?;
         let mut created = None;
         if cfg.enabled {
             let users: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;

@@ -7,7 +7,6 @@
 //! Confirmations are gathered for a moment and sent as ranges, one message
 //! per agent, so they cost a fraction of the batches they answer.
 
-use crate::ingest::AbortOnDrop;
 use roomguard_protocol::{AgentSecret, Confirm, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
@@ -118,6 +117,16 @@ pub async fn run(
                 return; // the event loop is gone: shutting down
             }
         }
+    }
+}
+
+/// Aborts a background task when its owner goes (ingest's confirmer, the
+/// confirmer's own helpers).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

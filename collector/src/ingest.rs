@@ -3,7 +3,7 @@
 //! logged with its reason, counted, and dropped; nothing an agent sends can
 //! stop ingest.
 
-use crate::confirm::{self, Confirmations};
+use crate::confirm::{self, AbortOnDrop, Confirmations};
 use crate::metrics::Metrics;
 use crate::store::{Ack, WriteCmd};
 use roomguard_protocol::clock::now_ms;
@@ -520,16 +520,6 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
     serde_json::from_slice::<SeqOnly>(payload)
         .ok()
         .map(|s| s.seq)
-}
-
-/// Stops a helper task when ingest ends.
-/// Aborts a background task when its owner goes.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -8,44 +8,6 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS hazards (
-    id          INTEGER PRIMARY KEY,
-    site        TEXT NOT NULL,
-    room        TEXT NOT NULL,
-    category    TEXT NOT NULL,
-    grade       TEXT NOT NULL,
-    description TEXT NOT NULL,
-    found_by    TEXT NOT NULL,
-    found_at    INTEGER NOT NULL,
-    owner       TEXT,
-    deadline    INTEGER,
-    plan        TEXT,
-    status      TEXT NOT NULL,
-    evidence    TEXT,
-    verifier    TEXT,
-    closed_at   INTEGER,
-    source      TEXT NOT NULL,
-    rule        TEXT,
-    overdue_told_at INTEGER,
-    updated_at  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS hazards_by_site ON hazards (site, status);
-CREATE TABLE IF NOT EXISTS hazard_events (
-    id      INTEGER PRIMARY KEY,
-    hazard  INTEGER NOT NULL,
-    at      INTEGER NOT NULL,
-    by      TEXT NOT NULL,
-    action  TEXT NOT NULL,
-    changes TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS hazard_events_by_hazard ON hazard_events (hazard);
-CREATE TRIGGER IF NOT EXISTS hazard_events_no_update BEFORE UPDATE ON hazard_events
-BEGIN SELECT RAISE(ABORT, 'hazard_events is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS hazard_events_no_delete BEFORE DELETE ON hazard_events
-BEGIN SELECT RAISE(ABORT, 'hazard_events is append-only'); END;
-"#;
-
 /// Where a hazard stands. `Proposed` and `Dismissed` are for hazards the
 /// collector proposed from alarms: a person accepts (→ open) or dismisses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -690,7 +652,7 @@ mod tests {
 
     fn store() -> Connection {
         let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(crate::store::schema::HAZARDS).unwrap();
         c
     }
 

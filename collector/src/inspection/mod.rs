@@ -36,16 +36,6 @@ pub enum InspectionError {
     Store(#[from] rusqlite::Error),
 }
 
-/// Whether the store has table `name` (the alarm tables exist only with
-/// alarms on).
-pub(crate) fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
-    c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |r| r.get(0),
-    )
-}
-
 /// A rollup tier to read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Tier {
@@ -76,41 +66,6 @@ pub(crate) fn rollups(
     })?;
     rows.collect()
 }
-
-/// Tables of this module; created with the store.
-pub fn init(c: &Connection) -> Result<(), rusqlite::Error> {
-    c.execute_batch(hazard::SCHEMA)?;
-    c.execute_batch(patrol::SCHEMA)?;
-    c.execute_batch(DRILLS)?;
-    // A store upgraded with years of alarms: hazards are proposed from
-    // alarms raised from now on, not from its whole history.
-    if table_exists(c, "alarms")? {
-        c.execute(
-            "INSERT OR IGNORE INTO inspection_state (key, value)
-             SELECT 'proposed_after_serial', COALESCE(MAX(serial), 0) FROM alarms",
-            [],
-        )?;
-    }
-    Ok(())
-}
-
-const DRILLS: &str = r#"
-CREATE TABLE IF NOT EXISTS drills (
-    id         INTEGER PRIMARY KEY,
-    site       TEXT NOT NULL,
-    room       TEXT NOT NULL,
-    scenario   TEXT NOT NULL,
-    started_at INTEGER NOT NULL,
-    ended_at   INTEGER,
-    by         TEXT NOT NULL,
-    note       TEXT
-);
-CREATE INDEX IF NOT EXISTS drills_by_time ON drills (started_at);
-CREATE TABLE IF NOT EXISTS inspection_state (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"#;
 
 /// `[inspection]`: when patrols are due, and how hazards follow alarms.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -14,41 +14,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS patrols (
-    id          INTEGER PRIMARY KEY,
-    site        TEXT NOT NULL,
-    room        TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    slot        INTEGER NOT NULL,
-    at          INTEGER NOT NULL,
-    by          TEXT NOT NULL,
-    period_from INTEGER NOT NULL,
-    period_to   INTEGER NOT NULL,
-    record      TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    UNIQUE (site, room, kind, slot)
-);
-CREATE INDEX IF NOT EXISTS patrols_by_time ON patrols (slot);
-CREATE TABLE IF NOT EXISTS patrol_photos (
-    id           INTEGER PRIMARY KEY,
-    patrol       INTEGER NOT NULL,
-    name         TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    data         BLOB NOT NULL,
-    sha256       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS patrol_photos_by_patrol ON patrol_photos (patrol);
-CREATE TRIGGER IF NOT EXISTS patrols_no_update BEFORE UPDATE ON patrols
-BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS patrols_no_delete BEFORE DELETE ON patrols
-BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS patrol_photos_no_update BEFORE UPDATE ON patrol_photos
-BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS patrol_photos_no_delete BEFORE DELETE ON patrol_photos
-BEGIN SELECT RAISE(ABORT, 'patrol records are immutable'); END;
-"#;
-
 /// A point whose newest reading is older than this at patrol time is stale.
 pub const STALE_MS: i64 = 15 * 60_000;
 pub const MAX_PHOTOS: usize = 4;
@@ -225,7 +190,7 @@ pub fn build_auto(
 }
 
 fn active_alarms(c: &Connection, site: &str, room: &str) -> Result<Vec<Value>, rusqlite::Error> {
-    if !super::table_exists(c, "alarms")? {
+    if !crate::store::sqlite::table_exists(c, "alarms")? {
         return Ok(Vec::new());
     }
     let mut st = c.prepare_cached(
@@ -541,7 +506,7 @@ mod tests {
     fn store() -> Connection {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(crate::store::sqlite::SCHEMA).unwrap();
-        super::super::init(&c).unwrap();
+        crate::store::schema::init_inspection(&c).unwrap();
         c.execute(
             "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
              VALUES ('s', 'br-h2-1.h2', 'a', 'battery-room', 'br-h2-1', 'h2_lfl', '%LFL', 0, 0)",

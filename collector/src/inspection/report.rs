@@ -181,7 +181,7 @@ pub fn build(
     inp: &Inputs,
 ) -> Result<Report, InspectionError> {
     let until = period.to.min(inp.now);
-    let alarms_on = super::table_exists(c, "alarms")?;
+    let alarms_on = crate::store::sqlite::table_exists(c, "alarms")?;
     Ok(Report {
         site: site.map(str::to_owned),
         period: period.clone(),

@@ -80,7 +80,7 @@ impl Inspector {
             patrols: self.patrols(&c, now)?,
             ..Default::default()
         };
-        if super::table_exists(&c, "alarms")? {
+        if crate::store::sqlite::table_exists(&c, "alarms")? {
             r.proposed = self.propose(&mut c)?;
             r.overdue_told = self.tell_overdue(&mut c, now)?;
         }

@@ -7,6 +7,7 @@ pub mod outbox;
 pub mod pending;
 pub mod retention;
 pub mod rollup;
+pub mod schema;
 pub mod sqlite;
 
 use crate::confirm::Confirmations;

@@ -329,8 +329,8 @@ impl SqliteWriter {
             // the maintenance steps after the upgrade.
             (0, 0) | (2, _) | (3, _) | (4, _) | (5, _) | (6, _) => {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
-                conn.execute_batch(crate::alarm::record::SCHEMA).map_err(open_err)?;
-                crate::inspection::init(&conn).map_err(open_err)?;
+                conn.execute_batch(super::schema::ALARMS).map_err(open_err)?;
+                super::schema::init_inspection(&conn).map_err(open_err)?;
                 if (1..4).contains(&version) {
                     conn.execute_batch(
                         "INSERT OR IGNORE INTO rollup_dirty (point_id, bucket)
@@ -1278,6 +1278,16 @@ pub fn backup(
         let _ = std::fs::remove_file(dest);
         let _ = std::fs::remove_file(format!("{}-wal", dest.display()));
     })
+}
+
+/// Whether the store has table `name` (the alarm tables exist only with
+/// alarms on).
+pub(crate) fn table_exists(c: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
 }
 
 #[cfg(test)]
