@@ -1,8 +1,8 @@
 //! The collector's configuration file, loaded and checked before anything
 //! starts; every problem is reported by its path.
 
+use crate::alarm::lifecycle::{Escalation, Route};
 use crate::alarm::notify::ChannelConfig;
-use crate::alarm::record::{Escalation, Route};
 use crate::alarm::rules::{Override, RuleSet, RulesError};
 use crate::sinks::influx::{Precision, SinkSettings};
 use crate::store::retention::Policy;

@@ -8,12 +8,12 @@
 //! is checked for the report's headings; the CLI writes the CSV tables.
 
 use anyhow::{ensure, Context, Result};
-use roomguard_collector::alarm::record::{self, Action as AlarmAction};
 use roomguard_collector::config::AlarmsConfig;
 use roomguard_collector::inspection::hazard::{self, Action, Edit, NewHazard, Status};
 use roomguard_collector::inspection::report::{self, Inputs};
 use roomguard_collector::inspection::task::Inspector;
 use roomguard_collector::inspection::{self as insp, InspectionConfig, NewDrill};
+use roomguard_collector::store::alarms::{self as record, Action as AlarmAction};
 use roomguard_collector::store::sqlite::{AlarmSetup, SqliteWriter};
 use roomguard_e2e::browser::Browser;
 use roomguard_e2e::*;

@@ -1,7 +1,8 @@
 //! Safety alarms: rule packs (`rules`), the pure rule engine (`engine`), the
 //! pure lifecycle decisions (`lifecycle`: silences, who is told what, repeats
-//! and escalation), the alarm record with its outbox (`record`), and
-//! delivery to people (`notify`).
+//! and escalation), and delivery to people (`notify`). The alarm record (its
+//! tables, the transitions written with the readings that caused them, the
+//! outbox) is in the store (`store/alarms.rs`).
 //!
 //! The engine runs inside the store writer: the readings of a transaction,
 //! the alarm transitions they cause, the engine's changed state and the
@@ -11,5 +12,4 @@
 pub mod engine;
 pub mod lifecycle;
 pub mod notify;
-pub mod record;
 pub mod rules;

@@ -7,11 +7,12 @@
 
 use super::history::{bad, parse_time, show, zone};
 use super::{body, ApiError, AppState};
-use crate::alarm::record::{
-    self, Action, AlarmFilter, AlarmRow, NewSilence, RecordError, Route, Silence,
-};
+use crate::alarm::lifecycle::{level_name, Route, Silence};
 use crate::alarm::rules::{Cond, RuleSet};
 use crate::auth::User;
+use crate::store::alarms::{
+    self as record, Action, AlarmFilter, AlarmRow, NewSilence, RecordError,
+};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -108,7 +109,7 @@ fn text(field: &str, v: &str) -> Result<(), ApiError> {
 /// An alarm as the API shows it: times in `tz`, names and advice from its rule.
 fn alarm_json(a: &AlarmRow, rules: &RuleSet, tz: &TimeZone) -> Value {
     let rule = rules.index(&a.rule).map(|i| &rules.rules[i]);
-    let (level_en, level_zh) = record::level_name(a.level);
+    let (level_en, level_zh) = level_name(a.level);
     let t = |v: Option<i64>| v.map(|ms| show(ms, tz));
     json!({
         "serial": a.serial,

@@ -4,7 +4,7 @@
 //! channels (outbox rows, so they are delivered like alarms: once, retried).
 
 use super::{figures, hazard, patrol, state_get, state_set, InspectionConfig, InspectionError};
-use crate::alarm::record::Route;
+use crate::alarm::lifecycle::Route;
 use crate::alarm::rules::RuleSet;
 use rusqlite::{params, Connection};
 use serde_json::json;

@@ -2,6 +2,7 @@
 //! and drains a bounded queue, committing whatever has accumulated in one
 //! transaction: under load, batches grow and per-transaction cost is shared.
 
+pub mod alarms;
 pub mod history;
 pub mod outbox;
 pub mod pending;
@@ -39,7 +40,7 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("alarms: {0}")]
-    Alarm(#[from] crate::alarm::record::RecordError),
+    Alarm(#[from] crate::store::alarms::RecordError),
     /// A blocking task reading the store panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),

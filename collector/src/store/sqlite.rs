@@ -12,8 +12,9 @@
 use super::pending::{self, Pending, Sample, SharedPending, SLICES};
 use super::{retention, rollup, AgentRow, LatestRow, StoreError, WriteStats};
 use crate::alarm::engine::Transition;
-use crate::alarm::record::{Escalation, Recorder, Route};
+use crate::alarm::lifecycle::{Escalation, Route};
 use crate::alarm::rules::RuleSet;
+use crate::store::alarms::Recorder;
 use roomguard_protocol::{Batch, Quality, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::{HashMap, VecDeque};

@@ -4,10 +4,10 @@
 //! same transaction as the readings that caused them; people's actions
 //! (acknowledge, comment, assign, silences) by the API.
 
-use super::engine::{Engine, Kind, Saved, Transition, Ts};
-use super::lifecycle::{self, Note, LATE_AFTER_MS};
-pub use super::lifecycle::{level_name, Escalation, Route, Silence};
-use super::rules::RuleSet;
+use crate::alarm::engine::{Engine, Kind, Saved, Transition, Ts};
+use crate::alarm::lifecycle::{self, Note, LATE_AFTER_MS};
+use crate::alarm::lifecycle::{level_name, Escalation, Route, Silence};
+use crate::alarm::rules::RuleSet;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
