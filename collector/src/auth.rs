@@ -10,13 +10,13 @@
 //! and also accept, dismiss and verify hazards; admins do everything,
 //! including users.
 
+use crate::store::auth::AuthStore;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::conf::{self, Secret};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -224,7 +224,7 @@ pub struct Auth {
     pub enabled: bool,
     pub open_health: bool,
     pub open_metrics: bool,
-    store: PathBuf,
+    db: AuthStore,
     session_ttl_ms: i64,
     /// (SHA-256 of the token, who it is).
     tokens: Vec<([u8; 32], User)>,
@@ -362,54 +362,32 @@ fn verify_password(password: &str, hash: &str) -> bool {
     })
 }
 
-fn open(path: &Path) -> Result<Connection, AuthError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
-
-/// Records a write action in the audit log.
-pub fn audit(
-    conn: &Connection,
-    user: &str,
-    action: &str,
-    detail: &str,
-) -> Result<(), rusqlite::Error> {
-    conn.execute(
-        "INSERT INTO audit_log (at, user, action, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![now_ms(), user, action, detail],
-    )?;
-    Ok(())
-}
-
 impl Auth {
     /// Creates the tables and, on first start, the `admin` user. Returns the
     /// admin's one-time password when it was generated here.
     pub fn init(store: &Path, cfg: &AuthConfig) -> Result<(Auth, Option<String>), AuthError> {
-        let conn = open(store)?;
-        conn.execute_batch(crate::store::schema::AUTH)?;
+        let db = AuthStore::open(store)?;
         let mut created = None;
-        if cfg.enabled {
-            let users: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
-            if users == 0 {
-                let given = match &cfg.initial_admin_password {
-                    Some(s) => s.resolve().map_err(AuthError::Invalid)?,
-                    None => None,
-                };
-                let password = match given {
-                    Some(p) => p,
-                    None => {
-                        let p = random_hex(12);
-                        created = Some(p.clone());
-                        p
-                    }
-                };
-                conn.execute(
-                    "INSERT INTO users (name, role, password_hash, created_at, created_by) VALUES ('admin', 'admin', ?1, ?2, 'first start')",
-                    params![hash_password(&password)?, now_ms()],
-                )?;
-                audit(&conn, "first start", "user.create", "admin (admin)")?;
-            }
+        if cfg.enabled && db.count_users()? == 0 {
+            let given = match &cfg.initial_admin_password {
+                Some(s) => s.resolve().map_err(AuthError::Invalid)?,
+                None => None,
+            };
+            let password = match given {
+                Some(p) => p,
+                None => {
+                    let p = random_hex(12);
+                    created = Some(p.clone());
+                    p
+                }
+            };
+            db.insert_user(
+                ("admin", "admin"),
+                &hash_password(&password)?,
+                now_ms(),
+                "first start",
+            )?;
+            db.audit("first start", "user.create", "admin (admin)", now_ms())?;
         }
         let mut tokens = Vec::new();
         for t in &cfg.tokens {
@@ -428,7 +406,7 @@ impl Auth {
                 enabled: cfg.enabled,
                 open_health: cfg.open_health,
                 open_metrics: cfg.open_metrics,
-                store: store.to_owned(),
+                db,
                 session_ttl_ms: cfg.session_ttl.as_millis() as i64,
                 tokens,
                 throttle: Default::default(),
@@ -465,15 +443,7 @@ impl Auth {
                 return Ok(Some((u.clone(), Via::Token)));
             }
             // Tokens made through the API; looked up by their digest.
-            let conn = open(&self.store)?;
-            let row: Option<(String, String)> = conn
-                .query_row(
-                    "SELECT name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
-                    [h.as_slice()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            return Ok(row.and_then(|(name, role)| {
+            return Ok(self.db.token(&h)?.and_then(|(name, role)| {
                 Some((
                     User {
                         name,
@@ -486,15 +456,7 @@ impl Auth {
         let Some(session) = cookie.and_then(session_of) else {
             return Ok(None);
         };
-        let conn = open(&self.store)?;
-        let row: Option<(String, String, String)> = conn
-            .query_row(
-                "SELECT s.user, s.csrf, u.role FROM sessions s JOIN users u ON u.name = s.user
-                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
-                params![sha256(session).as_slice(), now_ms()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let row = self.db.session(&sha256(session), now_ms())?;
         Ok(row.and_then(|(name, csrf, role)| {
             Some((
                 User {
@@ -508,15 +470,7 @@ impl Auth {
 
     /// Checks a password and opens a session: (session token, CSRF token, user).
     pub fn login(&self, name: &str, password: &str) -> Result<(String, String, User), AuthError> {
-        let conn = open(&self.store)?;
-        let row: Option<(String, String)> = conn
-            .query_row(
-                "SELECT role, password_hash FROM users WHERE name = ?1 AND disabled = 0",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((role, hash)) = row else {
+        let Some((role, hash)) = self.db.login_row(name)? else {
             // Same work as a real check, so a missing user is not faster.
             let _ = verify_password(password, dummy_hash());
             return Err(AuthError::BadLogin);
@@ -528,12 +482,9 @@ impl Auth {
         let token = random_hex(32);
         let csrf = random_hex(16);
         let now = now_ms();
-        conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
-        conn.execute(
-            "INSERT INTO sessions (token_hash, user, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sha256(&token).as_slice(), name, csrf, now, now + self.session_ttl_ms],
-        )?;
-        audit(&conn, name, "login", "")?;
+        self.db
+            .open_session(&sha256(&token), name, &csrf, now, now + self.session_ttl_ms)?;
+        self.db.audit(name, "login", "", now)?;
         Ok((
             token,
             csrf,
@@ -546,10 +497,7 @@ impl Auth {
 
     pub fn logout(&self, cookie: Option<&str>) -> Result<(), AuthError> {
         if let Some(session) = cookie.and_then(session_of) {
-            open(&self.store)?.execute(
-                "DELETE FROM sessions WHERE token_hash = ?1",
-                [sha256(session).as_slice()],
-            )?;
+            self.db.end_session(&sha256(session))?;
         }
         Ok(())
     }
@@ -559,20 +507,7 @@ impl Auth {
     }
 
     pub fn users(&self) -> Result<Vec<serde_json::Value>, AuthError> {
-        let conn = open(&self.store)?;
-        let mut st = conn.prepare(
-            "SELECT name, role, created_at, created_by, disabled FROM users ORDER BY name",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(serde_json::json!({
-                "name": r.get::<_, String>(0)?,
-                "role": r.get::<_, String>(1)?,
-                "created_at": r.get::<_, i64>(2)?,
-                "created_by": r.get::<_, String>(3)?,
-                "disabled": r.get::<_, bool>(4)?,
-            }))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self.db.users()?)
     }
 
     pub fn create_user(
@@ -584,19 +519,19 @@ impl Auth {
     ) -> Result<(), AuthError> {
         valid_name(name).map_err(|e| AuthError::Invalid(format!("name: {e}")))?;
         check_password(password)?;
-        let conn = open(&self.store)?;
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO users (name, role, password_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, role.as_str(), hash_password(password)?, now_ms(), by],
-        )?;
-        if n == 0 {
+        if !self.db.insert_user(
+            (name, role.as_str()),
+            &hash_password(password)?,
+            now_ms(),
+            by,
+        )? {
             return Err(AuthError::Exists(name.to_owned()));
         }
-        audit(
-            &conn,
+        self.db.audit(
             by,
             "user.create",
             &format!("{name} ({})", role.as_str()),
+            now_ms(),
         )?;
         Ok(())
     }
@@ -604,16 +539,10 @@ impl Auth {
     /// Sets a password; other sessions of the user end.
     pub fn set_password(&self, by: &str, name: &str, password: &str) -> Result<(), AuthError> {
         check_password(password)?;
-        let conn = open(&self.store)?;
-        let n = conn.execute(
-            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
-            params![name, hash_password(password)?],
-        )?;
-        if n == 0 {
+        if !self.db.set_password_hash(name, &hash_password(password)?)? {
             return Err(AuthError::NoUser(name.to_owned()));
         }
-        conn.execute("DELETE FROM sessions WHERE user = ?1", [name])?;
-        audit(&conn, by, "user.password", name)?;
+        self.db.audit(by, "user.password", name, now_ms())?;
         Ok(())
     }
 
@@ -621,56 +550,35 @@ impl Auth {
     pub fn create_token(&self, by: &str, name: &str, role: Role) -> Result<String, AuthError> {
         valid_name(name).map_err(|e| AuthError::Invalid(format!("name: {e}")))?;
         let token = random_hex(32);
-        let conn = open(&self.store)?;
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO api_tokens (token_hash, name, role, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sha256(&token).as_slice(), name, role.as_str(), now_ms(), by],
-        )?;
-        if n == 0 {
+        if !self
+            .db
+            .insert_token(&sha256(&token), (name, role.as_str()), now_ms(), by)?
+        {
             return Err(AuthError::Exists(name.to_owned()));
         }
-        audit(
-            &conn,
+        self.db.audit(
             by,
             "token.create",
             &format!("{name} ({})", role.as_str()),
+            now_ms(),
         )?;
         Ok(token)
     }
 
     pub fn revoke_token(&self, by: &str, name: &str) -> Result<(), AuthError> {
-        let conn = open(&self.store)?;
-        let n = conn.execute(
-            "UPDATE api_tokens SET revoked_at = ?2, revoked_by = ?3 WHERE name = ?1 AND revoked_at IS NULL",
-            params![name, now_ms(), by],
-        )?;
-        if n == 0 {
+        if !self.db.revoke_token(name, now_ms(), by)? {
             return Err(AuthError::NoUser(name.to_owned()));
         }
-        audit(&conn, by, "token.revoke", name)?;
+        self.db.audit(by, "token.revoke", name, now_ms())?;
         Ok(())
     }
 
     pub fn tokens(&self) -> Result<Vec<serde_json::Value>, AuthError> {
-        let conn = open(&self.store)?;
-        let mut st = conn.prepare(
-            "SELECT name, role, created_at, created_by, revoked_at, revoked_by FROM api_tokens ORDER BY name",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(serde_json::json!({
-                "name": r.get::<_, String>(0)?,
-                "role": r.get::<_, String>(1)?,
-                "created_at": r.get::<_, i64>(2)?,
-                "created_by": r.get::<_, String>(3)?,
-                "revoked_at": r.get::<_, Option<i64>>(4)?,
-                "revoked_by": r.get::<_, Option<String>>(5)?,
-            }))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self.db.tokens()?)
     }
 
     pub fn audit(&self, user: &str, action: &str, detail: &str) -> Result<(), AuthError> {
-        audit(&open(&self.store)?, user, action, detail)?;
+        self.db.audit(user, action, detail, now_ms())?;
         Ok(())
     }
 }

@@ -446,7 +446,13 @@ pub async fn create_silence(
     let s = with_store(&st, move |c| {
         let s = record::create_silence(c, &new, roomguard_protocol::clock::now_ms())?;
         let detail = format!("{} (owner {}, reason {})", s.id, s.owner, s.reason);
-        crate::auth::audit(c, &user.name, "silence.create", &detail)?;
+        crate::store::auth::audit(
+            c,
+            &user.name,
+            "silence.create",
+            &detail,
+            roomguard_protocol::clock::now_ms(),
+        )?;
         Ok(s)
     })
     .await?;
@@ -479,7 +485,13 @@ pub async fn end_silence(
     let tz = zone(None, &st)?;
     let s = with_store(&st, move |c| {
         let s = record::end_silence(c, id, &by, roomguard_protocol::clock::now_ms())?;
-        crate::auth::audit(c, &by, "silence.end", &id.to_string())?;
+        crate::store::auth::audit(
+            c,
+            &by,
+            "silence.end",
+            &id.to_string(),
+            roomguard_protocol::clock::now_ms(),
+        )?;
         Ok(s)
     })
     .await?;
@@ -573,7 +585,13 @@ pub async fn retry(
         let requeued =
             crate::store::outbox::retry_dead(c, id, roomguard_protocol::clock::now_ms())?;
         if requeued {
-            crate::auth::audit(c, &user.name, "notification.retry", &id.to_string())?;
+            crate::store::auth::audit(
+                c,
+                &user.name,
+                "notification.retry",
+                &id.to_string(),
+                roomguard_protocol::clock::now_ms(),
+            )?;
         }
         Ok(requeued)
     })

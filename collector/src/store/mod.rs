@@ -3,6 +3,7 @@
 //! transaction: under load, batches grow and per-transaction cost is shared.
 
 pub mod alarms;
+pub mod auth;
 pub mod history;
 pub mod outbox;
 pub mod pending;

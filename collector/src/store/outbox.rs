@@ -1,7 +1,7 @@
 //! The notification outbox in the SQLite store: rows due for delivery, their
 //! outcomes, the API's listing and the dead-letter retry. Rows are written by
 //! the alarm record in the transaction of the transition they tell
-//! (`alarm/record.rs`); the delivery loop (`alarm/notify/`) only reads and
+//! (`store/alarms.rs`); the delivery loop (`alarm/notify/`) only reads and
 //! settles them here.
 
 use rusqlite::{params, Connection};

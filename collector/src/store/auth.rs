@@ -1,0 +1,215 @@
+//! Users, sessions, machine tokens and the audit log in the SQLite store.
+//! Only digests of session and token secrets are kept. The decisions (who
+//! may do what, password rules and hashing, throttling) are in `auth.rs`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The store's user tables, opened per call (the API calls from the
+/// blocking pool; SQLite's WAL lets them read beside the writer).
+#[derive(Debug, Clone)]
+pub struct AuthStore {
+    path: PathBuf,
+}
+
+/// A user or token's name and role, as stored.
+pub type NameRole = (String, String);
+
+impl AuthStore {
+    /// The tables, created if the store has none yet.
+    pub fn open(path: &Path) -> Result<AuthStore, rusqlite::Error> {
+        let s = AuthStore {
+            path: path.to_owned(),
+        };
+        s.conn()?.execute_batch(super::schema::AUTH)?;
+        Ok(s)
+    }
+
+    fn conn(&self) -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    pub fn count_users(&self) -> Result<i64, rusqlite::Error> {
+        self.conn()?
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+    }
+
+    /// Adds a user unless the name is taken; whether it was added.
+    pub fn insert_user(
+        &self,
+        (name, role): (&str, &str),
+        password_hash: &str,
+        now: i64,
+        by: &str,
+    ) -> Result<bool, rusqlite::Error> {
+        let n = self.conn()?.execute(
+            "INSERT OR IGNORE INTO users (name, role, password_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, role, password_hash, now, by],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The role and password hash of an enabled user.
+    pub fn login_row(&self, name: &str) -> Result<Option<(String, String)>, rusqlite::Error> {
+        self.conn()?
+            .query_row(
+                "SELECT role, password_hash FROM users WHERE name = ?1 AND disabled = 0",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Sets a password hash and ends the user's sessions; whether the user exists.
+    pub fn set_password_hash(&self, name: &str, hash: &str) -> Result<bool, rusqlite::Error> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+            params![name, hash],
+        )?;
+        if n == 1 {
+            conn.execute("DELETE FROM sessions WHERE user = ?1", [name])?;
+        }
+        Ok(n == 1)
+    }
+
+    pub fn users(&self) -> Result<Vec<Value>, rusqlite::Error> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare(
+            "SELECT name, role, created_at, created_by, disabled FROM users ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(json!({
+                "name": r.get::<_, String>(0)?,
+                "role": r.get::<_, String>(1)?,
+                "created_at": r.get::<_, i64>(2)?,
+                "created_by": r.get::<_, String>(3)?,
+                "disabled": r.get::<_, bool>(4)?,
+            }))
+        })?;
+        rows.collect()
+    }
+
+    /// Opens a session (and drops expired ones).
+    pub fn open_session(
+        &self,
+        token_hash: &[u8],
+        user: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), rusqlite::Error> {
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+        conn.execute(
+            "INSERT INTO sessions (token_hash, user, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash, user, csrf, now, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// The user, CSRF token and role of a live session of an enabled user.
+    pub fn session(
+        &self,
+        token_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<(String, String, String)>, rusqlite::Error> {
+        self.conn()?
+            .query_row(
+                "SELECT s.user, s.csrf, u.role FROM sessions s JOIN users u ON u.name = s.user
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.disabled = 0",
+                params![token_hash, now],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+    }
+
+    pub fn end_session(&self, token_hash: &[u8]) -> Result<(), rusqlite::Error> {
+        self.conn()?
+            .execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash])?;
+        Ok(())
+    }
+
+    /// Adds a machine token unless the name is taken; whether it was added.
+    pub fn insert_token(
+        &self,
+        token_hash: &[u8],
+        (name, role): (&str, &str),
+        now: i64,
+        by: &str,
+    ) -> Result<bool, rusqlite::Error> {
+        let n = self.conn()?.execute(
+            "INSERT OR IGNORE INTO api_tokens (token_hash, name, role, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash, name, role, now, by],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The name and role of an unrevoked token.
+    pub fn token(&self, token_hash: &[u8]) -> Result<Option<NameRole>, rusqlite::Error> {
+        self.conn()?
+            .query_row(
+                "SELECT name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                [token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Revokes a token by name; whether there was one to revoke.
+    pub fn revoke_token(&self, name: &str, now: i64, by: &str) -> Result<bool, rusqlite::Error> {
+        let n = self.conn()?.execute(
+            "UPDATE api_tokens SET revoked_at = ?2, revoked_by = ?3 WHERE name = ?1 AND revoked_at IS NULL",
+            params![name, now, by],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn tokens(&self) -> Result<Vec<Value>, rusqlite::Error> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare(
+            "SELECT name, role, created_at, created_by, revoked_at, revoked_by FROM api_tokens ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(json!({
+                "name": r.get::<_, String>(0)?,
+                "role": r.get::<_, String>(1)?,
+                "created_at": r.get::<_, i64>(2)?,
+                "created_by": r.get::<_, String>(3)?,
+                "revoked_at": r.get::<_, Option<i64>>(4)?,
+                "revoked_by": r.get::<_, Option<String>>(5)?,
+            }))
+        })?;
+        rows.collect()
+    }
+
+    pub fn audit(
+        &self,
+        user: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), rusqlite::Error> {
+        audit(&self.conn()?, user, action, detail, now)
+    }
+}
+
+/// Records a write action in the audit log, on `conn` (inside the caller's
+/// transaction where there is one: the action and its entry commit together).
+pub fn audit(
+    conn: &Connection,
+    user: &str,
+    action: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO audit_log (at, user, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now, user, action, detail],
+    )?;
+    Ok(())
+}
