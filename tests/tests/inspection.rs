@@ -9,7 +9,7 @@
 
 use anyhow::{ensure, Context, Result};
 use roomguard_collector::config::AlarmsConfig;
-use roomguard_collector::inspection::hazard::{self, Action, Edit, NewHazard, Status};
+use roomguard_collector::inspection::hazard::{Action, Edit, NewHazard, Status};
 use roomguard_collector::inspection::report::{self, Inputs};
 use roomguard_collector::inspection::task::Inspector;
 use roomguard_collector::inspection::{self as insp, InspectionConfig, NewDrill};
@@ -185,7 +185,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         deadline: None,
         plan: Some("fix it".into()),
     };
-    let h1 = hazard::create(
+    let h1 = roomguard_collector::store::hazards::create(
         &c,
         &new("major", "exhaust fan seized"),
         "inspector-1",
@@ -198,7 +198,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         deadline: Some(d),
         ..Default::default()
     };
-    hazard::change(
+    roomguard_collector::store::hazards::change(
         &mut c,
         h1.id,
         &deadline(o + 14 * DAY),
@@ -211,7 +211,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         evidence: Some("new fan, photo".into()),
         ..Default::default()
     };
-    hazard::change(
+    roomguard_collector::store::hazards::change(
         &mut c,
         h1.id,
         &evidence,
@@ -220,7 +220,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         "li",
         o + 10 * DAY,
     )?;
-    hazard::change(
+    roomguard_collector::store::hazards::change(
         &mut c,
         h1.id,
         &Edit::default(),
@@ -229,7 +229,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         "inspector-1",
         o + 11 * DAY,
     )?;
-    let h2 = hazard::create(
+    let h2 = roomguard_collector::store::hazards::create(
         &c,
         &new("general", "cable tray unsealed"),
         "inspector-1",
@@ -238,7 +238,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         None,
         o + 7 * DAY,
     )?;
-    hazard::change(
+    roomguard_collector::store::hazards::change(
         &mut c,
         h2.id,
         &deadline(o + 19 * DAY),
@@ -247,7 +247,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         "li",
         o + 8 * DAY,
     )?;
-    let h3 = hazard::create(
+    let h3 = roomguard_collector::store::hazards::create(
         &c,
         &new("general", "extinguisher out of date"),
         "inspector-1",
@@ -256,7 +256,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         None,
         o - 11 * DAY,
     )?;
-    hazard::change(
+    roomguard_collector::store::hazards::change(
         &mut c,
         h3.id,
         &deadline(o - DAY),

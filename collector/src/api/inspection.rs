@@ -5,7 +5,7 @@
 use super::history::{bad, parse_time, show, zone};
 use super::{body, ApiError, AppState};
 use crate::auth::{Role, User};
-use crate::inspection::hazard::{self, Action, Edit, Filter, Hazard, NewHazard, Status};
+use crate::inspection::hazard::{Action, Edit, Filter, Hazard, NewHazard, Status};
 use crate::inspection::report::{self, Inputs};
 use crate::inspection::{patrol, render, InspectionError, NewDrill};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -125,7 +125,7 @@ pub async fn hazards(
         open_only: q.open,
     };
     let now = roomguard_protocol::clock::now_ms();
-    let list = with_conn(&st, move |c| hazard::list(c, &f, limit)).await?;
+    let list = with_conn(&st, move |c| crate::store::hazards::list(c, &f, limit)).await?;
     Ok(Json(json!({
         "hazards": list.iter().map(|h| hazard_json(h, &tz, now)).collect::<Vec<_>>()
     })))
@@ -173,7 +173,7 @@ pub async fn create_hazard(
     };
     let now = roomguard_protocol::clock::now_ms();
     let h = with_conn(&st, move |c| {
-        hazard::create(c, &new, &user.name, Status::Open, "manual", None, now)
+        crate::store::hazards::create(c, &new, &user.name, Status::Open, "manual", None, now)
     })
     .await?;
     st.live.alarms_changed();
@@ -188,7 +188,10 @@ pub async fn hazard(
     let tz = zone(None, &st)?;
     let now = roomguard_protocol::clock::now_ms();
     let (h, events) = with_conn(&st, move |c| {
-        Ok((hazard::get(c, id)?, hazard::events(c, id)?))
+        Ok((
+            crate::store::hazards::get(c, id)?,
+            crate::store::hazards::events(c, id)?,
+        ))
     })
     .await?;
     let mut v = hazard_json(&h, &tz, now);
@@ -288,7 +291,7 @@ pub async fn change_hazard(
     let now = roomguard_protocol::clock::now_ms();
     let (action, note) = (b.action, b.note);
     let h = with_conn(&st, move |c| {
-        hazard::change(c, id, &edit, action, note.as_deref(), &user.name, now)
+        crate::store::hazards::change(c, id, &edit, action, note.as_deref(), &user.name, now)
     })
     .await?;
     st.live.alarms_changed();
@@ -297,7 +300,7 @@ pub async fn change_hazard(
 
 pub async fn zeroing(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let now = roomguard_protocol::clock::now_ms();
-    let sites = with_conn(&st, move |c| hazard::zeroing(c, now)).await?;
+    let sites = with_conn(&st, move |c| crate::store::hazards::zeroing(c, now)).await?;
     Ok(Json(json!({ "sites": sites, "target": "open_major = 0" })))
 }
 

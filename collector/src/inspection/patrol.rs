@@ -220,7 +220,7 @@ fn open_hazards(
         open_only: true,
         ..Default::default()
     };
-    Ok(super::hazard::list(c, &f, 1000)?
+    Ok(crate::store::hazards::list(c, &f, 1000)?
         .into_iter()
         .map(|h| {
             json!({

@@ -166,7 +166,7 @@ impl Inspector {
                 category,
                 raised_at,
             } = a;
-            if room.is_empty() || hazard::already_tracked(&tx, site, room, rule)? {
+            if room.is_empty() || crate::store::hazards::already_tracked(&tx, site, room, rule)? {
                 continue;
             }
             let critical = self.cfg.propose_from_critical && *level == 1;
@@ -214,7 +214,7 @@ impl Inspector {
                 deadline: None,
                 plan: None,
             };
-            hazard::create(
+            crate::store::hazards::create(
                 &tx,
                 &new,
                 "roomguard",
@@ -236,7 +236,7 @@ impl Inspector {
     fn tell_overdue(&self, c: &mut Connection, now: i64) -> Result<usize, InspectionError> {
         let repeat = self.cfg.overdue_repeat.as_millis() as i64;
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let due = hazard::due_overdue(&tx, now, repeat)?;
+        let due = crate::store::hazards::due_overdue(&tx, now, repeat)?;
         let mut queued = 0;
         for h in &due {
             let level: u8 = if h.grade == "major" { 1 } else { 2 };
@@ -268,7 +268,7 @@ impl Inspector {
                     params![route.channel, key, -h.id, doc.to_string(), now],
                 )?;
             }
-            hazard::mark_told(&tx, h.id, now)?;
+            crate::store::hazards::mark_told(&tx, h.id, now)?;
         }
         tx.commit()?;
         if !due.is_empty() {

@@ -4,6 +4,7 @@
 
 pub mod alarms;
 pub mod auth;
+pub mod hazards;
 pub mod history;
 pub mod outbox;
 pub mod pending;
