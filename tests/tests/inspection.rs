@@ -265,7 +265,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         "li",
         o - 10 * DAY,
     )?;
-    insp::record_drill(
+    roomguard_collector::store::inspection::record_drill(
         &c,
         &NewDrill {
             site: "s".into(),

@@ -469,7 +469,7 @@ pub async fn record_drill(
         note: b.note,
     };
     let mut d = with_conn(&st, move |c| {
-        crate::inspection::record_drill(c, &drill, started, ended, &user.name)
+        crate::store::inspection::record_drill(c, &drill, started, ended, &user.name)
     })
     .await?;
     times(&mut d, &["started_at", "ended_at"], &tz);
@@ -494,7 +494,7 @@ pub async fn drills(
     let (from, to) = period(q.from.as_deref(), q.to.as_deref(), "now-365d", &tz)?;
     let site = q.site;
     let mut list = with_conn(&st, move |c| {
-        crate::inspection::drills(c, site.as_deref(), from, to + 1)
+        crate::store::inspection::drills(c, site.as_deref(), from, to + 1)
     })
     .await?;
     for d in &mut list {

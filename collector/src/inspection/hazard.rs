@@ -242,8 +242,8 @@ pub struct Edit {
 mod tests {
     use super::*;
     use crate::store::hazards::*;
-    use serde_json::json;
     use rusqlite::Connection;
+    use serde_json::json;
 
     fn facts<'a>() -> Facts<'a> {
         Facts {

@@ -6,9 +6,10 @@
 //! once written (triggers refuse UPDATE and DELETE) and carry a SHA-256 of
 //! their stored text, so a copy can be checked against the original.
 
-use super::{figures, rollups, Tier};
+use super::figures;
 use super::{ChecklistItem, InspectionError};
 use crate::alarm::rules::{PointLabels, RuleSet};
+use crate::store::inspection::{rollups, Tier};
 use crate::store::rollup::{bucket, MINUTE_MS};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;

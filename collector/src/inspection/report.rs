@@ -9,8 +9,8 @@
 
 use super::figures::{self, Schedule};
 use super::InspectionError;
-use super::{rollups, Tier};
 use crate::alarm::rules::{PointLabels, RuleSet};
+use crate::store::inspection::{rollups, Tier};
 use crate::store::rollup::HOUR_MS;
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -201,7 +201,7 @@ pub fn build(
         exceedance: exceedance(c, site, period.from, until, inp.rules)?,
         hazards: hazards(c, site, period)?,
         patrols: patrols(c, site, period, until, inp)?,
-        drills: super::drills(c, site, period.from, period.to)?,
+        drills: crate::store::inspection::drills(c, site, period.from, period.to)?,
     })
 }
 

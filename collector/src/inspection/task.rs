@@ -3,9 +3,10 @@
 //! critical and recurring alarms, overdue hazards told through the alarm
 //! channels (outbox rows, so they are delivered like alarms: once, retried).
 
-use super::{figures, hazard, patrol, state_get, state_set, InspectionConfig, InspectionError};
+use super::{figures, hazard, patrol, InspectionConfig, InspectionError};
 use crate::alarm::lifecycle::Route;
 use crate::alarm::rules::RuleSet;
+use crate::store::inspection::{state_get, state_set};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use std::path::PathBuf;

@@ -6,6 +6,7 @@ pub mod alarms;
 pub mod auth;
 pub mod hazards;
 pub mod history;
+pub mod inspection;
 pub mod outbox;
 pub mod pending;
 pub mod retention;
