@@ -12,7 +12,7 @@ use roomguard_collector::config::AlarmsConfig;
 use roomguard_collector::inspection::hazard::{Action, Edit, NewHazard, Status};
 use roomguard_collector::inspection::report::{self, Inputs};
 use roomguard_collector::inspection::task::Inspector;
-use roomguard_collector::inspection::{self as insp, InspectionConfig, NewDrill};
+use roomguard_collector::inspection::{InspectionConfig, NewDrill};
 use roomguard_collector::store::alarms::{self as record, Action as AlarmAction};
 use roomguard_collector::store::sqlite::{AlarmSetup, SqliteWriter};
 use roomguard_e2e::browser::Browser;
