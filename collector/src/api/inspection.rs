@@ -364,7 +364,7 @@ pub async fn patrols(
         from,
         to: to + 1,
     };
-    let mut list = with_conn(&st, move |c| patrol::list(c, &f, limit)).await?;
+    let mut list = with_conn(&st, move |c| crate::store::patrols::list(c, &f, limit)).await?;
     for p in &mut list {
         times(p, &["slot", "at", "period_from", "period_to"], &tz);
     }
@@ -377,7 +377,7 @@ pub async fn patrol(
 ) -> Result<Json<Value>, ApiError> {
     let id = id_of(&id, "patrol")?;
     let tz = zone(None, &st)?;
-    let mut p = with_conn(&st, move |c| patrol::get(c, id)).await?;
+    let mut p = with_conn(&st, move |c| crate::store::patrols::get(c, id)).await?;
     times(
         &mut p,
         &["at", "period_from", "period_to", "signed_at"],
@@ -399,7 +399,7 @@ pub async fn photo(
     let n: i64 = n
         .parse()
         .map_err(|_| bad(format!("{n:?} is not a photo number")))?;
-    let (ct, data) = with_conn(&st, move |c| patrol::photo(c, id, n)).await?;
+    let (ct, data) = with_conn(&st, move |c| crate::store::patrols::photo(c, id, n)).await?;
     Ok(([(header::CONTENT_TYPE, ct)], data).into_response())
 }
 

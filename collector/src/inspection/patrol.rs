@@ -10,8 +10,9 @@ use super::figures;
 use super::{ChecklistItem, InspectionError};
 use crate::alarm::rules::{PointLabels, RuleSet};
 use crate::store::inspection::{rollups, Tier};
+use crate::store::patrols as store;
 use crate::store::rollup::{bucket, MINUTE_MS};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -26,33 +27,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     crate::auth::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-/// Rooms known to the catalogue, as (site, room).
-pub fn rooms(c: &Connection, site: Option<&str>) -> Result<Vec<(String, String)>, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT DISTINCT site, room FROM points WHERE room <> '' AND (?1 IS NULL OR site = ?1)
-         ORDER BY site, room",
-    )?;
-    let rows = st.query_map([site], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// When a room's first reading was taken (event time where its rollups
-/// know it, else when the collector first saw it): no patrol is due before.
-pub fn room_first_reading(
-    c: &Connection,
-    site: &str,
-    room: &str,
-) -> Result<Option<i64>, rusqlite::Error> {
-    c.prepare_cached(
-        "SELECT MIN(t) FROM (
-           SELECT first_seen AS t FROM points WHERE site = ?1 AND room = ?2
-           UNION ALL
-           SELECT (SELECT MIN(bucket) FROM rollup_1m r WHERE r.point_id = p.id)
-           FROM points p WHERE site = ?1 AND room = ?2)",
-    )?
-    .query_row(params![site, room], |r| r.get(0))
-}
-
 /// The record of an automatic patrol of one room over `[from, to)`.
 pub fn build_auto(
     c: &Connection,
@@ -62,38 +36,7 @@ pub fn build_auto(
     from: i64,
     to: i64,
 ) -> Result<Value, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT id, point, device, quantity, unit, last_ts, last_value, last_text, last_bad, first_seen
-         FROM points WHERE site = ?1 AND room = ?2 ORDER BY device, point",
-    )?;
-    struct P {
-        id: i64,
-        point: String,
-        device: String,
-        quantity: String,
-        unit: String,
-        last_ts: Option<i64>,
-        value: Option<f64>,
-        text: Option<String>,
-        bad: Option<String>,
-        first_seen: i64,
-    }
-    let points: Vec<P> = st
-        .query_map(params![site, room], |r| {
-            Ok(P {
-                id: r.get(0)?,
-                point: r.get(1)?,
-                device: r.get(2)?,
-                quantity: r.get(3)?,
-                unit: r.get(4)?,
-                last_ts: r.get(5)?,
-                value: r.get(6)?,
-                text: r.get(7)?,
-                bad: r.get(8)?,
-                first_seen: r.get(9)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let points = store::room_points(c, site, room)?;
     let mut out = Vec::with_capacity(points.len());
     let (mut beyond_now, mut stale, mut bad) = (0, 0, 0);
     let mut judged = Vec::new();
@@ -171,7 +114,7 @@ pub fn build_auto(
             "limits": limits_json,
         }));
     }
-    let alarms = active_alarms(c, site, room)?;
+    let alarms = store::active_alarms(c, site, room)?;
     let hazards = open_hazards(c, site, room, to)?;
     let summary = json!({
         "points": points.len(),
@@ -188,25 +131,6 @@ pub fn build_auto(
         "site": site, "room": room, "kind": "auto", "period_from": from, "period_to": to,
         "summary": summary, "points": out, "active_alarms": alarms, "open_hazards": hazards,
     }))
-}
-
-fn active_alarms(c: &Connection, site: &str, room: &str) -> Result<Vec<Value>, rusqlite::Error> {
-    if !crate::store::sqlite::table_exists(c, "alarms")? {
-        return Ok(Vec::new());
-    }
-    let mut st = c.prepare_cached(
-        "SELECT serial, rule, name, level, raised_at, ack_at, inhibited FROM alarms
-         WHERE site = ?1 AND room = ?2 AND cleared_at IS NULL ORDER BY level, raised_at",
-    )?;
-    let rows = st.query_map(params![site, room], |r| {
-        Ok(json!({
-            "serial": r.get::<_, i64>(0)?, "rule": r.get::<_, String>(1)?,
-            "name": r.get::<_, String>(2)?, "level": r.get::<_, i64>(3)?,
-            "raised_at": r.get::<_, i64>(4)?, "acknowledged": r.get::<_, Option<i64>>(5)?.is_some(),
-            "inhibited": r.get::<_, bool>(6)?,
-        }))
-    })?;
-    rows.collect()
 }
 
 fn open_hazards(
@@ -230,38 +154,6 @@ fn open_hazards(
             })
         })
         .collect())
-}
-
-/// Writes a record; `false` when one of this kind, room and slot exists.
-#[allow(clippy::too_many_arguments)]
-pub fn write(
-    c: &Connection,
-    site: &str,
-    room: &str,
-    kind: &str,
-    slot: i64,
-    at: i64,
-    by: &str,
-    record: &Value,
-) -> Result<Option<i64>, InspectionError> {
-    let text = record.to_string();
-    let n = c.execute(
-        "INSERT INTO patrols (site, room, kind, slot, at, by, period_from, period_to, record, digest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
-        params![
-            site,
-            room,
-            kind,
-            slot,
-            at,
-            by,
-            record["period_from"].as_i64().unwrap_or(slot),
-            record["period_to"].as_i64().unwrap_or(slot),
-            text,
-            sha256_hex(text.as_bytes())
-        ],
-    )?;
-    Ok((n == 1).then(|| c.last_insert_rowid()))
 }
 
 /// One answer on a walk-through.
@@ -314,12 +206,7 @@ pub fn record_manual(
     if m.note.as_ref().is_some_and(|n| n.len() > 4000) {
         return Err(bad("note: at most 4000 characters".into()));
     }
-    let known: bool = c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM points WHERE site = ?1 AND room = ?2)",
-        params![m.site, m.room],
-        |r| r.get(0),
-    )?;
-    if !known {
+    if !store::room_known(c, &m.site, &m.room)? {
         return Err(bad(format!(
             "room: no room {:?} at site {:?} (GET /api/v1/points)",
             m.room, m.site
@@ -384,12 +271,7 @@ pub fn record_manual(
     // that a runaway script cannot fill the disk.
     let new_bytes: usize = photos.iter().map(|p| p.3.len()).sum();
     if new_bytes > 0 {
-        let today: i64 = c.query_row(
-            "SELECT COALESCE(SUM(length(f.data)), 0) FROM patrol_photos f JOIN patrols p ON p.id = f.patrol
-             WHERE p.by = ?1 AND p.at > ?2",
-            params![by, now - 86_400_000],
-            |r| r.get(0),
-        )?;
+        let today = store::photo_bytes_since(c, by, now - 86_400_000)?;
         if today as usize + new_bytes > MAX_PHOTO_BYTES_PER_DAY {
             return Err(bad(format!(
                 "photos: {by} has sent {} MiB of photos in the last 24 h; at most {} MiB a day",
@@ -416,18 +298,8 @@ pub fn record_manual(
         "items": items,
         "photos": photos.iter().map(|(n, t, h, d)| json!({"name": n, "content_type": t, "sha256": h, "bytes": d.len()})).collect::<Vec<_>>(),
     });
-    let tx = c.transaction()?;
-    let id = write(&tx, &m.site, &m.room, "manual", now, now, by, &record)?.ok_or_else(|| {
-        InspectionError::Conflict("a patrol of this room by this time exists; try again".into())
-    })?;
-    for (name, content_type, hash, data) in &photos {
-        tx.execute(
-            "INSERT INTO patrol_photos (patrol, name, content_type, data, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, name, content_type, data, hash],
-        )?;
-    }
-    tx.commit()?;
-    get(c, id)
+    let id = store::write_manual(c, &m.site, &m.room, by, now, &record, &photos)?;
+    store::get(c, id)
 }
 
 /// Filters for [`list`].
@@ -440,69 +312,10 @@ pub struct Filter {
     pub to: i64,
 }
 
-/// Records in a period, newest first, with their summaries (not the whole record).
-pub fn list(c: &Connection, f: &Filter, limit: u32) -> Result<Vec<Value>, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT id, site, room, kind, slot, at, by, period_from, period_to, json_extract(record, '$.summary'), digest
-         FROM patrols WHERE (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2)
-           AND (?3 IS NULL OR kind = ?3) AND slot >= ?4 AND slot < ?5
-         ORDER BY slot DESC, id DESC LIMIT ?6",
-    )?;
-    let rows = st.query_map(params![f.site, f.room, f.kind, f.from, f.to, limit], |r| {
-        let summary: Option<String> = r.get(9)?;
-        Ok(json!({
-            "id": r.get::<_, i64>(0)?, "site": r.get::<_, String>(1)?, "room": r.get::<_, String>(2)?,
-            "kind": r.get::<_, String>(3)?, "slot": r.get::<_, i64>(4)?, "at": r.get::<_, i64>(5)?,
-            "by": r.get::<_, String>(6)?, "period_from": r.get::<_, i64>(7)?,
-            "period_to": r.get::<_, i64>(8)?,
-            "summary": summary.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
-            "digest": r.get::<_, String>(10)?,
-        }))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// One record, whole, with its id, author and digest.
-pub fn get(c: &Connection, id: i64) -> Result<Value, InspectionError> {
-    let row = c
-        .query_row(
-            "SELECT record, at, by, digest FROM patrols WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
-        )
-        .optional()?
-        .ok_or(InspectionError::NotFound(format!("no patrol {id}")))?;
-    let mut v: Value = serde_json::from_str(&row.0)
-        .map_err(|e| InspectionError::Invalid(format!("patrol {id}: unreadable record: {e}")))?;
-    v["id"] = json!(id);
-    v["at"] = json!(row.1);
-    v["by"] = json!(row.2);
-    v["digest"] = json!(row.3);
-    v["digest_ok"] = json!(sha256_hex(row.0.as_bytes()) == row.3);
-    Ok(v)
-}
-
-/// Photo `n` (0-based) of a patrol: (content type, bytes).
-pub fn photo(c: &Connection, id: i64, n: i64) -> Result<(String, Vec<u8>), InspectionError> {
-    c.query_row(
-        "SELECT content_type, data FROM patrol_photos WHERE patrol = ?1 ORDER BY id LIMIT 1 OFFSET ?2",
-        params![id, n],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()?
-    .ok_or(InspectionError::NotFound(format!("patrol {id} has no photo {n}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::patrols::photo;
 
     fn store() -> Connection {
         let c = Connection::open_in_memory().unwrap();

@@ -498,8 +498,8 @@ fn patrols(
     let mut rooms: BTreeMap<(String, String), i64> = BTreeMap::new();
     for pt in points(c, site, until)? {
         if !rooms.contains_key(&(pt.site.clone(), pt.room.clone())) {
-            let first =
-                super::patrol::room_first_reading(c, &pt.site, &pt.room)?.unwrap_or(pt.first_seen);
+            let first = crate::store::patrols::room_first_reading(c, &pt.site, &pt.room)?
+                .unwrap_or(pt.first_seen);
             rooms.insert((pt.site, pt.room), first);
         }
     }

@@ -96,10 +96,10 @@ impl Inspector {
             return Ok(0);
         };
         let mut written = 0;
-        for (site, room) in patrol::rooms(c, None)? {
+        for (site, room) in crate::store::patrols::rooms(c, None)? {
             // Not for a slot before the room's first reading: it was not
             // there to patrol (and the report plans none for it).
-            let first = patrol::room_first_reading(c, &site, &room)?;
+            let first = crate::store::patrols::room_first_reading(c, &site, &room)?;
             if first.is_none_or(|f| f > slot) {
                 continue;
             }
@@ -124,7 +124,18 @@ impl Inspector {
                 continue;
             }
             let record = patrol::build_auto(c, self.rules.as_deref(), &site, &room, from, slot)?;
-            if patrol::write(c, &site, &room, "auto", slot, now, "roomguard", &record)?.is_some() {
+            if crate::store::patrols::write(
+                c,
+                &site,
+                &room,
+                "auto",
+                slot,
+                now,
+                "roomguard",
+                &record,
+            )?
+            .is_some()
+            {
                 written += 1;
             }
         }

@@ -8,6 +8,7 @@ pub mod hazards;
 pub mod history;
 pub mod inspection;
 pub mod outbox;
+pub mod patrols;
 pub mod pending;
 pub mod retention;
 pub mod rollup;
