@@ -11,8 +11,9 @@ use super::figures::{self, Schedule};
 use super::InspectionError;
 use crate::alarm::rules::{PointLabels, RuleSet};
 use crate::store::inspection::{rollups, Tier};
+use crate::store::reports::{self as store, PointRow};
 use crate::store::rollup::HOUR_MS;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -233,24 +234,17 @@ fn alarms(
     site: Option<&str>,
     p: &Period,
 ) -> Result<Vec<AlarmRow>, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT level, category, raised_at, ack_at, cleared_at, inhibited FROM alarms
-         WHERE raised_at >= ?1 AND raised_at < ?2 AND (?3 IS NULL OR site = ?3)",
-    )?;
     type Acc = (i64, i64, Vec<f64>, Vec<f64>);
     let mut by: BTreeMap<(u8, String), Acc> = BTreeMap::new();
-    let rows = st.query_map(params![p.from, p.to, site], |r| {
-        Ok((
-            r.get::<_, u8>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-            r.get::<_, Option<i64>>(4)?,
-            r.get::<_, bool>(5)?,
-        ))
-    })?;
-    for row in rows {
-        let (level, category, raised, ack, cleared, inhibited) = row?;
+    for a in store::alarm_times(c, site, p.from, p.to)? {
+        let (level, category, raised, ack, cleared, inhibited) = (
+            a.level,
+            a.category,
+            a.raised_at,
+            a.ack_at,
+            a.cleared_at,
+            a.inhibited,
+        );
         let e = by.entry((level, category)).or_default();
         e.0 += 1;
         e.1 += i64::from(inhibited);
@@ -287,71 +281,37 @@ fn longest(
     until: i64,
     rules: Option<&RuleSet>,
 ) -> Result<Vec<LongOpen>, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT serial, rule, name, level, site, room, raised_at, cleared_at,
-                COALESCE(cleared_at, ?4) - raised_at AS open_ms
-         FROM alarms WHERE raised_at >= ?1 AND raised_at < ?2 AND (?3 IS NULL OR site = ?3)
-         ORDER BY open_ms DESC, serial LIMIT 10",
-    )?;
-    let rows = st.query_map(params![p.from, p.to, site, until], |r| {
-        let rule: String = r.get(1)?;
-        let name: String = r.get(2)?;
-        let name_zh = rules
-            .and_then(|rs| rs.index(&rule).map(|i| rs.rules[i].name_zh.clone()))
-            .unwrap_or_else(|| name.clone());
-        Ok(LongOpen {
-            serial: r.get(0)?,
-            rule,
-            name,
-            name_zh,
-            level: r.get(3)?,
-            site: r.get(4)?,
-            room: r.get(5)?,
-            raised_at: r.get(6)?,
-            cleared_at: r.get(7)?,
-            open_s: r.get::<_, i64>(8)?.max(0) / 1000,
+    Ok(store::longest_open(c, site, (p.from, p.to, until), 10)?
+        .into_iter()
+        .map(|a| {
+            let name_zh = rules
+                .and_then(|rs| rs.index(&a.rule).map(|i| rs.rules[i].name_zh.clone()))
+                .unwrap_or_else(|| a.name.clone());
+            LongOpen {
+                serial: a.serial,
+                rule: a.rule,
+                name: a.name,
+                name_zh,
+                level: a.level,
+                site: a.site,
+                room: a.room,
+                raised_at: a.raised_at,
+                cleared_at: a.cleared_at,
+                open_s: a.open_ms.max(0) / 1000,
+            }
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-struct PointRow {
-    id: i64,
-    site: String,
-    room: String,
-    point: String,
-    device: String,
-    quantity: String,
-    first_seen: i64,
+        .collect())
 }
 
 /// Points with a room, in existence before `to`.
 fn points(c: &Connection, site: Option<&str>, to: i64) -> Result<Vec<PointRow>, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT id, site, room, point, device, quantity, first_seen FROM points
-         WHERE room <> '' AND first_seen < ?1 AND (?2 IS NULL OR site = ?2)
-         ORDER BY site, room, point",
-    )?;
-    let rows = st.query_map(params![to, site], |r| {
-        Ok(PointRow {
-            id: r.get(0)?,
-            site: r.get(1)?,
-            room: r.get(2)?,
-            point: r.get(3)?,
-            device: r.get(4)?,
-            quantity: r.get(5)?,
-            first_seen: r.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(store::points(c, site, to)?)
 }
 
 /// The hour of a point's first reading, by event time (`first_seen` is when
 /// the collector received it: late for a backlog).
 fn existed_from(c: &Connection, p: &PointRow) -> Result<i64, rusqlite::Error> {
-    let first: Option<i64> = c
-        .prepare_cached("SELECT MIN(bucket) FROM rollup_1h WHERE point_id = ?1")?
-        .query_row([p.id], |r| r.get(0))?;
+    let first = store::first_hour(c, p.id)?;
     Ok(first.unwrap_or((p.first_seen + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS))
 }
 
@@ -462,30 +422,7 @@ fn exceedance(
 }
 
 fn hazards(c: &Connection, site: Option<&str>, p: &Period) -> Result<Hazards, InspectionError> {
-    Ok(c.query_row(
-        "SELECT
-           COALESCE(SUM(found_at >= ?1 AND found_at < ?2), 0),
-           COALESCE(SUM(found_at >= ?1 AND found_at < ?2 AND grade = 'major'), 0),
-           COALESCE(SUM(status = 'closed' AND closed_at >= ?1 AND closed_at < ?2), 0),
-           COALESCE(SUM(deadline IS NOT NULL AND deadline < ?2
-                        AND (closed_at IS NULL OR closed_at > deadline)
-                        AND (closed_at IS NULL OR closed_at >= ?1)), 0),
-           COALESCE(SUM(found_at < ?2 AND (closed_at IS NULL OR closed_at >= ?2)), 0),
-           COALESCE(SUM(found_at < ?2 AND (closed_at IS NULL OR closed_at >= ?2) AND grade = 'major'), 0)
-         FROM hazards
-         WHERE status NOT IN ('proposed', 'dismissed') AND (?3 IS NULL OR site = ?3)",
-        params![p.from, p.to, site],
-        |r| {
-            Ok(Hazards {
-                opened: r.get(0)?,
-                opened_major: r.get(1)?,
-                closed: r.get(2)?,
-                overdue: r.get(3)?,
-                open_at_end: r.get(4)?,
-                open_major_at_end: r.get(5)?,
-            })
-        },
-    )?)
+    Ok(store::hazard_counts(c, site, p.from, p.to)?)
 }
 
 fn patrols(
@@ -503,10 +440,6 @@ fn patrols(
             rooms.insert((pt.site, pt.room), first);
         }
     }
-    let mut done = c.prepare_cached(
-        "SELECT COALESCE(SUM(kind = 'auto'), 0), COALESCE(SUM(kind = 'manual'), 0) FROM patrols
-         WHERE site = ?1 AND room = ?2 AND slot >= ?3 AND slot < ?4",
-    )?;
     let mut out = Vec::new();
     for ((site, room), existed) in rooms {
         // Planned: the slots from the room's first reading up to now.
@@ -518,10 +451,7 @@ fn patrols(
         )
         .len() as i64;
         // Done: counted from the same start as planned.
-        let (auto, manual): (i64, i64) = done
-            .query_row(params![site, room, p.from.max(existed), p.to], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (auto, manual) = store::patrols_done(c, (&site, &room), p.from.max(existed), p.to)?;
         out.push(PatrolRow {
             site,
             room,
