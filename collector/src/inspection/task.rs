@@ -7,7 +7,7 @@ use super::{figures, hazard, patrol, InspectionConfig, InspectionError};
 use crate::alarm::lifecycle::Route;
 use crate::alarm::rules::RuleSet;
 use crate::store::inspection::{state_get, state_set};
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,23 +103,13 @@ impl Inspector {
             if first.is_none_or(|f| f > slot) {
                 continue;
             }
-            let done: bool = c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM patrols WHERE site = ?1 AND room = ?2 AND kind = 'auto' AND slot = ?3)",
-                params![site, room, slot],
-                |r| r.get(0),
-            )?;
-            if done {
+            if crate::store::patrols::auto_done(c, &site, &room, slot)? {
                 continue;
             }
             // Wait while the period's minutes are still being rolled up (a
             // backlog being stored): a record cannot be corrected later.
             // After ten minutes it is written as it stands.
-            let pending: bool = c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM rollup_dirty d JOIN points p ON p.id = d.point_id
-                                WHERE p.site = ?1 AND p.room = ?2 AND d.bucket >= ?3 AND d.bucket < ?4)",
-                params![site, room, from, slot],
-                |r| r.get(0),
-            )?;
+            let pending = crate::store::patrols::rollups_pending(c, &site, &room, from, slot)?;
             if pending && now < slot + ROLLUP_WAIT_MS {
                 continue;
             }
@@ -146,29 +136,11 @@ impl Inspector {
     fn propose(&self, c: &mut Connection) -> Result<usize, InspectionError> {
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let after = state_get(&tx, "proposed_after_serial")?.unwrap_or(0);
-        let alarms: Vec<Raised> = {
-            let mut st = tx.prepare_cached(
-                "SELECT serial, rule, name, level, site, room, category, raised_at FROM alarms
-                 WHERE serial > ?1 ORDER BY serial LIMIT 500",
-            )?;
-            let rows = st.query_map([after], |r| {
-                Ok(Raised {
-                    serial: r.get(0)?,
-                    rule: r.get(1)?,
-                    name: r.get(2)?,
-                    level: r.get(3)?,
-                    site: r.get(4)?,
-                    room: r.get(5)?,
-                    category: r.get(6)?,
-                    raised_at: r.get(7)?,
-                })
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let alarms = crate::store::alarms::raised_after(&tx, after, 500)?;
         let within = self.cfg.recurring_within.as_millis() as i64;
         let mut proposed = 0;
         for a in &alarms {
-            let Raised {
+            let crate::store::alarms::Raised {
                 serial,
                 rule,
                 name,
@@ -183,11 +155,11 @@ impl Inspector {
             }
             let critical = self.cfg.propose_from_critical && *level == 1;
             let times: i64 = if self.cfg.recurring_count > 0 {
-                tx.query_row(
-                    "SELECT count(*) FROM alarms WHERE site = ?1 AND room = ?2 AND rule = ?3
-                     AND raised_at > ?4 AND raised_at <= ?5",
-                    params![site, room, rule, raised_at - within, raised_at],
-                    |r| r.get(0),
+                crate::store::alarms::raise_count(
+                    &tx,
+                    (site, room, rule),
+                    raised_at - within,
+                    *raised_at,
                 )?
             } else {
                 0
@@ -274,10 +246,13 @@ impl Inspector {
                 .filter(|r| r.lifecycle && !r.escalation_only && r.levels.contains(&level))
             {
                 let key = format!("hazard-{}:overdue:{round}", h.id);
-                queued += tx.execute(
-                    "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
-                     VALUES (?1, ?2, ?3, 'hazard_overdue', ?4, ?5, ?5) ON CONFLICT DO NOTHING",
-                    params![route.channel, key, -h.id, doc.to_string(), now],
+                queued += crate::store::outbox::enqueue(
+                    &tx,
+                    (&route.channel, &key),
+                    -h.id,
+                    "hazard_overdue",
+                    &doc.to_string(),
+                    now,
                 )?;
             }
             crate::store::hazards::mark_told(&tx, h.id, now)?;
@@ -288,16 +263,4 @@ impl Inspector {
         }
         Ok(queued)
     }
-}
-
-/// An alarm looked at for a hazard proposal.
-struct Raised {
-    serial: i64,
-    rule: String,
-    name: String,
-    level: i64,
-    site: String,
-    room: String,
-    category: String,
-    raised_at: i64,
 }

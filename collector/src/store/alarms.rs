@@ -787,6 +787,58 @@ pub fn end_silence(conn: &Connection, id: i64, by: &str, now: Ts) -> Result<Sile
     silence(conn, id)
 }
 
+/// An alarm looked at for a hazard proposal.
+pub struct Raised {
+    pub serial: i64,
+    pub rule: String,
+    pub name: String,
+    pub level: i64,
+    pub site: String,
+    pub room: String,
+    pub category: String,
+    pub raised_at: i64,
+}
+
+/// Alarms with a serial above `after`, oldest first, at most `limit`.
+pub fn raised_after(
+    c: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<Raised>, rusqlite::Error> {
+    let mut st = c.prepare_cached(
+        "SELECT serial, rule, name, level, site, room, category, raised_at FROM alarms
+         WHERE serial > ?1 ORDER BY serial LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![after, limit], |r| {
+        Ok(Raised {
+            serial: r.get(0)?,
+            rule: r.get(1)?,
+            name: r.get(2)?,
+            level: r.get(3)?,
+            site: r.get(4)?,
+            room: r.get(5)?,
+            category: r.get(6)?,
+            raised_at: r.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// How often `rule` was raised in a room in `(from, to]`.
+pub fn raise_count(
+    c: &Connection,
+    (site, room, rule): (&str, &str, &str),
+    from: i64,
+    to: i64,
+) -> Result<i64, rusqlite::Error> {
+    c.query_row(
+        "SELECT count(*) FROM alarms WHERE site = ?1 AND room = ?2 AND rule = ?3
+         AND raised_at > ?4 AND raised_at <= ?5",
+        params![site, room, rule, from, to],
+        |r| r.get(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

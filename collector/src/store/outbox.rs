@@ -140,3 +140,20 @@ pub fn retry_dead(conn: &Connection, id: i64, now: i64) -> Result<bool, rusqlite
     )?;
     Ok(n == 1)
 }
+
+/// Queues a notification that is not an alarm's (an overdue hazard: a
+/// negative serial) once per (channel, key); how many rows were added.
+pub fn enqueue(
+    c: &Connection,
+    (channel, key): (&str, &str),
+    serial: i64,
+    kind: &str,
+    payload: &str,
+    now: i64,
+) -> Result<usize, rusqlite::Error> {
+    c.execute(
+        "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING",
+        params![channel, key, serial, kind, payload, now],
+    )
+}

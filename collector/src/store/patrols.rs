@@ -232,3 +232,34 @@ pub fn write_manual(
     tx.commit()?;
     Ok(id)
 }
+
+/// Whether the automatic patrol of a room at `slot` is written.
+pub fn auto_done(
+    c: &Connection,
+    site: &str,
+    room: &str,
+    slot: i64,
+) -> Result<bool, rusqlite::Error> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM patrols WHERE site = ?1 AND room = ?2 AND kind = 'auto' AND slot = ?3)",
+        params![site, room, slot],
+        |r| r.get(0),
+    )
+}
+
+/// Whether minutes of a room in `[from, to)` still wait to be rolled up
+/// (a backlog being stored).
+pub fn rollups_pending(
+    c: &Connection,
+    site: &str,
+    room: &str,
+    from: i64,
+    to: i64,
+) -> Result<bool, rusqlite::Error> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM rollup_dirty d JOIN points p ON p.id = d.point_id
+                        WHERE p.site = ?1 AND p.room = ?2 AND d.bucket >= ?3 AND d.bucket < ?4)",
+        params![site, room, from, to],
+        |r| r.get(0),
+    )
+}
