@@ -25,6 +25,10 @@ for prog in "${!needs[@]}"; do
     missing+=("${needs[$prog]}")
   fi
 done
+# PostgreSQL's server (Debian keeps it off PATH, under /usr/lib/postgresql/N/bin).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 # A Chinese font, so the browser tests' zh-CN screenshots show characters.
 if ! { command -v fc-list >/dev/null && fc-list :lang=zh | grep -q .; }; then
   missing+=(fonts-wqy-microhei)

@@ -1070,3 +1070,224 @@ pub fn start_snmpd_with(dir: &Path, conf_text: &str) -> Result<Option<Snmpd>> {
     }
     Err(last)
 }
+
+/// A PostgreSQL cluster of the test's own: initdb in a temporary directory,
+/// the server on an ephemeral loopback port with its socket in that
+/// directory, trust authentication for the `postgres` role. As root the
+/// server runs as the `postgres` system user (PostgreSQL refuses root).
+/// Stopped (SIGKILL, then its files removed) when dropped.
+pub struct Postgres {
+    server: Option<Proc>,
+    bin: PathBuf,
+    /// Holds the data directory and the socket.
+    dir: tempfile::TempDir,
+    owner: Option<(u32, u32)>,
+    pub port: u16,
+}
+
+impl Postgres {
+    /// Starts a fresh cluster; `None` outside CI when PostgreSQL is not
+    /// installed (Debian package `postgresql`).
+    pub fn start() -> Result<Option<Postgres>> {
+        let Some(bin) = postgres_bin() else {
+            let msg = "PostgreSQL is not installed (Debian package postgresql); the README's test command installs it";
+            assert!(!in_ci(), "{msg}");
+            eprintln!("\n*** SKIPPING: {msg} ***\n");
+            return Ok(None);
+        };
+        // Under /tmp, not the test's own directory: the server's user must
+        // be able to reach it.
+        let dir = tempfile::Builder::new().prefix("roomguard-pg").tempdir()?;
+        let owner = if is_root() {
+            let ids = system_user("postgres")
+                .context("running as root, and there is no `postgres` user to run PostgreSQL as")?;
+            std::os::unix::fs::chown(dir.path(), Some(ids.0), Some(ids.1))?;
+            Some(ids)
+        } else {
+            None
+        };
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(dir.path().join("data"));
+        as_owner(&mut initdb, owner);
+        let out = initdb.output().context("initdb")?;
+        ensure!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            server: None,
+            bin,
+            dir,
+            owner,
+            port: 0,
+        };
+        pg.run()?;
+        Ok(Some(pg))
+    }
+
+    /// Starts the server on a free port (again, after a kill: same data).
+    fn run(&mut self) -> Result<()> {
+        let mut last = anyhow!("PostgreSQL did not start");
+        for attempt in 0..5 {
+            let port = if self.port != 0 && attempt == 0 {
+                self.port
+            } else {
+                free_port()
+            };
+            let mut cmd = Command::new(self.bin.join("postgres"));
+            cmd.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(format!(
+                    "unix_socket_directories={}",
+                    self.dir.path().display()
+                ))
+                // A test cluster: durability is not what is tested here
+                // (crash tests kill the collector, or the server with its WAL).
+                .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+                .args(["-c", "max_connections=50", "-c", "shared_buffers=64MB"]);
+            as_owner(&mut cmd, self.owner);
+            let mut proc = Proc::spawn("postgres", cmd, self.dir.path())?;
+            match wait_port(&mut proc, port, Duration::from_secs(30)) {
+                Ok(()) => {
+                    self.port = port;
+                    self.server = Some(proc);
+                    return self.wait_ready();
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits until the server takes queries (it listens before recovery ends).
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-q",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "PostgreSQL did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `postgresql://postgres@127.0.0.1:{port}/{db}`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL through psql (to create databases and roles for a test).
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .output()
+            .context("psql")?;
+        ensure!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// SIGKILLs the server (its WAL recovers what was committed).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.server.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        // The killed postmaster's children notice and exit; its lock file
+        // is stale once they have.
+        std::thread::sleep(Duration::from_millis(500));
+        self.run()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The newest installed PostgreSQL server's bin directory (Debian keeps
+/// them under /usr/lib/postgresql/N/bin, not on PATH).
+pub fn postgres_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// (uid, gid) of a system user, from /etc/passwd.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+        // Its home, not root's, for anything that looks there.
+        cmd.env("HOME", "/var/lib/postgresql");
+    }
+}
