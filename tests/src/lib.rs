@@ -1073,7 +1073,9 @@ pub fn start_snmpd_with(dir: &Path, conf_text: &str) -> Result<Option<Snmpd>> {
 
 /// A PostgreSQL cluster of the test's own: initdb in a temporary directory,
 /// the server on an ephemeral loopback port with its socket in that
-/// directory, trust authentication for the `postgres` role. As root the
+/// directory; the `postgres` role logs in over TCP with
+/// [`Postgres::PASSWORD`] (SCRAM, as a production server asks) and over the
+/// socket without (for `psql`). As root the
 /// server runs as the `postgres` system user (PostgreSQL refuses root).
 /// Stopped (SIGKILL, then its files removed) when dropped.
 pub struct Postgres {
@@ -1086,6 +1088,9 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// The `postgres` role's password over TCP.
+    pub const PASSWORD: &'static str = "roomguard-test-postgres-password";
+
     /// Starts a fresh cluster; `None` outside CI when PostgreSQL is not
     /// installed (Debian package `postgresql`).
     pub fn start() -> Result<Option<Postgres>> {
@@ -1106,19 +1111,22 @@ impl Postgres {
         } else {
             None
         };
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, Postgres::PASSWORD)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+        }
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
             .args([
                 "-U",
                 "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
             ])
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .arg("-D")
             .arg(dir.path().join("data"));
         as_owner(&mut initdb, owner);
         let out = initdb.output().context("initdb")?;
@@ -1179,15 +1187,9 @@ impl Postgres {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = Command::new(self.bin.join("pg_isready"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-q",
-                ])
+                .arg("-h")
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-q"])
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
@@ -1198,7 +1200,7 @@ impl Postgres {
         }
     }
 
-    /// `postgresql://postgres@127.0.0.1:{port}/{db}`.
+    /// `postgresql://postgres@127.0.0.1:{port}/{db}` (the password is [`Postgres::PASSWORD`]).
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
     }
@@ -1206,16 +1208,9 @@ impl Postgres {
     /// Runs SQL through psql (to create databases and roles for a test).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .context("psql")?;

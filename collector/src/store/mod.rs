@@ -10,6 +10,7 @@ pub mod inspection;
 pub mod outbox;
 pub mod patrols;
 pub mod pending;
+pub mod postgres;
 pub mod reports;
 pub mod retention;
 pub mod rollup;

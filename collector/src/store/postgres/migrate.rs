@@ -1,0 +1,198 @@
+//! The PostgreSQL schema, in numbered migrations applied at start, each in
+//! its own transaction under an advisory lock (several collectors starting
+//! at once apply each migration once). A database whose schema is newer
+//! than this build knows is refused rather than written into; a database
+//! holding another application's tables is refused rather than mixed with.
+
+use super::PgError;
+use tokio_postgres::Client;
+
+/// The advisory lock key the migrations take ("RGSCHEMA" in ASCII).
+const LOCK: i64 = 0x5247_5343_4845_4d41;
+
+/// (version, SQL), in order. Never edit one that has shipped: add another.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+
+/// The readings core, as in SQLite: the point catalogue, samples keyed by
+/// (point, event time), the batch register that makes a resent batch a
+/// no-op, rollups and the minutes waiting for them, agents' statuses.
+/// Samples are partitioned by day of event time ([`partition_for`]), so
+/// retention drops whole partitions instead of deleting rows.
+const V1: &str = r#"
+CREATE TABLE points (
+    id          BIGSERIAL PRIMARY KEY,
+    site        TEXT NOT NULL,
+    point       TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    quantity    TEXT NOT NULL,
+    unit        TEXT NOT NULL,
+    first_seen  BIGINT NOT NULL,
+    last_seen   BIGINT NOT NULL,
+    last_ts     BIGINT,
+    last_value  DOUBLE PRECISION,
+    last_text   TEXT,
+    last_bad    TEXT,
+    UNIQUE (site, point)
+);
+CREATE TABLE samples (
+    point_id BIGINT NOT NULL,
+    ts       BIGINT NOT NULL,
+    value    DOUBLE PRECISION,
+    text     TEXT,
+    bad      TEXT,
+    PRIMARY KEY (point_id, ts)
+) PARTITION BY RANGE (ts);
+CREATE TABLE batches (
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    device      TEXT NOT NULL,
+    polled_at   BIGINT NOT NULL,
+    readings    INTEGER NOT NULL,
+    backfill    BOOLEAN NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (site, agent, seq)
+);
+CREATE INDEX batches_by_time ON batches (polled_at);
+CREATE TABLE rollup_1m (
+    point_id BIGINT NOT NULL,
+    bucket   BIGINT NOT NULL,
+    n        BIGINT NOT NULL,
+    min      DOUBLE PRECISION NOT NULL,
+    max      DOUBLE PRECISION NOT NULL,
+    sum      DOUBLE PRECISION NOT NULL,
+    last_ts  BIGINT NOT NULL,
+    last     DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (point_id, bucket)
+);
+CREATE TABLE rollup_1h (LIKE rollup_1m INCLUDING ALL);
+CREATE TABLE rollup_dirty (
+    point_id BIGINT NOT NULL,
+    bucket   BIGINT NOT NULL,
+    PRIMARY KEY (point_id, bucket)
+);
+CREATE TABLE agents (
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    status_json TEXT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (site, agent)
+);
+"#;
+
+/// The newest schema version this build knows.
+pub fn known() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Brings the database to [`known`]; returns the versions applied now.
+pub async fn migrate(client: &mut Client, db: &str) -> Result<Vec<i32>, PgError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+        .await?;
+    let ours = tx
+        .query_one("SELECT to_regclass('roomguard_schema') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if !ours {
+        let others: Vec<String> = tx
+            .query(
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() ORDER BY 1 LIMIT 6",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !others.is_empty() {
+            return Err(PgError::Foreign {
+                db: db.to_owned(),
+                tables: others.join(", "),
+            });
+        }
+        tx.batch_execute(
+            "CREATE TABLE roomguard_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+    }
+    let found: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM roomguard_schema",
+            &[],
+        )
+        .await?
+        .get(0);
+    if found > known() {
+        return Err(PgError::Newer {
+            db: db.to_owned(),
+            found,
+            known: known(),
+        });
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO roomguard_schema (version, applied_at) VALUES ($1, $2)",
+            &[version, &roomguard_protocol::clock::now_ms()],
+        )
+        .await?;
+        applied.push(*version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// One day of event time, in ms.
+const DAY_MS: i64 = 86_400_000;
+
+/// The day partition of `samples` holding event time `ts`: its name and
+/// `[from, to)`.
+pub fn partition_for(ts: i64) -> (String, i64, i64) {
+    let from = ts.div_euclid(DAY_MS) * DAY_MS;
+    let day = jiff::Timestamp::from_millisecond(from)
+        .map(|t| t.strftime("%Y%m%d").to_string())
+        .unwrap_or_else(|_| from.to_string());
+    (format!("samples_{day}"), from, from + DAY_MS)
+}
+
+/// Makes sure the partitions for event times in `[from, to]` exist.
+pub async fn ensure_partitions(client: &Client, from: i64, to: i64) -> Result<(), PgError> {
+    let mut day = from.div_euclid(DAY_MS) * DAY_MS;
+    while day <= to {
+        let (name, lo, hi) = partition_for(day);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples FOR VALUES FROM ({lo}) TO ({hi})"
+            ))
+            .await?;
+        day += DAY_MS;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_lands_in_the_partition_of_its_utc_day() {
+        let (name, from, to) = partition_for(1_796_600_000_000); // 2026-12-06T…Z
+        assert_eq!(name, "samples_20261206");
+        assert!(from <= 1_796_600_000_000 && 1_796_600_000_000 < to);
+        assert_eq!(to - from, DAY_MS);
+        // Before 1970 still names a day (negative times floor, not truncate).
+        assert_eq!(partition_for(-1).0, "samples_19691231");
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_from_one() {
+        for (i, (v, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*v, i as i32 + 1);
+        }
+    }
+}

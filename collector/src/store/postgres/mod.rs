@@ -1,0 +1,158 @@
+//! The PostgreSQL backend of the store (issue 21, being built): where to
+//! connect (the libpq URL operators paste from elsewhere, the password from
+//! an environment variable or a file), connecting with errors that name the
+//! setting at fault, and the versioned schema (`migrate.rs`).
+//!
+//! Not yet reachable from the configuration: ingest, reads and the alarm,
+//! auth and inspection tables follow, behind the same store interface as
+//! SQLite.
+
+pub mod migrate;
+
+use std::str::FromStr;
+use thiserror::Error;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+#[derive(Debug, Error)]
+pub enum PgError {
+    #[error("store.url: {0}")]
+    Url(String),
+    #[error("store.url: cannot reach PostgreSQL at {target}: {detail}")]
+    Unreachable { target: String, detail: String },
+    #[error("store.password: PostgreSQL refused user {user:?}: {detail}")]
+    Auth { user: String, detail: String },
+    #[error("store.url: database {0:?} does not exist (create it: createdb -O <user> {0})")]
+    NoDatabase(String),
+    #[error("store.url: database {db:?} holds tables of another application ({tables}); give RoomGuard a database of its own")]
+    Foreign { db: String, tables: String },
+    #[error("store.url: database {db:?} has RoomGuard schema version {found}; this build knows up to {known}. Run the newer collector, or restore a backup made for this version")]
+    Newer { db: String, found: i32, known: i32 },
+    #[error("postgres: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+}
+
+/// The connection settings from `store.url` (`postgresql://user@host:port/db`,
+/// `?host=/dir` for a Unix socket, `sslmode=`) and the password.
+pub fn settings(url: &str, password: Option<&str>) -> Result<Config, PgError> {
+    if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+        return Err(PgError::Url(format!(
+            "{url:?} is not a postgresql:// URL (postgresql://user@host:port/dbname)"
+        )));
+    }
+    let mut cfg = Config::from_str(url).map_err(|e| PgError::Url(format!("{e}")))?;
+    if cfg.get_password().is_some() {
+        return Err(PgError::Url(
+            "put the password in store.password ({ env = \"…\" } or { file = \"…\" }), not in the URL".into(),
+        ));
+    }
+    if cfg.get_dbname().is_none() {
+        return Err(PgError::Url(
+            "name the database: postgresql://user@host:port/dbname".into(),
+        ));
+    }
+    if cfg.get_user().is_none() {
+        return Err(PgError::Url(
+            "name the user: postgresql://user@host:port/dbname".into(),
+        ));
+    }
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    cfg.application_name("roomguard-collector");
+    cfg.connect_timeout(std::time::Duration::from_secs(10));
+    Ok(cfg)
+}
+
+/// Connects, naming what is wrong when it cannot. The connection's task
+/// runs on the current runtime until the client is dropped.
+pub async fn connect(cfg: &Config) -> Result<Client, PgError> {
+    let db = cfg.get_dbname().unwrap_or("").to_owned();
+    let user = cfg.get_user().unwrap_or("").to_owned();
+    match cfg.connect(NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok(client)
+        }
+        Err(e) => Err(classify(e, &db, &user, cfg)),
+    }
+}
+
+fn classify(e: tokio_postgres::Error, db: &str, user: &str, cfg: &Config) -> PgError {
+    if let Some(code) = e.code() {
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            return PgError::Auth {
+                user: user.to_owned(),
+                detail,
+            };
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return PgError::NoDatabase(db.to_owned());
+        }
+        return PgError::Sql(e);
+    }
+    // No SQLSTATE: the server was never reached (refused, timed out, no
+    // such host), or it asked for a password none was given for.
+    let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+    if detail.contains("password missing") {
+        return PgError::Auth {
+            user: user.to_owned(),
+            detail: "the server asks for a password; give store.password".into(),
+        };
+    }
+    PgError::Unreachable {
+        target: target(cfg),
+        detail,
+    }
+}
+
+/// `host:port` (or the socket directory) the settings point at.
+fn target(cfg: &Config) -> String {
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!("{h}:{port}"),
+        Some(tokio_postgres::config::Host::Unix(p)) => format!("{}/.s.PGSQL.{port}", p.display()),
+        None => format!("localhost:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_the_libpq_form_and_the_password_stays_out_of_it() {
+        let c = settings(
+            "postgresql://rg@db.example:5433/roomguard?sslmode=require",
+            Some("pw"),
+        )
+        .unwrap();
+        assert_eq!(c.get_user(), Some("rg"));
+        assert_eq!(c.get_dbname(), Some("roomguard"));
+        assert_eq!(c.get_ports(), [5433]);
+        assert_eq!(c.get_password(), Some(&b"pw"[..]));
+        let sock = settings("postgresql://rg@/roomguard?host=/run/postgresql", None).unwrap();
+        assert_eq!(target(&sock), "/run/postgresql/.s.PGSQL.5432");
+        for (url, want) in [
+            ("mysql://rg@h/db", "not a postgresql:// URL"),
+            ("postgresql://rg:secret@h/db", "not in the URL"),
+            ("postgresql://rg@h", "name the database"),
+            ("postgresql://h/db", "name the user"),
+        ] {
+            let e = settings(url, None).unwrap_err().to_string();
+            assert!(
+                e.starts_with("store.url: ") && e.contains(want),
+                "{url}: {e}"
+            );
+        }
+    }
+}
