@@ -26,7 +26,7 @@ async fn the_schema_is_applied_once_and_a_newer_or_foreign_database_is_refused()
     );
     // Samples go to the partition of their day.
     let ts = 1_796_600_000_000i64;
-    migrate::ensure_partitions(&c, ts, ts).await?;
+    migrate::ensure_partitions(&c, ts, ts, &mut Default::default()).await?;
     c.execute("INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
                VALUES ('s', 'p', 'a', 'r', 'd', 'temperature', '°C', 0, 0)", &[]).await?;
     c.execute(
@@ -101,5 +101,112 @@ async fn each_way_of_failing_to_connect_names_its_setting() -> Result<()> {
         )),
         "{away}"
     );
+    Ok(())
+}
+
+/// A batch of `readings` of device `d` (points `d.pN`), at `ts`, described.
+fn batch(seq: u64, ts: i64, values: &[Option<f64>]) -> roomguard_protocol::Batch {
+    use roomguard_protocol::{Batch, Label, PointMeta, Quality, Reading, PROTOCOL_VERSION};
+    Batch {
+        v: PROTOCOL_VERSION,
+        site: "s".into(),
+        agent: "a".into(),
+        seq,
+        device: "d".into(),
+        polled_at: ts,
+        backfill: false,
+        points: (0..values.len())
+            .map(|i| PointMeta {
+                id: Label::from(format!("d.p{i}").as_str()),
+                room: "battery-room".into(),
+                quantity: "temperature".into(),
+                unit: "°C".into(),
+            })
+            .collect(),
+        readings: values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Reading {
+                point: Label::from(format!("d.p{i}").as_str()),
+                value: *v,
+                text: None,
+                ts,
+                quality: match v {
+                    Some(_) => Quality::Good,
+                    None => Quality::Bad("no reply".into()),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Ingest keeps the store's promises on PostgreSQL as on SQLite: a batch
+/// sent again is stored once, a reading stored already is counted and not
+/// stored again, a late backlog does not replace a newer latest value, bad
+/// readings keep their reason, readings land in their day's partition and
+/// their minutes wait for rollups.
+#[tokio::test]
+async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_latest() -> Result<()> {
+    use roomguard_collector::store::postgres::writer::PgWriter;
+    let Some(pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    pg.psql("postgres", "CREATE DATABASE roomguard")?;
+    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
+    let mut w = PgWriter::open(&cfg).await?;
+    let t0 = 1_796_600_000_000i64; // 2026-12-06, 23:33 UTC
+    let day = 86_400_000;
+    let now = t0 + 2 * day;
+    let first = w
+        .write_batches(
+            &[
+                batch(1, t0, &[Some(21.0), None]),
+                batch(2, t0 + day, &[Some(22.0), Some(5.0)]),
+            ],
+            now,
+        )
+        .await?;
+    assert_eq!((first.batches, first.readings, first.duplicates), (2, 4, 0));
+    // The same batch again, and a new batch repeating a stored reading.
+    let again = w
+        .write_batches(
+            &[
+                batch(2, t0 + day, &[Some(22.0), Some(5.0)]),
+                batch(3, t0 + day, &[Some(22.0), Some(6.0)]),
+            ],
+            now,
+        )
+        .await?;
+    assert_eq!(again.duplicate_batches, 1);
+    assert_eq!((again.batches, again.readings, again.duplicates), (1, 0, 4));
+    // A late backlog from before: stored, but the latest stays the newest.
+    let late = w
+        .write_batches(&[batch(4, t0 - 60_000, &[Some(19.0), Some(4.0)])], now)
+        .await?;
+    assert_eq!(late.readings, 2);
+    let q = |sql: &str| pg.psql("roomguard", sql);
+    assert_eq!(q("SELECT count(*) FROM samples")?, "6");
+    assert_eq!(q("SELECT count(*) FROM batches")?, "4");
+    assert_eq!(
+        q("SELECT last_value FROM points WHERE point = 'd.p0'")?,
+        "22"
+    );
+    assert_eq!(
+        q("SELECT last_ts = 1796686400000 FROM points WHERE point = 'd.p0'")?,
+        "t"
+    );
+    assert_eq!(q("SELECT bad FROM samples WHERE point_id = (SELECT id FROM points WHERE point = 'd.p1') AND ts = 1796600000000")?, "no reply");
+    assert_eq!(
+        q("SELECT room || '/' || quantity || '/' || unit FROM points WHERE point = 'd.p1'")?,
+        "battery-room/temperature/°C"
+    );
+    // Two days, two partitions (and the backlog's minute is in the first).
+    assert_eq!(
+        q("SELECT count(*) FROM pg_inherits WHERE inhparent = 'samples'::regclass")?,
+        "2"
+    );
+    assert_eq!(q("SELECT count(*) FROM samples_20261206")?, "4");
+    // Minutes with numbers wait for their rollups; the bad reading's does not.
+    assert_eq!(q("SELECT count(*) FROM rollup_dirty")?, "5");
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! holding another application's tables is refused rather than mixed with.
 
 use super::PgError;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// The advisory lock key the migrations take ("RGSCHEMA" in ASCII).
 const LOCK: i64 = 0x5247_5343_4845_4d41;
@@ -160,16 +160,27 @@ pub fn partition_for(ts: i64) -> (String, i64, i64) {
     (format!("samples_{day}"), from, from + DAY_MS)
 }
 
-/// Makes sure the partitions for event times in `[from, to]` exist.
-pub async fn ensure_partitions(client: &Client, from: i64, to: i64) -> Result<(), PgError> {
+/// Makes sure the partitions for event times in `[from, to]` exist; days
+/// in `known` are skipped, days made are added to it.
+pub async fn ensure_partitions<C: GenericClient>(
+    client: &C,
+    from: i64,
+    to: i64,
+    known: &mut std::collections::HashSet<i64>,
+) -> Result<(), PgError> {
     let mut day = from.div_euclid(DAY_MS) * DAY_MS;
     while day <= to {
+        if known.contains(&day) {
+            day += DAY_MS;
+            continue;
+        }
         let (name, lo, hi) = partition_for(day);
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples FOR VALUES FROM ({lo}) TO ({hi})"
             ))
             .await?;
+        known.insert(day);
         day += DAY_MS;
     }
     Ok(())

@@ -8,6 +8,7 @@
 //! SQLite.
 
 pub mod migrate;
+pub mod writer;
 
 use std::str::FromStr;
 use thiserror::Error;

@@ -1,0 +1,275 @@
+//! Ingest into PostgreSQL: the same promises as the SQLite writer, in one
+//! transaction per round of batches. A batch already in the register is
+//! skipped whole; readings go in by binary COPY into a temporary table and
+//! from there into `samples` with `ON CONFLICT DO NOTHING`, so a reading
+//! already stored (same point and event time) is counted, not stored again;
+//! the catalogue keeps each point's newest reading (a late backlog never
+//! replaces a newer one) and the minutes waiting for their rollups.
+
+use super::migrate::{ensure_partitions, migrate};
+use super::{connect, PgError};
+use crate::store::WriteStats;
+use futures_util::pin_mut;
+use roomguard_protocol::{Batch, Quality, Status};
+use std::collections::HashMap;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Config, Transaction};
+
+/// Rollup minute, ms.
+const MINUTE_MS: i64 = 60_000;
+
+pub struct PgWriter {
+    client: Client,
+    /// Catalogue ids by (site, point); cleared after a failed transaction
+    /// (an id made in it was never committed).
+    points: HashMap<(String, String), i64>,
+    /// Day partitions of `samples` known to exist (start of day, ms).
+    partitions: std::collections::HashSet<i64>,
+}
+
+impl PgWriter {
+    /// Connects and brings the schema up to date.
+    pub async fn open(cfg: &Config) -> Result<PgWriter, PgError> {
+        let mut client = connect(cfg).await?;
+        let db = cfg.get_dbname().unwrap_or("").to_owned();
+        let applied = migrate(&mut client, &db).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "PostgreSQL schema migrated");
+        }
+        Ok(PgWriter {
+            client,
+            points: HashMap::new(),
+            partitions: Default::default(),
+        })
+    }
+
+    /// Stores `batches` in one transaction.
+    pub async fn write_batches(
+        &mut self,
+        batches: &[Batch],
+        now_ms: i64,
+    ) -> Result<WriteStats, PgError> {
+        let result = self.write_batches_tx(batches, now_ms).await;
+        if result.is_err() {
+            self.points.clear();
+            self.partitions.clear();
+        }
+        result
+    }
+
+    async fn write_batches_tx(
+        &mut self,
+        batches: &[Batch],
+        now_ms: i64,
+    ) -> Result<WriteStats, PgError> {
+        // Borrowed apart: the transaction holds the client.
+        let PgWriter {
+            client,
+            points,
+            partitions,
+        } = self;
+        let tx = client.transaction().await?;
+        let mut stats = WriteStats::default();
+        // (point id, event time, value, text, bad) of every reading to store.
+        let mut rows: Vec<(i64, i64, Option<f64>, Option<&str>, Option<&str>)> = Vec::new();
+        for batch in batches {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO batches (site, agent, seq, device, polled_at, readings, backfill, received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    &[
+                        &batch.site,
+                        &batch.agent,
+                        // BIGINT is signed; the cast is one-to-one.
+                        &(batch.seq as i64),
+                        &batch.device,
+                        &batch.polled_at,
+                        &(batch.readings.len() as i32),
+                        &batch.backfill,
+                        &now_ms,
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                let same = tx
+                    .query_opt(
+                        "SELECT 1 FROM batches WHERE site = $1 AND agent = $2 AND seq = $3
+                           AND device = $4 AND polled_at = $5",
+                        &[
+                            &batch.site,
+                            &batch.agent,
+                            &(batch.seq as i64),
+                            &batch.device,
+                            &batch.polled_at,
+                        ],
+                    )
+                    .await?
+                    .is_some();
+                if same {
+                    stats.duplicate_batches += 1;
+                    stats.duplicates += batch.readings.len() as u64;
+                    continue;
+                }
+                // A different batch under a known number: the agent lost its
+                // state directory and counts again. Store it, say so.
+                tracing::warn!(site = %batch.site, agent = %batch.agent, seq = batch.seq,
+                    "agent reused a sequence number (was its state directory reset?); storing the new batch");
+                tx.execute(
+                    "UPDATE batches SET device = $4, polled_at = $5, readings = $6, backfill = $7, received_at = $8
+                     WHERE site = $1 AND agent = $2 AND seq = $3",
+                    &[
+                        &batch.site,
+                        &batch.agent,
+                        &(batch.seq as i64),
+                        &batch.device,
+                        &batch.polled_at,
+                        &(batch.readings.len() as i32),
+                        &batch.backfill,
+                        &now_ms,
+                    ],
+                )
+                .await?;
+            }
+            for meta in &batch.points {
+                let id: i64 = tx
+                    .query_one(
+                        "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                         ON CONFLICT (site, point) DO UPDATE SET agent = excluded.agent, room = excluded.room,
+                             device = excluded.device, quantity = excluded.quantity, unit = excluded.unit
+                         RETURNING id",
+                        &[
+                            &batch.site,
+                            &&*meta.id,
+                            &batch.agent,
+                            &&*meta.room,
+                            &batch.device,
+                            &&*meta.quantity,
+                            &&*meta.unit,
+                            &now_ms,
+                        ],
+                    )
+                    .await?
+                    .get(0);
+                points.insert((batch.site.clone(), meta.id.to_string()), id);
+            }
+            for r in &batch.readings {
+                let id = point_id(&tx, points, batch, &r.point, now_ms).await?;
+                let (value, text, bad) = match &r.quality {
+                    Quality::Good => (r.value, r.text.as_deref(), None),
+                    Quality::Bad(reason) => (None, None, Some(reason.as_str())),
+                };
+                rows.push((id, r.ts, value, text, bad));
+            }
+            stats.batches += 1;
+        }
+        if !rows.is_empty() {
+            let (lo, hi) = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+                (lo.min(r.1), hi.max(r.1))
+            });
+            ensure_partitions(&tx, lo, hi, partitions).await?;
+            tx.batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS incoming (
+                    point_id BIGINT, ts BIGINT, value DOUBLE PRECISION, text TEXT, bad TEXT
+                 ) ON COMMIT DELETE ROWS",
+            )
+            .await?;
+            let sink = tx
+                .copy_in(
+                    "COPY incoming (point_id, ts, value, text, bad) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let writer = BinaryCopyInWriter::new(
+                sink,
+                &[Type::INT8, Type::INT8, Type::FLOAT8, Type::TEXT, Type::TEXT],
+            );
+            pin_mut!(writer);
+            for (id, ts, value, text, bad) in &rows {
+                writer.as_mut().write(&[id, ts, value, text, bad]).await?;
+            }
+            writer.finish().await?;
+            let stored = tx
+                .execute(
+                    "INSERT INTO samples (point_id, ts, value, text, bad)
+                     SELECT point_id, ts, value, text, bad FROM incoming ON CONFLICT DO NOTHING",
+                    &[],
+                )
+                .await?;
+            stats.readings += stored;
+            stats.duplicates += rows.len() as u64 - stored;
+            // Each point's newest reading, unless the catalogue has a newer one.
+            tx.execute(
+                "UPDATE points p SET last_ts = n.ts, last_value = n.value, last_text = n.text,
+                     last_bad = n.bad, last_seen = $1
+                 FROM (SELECT DISTINCT ON (point_id) point_id, ts, value, text, bad
+                       FROM incoming ORDER BY point_id, ts DESC) n
+                 WHERE p.id = n.point_id AND (p.last_ts IS NULL OR n.ts >= p.last_ts)",
+                &[&now_ms],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO rollup_dirty (point_id, bucket)
+                 SELECT DISTINCT point_id, ts - ((ts % $1) + $1) % $1 FROM incoming WHERE value IS NOT NULL
+                 ON CONFLICT DO NOTHING",
+                &[&MINUTE_MS],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    /// Records an agent's latest status; one not newer than the newest seen
+    /// (a replay of an old "online") is dropped.
+    pub async fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), PgError> {
+        let state = serde_json::to_value(status.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let json = String::from_utf8_lossy(&status.to_json()).into_owned();
+        self.client
+            .execute(
+                "INSERT INTO agents (site, agent, state, status_json, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (site, agent) DO UPDATE SET state = excluded.state,
+                     status_json = excluded.status_json, updated_at = excluded.updated_at
+                 WHERE $6::BIGINT IS NULL
+                    OR (agents.status_json::jsonb ->> 'at') IS NULL
+                    OR (agents.status_json::jsonb ->> 'at')::BIGINT < $6",
+                &[&status.site, &status.agent, &state, &json, &now_ms, &status.at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The client, for reads in tests and tools.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// The catalogue id of a reading's point. A point never described yet
+/// gets an entry with empty labels, filled in when its description comes.
+async fn point_id(
+    tx: &Transaction<'_>,
+    points: &mut HashMap<(String, String), i64>,
+    batch: &Batch,
+    point: &str,
+    now_ms: i64,
+) -> Result<i64, PgError> {
+    if let Some(id) = points.get(&(batch.site.clone(), point.to_owned())) {
+        return Ok(*id);
+    }
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO points (site, point, agent, room, device, quantity, unit, first_seen, last_seen)
+             VALUES ($1, $2, $3, '', $4, '', '', $5, $5)
+             ON CONFLICT (site, point) DO UPDATE SET last_seen = points.last_seen
+             RETURNING id",
+            &[&batch.site, &point, &batch.agent, &batch.device, &now_ms],
+        )
+        .await?
+        .get(0);
+    points.insert((batch.site.clone(), point.to_owned()), id);
+    Ok(id)
+}
