@@ -16,6 +16,9 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, Transaction};
 
+/// A reading to store: point id, event time, value, text, bad reason.
+type Row<'a> = (i64, i64, Option<f64>, Option<&'a str>, Option<&'a str>);
+
 /// Rollup minute, ms.
 const MINUTE_MS: i64 = 60_000;
 
@@ -72,7 +75,7 @@ impl PgWriter {
         let tx = client.transaction().await?;
         let mut stats = WriteStats::default();
         // (point id, event time, value, text, bad) of every reading to store.
-        let mut rows: Vec<(i64, i64, Option<f64>, Option<&str>, Option<&str>)> = Vec::new();
+        let mut rows: Vec<Row<'_>> = Vec::new();
         for batch in batches {
             let inserted = tx
                 .execute(
