@@ -210,3 +210,85 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
     assert_eq!(q("SELECT count(*) FROM rollup_dirty")?, "5");
     Ok(())
 }
+
+/// Rollups and retention on PostgreSQL give SQLite's answers: a minute's
+/// count, min, max, mean and last from its good readings (a bad one is not
+/// a number), late data folded into the minute and its hour when it comes,
+/// and raw samples past their retention gone by whole day partitions while
+/// their rollups stay.
+#[tokio::test]
+async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
+    use roomguard_collector::store::postgres::{maintain, writer::PgWriter};
+    use roomguard_collector::store::retention::Policy;
+    let Some(pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    pg.psql("postgres", "CREATE DATABASE roomguard")?;
+    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
+    let mut w = PgWriter::open(&cfg).await?;
+    let mut c = postgres::connect(&cfg).await?;
+    let day = 86_400_000i64;
+    let t0 = 1_796_601_600_000i64; // 2026-12-07T00:00:00Z
+    let now = t0 + 3 * day;
+    // Minute 0: 20, bad, 24 (in that order of event time); minute 1: 30.
+    w.write_batches(&[batch(1, t0, &[Some(20.0), Some(1.0)])], now)
+        .await?;
+    w.write_batches(&[batch(2, t0 + 20_000, &[None, Some(2.0)])], now)
+        .await?;
+    w.write_batches(&[batch(3, t0 + 40_000, &[Some(24.0), Some(3.0)])], now)
+        .await?;
+    w.write_batches(&[batch(4, t0 + 60_000, &[Some(30.0), Some(4.0)])], now)
+        .await?;
+    assert_eq!(maintain::rollup_step(&mut c, now, 1000).await?, 4);
+    let q = |sql: &str| pg.psql("roomguard", sql);
+    let p0 = "(SELECT id FROM points WHERE point = 'd.p0')";
+    assert_eq!(
+        q(&format!("SELECT n || ' ' || min || ' ' || max || ' ' || sum / n || ' ' || last FROM rollup_1m WHERE point_id = {p0} AND bucket = {t0}"))?,
+        "2 20 24 22 24"
+    );
+    assert_eq!(
+        q(&format!("SELECT n || ' ' || min || ' ' || max || ' ' || last FROM rollup_1h WHERE point_id = {p0}"))?,
+        "3 20 30 30"
+    );
+    // A late reading of minute 0 arrives: the minute and its hour change,
+    // the hour's last stays the newest minute's.
+    w.write_batches(&[batch(5, t0 + 10_000, &[Some(10.0), Some(5.0)])], now)
+        .await?;
+    assert_eq!(maintain::rollup_step(&mut c, now, 1000).await?, 2);
+    assert_eq!(
+        q(&format!("SELECT n || ' ' || min || ' ' || last FROM rollup_1m WHERE point_id = {p0} AND bucket = {t0}"))?,
+        "3 10 24"
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT n || ' ' || min || ' ' || last FROM rollup_1h WHERE point_id = {p0}"
+        ))?,
+        "4 10 30"
+    );
+    // A minute still open waits.
+    w.write_batches(&[batch(6, now + 10_000, &[Some(25.0), Some(6.0)])], now)
+        .await?;
+    assert_eq!(maintain::rollup_step(&mut c, now + 20_000, 1000).await?, 0);
+
+    // Raw kept two days: the first day's partition goes, the last's stays;
+    // rollups are kept for their own periods.
+    let policy = Policy {
+        raw: std::time::Duration::from_millis(2 * day as u64),
+        ..Policy::default()
+    };
+    let (dropped, _) = maintain::retention_step(&mut c, &policy, now).await?;
+    assert_eq!(dropped, 1);
+    assert_eq!(
+        q("SELECT count(*) FROM pg_inherits WHERE inhparent = 'samples'::regclass")?,
+        "1"
+    );
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*) FROM samples WHERE ts < {}",
+            t0 + day
+        ))?,
+        "0"
+    );
+    assert_eq!(q("SELECT count(*) FROM rollup_1m")?, "4");
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! auth and inspection tables follow, behind the same store interface as
 //! SQLite.
 
+pub mod maintain;
 pub mod migrate;
 pub mod writer;
 
