@@ -292,3 +292,99 @@ async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
     assert_eq!(q("SELECT count(*) FROM rollup_1m")?, "4");
     Ok(())
 }
+
+/// The same batches — repeats, a late backlog, bad readings, readings over
+/// two hours — stored by the SQLite store and by PostgreSQL give the same
+/// answers: raw samples, 10-second, 5-minute and hourly history, and the
+/// latest values.
+#[tokio::test]
+async fn history_and_latest_on_postgres_answer_as_on_sqlite() -> Result<()> {
+    use roomguard_collector::store::history::{plan, PointFilter};
+    use roomguard_collector::store::postgres::{maintain, reader::PgReader, writer::PgWriter};
+    use roomguard_collector::store::retention::Policy;
+    use roomguard_collector::store::sqlite::{SqliteReader, SqliteWriter};
+    let Some(pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    pg.psql("postgres", "CREATE DATABASE roomguard")?;
+    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
+    let mut pw = PgWriter::open(&cfg).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store.db");
+    let mut sw = SqliteWriter::open(&path)?;
+    let t0 = 1_796_601_600_000i64; // 2026-12-07T00:00:00Z
+    let now = t0 + 3 * 3_600_000;
+    // Two hours of a reading every 20 s, with every 7th reading of point 1
+    // bad; then every tenth batch sent again, and a backlog from before.
+    let mut rounds: Vec<Vec<roomguard_protocol::Batch>> = Vec::new();
+    for k in 0..360u64 {
+        let ts = t0 + k as i64 * 20_000;
+        let v = 20.0 + (k % 13) as f64 * 0.5;
+        let bad = (k % 7 == 0).then_some(()).map_or(Some(v + 1.0), |_| None);
+        let mut round = vec![batch(k + 1, ts, &[Some(v), bad])];
+        if k % 10 == 9 {
+            round.push(batch(k, ts - 20_000, &[Some(0.0), Some(0.0)]));
+        }
+        rounds.push(round);
+    }
+    rounds.push(vec![batch(1000, t0 - 120_000, &[Some(5.0), Some(6.0)])]);
+    for round in &rounds {
+        let a = sw.write_batches(round, now)?;
+        let b = pw.write_batches(round, now).await?;
+        assert_eq!(
+            (a.batches, a.readings, a.duplicates),
+            (b.batches, b.readings, b.duplicates)
+        );
+    }
+    sw.move_pending()?;
+    while sw.maintain(now)?.minutes > 0 {}
+    let mut c = postgres::connect(&cfg).await?;
+    while maintain::rollup_step(&mut c, now, 500).await? > 0 {}
+
+    let sr = SqliteReader::open(&path)?;
+    let pr = PgReader::new(postgres::connect(&cfg).await?);
+    let policy = Policy::default();
+    for point in ["d.p0", "d.p1"] {
+        let s_id = sr.points_named(Some("s"), point)?[0].id;
+        let p_id = pr.points_named(Some("s"), point).await?[0].id;
+        for (from, to, step) in [
+            (t0 - 300_000, t0 + 600_000, Some(None)),
+            (t0, t0 + 3_600_000, Some(Some(10_000))),
+            (t0 - 600_000, t0 + 7_200_000, Some(Some(300_000))),
+            (t0 - 3_600_000, t0 + 3 * 3_600_000, Some(Some(3_600_000))),
+        ] {
+            let p = plan(from, to, step, 1, now, &policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let sqlite = sr.history(s_id, &p)?;
+            let empty = match &sqlite {
+                roomguard_collector::store::history::Series::Raw(v) => v.is_empty(),
+                roomguard_collector::store::history::Series::Buckets(v) => v.is_empty(),
+            };
+            assert!(!empty, "{point} {step:?}: nothing to compare");
+            assert_eq!(sqlite, pr.history(p_id, &p).await?, "{point} {step:?}");
+        }
+    }
+    let strip = |rows: Vec<roomguard_collector::store::LatestRow>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?} {:?} {:?}",
+                    r.point, r.ts, r.value, r.text, r.bad
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(sr.latest(None, None)?),
+        strip(pr.latest(None, None).await?)
+    );
+    let names = |rows: Vec<roomguard_collector::store::history::PointRow>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| format!("{}/{}/{}", r.point, r.room, r.quantity))
+            .collect()
+    };
+    assert_eq!(
+        names(sr.points(&PointFilter::default())?),
+        names(pr.points(&PointFilter::default()).await?)
+    );
+    Ok(())
+}

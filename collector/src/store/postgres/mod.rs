@@ -9,6 +9,7 @@
 
 pub mod maintain;
 pub mod migrate;
+pub mod reader;
 pub mod writer;
 
 use std::str::FromStr;
