@@ -19,7 +19,10 @@ const ROWS_PER_DELETE: i64 = 5_000;
 /// returns how many.
 pub async fn rollup_step(client: &mut Client, now_ms: i64, limit: i64) -> Result<usize, PgError> {
     let tx = client.transaction().await?;
-    let closed_before = now_ms - now_ms.rem_euclid(MINUTE_MS);
+    // A minute is rolled up once a whole minute has passed since it closed:
+    // a writer remembers the marks of its current minute, and clocks of
+    // collector nodes differ by up to that much without a mark being missed.
+    let closed_before = now_ms - now_ms.rem_euclid(MINUTE_MS) - MINUTE_MS;
     // SKIP LOCKED: a second collector on the same database takes other work.
     let work = tx
         .query(

@@ -29,6 +29,8 @@ pub struct PgWriter {
     points: HashMap<(String, String), i64>,
     /// Day partitions of `samples` known to exist (start of day, ms).
     partitions: std::collections::HashSet<i64>,
+    /// (point, minute) of the current minute marked for rollup, committed.
+    marked: std::collections::HashSet<(i64, i64)>,
 }
 
 impl PgWriter {
@@ -44,6 +46,7 @@ impl PgWriter {
             client,
             points: HashMap::new(),
             partitions: Default::default(),
+            marked: Default::default(),
         })
     }
 
@@ -71,30 +74,40 @@ impl PgWriter {
             client,
             points,
             partitions,
+            marked,
         } = self;
+        let mut newly_marked: Vec<(i64, i64)> = Vec::new();
         let tx = client.transaction().await?;
         let mut stats = WriteStats::default();
         // (point id, event time, value, text, bad) of every reading to store.
         let mut rows: Vec<Row<'_>> = Vec::new();
+        // The whole round into the batch register in one statement; what it
+        // did not take is a repeat (or a reused number), looked at one by one.
+        let mut fresh: std::collections::HashSet<(String, String, i64)> = {
+            let sites: Vec<&str> = batches.iter().map(|b| b.site.as_str()).collect();
+            let agents: Vec<&str> = batches.iter().map(|b| b.agent.as_str()).collect();
+            // BIGINT is signed; the cast is one-to-one.
+            let seqs: Vec<i64> = batches.iter().map(|b| b.seq as i64).collect();
+            let devices: Vec<&str> = batches.iter().map(|b| b.device.as_str()).collect();
+            let polled: Vec<i64> = batches.iter().map(|b| b.polled_at).collect();
+            let counts: Vec<i32> = batches.iter().map(|b| b.readings.len() as i32).collect();
+            let backfill: Vec<bool> = batches.iter().map(|b| b.backfill).collect();
+            tx.query(
+                "INSERT INTO batches (site, agent, seq, device, polled_at, readings, backfill, received_at)
+                 SELECT u.*, $8::BIGINT FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[],
+                                                    $5::BIGINT[], $6::INTEGER[], $7::BOOLEAN[]) AS u
+                 ON CONFLICT DO NOTHING RETURNING site, agent, seq",
+                &[&sites, &agents, &seqs, &devices, &polled, &counts, &backfill, &now_ms],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+        };
         for batch in batches {
-            let inserted = tx
-                .execute(
-                    "INSERT INTO batches (site, agent, seq, device, polled_at, readings, backfill, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                    &[
-                        &batch.site,
-                        &batch.agent,
-                        // BIGINT is signed; the cast is one-to-one.
-                        &(batch.seq as i64),
-                        &batch.device,
-                        &batch.polled_at,
-                        &(batch.readings.len() as i32),
-                        &batch.backfill,
-                        &now_ms,
-                    ],
-                )
-                .await?;
-            if inserted == 0 {
+            // The first of the round under its number takes it.
+            let key = (batch.site.clone(), batch.agent.clone(), batch.seq as i64);
+            if !fresh.remove(&key) {
                 let same = tx
                     .query_opt(
                         "SELECT 1 FROM batches WHERE site = $1 AND agent = $2 AND seq = $3
@@ -211,15 +224,39 @@ impl PgWriter {
                 &[&now_ms],
             )
             .await?;
-            tx.execute(
-                "INSERT INTO rollup_dirty (point_id, bucket)
-                 SELECT DISTINCT point_id, ts - ((ts % $1) + $1) % $1 FROM incoming WHERE value IS NOT NULL
-                 ON CONFLICT DO NOTHING",
-                &[&MINUTE_MS],
-            )
-            .await?;
+            // Minutes to roll up, each marked once: the current minute is
+            // remembered until it closes (rollups wait a minute past it, see
+            // maintain.rs), older ones are always marked (a late reading must
+            // reach a minute that was rolled up already).
+            let current = now_ms - now_ms.rem_euclid(MINUTE_MS);
+            marked.retain(|&(_, m)| m >= current);
+            let mut mark_points = Vec::new();
+            let mut mark_minutes = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (id, ts, value, _, _) in &rows {
+                if value.is_none() {
+                    continue;
+                }
+                let minute = ts - ts.rem_euclid(MINUTE_MS);
+                let key = (*id, minute);
+                if marked.contains(&key) || !seen.insert(key) {
+                    continue;
+                }
+                mark_points.push(*id);
+                mark_minutes.push(minute);
+            }
+            if !mark_points.is_empty() {
+                tx.execute(
+                    "INSERT INTO rollup_dirty (point_id, bucket)
+                     SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]) ON CONFLICT DO NOTHING",
+                    &[&mark_points, &mark_minutes],
+                )
+                .await?;
+            }
+            newly_marked = seen.into_iter().filter(|&(_, m)| m >= current).collect();
         }
         tx.commit().await?;
+        marked.extend(newly_marked);
         Ok(stats)
     }
 
