@@ -1222,6 +1222,25 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Turns TLS on with this certificate and key (PEM) and restarts.
+    pub fn enable_tls(&mut self, cert: &Path, key: &Path) -> Result<()> {
+        let data = self.dir.path().join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = data.join(to);
+            std::fs::copy(from, &dest)?;
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text)?;
+        self.restart()
+    }
+
     /// SIGKILLs the server (its WAL recovers what was committed).
     pub fn kill(&mut self) {
         if let Some(mut p) = self.server.take() {
@@ -1285,4 +1304,50 @@ fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
         // Its home, not root's, for anything that looks there.
         cmd.env("HOME", "/var/lib/postgresql");
     }
+}
+
+/// Runs openssl with `args` (split on spaces) in `dir`.
+pub fn openssl(dir: &Path, args: &str) -> Result<()> {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A CA, a server certificate for localhost, and client certificates whose
+/// common names are the MQTT user names. Extensions make them X.509 v3
+/// certificates, which webpki requires.
+pub fn test_certificates(dir: &Path, clients: &[&str]) -> Result<()> {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n")?;
+    let ca = "-x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem";
+    openssl(dir, &format!("req {ca}"))?;
+    let mut names = vec![("server", "localhost", "server.ext")];
+    names.extend(clients.iter().map(|c| (*c, *c, "client.ext")));
+    for (name, cn, ext) in names {
+        openssl(
+            dir,
+            &format!(
+                "req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"
+            ),
+        )?;
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                 -extfile {ext} -out {name}.pem"
+            ),
+        )?;
+    }
+    Ok(())
 }

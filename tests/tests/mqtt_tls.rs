@@ -9,51 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn openssl(dir: &Path, args: &str) -> Result<()> {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    let out = Command::new("openssl")
-        .args(&args)
-        .current_dir(dir)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A CA, a server certificate for localhost, and client certificates whose
-/// common names are the MQTT user names. Extensions make them X.509 v3
-/// certificates, which webpki requires.
-fn certificates(dir: &Path, clients: &[&str]) -> Result<()> {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
-    )?;
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n")?;
-    let ca = "-x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem";
-    openssl(dir, &format!("req {ca}"))?;
-    let mut names = vec![("server", "localhost", "server.ext")];
-    names.extend(clients.iter().map(|c| (*c, *c, "client.ext")));
-    for (name, cn, ext) in names {
-        openssl(
-            dir,
-            &format!(
-                "req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"
-            ),
-        )?;
-        openssl(
-            dir,
-            &format!(
-                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-                 -extfile {ext} -out {name}.pem"
-            ),
-        )?;
-    }
-    Ok(())
-}
-
 fn security(dir: &Path, name: &str) -> String {
     let p = |f: &str| format!("{:?}", dir.join(f).display().to_string());
     format!(
@@ -74,7 +29,7 @@ async fn agents_publish_over_tls_only_under_their_own_topic() -> Result<()> {
     if external("openssl", "openssl").is_none() {
         return Ok(());
     }
-    certificates(d, &["collector", "edge-01"])?;
+    test_certificates(d, &["collector", "edge-01"])?;
     std::fs::write(
         d.join("acl"),
         "user collector\ntopic readwrite roomguard/#\n\n\
@@ -191,7 +146,7 @@ async fn the_embedded_broker_takes_agents_over_tls_with_certificates_and_passwor
     let Some(publish) = external("mosquitto_pub", "mosquitto-clients") else {
         return Ok(());
     };
-    certificates(d, &["edge-01"])?;
+    test_certificates(d, &["edge-01"])?;
     std::fs::write(d.join("edge-01.password"), "correct-horse-battery\n")?;
     let p = |f: &str| format!("{:?}", d.join(f).display().to_string());
     let extra = format!(

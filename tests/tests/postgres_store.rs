@@ -153,7 +153,11 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
     };
     pg.psql("postgres", "CREATE DATABASE roomguard")?;
     let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut w = PgWriter::open(&cfg).await?;
+    let mut w = PgWriter::open(&postgres::Target {
+        config: cfg.clone(),
+        tls: None,
+    })
+    .await?;
     let t0 = 1_796_600_000_000i64; // 2026-12-06, 23:33 UTC
     let day = 86_400_000;
     let now = t0 + 2 * day;
@@ -225,7 +229,11 @@ async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
     };
     pg.psql("postgres", "CREATE DATABASE roomguard")?;
     let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut w = PgWriter::open(&cfg).await?;
+    let mut w = PgWriter::open(&postgres::Target {
+        config: cfg.clone(),
+        tls: None,
+    })
+    .await?;
     let mut c = postgres::connect(&cfg).await?;
     let day = 86_400_000i64;
     let t0 = 1_796_601_600_000i64; // 2026-12-07T00:00:00Z
@@ -308,7 +316,11 @@ async fn history_and_latest_on_postgres_answer_as_on_sqlite() -> Result<()> {
     };
     pg.psql("postgres", "CREATE DATABASE roomguard")?;
     let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut pw = PgWriter::open(&cfg).await?;
+    let mut pw = PgWriter::open(&postgres::Target {
+        config: cfg.clone(),
+        tls: None,
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store.db");
     let mut sw = SqliteWriter::open(&path)?;
@@ -386,5 +398,74 @@ async fn history_and_latest_on_postgres_answer_as_on_sqlite() -> Result<()> {
         names(sr.points(&PointFilter::default())?),
         names(pr.points(&PointFilter::default()).await?)
     );
+    Ok(())
+}
+
+/// TLS to PostgreSQL with rustls: with the CA that signed the server's
+/// certificate the connection is encrypted (the server says so); without a
+/// CA file `sslmode=require` is refused at once, and a CA that did not sign
+/// the server's certificate, or a server without TLS, gives an error naming
+/// `store.ca_file`.
+#[tokio::test]
+async fn tls_is_rustls_checked_against_the_given_ca() -> Result<()> {
+    if external("openssl", "openssl").is_none() {
+        return Ok(());
+    }
+    let Some(mut pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    let certs = tempfile::tempdir()?;
+    test_certificates(certs.path(), &[])?;
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    // No TLS on the server yet.
+    let plain = postgres::target_of(
+        &url,
+        Some(Postgres::PASSWORD),
+        Some(&certs.path().join("ca.pem")),
+    )?;
+    let e = postgres::connect_to(&plain).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("store.ca_file: no TLS with PostgreSQL"),
+        "{e}"
+    );
+    pg.enable_tls(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    )?;
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    let target = postgres::target_of(
+        &url,
+        Some(Postgres::PASSWORD),
+        Some(&certs.path().join("ca.pem")),
+    )?;
+    let c = postgres::connect_to(&target).await?;
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(ssl, "the connection is encrypted");
+    // sslmode=require without a CA file: refused before connecting.
+    let e = postgres::target_of(&url, Some(Postgres::PASSWORD), None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("sslmode=require needs store.ca_file"), "{e}");
+    // Another CA: the server's certificate is not trusted.
+    let other = tempfile::tempdir()?;
+    test_certificates(other.path(), &[])?;
+    let wrong = postgres::target_of(
+        &url,
+        Some(Postgres::PASSWORD),
+        Some(&other.path().join("ca.pem")),
+    )?;
+    let e = postgres::connect_to(&wrong).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("store.ca_file: no TLS with PostgreSQL"),
+        "{e}"
+    );
+    assert!(e.contains("certificate"), "{e}");
     Ok(())
 }

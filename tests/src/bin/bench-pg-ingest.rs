@@ -51,7 +51,11 @@ async fn main() -> Result<()> {
     let pg = Postgres::start()?.ok_or_else(|| anyhow::anyhow!("PostgreSQL is not installed"))?;
     pg.psql("postgres", "CREATE DATABASE roomguard")?;
     let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut w = PgWriter::open(&cfg).await?;
+    let mut w = PgWriter::open(&postgres::Target {
+        config: cfg.clone(),
+        tls: None,
+    })
+    .await?;
     let t0 = roomguard_protocol::clock::now_ms() - rounds as i64 * 1_000;
     // The first round makes the catalogue; it is not timed.
     w.write_batches(&round(points, per_batch, 0, t0), t0)

@@ -10,10 +10,12 @@
 pub mod maintain;
 pub mod migrate;
 pub mod reader;
+pub mod tls;
 pub mod writer;
 
 use std::str::FromStr;
 use thiserror::Error;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -25,6 +27,8 @@ pub enum PgError {
     Unreachable { target: String, detail: String },
     #[error("store.password: PostgreSQL refused user {user:?}: {detail}")]
     Auth { user: String, detail: String },
+    #[error("store.ca_file: no TLS with PostgreSQL at {target}: {detail}")]
+    Tls { target: String, detail: String },
     #[error("store.url: database {0:?} does not exist (create it: createdb -O <user> {0})")]
     NoDatabase(String),
     #[error("store.url: database {db:?} holds tables of another application ({tables}); give RoomGuard a database of its own")]
@@ -67,22 +71,76 @@ pub fn settings(url: &str, password: Option<&str>) -> Result<Config, PgError> {
     Ok(cfg)
 }
 
+/// Where to connect and how: the settings, and the CA to check the
+/// server's certificate against when TLS is used.
+#[derive(Clone)]
+pub struct Target {
+    pub config: Config,
+    pub tls: Option<tls::RustlsConnect>,
+}
+
+/// The target from `store.url`, `store.password` and `store.ca_file`.
+/// `sslmode=require` needs the CA file; `prefer` (libpq's default) uses TLS
+/// when a CA file is given, and otherwise connects in the clear; `disable`
+/// never uses TLS.
+pub fn target_of(
+    url: &str,
+    password: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Target, PgError> {
+    let config = settings(url, password)?;
+    let tls = match (config.get_ssl_mode(), ca_file) {
+        (SslMode::Disable, _) => None,
+        (_, Some(ca)) => Some(tls::RustlsConnect::new(ca).map_err(PgError::Url)?),
+        (SslMode::Require, None) => {
+            return Err(PgError::Url(
+                "sslmode=require needs store.ca_file, the CA certificate (PEM) that signed the server's".into(),
+            ))
+        }
+        (_, None) => None,
+    };
+    Ok(Target { config, tls })
+}
+
+/// Connects in the clear (`sslmode` aside); see [`connect_to`].
+pub async fn connect(cfg: &Config) -> Result<Client, PgError> {
+    connect_to(&Target {
+        config: cfg.clone(),
+        tls: None,
+    })
+    .await
+}
+
 /// Connects, naming what is wrong when it cannot. The connection's task
 /// runs on the current runtime until the client is dropped.
-pub async fn connect(cfg: &Config) -> Result<Client, PgError> {
+pub async fn connect_to(target: &Target) -> Result<Client, PgError> {
+    let cfg = &target.config;
     let db = cfg.get_dbname().unwrap_or("").to_owned();
     let user = cfg.get_user().unwrap_or("").to_owned();
-    match cfg.connect(NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "PostgreSQL connection ended");
-                }
-            });
-            Ok(client)
+    let result = match &target.tls {
+        Some(tls) => cfg
+            .connect(tls.clone())
+            .await
+            .map(|(client, connection)| run(client, connection)),
+        None => cfg
+            .connect(NoTls)
+            .await
+            .map(|(client, connection)| run(client, connection)),
+    };
+    result.map_err(|e| classify(e, &db, &user, cfg))
+}
+
+/// Drives a connection until its client is dropped (or the server goes).
+fn run<F>(client: Client, connection: F) -> Client
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
         }
-        Err(e) => Err(classify(e, &db, &user, cfg)),
-    }
+    });
+    client
 }
 
 fn classify(e: tokio_postgres::Error, db: &str, user: &str, cfg: &Config) -> PgError {
@@ -106,6 +164,21 @@ fn classify(e: tokio_postgres::Error, db: &str, user: &str, cfg: &Config) -> PgE
     // No SQLSTATE: the server was never reached (refused, timed out, no
     // such host), or it asked for a password none was given for.
     let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+    let tls = ["certificate", "TLS", "tls", "handshake"]
+        .iter()
+        .any(|w| detail.contains(w) || e.to_string().contains(w));
+    if tls {
+        return PgError::Tls {
+            target: target(cfg),
+            detail: if detail.contains("does not support TLS")
+                || e.to_string().contains("does not support TLS")
+            {
+                "the server does not offer TLS (ssl = off in its postgresql.conf)".into()
+            } else {
+                detail
+            },
+        };
+    }
     if detail.contains("password missing") {
         return PgError::Auth {
             user: user.to_owned(),

@@ -7,14 +7,14 @@
 //! replaces a newer one) and the minutes waiting for their rollups.
 
 use super::migrate::{ensure_partitions, migrate};
-use super::{connect, PgError};
+use super::{connect_to, PgError, Target};
 use crate::store::WriteStats;
 use futures_util::pin_mut;
 use roomguard_protocol::{Batch, Quality, Status};
 use std::collections::HashMap;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, Transaction};
+use tokio_postgres::{Client, Transaction};
 
 /// A reading to store: point id, event time, value, text, bad reason.
 type Row<'a> = (i64, i64, Option<f64>, Option<&'a str>, Option<&'a str>);
@@ -35,9 +35,9 @@ pub struct PgWriter {
 
 impl PgWriter {
     /// Connects and brings the schema up to date.
-    pub async fn open(cfg: &Config) -> Result<PgWriter, PgError> {
-        let mut client = connect(cfg).await?;
-        let db = cfg.get_dbname().unwrap_or("").to_owned();
+    pub async fn open(target: &Target) -> Result<PgWriter, PgError> {
+        let mut client = connect_to(target).await?;
+        let db = target.config.get_dbname().unwrap_or("").to_owned();
         let applied = migrate(&mut client, &db).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "PostgreSQL schema migrated");
