@@ -650,6 +650,14 @@ impl SnmpPoller {
                     }
                 }
             }
+            // The poll's readings must come after what the trap said: the
+            // store keeps one reading per point and millisecond, and the
+            // device's own answer is the newer word.
+            if let Some(said) = from_trap.iter().map(|r| r.ts).max() {
+                while now_ms() <= said {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             let started = Instant::now();
             last_started = Some(started);
             let overrun = !by_trap && started.duration_since(due) > interval;
