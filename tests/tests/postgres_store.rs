@@ -104,6 +104,24 @@ async fn each_way_of_failing_to_connect_names_its_setting() -> Result<()> {
     Ok(())
 }
 
+/// A database `roomguard` made for the test, its settings, and the writer
+/// (which applies the schema).
+async fn fresh_store(
+    pg: &Postgres,
+) -> Result<(
+    tokio_postgres::Config,
+    roomguard_collector::store::postgres::writer::PgWriter,
+)> {
+    pg.psql("postgres", "CREATE DATABASE roomguard")?;
+    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
+    let target = postgres::Target {
+        config: cfg.clone(),
+        tls: None,
+    };
+    let w = roomguard_collector::store::postgres::writer::PgWriter::open(&target).await?;
+    Ok((cfg, w))
+}
+
 /// A batch of `readings` of device `d` (points `d.pN`), at `ts`, described.
 fn batch(seq: u64, ts: i64, values: &[Option<f64>]) -> roomguard_protocol::Batch {
     use roomguard_protocol::{Batch, Label, PointMeta, Quality, Reading, PROTOCOL_VERSION};
@@ -147,17 +165,10 @@ fn batch(seq: u64, ts: i64, values: &[Option<f64>]) -> roomguard_protocol::Batch
 /// their minutes wait for rollups.
 #[tokio::test]
 async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_latest() -> Result<()> {
-    use roomguard_collector::store::postgres::writer::PgWriter;
     let Some(pg) = Postgres::start()? else {
         return Ok(());
     };
-    pg.psql("postgres", "CREATE DATABASE roomguard")?;
-    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut w = PgWriter::open(&postgres::Target {
-        config: cfg.clone(),
-        tls: None,
-    })
-    .await?;
+    let (cfg, mut w) = fresh_store(&pg).await?;
     let t0 = 1_796_600_000_000i64; // 2026-12-06, 23:33 UTC
     let day = 86_400_000;
     let now = t0 + 2 * day;
@@ -222,18 +233,12 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
 /// their rollups stay.
 #[tokio::test]
 async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
-    use roomguard_collector::store::postgres::{maintain, writer::PgWriter};
+    use roomguard_collector::store::postgres::maintain;
     use roomguard_collector::store::retention::Policy;
     let Some(pg) = Postgres::start()? else {
         return Ok(());
     };
-    pg.psql("postgres", "CREATE DATABASE roomguard")?;
-    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut w = PgWriter::open(&postgres::Target {
-        config: cfg.clone(),
-        tls: None,
-    })
-    .await?;
+    let (cfg, mut w) = fresh_store(&pg).await?;
     let mut c = postgres::connect(&cfg).await?;
     let day = 86_400_000i64;
     let t0 = 1_796_601_600_000i64; // 2026-12-07T00:00:00Z
@@ -308,19 +313,13 @@ async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
 #[tokio::test]
 async fn history_and_latest_on_postgres_answer_as_on_sqlite() -> Result<()> {
     use roomguard_collector::store::history::{plan, PointFilter};
-    use roomguard_collector::store::postgres::{maintain, reader::PgReader, writer::PgWriter};
+    use roomguard_collector::store::postgres::{maintain, reader::PgReader};
     use roomguard_collector::store::retention::Policy;
     use roomguard_collector::store::sqlite::{SqliteReader, SqliteWriter};
     let Some(pg) = Postgres::start()? else {
         return Ok(());
     };
-    pg.psql("postgres", "CREATE DATABASE roomguard")?;
-    let cfg = postgres::settings(&pg.url("roomguard"), Some(Postgres::PASSWORD))?;
-    let mut pw = PgWriter::open(&postgres::Target {
-        config: cfg.clone(),
-        tls: None,
-    })
-    .await?;
+    let (cfg, mut pw) = fresh_store(&pg).await?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store.db");
     let mut sw = SqliteWriter::open(&path)?;

@@ -21,6 +21,32 @@ override .1.3.6.1.2.1.33.1.4.1.0 integer 3
 override .1.3.6.1.2.1.33.1.2.1.0 integer 2
 "#;
 
+/// snmptrap's arguments for a v3 authPriv trap from the user snmpd knows,
+/// with `auth` as its password.
+fn v3_trap<'a>(auth: &'a str, to: &'a str, oid: &'a str) -> Vec<&'a str> {
+    vec![
+        "-v",
+        "3",
+        "-e",
+        "0x8000000001020304",
+        "-u",
+        "rgv3",
+        "-l",
+        "authPriv",
+        "-a",
+        "SHA",
+        "-A",
+        auth,
+        "-x",
+        "AES",
+        "-X",
+        "privpass123",
+        to,
+        "",
+        oid,
+    ]
+}
+
 /// Runs a net-snmp notification command with `args`; its exit status.
 fn notify(program: &str, args: &[&str]) -> Result<bool> {
     let path = external(program, "snmp").context(program.to_owned())?;
@@ -200,27 +226,7 @@ async fn traps_of_every_version_poll_at_once_and_the_rest_are_counted() -> Resul
     let ups2 = polls("ups-2").await;
     assert!(notify(
         "snmptrap",
-        &[
-            "-v",
-            "3",
-            "-e",
-            "0x8000000001020304",
-            "-u",
-            "rgv3",
-            "-l",
-            "authPriv",
-            "-a",
-            "SHA",
-            "-A",
-            "authpass123",
-            "-x",
-            "AES",
-            "-X",
-            "privpass123",
-            &traps,
-            "",
-            on_battery
-        ]
+        &v3_trap("authpass123", &traps, on_battery)
     )?);
     eventually(PATIENCE, "a poll for the v3 trap", || async {
         (polls("ups-2").await > ups2).then_some(())
@@ -249,27 +255,7 @@ async fn traps_of_every_version_poll_at_once_and_the_rest_are_counted() -> Resul
     )?);
     assert!(notify(
         "snmptrap",
-        &[
-            "-v",
-            "3",
-            "-e",
-            "0x8000000001020304",
-            "-u",
-            "rgv3",
-            "-l",
-            "authPriv",
-            "-a",
-            "SHA",
-            "-A",
-            "wrongpass123",
-            "-x",
-            "AES",
-            "-X",
-            "privpass123",
-            &traps,
-            "",
-            on_battery
-        ]
+        &v3_trap("wrongpass123", &traps, on_battery)
     )?);
     eventually(PATIENCE, "unknown and refused traps counted", || async {
         (counted("unknown").await == 1 && counted("refused").await == 2).then_some(())
