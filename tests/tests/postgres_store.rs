@@ -168,7 +168,7 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
     let Some(pg) = Postgres::start()? else {
         return Ok(());
     };
-    let (cfg, mut w) = fresh_store(&pg).await?;
+    let (_, mut w) = fresh_store(&pg).await?;
     let t0 = 1_796_600_000_000i64; // 2026-12-06, 23:33 UTC
     let day = 86_400_000;
     let now = t0 + 2 * day;
