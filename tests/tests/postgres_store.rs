@@ -19,7 +19,17 @@ async fn the_schema_is_applied_once_and_a_newer_or_foreign_database_is_refused()
     };
     pg.psql("postgres", "CREATE DATABASE roomguard")?;
     let mut c = client(&pg, "roomguard").await?;
-    assert_eq!(migrate::migrate(&mut c, "roomguard").await?, [1]);
+    assert_eq!(migrate::migrate(&mut c, "roomguard").await?, [1, 2]);
+    // The trails and patrol records are append-only here too.
+    pg.psql(
+        "roomguard",
+        "INSERT INTO patrols (site, room, kind, slot, at, by, period_from, period_to, record, digest)
+         VALUES ('s', 'r', 'auto', 0, 0, 'roomguard', 0, 0, '{}', 'x')",
+    )?;
+    for sql in ["UPDATE patrols SET by = 'x'", "DELETE FROM patrols"] {
+        let e = pg.psql("roomguard", sql).unwrap_err().to_string();
+        assert!(e.contains("patrols is append-only"), "{sql}: {e}");
+    }
     assert!(
         migrate::migrate(&mut c, "roomguard").await?.is_empty(),
         "applied once"

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, GenericClient};
 const LOCK: i64 = 0x5247_5343_4845_4d41;
 
 /// (version, SQL), in order. Never edit one that has shipped: add another.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// The readings core, as in SQLite: the point catalogue, samples keyed by
 /// (point, event time), the batch register that makes a resent batch a
@@ -83,6 +83,200 @@ CREATE TABLE agents (
     updated_at  BIGINT NOT NULL,
     PRIMARY KEY (site, agent)
 );
+"#;
+
+/// The alarm record (alarms, their trail, the engine's state, silences,
+/// the outbox), users and audit, and the inspection tables, as in SQLite
+/// (`store/schema.rs`). `user` is a reserved word here: the columns that
+/// SQLite calls `user` are `user_name`. Append-only tables refuse updates
+/// and deletes by trigger, as in SQLite.
+const V2: &str = r#"
+CREATE TABLE alarms (
+    serial      BIGINT PRIMARY KEY,
+    rule        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    level       SMALLINT NOT NULL,
+    category    TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    point       TEXT NOT NULL,
+    began_at    BIGINT NOT NULL,
+    raised_at   BIGINT NOT NULL,
+    value       DOUBLE PRECISION,
+    cleared_at  BIGINT,
+    clear_value DOUBLE PRECISION,
+    late        BOOLEAN NOT NULL DEFAULT FALSE,
+    inhibited   BOOLEAN NOT NULL DEFAULT FALSE,
+    silenced_by BIGINT,
+    notified    BOOLEAN NOT NULL DEFAULT FALSE,
+    notified_at BIGINT,
+    escalated   BOOLEAN NOT NULL DEFAULT FALSE,
+    ack_by      TEXT,
+    ack_at      BIGINT,
+    ack_comment TEXT,
+    assignee    TEXT,
+    updated_at  BIGINT NOT NULL
+);
+CREATE INDEX alarms_by_time ON alarms (raised_at);
+CREATE INDEX alarms_unacknowledged ON alarms (raised_at) WHERE ack_at IS NULL;
+CREATE INDEX alarms_active ON alarms (raised_at) WHERE cleared_at IS NULL;
+CREATE TABLE alarm_events (
+    id      BIGSERIAL PRIMARY KEY,
+    serial  BIGINT NOT NULL,
+    at      BIGINT NOT NULL,
+    kind    TEXT NOT NULL,
+    by      TEXT NOT NULL,
+    text    TEXT
+);
+CREATE INDEX alarm_events_by_serial ON alarm_events (serial);
+CREATE TABLE alarm_state (
+    key   TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+CREATE TABLE silences (
+    id         BIGSERIAL PRIMARY KEY,
+    site       TEXT,
+    room       TEXT,
+    rule       TEXT,
+    reason     TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    starts_at  BIGINT NOT NULL,
+    ends_at    BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    ended_at   BIGINT,
+    ended_by   TEXT
+);
+CREATE TABLE outbox (
+    id         BIGSERIAL PRIMARY KEY,
+    channel    TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    serial     BIGINT NOT NULL,
+    kind       TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'pending',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_at    BIGINT NOT NULL,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    sent_at    BIGINT,
+    UNIQUE (channel, key)
+);
+CREATE INDEX outbox_due ON outbox (state, next_at);
+CREATE INDEX outbox_by_alarm ON outbox (serial, channel, id);
+CREATE TABLE users (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    created_by    TEXT NOT NULL,
+    disabled      BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE TABLE sessions (
+    token_hash BYTEA PRIMARY KEY,
+    user_name  TEXT NOT NULL,
+    csrf       TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE api_tokens (
+    token_hash BYTEA PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at BIGINT,
+    revoked_by TEXT
+);
+CREATE TABLE audit_log (
+    id        BIGSERIAL PRIMARY KEY,
+    at        BIGINT NOT NULL,
+    user_name TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    detail    TEXT
+);
+CREATE TABLE hazards (
+    id          BIGSERIAL PRIMARY KEY,
+    site        TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    grade       TEXT NOT NULL,
+    description TEXT NOT NULL,
+    found_by    TEXT NOT NULL,
+    found_at    BIGINT NOT NULL,
+    owner       TEXT,
+    deadline    BIGINT,
+    plan        TEXT,
+    status      TEXT NOT NULL,
+    evidence    TEXT,
+    verifier    TEXT,
+    closed_at   BIGINT,
+    source      TEXT NOT NULL,
+    rule        TEXT,
+    overdue_told_at BIGINT,
+    updated_at  BIGINT NOT NULL
+);
+CREATE INDEX hazards_by_site ON hazards (site, status);
+CREATE TABLE hazard_events (
+    id      BIGSERIAL PRIMARY KEY,
+    hazard  BIGINT NOT NULL,
+    at      BIGINT NOT NULL,
+    by      TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    changes TEXT NOT NULL
+);
+CREATE INDEX hazard_events_by_hazard ON hazard_events (hazard);
+CREATE TABLE patrols (
+    id          BIGSERIAL PRIMARY KEY,
+    site        TEXT NOT NULL,
+    room        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    slot        BIGINT NOT NULL,
+    at          BIGINT NOT NULL,
+    by          TEXT NOT NULL,
+    period_from BIGINT NOT NULL,
+    period_to   BIGINT NOT NULL,
+    record      TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    UNIQUE (site, room, kind, slot)
+);
+CREATE INDEX patrols_by_time ON patrols (slot);
+CREATE TABLE patrol_photos (
+    id           BIGSERIAL PRIMARY KEY,
+    patrol       BIGINT NOT NULL,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    data         BYTEA NOT NULL,
+    sha256       TEXT NOT NULL
+);
+CREATE INDEX patrol_photos_by_patrol ON patrol_photos (patrol);
+CREATE TABLE drills (
+    id         BIGSERIAL PRIMARY KEY,
+    site       TEXT NOT NULL,
+    room       TEXT NOT NULL,
+    scenario   TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    ended_at   BIGINT,
+    by         TEXT NOT NULL,
+    note       TEXT
+);
+CREATE INDEX drills_by_time ON drills (started_at);
+CREATE TABLE inspection_state (
+    key   TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE FUNCTION roomguard_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
+END
+$$;
+CREATE TRIGGER hazard_events_append_only BEFORE UPDATE OR DELETE ON hazard_events
+    FOR EACH ROW EXECUTE FUNCTION roomguard_append_only();
+CREATE TRIGGER patrols_append_only BEFORE UPDATE OR DELETE ON patrols
+    FOR EACH ROW EXECUTE FUNCTION roomguard_append_only();
+CREATE TRIGGER patrol_photos_append_only BEFORE UPDATE OR DELETE ON patrol_photos
+    FOR EACH ROW EXECUTE FUNCTION roomguard_append_only();
 "#;
 
 /// The newest schema version this build knows.
