@@ -820,6 +820,14 @@ fn resolve_snmp(
 mod tests {
     use super::*;
 
+    /// `got` has a problem starting with `prefix` (its path, then what).
+    fn assert_named(got: &[String], prefix: &str) {
+        assert!(
+            got.iter().any(|g| g.starts_with(prefix)),
+            "no {prefix:?} in {got:?}"
+        );
+    }
+
     fn problems(text: &str) -> Vec<String> {
         match AgentConfig::parse(text, Path::new("agent.toml")) {
             Ok(_) => vec![],
@@ -1058,16 +1066,8 @@ mod tests {
             overrides = { temprature = { scale = 0.01 } }
         "#;
         let got = problems(text);
-        assert!(
-            got.iter()
-                .any(|g| g.starts_with("modbus[0].profile: no profile named \"no-such\"")),
-            "{got:?}"
-        );
-        assert!(
-            got.iter()
-                .any(|g| g.starts_with("modbus[1].overrides.temprature")),
-            "{got:?}"
-        );
+        assert_named(&got, "modbus[0].profile: no profile named \"no-such\"");
+        assert_named(&got, "modbus[1].overrides.temprature");
     }
 
     #[test]
@@ -1114,16 +1114,8 @@ mod tests {
             .replace("\"input.voltage\"", "\"input.voltag\"")
             .replace("[snmp.overrides]", "rows = { inptu = 1 }\n[snmp.overrides]");
         let got = problems(&wrong);
-        assert!(
-            got.iter()
-                .any(|g| g.starts_with("snmp[0].overrides.input.voltag")),
-            "{got:?}"
-        );
-        assert!(
-            got.iter()
-                .any(|g| g.starts_with("snmp[0].rows.inptu: no such table")),
-            "{got:?}"
-        );
+        assert_named(&got, "snmp[0].overrides.input.voltag");
+        assert_named(&got, "snmp[0].rows.inptu: no such table");
     }
 
     #[test]
@@ -1156,10 +1148,9 @@ mod tests {
             dir.path().display().to_string()
         );
         let got = problems(&text);
-        assert!(
-            got.iter().any(|g| g
-                .starts_with("snmp[0].profile(my-ups).derived[0]: \"input.3.voltag\" is neither")),
-            "{got:?}"
+        assert_named(
+            &got,
+            "snmp[0].profile(my-ups).derived[0]: \"input.3.voltag\" is neither",
         );
         std::fs::write(
             dir.path().join("my-ups.toml"),
@@ -1214,19 +1205,14 @@ mod tests {
             "snmp[0].traps[4].set.point: \"output_sauce\" is not a scalar point",
             "snmp[0].traps[4].oid: listed twice",
         ] {
-            assert!(got.iter().any(|g| g.starts_with(want)), "{want}: {got:?}");
+            assert_named(&got, want);
         }
         let modbus_only = format!(
             "{}[[modbus]]\nid = \"th\"\nroom = \"r\"\naddress = \"127.0.0.1:502\"\nunit = 1\nprofile = \"generic-th-sensor\"\n",
             &text[..text.find("[[snmp]]").unwrap()]
         );
-        let alone = modbus_only;
-        let got = problems(&alone);
-        assert!(
-            got.iter()
-                .any(|g| g.starts_with("snmp_traps: no [[snmp]] device")),
-            "{got:?}"
-        );
+        let got = problems(&modbus_only);
+        assert_named(&got, "snmp_traps: no [[snmp]] device");
     }
 
     #[test]

@@ -237,23 +237,12 @@ fn alarms(
     type Acc = (i64, i64, Vec<f64>, Vec<f64>);
     let mut by: BTreeMap<(u8, String), Acc> = BTreeMap::new();
     for a in store::alarm_times(c, site, p.from, p.to)? {
-        let (level, category, raised, ack, cleared, inhibited) = (
-            a.level,
-            a.category,
-            a.raised_at,
-            a.ack_at,
-            a.cleared_at,
-            a.inhibited,
-        );
-        let e = by.entry((level, category)).or_default();
+        let e = by.entry((a.level, a.category)).or_default();
         e.0 += 1;
-        e.1 += i64::from(inhibited);
-        if let Some(a) = ack {
-            e.2.push((a - raised).max(0) as f64 / 1000.0);
-        }
-        if let Some(cl) = cleared {
-            e.3.push((cl - raised).max(0) as f64 / 1000.0);
-        }
+        e.1 += i64::from(a.inhibited);
+        let after = |t: i64| (t - a.raised_at).max(0) as f64 / 1000.0;
+        e.2.extend(a.ack_at.map(after));
+        e.3.extend(a.cleared_at.map(after));
     }
     Ok(by
         .into_iter()

@@ -251,20 +251,15 @@ impl TrapListener {
         let candidates: Vec<usize> = (0..self.targets.len())
             .filter(|&i| self.targets[i].ips.contains(&ip))
             .collect();
-        let mut say = |what: String, level: tracing::Level| {
+        let mut say = |what: String| {
             if said.insert((ip, what.clone())) {
-                match level {
-                    tracing::Level::WARN => tracing::warn!(from = %from, "{what}"),
-                    _ => tracing::info!(from = %from, "{what}"),
-                }
+                tracing::warn!(from = %from, "{what}");
             }
         };
         if candidates.is_empty() {
             self.counters.unknown_source.fetch_add(1, Relaxed);
             say(
-                "SNMP notification from an address no configured SNMP device has; ignored (counted as unknown_source)".into(),
-                tracing::Level::WARN,
-            );
+                "SNMP notification from an address no configured SNMP device has; ignored (counted as unknown_source)".into());
             return;
         }
         let is_v3 = msg_version(msg) == Some(3);
@@ -329,32 +324,23 @@ impl TrapListener {
                     }
                     None => {
                         self.counters.malformed.fetch_add(1, Relaxed);
-                        say(
-                            "SNMP message that is not a notification; ignored".into(),
-                            tracing::Level::WARN,
-                        );
+                        say("SNMP message that is not a notification; ignored".into());
                         return;
                     }
                 },
                 Err(e) => {
                     self.counters.malformed.fetch_add(1, Relaxed);
-                    say(
-                        format!("unreadable SNMP notification ({e:?}); ignored"),
-                        tracing::Level::WARN,
-                    );
+                    say(format!("unreadable SNMP notification ({e:?}); ignored"));
                     return;
                 }
             }
         }
         let Some((first, n)) = found else {
             self.counters.refused.fetch_add(1, Relaxed);
-            say(
-                format!(
-                    "SNMP notification refused: {}",
-                    parse_error.unwrap_or_else(|| "no device there takes SNMPv3".into())
-                ),
-                tracing::Level::WARN,
-            );
+            say(format!(
+                "SNMP notification refused: {}",
+                parse_error.unwrap_or_else(|| "no device there takes SNMPv3".into())
+            ));
             return;
         };
         if n.inform {
@@ -403,9 +389,7 @@ impl TrapListener {
                     "SNMP trap {} from {} is in no profile; counted as unknown (add it to the profile's [[traps]] to act on it)",
                     dotted(&n.oids[0]),
                     devices.join(", ")
-                ),
-                tracing::Level::WARN,
-            );
+                ));
         }
     }
 }

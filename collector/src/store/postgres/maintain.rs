@@ -60,7 +60,6 @@ pub async fn rollup_step(client: &mut Client, now_ms: i64, limit: i64) -> Result
     )
     .await?;
     // The hours those minutes are in, again from their minutes.
-    let hour_points: Vec<i64> = points.clone();
     let hours: Vec<i64> = buckets.iter().map(|b| b - b.rem_euclid(HOUR_MS)).collect();
     tx.execute(
         "INSERT INTO rollup_1h (point_id, bucket, n, min, max, sum, last_ts, last)
@@ -71,7 +70,7 @@ pub async fn rollup_step(client: &mut Client, now_ms: i64, limit: i64) -> Result
          GROUP BY m.point_id, h.hb
          ON CONFLICT (point_id, bucket) DO UPDATE SET n = excluded.n, min = excluded.min,
              max = excluded.max, sum = excluded.sum, last_ts = excluded.last_ts, last = excluded.last",
-        &[&hour_points, &hours],
+        &[&points, &hours],
     )
     .await?;
     tx.execute(
@@ -79,7 +78,7 @@ pub async fn rollup_step(client: &mut Client, now_ms: i64, limit: i64) -> Result
          WHERE r.point_id = h.p AND r.bucket = h.hb
            AND NOT EXISTS (SELECT 1 FROM rollup_1m m WHERE m.point_id = h.p
                            AND m.bucket >= h.hb AND m.bucket < h.hb + 3600000)",
-        &[&hour_points, &hours],
+        &[&points, &hours],
     )
     .await?;
     tx.execute(

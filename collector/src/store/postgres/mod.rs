@@ -164,15 +164,14 @@ fn classify(e: tokio_postgres::Error, db: &str, user: &str, cfg: &Config) -> PgE
     // No SQLSTATE: the server was never reached (refused, timed out, no
     // such host), or it asked for a password none was given for.
     let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-    let tls = ["certificate", "TLS", "tls", "handshake"]
+    let said = format!("{e} {detail}");
+    if ["certificate", "TLS", "tls", "handshake"]
         .iter()
-        .any(|w| detail.contains(w) || e.to_string().contains(w));
-    if tls {
+        .any(|w| said.contains(w))
+    {
         return PgError::Tls {
             target: target(cfg),
-            detail: if detail.contains("does not support TLS")
-                || e.to_string().contains("does not support TLS")
-            {
+            detail: if said.contains("does not support TLS") {
                 "the server does not offer TLS (ssl = off in its postgresql.conf)".into()
             } else {
                 detail
