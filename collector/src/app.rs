@@ -70,9 +70,8 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let mut writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
-        .with_retention(cfg.store.retention.policy())
-        .with_cache_mib(cfg.store.cache_mib)?;
+    let (writer, reads) = open_store(&cfg).await?;
+    let mut writer = writer;
     let wake = Arc::new(tokio::sync::Notify::new());
     let alarms = if cfg.alarms.enabled {
         let rules = Arc::new(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -81,7 +80,12 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             routes: cfg.alarms.routes(),
             escalation: cfg.alarms.escalation(),
         };
-        writer = writer.with_alarms(setup, roomguard_protocol::clock::now_ms())?;
+        let store::backend::Writer::Sqlite(w) = writer else {
+            anyhow::bail!("alarms.enabled: not yet available with store.backend = \"postgres\"");
+        };
+        writer = store::backend::Writer::Sqlite(
+            w.with_alarms(setup, roomguard_protocol::clock::now_ms())?,
+        );
         let sender = alarm::notify::Sender::new(
             &cfg.alarms.channels,
             cfg.store.path.clone(),
@@ -113,9 +117,12 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
                 .settings()
                 .map_err(|e| anyhow::anyhow!("influx.token: {e}"))?;
             // Tags for points described before this start.
-            let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
             let mut catalogue = influx::Catalogue::new();
-            for p in reader.points(&store::history::PointFilter::default())? {
+            let points = reads
+                .points(store::history::PointFilter::default())
+                .await
+                .context("influx: the point catalogue for tags")?;
+            for p in points {
                 let tags = influx::PointTags {
                     room: p.room,
                     quantity: p.quantity,
@@ -160,26 +167,26 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
-    let (auth, admin_password) = crate::auth::Auth::init(&cfg.store.path, &cfg.auth)
-        .map_err(|e| anyhow::anyhow!("auth: {e}"))?;
-    if let Some(password) = admin_password {
-        // Shown once, here; only its hash is kept.
-        println!(
-            "{}",
-            serde_json::json!({"event": "admin_created", "user": "admin", "password": password})
-        );
-        tracing::warn!("created user admin with a one-time password printed on standard output; change it (POST /api/v1/users/admin/password)");
-    }
+    let auth_store = match &reads {
+        store::backend::Reads::Sqlite(path) => {
+            store::auth::AuthStore::sqlite(path).map_err(|e| anyhow::anyhow!("auth: {e}"))?
+        }
+        store::backend::Reads::Postgres(pg) => {
+            store::auth::AuthStore::postgres(pg.clone(), tokio::runtime::Handle::current())
+        }
+    };
+    let auth = Arc::new(crate::auth::Auth::new(auth_store, &cfg.auth));
+    first_admin(auth.clone(), cfg.auth.clone()).await?;
     if !cfg.auth.enabled {
         tracing::warn!(
             "authentication is off (auth.enabled = false): anyone who reaches the API is an admin"
         );
     }
-    let auth = Arc::new(auth);
     let http_addr = listener.local_addr()?;
     let app = api::router(Arc::new(api::AppState {
         secure_cookies: cfg.http.tls.is_some(),
         store_path: cfg.store.path.clone(),
+        reads,
         metrics: metrics.clone(),
         time_zone: cfg.http.time_zone.clone(),
         retention: cfg.store.retention.policy(),
@@ -252,6 +259,90 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the first admin when there is no user, printing its one-time
+/// password. PostgreSQL that cannot be reached yet is waited for in the
+/// background (logins fail with 503 meanwhile), as the writer waits.
+async fn first_admin(
+    auth: Arc<crate::auth::Auth>,
+    cfg: crate::auth::AuthConfig,
+) -> anyhow::Result<()> {
+    let attempt = {
+        let (auth, cfg) = (auth.clone(), cfg.clone());
+        move || auth.first_admin(&cfg)
+    };
+    let first = tokio::task::spawn_blocking(attempt.clone()).await?;
+    let say = |password: Option<String>| {
+        if let Some(password) = password {
+            // Shown once, here; only its hash is kept.
+            println!(
+                "{}",
+                serde_json::json!({"event": "admin_created", "user": "admin", "password": password})
+            );
+            tracing::warn!("created user admin with a one-time password printed on standard output; change it (POST /api/v1/users/admin/password)");
+        }
+    };
+    match first {
+        Ok(password) => say(password),
+        Err(crate::auth::AuthError::Store(e)) if e.is_unreachable() => {
+            tokio::spawn(async move {
+                let mut wait = std::time::Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    match tokio::task::spawn_blocking(attempt.clone()).await {
+                        Ok(Ok(password)) => return say(password),
+                        Ok(Err(crate::auth::AuthError::Store(e))) if e.is_unreachable() => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot check for the first admin yet")
+                        }
+                        Err(e) => return tracing::error!(error = %e, "first admin check failed"),
+                    }
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+            });
+        }
+        Err(e) => anyhow::bail!("auth: {e}"),
+    }
+    Ok(())
+}
+
+/// The store's writer and reads, by `store.backend`.
+///
+/// PostgreSQL that cannot be reached now is not a reason to stop: the
+/// writer connects when it can (retrying with backoff, `/healthz` saying
+/// why, nothing acknowledged meanwhile). A setting PostgreSQL refuses (a
+/// wrong password, a missing database, one of another application, a schema
+/// newer than this build) stops the start with the setting named.
+async fn open_store(
+    cfg: &CollectorConfig,
+) -> anyhow::Result<(store::backend::Writer, store::backend::Reads)> {
+    use store::backend::{PgReads, PgWriting, Reads, Writer};
+    match cfg.store.backend {
+        crate::config::Backend::Sqlite => {
+            let writer = store::sqlite::SqliteWriter::open(&cfg.store.path)?
+                .with_retention(cfg.store.retention.policy())
+                .with_cache_mib(cfg.store.cache_mib)?;
+            Ok((
+                Writer::Sqlite(writer),
+                Reads::Sqlite(cfg.store.path.clone()),
+            ))
+        }
+        crate::config::Backend::Postgres => {
+            let target = cfg.store.postgres().map_err(anyhow::Error::msg)?;
+            match store::postgres::writer::PgWriter::open(&target).await {
+                Ok(_) => tracing::info!("PostgreSQL store ready"),
+                Err(e @ store::postgres::PgError::Unreachable { .. }) => {
+                    tracing::error!(error = %e, "PostgreSQL cannot be reached; the store writer keeps trying, and nothing is acknowledged until it can");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok((
+                Writer::Postgres(PgWriting::new(target.clone(), cfg.store.retention.policy())),
+                Reads::Postgres(Arc::new(PgReads::new(target))),
+            ))
+        }
+    }
+}
+
 /// The embedded broker's login for the collector itself, when it has users.
 const INTERNAL_USER: &str = "roomguard-collector-internal";
 
@@ -278,6 +369,10 @@ pub fn report(
     } else {
         None
     };
+    anyhow::ensure!(
+        cfg.store.backend == crate::config::Backend::Sqlite,
+        "report: not yet available with store.backend = \"postgres\""
+    );
     let schedule = cfg.inspection.schedule();
     let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
     let inp = report::Inputs {

@@ -16,7 +16,6 @@ use argon2::Argon2;
 use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::conf::{self, Secret};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -185,8 +184,8 @@ impl AuthConfig {
 
 #[derive(Debug, Error)]
 pub enum AuthError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Invalid(String),
     #[error("wrong user name or password")]
@@ -363,32 +362,17 @@ fn verify_password(password: &str, hash: &str) -> bool {
 }
 
 impl Auth {
-    /// Creates the tables and, on first start, the `admin` user. Returns the
-    /// admin's one-time password when it was generated here.
-    pub fn init(store: &Path, cfg: &AuthConfig) -> Result<(Auth, Option<String>), AuthError> {
-        let db = AuthStore::open(store)?;
-        let mut created = None;
-        if cfg.enabled && db.count_users()? == 0 {
-            let given = match &cfg.initial_admin_password {
-                Some(s) => s.resolve().map_err(AuthError::Invalid)?,
-                None => None,
-            };
-            let password = match given {
-                Some(p) => p,
-                None => {
-                    let p = random_hex(12);
-                    created = Some(p.clone());
-                    p
-                }
-            };
-            db.insert_user(
-                ("admin", "admin"),
-                &hash_password(&password)?,
-                now_ms(),
-                "first start",
-            )?;
-            db.audit("first start", "user.create", "admin (admin)", now_ms())?;
-        }
+    /// The tables (their migration made them) and, on first start, the
+    /// `admin` user. Returns the admin's one-time password when it was
+    /// generated here.
+    pub fn init(db: AuthStore, cfg: &AuthConfig) -> Result<(Auth, Option<String>), AuthError> {
+        let auth = Auth::new(db, cfg);
+        let created = auth.first_admin(cfg)?;
+        Ok((auth, created))
+    }
+
+    /// Authentication by `cfg` on `db`, touching the store only when asked.
+    pub fn new(db: AuthStore, cfg: &AuthConfig) -> Auth {
         let mut tokens = Vec::new();
         for t in &cfg.tokens {
             if let Ok(Some(v)) = t.token.resolve() {
@@ -401,18 +385,43 @@ impl Auth {
                 ));
             }
         }
-        Ok((
-            Auth {
-                enabled: cfg.enabled,
-                open_health: cfg.open_health,
-                open_metrics: cfg.open_metrics,
-                db,
-                session_ttl_ms: cfg.session_ttl.as_millis() as i64,
-                tokens,
-                throttle: Default::default(),
-            },
-            created,
-        ))
+        Auth {
+            enabled: cfg.enabled,
+            open_health: cfg.open_health,
+            open_metrics: cfg.open_metrics,
+            db,
+            session_ttl_ms: cfg.session_ttl.as_millis() as i64,
+            tokens,
+            throttle: Default::default(),
+        }
+    }
+
+    /// Makes the `admin` user when there is no user at all; its one-time
+    /// password when it was generated here.
+    pub fn first_admin(&self, cfg: &AuthConfig) -> Result<Option<String>, AuthError> {
+        if !cfg.enabled || self.db.count_users()? > 0 {
+            return Ok(None);
+        }
+        let given = match &cfg.initial_admin_password {
+            Some(s) => s.resolve().map_err(AuthError::Invalid)?,
+            None => None,
+        };
+        let (password, generated) = match given {
+            Some(p) => (p, false),
+            None => (random_hex(12), true),
+        };
+        // Another collector on the same database may have made it first.
+        if !self.db.insert_user(
+            ("admin", "admin"),
+            &hash_password(&password)?,
+            now_ms(),
+            "first start",
+        )? {
+            return Ok(None);
+        }
+        self.db
+            .audit("first start", "user.create", "admin (admin)", now_ms())?;
+        Ok(generated.then_some(password))
     }
 
     /// Who sent these headers (blocking: reads the store).
@@ -678,10 +687,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("s.db");
         let cfg = AuthConfig::default();
-        let (auth, created) = Auth::init(&store, &cfg).unwrap();
+        let (auth, created) = Auth::init(AuthStore::sqlite(&store).unwrap(), &cfg).unwrap();
         let admin_pw = created.expect("a one-time admin password");
         // A second start creates nothing.
-        assert!(Auth::init(&store, &cfg).unwrap().1.is_none());
+        assert!(Auth::init(AuthStore::sqlite(&store).unwrap(), &cfg)
+            .unwrap()
+            .1
+            .is_none());
         assert!(matches!(
             auth.login("admin", "nope"),
             Err(AuthError::BadLogin)

@@ -416,9 +416,24 @@ fn default_client_id() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Where readings and records are kept: the embedded SQLite file
+    /// (default, nothing to install) or a PostgreSQL database.
+    #[serde(default)]
+    pub backend: Backend,
     /// SQLite database file; created with its directory when missing.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// PostgreSQL: the libpq URL (`postgresql://user@host:port/dbname`,
+    /// `?host=/dir` for a Unix socket, `sslmode=disable|prefer|require`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL: the password, from an environment variable or a file.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// PostgreSQL: the CA certificate (PEM) the server's is checked
+    /// against when TLS is used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub retention: RetentionConfig,
     /// Distinct points one agent may name; batches beyond are refused
@@ -440,9 +455,39 @@ fn default_max_points() -> usize {
     20_000
 }
 
+/// The store's backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+impl StoreConfig {
+    /// Where PostgreSQL is and how to reach it; the password is read now
+    /// (an environment variable or a file).
+    pub fn postgres(&self) -> Result<crate::store::postgres::Target, String> {
+        let url = self
+            .url
+            .as_deref()
+            .ok_or("store.url: give the PostgreSQL URL")?;
+        let password = match &self.password {
+            Some(s) => s.resolve().map_err(|e| format!("store.password: {e}"))?,
+            None => None,
+        };
+        crate::store::postgres::target_of(url, password.as_deref(), self.ca_file.as_deref())
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: Backend::Sqlite,
+            url: None,
+            password: None,
+            ca_file: None,
             path: default_store_path(),
             retention: RetentionConfig::default(),
             max_points_per_agent: default_max_points(),
@@ -521,6 +566,7 @@ impl CollectorConfig {
                 Some(&u.password),
             );
         }
+        check("store.password".into(), self.store.password.as_ref());
         check(
             "influx.token".into(),
             self.influx.as_ref().map(|i| &i.token),
@@ -647,8 +693,45 @@ impl CollectorConfig {
         if !(1..=1_000_000).contains(&self.store.max_points_per_agent) {
             p.push("store.max_points_per_agent", "must be 1 to 1000000");
         }
-        if self.store.path.as_os_str().is_empty() {
-            p.push("store.path", "must name a file");
+        match self.store.backend {
+            Backend::Sqlite => {
+                if self.store.path.as_os_str().is_empty() {
+                    p.push("store.path", "must name a file");
+                }
+                for (key, set) in [
+                    ("url", self.store.url.is_some()),
+                    ("password", self.store.password.is_some()),
+                    ("ca_file", self.store.ca_file.is_some()),
+                ] {
+                    if set {
+                        p.push(
+                            format!("store.{key}"),
+                            "is for PostgreSQL; set store.backend = \"postgres\" to use it",
+                        );
+                    }
+                }
+            }
+            Backend::Postgres => {
+                if let Err(e) = self.store.postgres() {
+                    let (at, msg) = e.split_once(": ").unwrap_or(("store.url", &e));
+                    p.push(at, msg);
+                }
+                // What is stored on PostgreSQL so far (issue 21): readings,
+                // rollups, retention, agents' status, users and audit. Said
+                // at load rather than found missing at run time.
+                for (key, on) in [
+                    ("alarms.enabled", self.alarms.enabled),
+                    ("inspection.enabled", self.inspection.enabled),
+                ] {
+                    if on {
+                        p.push(
+                            key,
+                            "is not yet available with store.backend = \"postgres\" (readings, \
+                             history, agents, users and audit are); set it to false or use SQLite",
+                        );
+                    }
+                }
+            }
         }
         let r = &self.store.retention;
         for (key, d) in [("raw", r.raw), ("minute", r.minute), ("hour", r.hour)] {

@@ -4,6 +4,7 @@
 //! test ends. A process's logs are printed when the test fails.
 
 pub mod browser;
+pub mod ledger;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -515,6 +516,18 @@ pub fn write_collector_config(
     extra: &str,
     listen: &str,
 ) -> Result<PathBuf> {
+    let store = format!("path = {:?}\n", store.display().to_string());
+    write_collector_config_with_store(dir, &store, broker_url, extra, listen)
+}
+
+/// [`write_collector_config`] with the `[store]` table's body given whole.
+pub fn write_collector_config_with_store(
+    dir: &Path,
+    store_toml: &str,
+    broker_url: Option<&str>,
+    extra: &str,
+    listen: &str,
+) -> Result<PathBuf> {
     let mqtt = match broker_url {
         Some(url) => format!("url = {url:?}"),
         // A test that lists its own logins keeps them alone.
@@ -528,8 +541,7 @@ pub fn write_collector_config(
     std::fs::write(
         &conf,
         format!(
-            "[http]\nlisten = {listen:?}\n[mqtt]\n{mqtt}\n[store]\npath = {:?}\n{}{}{extra}\n",
-            store.display().to_string(),
+            "[http]\nlisten = {listen:?}\n[mqtt]\n{mqtt}\n[store]\n{store_toml}{}{}{extra}\n",
             auth_toml(),
             agents_toml(),
         ),

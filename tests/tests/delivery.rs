@@ -12,9 +12,10 @@
 //! stored, and duplicate deliveries the collector skipped.
 
 use anyhow::{Context, Result};
+use roomguard_e2e::ledger::{account, drained, stored_batches, Ledger};
 use roomguard_e2e::*;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -137,135 +138,6 @@ async fn collector_killed_during_ingest_and_restarted_loses_no_reading() -> Resu
     Ok(())
 }
 
-/// The batches each agent run numbered.
-#[derive(Default)]
-struct Ledger {
-    /// First number of each run, and its last once known.
-    runs: Vec<(u64, Option<u64>)>,
-}
-
-impl Ledger {
-    /// Records a start from the agent's ready line.
-    fn started(&mut self, ready: &Value) -> Result<()> {
-        let on_disk = ready["spool"]["last_seq"].as_u64();
-        self.close_last(on_disk);
-        let first = ready["first_seq"]
-            .as_u64()
-            .context("ready line without first_seq")?;
-        self.runs.push((first, None));
-        Ok(())
-    }
-
-    /// Records a graceful stop from what the agent printed on the way out.
-    fn stopped(&mut self, output: &[String]) -> Result<()> {
-        let line = output
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["event"] == "stopped")
-            .context("the agent printed no stopped line")?;
-        self.close_last(line["last_seq"].as_u64());
-        Ok(())
-    }
-
-    fn close_last(&mut self, last_on_disk: Option<u64>) {
-        if let Some((first, last @ None)) = self.runs.last_mut() {
-            // A number below the run's first is an older run's: this one spooled nothing.
-            *last = Some(last_on_disk.filter(|l| *l >= *first).unwrap_or(*first - 1));
-        }
-    }
-
-    fn numbered(&self) -> BTreeSet<u64> {
-        self.runs
-            .iter()
-            .flat_map(|(first, last)| *first..=last.unwrap_or(first - 1))
-            .collect()
-    }
-}
-
-/// The agent's batches in the store: sequence number → readings carried.
-fn stored_batches(db: &Path) -> Result<BTreeMap<u64, i64>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt = conn.prepare("SELECT seq, readings FROM batches")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn stored_samples(db: &Path) -> Result<i64> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    Ok(conn.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?)
-}
-
-struct Outcome {
-    missing: Vec<u64>,
-}
-
-/// Waits until at most `allowed_missing.end()` numbered batches are missing
-/// from the store, then checks that the number missing lies in
-/// `allowed_missing` (what the agent reported dropping or discarding), that
-/// the samples are exactly the stored batches' readings, and prints the
-/// accounting.
-async fn account(
-    name: &str,
-    db: &Path,
-    ledger: &Ledger,
-    allowed_missing: std::ops::RangeInclusive<usize>,
-    duplicates: u64,
-) -> Result<Outcome> {
-    let numbered = ledger.numbered();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let (stored, missing) = loop {
-        let stored = stored_batches(db)?;
-        let missing: Vec<u64> = numbered
-            .iter()
-            .filter(|s| !stored.contains_key(s))
-            .copied()
-            .collect();
-        if missing.len() <= *allowed_missing.end() || Instant::now() > deadline {
-            break (stored, missing);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let readings: i64 = stored.values().sum();
-    // Readings reach the samples table from the store's staging a moment
-    // after their batch is recorded (the agent has stopped, so the store
-    // goes idle and moves them all within its next maintenance second).
-    let settle = Instant::now() + Duration::from_secs(15);
-    let samples = loop {
-        let samples = stored_samples(db)?;
-        if samples >= readings || Instant::now() > settle {
-            break samples;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    println!(
-        "[{name}] batches numbered {}, stored {}, missing {}; readings in stored batches {readings}, samples stored {samples}; duplicate deliveries skipped {duplicates}",
-        numbered.len(),
-        stored.len(),
-        missing.len(),
-    );
-    let foreign: Vec<_> = stored
-        .keys()
-        .filter(|s| !numbered.contains(s))
-        .take(5)
-        .collect();
-    assert!(
-        foreign.is_empty(),
-        "stored batches no run numbered: {foreign:?}"
-    );
-    assert!(
-        allowed_missing.contains(&missing.len()),
-        "{} batches missing, expected {allowed_missing:?}: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
-    );
-    assert_eq!(samples, readings, "each reading stored exactly once");
-    Ok(Outcome { missing })
-}
-
 /// The demo agent with `spool` settings added.
 fn agent_config(sim: &SimAddrs, broker: &str, dir: &Path, spool: &str) -> Result<String> {
     let base = demo_agent_config(sim, broker, &dir.join("agent-state"))?;
@@ -291,46 +163,6 @@ async fn flowing(client: &reqwest::Client, http: &str) -> Result<()> {
         latest_point(client, http, "br-h2-1.h2").await.map(|_| ())
     })
     .await
-}
-
-/// Waits until the agent owes nothing old: a few fresh batches awaiting
-/// their confirmation at most (a graceful stop waits for those), nothing
-/// older than 3 s (which would be a batch lost on the way, still to be sent
-/// again).
-async fn drained(client: &reqwest::Client, agent_http: &str) -> Result<()> {
-    let waited = eventually(
-        Duration::from_secs(90),
-        "the agent's spool to drain",
-        || async {
-            let pending = metric(client, agent_http, "roomguard_agent_spool_pending_batches").await;
-            let oldest = metric(
-                client,
-                agent_http,
-                "roomguard_agent_spool_oldest_age_seconds",
-            )
-            .await;
-            (pending < 10 && oldest < 3).then_some(())
-        },
-    )
-    .await;
-    if waited.is_err() {
-        // What the agent says it still owes, to tell a lost batch from a slow one.
-        let page = match client.get(format!("{agent_http}/metrics")).send().await {
-            Ok(resp) => resp.text().await.unwrap_or_default(),
-            Err(e) => format!("(metrics unreachable: {e})"),
-        };
-        let owed: Vec<&str> = page
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                ["spool", "sent", "confirmed", "resent", "broker"]
-                    .iter()
-                    .any(|k| l.starts_with(&format!("roomguard_agent_{k}")))
-            })
-            .collect();
-        return waited.with_context(|| format!("agent metrics:\n{}", owed.join("\n")));
-    }
-    Ok(())
 }
 
 /// The stored count of batches, to wait for progress.

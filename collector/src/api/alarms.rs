@@ -622,7 +622,12 @@ pub async fn limits(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let (point, site) = (q.point.clone(), q.site.clone());
-    let found = super::read_store(&st, move |r| r.points_named(site.as_deref(), &point)).await?;
+    let found = st
+        .reads
+        .points_named(site, vec![point])
+        .await?
+        .pop()
+        .unwrap_or_default();
     let p = match found.as_slice() {
         [] => {
             return Err(ApiError(

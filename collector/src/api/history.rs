@@ -5,9 +5,8 @@
 //! stored in UTC. JSON by default, CSV with `format=csv` or `Accept: text/csv`.
 
 use super::render::{push_csv_text, push_f64, push_i64, push_json_str, TimeWriter};
-use super::{read_store, ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::store::history::{self, PointFilter, PointRow, Series};
-use crate::store::sqlite::SqliteReader;
 use crate::store::StoreError;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -134,7 +133,7 @@ pub async fn points(
         device: q.device,
         quantity: q.quantity,
     };
-    let rows = read_store(&st, move |r| r.points(&filter)).await?;
+    let rows = st.reads.points(filter).await?;
     Ok(match fmt {
         Format::Json => {
             let points: Vec<Value> = rows.iter().map(|p| point_json(p, &tz)).collect();
@@ -243,9 +242,9 @@ pub async fn history(
     // Every name is looked up before anything is sent, so an unknown point
     // is a 404, not a broken answer.
     let (site, lookup) = (q.site.clone(), names);
-    let points = read_store(&st, move |r| resolve(r, site.as_deref(), &lookup))
-        .await?
-        .map_err(|(code, msg)| ApiError(code, msg))?;
+    let found = st.reads.points_named(site.clone(), lookup.clone()).await?;
+    let points =
+        resolve(found, site.as_deref(), &lookup).map_err(|(code, msg)| ApiError(code, msg))?;
     let mut head = Vec::with_capacity(512);
     let ctype = match fmt {
         Format::Json => {
@@ -279,7 +278,7 @@ pub async fn history(
         Format::Json => b"]}",
         Format::Csv => b"",
     };
-    let mut pieces = render_pieces(st.store_path.clone(), points, plan, tz, fmt);
+    let mut pieces = render_pieces(st.reads.clone(), points, plan, tz, fmt);
     if plan.step.is_none() {
         // Raw answers can still be refused (too many samples in a series),
         // so they are whole before anything is sent; they are bounded by
@@ -344,37 +343,36 @@ pub async fn history(
 
 type Refusal = (StatusCode, String);
 
-/// The one point each name means.
+/// The one point each name means, from every point of each name.
 fn resolve(
-    r: &SqliteReader,
+    found: Vec<Vec<PointRow>>,
     site: Option<&str>,
     names: &[String],
-) -> Result<Result<Vec<PointRow>, Refusal>, StoreError> {
+) -> Result<Vec<PointRow>, Refusal> {
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let found = r.points_named(site, name)?;
+    for (name, found) in names.iter().zip(found) {
         match found.len() {
             0 => {
                 let msg = match site {
                     Some(s) => format!("point: no point {name:?} in site {s:?}"),
                     None => format!("point: no point {name:?}"),
                 };
-                return Ok(Err((StatusCode::NOT_FOUND, msg)));
+                return Err((StatusCode::NOT_FOUND, msg));
             }
             1 => out.extend(found),
             _ => {
                 let sites: Vec<&str> = found.iter().map(|p| p.site.as_str()).collect();
-                return Ok(Err((
+                return Err((
                     StatusCode::BAD_REQUEST,
                     format!(
                         "point: {name:?} exists in several sites ({}); give site=…",
                         sites.join(", ")
                     ),
-                )));
+                ));
             }
         }
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 /// Points per rendered piece of an answer.
@@ -382,12 +380,12 @@ const PIECE_POINTS: usize = 25;
 
 type Piece = Result<Result<Vec<u8>, Refusal>, StoreError>;
 
-/// Reads and renders `points` in pieces, one blocking task per core at a
-/// time, each on its own read-only connection; the pieces arrive in order.
+/// Reads and renders `points` in pieces, one per core at a time (on SQLite
+/// each on its own read-only connection); the pieces arrive in order.
 /// JSON pieces are series objects separated by commas and start with one
 /// when they are not the first.
 fn render_pieces(
-    path: std::path::PathBuf,
+    reads: crate::store::backend::Reads,
     points: Vec<PointRow>,
     plan: history::Plan,
     tz: TimeZone,
@@ -395,7 +393,10 @@ fn render_pieces(
 ) -> tokio::sync::mpsc::Receiver<Piece> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pieces: Vec<Vec<PointRow>> = points.chunks(PIECE_POINTS).map(<[_]>::to_vec).collect();
+    let pieces: Vec<std::sync::Arc<[PointRow]>> = points
+        .chunks(PIECE_POINTS)
+        .map(std::sync::Arc::from)
+        .collect();
     tokio::spawn(async move {
         let mut running = std::collections::VecDeque::new();
         let mut pieces = pieces.into_iter().enumerate();
@@ -404,9 +405,10 @@ fn render_pieces(
                 let Some((i, piece)) = pieces.next() else {
                     break;
                 };
-                let (path, tz) = (path.clone(), tz.clone());
-                running.push_back(tokio::task::spawn_blocking(move || {
-                    render_piece(&path, &piece, i > 0, &plan, tz, fmt)
+                let (reads, tz) = (reads.clone(), tz.clone());
+                running.push_back(tokio::spawn(async move {
+                    let series = reads.histories(piece.clone(), plan).await?;
+                    Ok(render_piece(&piece, series, i > 0, tz, fmt))
                 }));
             }
             let Some(next) = running.pop_front() else {
@@ -425,30 +427,27 @@ fn render_pieces(
     rx
 }
 
-/// Reads and renders some of an answer's points.
+/// Renders some of an answer's points from their series.
 fn render_piece(
-    path: &std::path::Path,
     points: &[PointRow],
+    series: Vec<Series>,
     after_first: bool,
-    plan: &history::Plan,
     tz: TimeZone,
     fmt: Format,
-) -> Piece {
-    let r = SqliteReader::open(path)?;
+) -> Result<Vec<u8>, Refusal> {
     let mut t = TimeWriter::new(tz);
     let mut out = Vec::new();
-    for (k, p) in points.iter().enumerate() {
-        let series = r.history(p.id, plan)?;
+    for (k, (p, series)) in points.iter().zip(series).enumerate() {
         if let Series::Raw(v) = &series {
             if v.len() as i64 > history::MAX_POINTS_PER_SERIES {
-                return Ok(Err((
+                return Err((
                     StatusCode::BAD_REQUEST,
                     format!(
                         "{}: more than {} raw samples in the range; give a step or a shorter range",
                         p.point,
                         history::MAX_POINTS_PER_SERIES
                     ),
-                )));
+                ));
             }
         }
         let values = match &series {
@@ -466,7 +465,7 @@ fn render_piece(
             Format::Csv => series_csv(p, &series, &mut t, &mut out),
         }
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 fn series_json(p: &PointRow, s: &Series, t: &mut TimeWriter, out: &mut Vec<u8>) {

@@ -14,7 +14,6 @@ pub mod ui;
 
 use crate::metrics::Metrics;
 use crate::store::retention::Policy;
-use crate::store::sqlite::SqliteReader;
 use crate::store::{LatestRow, StoreError};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -27,7 +26,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct AppState {
+    /// The SQLite file, for the alarm and inspection records (on SQLite
+    /// only, so far).
     pub store_path: PathBuf,
+    /// Readings, the catalogue and agents, from either backend.
+    pub reads: crate::store::backend::Reads,
     pub metrics: Arc<Metrics>,
     /// Default time zone of times in answers (`tz` overrides per request).
     pub time_zone: String,
@@ -155,17 +158,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Runs a query on a fresh read-only connection on the blocking pool.
-async fn read_store<T, F>(st: &AppState, query: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&SqliteReader) -> Result<T, StoreError> + Send + 'static,
-{
-    let path = st.store_path.clone();
-    tokio::task::spawn_blocking(move || query(&SqliteReader::open(&path)?))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)
+/// A store read's failure as the API answers it.
+fn unavailable<T>(r: Result<T, StoreError>) -> Result<T, ApiError> {
+    r.map_err(ApiError::from)
 }
 
 async fn not_found() -> ApiError {
@@ -262,13 +257,13 @@ async fn latest(
     query: Result<Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let rows = read_store(&st, move |r| r.latest(q.site.as_deref(), q.room.as_deref())).await?;
+    let rows = unavailable(st.reads.latest(q.site, q.room).await)?;
     let points: Vec<LatestJson> = rows.into_iter().map(Into::into).collect();
     Ok(Json(json!({ "points": points })))
 }
 
 async fn agents(State(st): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let rows = read_store(&st, |r| r.agents()).await?;
+    let rows = unavailable(st.reads.agents().await)?;
     let agents: Vec<serde_json::Value> = rows
         .into_iter()
         .map(|a| {

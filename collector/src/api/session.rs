@@ -30,7 +30,7 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
             AuthError::NoUser(_) => StatusCode::NOT_FOUND,
             AuthError::Exists(_) => StatusCode::CONFLICT,
-            AuthError::Sqlite(_) | AuthError::Hash(_) => {
+            AuthError::Store(_) | AuthError::Hash(_) => {
                 tracing::error!(error = %e, "authentication store failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }

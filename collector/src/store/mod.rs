@@ -4,6 +4,7 @@
 
 pub mod alarms;
 pub mod auth;
+pub mod backend;
 pub mod hazards;
 pub mod history;
 pub mod inspection;
@@ -45,6 +46,8 @@ pub enum StoreError {
     Open { path: PathBuf, message: String },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Postgres(#[from] crate::store::postgres::PgError),
     #[error("alarms: {0}")]
     Alarm(#[from] crate::store::alarms::RecordError),
     /// A blocking task reading the store panicked or was cancelled.
@@ -52,6 +55,25 @@ pub enum StoreError {
     Task(String),
     #[error("store {path} is damaged ({detail}); nothing more is written into it. {RECOVERY}", path = path.display())]
     Damaged { path: PathBuf, detail: String },
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(e.into())
+    }
+}
+
+impl StoreError {
+    /// PostgreSQL could not be reached (or the connection broke): worth
+    /// waiting for, unlike a setting it refused.
+    pub fn is_unreachable(&self) -> bool {
+        use crate::store::postgres::PgError;
+        match self {
+            StoreError::Postgres(PgError::Unreachable { .. }) => true,
+            StoreError::Postgres(PgError::Sql(e)) => e.is_closed(),
+            _ => false,
+        }
+    }
 }
 
 /// What to do with a damaged store file.
@@ -128,7 +150,7 @@ impl std::fmt::Debug for WriteCmd {
 
 /// Starts the writer thread; it stops when every sender is dropped.
 pub fn spawn_writer(
-    mut writer: sqlite::SqliteWriter,
+    mut writer: backend::Writer,
     metrics: Arc<Metrics>,
     confirmations: Arc<Confirmations>,
     sink: Option<crate::sinks::influx::SinkHandle>,
@@ -136,93 +158,24 @@ pub fn spawn_writer(
     live: Arc<crate::live::Live>,
 ) -> std::io::Result<(mpsc::Sender<WriteCmd>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
-    let checkpointer = sqlite::Checkpointer::open(writer.path())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // Checkpoints beside the writer, so it seldom stops to copy the WAL into
-    // the database file itself (only if this thread falls far behind). The
-    // writer stops it and waits for it when it ends, so the writer's
-    // connection closes last and SQLite folds the WAL back into the file.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cp_stop = stop.clone();
-    let cp_metrics = metrics.clone();
-    let checkpoints = std::thread::Builder::new()
-        .name("store-checkpoint".into())
-        .spawn(move || {
-            let mut failing = false;
-            loop {
-                std::thread::park_timeout(CHECKPOINT_EVERY);
-                if cp_stop.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                let started = Instant::now();
-                match checkpointer.run() {
-                    Ok((pages, _)) => {
-                        cp_metrics.checkpoint_seconds.observe(started.elapsed());
-                        cp_metrics.wal_pages.set(pages.max(0) as u64);
-                        cp_metrics.checkpoint_failing.succeeded();
-                        failing = false;
-                    }
-                    Err(e) => {
-                        // Said once per run of failures, counted every time.
-                        if !failing {
-                            tracing::warn!(error = %e, "WAL checkpoint failed; tried again every 500 ms");
-                        }
-                        failing = true;
-                        cp_metrics.store_errors.inc();
-                        cp_metrics.checkpoint_failing.failed(&e);
-                    }
-                }
-            }
-        })?;
-    match writer.checked() {
-        sqlite::Check::Ok => metrics.set_integrity(Integrity::Ok {
-            checked_at: now_ms(),
-        }),
-        // Larger than the check at open could finish: the rest in the
-        // background, and the writer stops if it finds damage.
-        _ => {
-            let (path, metrics) = (writer.path().to_owned(), metrics.clone());
-            std::thread::Builder::new()
-                .name("store-check".into())
-                .spawn(move || {
-                    let started = Instant::now();
-                    let integrity = match sqlite::check_file(&path) {
-                        Ok(sqlite::Check::Damaged(detail)) => {
-                            tracing::error!(
-                                "{}",
-                                StoreError::Damaged {
-                                    path: path.clone(),
-                                    detail: detail.clone()
-                                }
-                            );
-                            Integrity::Damaged {
-                                checked_at: now_ms(),
-                                detail,
-                            }
-                        }
-                        Ok(_) => Integrity::Ok {
-                            checked_at: now_ms(),
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot check the store's integrity");
-                            Integrity::Unchecked {
-                                detail: e.to_string(),
-                            }
-                        }
-                    };
-                    tracing::info!(
-                        seconds = started.elapsed().as_secs_f64(),
-                        ?integrity,
-                        "store integrity checked in the background"
-                    );
-                    metrics.set_integrity(integrity);
-                })?;
+    let (stop, checkpoints) = match &writer {
+        backend::Writer::Sqlite(w) => {
+            let (stop, checkpoints) = spawn_checkpoints(w, &metrics)?;
+            check_integrity(w, &metrics)?;
+            (Some(stop), Some(checkpoints))
         }
-    }
+        // PostgreSQL checks its own pages and writes its own WAL.
+        backend::Writer::Postgres(_) => {
+            metrics.set_integrity(Integrity::Ok {
+                checked_at: now_ms(),
+            });
+            (None, None)
+        }
+    };
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
-            let _stop_checkpoints = StopOnDrop(stop, Some(checkpoints));
+            let _stop_checkpoints = stop.map(|stop| StopOnDrop(stop, checkpoints));
             let mut batches = Vec::new();
             let mut acks: Vec<Ack> = Vec::new();
             let mut readings = 0;
@@ -306,11 +259,22 @@ pub fn spawn_writer(
                     let started = Instant::now();
                     match writer.maintain(now_ms()) {
                         Ok(m) => {
+                            // PostgreSQL answered: a store that could not be
+                            // reached is healthy again even with no ingest.
+                            if matches!(writer, backend::Writer::Postgres(_)) {
+                                metrics.store_failing.succeeded();
+                            }
                             tell(&mut writer, &metrics, &wake, &live);
                             metrics.rollup_minutes.add(m.minutes as u64);
                             metrics.rows_expired.add(m.expired);
                             metrics.readings_duplicate.add(m.duplicates);
                             metrics.maintain_seconds.observe(started.elapsed());
+                        }
+                        // PostgreSQL out of reach: ill health whether or not
+                        // anything waits to be written.
+                        Err(e) if e.is_unreachable() => {
+                            metrics.store_errors.inc();
+                            metrics.store_failing.failed(&e);
                         }
                         Err(e) => {
                             // Background work: retried at the next tick, and
@@ -341,10 +305,109 @@ pub fn spawn_writer(
     Ok((tx, handle))
 }
 
+/// Checkpoints beside the writer, so it seldom stops to copy the WAL into
+/// the database file itself (only if this thread falls far behind). The
+/// writer stops it and waits for it when it ends, so the writer's
+/// connection closes last and SQLite folds the WAL back into the file.
+fn spawn_checkpoints(
+    writer: &sqlite::SqliteWriter,
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<(
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+)> {
+    let checkpointer = sqlite::Checkpointer::open(writer.path())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cp_stop = stop.clone();
+    let cp_metrics = metrics.clone();
+    let checkpoints = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                std::thread::park_timeout(CHECKPOINT_EVERY);
+                if cp_stop.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let started = Instant::now();
+                match checkpointer.run() {
+                    Ok((pages, _)) => {
+                        cp_metrics.checkpoint_seconds.observe(started.elapsed());
+                        cp_metrics.wal_pages.set(pages.max(0) as u64);
+                        cp_metrics.checkpoint_failing.succeeded();
+                        failing = false;
+                    }
+                    Err(e) => {
+                        // Said once per run of failures, counted every time.
+                        if !failing {
+                            tracing::warn!(error = %e, "WAL checkpoint failed; tried again every 500 ms");
+                        }
+                        failing = true;
+                        cp_metrics.store_errors.inc();
+                        cp_metrics.checkpoint_failing.failed(&e);
+                    }
+                }
+            }
+        })?;
+    Ok((stop, checkpoints))
+}
+
+/// The integrity check at open, finished in the background when the file
+/// was too large to finish it then.
+fn check_integrity(writer: &sqlite::SqliteWriter, metrics: &Arc<Metrics>) -> std::io::Result<()> {
+    match writer.checked() {
+        sqlite::Check::Ok => metrics.set_integrity(Integrity::Ok {
+            checked_at: now_ms(),
+        }),
+        // Larger than the check at open could finish: the rest in the
+        // background, and the writer stops if it finds damage.
+        _ => {
+            let (path, metrics) = (writer.path().to_owned(), metrics.clone());
+            std::thread::Builder::new()
+                .name("store-check".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    let integrity = match sqlite::check_file(&path) {
+                        Ok(sqlite::Check::Damaged(detail)) => {
+                            tracing::error!(
+                                "{}",
+                                StoreError::Damaged {
+                                    path: path.clone(),
+                                    detail: detail.clone()
+                                }
+                            );
+                            Integrity::Damaged {
+                                checked_at: now_ms(),
+                                detail,
+                            }
+                        }
+                        Ok(_) => Integrity::Ok {
+                            checked_at: now_ms(),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot check the store's integrity");
+                            Integrity::Unchecked {
+                                detail: e.to_string(),
+                            }
+                        }
+                    };
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        ?integrity,
+                        "store integrity checked in the background"
+                    );
+                    metrics.set_integrity(integrity);
+                })?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses to write into a file the integrity check found damaged (after it
 /// opened: the check ran on in the background).
-fn intact(writer: &sqlite::SqliteWriter, metrics: &Metrics) -> Result<(), StoreError> {
-    if metrics.store_damaged() {
+fn intact(writer: &backend::Writer, metrics: &Metrics) -> Result<(), StoreError> {
+    if let (true, backend::Writer::Sqlite(writer)) = (metrics.store_damaged(), writer) {
         return Err(StoreError::Damaged {
             path: writer.path().to_owned(),
             detail: "found by the integrity check".into(),
@@ -459,7 +522,7 @@ impl Drop for StopOnDrop {
 /// Counts committed alarm transitions and wakes the notification sender
 /// when they queued anything.
 fn tell(
-    writer: &mut sqlite::SqliteWriter,
+    writer: &mut backend::Writer,
     metrics: &Metrics,
     wake: &tokio::sync::Notify,
     live: &crate::live::Live,
@@ -513,7 +576,8 @@ mod tests {
     #[test]
     fn a_store_found_damaged_while_running_is_not_written_and_nothing_is_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = sqlite::SqliteWriter::open(&dir.path().join("s.db")).unwrap();
+        let writer =
+            backend::Writer::Sqlite(sqlite::SqliteWriter::open(&dir.path().join("s.db")).unwrap());
         let metrics = Arc::new(Metrics::default());
         let (tx, thread) = spawn_writer(
             writer,

@@ -35,8 +35,20 @@ pub enum PgError {
     Foreign { db: String, tables: String },
     #[error("store.url: database {db:?} has RoomGuard schema version {found}; this build knows up to {known}. Run the newer collector, or restore a backup made for this version")]
     Newer { db: String, found: i32, known: i32 },
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Sql(#[from] tokio_postgres::Error),
+}
+
+/// The server's own message and SQLSTATE where there is one (the client
+/// error's text alone is just "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// The connection settings from `store.url` (`postgresql://user@host:port/db`,

@@ -39,6 +39,16 @@ impl PgReader {
         PgReader { client }
     }
 
+    /// The client, for the other tables' queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the connection broke (a new one is needed).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// The catalogue, filtered.
     pub async fn points(&self, f: &PointFilter) -> Result<Vec<PointRow>, PgError> {
         let rows = self

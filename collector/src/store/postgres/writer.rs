@@ -286,6 +286,11 @@ impl PgWriter {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// The client, for maintenance steps (they run transactions).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 /// The catalogue id of a reading's point. A point never described yet

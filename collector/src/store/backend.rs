@@ -1,0 +1,314 @@
+//! The store's interface to the rest of the collector: one enum over the two
+//! backends for the writer thread ([`Writer`]) and one for the API's reads
+//! ([`Reads`]). An enum rather than traits: there are exactly two backends,
+//! one blocking (SQLite on its own thread) and one async (tokio-postgres),
+//! and a trait object would have to hide that difference behind boxed
+//! futures in every method; a `match` keeps each side in its own idiom.
+
+use super::history::{Plan, PointFilter, PointRow, Series};
+use super::postgres::reader::PgReader;
+use super::postgres::writer::PgWriter;
+use super::postgres::{maintain, Target};
+use super::retention::Policy;
+use super::sqlite::{Maintained, SqliteReader, SqliteWriter};
+use super::{AgentRow, LatestRow, StoreError, WriteStats};
+use roomguard_protocol::{Batch, Status};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The writer thread's store.
+// One per process, moved once into its thread: the variants' sizes do not
+// matter, and boxing would only add a pointer to every write.
+#[allow(clippy::large_enum_variant)]
+pub enum Writer {
+    Sqlite(SqliteWriter),
+    Postgres(PgWriting),
+}
+
+impl Writer {
+    pub fn write_batches(
+        &mut self,
+        batches: &[Batch],
+        now_ms: i64,
+    ) -> Result<WriteStats, StoreError> {
+        match self {
+            Writer::Sqlite(w) => w.write_batches(batches, now_ms),
+            Writer::Postgres(p) => p.run(async |w| w.write_batches(batches, now_ms).await),
+        }
+    }
+
+    pub fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), StoreError> {
+        match self {
+            Writer::Sqlite(w) => w.write_status(status, now_ms),
+            Writer::Postgres(p) => p.run(async |w| w.write_status(status, now_ms).await),
+        }
+    }
+
+    /// A step of background work: rollups of the minutes ingest marked, and
+    /// (on PostgreSQL once a minute) retention.
+    pub fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
+        match self {
+            Writer::Sqlite(w) => w.maintain(now_ms),
+            Writer::Postgres(p) => p.maintain(now_ms),
+        }
+    }
+
+    /// At a clean stop: what waits in memory goes into samples (SQLite; on
+    /// PostgreSQL every commit is already in place).
+    pub fn move_pending(&mut self) -> Result<u64, StoreError> {
+        match self {
+            Writer::Sqlite(w) => w.move_pending(),
+            Writer::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Alarm transitions committed since the last call (raised, cleared).
+    pub fn take_alarm_counts(&mut self) -> (u64, u64) {
+        match self {
+            Writer::Sqlite(w) => w.take_alarm_counts(),
+            Writer::Postgres(_) => (0, 0),
+        }
+    }
+
+    /// Notifications queued since the last call.
+    pub fn take_notifications(&mut self) -> usize {
+        match self {
+            Writer::Sqlite(w) => w.take_notifications(),
+            Writer::Postgres(_) => 0,
+        }
+    }
+}
+
+/// PostgreSQL on the writer thread: a runtime of its own (the thread
+/// blocks, as it does for SQLite), and a connection made when first needed
+/// and made again after it broke. Until PostgreSQL answers, every write
+/// fails with the reason, so nothing is acknowledged and `/healthz` says why.
+pub struct PgWriting {
+    target: Target,
+    retention: Policy,
+    /// Made on the writer thread at its first write: a runtime must not be
+    /// dropped inside the async code that sets the writer up.
+    rt: Option<tokio::runtime::Runtime>,
+    writer: Option<PgWriter>,
+    /// When retention last ran, ms.
+    retained_at: i64,
+}
+
+/// Rollup minutes recomputed per maintenance step.
+const ROLLUP_STEP: i64 = 2_000;
+
+/// How often retention looks for day partitions to drop, ms.
+const RETENTION_EVERY_MS: i64 = 60_000;
+
+impl PgWriting {
+    pub fn new(target: Target, retention: Policy) -> PgWriting {
+        PgWriting {
+            target,
+            retention,
+            rt: None,
+            writer: None,
+            retained_at: 0,
+        }
+    }
+
+    /// Runs `f` on the connection, connecting (and migrating the schema)
+    /// first when there is none; a connection that broke is dropped so the
+    /// next call makes a new one.
+    fn run<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut PgWriter) -> Result<T, super::postgres::PgError>,
+    ) -> Result<T, StoreError> {
+        if self.rt.is_none() {
+            self.rt = Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Task(e.to_string()))?,
+            );
+        }
+        let rt = self.rt.as_ref().expect("made above");
+        if self.writer.as_ref().is_some_and(|w| w.client().is_closed()) {
+            self.writer = None;
+        }
+        let target = &self.target;
+        let slot = &mut self.writer;
+        let result = rt.block_on(async {
+            if slot.is_none() {
+                *slot = Some(PgWriter::open(target).await?);
+                tracing::info!("connected to PostgreSQL");
+            }
+            f(slot.as_mut().expect("connected above")).await
+        });
+        if result.is_err() && self.writer.as_ref().is_some_and(|w| w.client().is_closed()) {
+            self.writer = None;
+        }
+        result.map_err(StoreError::from)
+    }
+
+    fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
+        let minutes =
+            self.run(async |w| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
+        let mut expired = 0;
+        if now_ms - self.retained_at >= RETENTION_EVERY_MS {
+            let policy = self.retention.clone();
+            let (dropped, deleted) = self
+                .run(async |w| maintain::retention_step(w.client_mut(), &policy, now_ms).await)?;
+            if dropped > 0 {
+                tracing::info!(partitions = dropped, "raw samples past retention dropped");
+            }
+            expired = deleted;
+            self.retained_at = now_ms;
+        }
+        Ok(Maintained {
+            minutes,
+            expired,
+            duplicates: 0,
+        })
+    }
+}
+
+/// The API's reads. SQLite: a fresh read-only connection per request on
+/// the blocking pool (WAL readers never wait for the writer). PostgreSQL:
+/// one client shared by every request (tokio-postgres pipelines them), made
+/// again when it broke.
+#[derive(Clone)]
+pub enum Reads {
+    Sqlite(PathBuf),
+    Postgres(Arc<PgReads>),
+}
+
+pub struct PgReads {
+    target: Target,
+    client: tokio::sync::Mutex<Option<Arc<PgReader>>>,
+    /// The schema is known to be this build's (checked at the first
+    /// connection, so no read meets a database the writer has not yet
+    /// migrated).
+    migrated: std::sync::atomic::AtomicBool,
+}
+
+impl PgReads {
+    pub fn new(target: Target) -> PgReads {
+        PgReads {
+            target,
+            client: tokio::sync::Mutex::new(None),
+            migrated: Default::default(),
+        }
+    }
+
+    /// The shared client, connected again if it broke.
+    pub async fn reader(&self) -> Result<Arc<PgReader>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(r) = slot.as_ref().filter(|r| !r.is_closed()) {
+            return Ok(r.clone());
+        }
+        let mut client = super::postgres::connect_to(&self.target).await?;
+        if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
+            // Under the migration's advisory lock, as the writer's is.
+            let db = self.target.config.get_dbname().unwrap_or("");
+            super::postgres::migrate::migrate(&mut client, db).await?;
+            self.migrated
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        let r = Arc::new(PgReader::new(client));
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+}
+
+/// Runs a blocking SQLite read on its own connection.
+async fn sqlite<T: Send + 'static>(
+    path: &std::path::Path,
+    query: impl FnOnce(&SqliteReader) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || query(&SqliteReader::open(&path)?))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+impl Reads {
+    /// The latest reading of every point, optionally of one site or room.
+    pub async fn latest(
+        &self,
+        site: Option<String>,
+        room: Option<String>,
+    ) -> Result<Vec<LatestRow>, StoreError> {
+        match self {
+            Reads::Sqlite(p) => {
+                sqlite(p, move |r| r.latest(site.as_deref(), room.as_deref())).await
+            }
+            Reads::Postgres(pg) => Ok(pg
+                .reader()
+                .await?
+                .latest(site.as_deref(), room.as_deref())
+                .await?),
+        }
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        match self {
+            Reads::Sqlite(p) => sqlite(p, |r| r.agents()).await,
+            Reads::Postgres(pg) => Ok(pg.reader().await?.agents().await?),
+        }
+    }
+
+    /// The point catalogue, filtered.
+    pub async fn points(&self, filter: PointFilter) -> Result<Vec<PointRow>, StoreError> {
+        match self {
+            Reads::Sqlite(p) => sqlite(p, move |r| r.points(&filter)).await,
+            Reads::Postgres(pg) => Ok(pg.reader().await?.points(&filter).await?),
+        }
+    }
+
+    /// For each name, every point of that name (in `site`, if given).
+    pub async fn points_named(
+        &self,
+        site: Option<String>,
+        names: Vec<String>,
+    ) -> Result<Vec<Vec<PointRow>>, StoreError> {
+        match self {
+            Reads::Sqlite(p) => {
+                sqlite(p, move |r| {
+                    names
+                        .iter()
+                        .map(|n| r.points_named(site.as_deref(), n))
+                        .collect()
+                })
+                .await
+            }
+            Reads::Postgres(pg) => {
+                let r = pg.reader().await?;
+                let mut out = Vec::with_capacity(names.len());
+                for n in &names {
+                    out.push(r.points_named(site.as_deref(), n).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The series of each point by `plan`, in order (on SQLite one
+    /// connection for them all).
+    pub async fn histories(
+        &self,
+        points: Arc<[PointRow]>,
+        plan: Plan,
+    ) -> Result<Vec<Series>, StoreError> {
+        match self {
+            Reads::Sqlite(p) => {
+                sqlite(p, move |r| {
+                    points.iter().map(|pt| r.history(pt.id, &plan)).collect()
+                })
+                .await
+            }
+            Reads::Postgres(pg) => {
+                let r = pg.reader().await?;
+                let mut out = Vec::with_capacity(points.len());
+                for pt in points.iter() {
+                    out.push(r.history(pt.id, &plan).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
