@@ -430,3 +430,56 @@ async fn shutdown_signal(live: Arc<crate::live::Live>) {
     roomguard_protocol::clock::shutdown_signal().await;
     live.close();
 }
+
+/// What `backup` says for a store on PostgreSQL.
+pub const POSTGRES_BACKUP: &str = "store.backend = \"postgres\": RoomGuard does not copy a \
+PostgreSQL store itself; back it up with PostgreSQL's own tools, as for any database: \
+pg_dump -Fc (a logical copy of the one database) or pg_basebackup with WAL archiving \
+(the whole cluster, restorable to any moment). See docs/POSTGRES.md, Backups.";
+
+/// `roomguard-collector migrate`: copies the configured SQLite store into
+/// the PostgreSQL database at `url`, saying how far it got on standard error.
+pub fn migrate(
+    cfg: &CollectorConfig,
+    url: &str,
+    password: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    chunk: usize,
+) -> anyhow::Result<Vec<store::postgres::transfer::Copied>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let target = store::postgres::target_of(url, password, ca_file).map_err(|e| {
+        anyhow::anyhow!("--to: {}", e.to_string().trim_start_matches("store.url: "))
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut last_said = (String::new(), std::time::Instant::now());
+    let copied = rt
+        .block_on(store::postgres::transfer::copy_store(
+            &cfg.store.path,
+            &target,
+            chunk,
+            |table, done, total| {
+                // At each table's first chunk and its end, and once a second.
+                let first = last_said.0 != table;
+                if first
+                    || done == total
+                    || last_said.1.elapsed() >= std::time::Duration::from_secs(1)
+                {
+                    eprintln!("migrate: {table} {done}/{total} rows");
+                    last_said = (table.to_owned(), std::time::Instant::now());
+                }
+            },
+        ))
+        .map_err(|e| {
+            // The command's own names for the settings the errors name.
+            anyhow::anyhow!(
+                "{}",
+                e.to_string()
+                    .replace("store.url", "--to")
+                    .replace("store.password", "--password-file (or PGPASSWORD)")
+                    .replace("store.ca_file", "--ca-file")
+            )
+        })?;
+    Ok(copied)
+}

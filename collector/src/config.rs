@@ -813,6 +813,47 @@ mod tests {
 
     const AGENTS: &str = "[agents]\nsecret = { value = \"0123456789abcdef0123456789abcdef\" }\n";
 
+    /// The paths of a config's problems.
+    fn problem_paths(text: &str) -> Vec<String> {
+        let text = format!("[mqtt]\nembedded_anonymous = true\n{AGENTS}{text}");
+        match CollectorConfig::parse(&text, Path::new("t")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().iter().map(|p| p.path.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_its_url_and_is_refused_with_what_it_cannot_hold_yet() {
+        assert_eq!(
+            problem_paths("[store]\nbackend = \"postgres\"\n"),
+            ["store.url", "alarms.enabled", "inspection.enabled"]
+        );
+        let off = "[alarms]\nenabled = false\n[inspection]\nenabled = false\n";
+        let pg =
+            |store: &str| problem_paths(&format!("[store]\nbackend = \"postgres\"\n{store}{off}"));
+        assert!(pg("url = \"postgresql://rg@127.0.0.1:5432/rg\"\n").is_empty());
+        assert_eq!(pg("url = \"mysql://rg@h/rg\"\n"), ["store.url"]);
+        assert_eq!(
+            pg("url = \"postgresql://rg:pw@h/rg\"\n"),
+            ["store.url"],
+            "no password in the URL"
+        );
+        assert_eq!(
+            pg("url = \"postgresql://rg@h/rg\"\npassword = { file = \"/nonexistent/pw\" }\n"),
+            ["store.password"]
+        );
+        assert_eq!(
+            pg("url = \"postgresql://rg@h/rg?sslmode=require\"\n"),
+            ["store.url"],
+            "require needs ca_file"
+        );
+        // PostgreSQL settings on SQLite are a mistake, not ignored.
+        assert_eq!(
+            problem_paths("[store]\nurl = \"postgresql://rg@h/rg\"\n"),
+            ["store.url"]
+        );
+    }
+
     #[test]
     fn an_anonymous_embedded_broker_and_a_missing_agent_secret_are_refused_by_default() {
         let err = CollectorConfig::parse("", Path::new("empty")).unwrap_err();

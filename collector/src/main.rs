@@ -46,6 +46,25 @@ enum Command {
         /// The copy to write; must not exist yet.
         dest: PathBuf,
     },
+    /// Copy a SQLite store into PostgreSQL (samples, rollups, alarms,
+    /// outbox, users, audit, inspection records), resumable if
+    /// interrupted, counts verified at the end. Stop the collector first.
+    Migrate {
+        /// Collector configuration file (TOML) of the SQLite store.
+        config: PathBuf,
+        /// The PostgreSQL database: postgresql://user@host:port/dbname.
+        #[arg(long)]
+        to: String,
+        /// A file holding the password (else PGPASSWORD, else none).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// The CA certificate (PEM) to check the server's against over TLS.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Rows per transaction (and per step an interrupted copy resumes from).
+        #[arg(long, default_value_t = 50_000)]
+        chunk_rows: usize,
+    },
     /// Write a monthly or yearly safety report from the store (read-only;
     /// works beside a running collector or on a backup copy).
     Report {
@@ -103,6 +122,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Backup { config, dest } => {
             let cfg = load_or_exit(&config);
+            if cfg.store.backend == roomguard_collector::config::Backend::Postgres {
+                eprintln!("{}", app::POSTGRES_BACKUP);
+                std::process::exit(2);
+            }
             let started = std::time::Instant::now();
             store::sqlite::backup(&cfg.store.path, &dest, |done, total| {
                 eprintln!("backup: {done}/{total} pages");
@@ -114,6 +137,43 @@ fn main() -> anyhow::Result<()> {
                     "from": cfg.store.path,
                     "to": dest,
                     "bytes": std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            );
+            Ok(())
+        }
+        Command::Migrate {
+            config,
+            to,
+            password_file,
+            ca_file,
+            chunk_rows,
+        } => {
+            let cfg = load_or_exit(&config);
+            if cfg.store.backend != roomguard_collector::config::Backend::Sqlite {
+                eprintln!("{}: store.backend: migrate copies a SQLite store; this one is already on PostgreSQL", config.display());
+                std::process::exit(2);
+            }
+            let password = match password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                        .with_context(|| format!("--password-file {}", f.display()))?,
+                ),
+                None => std::env::var("PGPASSWORD").ok(),
+            };
+            let started = std::time::Instant::now();
+            let copied = app::migrate(
+                &cfg,
+                &to,
+                password.as_deref(),
+                ca_file.as_deref(),
+                chunk_rows.max(1),
+            )?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "migrated", "to": to, "tables": copied,
                     "seconds": started.elapsed().as_secs_f64(),
                 })
             );

@@ -203,5 +203,193 @@ async fn postgres_down_at_start_is_waited_for_and_a_refused_password_stops_the_s
     })
     .await?;
     collector.terminate(Duration::from_secs(30))?;
+
+    // `backup` points to PostgreSQL's own tools instead of copying.
+    let out = Command::new(workspace_bin("roomguard-collector"))
+        .arg("backup")
+        .arg(dir.path().join("collector.toml"))
+        .arg(dir.path().join("copy.db"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("pg_dump") && said.contains("pg_basebackup"),
+        "{said}"
+    );
+    assert!(!dir.path().join("copy.db").exists());
+    Ok(())
+}
+
+/// Runs `roomguard-collector migrate` to its end; its `migrated` line.
+fn migrate(dir: &Path, conf: &Path, url: &str, password: &Path, chunk: &str) -> Result<Value> {
+    let out = Command::new(workspace_bin("roomguard-collector"))
+        .arg("migrate")
+        .arg(conf)
+        .args(["--to", url, "--chunk-rows", chunk])
+        .arg("--password-file")
+        .arg(password)
+        .current_dir(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// Rows of `table` in the migrate line.
+fn rows_of(line: &Value, table: &str, field: &str) -> i64 {
+    line["tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["table"] == table)
+        .and_then(|t| t[field].as_i64())
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demo_store_moved_to_postgres_keeps_its_history_even_when_the_copy_is_interrupted(
+) -> Result<()> {
+    use roomguard_collector::store::history::{plan, PointFilter, Series};
+    use roomguard_collector::store::postgres::{self, reader::PgReader};
+    use roomguard_collector::store::retention::Policy;
+    use roomguard_collector::store::sqlite::SqliteReader;
+    let dir = tempfile::tempdir()?;
+    let Some(pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    pg.psql("postgres", "CREATE DATABASE moved")?;
+    // A store made by the demo's agent over some seconds, with its alarm
+    // and inspection tables and the first admin.
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
+    let (mut collector, http, mqtt) = start_collector(dir.path(), None)?;
+    let conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
+    let mut agent = start_agent(dir.path(), &conf)?;
+    let client = http_client();
+    eventually(Duration::from_secs(60), "readings flowing", || async {
+        latest_point(&client, &http, "br-h2-1.h2").await
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    agent.terminate(Duration::from_secs(30))?;
+    collector.terminate(Duration::from_secs(30))?;
+    let store = dir.path().join("store.db");
+    let collector_conf = dir.path().join("collector.toml");
+    let password = dir.path().join("pg-password");
+    std::fs::write(&password, Postgres::PASSWORD)?;
+    let url = pg.url("moved");
+
+    // Interrupted: killed once it is into the samples.
+    let log = dir.path().join("migrate.stderr.log");
+    let mut first = Command::new(workspace_bin("roomguard-collector"))
+        .arg("migrate")
+        .arg(&collector_conf)
+        .args(["--to", &url, "--chunk-rows", "1"])
+        .arg("--password-file")
+        .arg(&password)
+        .stderr(std::fs::File::create(&log)?)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    // Watched closely: with one row per transaction the copy of the samples
+    // takes far longer than this loop needs to notice it began.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)?.contains("migrate: samples") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the copy never reached the samples"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    first.kill()?;
+    first.wait()?;
+    let partial: i64 = pg.psql("moved", "SELECT count(*) FROM samples")?.parse()?;
+
+    // Resumed: goes on from the last committed chunk, counts verified.
+    let line = migrate(dir.path(), &collector_conf, &url, &password, "500")?;
+    let total = rows_of(&line, "samples", "rows");
+    let now_copied = rows_of(&line, "samples", "copied_now");
+    println!("samples {total}: {partial} before the kill, {now_copied} after");
+    assert!(
+        partial > 0 && now_copied > 0,
+        "killed in the middle of the samples, then resumed: {line}"
+    );
+    assert_eq!(partial + now_copied, total, "no sample copied twice");
+    let sqlite = rusqlite::Connection::open(&store)?;
+    for table in [
+        "points",
+        "samples",
+        "batches",
+        "rollup_1m",
+        "agents",
+        "users",
+        "audit_log",
+        "alarm_state",
+    ] {
+        let here: i64 =
+            sqlite.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+        let there: i64 = pg
+            .psql("moved", &format!("SELECT count(*) FROM {table}"))?
+            .parse()?;
+        assert_eq!(here, there, "{table}");
+        assert_eq!(
+            rows_of(&line, table, "rows"),
+            here,
+            "{table} in the migrate line"
+        );
+    }
+    assert!(total > 100, "a store worth moving: {total} samples");
+    // Run again: nothing left to copy.
+    let again = migrate(dir.path(), &collector_conf, &url, &password, "500")?;
+    assert_eq!(rows_of(&again, "samples", "copied_now"), 0, "{again}");
+
+    // The same histories from both.
+    let sr = SqliteReader::open(&store)?;
+    let cfg = postgres::settings(&url, Some(Postgres::PASSWORD))?;
+    let pr = PgReader::new(postgres::connect(&cfg).await?);
+    let points = sr.points(&PointFilter::default())?;
+    assert_eq!(
+        points.len(),
+        pr.points(&PointFilter::default()).await?.len()
+    );
+    let now = roomguard_protocol::clock::now_ms();
+    let policy = Policy::default();
+    for p in points.iter().step_by(points.len() / 5 + 1) {
+        for step in [Some(None), Some(Some(60_000))] {
+            let plan = plan(now - 3_600_000, now, step, 1, now, &policy)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let here = sr.history(p.id, &plan)?;
+            if let Series::Raw(v) = &here {
+                assert!(!v.is_empty(), "{}: nothing to compare", p.point);
+            }
+            assert_eq!(here, pr.history(p.id, &plan).await?, "{} {step:?}", p.point);
+        }
+    }
+    // The moved site's history is served by a collector on PostgreSQL.
+    let moved = dir.path().join("on-pg");
+    std::fs::create_dir_all(&moved)?;
+    let store_conf = store_toml(&moved, &pg, "moved", Postgres::PASSWORD)?;
+    let mut on_pg = spawn_collector(&moved, &store_conf)?;
+    let ready = on_pg.wait_ready(Duration::from_secs(30))?;
+    let http = format!("http://{}", ready["http"].as_str().context("http")?);
+    let h = get_json(
+        &client,
+        &format!("{http}/api/v1/history?point=br-h2-1.h2&step=raw&from=now-1h"),
+    )
+    .await
+    .context("history from the moved store")?;
+    assert!(
+        h["series"][0]["values"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()),
+        "{h}"
+    );
+    on_pg.terminate(Duration::from_secs(30))?;
     Ok(())
 }

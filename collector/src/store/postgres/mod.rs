@@ -11,6 +11,7 @@ pub mod maintain;
 pub mod migrate;
 pub mod reader;
 pub mod tls;
+pub mod transfer;
 pub mod writer;
 
 use std::str::FromStr;
