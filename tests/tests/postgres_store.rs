@@ -209,6 +209,9 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
         .write_batches(&[batch(4, t0 - 60_000, &[Some(19.0), Some(4.0)])], now)
         .await?;
     assert_eq!(late.readings, 2);
+    // The catalogue takes the newest readings at most once a second (and at
+    // each maintenance step); here, now.
+    w.flush_latest(now).await?;
     let q = |sql: &str| pg.psql("roomguard", sql);
     assert_eq!(q("SELECT count(*) FROM samples")?, "6");
     assert_eq!(q("SELECT count(*) FROM batches")?, "4");
@@ -358,6 +361,7 @@ async fn history_and_latest_on_postgres_answer_as_on_sqlite() -> Result<()> {
         );
     }
     sw.move_pending()?;
+    pw.flush_latest(now).await?;
     while sw.maintain(now)?.minutes > 0 {}
     let mut c = postgres::connect(&cfg).await?;
     while maintain::rollup_step(&mut c, now, 500).await? > 0 {}

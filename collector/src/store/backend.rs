@@ -53,12 +53,17 @@ impl Writer {
         }
     }
 
-    /// At a clean stop: what waits in memory goes into samples (SQLite; on
-    /// PostgreSQL every commit is already in place).
+    /// At a clean stop: what waits in memory goes where readers look
+    /// (SQLite: into samples; PostgreSQL: the newest readings into the
+    /// catalogue).
     pub fn move_pending(&mut self) -> Result<u64, StoreError> {
         match self {
             Writer::Sqlite(w) => w.move_pending(),
-            Writer::Postgres(_) => Ok(0),
+            // The newest readings still waiting for the catalogue.
+            Writer::Postgres(p) => {
+                let now = roomguard_protocol::clock::now_ms();
+                p.run(async |w| w.flush_latest(now).await).map(|()| 0)
+            }
         }
     }
 
@@ -146,6 +151,7 @@ impl PgWriting {
     }
 
     fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
+        self.run(async |w| w.flush_latest(now_ms).await)?;
         let minutes =
             self.run(async |w| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
         let mut expired = 0;

@@ -1,8 +1,9 @@
 //! Ingest into PostgreSQL: the same promises as the SQLite writer, in one
 //! transaction per round of batches. A batch already in the register is
-//! skipped whole; readings go in by binary COPY into a temporary table and
-//! from there into `samples` with `ON CONFLICT DO NOTHING`, so a reading
-//! already stored (same point and event time) is counted, not stored again;
+//! skipped whole; readings go in by binary COPY straight into `samples`, or,
+//! when that meets a reading already stored (same point and event time),
+//! through a temporary table with `ON CONFLICT DO NOTHING`, so a repeat is
+//! counted, not stored again;
 //! the catalogue keeps each point's newest reading (a late backlog never
 //! replaces a newer one) and the minutes waiting for their rollups.
 
@@ -16,6 +17,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Transaction};
 
+/// Catalogue ids by site, then point: looked up by `&str` without
+/// allocating, once per reading.
+type Ids = HashMap<String, HashMap<String, i64>>;
+
 /// A reading to store: point id, event time, value, text, bad reason.
 type Row<'a> = (i64, i64, Option<f64>, Option<&'a str>, Option<&'a str>);
 
@@ -26,12 +31,25 @@ pub struct PgWriter {
     client: Client,
     /// Catalogue ids by (site, point); cleared after a failed transaction
     /// (an id made in it was never committed).
-    points: HashMap<(String, String), i64>,
+    points: Ids,
     /// Day partitions of `samples` known to exist (start of day, ms).
     partitions: std::collections::HashSet<i64>,
     /// (point, minute) of the current minute marked for rollup, committed.
     marked: std::collections::HashSet<(i64, i64)>,
+    /// Each point's newest committed reading not yet in the catalogue.
+    pending_latest: HashMap<i64, Latest>,
+    /// When the catalogue last took the newest readings.
+    latest_written: Option<std::time::Instant>,
 }
+
+/// A point's newest reading: event time, value, text, bad reason.
+type Latest = (i64, Option<f64>, Option<String>, Option<String>);
+
+/// How far the catalogue's latest readings may lag behind the samples.
+/// Updating every point's catalogue row at every commit was two thirds of
+/// a busy round's time (50,000 points); once a second, a round pays it at
+/// most once a second, and `/latest` is at most this much behind.
+const LATEST_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PgWriter {
     /// Connects and brings the schema up to date.
@@ -47,6 +65,8 @@ impl PgWriter {
             points: HashMap::new(),
             partitions: Default::default(),
             marked: Default::default(),
+            pending_latest: HashMap::new(),
+            latest_written: None,
         })
     }
 
@@ -75,8 +95,11 @@ impl PgWriter {
             points,
             partitions,
             marked,
+            pending_latest,
+            latest_written,
         } = self;
         let mut newly_marked: Vec<(i64, i64)> = Vec::new();
+        let mut round_latest: HashMap<i64, Latest> = HashMap::new();
         let tx = client.transaction().await?;
         let mut stats = WriteStats::default();
         // (point id, event time, value, text, bad) of every reading to store.
@@ -168,7 +191,10 @@ impl PgWriter {
                     )
                     .await?
                     .get(0);
-                points.insert((batch.site.clone(), meta.id.to_string()), id);
+                points
+                    .entry(batch.site.to_string())
+                    .or_default()
+                    .insert(meta.id.to_string(), id);
             }
             for r in &batch.readings {
                 let id = point_id(&tx, points, batch, &r.point, now_ms).await?;
@@ -185,45 +211,50 @@ impl PgWriter {
                 (lo.min(r.1), hi.max(r.1))
             });
             ensure_partitions(&tx, lo, hi, partitions).await?;
-            tx.batch_execute(
-                "CREATE TEMP TABLE IF NOT EXISTS incoming (
-                    point_id BIGINT, ts BIGINT, value DOUBLE PRECISION, text TEXT, bad TEXT
-                 ) ON COMMIT DELETE ROWS",
-            )
-            .await?;
-            let sink = tx
-                .copy_in(
-                    "COPY incoming (point_id, ts, value, text, bad) FROM STDIN (FORMAT binary)",
-                )
-                .await?;
-            let writer = BinaryCopyInWriter::new(
-                sink,
-                &[Type::INT8, Type::INT8, Type::FLOAT8, Type::TEXT, Type::TEXT],
-            );
-            pin_mut!(writer);
-            for (id, ts, value, text, bad) in &rows {
-                writer.as_mut().write(&[id, ts, value, text, bad]).await?;
-            }
-            writer.finish().await?;
-            let stored = tx
-                .execute(
-                    "INSERT INTO samples (point_id, ts, value, text, bad)
-                     SELECT point_id, ts, value, text, bad FROM incoming ON CONFLICT DO NOTHING",
-                    &[],
-                )
-                .await?;
+            // Straight into samples: a reading already stored is rare (a
+            // batch sent again is skipped whole by the register above), so
+            // the COPY is tried first under a savepoint, and only when it
+            // meets one do the readings go through a temporary table and
+            // `ON CONFLICT DO NOTHING`, which costs twice the COPY.
+            tx.batch_execute("SAVEPOINT copy_samples").await?;
+            let stored = match copy_rows(&tx, "samples", &rows).await {
+                Ok(n) => {
+                    tx.batch_execute("RELEASE SAVEPOINT copy_samples").await?;
+                    n
+                }
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT copy_samples")
+                        .await?;
+                    tx.batch_execute(
+                        "CREATE TEMP TABLE IF NOT EXISTS incoming (
+                            point_id BIGINT, ts BIGINT, value DOUBLE PRECISION, text TEXT, bad TEXT
+                         ) ON COMMIT DELETE ROWS",
+                    )
+                    .await?;
+                    copy_rows(&tx, "incoming", &rows).await?;
+                    tx.execute(
+                        "INSERT INTO samples (point_id, ts, value, text, bad)
+                         SELECT point_id, ts, value, text, bad FROM incoming ON CONFLICT DO NOTHING",
+                        &[],
+                    )
+                    .await?
+                }
+                Err(e) => return Err(e.into()),
+            };
             stats.readings += stored;
             stats.duplicates += rows.len() as u64 - stored;
-            // Each point's newest reading, unless the catalogue has a newer one.
-            tx.execute(
-                "UPDATE points p SET last_ts = n.ts, last_value = n.value, last_text = n.text,
-                     last_bad = n.bad, last_seen = $1
-                 FROM (SELECT DISTINCT ON (point_id) point_id, ts, value, text, bad
-                       FROM incoming ORDER BY point_id, ts DESC) n
-                 WHERE p.id = n.point_id AND (p.last_ts IS NULL OR n.ts >= p.last_ts)",
-                &[&now_ms],
-            )
-            .await?;
+            // Each point's newest reading of the round, written into the
+            // catalogue with those still pending when a second has passed,
+            // else kept for later (once this round commits).
+            for &(id, ts, value, text, bad) in &rows {
+                let newer = round_latest.get(&id).is_none_or(|l: &Latest| l.0 <= ts);
+                if newer {
+                    round_latest.insert(
+                        id,
+                        (ts, value, text.map(str::to_owned), bad.map(str::to_owned)),
+                    );
+                }
+            }
             // Minutes to roll up, each marked once: the current minute is
             // remembered until it closes (rollups wait a minute past it, see
             // maintain.rs), older ones are always marked (a late reading must
@@ -255,9 +286,34 @@ impl PgWriter {
             }
             newly_marked = seen.into_iter().filter(|&(_, m)| m >= current).collect();
         }
-        tx.commit().await?;
+        let due = latest_written.is_none_or(|t| t.elapsed() >= LATEST_EVERY);
+        if due && !(pending_latest.is_empty() && round_latest.is_empty()) {
+            let mut all = pending_latest.clone();
+            merge_latest(&mut all, round_latest);
+            write_latest(&tx, &all, now_ms).await?;
+            tx.commit().await?;
+            pending_latest.clear();
+            *latest_written = Some(std::time::Instant::now());
+        } else {
+            tx.commit().await?;
+            merge_latest(pending_latest, round_latest);
+        }
         marked.extend(newly_marked);
         Ok(stats)
+    }
+
+    /// Writes the newest readings still pending into the catalogue (each
+    /// maintenance step, and at a clean stop).
+    pub async fn flush_latest(&mut self, now_ms: i64) -> Result<(), PgError> {
+        if self.pending_latest.is_empty() {
+            return Ok(());
+        }
+        let tx = self.client.transaction().await?;
+        write_latest(&tx, &self.pending_latest, now_ms).await?;
+        tx.commit().await?;
+        self.pending_latest.clear();
+        self.latest_written = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// Records an agent's latest status; one not newer than the newest seen
@@ -293,16 +349,83 @@ impl PgWriter {
     }
 }
 
+/// Adds `newer` to `into`, keeping each point's newest.
+fn merge_latest(into: &mut HashMap<i64, Latest>, newer: HashMap<i64, Latest>) {
+    for (id, l) in newer {
+        match into.get(&id) {
+            Some(have) if have.0 > l.0 => {}
+            _ => {
+                into.insert(id, l);
+            }
+        }
+    }
+}
+
+/// Each point's newest reading into the catalogue, unless it has a newer one.
+async fn write_latest(
+    tx: &Transaction<'_>,
+    latest: &HashMap<i64, Latest>,
+    now_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let n = latest.len();
+    let (mut ids, mut tss, mut values, mut texts, mut bads) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, (ts, value, text, bad)) in latest {
+        ids.push(*id);
+        tss.push(*ts);
+        values.push(*value);
+        texts.push(text.as_deref());
+        bads.push(bad.as_deref());
+    }
+    tx.execute(
+        "UPDATE points p SET last_ts = n.ts, last_value = n.value, last_text = n.text,
+             last_bad = n.bad, last_seen = $6
+         FROM unnest($1::BIGINT[], $2::BIGINT[], $3::FLOAT8[], $4::TEXT[], $5::TEXT[])
+              AS n (point_id, ts, value, text, bad)
+         WHERE p.id = n.point_id AND (p.last_ts IS NULL OR n.ts >= p.last_ts)",
+        &[&ids, &tss, &values, &texts, &bads, &now_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes `rows` into `table` by binary COPY; the rows written.
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    rows: &[Row<'_>],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} (point_id, ts, value, text, bad) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT8, Type::INT8, Type::FLOAT8, Type::TEXT, Type::TEXT],
+    );
+    pin_mut!(writer);
+    for (id, ts, value, text, bad) in rows {
+        writer.as_mut().write(&[id, ts, value, text, bad]).await?;
+    }
+    writer.finish().await
+}
+
 /// The catalogue id of a reading's point. A point never described yet
 /// gets an entry with empty labels, filled in when its description comes.
 async fn point_id(
     tx: &Transaction<'_>,
-    points: &mut HashMap<(String, String), i64>,
+    points: &mut Ids,
     batch: &Batch,
     point: &str,
     now_ms: i64,
 ) -> Result<i64, PgError> {
-    if let Some(id) = points.get(&(batch.site.clone(), point.to_owned())) {
+    if let Some(id) = points.get(&*batch.site).and_then(|p| p.get(point)) {
         return Ok(*id);
     }
     let id: i64 = tx
@@ -315,6 +438,9 @@ async fn point_id(
         )
         .await?
         .get(0);
-    points.insert((batch.site.clone(), point.to_owned()), id);
+    points
+        .entry(batch.site.to_string())
+        .or_default()
+        .insert(point.to_owned(), id);
     Ok(id)
 }
