@@ -407,8 +407,12 @@ fn render_pieces(
                 };
                 let (reads, tz) = (reads.clone(), tz.clone());
                 running.push_back(tokio::spawn(async move {
-                    let series = reads.histories(piece.clone(), plan).await?;
-                    Ok(render_piece(&piece, series, i > 0, tz, fmt))
+                    let points = piece.clone();
+                    reads
+                        .with_histories(piece, plan, move |series| {
+                            render_piece(&points, series, i > 0, tz, fmt)
+                        })
+                        .await?
                 }));
             }
             let Some(next) = running.pop_front() else {
@@ -427,27 +431,28 @@ fn render_pieces(
     rx
 }
 
-/// Renders some of an answer's points from their series.
+/// Reads and renders some of an answer's points, one series at a time.
 fn render_piece(
     points: &[PointRow],
-    series: Vec<Series>,
+    series: &mut dyn FnMut(usize) -> Result<Series, StoreError>,
     after_first: bool,
     tz: TimeZone,
     fmt: Format,
-) -> Result<Vec<u8>, Refusal> {
+) -> Piece {
     let mut t = TimeWriter::new(tz);
     let mut out = Vec::new();
-    for (k, (p, series)) in points.iter().zip(series).enumerate() {
+    for (k, p) in points.iter().enumerate() {
+        let series = series(k)?;
         if let Series::Raw(v) = &series {
             if v.len() as i64 > history::MAX_POINTS_PER_SERIES {
-                return Err((
+                return Ok(Err((
                     StatusCode::BAD_REQUEST,
                     format!(
                         "{}: more than {} raw samples in the range; give a step or a shorter range",
                         p.point,
                         history::MAX_POINTS_PER_SERIES
                     ),
-                ));
+                )));
             }
         }
         let values = match &series {
@@ -465,7 +470,7 @@ fn render_piece(
             Format::Csv => series_csv(p, &series, &mut t, &mut out),
         }
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 fn series_json(p: &PointRow, s: &Series, t: &mut TimeWriter, out: &mut Vec<u8>) {

@@ -175,8 +175,8 @@ impl PgWriting {
 
 /// The API's reads. SQLite: a fresh read-only connection per request on
 /// the blocking pool (WAL readers never wait for the writer). PostgreSQL:
-/// one client shared by every request (tokio-postgres pipelines them), made
-/// again when it broke.
+/// a few clients shared by every request in turn (tokio-postgres pipelines
+/// a request's queries), each made again when it broke.
 #[derive(Clone)]
 pub enum Reads {
     Sqlite(PathBuf),
@@ -185,7 +185,11 @@ pub enum Reads {
 
 pub struct PgReads {
     target: Target,
-    client: tokio::sync::Mutex<Option<Arc<PgReader>>>,
+    /// A few connections, taken in turn: one PostgreSQL connection is one
+    /// server process, so queries on one client run one after another
+    /// however many requests wait.
+    clients: Vec<tokio::sync::Mutex<Option<Arc<PgReader>>>>,
+    next: std::sync::atomic::AtomicUsize,
     /// The schema is known to be this build's (checked at the first
     /// connection, so no read meets a database the writer has not yet
     /// migrated).
@@ -194,26 +198,30 @@ pub struct PgReads {
 
 impl PgReads {
     pub fn new(target: Target) -> PgReads {
+        // As many as the cores that render answers, within reason.
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
         PgReads {
             target,
-            client: tokio::sync::Mutex::new(None),
+            clients: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: Default::default(),
             migrated: Default::default(),
         }
     }
 
-    /// The shared client, connected again if it broke.
+    /// The next client in turn, connected again if it broke.
     pub async fn reader(&self) -> Result<Arc<PgReader>, StoreError> {
-        let mut slot = self.client.lock().await;
+        use std::sync::atomic::Ordering;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let mut slot = self.clients[i].lock().await;
         if let Some(r) = slot.as_ref().filter(|r| !r.is_closed()) {
             return Ok(r.clone());
         }
         let mut client = super::postgres::connect_to(&self.target).await?;
-        if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.migrated.load(Ordering::Acquire) {
             // Under the migration's advisory lock, as the writer's is.
             let db = self.target.config.get_dbname().unwrap_or("");
             super::postgres::migrate::migrate(&mut client, db).await?;
-            self.migrated
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.migrated.store(true, Ordering::Release);
         }
         let r = Arc::new(PgReader::new(client));
         *slot = Some(r.clone());
@@ -293,27 +301,49 @@ impl Reads {
         }
     }
 
-    /// The series of each point by `plan`, in order (on SQLite one
-    /// connection for them all).
-    pub async fn histories(
+    /// Runs `use_series` on the blocking pool with a way to read the
+    /// series of `points[i]` by `plan`. On SQLite each is read when asked
+    /// for, on one connection, so a caller rendering them one by one never
+    /// holds them all; on PostgreSQL they are read (asynchronously) first.
+    pub async fn with_histories<T: Send + 'static>(
         &self,
         points: Arc<[PointRow]>,
         plan: Plan,
-    ) -> Result<Vec<Series>, StoreError> {
+        use_series: impl FnOnce(&mut dyn FnMut(usize) -> Result<Series, StoreError>) -> T
+            + Send
+            + 'static,
+    ) -> Result<T, StoreError> {
+        let blocking = |f: Box<dyn FnOnce() -> Result<T, StoreError> + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        };
         match self {
-            Reads::Sqlite(p) => {
-                sqlite(p, move |r| {
-                    points.iter().map(|pt| r.history(pt.id, &plan)).collect()
-                })
+            Reads::Sqlite(path) => {
+                let path = path.clone();
+                blocking(Box::new(move || {
+                    let r = SqliteReader::open(&path)?;
+                    Ok(use_series(&mut |i| r.history(points[i].id, &plan)))
+                }))
                 .await
             }
             Reads::Postgres(pg) => {
                 let r = pg.reader().await?;
-                let mut out = Vec::with_capacity(points.len());
-                for pt in points.iter() {
-                    out.push(r.history(pt.id, &plan).await?);
-                }
-                Ok(out)
+                // Asked together: tokio-postgres pipelines them on the one
+                // connection instead of waiting a round trip for each.
+                let read = futures_util::future::try_join_all(
+                    points.iter().map(|pt| r.history(pt.id, &plan)),
+                )
+                .await?;
+                let mut read: Vec<Option<Series>> = read.into_iter().map(Some).collect();
+                blocking(Box::new(move || {
+                    Ok(use_series(&mut |i| {
+                        read.get_mut(i)
+                            .and_then(Option::take)
+                            .ok_or_else(|| StoreError::Task(format!("series {i} asked for twice")))
+                    }))
+                }))
+                .await
             }
         }
     }

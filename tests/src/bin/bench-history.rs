@@ -172,13 +172,61 @@ async fn main() -> Result<()> {
 
     // The collector, on this store, with no agents.
     let conf = write_collector_config(dir.path(), &db, None, "", "127.0.0.1:0")?;
+    measure("SQLite", dir.path(), &conf, end, &names, runs).await?;
+    if arg("--postgres", 0) == 1 {
+        // The same store moved into PostgreSQL by `migrate`, then served
+        // from there.
+        let pg = Postgres::start()?.context("PostgreSQL is not installed")?;
+        pg.psql("postgres", "CREATE DATABASE history")?;
+        let pw = dir.path().join("pg-password");
+        std::fs::write(&pw, Postgres::PASSWORD)?;
+        let started = Instant::now();
+        let out = Command::new(workspace_bin("roomguard-collector"))
+            .arg("migrate")
+            .arg(&conf)
+            .args(["--to", &pg.url("history"), "--password-file"])
+            .arg(&pw)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "migrate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: i64 = pg.psql("history", "SELECT (SELECT count(*) FROM samples) + (SELECT count(*) FROM rollup_1m) + (SELECT count(*) FROM rollup_1h)")?.parse()?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "migrate to PostgreSQL: {rows} sample and rollup rows in {secs:.1} s ({:.0} rows/s)",
+            rows as f64 / secs
+        );
+        let pg_dir = dir.path().join("pg");
+        std::fs::create_dir_all(&pg_dir)?;
+        let store = format!(
+            "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n[alarms]\nenabled = false\n[inspection]\nenabled = false\n",
+            pg.url("history"),
+            pw.display().to_string()
+        );
+        let conf = write_collector_config_with_store(&pg_dir, &store, None, "", "127.0.0.1:0")?;
+        measure("PostgreSQL", &pg_dir, &conf, end, &names, runs).await?;
+    }
+    Ok(())
+}
+
+/// Starts the release collector on `conf` and times the history questions.
+async fn measure(
+    backend: &str,
+    dir: &Path,
+    conf: &Path,
+    end: i64,
+    names: &[String],
+    runs: usize,
+) -> Result<()> {
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(&conf);
-    let mut collector = Proc::spawn("collector", cmd, dir.path())?;
+    cmd.arg("run").arg(conf);
+    let mut collector = Proc::spawn("collector", cmd, dir)?;
     let ready = collector.wait_ready(Duration::from_secs(30))?;
     let http = format!("http://{}", ready["http"].as_str().context("http")?);
     let client = http_client();
-
+    println!("{backend}:");
     let from = jiff::Timestamp::from_millisecond(end - 90 * DAY)?;
     let to = jiff::Timestamp::from_millisecond(end)?;
     let url =

@@ -9,7 +9,7 @@ use crate::store::history::{
 };
 use crate::store::rollup::{Agg, HOUR_MS, MINUTE_MS};
 use crate::store::{AgentRow, LatestRow};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, Row, Statement};
 
 const POINT_COLUMNS: &str =
     "id, site, point, agent, room, device, quantity, unit, first_seen, last_seen, last_ts";
@@ -32,11 +32,37 @@ fn point_row(r: &Row) -> PointRow {
 
 pub struct PgReader {
     client: Client,
+    /// History statements, prepared once per connection: a month of 500
+    /// points asks 500 times.
+    statements: tokio::sync::Mutex<std::collections::HashMap<&'static str, Statement>>,
 }
+
+const RAW_LIMITED: &str =
+    "SELECT ts, value, text, bad FROM samples WHERE point_id = $1 AND ts >= $2 AND ts < $3
+     ORDER BY ts LIMIT $4";
+const RAW_VALUES: &str =
+    "SELECT ts, value FROM samples WHERE point_id = $1 AND ts >= $2 AND ts < $3
+     AND value IS NOT NULL AND bad IS NULL ORDER BY ts";
+const MINUTES: &str = "SELECT bucket, n, min, max, sum, last_ts, last FROM rollup_1m
+     WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket";
+const HOURS: &str = "SELECT bucket, n, min, max, sum, last_ts, last FROM rollup_1h
+     WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket";
 
 impl PgReader {
     pub fn new(client: Client) -> PgReader {
-        PgReader { client }
+        PgReader {
+            client,
+            statements: Default::default(),
+        }
+    }
+
+    async fn prepared(&self, sql: &'static str) -> Result<Statement, PgError> {
+        if let Some(st) = self.statements.lock().await.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql).await?;
+        self.statements.lock().await.insert(sql, st.clone());
+        Ok(st)
     }
 
     /// The client, for the other tables' queries.
@@ -90,9 +116,13 @@ impl PgReader {
             let rows = self
                 .client
                 .query(
-                    "SELECT ts, value, text, bad FROM samples WHERE point_id = $1 AND ts >= $2 AND ts < $3
-                     ORDER BY ts LIMIT $4",
-                    &[&point_id, &plan.from, &plan.to, &(MAX_POINTS_PER_SERIES + 1)],
+                    &self.prepared(RAW_LIMITED).await?,
+                    &[
+                        &point_id,
+                        &plan.from,
+                        &plan.to,
+                        &(MAX_POINTS_PER_SERIES + 1),
+                    ],
                 )
                 .await?;
             return Ok(Series::Raw(
@@ -110,8 +140,7 @@ impl PgReader {
             Tier::Raw => self
                 .client
                 .query(
-                    "SELECT ts, value FROM samples WHERE point_id = $1 AND ts >= $2 AND ts < $3
-                       AND value IS NOT NULL AND bad IS NULL ORDER BY ts",
+                    &self.prepared(RAW_VALUES).await?,
                     &[&point_id, &plan.from, &plan.to],
                 )
                 .await?
@@ -122,23 +151,16 @@ impl PgReader {
                 })
                 .collect(),
             Tier::Minute | Tier::Hour => {
-                // `table` is one of two constants.
-                let (table, width) = if plan.tier == Tier::Minute {
-                    ("rollup_1m", MINUTE_MS)
+                let (sql, width) = if plan.tier == Tier::Minute {
+                    (MINUTES, MINUTE_MS)
                 } else {
-                    ("rollup_1h", HOUR_MS)
+                    (HOURS, HOUR_MS)
                 };
                 // Buckets that merely overlap the start are left out rather
                 // than attributed to the wrong step (as on SQLite).
                 let first = plan.from + (width - plan.from.rem_euclid(width)) % width;
                 self.client
-                    .query(
-                        &format!(
-                            "SELECT bucket, n, min, max, sum, last_ts, last FROM {table}
-                             WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket"
-                        ),
-                        &[&point_id, &first, &plan.to],
-                    )
+                    .query(&self.prepared(sql).await?, &[&point_id, &first, &plan.to])
                     .await?
                     .iter()
                     .map(|r| {
