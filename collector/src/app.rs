@@ -185,7 +185,6 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let http_addr = listener.local_addr()?;
     let app = api::router(Arc::new(api::AppState {
         secure_cookies: cfg.http.tls.is_some(),
-        store_path: cfg.store.path.clone(),
         reads,
         metrics: metrics.clone(),
         time_zone: cfg.http.time_zone.clone(),
@@ -266,9 +265,12 @@ async fn first_admin(
     auth: Arc<crate::auth::Auth>,
     cfg: crate::auth::AuthConfig,
 ) -> anyhow::Result<()> {
+    // One password for every attempt, so an admin made by an attempt whose
+    // answer was lost is recognised (and its password said) by the next.
+    let generated = crate::auth::random_hex(12);
     let attempt = {
         let (auth, cfg) = (auth.clone(), cfg.clone());
-        move || auth.first_admin(&cfg)
+        move || auth.first_admin(&cfg, &generated)
     };
     let first = tokio::task::spawn_blocking(attempt.clone()).await?;
     let say = |password: Option<String>| {
@@ -330,10 +332,13 @@ async fn open_store(
             let target = cfg.store.postgres().map_err(anyhow::Error::msg)?;
             match store::postgres::writer::PgWriter::open(&target).await {
                 Ok(_) => tracing::info!("PostgreSQL store ready"),
-                Err(e @ store::postgres::PgError::Unreachable { .. }) => {
+                Err(e) => {
+                    let e = store::StoreError::from(e);
+                    if !e.is_unreachable() {
+                        return Err(e.into());
+                    }
                     tracing::error!(error = %e, "PostgreSQL cannot be reached; the store writer keeps trying, and nothing is acknowledged until it can");
                 }
-                Err(e) => return Err(e.into()),
             }
             Ok((
                 Writer::Postgres(PgWriting::new(target.clone(), cfg.store.retention.policy())),

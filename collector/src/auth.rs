@@ -367,7 +367,7 @@ impl Auth {
     /// generated here.
     pub fn init(db: AuthStore, cfg: &AuthConfig) -> Result<(Auth, Option<String>), AuthError> {
         let auth = Auth::new(db, cfg);
-        let created = auth.first_admin(cfg)?;
+        let created = auth.first_admin(cfg, &random_hex(12))?;
         Ok((auth, created))
     }
 
@@ -397,19 +397,33 @@ impl Auth {
     }
 
     /// Makes the `admin` user when there is no user at all; its one-time
-    /// password when it was generated here.
-    pub fn first_admin(&self, cfg: &AuthConfig) -> Result<Option<String>, AuthError> {
-        if !cfg.enabled || self.db.count_users()? > 0 {
+    /// password (`generated`, unless the config gives one) when it was
+    /// generated here. Called again after a failure with the same
+    /// `generated`: an admin an earlier call made (whose answer was lost
+    /// with the connection) is recognised by that password and said then.
+    pub fn first_admin(
+        &self,
+        cfg: &AuthConfig,
+        generated: &str,
+    ) -> Result<Option<String>, AuthError> {
+        if !cfg.enabled {
             return Ok(None);
         }
         let given = match &cfg.initial_admin_password {
             Some(s) => s.resolve().map_err(AuthError::Invalid)?,
             None => None,
         };
-        let (password, generated) = match given {
-            Some(p) => (p, false),
-            None => (random_hex(12), true),
+        let is_generated = given.is_none();
+        let password = given.unwrap_or_else(|| generated.to_owned());
+        let made_earlier = |db: &AuthStore| -> Result<bool, AuthError> {
+            Ok(is_generated
+                && db
+                    .login_row("admin")?
+                    .is_some_and(|(_, hash)| verify_password(&password, &hash)))
         };
+        if self.db.count_users()? > 0 {
+            return Ok(made_earlier(&self.db)?.then(|| password.clone()));
+        }
         // Another collector on the same database may have made it first.
         if !self.db.insert_user(
             ("admin", "admin"),
@@ -417,11 +431,11 @@ impl Auth {
             now_ms(),
             "first start",
         )? {
-            return Ok(None);
+            return Ok(made_earlier(&self.db)?.then(|| password.clone()));
         }
         self.db
             .audit("first start", "user.create", "admin (admin)", now_ms())?;
-        Ok(generated.then_some(password))
+        Ok(is_generated.then_some(password))
     }
 
     /// Who sent these headers (blocking: reads the store).

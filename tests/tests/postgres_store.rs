@@ -482,3 +482,50 @@ async fn tls_is_rustls_checked_against_the_given_ca() -> Result<()> {
     assert!(e.contains("certificate"), "{e}");
     Ok(())
 }
+
+/// What a device or agent sends can never stop ingest: a reading from a
+/// clock gone back to 2000 in the same round as today's makes two day
+/// partitions, not ten thousand; a status whose text PostgreSQL's jsonb
+/// would refuse (`\u0000`) is stored, and the next status of that agent too;
+/// an old status replayed after a newer one is ignored.
+#[tokio::test]
+async fn odd_clocks_and_odd_status_texts_are_stored_without_stopping_ingest() -> Result<()> {
+    use roomguard_protocol::{AgentState, Status};
+    let Some(pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    let (_, mut w) = fresh_store(&pg).await?;
+    let now = roomguard_protocol::clock::now_ms();
+    let y2000 = 946_684_800_000;
+    let mut round = batch(1, now, &[Some(21.0)]);
+    round.readings.push(roomguard_protocol::Reading {
+        ts: y2000,
+        ..round.readings[0].clone()
+    });
+    assert_eq!(w.write_batches(&[round], now).await?.readings, 2);
+    assert_eq!(
+        pg.psql(
+            "roomguard",
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'samples'::regclass"
+        )?,
+        "2"
+    );
+    let status = |at: i64, software: &str| Status {
+        v: 1,
+        site: "s".into(),
+        agent: "a".into(),
+        state: AgentState::Online,
+        at: Some(at),
+        software: Some(software.into()),
+        devices: Vec::new(),
+        spool: None,
+    };
+    w.write_status(&status(now, "agent\u{0}1.0"), now).await?;
+    w.write_status(&status(now + 1_000, "agent 1.1"), now)
+        .await?;
+    // A replay of the first: older than what is stored, ignored.
+    w.write_status(&status(now, "agent\u{0}1.0"), now).await?;
+    let stored = pg.psql("roomguard", "SELECT status_json FROM agents")?;
+    assert!(stored.contains("agent 1.1"), "{stored}");
+    Ok(())
+}

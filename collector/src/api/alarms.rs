@@ -75,7 +75,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut Connection) -> Result<T, RecordError> + Send + 'static,
 {
-    let path = st.store_path.clone();
+    let path = super::sqlite_records(st)?;
     tokio::task::spawn_blocking(move || {
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;

@@ -43,7 +43,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut Connection) -> Result<T, InspectionError> + Send + 'static,
 {
-    let path = st.store_path.clone();
+    let path = super::sqlite_records(st)?;
     tokio::task::spawn_blocking(move || {
         let mut c = Connection::open(&path)?;
         c.busy_timeout(std::time::Duration::from_secs(5))?;

@@ -26,9 +26,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct AppState {
-    /// The SQLite file, for the alarm and inspection records (on SQLite
-    /// only, so far).
-    pub store_path: PathBuf,
     /// Readings, the catalogue and agents, from either backend.
     pub reads: crate::store::backend::Reads,
     pub metrics: Arc<Metrics>,
@@ -155,6 +152,21 @@ impl From<StoreError> for ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {e}"),
         )
+    }
+}
+
+/// The SQLite file of the records still kept only there (alarms,
+/// inspection); on PostgreSQL a clear refusal instead of a file opened (and
+/// made) beside a store that is not used.
+pub(crate) fn sqlite_records(st: &AppState) -> Result<PathBuf, ApiError> {
+    match &st.reads {
+        crate::store::backend::Reads::Sqlite(path) => Ok(path.clone()),
+        crate::store::backend::Reads::Postgres(_) => Err(ApiError(
+            StatusCode::NOT_IMPLEMENTED,
+            "not yet available with store.backend = \"postgres\" (alarms and inspection \
+             records are kept on SQLite only so far; docs/POSTGRES.md)"
+                .into(),
+        )),
     }
 }
 

@@ -95,6 +95,9 @@ pub struct PgWriting {
     /// dropped inside the async code that sets the writer up.
     rt: Option<tokio::runtime::Runtime>,
     writer: Option<PgWriter>,
+    /// The newest readings a broken connection's writer still held for the
+    /// catalogue, for the next writer.
+    carried: std::collections::HashMap<i64, super::postgres::writer::Latest>,
     /// When retention last ran, ms.
     retained_at: i64,
 }
@@ -112,6 +115,7 @@ impl PgWriting {
             retention,
             rt: None,
             writer: None,
+            carried: Default::default(),
             retained_at: 0,
         }
     }
@@ -131,23 +135,33 @@ impl PgWriting {
                     .map_err(|e| StoreError::Task(e.to_string()))?,
             );
         }
+        self.drop_if_broken();
         let rt = self.rt.as_ref().expect("made above");
-        if self.writer.as_ref().is_some_and(|w| w.client().is_closed()) {
-            self.writer = None;
-        }
         let target = &self.target;
         let slot = &mut self.writer;
+        let carried = &mut self.carried;
         let result = rt.block_on(async {
             if slot.is_none() {
-                *slot = Some(PgWriter::open(target).await?);
+                let mut w = PgWriter::open(target).await?;
+                w.keep_pending_latest(std::mem::take(carried));
+                *slot = Some(w);
                 tracing::info!("connected to PostgreSQL");
             }
             f(slot.as_mut().expect("connected above")).await
         });
-        if result.is_err() && self.writer.as_ref().is_some_and(|w| w.client().is_closed()) {
-            self.writer = None;
+        if result.is_err() {
+            self.drop_if_broken();
         }
         result.map_err(StoreError::from)
+    }
+
+    /// Lets go of a connection that broke, keeping what its writer held
+    /// for the catalogue for the next one.
+    fn drop_if_broken(&mut self) {
+        if let Some(mut w) = self.writer.take_if(|w| w.client().is_closed()) {
+            let pending = w.take_pending_latest();
+            super::postgres::writer::merge_latest(&mut self.carried, pending);
+        }
     }
 
     fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
@@ -157,8 +171,14 @@ impl PgWriting {
         let mut expired = 0;
         if now_ms - self.retained_at >= RETENTION_EVERY_MS {
             let policy = self.retention.clone();
-            let (dropped, deleted) = self
-                .run(async |w| maintain::retention_step(w.client_mut(), &policy, now_ms).await)?;
+            let (dropped, deleted) = self.run(async |w| {
+                let step = maintain::retention_step(w.client_mut(), &policy, now_ms).await?;
+                // A late reading for a dropped day makes its partition again.
+                if step.0 > 0 {
+                    w.forget_partitions();
+                }
+                Ok(step)
+            })?;
             if dropped > 0 {
                 tracing::info!(partitions = dropped, "raw samples past retention dropped");
             }
@@ -190,6 +210,9 @@ pub struct PgReads {
     /// however many requests wait.
     clients: Vec<tokio::sync::Mutex<Option<Arc<PgReader>>>>,
     next: std::sync::atomic::AtomicUsize,
+    /// The last failed connection: requests within a second of it fail at
+    /// once instead of each waiting out its own connect timeout.
+    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// The schema is known to be this build's (checked at the first
     /// connection, so no read meets a database the writer has not yet
     /// migrated).
@@ -204,6 +227,7 @@ impl PgReads {
             target,
             clients: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: Default::default(),
+            failed: Default::default(),
             migrated: Default::default(),
         }
     }
@@ -216,7 +240,30 @@ impl PgReads {
         if let Some(r) = slot.as_ref().filter(|r| !r.is_closed()) {
             return Ok(r.clone());
         }
-        let mut client = super::postgres::connect_to(&self.target).await?;
+        let recent = self.failed.lock().ok().and_then(|f| {
+            f.as_ref()
+                .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+                .map(|(_, why)| why.clone())
+        });
+        if let Some(why) = recent {
+            return Err(super::postgres::PgError::Unreachable {
+                target: super::postgres::target(&self.target.config),
+                detail: why,
+            }
+            .into());
+        }
+        let mut client = match super::postgres::connect_to(&self.target).await {
+            Ok(c) => c,
+            Err(e @ super::postgres::PgError::Unreachable { .. }) => {
+                if let (Ok(mut f), super::postgres::PgError::Unreachable { detail, .. }) =
+                    (self.failed.lock(), &e)
+                {
+                    *f = Some((std::time::Instant::now(), detail.clone()));
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !self.migrated.load(Ordering::Acquire) {
             // Under the migration's advisory lock, as the writer's is.
             let db = self.target.config.get_dbname().unwrap_or("");

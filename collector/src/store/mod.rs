@@ -288,7 +288,12 @@ pub fn spawn_writer(
             // A clean stop: what waits goes into samples, so a report or
             // sqlite3 reading the file afterwards finds every reading.
             if let Err(e) = writer.move_pending() {
-                tracing::error!(error = %e, "cannot move pending readings into samples at stop; they are moved at the next start");
+                match writer {
+                    backend::Writer::Sqlite(_) => tracing::error!(error = %e, "cannot move pending readings into samples at stop; they are moved at the next start"),
+                    // Their samples are stored; only the catalogue's latest
+                    // values of points that never report again stay older.
+                    backend::Writer::Postgres(_) => tracing::warn!(error = %e, "cannot write the newest readings into the point catalogue at stop; each point's next reading puts it right"),
+                }
             }
         })?;
     // One maintenance tick a second; the ticker holds only a weak sender, so

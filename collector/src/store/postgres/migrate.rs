@@ -382,6 +382,23 @@ pub async fn ensure_partitions<C: GenericClient>(
     Ok(())
 }
 
+/// Makes sure the partitions of the days `times` fall on exist (each day
+/// once, only those days); days in `known` are skipped, days made added.
+pub async fn ensure_days<C: GenericClient>(
+    client: &C,
+    times: impl Iterator<Item = i64>,
+    known: &mut std::collections::HashSet<i64>,
+) -> Result<(), PgError> {
+    let days: std::collections::BTreeSet<i64> = times
+        .map(|t| t.div_euclid(DAY_MS) * DAY_MS)
+        .filter(|d| !known.contains(d))
+        .collect();
+    for day in days {
+        ensure_partitions(client, day, day, known).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@
 //! Not copied: sessions (everyone signs in again on the new store) and
 //! `staging`, whose readings are first moved into samples.
 
-use super::migrate::{ensure_partitions, migrate};
+use super::migrate::{ensure_days, migrate};
 use super::{connect_to, PgError, Target};
 use futures_util::pin_mut;
 use rusqlite::types::Value as Cell;
@@ -38,6 +38,10 @@ pub enum TransferError {
         column: String,
         detail: String,
     },
+    #[error("store.path: {} does not exist (is this the collector's configuration?)", .0.display())]
+    NoStore(std::path::PathBuf),
+    #[error("roomguard_transfer: the position reached in {0} is unreadable ({1}); delete its row to copy that table again from the start, after emptying it")]
+    Cursor(String, String),
     #[error(
         "counts differ after the copy (is a collector still writing into the SQLite store?): {0}"
     )]
@@ -109,6 +113,11 @@ pub async fn copy_store(
     chunk: usize,
     mut progress: impl FnMut(&str, i64, i64),
 ) -> Result<Vec<Copied>, TransferError> {
+    // Never a store made here by a wrong path: it would copy nothing and
+    // mark every table done.
+    if !path.is_file() {
+        return Err(TransferError::NoStore(path.to_owned()));
+    }
     // Readings still waiting in staging go into samples first.
     crate::store::sqlite::SqliteWriter::open(path)?.move_pending()?;
     let src = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -210,11 +219,22 @@ async fn copy_table(
     let (mut cursor, mut copied): (Option<Vec<serde_json::Value>>, i64) = match &state {
         Some(r) if r.get::<_, bool>(2) => return Ok(0),
         Some(r) => (
-            r.get::<_, Option<String>>(0)
-                .and_then(|c| serde_json::from_str(&c).ok()),
+            match r.get::<_, Option<String>>(0) {
+                Some(c) => Some(
+                    serde_json::from_str(&c)
+                        .map_err(|e| TransferError::Cursor(table.to_owned(), e.to_string()))?,
+                ),
+                None => None,
+            },
             r.get(1),
         ),
         None => (None, 0),
+    };
+    // Photos are up to 2 MiB each: a few per transaction, not thousands.
+    let chunk = if table == "patrol_photos" {
+        chunk.min(16)
+    } else {
+        chunk
     };
     let columns = columns(src, pg, table).await?;
     let names: Vec<&str> = columns.iter().map(|c| c.sqlite.as_str()).collect();
@@ -287,10 +307,7 @@ async fn copy_table(
                 Cell::Integer(t) => Some(t),
                 _ => None,
             });
-            let (lo, hi) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-            if lo <= hi {
-                ensure_partitions(&tx, lo, hi, &mut partitions).await?;
-            }
+            ensure_days(&tx, times, &mut partitions).await?;
         }
         let sink = tx
             .copy_in(&format!("COPY {table} ({pg_cols}) FROM STDIN BINARY"))
@@ -298,9 +315,10 @@ async fn copy_table(
             .map_err(PgError::from)?;
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
-        for row in &rows {
+        let n = rows.len() as i64;
+        for row in rows {
             let values = row
-                .iter()
+                .into_iter()
                 .zip(&columns)
                 .map(|(cell, col)| value(cell, col, table))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -311,8 +329,8 @@ async fn copy_table(
             writer.as_mut().write(&refs).await.map_err(PgError::from)?;
         }
         writer.finish().await.map_err(PgError::from)?;
-        copied += rows.len() as i64;
-        copied_now += rows.len() as i64;
+        copied += n;
+        copied_now += n;
         let reached_text = serde_json::to_string(&reached).unwrap_or_default();
         tx.execute(
             "INSERT INTO roomguard_transfer (tbl, cursor, copied, done) VALUES ($1, $2, $3, FALSE)
@@ -382,7 +400,7 @@ async fn columns(
 }
 
 /// One SQLite cell as the PostgreSQL column's type.
-fn value(cell: &Cell, col: &Column, table: &str) -> Result<Box<dyn ToSql + Sync>, TransferError> {
+fn value(cell: Cell, col: &Column, table: &str) -> Result<Box<dyn ToSql + Sync>, TransferError> {
     let wrong = |detail: String| TransferError::Value {
         table: table.into(),
         column: col.sqlite.clone(),
@@ -401,19 +419,19 @@ fn value(cell: &Cell, col: &Column, table: &str) -> Result<Box<dyn ToSql + Sync>
         (Cell::Null, t) if *t == Type::BOOL => Box::new(None::<bool>),
         (Cell::Null, t) if *t == Type::BYTEA => Box::new(None::<Vec<u8>>),
         (Cell::Null, _) => Box::new(None::<String>),
-        (c, t) if *t == Type::INT8 => Box::new(Some(int(c)?)),
+        (c, t) if *t == Type::INT8 => Box::new(Some(int(&c)?)),
         (c, t) if *t == Type::INT4 => Box::new(Some(
-            i32::try_from(int(c)?).map_err(|e| wrong(e.to_string()))?,
+            i32::try_from(int(&c)?).map_err(|e| wrong(e.to_string()))?,
         )),
         (c, t) if *t == Type::INT2 => Box::new(Some(
-            i16::try_from(int(c)?).map_err(|e| wrong(e.to_string()))?,
+            i16::try_from(int(&c)?).map_err(|e| wrong(e.to_string()))?,
         )),
-        (c, t) if *t == Type::BOOL => Box::new(Some(int(c)? != 0)),
-        (Cell::Real(f), t) if *t == Type::FLOAT8 => Box::new(Some(*f)),
-        (Cell::Integer(i), t) if *t == Type::FLOAT8 => Box::new(Some(*i as f64)),
-        (Cell::Blob(b), t) if *t == Type::BYTEA => Box::new(Some(b.clone())),
-        (Cell::Text(s), t) if *t == Type::BYTEA => Box::new(Some(s.as_bytes().to_vec())),
-        (Cell::Text(s), t) if *t == Type::TEXT => Box::new(Some(s.clone())),
+        (c, t) if *t == Type::BOOL => Box::new(Some(int(&c)? != 0)),
+        (Cell::Real(f), t) if *t == Type::FLOAT8 => Box::new(Some(f)),
+        (Cell::Integer(i), t) if *t == Type::FLOAT8 => Box::new(Some(i as f64)),
+        (Cell::Blob(b), t) if *t == Type::BYTEA => Box::new(Some(b)),
+        (Cell::Text(s), t) if *t == Type::BYTEA => Box::new(Some(s.into_bytes())),
+        (Cell::Text(s), t) if *t == Type::TEXT => Box::new(Some(s)),
         (Cell::Integer(i), t) if *t == Type::TEXT => Box::new(Some(i.to_string())),
         (Cell::Real(f), t) if *t == Type::TEXT => Box::new(Some(f.to_string())),
         (other, t) => return Err(wrong(format!("{other:?} cannot be stored as {t}"))),

@@ -7,7 +7,7 @@
 //! the catalogue keeps each point's newest reading (a late backlog never
 //! replaces a newer one) and the minutes waiting for their rollups.
 
-use super::migrate::{ensure_partitions, migrate};
+use super::migrate::{ensure_days, migrate};
 use super::{connect_to, PgError, Target};
 use crate::store::WriteStats;
 use futures_util::pin_mut;
@@ -40,10 +40,12 @@ pub struct PgWriter {
     pending_latest: HashMap<i64, Latest>,
     /// When the catalogue last took the newest readings.
     latest_written: Option<std::time::Instant>,
+    /// The newest status time seen per (site, agent), against replays.
+    status_at: HashMap<(String, String), i64>,
 }
 
 /// A point's newest reading: event time, value, text, bad reason.
-type Latest = (i64, Option<f64>, Option<String>, Option<String>);
+pub type Latest = (i64, Option<f64>, Option<String>, Option<String>);
 
 /// How far the catalogue's latest readings may lag behind the samples.
 /// Updating every point's catalogue row at every commit was two thirds of
@@ -67,6 +69,7 @@ impl PgWriter {
             marked: Default::default(),
             pending_latest: HashMap::new(),
             latest_written: None,
+            status_at: HashMap::new(),
         })
     }
 
@@ -97,6 +100,7 @@ impl PgWriter {
             marked,
             pending_latest,
             latest_written,
+            status_at: _,
         } = self;
         let mut newly_marked: Vec<(i64, i64)> = Vec::new();
         let mut round_latest: HashMap<i64, Latest> = HashMap::new();
@@ -207,10 +211,10 @@ impl PgWriter {
             stats.batches += 1;
         }
         if !rows.is_empty() {
-            let (lo, hi) = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
-                (lo.min(r.1), hi.max(r.1))
-            });
-            ensure_partitions(&tx, lo, hi, partitions).await?;
+            // The days the readings fall on, not every day between the
+            // oldest and newest: one reading from a device whose clock went
+            // back to 2000 must not make ten thousand partitions.
+            ensure_days(&tx, rows.iter().map(|r| r.1), partitions).await?;
             // Straight into samples: a reading already stored is rare (a
             // batch sent again is skipped whole by the register above), so
             // the COPY is tried first under a savepoint, and only when it
@@ -302,6 +306,22 @@ impl PgWriter {
         Ok(stats)
     }
 
+    /// Forgets which day partitions exist (retention dropped some).
+    pub fn forget_partitions(&mut self) {
+        self.partitions.clear();
+    }
+
+    /// The newest committed readings not yet in the catalogue, handed to
+    /// the writer that replaces this one after its connection broke.
+    pub fn take_pending_latest(&mut self) -> HashMap<i64, Latest> {
+        std::mem::take(&mut self.pending_latest)
+    }
+
+    /// Takes over what [`PgWriter::take_pending_latest`] handed on.
+    pub fn keep_pending_latest(&mut self, pending: HashMap<i64, Latest>) {
+        merge_latest(&mut self.pending_latest, pending);
+    }
+
     /// Writes the newest readings still pending into the catalogue (each
     /// maintenance step, and at a clean stop).
     pub async fn flush_latest(&mut self, now_ms: i64) -> Result<(), PgError> {
@@ -317,8 +337,34 @@ impl PgWriter {
     }
 
     /// Records an agent's latest status; one not newer than the newest seen
-    /// (a replay of an old "online") is dropped.
+    /// (a replay of an old "online") is dropped, as on SQLite. The newest
+    /// time is read from the stored document in Rust, never cast to jsonb
+    /// in SQL: a status text PostgreSQL's jsonb refuses (`\u0000`) must not
+    /// make every later status of that agent fail, and ingest with it.
     pub async fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), PgError> {
+        if let Some(at) = status.at {
+            let key = (status.site.to_string(), status.agent.to_string());
+            let newest = match self.status_at.get(&key) {
+                Some(&t) => Some(t),
+                None => self
+                    .client
+                    .query_opt(
+                        "SELECT status_json FROM agents WHERE site = $1 AND agent = $2",
+                        &[&status.site, &status.agent],
+                    )
+                    .await?
+                    .and_then(|r| {
+                        serde_json::from_str::<serde_json::Value>(r.get::<_, &str>(0))
+                            .ok()?
+                            .get("at")?
+                            .as_i64()
+                    }),
+            };
+            if newest.is_some_and(|t| at <= t) {
+                tracing::debug!(site = %status.site, agent = %status.agent, at, "status not newer than the last one: ignored as a replay");
+                return Ok(());
+            }
+        }
         let state = serde_json::to_value(status.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -328,13 +374,14 @@ impl PgWriter {
             .execute(
                 "INSERT INTO agents (site, agent, state, status_json, updated_at) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (site, agent) DO UPDATE SET state = excluded.state,
-                     status_json = excluded.status_json, updated_at = excluded.updated_at
-                 WHERE $6::BIGINT IS NULL
-                    OR (agents.status_json::jsonb ->> 'at') IS NULL
-                    OR (agents.status_json::jsonb ->> 'at')::BIGINT < $6",
-                &[&status.site, &status.agent, &state, &json, &now_ms, &status.at],
+                     status_json = excluded.status_json, updated_at = excluded.updated_at",
+                &[&status.site, &status.agent, &state, &json, &now_ms],
             )
             .await?;
+        if let Some(at) = status.at {
+            self.status_at
+                .insert((status.site.to_string(), status.agent.to_string()), at);
+        }
         Ok(())
     }
 
@@ -350,7 +397,7 @@ impl PgWriter {
 }
 
 /// Adds `newer` to `into`, keeping each point's newest.
-fn merge_latest(into: &mut HashMap<i64, Latest>, newer: HashMap<i64, Latest>) {
+pub fn merge_latest(into: &mut HashMap<i64, Latest>, newer: HashMap<i64, Latest>) {
     for (id, l) in newer {
         match into.get(&id) {
             Some(have) if have.0 > l.0 => {}
