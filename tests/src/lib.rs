@@ -549,6 +549,77 @@ pub fn write_collector_config_with_store(
     Ok(conf)
 }
 
+/// The store a behaviour test runs its collector on: the SQLite file in
+/// the test's directory, or a fresh database on a PostgreSQL the test
+/// started (the behaviours both backends keep run on both).
+pub enum TestStore {
+    Sqlite,
+    Postgres(Postgres),
+}
+
+impl TestStore {
+    /// PostgreSQL, or `None` (the test passes as skipped) outside CI when it
+    /// is not installed.
+    pub fn postgres() -> Result<Option<TestStore>> {
+        Ok(Postgres::start()?.map(TestStore::Postgres))
+    }
+
+    /// The `[store]` body for a collector in `dir`: on PostgreSQL a new
+    /// database `db`, its password in a file, and the alarm engine and
+    /// inspection off (not yet on PostgreSQL).
+    pub fn toml(&self, dir: &Path, db: &str) -> Result<String> {
+        match self {
+            TestStore::Sqlite => Ok(format!(
+                "path = {:?}\n",
+                dir.join("store.db").display().to_string()
+            )),
+            TestStore::Postgres(pg) => {
+                pg.psql("postgres", &format!("CREATE DATABASE {db}"))?;
+                pg_store_toml(dir, pg, db, Postgres::PASSWORD)
+            }
+        }
+    }
+}
+
+/// The `[store]` body for database `db` on `pg` with `password` (in a file
+/// in `dir`), and the alarm engine and inspection off (not yet on
+/// PostgreSQL).
+pub fn pg_store_toml(dir: &Path, pg: &Postgres, db: &str, password: &str) -> Result<String> {
+    let file = dir.join("pg-password");
+    std::fs::write(&file, password)?;
+    Ok(format!(
+        "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n\
+         [alarms]\nenabled = false\n[inspection]\nenabled = false\n",
+        pg.url(db),
+        file.display().to_string()
+    ))
+}
+
+/// A collector in `dir` on `store` (a new database `db` on PostgreSQL),
+/// using `broker_url` or its embedded broker, ready; with its HTTP base URL
+/// and broker URL.
+pub fn start_collector_on(
+    dir: &Path,
+    store: &TestStore,
+    db: &str,
+    broker_url: Option<&str>,
+) -> Result<(Proc, String, String)> {
+    let conf = write_collector_config_with_store(
+        dir,
+        &store.toml(dir, db)?,
+        broker_url,
+        "",
+        "127.0.0.1:0",
+    )?;
+    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
+    cmd.arg("run").arg(&conf);
+    let mut collector = Proc::spawn("collector", cmd, dir)?;
+    let ready = collector.wait_ready(Duration::from_secs(30))?;
+    let http = format!("http://{}", ready["http"].as_str().context("http address")?);
+    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?);
+    Ok((collector, http, mqtt))
+}
+
 /// An agent running `config_text`.
 pub fn start_agent(dir: &Path, config_text: &str) -> Result<Proc> {
     let conf = dir.join("agent.toml");

@@ -217,6 +217,19 @@ async fn rejected(client: &reqwest::Client, http: &str, reason: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_forged_and_unknown_version_messages_are_counted_and_ingest_goes_on() -> Result<()>
 {
+    bad_messages_are_counted_and_ingest_goes_on(TestStore::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_malformed_forged_and_unknown_version_messages_are_counted_and_ingest_goes_on(
+) -> Result<()> {
+    match TestStore::postgres()? {
+        Some(store) => bad_messages_are_counted_and_ingest_goes_on(store).await,
+        None => Ok(()),
+    }
+}
+
+async fn bad_messages_are_counted_and_ingest_goes_on(store: TestStore) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(broker) = Mosquitto::start(dir.path())? else {
         return Ok(());
@@ -224,7 +237,8 @@ async fn malformed_forged_and_unknown_version_messages_are_counted_and_ingest_go
     let Some(mosquitto_pub) = external("mosquitto_pub", "mosquitto-clients") else {
         return Ok(());
     };
-    let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let (mut collector, http, _) =
+        start_collector_on(dir.path(), &store, "bad_messages", Some(&broker.url()))?;
     let client = http_client();
     eventually(PATIENCE, "collector connected to the broker", || async {
         let h = get_json(&client, &format!("{http}/healthz")).await?;
@@ -378,12 +392,26 @@ type = "int16"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will() -> Result<()> {
+    last_will_shows_a_dead_agent_offline(TestStore::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_an_agent_killed_without_goodbye_is_shown_offline_by_its_last_will(
+) -> Result<()> {
+    match TestStore::postgres()? {
+        Some(store) => last_will_shows_a_dead_agent_offline(store).await,
+        None => Ok(()),
+    }
+}
+
+async fn last_will_shows_a_dead_agent_offline(store: TestStore) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(broker) = Mosquitto::start(dir.path())? else {
         return Ok(());
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let (_collector, http, _) =
+        start_collector_on(dir.path(), &store, "last_will", Some(&broker.url()))?;
     // A short keep-alive so the broker notices the dead agent within seconds.
     let agent_conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?
         .replace(

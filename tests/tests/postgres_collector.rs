@@ -14,18 +14,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// The `[store]` body for `db` on `pg`, with the password in a file.
-fn store_toml(dir: &Path, pg: &Postgres, db: &str, password: &str) -> Result<String> {
-    let file = dir.join("pg-password");
-    std::fs::write(&file, password)?;
-    Ok(format!(
-        "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n\
-         [alarms]\nenabled = false\n[inspection]\nenabled = false\n",
-        pg.url(db),
-        file.display().to_string()
-    ))
-}
-
 /// A collector on PostgreSQL with its embedded broker, not waited for.
 fn spawn_collector(dir: &Path, store: &str) -> Result<Proc> {
     let conf = write_collector_config_with_store(dir, store, None, "", "127.0.0.1:0")?;
@@ -47,7 +35,7 @@ async fn postgres_killed_mid_ingest_and_restarted_every_batch_is_stored_once() -
     };
     pg.psql("postgres", "CREATE DATABASE site")?;
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let store = store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
+    let store = pg_store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
     let mut collector = spawn_collector(dir.path(), &store)?;
     let ready = collector.wait_ready(Duration::from_secs(30))?;
     let http = format!("http://{}", ready["http"].as_str().context("http")?);
@@ -146,7 +134,7 @@ async fn postgres_down_at_start_is_waited_for_and_a_refused_password_stops_the_s
     pg.psql("postgres", "CREATE DATABASE site")?;
 
     // A password PostgreSQL refuses: no waiting, one error naming the setting.
-    let wrong = store_toml(dir.path(), &pg, "site", "not-the-password")?;
+    let wrong = pg_store_toml(dir.path(), &pg, "site", "not-the-password")?;
     let mut refused = spawn_collector(dir.path(), &wrong)?;
     let code = refused.wait_exit(Duration::from_secs(30))?;
     assert_ne!(code, Some(0));
@@ -159,7 +147,7 @@ async fn postgres_down_at_start_is_waited_for_and_a_refused_password_stops_the_s
 
     // Down at start: the collector serves, says why, and stores once it is up.
     pg.kill();
-    let store = store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
+    let store = pg_store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
     let mut collector = spawn_collector(dir.path(), &store)?;
     let ready = collector.wait_ready(Duration::from_secs(30))?;
     let http = format!("http://{}", ready["http"].as_str().context("http")?);
@@ -374,7 +362,7 @@ async fn a_demo_store_moved_to_postgres_keeps_its_history_even_when_the_copy_is_
     // The moved site's history is served by a collector on PostgreSQL.
     let moved = dir.path().join("on-pg");
     std::fs::create_dir_all(&moved)?;
-    let store_conf = store_toml(&moved, &pg, "moved", Postgres::PASSWORD)?;
+    let store_conf = pg_store_toml(&moved, &pg, "moved", Postgres::PASSWORD)?;
     let mut on_pg = spawn_collector(&moved, &store_conf)?;
     let ready = on_pg.wait_ready(Duration::from_secs(30))?;
     let http = format!("http://{}", ready["http"].as_str().context("http")?);

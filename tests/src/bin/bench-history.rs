@@ -200,11 +200,7 @@ async fn main() -> Result<()> {
         );
         let pg_dir = dir.path().join("pg");
         std::fs::create_dir_all(&pg_dir)?;
-        let store = format!(
-            "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n[alarms]\nenabled = false\n[inspection]\nenabled = false\n",
-            pg.url("history"),
-            pw.display().to_string()
-        );
+        let store = pg_store_toml(&pg_dir, &pg, "history", Postgres::PASSWORD)?;
         let conf = write_collector_config_with_store(&pg_dir, &store, None, "", "127.0.0.1:0")?;
         measure("PostgreSQL", &pg_dir, &conf, end, &names, runs).await?;
     }
