@@ -2,7 +2,8 @@
 //! real PostgreSQL, simulator and agent: readings stored and served from
 //! PostgreSQL, users and sessions kept there; PostgreSQL killed mid-ingest
 //! and restarted loses nothing and stores nothing twice (the ledger of the
-//! delivery tests); PostgreSQL down at start is waited for with `/healthz`
+//! delivery tests), and so does the collector killed mid-ingest; a SQLite
+//! store moved over by `migrate`; PostgreSQL down at start is waited for with `/healthz`
 //! saying why; a password PostgreSQL refuses stops the start naming the
 //! setting.
 
@@ -16,7 +17,12 @@ use std::time::Duration;
 
 /// A collector on PostgreSQL with its embedded broker, not waited for.
 fn spawn_collector(dir: &Path, store: &str) -> Result<Proc> {
-    let conf = write_collector_config_with_store(dir, store, None, "", "127.0.0.1:0")?;
+    spawn_collector_with(dir, store, None)
+}
+
+/// [`spawn_collector`] on `broker` when given.
+fn spawn_collector_with(dir: &Path, store: &str, broker: Option<&str>) -> Result<Proc> {
+    let conf = write_collector_config_with_store(dir, store, broker, "", "127.0.0.1:0")?;
     let mut cmd = Command::new(workspace_bin("roomguard-collector"));
     cmd.arg("run").arg(&conf);
     Proc::spawn("collector", cmd, dir)
@@ -379,5 +385,67 @@ async fn a_demo_store_moved_to_postgres_keeps_its_history_even_when_the_copy_is_
         "{h}"
     );
     on_pg.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// A collector on `store` (a `[store]` body), ready, with its HTTP base URL.
+fn start_on(dir: &Path, store: &str, broker: &str) -> Result<(Proc, String)> {
+    let mut collector = spawn_collector_with(dir, store, Some(broker))?;
+    let ready = collector.wait_ready(Duration::from_secs(30))?;
+    Ok((
+        collector,
+        format!("http://{}", ready["http"].as_str().context("http")?),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_killed_mid_ingest_on_postgres_loses_and_repeats_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(pg) = Postgres::start()? else {
+        return Ok(());
+    };
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    pg.psql("postgres", "CREATE DATABASE site")?;
+    let store = pg_store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
+    let (mut collector, http) = start_on(dir.path(), &store, &broker.url())?;
+    let conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?;
+    let mut ledger = Ledger::default();
+    let mut agent = start_agent(dir.path(), &conf)?;
+    let agent_ready = agent.wait_ready(Duration::from_secs(30))?;
+    ledger.started(&agent_ready)?;
+    let agent_http = format!(
+        "http://{}",
+        agent_ready["metrics"].as_str().context("agent metrics")?
+    );
+    let client = http_client();
+    eventually(Duration::from_secs(60), "readings flowing", || async {
+        latest_point(&client, &http, "br-h2-1.h2").await
+    })
+    .await?;
+    // SIGKILL mid-stream: whatever it had received and not committed was
+    // never acknowledged, so the broker hands it to the next start; whatever
+    // it committed and did not confirm, the agent sends again and the batch
+    // register skips.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    collector.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut collector, http) = start_on(dir.path(), &store, &broker.url())?;
+    newer_reading(&client, &http, "br-h2-1.h2").await?;
+    drained(&client, &agent_http).await?;
+    ledger.stopped(&agent.terminate(Duration::from_secs(30))?)?;
+    let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
+    let out = account(
+        "collector killed, PostgreSQL",
+        &PgStored(&pg, "site"),
+        &ledger,
+        0..=0,
+        dups,
+    )
+    .await?;
+    assert!(out.missing.is_empty());
+    collector.terminate(Duration::from_secs(30))?;
     Ok(())
 }
