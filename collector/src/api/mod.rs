@@ -115,6 +115,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             session::guard,
         ))
         .layer(axum::middleware::from_fn(session::deadline))
+        .layer(axum::middleware::from_fn(session::refuse_oversized))
         .layer(axum::middleware::from_fn(session::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(session::MAX_BODY))
         .with_state(state)

@@ -127,6 +127,42 @@ pub async fn deadline(req: Request, next: Next) -> Response {
     }
 }
 
+/// Most of an oversized body read (and dropped) before it is refused.
+const DRAIN_AT_MOST: usize = 1024 * 1024;
+
+/// Refuses a body declared larger than its endpoint takes with 413, after
+/// reading what the client is sending (up to [`DRAIN_AT_MOST`], for a few
+/// seconds). Answering at once and closing with the body unread makes the
+/// kernel reset the connection, and a client still sending often loses the
+/// answer: it saw "connection closed", not "too large".
+pub async fn refuse_oversized(req: Request, next: Next) -> Response {
+    let limit = if req.uri().path() == "/api/v1/patrols" {
+        super::inspection::PATROL_BODY
+    } else {
+        MAX_BODY
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(req).await;
+    };
+    if declared <= DRAIN_AT_MOST as u64 {
+        let body = req.into_body();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            axum::body::to_bytes(body, DRAIN_AT_MOST),
+        )
+        .await;
+    }
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is {declared} bytes; this endpoint takes at most {limit}"),
+    )
+    .into_response()
+}
+
 /// Headers every answer carries: no sniffing, no framing, nothing loaded
 /// from elsewhere, no referrer.
 pub async fn security_headers(req: Request, next: Next) -> Response {
