@@ -234,3 +234,19 @@ pub async fn drained(client: &reqwest::Client, agent_http: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Starts an agent on `conf` and records its run in `ledger`.
+pub fn start_run(dir: &Path, conf: &str, ledger: &mut Ledger) -> Result<(crate::Proc, Value)> {
+    let mut agent = crate::start_agent(dir, conf)?;
+    let ready = agent.wait_ready(Duration::from_secs(30))?;
+    ledger.started(&ready)?;
+    Ok((agent, ready))
+}
+
+/// The agent's metrics base URL from its ready line.
+pub fn agent_metrics_url(ready: &Value) -> Result<String> {
+    Ok(format!(
+        "http://{}",
+        ready["metrics"].as_str().context("agent metrics address")?
+    ))
+}

@@ -12,7 +12,9 @@
 //! stored, and duplicate deliveries the collector skipped.
 
 use anyhow::{Context, Result};
-use roomguard_e2e::ledger::{account, drained, stored_batches, Ledger};
+use roomguard_e2e::ledger::{
+    account, agent_metrics_url, drained, start_run, stored_batches, Ledger,
+};
 use roomguard_e2e::*;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -142,20 +144,6 @@ async fn collector_killed_during_ingest_and_restarted_loses_no_reading() -> Resu
 fn agent_config(sim: &SimAddrs, broker: &str, dir: &Path, spool: &str) -> Result<String> {
     let base = demo_agent_config(sim, broker, &dir.join("agent-state"))?;
     Ok(format!("{base}\n[spool]\n{spool}\n"))
-}
-
-fn start_run(dir: &Path, conf: &str, ledger: &mut Ledger) -> Result<(Proc, Value)> {
-    let mut agent = start_agent(dir, conf)?;
-    let ready = agent.wait_ready(Duration::from_secs(30))?;
-    ledger.started(&ready)?;
-    Ok((agent, ready))
-}
-
-fn agent_metrics_url(ready: &Value) -> Result<String> {
-    Ok(format!(
-        "http://{}",
-        ready["metrics"].as_str().context("agent metrics address")?
-    ))
 }
 
 async fn flowing(client: &reqwest::Client, http: &str) -> Result<()> {

@@ -8,7 +8,7 @@
 //! setting.
 
 use anyhow::{Context, Result};
-use roomguard_e2e::ledger::{account, drained, Ledger, PgStored};
+use roomguard_e2e::ledger::{account, agent_metrics_url, drained, start_run, Ledger, PgStored};
 use roomguard_e2e::*;
 use serde_json::Value;
 use std::path::Path;
@@ -48,13 +48,8 @@ async fn postgres_killed_mid_ingest_and_restarted_every_batch_is_stored_once() -
     let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt")?);
     let conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
     let mut ledger = Ledger::default();
-    let mut agent = start_agent(dir.path(), &conf)?;
-    let agent_ready = agent.wait_ready(Duration::from_secs(30))?;
-    ledger.started(&agent_ready)?;
-    let agent_http = format!(
-        "http://{}",
-        agent_ready["metrics"].as_str().context("agent metrics")?
-    );
+    let (mut agent, agent_ready) = start_run(dir.path(), &conf, &mut ledger)?;
+    let agent_http = agent_metrics_url(&agent_ready)?;
     let client = http_client();
 
     // Served from PostgreSQL: the latest readings and a point's history.
@@ -413,13 +408,8 @@ async fn the_collector_killed_mid_ingest_on_postgres_loses_and_repeats_nothing()
     let (mut collector, http) = start_on(dir.path(), &store, &broker.url())?;
     let conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?;
     let mut ledger = Ledger::default();
-    let mut agent = start_agent(dir.path(), &conf)?;
-    let agent_ready = agent.wait_ready(Duration::from_secs(30))?;
-    ledger.started(&agent_ready)?;
-    let agent_http = format!(
-        "http://{}",
-        agent_ready["metrics"].as_str().context("agent metrics")?
-    );
+    let (mut agent, agent_ready) = start_run(dir.path(), &conf, &mut ledger)?;
+    let agent_http = agent_metrics_url(&agent_ready)?;
     let client = http_client();
     eventually(Duration::from_secs(60), "readings flowing", || async {
         latest_point(&client, &http, "br-h2-1.h2").await
