@@ -486,9 +486,23 @@ pub fn start_collector_at(
     listen: &str,
 ) -> Result<(Proc, String, String)> {
     let (collector, ready) = start_collector_ready(dir, broker_url, extra, listen)?;
-    let http = format!("http://{}", ready["http"].as_str().context("http address")?);
-    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?);
+    let (http, mqtt) = collector_urls(&ready)?;
     Ok((collector, http, mqtt))
+}
+
+/// `roomguard-collector run <conf>`, its logs in `dir`; not waited for.
+pub fn spawn_collector(dir: &Path, conf: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
+    cmd.arg("run").arg(conf);
+    Proc::spawn("collector", cmd, dir)
+}
+
+/// The HTTP base URL and broker URL a collector's ready line gives.
+pub fn collector_urls(ready: &Value) -> Result<(String, String)> {
+    Ok((
+        format!("http://{}", ready["http"].as_str().context("http address")?),
+        format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?),
+    ))
 }
 
 /// [`start_collector_at`], returning the collector's whole ready line.
@@ -499,9 +513,7 @@ pub fn start_collector_ready(
     listen: &str,
 ) -> Result<(Proc, Value)> {
     let conf = write_collector_config(dir, &dir.join("store.db"), broker_url, extra, listen)?;
-    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(&conf);
-    let mut collector = Proc::spawn("collector", cmd, dir)?;
+    let mut collector = spawn_collector(dir, &conf)?;
     let ready = collector.wait_ready(Duration::from_secs(20))?;
     Ok((collector, ready))
 }
@@ -611,12 +623,8 @@ pub fn start_collector_on(
         "",
         "127.0.0.1:0",
     )?;
-    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(&conf);
-    let mut collector = Proc::spawn("collector", cmd, dir)?;
-    let ready = collector.wait_ready(Duration::from_secs(30))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http address")?);
-    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt address")?);
+    let mut collector = spawn_collector(dir, &conf)?;
+    let (http, mqtt) = collector_urls(&collector.wait_ready(Duration::from_secs(30))?)?;
     Ok((collector, http, mqtt))
 }
 

@@ -69,12 +69,8 @@ impl Drop for SmallDisk {
 /// logs in `dir`.
 fn start_collector_on(dir: &Path, store: &Path) -> Result<(Proc, String, String)> {
     let conf = write_collector_config(dir, store, None, "", "127.0.0.1:0")?;
-    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(&conf);
-    let mut collector = Proc::spawn("collector", cmd, dir)?;
-    let ready = collector.wait_ready(Duration::from_secs(20))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http")?);
-    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt")?);
+    let mut collector = spawn_collector(dir, &conf)?;
+    let (http, mqtt) = collector_urls(&collector.wait_ready(Duration::from_secs(20))?)?;
     Ok((collector, http, mqtt))
 }
 

@@ -15,17 +15,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// A collector on PostgreSQL with its embedded broker, not waited for.
-fn spawn_collector(dir: &Path, store: &str) -> Result<Proc> {
-    spawn_collector_with(dir, store, None)
-}
-
-/// [`spawn_collector`] on `broker` when given.
-fn spawn_collector_with(dir: &Path, store: &str, broker: Option<&str>) -> Result<Proc> {
+/// A collector on `store` (a `[store]` body), on `broker` or its embedded
+/// one; not waited for.
+fn spawn_on(dir: &Path, store: &str, broker: Option<&str>) -> Result<Proc> {
     let conf = write_collector_config_with_store(dir, store, broker, "", "127.0.0.1:0")?;
-    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(&conf);
-    Proc::spawn("collector", cmd, dir)
+    spawn_collector(dir, &conf)
 }
 
 async fn health(client: &reqwest::Client, http: &str) -> Result<(u16, Value)> {
@@ -42,10 +36,9 @@ async fn postgres_killed_mid_ingest_and_restarted_every_batch_is_stored_once() -
     pg.psql("postgres", "CREATE DATABASE site")?;
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
     let store = pg_store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
-    let mut collector = spawn_collector(dir.path(), &store)?;
+    let mut collector = spawn_on(dir.path(), &store, None)?;
     let ready = collector.wait_ready(Duration::from_secs(30))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http")?);
-    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt")?);
+    let (http, mqtt) = collector_urls(&ready)?;
     let conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
     let mut ledger = Ledger::default();
     let (mut agent, agent_ready) = start_run(dir.path(), &conf, &mut ledger)?;
@@ -136,7 +129,7 @@ async fn postgres_down_at_start_is_waited_for_and_a_refused_password_stops_the_s
 
     // A password PostgreSQL refuses: no waiting, one error naming the setting.
     let wrong = pg_store_toml(dir.path(), &pg, "site", "not-the-password")?;
-    let mut refused = spawn_collector(dir.path(), &wrong)?;
+    let mut refused = spawn_on(dir.path(), &wrong, None)?;
     let code = refused.wait_exit(Duration::from_secs(30))?;
     assert_ne!(code, Some(0));
     drop(refused);
@@ -149,9 +142,9 @@ async fn postgres_down_at_start_is_waited_for_and_a_refused_password_stops_the_s
     // Down at start: the collector serves, says why, and stores once it is up.
     pg.kill();
     let store = pg_store_toml(dir.path(), &pg, "site", Postgres::PASSWORD)?;
-    let mut collector = spawn_collector(dir.path(), &store)?;
+    let mut collector = spawn_on(dir.path(), &store, None)?;
     let ready = collector.wait_ready(Duration::from_secs(30))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http")?);
+    let (http, mqtt) = collector_urls(&ready)?;
     let client = http_client();
     let (code, body) = eventually(Duration::from_secs(30), "health to say why", || async {
         let (code, body) = health(&client, &http).await.ok()?;
@@ -184,7 +177,6 @@ async fn postgres_down_at_start_is_waited_for_and_a_refused_password_stops_the_s
     })
     .await?;
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let mqtt = format!("mqtt://{}", ready["mqtt"].as_str().context("mqtt")?);
     let conf = demo_agent_config(&sim, &mqtt, &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &conf)?;
     eventually(Duration::from_secs(60), "readings stored", || async {
@@ -364,9 +356,9 @@ async fn a_demo_store_moved_to_postgres_keeps_its_history_even_when_the_copy_is_
     let moved = dir.path().join("on-pg");
     std::fs::create_dir_all(&moved)?;
     let store_conf = pg_store_toml(&moved, &pg, "moved", Postgres::PASSWORD)?;
-    let mut on_pg = spawn_collector(&moved, &store_conf)?;
+    let mut on_pg = spawn_on(&moved, &store_conf, None)?;
     let ready = on_pg.wait_ready(Duration::from_secs(30))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http")?);
+    let (http, _) = collector_urls(&ready)?;
     let h = get_json(
         &client,
         &format!("{http}/api/v1/history?point=br-h2-1.h2&step=raw&from=now-1h"),
@@ -383,14 +375,11 @@ async fn a_demo_store_moved_to_postgres_keeps_its_history_even_when_the_copy_is_
     Ok(())
 }
 
-/// A collector on `store` (a `[store]` body), ready, with its HTTP base URL.
+/// [`spawn_on`] `broker`, ready; its HTTP base URL.
 fn start_on(dir: &Path, store: &str, broker: &str) -> Result<(Proc, String)> {
-    let mut collector = spawn_collector_with(dir, store, Some(broker))?;
-    let ready = collector.wait_ready(Duration::from_secs(30))?;
-    Ok((
-        collector,
-        format!("http://{}", ready["http"].as_str().context("http")?),
-    ))
+    let mut collector = spawn_on(dir, store, Some(broker))?;
+    let (http, _) = collector_urls(&collector.wait_ready(Duration::from_secs(30))?)?;
+    Ok((collector, http))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 /// The store's user tables.
 #[derive(Clone)]
@@ -347,16 +349,44 @@ pub struct PgAuth {
 }
 
 impl PgAuth {
-    async fn client(&self) -> Result<Arc<super::postgres::reader::PgReader>, StoreError> {
-        self.reads.reader().await
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        Ok(self
+            .reads
+            .reader()
+            .await?
+            .client()
+            .query(sql, params)
+            .await?)
+    }
+
+    /// The first row, if any (every query here asks for one row at most).
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        Ok(self
+            .reads
+            .reader()
+            .await?
+            .client()
+            .execute(sql, params)
+            .await?)
     }
 
     async fn count_users(&self) -> Result<i64, StoreError> {
-        let c = self.client().await?;
-        Ok(c.client()
-            .query_one("SELECT count(*) FROM users", &[])
+        Ok(self
+            .query_opt("SELECT count(*) FROM users", &[])
             .await?
-            .get(0))
+            .map_or(0, |r| r.get(0)))
     }
 
     async fn insert_user(
@@ -366,10 +396,7 @@ impl PgAuth {
         now: i64,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .client()
-            .execute(
+        let n = self.execute(
                 "INSERT INTO users (name, role, password_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (name) DO NOTHING",
                 &[&name, &role, &password_hash, &now, &by],
@@ -379,9 +406,7 @@ impl PgAuth {
     }
 
     async fn login_row(&self, name: &str) -> Result<Option<(String, String)>, StoreError> {
-        let c = self.client().await?;
-        let row = c
-            .client()
+        let row = self
             .query_opt(
                 "SELECT role, password_hash FROM users WHERE name = $1 AND NOT disabled",
                 &[&name],
@@ -391,26 +416,21 @@ impl PgAuth {
     }
 
     async fn set_password_hash(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
         // One statement: the new hash and the end of the old sessions
         // commit together.
-        let n: i64 = c
-            .client()
-            .query_one(
+        let n: i64 = self.query_opt(
                 "WITH changed AS (UPDATE users SET password_hash = $2 WHERE name = $1 RETURNING name),
                       ended AS (DELETE FROM sessions WHERE user_name IN (SELECT name FROM changed))
                  SELECT count(*) FROM changed",
                 &[&name, &hash],
             )
             .await?
-            .get(0);
+            .map_or(0, |r| r.get(0));
         Ok(n == 1)
     }
 
     async fn users(&self) -> Result<Vec<Value>, StoreError> {
-        let c = self.client().await?;
-        let rows = c
-            .client()
+        let rows = self
             .query(
                 "SELECT name, role, created_at, created_by, disabled FROM users ORDER BY name",
                 &[],
@@ -438,12 +458,9 @@ impl PgAuth {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.client()
-            .execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
+        self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
             .await?;
-        c.client()
-            .execute(
+        self.execute(
                 "INSERT INTO sessions (token_hash, user_name, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
                 &[&token_hash, &user, &csrf, &now, &expires_at],
             )
@@ -456,10 +473,7 @@ impl PgAuth {
         token_hash: &[u8],
         now: i64,
     ) -> Result<Option<(String, String, String)>, StoreError> {
-        let c = self.client().await?;
-        let row = c
-            .client()
-            .query_opt(
+        let row = self.query_opt(
                 "SELECT s.user_name, s.csrf, u.role FROM sessions s JOIN users u ON u.name = s.user_name
                  WHERE s.token_hash = $1 AND s.expires_at > $2 AND NOT u.disabled",
                 &[&token_hash, &now],
@@ -469,9 +483,7 @@ impl PgAuth {
     }
 
     async fn end_session(&self, token_hash: &[u8]) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.client()
-            .execute("DELETE FROM sessions WHERE token_hash = $1", &[&token_hash])
+        self.execute("DELETE FROM sessions WHERE token_hash = $1", &[&token_hash])
             .await?;
         Ok(())
     }
@@ -483,10 +495,7 @@ impl PgAuth {
         now: i64,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .client()
-            .execute(
+        let n = self.execute(
                 "INSERT INTO api_tokens (token_hash, name, role, created_at, created_by) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT DO NOTHING",
                 &[&token_hash, &name, &role, &now, &by],
@@ -496,9 +505,7 @@ impl PgAuth {
     }
 
     async fn token(&self, token_hash: &[u8]) -> Result<Option<NameRole>, StoreError> {
-        let c = self.client().await?;
-        let row = c
-            .client()
+        let row = self
             .query_opt(
                 "SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
                 &[&token_hash],
@@ -508,10 +515,7 @@ impl PgAuth {
     }
 
     async fn revoke_token(&self, name: &str, now: i64, by: &str) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .client()
-            .execute(
+        let n = self.execute(
                 "UPDATE api_tokens SET revoked_at = $2, revoked_by = $3 WHERE name = $1 AND revoked_at IS NULL",
                 &[&name, &now, &by],
             )
@@ -520,10 +524,7 @@ impl PgAuth {
     }
 
     async fn tokens(&self) -> Result<Vec<Value>, StoreError> {
-        let c = self.client().await?;
-        let rows = c
-            .client()
-            .query(
+        let rows = self.query(
                 "SELECT name, role, created_at, created_by, revoked_at, revoked_by FROM api_tokens ORDER BY name",
                 &[],
             )
@@ -550,13 +551,11 @@ impl PgAuth {
         detail: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.client()
-            .execute(
-                "INSERT INTO audit_log (at, user_name, action, detail) VALUES ($1, $2, $3, $4)",
-                &[&now, &user, &action, &detail],
-            )
-            .await?;
+        self.execute(
+            "INSERT INTO audit_log (at, user_name, action, detail) VALUES ($1, $2, $3, $4)",
+            &[&now, &user, &action, &detail],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -216,11 +216,8 @@ async fn measure(
     names: &[String],
     runs: usize,
 ) -> Result<()> {
-    let mut cmd = Command::new(workspace_bin("roomguard-collector"));
-    cmd.arg("run").arg(conf);
-    let mut collector = Proc::spawn("collector", cmd, dir)?;
-    let ready = collector.wait_ready(Duration::from_secs(30))?;
-    let http = format!("http://{}", ready["http"].as_str().context("http")?);
+    let mut collector = spawn_collector(dir, conf)?;
+    let (http, _) = collector_urls(&collector.wait_ready(Duration::from_secs(30))?)?;
     let client = http_client();
     println!("{backend}:");
     let from = jiff::Timestamp::from_millisecond(end - 90 * DAY)?;

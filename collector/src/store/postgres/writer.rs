@@ -292,9 +292,20 @@ impl PgWriter {
         }
         let due = latest_written.is_none_or(|t| t.elapsed() >= LATEST_EVERY);
         if due && !(pending_latest.is_empty() && round_latest.is_empty()) {
-            let mut all = pending_latest.clone();
-            merge_latest(&mut all, round_latest);
-            write_latest(&tx, &all, now_ms).await?;
+            // Those pending, each replaced by this round's when newer, and
+            // this round's others: merged as written, never copied.
+            let both = pending_latest
+                .iter()
+                .map(|(id, l)| match round_latest.get(id) {
+                    Some(r) if r.0 >= l.0 => (id, r),
+                    _ => (id, l),
+                })
+                .chain(
+                    round_latest
+                        .iter()
+                        .filter(|(id, _)| !pending_latest.contains_key(id)),
+                );
+            write_latest(&tx, both, now_ms).await?;
             tx.commit().await?;
             pending_latest.clear();
             *latest_written = Some(std::time::Instant::now());
@@ -329,7 +340,7 @@ impl PgWriter {
             return Ok(());
         }
         let tx = self.client.transaction().await?;
-        write_latest(&tx, &self.pending_latest, now_ms).await?;
+        write_latest(&tx, self.pending_latest.iter(), now_ms).await?;
         tx.commit().await?;
         self.pending_latest.clear();
         self.latest_written = Some(std::time::Instant::now());
@@ -409,19 +420,13 @@ pub fn merge_latest(into: &mut HashMap<i64, Latest>, newer: HashMap<i64, Latest>
 }
 
 /// Each point's newest reading into the catalogue, unless it has a newer one.
-async fn write_latest(
+async fn write_latest<'a>(
     tx: &Transaction<'_>,
-    latest: &HashMap<i64, Latest>,
+    latest: impl Iterator<Item = (&'a i64, &'a Latest)>,
     now_ms: i64,
 ) -> Result<(), tokio_postgres::Error> {
-    let n = latest.len();
-    let (mut ids, mut tss, mut values, mut texts, mut bads) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let (mut ids, mut tss, mut values, mut texts, mut bads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, (ts, value, text, bad)) in latest {
         ids.push(*id);
         tss.push(*ts);
