@@ -75,20 +75,15 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
     let alarms = if cfg.alarms.enabled {
         let rules = Arc::new(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);
-        let setup = store::sqlite::AlarmSetup {
+        let setup = store::alarms::AlarmSetup {
             rules: rules.clone(),
             routes: cfg.alarms.routes(),
             escalation: cfg.alarms.escalation(),
         };
-        let store::backend::Writer::Sqlite(w) = writer else {
-            anyhow::bail!("alarms.enabled: not yet available with store.backend = \"postgres\"");
-        };
-        writer = store::backend::Writer::Sqlite(
-            w.with_alarms(setup, roomguard_protocol::clock::now_ms())?,
-        );
+        writer = writer.with_alarms(setup, roomguard_protocol::clock::now_ms())?;
         let sender = alarm::notify::Sender::new(
             &cfg.alarms.channels,
-            cfg.store.path.clone(),
+            reads.clone(),
             wake.clone(),
             metrics.clone(),
             &cfg.http.time_zone,

@@ -716,20 +716,15 @@ impl CollectorConfig {
                     let (at, msg) = e.split_once(": ").unwrap_or(("store.url", &e));
                     p.push(at, msg);
                 }
-                // What is stored on PostgreSQL so far (issue 21): readings,
-                // rollups, retention, agents' status, users and audit. Said
-                // at load rather than found missing at run time.
-                for (key, on) in [
-                    ("alarms.enabled", self.alarms.enabled),
-                    ("inspection.enabled", self.inspection.enabled),
-                ] {
-                    if on {
-                        p.push(
-                            key,
-                            "is not yet available with store.backend = \"postgres\" (readings, \
-                             history, agents, users and audit are); set it to false or use SQLite",
-                        );
-                    }
+                // What is stored on PostgreSQL so far (issue 21): all but
+                // the inspection records. Said at load rather than found
+                // missing at run time.
+                if self.inspection.enabled {
+                    p.push(
+                        "inspection.enabled",
+                        "is not yet available with store.backend = \"postgres\" (readings, \
+                         history, alarms, agents, users and audit are); set it to false or use SQLite",
+                    );
                 }
             }
         }
@@ -826,7 +821,7 @@ mod tests {
     fn the_postgres_backend_needs_its_url_and_is_refused_with_what_it_cannot_hold_yet() {
         assert_eq!(
             problem_paths("[store]\nbackend = \"postgres\"\n"),
-            ["store.url", "alarms.enabled", "inspection.enabled"]
+            ["store.url", "inspection.enabled"]
         );
         let off = "[alarms]\nenabled = false\n[inspection]\nenabled = false\n";
         let pg =

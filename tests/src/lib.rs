@@ -561,6 +561,30 @@ pub fn write_collector_config_with_store(
     Ok(conf)
 }
 
+/// `on_both!(behaviour)`: the test `behaviour::sqlite` and
+/// `behaviour::postgres`, each calling `async fn behaviour(store:
+/// TestStore) -> Result<()>` (on PostgreSQL: passes as skipped outside CI
+/// when it is not installed, as every test of a missing tool does).
+#[macro_export]
+macro_rules! on_both {
+    ($behaviour:ident) => {
+        mod $behaviour {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$behaviour($crate::TestStore::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() -> anyhow::Result<()> {
+                match $crate::TestStore::postgres()? {
+                    Some(store) => super::$behaviour(store).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    };
+}
+
 /// The store a behaviour test runs its collector on: the SQLite file in
 /// the test's directory, or a fresh database on a PostgreSQL the test
 /// started (the behaviours both backends keep run on both).
@@ -577,8 +601,8 @@ impl TestStore {
     }
 
     /// The `[store]` body for a collector in `dir`: on PostgreSQL a new
-    /// database `db`, its password in a file, and the alarm engine and
-    /// inspection off (not yet on PostgreSQL).
+    /// database `db`, its password in a file, and inspection off (not yet
+    /// on PostgreSQL).
     pub fn toml(&self, dir: &Path, db: &str) -> Result<String> {
         match self {
             TestStore::Sqlite => Ok(format!(
@@ -594,14 +618,13 @@ impl TestStore {
 }
 
 /// The `[store]` body for database `db` on `pg` with `password` (in a file
-/// in `dir`), and the alarm engine and inspection off (not yet on
-/// PostgreSQL).
+/// in `dir`), and inspection off (not yet on PostgreSQL).
 pub fn pg_store_toml(dir: &Path, pg: &Postgres, db: &str, password: &str) -> Result<String> {
     let file = dir.join("pg-password");
     std::fs::write(&file, password)?;
     Ok(format!(
         "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n\
-         [alarms]\nenabled = false\n[inspection]\nenabled = false\n",
+         [inspection]\nenabled = false\n",
         pg.url(db),
         file.display().to_string()
     ))
@@ -616,13 +639,21 @@ pub fn start_collector_on(
     db: &str,
     broker_url: Option<&str>,
 ) -> Result<(Proc, String, String)> {
-    let conf = write_collector_config_with_store(
-        dir,
-        &store.toml(dir, db)?,
-        broker_url,
-        "",
-        "127.0.0.1:0",
-    )?;
+    start_collector_stored(dir, &store.toml(dir, db)?, broker_url, "")
+}
+
+/// A collector in `dir` with the `[store]` body `store_toml` (from
+/// [`TestStore::toml`], made once per store), using `broker_url` or its
+/// embedded broker and `extra` tables, ready; with its HTTP base URL and
+/// broker URL.
+pub fn start_collector_stored(
+    dir: &Path,
+    store_toml: &str,
+    broker_url: Option<&str>,
+    extra: &str,
+) -> Result<(Proc, String, String)> {
+    let conf =
+        write_collector_config_with_store(dir, store_toml, broker_url, extra, "127.0.0.1:0")?;
     let mut collector = spawn_collector(dir, &conf)?;
     let (http, mqtt) = collector_urls(&collector.wait_ready(Duration::from_secs(30))?)?;
     Ok((collector, http, mqtt))

@@ -20,11 +20,13 @@ struct Site {
     hook: Receiver,
     client: reqwest::Client,
     extra: String,
+    /// The `[store]` body, made once (a PostgreSQL database is created then).
+    store_toml: String,
 }
 
 /// A simulated site at `speed` with a collector whose alarms go to a webhook
 /// receiver; `extra` is appended to the collector's `[alarms]` configuration.
-async fn site(speed: &str, extra: &str) -> Result<Option<Site>> {
+async fn site(store: &TestStore, speed: &str, extra: &str) -> Result<Option<Site>> {
     let dir = tempfile::tempdir()?;
     let Some(broker) = Mosquitto::start(dir.path())? else {
         return Ok(None);
@@ -35,7 +37,9 @@ async fn site(speed: &str, extra: &str) -> Result<Option<Site>> {
         "[alarms]\n[[alarms.channels]]\nid = \"hook\"\nkind = \"webhook\"\nurl = {:?}\ntimeout = \"2s\"\n{extra}\n",
         hook.url
     );
-    let (collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), &extra)?;
+    let store_toml = store.toml(dir.path(), "alarms")?;
+    let (collector, http, _) =
+        start_collector_stored(dir.path(), &store_toml, Some(&broker.url()), &extra)?;
     let agent_conf = demo_agent_config(&addrs, &broker.url(), &dir.path().join("agent-state"))?;
     let agent = start_agent(dir.path(), &agent_conf)?;
     let client = http_client();
@@ -50,6 +54,7 @@ async fn site(speed: &str, extra: &str) -> Result<Option<Site>> {
         hook,
         client,
         extra,
+        store_toml,
     };
     // Data flows before a drill starts.
     eventually(PATIENCE, "first readings stored", || async {
@@ -120,8 +125,12 @@ impl Site {
     }
 
     fn restart_collector(&mut self) -> Result<()> {
-        let (c, http, _) =
-            start_collector_with(self.dir.path(), Some(&self.broker.url()), &self.extra)?;
+        let (c, http, _) = start_collector_stored(
+            self.dir.path(),
+            &self.store_toml,
+            Some(&self.broker.url()),
+            &self.extra,
+        )?;
         self.collector = c;
         self.http = http;
         Ok(())
@@ -134,12 +143,18 @@ impl Site {
     }
 }
 
+on_both!(a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across_a_collector_crash);
+on_both!(thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reaches_robot_and_email);
+on_both!(mains_failure_inhibits_what_it_explains_and_is_told_once);
+on_both!(a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_alone);
+on_both!(a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing_receiver);
+
 fn serial(a: &Value) -> u64 {
     a["serial"].as_u64().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across_a_collector_crash(
+    store: TestStore,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(am) = Alertmanager::start(dir.path())? else {
@@ -151,7 +166,7 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
          [[alarms.overrides]]\nrule = \"fire.*\"\nclear_delay = \"2s\"\n",
         am.url
     );
-    let Some(mut s) = site("4", &extra).await? else {
+    let Some(mut s) = site(&store, "4", &extra).await? else {
         return Ok(());
     };
     s.drill("smoke").await?;
@@ -309,8 +324,8 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reaches_robot_and_email(
+    store: TestStore,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(smtp) = SmtpReceiver::start(dir.path())? else {
@@ -328,7 +343,7 @@ async fn thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reache
         secret_file.display().to_string(),
         smtp.port
     );
-    let Some(s) = site("4", &extra).await? else {
+    let Some(s) = site(&store, "4", &extra).await? else {
         return Ok(());
     };
     s.drill("thermal_runaway").await?;
@@ -409,13 +424,12 @@ async fn thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reache
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mains_failure_inhibits_what_it_explains_and_is_told_once() -> Result<()> {
+async fn mains_failure_inhibits_what_it_explains_and_is_told_once(store: TestStore) -> Result<()> {
     // The downstream rules wait 10 s here instead of their level's 120 s
     // (mains failure itself waits 5 s).
     let extra = "[[alarms.overrides]]\nrule = \"electrical.ups_on_battery\"\ndelay = \"10s\"\n\
                  [[alarms.overrides]]\nrule = \"electrical.frequency_low\"\ndelay = \"10s\"\n";
-    let Some(s) = site("1", extra).await? else {
+    let Some(s) = site(&store, "1", extra).await? else {
         return Ok(());
     };
     s.drill("mains_failure").await?;
@@ -460,12 +474,12 @@ async fn mains_failure_inhibits_what_it_explains_and_is_told_once() -> Result<()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_alone() -> Result<()>
-{
+async fn a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_alone(
+    store: TestStore,
+) -> Result<()> {
     // 10 s instead of level 3's 180 s, and a quick clear.
     let extra = "[[alarms.overrides]]\nrule = \"electrical.voltage_unbalance\"\ndelay = \"10s\"\nclear_delay = \"2s\"\n";
-    let Some(s) = site("1", extra).await? else {
+    let Some(s) = site(&store, "1", extra).await? else {
         return Ok(());
     };
     // The derived points are there in normal running: the meter's unbalance
@@ -550,13 +564,13 @@ async fn a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
 async fn a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing_receiver(
+    store: TestStore,
 ) -> Result<()> {
     // A second channel nobody listens on: its notifications become dead letters.
     let extra = "[[alarms.channels]]\nid = \"nobody\"\nkind = \"webhook\"\n\
                  url = \"http://127.0.0.1:1/hook\"\nmax_attempts = 2\ntimeout = \"1s\"\n";
-    let Some(s) = site("4", extra).await? else {
+    let Some(s) = site(&store, "4", extra).await? else {
         return Ok(());
     };
     s.hook.set_failing(true);

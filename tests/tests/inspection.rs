@@ -13,8 +13,10 @@ use roomguard_collector::inspection::hazard::{Action, Edit, NewHazard, Status};
 use roomguard_collector::inspection::report::{self, Inputs};
 use roomguard_collector::inspection::task::Inspector;
 use roomguard_collector::inspection::{InspectionConfig, NewDrill};
+use roomguard_collector::store::alarms::AlarmSetup;
 use roomguard_collector::store::alarms::{self as record, Action as AlarmAction};
-use roomguard_collector::store::sqlite::{AlarmSetup, SqliteWriter};
+use roomguard_collector::store::sql;
+use roomguard_collector::store::sqlite::SqliteWriter;
 use roomguard_e2e::browser::Browser;
 use roomguard_e2e::*;
 use roomguard_protocol::{Batch, PointMeta, Quality, Reading, PROTOCOL_VERSION};
@@ -160,8 +162,9 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let serial = u64::try_from(serial)?;
-    record::act(
-        &mut c,
+    let tx = c.transaction()?;
+    sql::now(record::act(
+        sql::Conn::Lite(&tx),
         &rules,
         &[],
         serial,
@@ -170,7 +173,8 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
             comment: Some("fans on"),
         },
         raised_at + 10 * MIN,
-    )?;
+    ))?;
+    tx.commit()?;
 
     // Hazards: one major found and closed in October, one general still
     // open past its October deadline, one from September overdue since.

@@ -189,6 +189,7 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
                 batch(2, t0 + day, &[Some(22.0), Some(5.0)]),
             ],
             now,
+            None,
         )
         .await?;
     assert_eq!((first.batches, first.readings, first.duplicates), (2, 4, 0));
@@ -200,13 +201,18 @@ async fn ingest_stores_each_batch_and_reading_once_and_keeps_the_newest_as_lates
                 batch(3, t0 + day, &[Some(22.0), Some(6.0)]),
             ],
             now,
+            None,
         )
         .await?;
     assert_eq!(again.duplicate_batches, 1);
     assert_eq!((again.batches, again.readings, again.duplicates), (1, 0, 4));
     // A late backlog from before: stored, but the latest stays the newest.
     let late = w
-        .write_batches(&[batch(4, t0 - 60_000, &[Some(19.0), Some(4.0)])], now)
+        .write_batches(
+            &[batch(4, t0 - 60_000, &[Some(19.0), Some(4.0)])],
+            now,
+            None,
+        )
         .await?;
     assert_eq!(late.readings, 2);
     // The catalogue takes the newest readings at most once a second (and at
@@ -257,14 +263,22 @@ async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
     let t0 = 1_796_601_600_000i64; // 2026-12-07T00:00:00Z
     let now = t0 + 3 * day;
     // Minute 0: 20, bad, 24 (in that order of event time); minute 1: 30.
-    w.write_batches(&[batch(1, t0, &[Some(20.0), Some(1.0)])], now)
+    w.write_batches(&[batch(1, t0, &[Some(20.0), Some(1.0)])], now, None)
         .await?;
-    w.write_batches(&[batch(2, t0 + 20_000, &[None, Some(2.0)])], now)
+    w.write_batches(&[batch(2, t0 + 20_000, &[None, Some(2.0)])], now, None)
         .await?;
-    w.write_batches(&[batch(3, t0 + 40_000, &[Some(24.0), Some(3.0)])], now)
-        .await?;
-    w.write_batches(&[batch(4, t0 + 60_000, &[Some(30.0), Some(4.0)])], now)
-        .await?;
+    w.write_batches(
+        &[batch(3, t0 + 40_000, &[Some(24.0), Some(3.0)])],
+        now,
+        None,
+    )
+    .await?;
+    w.write_batches(
+        &[batch(4, t0 + 60_000, &[Some(30.0), Some(4.0)])],
+        now,
+        None,
+    )
+    .await?;
     assert_eq!(maintain::rollup_step(&mut c, now, 1000).await?, 4);
     let q = |sql: &str| pg.psql("roomguard", sql);
     let p0 = "(SELECT id FROM points WHERE point = 'd.p0')";
@@ -278,8 +292,12 @@ async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
     );
     // A late reading of minute 0 arrives: the minute and its hour change,
     // the hour's last stays the newest minute's.
-    w.write_batches(&[batch(5, t0 + 10_000, &[Some(10.0), Some(5.0)])], now)
-        .await?;
+    w.write_batches(
+        &[batch(5, t0 + 10_000, &[Some(10.0), Some(5.0)])],
+        now,
+        None,
+    )
+    .await?;
     assert_eq!(maintain::rollup_step(&mut c, now, 1000).await?, 2);
     assert_eq!(
         q(&format!("SELECT n || ' ' || min || ' ' || last FROM rollup_1m WHERE point_id = {p0} AND bucket = {t0}"))?,
@@ -292,8 +310,12 @@ async fn rollups_fold_late_data_and_retention_drops_whole_days() -> Result<()> {
         "4 10 30"
     );
     // A minute still open waits.
-    w.write_batches(&[batch(6, now + 10_000, &[Some(25.0), Some(6.0)])], now)
-        .await?;
+    w.write_batches(
+        &[batch(6, now + 10_000, &[Some(25.0), Some(6.0)])],
+        now,
+        None,
+    )
+    .await?;
     assert_eq!(maintain::rollup_step(&mut c, now + 20_000, 1000).await?, 0);
 
     // Raw kept two days: the first day's partition goes, the last's stays;
@@ -354,7 +376,7 @@ async fn history_and_latest_on_postgres_answer_as_on_sqlite() -> Result<()> {
     rounds.push(vec![batch(1000, t0 - 120_000, &[Some(5.0), Some(6.0)])]);
     for round in &rounds {
         let a = sw.write_batches(round, now)?;
-        let b = pw.write_batches(round, now).await?;
+        let b = pw.write_batches(round, now, None).await?;
         assert_eq!(
             (a.batches, a.readings, a.duplicates),
             (b.batches, b.readings, b.duplicates)
@@ -502,7 +524,7 @@ async fn odd_clocks_and_odd_status_texts_are_stored_without_stopping_ingest() ->
         ts: y2000,
         ..round.readings[0].clone()
     });
-    assert_eq!(w.write_batches(&[round], now).await?.readings, 2);
+    assert_eq!(w.write_batches(&[round], now, None).await?.readings, 2);
     assert_eq!(
         pg.psql(
             "roomguard",

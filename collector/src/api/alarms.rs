@@ -13,12 +13,12 @@ use crate::auth::User;
 use crate::store::alarms::{
     self as record, Action, AlarmFilter, AlarmRow, NewSilence, RecordError,
 };
+use crate::store::sql::Conn;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use jiff::tz::TimeZone;
-use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -51,7 +51,7 @@ impl From<RecordError> for ApiError {
             RecordError::NoAlarm(_) | RecordError::NoSilence(_) => StatusCode::NOT_FOUND,
             RecordError::Invalid(_) => StatusCode::BAD_REQUEST,
             RecordError::Conflict(_) => StatusCode::CONFLICT,
-            RecordError::Sqlite(_) => {
+            RecordError::Store(_) => {
                 tracing::error!(error = %e, "alarm store access failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -69,21 +69,22 @@ fn api(st: &AppState) -> Result<Arc<AlarmsApi>, ApiError> {
     })
 }
 
-/// Runs `f` on a read-write connection of its own, on the blocking pool.
+/// Runs `f` in one transaction on the record.
 async fn with_store<T, F>(st: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut Connection) -> Result<T, RecordError> + Send + 'static,
+    F: AsyncFnOnce(Conn<'_>) -> Result<T, RecordError> + Send + 'static,
 {
-    let path = super::sqlite_records(st)?;
-    tokio::task::spawn_blocking(move || {
-        let mut conn = Connection::open(&path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        f(&mut conn)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(ApiError::from)
+    Ok(st.reads.write(f).await?)
+}
+
+/// Runs `f`, which only reads, on the record.
+async fn reading<T, F>(st: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: AsyncFnOnce(Conn<'_>) -> Result<T, RecordError> + Send + 'static,
+{
+    Ok(st.reads.read(f).await?)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -207,7 +208,7 @@ pub async fn list(
         to,
         limit: q.limit,
     };
-    let rows = with_store(&st, move |c| record::list(c, &filter)).await?;
+    let rows = reading(&st, async move |c| record::list(c, &filter).await).await?;
     let alarms: Vec<Value> = rows.iter().map(|r| alarm_json(r, &a.rules, &tz)).collect();
     Ok(Json(json!({ "alarms": alarms })))
 }
@@ -231,9 +232,11 @@ pub async fn one(
     let a = api(&st)?;
     let tz = zone(query(q)?.tz.as_deref(), &st)?;
     let serial = serial_of(&serial)?;
-    let (alarm, events) = with_store(&st, move |c| {
-        let alarm = record::alarm(c, serial)?.ok_or(RecordError::NoAlarm(serial))?;
-        Ok((alarm, record::events(c, serial)?))
+    let (alarm, events) = reading(&st, async move |c| {
+        let alarm = record::alarm(c, serial)
+            .await?
+            .ok_or(RecordError::NoAlarm(serial))?;
+        Ok((alarm, record::events(c, serial).await?))
     })
     .await?;
     let mut v = alarm_json(&alarm, &a.rules, &tz);
@@ -283,7 +286,7 @@ async fn act(
     name("by", &by)?;
     let rules = a.rules.clone();
     let routes = a.routes.clone();
-    let (alarm, queued) = with_store(&st, move |c| {
+    let (alarm, queued) = with_store(&st, async move |c| {
         let owned = action(&by);
         let act = match &owned {
             OwnedAction::Ack(comment) => Action::Acknowledge {
@@ -301,6 +304,7 @@ async fn act(
             act,
             roomguard_protocol::clock::now_ms(),
         )
+        .await
     })
     .await?;
     if queued > 0 {
@@ -381,8 +385,8 @@ pub async fn silences(
     api(&st)?;
     let q = query(q)?;
     let tz = zone(q.tz.as_deref(), &st)?;
-    let rows = with_store(&st, move |c| {
-        record::list_silences(c, q.all, roomguard_protocol::clock::now_ms())
+    let rows = reading(&st, async move |c| {
+        record::list_silences(c, q.all, roomguard_protocol::clock::now_ms()).await
     })
     .await?;
     Ok(Json(
@@ -443,16 +447,17 @@ pub async fn create_silence(
         starts_at,
         ends_at,
     };
-    let s = with_store(&st, move |c| {
-        let s = record::create_silence(c, &new, roomguard_protocol::clock::now_ms())?;
+    let s = with_store(&st, async move |c| {
+        let s = record::create_silence(c, &new, roomguard_protocol::clock::now_ms()).await?;
         let detail = format!("{} (owner {}, reason {})", s.id, s.owner, s.reason);
-        crate::store::auth::audit(
+        crate::store::auth::audit_in(
             c,
             &user.name,
             "silence.create",
             &detail,
             roomguard_protocol::clock::now_ms(),
-        )?;
+        )
+        .await?;
         Ok(s)
     })
     .await?;
@@ -483,15 +488,16 @@ pub async fn end_silence(
         .parse()
         .map_err(|_| bad(format!("{id:?} is not a silence id")))?;
     let tz = zone(None, &st)?;
-    let s = with_store(&st, move |c| {
-        let s = record::end_silence(c, id, &by, roomguard_protocol::clock::now_ms())?;
-        crate::store::auth::audit(
+    let s = with_store(&st, async move |c| {
+        let s = record::end_silence(c, id, &by, roomguard_protocol::clock::now_ms()).await?;
+        crate::store::auth::audit_in(
             c,
             &by,
             "silence.end",
             &id.to_string(),
             roomguard_protocol::clock::now_ms(),
-        )?;
+        )
+        .await?;
         Ok(s)
     })
     .await?;
@@ -565,8 +571,8 @@ pub async fn notifications(
     if limit == 0 || limit > record::MAX_LIST {
         return Err(bad(format!("limit must be 1 to {}", record::MAX_LIST)));
     }
-    let rows = with_store(&st, move |c| {
-        Ok(crate::store::outbox::list(c, q.state.as_deref(), limit)?)
+    let rows = reading(&st, async move |c| {
+        Ok(crate::store::outbox::list(c, q.state.as_deref(), limit).await?)
     })
     .await?;
     Ok(Json(json!({ "notifications": rows })))
@@ -581,17 +587,18 @@ pub async fn retry(
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("{id:?} is not a notification id")))?;
-    let requeued = with_store(&st, move |c| {
+    let requeued = with_store(&st, async move |c| {
         let requeued =
-            crate::store::outbox::retry_dead(c, id, roomguard_protocol::clock::now_ms())?;
+            crate::store::outbox::retry_dead(c, id, roomguard_protocol::clock::now_ms()).await?;
         if requeued {
-            crate::store::auth::audit(
+            crate::store::auth::audit_in(
                 c,
                 &user.name,
                 "notification.retry",
                 &id.to_string(),
                 roomguard_protocol::clock::now_ms(),
-            )?;
+            )
+            .await?;
         }
         Ok(requeued)
     })

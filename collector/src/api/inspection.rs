@@ -28,7 +28,7 @@ impl From<InspectionError> for ApiError {
             InspectionError::Invalid(_) => StatusCode::BAD_REQUEST,
             InspectionError::NotFound(_) => StatusCode::NOT_FOUND,
             InspectionError::Conflict(_) => StatusCode::CONFLICT,
-            InspectionError::Store(_) => {
+            InspectionError::Store(_) | InspectionError::Record(_) => {
                 tracing::error!(error = %e, "inspection store access failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -32,6 +32,8 @@ pub enum InspectionError {
     Conflict(String),
     #[error("store: {0}")]
     Store(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Record(#[from] crate::store::sql::SqlError),
 }
 
 /// `[inspection]`: when patrols are due, and how hazards follow alarms.

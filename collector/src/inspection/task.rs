@@ -7,6 +7,7 @@ use super::{figures, hazard, patrol, InspectionConfig, InspectionError};
 use crate::alarm::lifecycle::Route;
 use crate::alarm::rules::RuleSet;
 use crate::store::inspection::{state_get, state_set};
+use crate::store::sql::{self, Conn};
 use rusqlite::Connection;
 use serde_json::json;
 use std::path::PathBuf;
@@ -136,10 +137,14 @@ impl Inspector {
     fn propose(&self, c: &mut Connection) -> Result<usize, InspectionError> {
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let after = state_get(&tx, "proposed_after_serial")?.unwrap_or(0);
-        let alarms = crate::store::alarms::raised_after(&tx, after, 500)?;
+        let alarms = sql::now(crate::store::alarms::raised_after(
+            Conn::Lite(&tx),
+            after,
+            500,
+        ))?;
         let within = self.cfg.recurring_within.as_millis() as i64;
         let mut proposed = 0;
-        for a in &alarms {
+        for a in alarms.iter() {
             let crate::store::alarms::Raised {
                 serial,
                 rule,
@@ -155,12 +160,12 @@ impl Inspector {
             }
             let critical = self.cfg.propose_from_critical && *level == 1;
             let times: i64 = if self.cfg.recurring_count > 0 {
-                crate::store::alarms::raise_count(
-                    &tx,
+                sql::now(crate::store::alarms::raise_count(
+                    Conn::Lite(&tx),
                     (site, room, rule),
                     raised_at - within,
                     *raised_at,
-                )?
+                ))?
             } else {
                 0
             };
@@ -246,14 +251,14 @@ impl Inspector {
                 .filter(|r| r.lifecycle && !r.escalation_only && r.levels.contains(&level))
             {
                 let key = format!("hazard-{}:overdue:{round}", h.id);
-                queued += crate::store::outbox::enqueue(
-                    &tx,
+                queued += sql::now(crate::store::outbox::enqueue(
+                    Conn::Lite(&tx),
                     (&route.channel, &key),
                     -h.id,
                     "hazard_overdue",
                     &doc.to_string(),
                     now,
-                )?;
+                ))?;
             }
             crate::store::hazards::mark_told(&tx, h.id, now)?;
         }

@@ -2,13 +2,15 @@
 //! trail of every change, silences, the engine's persisted state and the
 //! notification outbox. Transitions are written by the store writer in the
 //! same transaction as the readings that caused them; people's actions
-//! (acknowledge, comment, assign, silences) by the API.
+//! (acknowledge, comment, assign, silences) by the API. Every statement
+//! runs on either backend (`store/sql.rs`).
 
 use crate::alarm::engine::{Engine, Kind, Saved, Transition, Ts};
 use crate::alarm::lifecycle::{self, Note, LATE_AFTER_MS};
 use crate::alarm::lifecycle::{level_name, Escalation, Route, Silence};
 use crate::alarm::rules::RuleSet;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use crate::args;
+use crate::store::sql::{Conn, Row, SqlError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -17,8 +19,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum RecordError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Store(#[from] SqlError),
     #[error("no alarm with serial {0}")]
     NoAlarm(u64),
     #[error("no silence with id {0}")]
@@ -28,6 +30,31 @@ pub enum RecordError {
     #[error("{0}")]
     Conflict(String),
 }
+
+impl From<rusqlite::Error> for RecordError {
+    fn from(e: rusqlite::Error) -> Self {
+        RecordError::Store(e.into())
+    }
+}
+
+impl From<tokio_postgres::Error> for RecordError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        RecordError::Store(e.into())
+    }
+}
+
+/// What the alarm record is built from, kept to rebuild it after a failed
+/// transaction (its in-memory state ran ahead of what was committed).
+#[derive(Clone)]
+pub struct AlarmSetup {
+    pub rules: Arc<RuleSet>,
+    pub routes: Vec<Route>,
+    pub escalation: Escalation,
+}
+
+/// Held notifications and escalation are looked at every this many
+/// maintenance calls.
+pub const SWEEP_EVERY: u32 = 5;
 
 /// The alarm side of the store writer: the engine and where its transitions go.
 pub struct Recorder {
@@ -40,16 +67,21 @@ pub struct Recorder {
     counts: (u64, u64),
 }
 
-pub fn active_silences(conn: &Connection, now: Ts) -> Result<Vec<Silence>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by
-         FROM silences WHERE ended_at IS NULL AND ends_at > ?1",
-    )?;
-    let rows = st.query_map([now], silence_row)?;
-    rows.collect()
+const SILENCE_COLUMNS: &str =
+    "id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by";
+
+pub async fn active_silences(db: Conn<'_>, now: Ts) -> Result<Vec<Silence>, SqlError> {
+    db.rows(
+        &format!("SELECT {SILENCE_COLUMNS} FROM silences WHERE ended_at IS NULL AND ends_at > $1"),
+        args![now],
+    )
+    .await?
+    .iter()
+    .map(silence_row)
+    .collect()
 }
 
-fn silence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
+fn silence_row(r: &Row) -> Result<Silence, SqlError> {
     Ok(Silence {
         id: r.get(0)?,
         site: r.get(1)?,
@@ -68,85 +100,98 @@ fn silence_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Silence> {
 /// How long delivered notifications are kept.
 const OUTBOX_KEEP_MS: i64 = 30 * 86_400_000;
 
+/// Points whose recent history is read at once when the engine loads: on
+/// PostgreSQL their queries go out together (pipelined), not one round
+/// trip each.
+const WARM_AT_ONCE: usize = 500;
+
 impl Recorder {
     /// Loads the engine's state from the store: the next serial, persisted
     /// instance state, the catalogue (so instances exist before readings
     /// arrive), and recent readings to refill rate windows.
-    pub fn load(
-        conn: &Connection,
+    pub async fn load(
+        db: Conn<'_>,
         rules: Arc<RuleSet>,
         routes: Vec<Route>,
         escalation: Escalation,
         now: Ts,
     ) -> Result<Recorder, RecordError> {
-        let next: i64 =
-            conn.query_row("SELECT coalesce(max(serial), 0) + 1 FROM alarms", [], |r| {
-                r.get(0)
-            })?;
+        let next: i64 = db
+            .value("SELECT coalesce(max(serial), 0) + 1 FROM alarms", &[])
+            .await?;
         let mut saved = HashMap::new();
-        {
-            let mut st = conn.prepare("SELECT key, state FROM alarm_state")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let key: String = r.get(0)?;
-                let text: String = r.get(1)?;
-                match serde_json::from_str::<Saved>(&text) {
-                    Ok(s) => {
-                        saved.insert(key, s);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "unreadable alarm state; starting that rule fresh")
-                    }
+        for r in db.rows("SELECT key, state FROM alarm_state", &[]).await? {
+            let key: String = r.get(0)?;
+            let text: String = r.get(1)?;
+            match serde_json::from_str::<Saved>(&text) {
+                Ok(s) => {
+                    saved.insert(key, s);
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "unreadable alarm state; starting that rule fresh")
                 }
             }
         }
         let mut engine = Engine::new(rules, next as u64, now, saved);
-        // (point id, site, point, newest reading) of every catalogued point.
-        let mut points: Vec<(i64, String, String, Option<i64>)> = Vec::new();
+        // (point id, site, point) of every catalogued point.
+        let mut points: Vec<(i64, String, String)> = Vec::new();
+        for r in db
+            .rows(
+                "SELECT id, site, agent, point, room, device, quantity FROM points",
+                &[],
+            )
+            .await?
         {
-            let mut st = conn.prepare(
-                "SELECT id, site, agent, point, room, device, quantity, last_ts FROM points",
-            )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let site: String = r.get(1)?;
-                let agent: String = r.get(2)?;
-                let point: String = r.get(3)?;
-                let device: String = r.get(5)?;
-                let meta = roomguard_protocol::PointMeta {
-                    id: point.as_str().into(),
-                    room: r.get::<_, String>(4)?.into(),
-                    quantity: r.get::<_, String>(6)?.into(),
-                    unit: "".into(),
-                };
-                engine.describe(&site, &agent, &device, &meta);
-                points.push((r.get(0)?, site, point, r.get(7)?));
-            }
+            let site: String = r.get(1)?;
+            let agent: String = r.get(2)?;
+            let point: String = r.get(3)?;
+            let device: String = r.get(5)?;
+            let meta = roomguard_protocol::PointMeta {
+                id: point.as_str().into(),
+                room: r.get::<String>(4)?.into(),
+                quantity: r.get::<String>(6)?.into(),
+                unit: "".into(),
+            };
+            engine.describe(&site, &agent, &device, &meta);
+            points.push((r.get(0)?, site, point));
         }
         // Rate windows and point silence from what is stored: the recent
         // history of points with a rate rule, and every point's newest good
         // reading (its newest reading may be a bad one).
-        let mut recent = conn.prepare_cached(
-            "SELECT ts, value, bad IS NULL FROM samples WHERE point_id = ?1 AND ts >= ?2 ORDER BY ts",
-        )?;
-        let mut newest_good = conn.prepare_cached(
-            "SELECT ts, value FROM samples WHERE point_id = ?1 AND bad IS NULL ORDER BY ts DESC LIMIT 1",
-        )?;
-        for (id, site, point, last_ts) in &points {
-            let Some(last) = last_ts else { continue };
-            if let Some(window) = engine.window_of(site, point) {
-                let mut rows = recent.query(params![id, last - window])?;
-                while let Some(r) = rows.next()? {
-                    let (ts, value, good): (i64, Option<f64>, bool) =
-                        (r.get(0)?, r.get(1)?, r.get(2)?);
-                    engine.warm(site, point, ts, value, good);
+        for chunk in points.chunks(WARM_AT_ONCE) {
+            let reads = chunk.iter().map(|(id, site, point)| {
+                let window = engine.window_of(site, point);
+                async move {
+                    let recent = match window {
+                        Some(w) => {
+                            db.rows(
+                                "SELECT ts, value, bad IS NULL FROM samples WHERE point_id = $1
+                                   AND ts >= (SELECT max(ts) FROM samples WHERE point_id = $1) - $2
+                                 ORDER BY ts",
+                                args![*id, w],
+                            )
+                            .await?
+                        }
+                        None => Vec::new(),
+                    };
+                    let good = db
+                        .row(
+                            "SELECT ts, value FROM samples WHERE point_id = $1 AND bad IS NULL
+                             ORDER BY ts DESC LIMIT 1",
+                            args![*id],
+                        )
+                        .await?;
+                    Ok::<_, SqlError>((recent, good))
                 }
-            }
-            let good: Option<(i64, Option<f64>)> = newest_good
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((ts, value)) = good {
-                engine.warm(site, point, ts, value, true);
+            });
+            let answers = futures_util::future::try_join_all(reads).await?;
+            for ((_, site, point), (recent, good)) in chunk.iter().zip(answers) {
+                for r in recent {
+                    engine.warm(site, point, r.get(0)?, r.get(1)?, r.get(2)?);
+                }
+                if let Some(r) = good {
+                    engine.warm(site, point, r.get(0)?, r.get(1)?, true);
+                }
             }
         }
         Ok(Recorder {
@@ -168,35 +213,35 @@ impl Recorder {
         std::mem::take(&mut self.counts)
     }
 
-    /// Writes `transitions` and the engine's changed state in `tx`.
-    pub fn record(
+    /// Writes `transitions` and the engine's changed state in `db` (the
+    /// writer's transaction).
+    pub async fn record(
         &mut self,
-        tx: &Transaction<'_>,
+        db: Conn<'_>,
         transitions: &[Transition],
         now: Ts,
     ) -> Result<(), RecordError> {
         if !transitions.is_empty() {
-            let silences = active_silences(tx, now)?;
+            let silences = active_silences(db, now).await?;
             for t in transitions {
-                self.record_one(tx, t, &silences, now)?;
+                self.record_one(db, t, &silences, now).await?;
             }
         }
-        let dirty = self.engine.take_dirty();
-        if !dirty.is_empty() {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO alarm_state (key, state) VALUES (?1, ?2)",
-            )?;
-            for (key, saved) in dirty {
-                let text = serde_json::to_string(&saved).unwrap_or_default();
-                st.execute(params![key, text])?;
-            }
+        for (key, saved) in self.engine.take_dirty() {
+            let text = serde_json::to_string(&saved).unwrap_or_default();
+            db.exec(
+                "INSERT INTO alarm_state (key, state) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                args![&key, &text],
+            )
+            .await?;
         }
         Ok(())
     }
 
-    fn record_one(
+    async fn record_one(
         &mut self,
-        tx: &Transaction<'_>,
+        db: Conn<'_>,
         t: &Transition,
         silences: &[Silence],
         now: Ts,
@@ -207,10 +252,12 @@ impl Recorder {
             return Ok(());
         }
         let serial = t.serial as i64;
-        let event = |kind: &str, text: Option<String>| -> Result<(), rusqlite::Error> {
-            tx.prepare_cached("INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, ?3, 'rule', ?4)")?
-                .execute(params![serial, t.at, kind, text])?;
-            Ok(())
+        let event = |kind: &'static str, text: Option<String>| async move {
+            db.exec(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, $3, 'rule', $4)",
+                args![serial, t.at, kind, &text],
+            )
+            .await
         };
         match t.kind {
             Kind::Raise => {
@@ -221,86 +268,101 @@ impl Recorder {
                     t.at,
                     now,
                 );
-                let silenced = raise.silenced_by;
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO alarms (serial, rule, name, level, category, site, agent, room, device, point,
+                db.exec(
+                    "INSERT INTO alarms (serial, rule, name, level, category, site, agent, room, device, point,
                         began_at, raised_at, value, late, inhibited, silenced_by, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                )?
-                .execute(params![
-                    serial,
-                    rule.id,
-                    rule.name,
-                    inst.params.level,
-                    rule.category.as_str(),
-                    &*inst.site,
-                    &*inst.agent,
-                    &*inst.room,
-                    &*inst.device,
-                    &*inst.point,
-                    t.began_at,
-                    t.at,
-                    t.value,
-                    t.late,
-                    t.inhibited,
-                    silenced,
-                    now
-                ])?;
-                event("raise", raise.why)?;
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                     ON CONFLICT DO NOTHING",
+                    args![
+                        serial,
+                        &rule.id,
+                        &rule.name,
+                        inst.params.level,
+                        rule.category.as_str(),
+                        &*inst.site,
+                        &*inst.agent,
+                        &*inst.room,
+                        &*inst.device,
+                        &*inst.point,
+                        t.began_at,
+                        t.at,
+                        t.value,
+                        t.late,
+                        t.inhibited,
+                        raise.silenced_by,
+                        now
+                    ],
+                )
+                .await?;
+                event("raise", raise.why).await?;
                 self.counts.0 += 1;
                 if raise.tell {
-                    self.notify_raise(tx, t.serial, now)?;
+                    self.notify_raise(db, t.serial, now).await?;
                 }
             }
             Kind::Clear => {
-                tx.prepare_cached(
-                    "UPDATE alarms SET cleared_at = ?2, clear_value = ?3, late = late OR ?4, updated_at = ?5
-                     WHERE serial = ?1 AND cleared_at IS NULL",
-                )?
-                .execute(params![serial, t.at, t.value, t.late, now])?;
-                event("clear", None)?;
+                db.exec(
+                    "UPDATE alarms SET cleared_at = $2, clear_value = $3, late = (late OR $4), updated_at = $5
+                     WHERE serial = $1 AND cleared_at IS NULL",
+                    args![serial, t.at, t.value, t.late, now],
+                )
+                .await?;
+                event("clear", None).await?;
                 self.counts.1 += 1;
                 // A clear is told wherever its raise was: never a lost "resolved".
-                let (notified, escalated): (bool, bool) = tx
-                    .query_row(
-                        "SELECT notified, escalated FROM alarms WHERE serial = ?1",
-                        [serial],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                let told = db
+                    .row(
+                        "SELECT notified, escalated FROM alarms WHERE serial = $1",
+                        args![serial],
                     )
-                    .optional()?
-                    .unwrap_or((false, false));
+                    .await?;
+                let (notified, escalated) = match told {
+                    Some(r) => (r.get(0)?, r.get(1)?),
+                    None => (false, false),
+                };
                 if notified {
                     // Escalation channels hear the end of what they were told.
-                    self.enqueue(tx, t.serial, Note::Clear { escalated }, now)?;
+                    self.enqueue(db, t.serial, Note::Clear { escalated }, now)
+                        .await?;
                 }
             }
             Kind::Correct => {
-                tx.prepare_cached(
-                    "UPDATE alarms SET began_at = min(began_at, ?2), raised_at = min(raised_at, ?3), late = 1, updated_at = ?4
-                     WHERE serial = ?1",
-                )?
-                .execute(params![serial, t.began_at, t.at, now])?;
+                db.exec(
+                    "UPDATE alarms SET
+                        began_at = CASE WHEN began_at < $2 THEN began_at ELSE $2 END,
+                        raised_at = CASE WHEN raised_at < $3 THEN raised_at ELSE $3 END,
+                        late = TRUE, updated_at = $4
+                     WHERE serial = $1",
+                    args![serial, t.began_at, t.at, now],
+                )
+                .await?;
                 event(
                     "correct",
                     Some("readings from the outage show it began earlier".into()),
-                )?;
+                )
+                .await?;
             }
             Kind::Release => {
-                tx.prepare_cached(
-                    "UPDATE alarms SET inhibited = 0, updated_at = ?2 WHERE serial = ?1",
-                )?
-                .execute(params![serial, now])?;
+                db.exec(
+                    "UPDATE alarms SET inhibited = FALSE, updated_at = $2 WHERE serial = $1",
+                    args![serial, now],
+                )
+                .await?;
                 event(
                     "release",
                     Some("the alarm that explained it has cleared".into()),
-                )?;
+                )
+                .await?;
                 match lifecycle::on_release(silences, (&inst.site, &inst.room, &rule.id), now) {
                     // Told when the window ends, by the sweep.
                     Some(id) => {
-                        tx.prepare_cached("UPDATE alarms SET silenced_by = ?2 WHERE serial = ?1")?
-                            .execute(params![serial, id])?;
+                        db.exec(
+                            "UPDATE alarms SET silenced_by = $2 WHERE serial = $1",
+                            args![serial, id],
+                        )
+                        .await?;
                     }
-                    None => self.notify_raise(tx, t.serial, now)?,
+                    None => self.notify_raise(db, t.serial, now).await?,
                 }
             }
         }
@@ -308,85 +370,98 @@ impl Recorder {
     }
 
     /// Queues the raise of `serial` once (it may have been held back).
-    fn notify_raise(
+    async fn notify_raise(
         &mut self,
-        tx: &Transaction<'_>,
+        db: Conn<'_>,
         serial: u64,
         now: Ts,
     ) -> Result<(), RecordError> {
-        let done = tx
-            .prepare_cached("UPDATE alarms SET notified = 1, notified_at = ?2 WHERE serial = ?1 AND notified = 0")?
-            .execute(params![serial as i64, now])?;
+        let done = db
+            .exec(
+                "UPDATE alarms SET notified = TRUE, notified_at = $2 WHERE serial = $1 AND notified = FALSE",
+                args![serial, now],
+            )
+            .await?;
         if done == 1 {
-            self.enqueue(tx, serial, Note::Raise, now)?;
+            self.enqueue(db, serial, Note::Raise, now).await?;
         }
         Ok(())
     }
 
     /// Queues `note` about `serial` for every route it goes to.
-    fn enqueue(
+    async fn enqueue(
         &mut self,
-        tx: &Transaction<'_>,
+        db: Conn<'_>,
         serial: u64,
         note: Note,
         now: Ts,
     ) -> Result<(), RecordError> {
-        self.queued += enqueue(tx, self.engine.rules(), &self.routes, serial, note, now)?;
+        self.queued += enqueue(db, self.engine.rules(), &self.routes, serial, note, now).await?;
         Ok(())
     }
 
     /// Background duties, every few seconds: raises held by a silence that
     /// has ended, repeats and escalation of unacknowledged alarms.
-    pub fn sweep(&mut self, tx: &Transaction<'_>, now: Ts) -> Result<(), RecordError> {
-        let silences = active_silences(tx, now)?;
-        let held: Vec<(i64, String, String, String)> = tx
-            .prepare_cached(
+    pub async fn sweep(&mut self, db: Conn<'_>, now: Ts) -> Result<(), RecordError> {
+        let silences = active_silences(db, now).await?;
+        let held = db
+            .rows(
                 "SELECT serial, site, room, rule FROM alarms
-                 WHERE cleared_at IS NULL AND notified = 0 AND inhibited = 0 AND silenced_by IS NOT NULL",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        for (serial, site, room, rule) in held {
+                 WHERE cleared_at IS NULL AND notified = FALSE AND inhibited = FALSE AND silenced_by IS NOT NULL",
+                &[],
+            )
+            .await?;
+        for r in held {
+            let (serial, site, room, rule): (u64, String, String, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
             if lifecycle::held_raise_due(&silences, (&site, &room, &rule), now) {
-                self.notify_raise(tx, serial as u64, now)?;
+                self.notify_raise(db, serial, now).await?;
             }
         }
         // Delivered notifications are kept 30 days (for the record and for
         // /api/v1/notifications), then pruned in small steps.
-        tx.prepare_cached(
+        db.exec(
             "DELETE FROM outbox WHERE id IN
                (SELECT o.id FROM outbox o JOIN alarms a ON a.serial = o.serial
-                WHERE o.state = 'sent' AND o.sent_at < ?1 AND a.cleared_at IS NOT NULL LIMIT 1000)",
-        )?
-        .execute([now - OUTBOX_KEEP_MS])?;
+                WHERE o.state = 'sent' AND o.sent_at < $1 AND a.cleared_at IS NOT NULL LIMIT 1000)",
+            args![now - OUTBOX_KEEP_MS],
+        )
+        .await?;
         // Overdue-hazard messages (negative serials, no alarm row) likewise.
-        tx.prepare_cached(
+        db.exec(
             "DELETE FROM outbox WHERE id IN
-               (SELECT id FROM outbox WHERE serial < 0 AND state = 'sent' AND sent_at < ?1 LIMIT 1000)",
-        )?
-        .execute([now - OUTBOX_KEEP_MS])?;
+               (SELECT id FROM outbox WHERE serial < 0 AND state = 'sent' AND sent_at < $1 LIMIT 1000)",
+            args![now - OUTBOX_KEEP_MS],
+        )
+        .await?;
         let e = self.escalation.clone();
         if e.repeat_every_ms <= 0 && e.escalate_after_ms <= 0 {
             return Ok(());
         }
-        let due: Vec<(i64, u8, i64, bool)> = tx
-            .prepare_cached(
+        let due = db
+            .rows(
                 "SELECT serial, level, notified_at, escalated FROM alarms
-                 WHERE cleared_at IS NULL AND ack_at IS NULL AND notified = 1 AND notified_at IS NOT NULL",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        for (serial, level, since, escalated) in due {
+                 WHERE cleared_at IS NULL AND ack_at IS NULL AND notified = TRUE AND notified_at IS NOT NULL",
+                &[],
+            )
+            .await?;
+        for r in due {
+            let (serial, level, since, escalated): (u64, u8, i64, bool) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
             for note in lifecycle::reminders(&e, level, since, escalated, now) {
                 if note == Note::Escalate {
-                    tx.prepare_cached("UPDATE alarms SET escalated = 1 WHERE serial = ?1")?
-                        .execute([serial])?;
-                    tx.prepare_cached(
-                        "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'escalate', 'rule', 'unacknowledged: sent to the escalation channels')",
-                    )?
-                    .execute(params![serial, now])?;
+                    db.exec(
+                        "UPDATE alarms SET escalated = TRUE WHERE serial = $1",
+                        args![serial],
+                    )
+                    .await?;
+                    db.exec(
+                        "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, 'escalate', 'rule', 'unacknowledged: sent to the escalation channels')",
+                        args![serial, now],
+                    )
+                    .await?;
                 }
-                self.enqueue(tx, serial as u64, note, now)?;
+                self.enqueue(db, serial, note, now).await?;
             }
         }
         Ok(())
@@ -396,15 +471,15 @@ impl Recorder {
 /// Adds `note` about `serial` for every route it goes to (by the alarm's
 /// level and the note's kind); returns how many were queued. The (channel,
 /// key) pair is unique, so queuing the same notification twice is harmless.
-fn enqueue(
-    tx: &Connection,
+async fn enqueue(
+    db: Conn<'_>,
     rules: &RuleSet,
     routes: &[Route],
     serial: u64,
     note: Note,
     now: Ts,
 ) -> Result<usize, RecordError> {
-    let Some(mut doc) = document(tx, rules, serial, note.kind(), now)? else {
+    let Some(mut doc) = document(db, rules, serial, note.kind(), now).await? else {
         return Ok(0);
     };
     let level = doc["level"].as_u64().unwrap_or(4) as u8;
@@ -414,26 +489,27 @@ fn enqueue(
     let payload = doc.to_string();
     let mut queued = 0;
     for r in routes.iter().filter(|r| note.goes_to(r, level)) {
-        queued += tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )?
-            .execute(params![r.channel, key, serial as i64, note.kind(), payload, now])?;
+        queued += db
+            .exec(
+                "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
+                args![&r.channel, &key, serial, note.kind(), &payload, now],
+            )
+            .await? as usize;
     }
     Ok(queued)
 }
 
 /// The notification document of an alarm: everything a receiver needs,
 /// the same for every channel (channels format it their way).
-pub fn document(
-    conn: &Connection,
+pub async fn document(
+    db: Conn<'_>,
     rules: &RuleSet,
     serial: u64,
     kind: &str,
     now: Ts,
-) -> Result<Option<Value>, rusqlite::Error> {
-    let Some(a) = alarm(conn, serial)? else {
+) -> Result<Option<Value>, SqlError> {
+    let Some(a) = alarm(db, serial).await? else {
         return Ok(None);
     };
     let rule = rules.index(&a.rule).map(|i| &rules.rules[i]);
@@ -509,7 +585,7 @@ pub struct AlarmRow {
 const ALARM_COLUMNS: &str = "serial, rule, name, level, category, site, agent, room, device, point, began_at, raised_at,
     value, cleared_at, clear_value, late, inhibited, silenced_by, notified, ack_by, ack_at, ack_comment, assignee";
 
-fn alarm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlarmRow> {
+fn alarm_row(r: &Row) -> Result<AlarmRow, SqlError> {
     let cleared_at: Option<i64> = r.get(13)?;
     let ack_at: Option<i64> = r.get(20)?;
     let state = match (cleared_at.is_some(), ack_at.is_some()) {
@@ -519,7 +595,7 @@ fn alarm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlarmRow> {
         (true, true) => "closed",
     };
     Ok(AlarmRow {
-        serial: r.get::<_, i64>(0)? as u64,
+        serial: r.get(0)?,
         rule: r.get(1)?,
         name: r.get(2)?,
         level: r.get(3)?,
@@ -546,13 +622,15 @@ fn alarm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlarmRow> {
     })
 }
 
-pub fn alarm(conn: &Connection, serial: u64) -> Result<Option<AlarmRow>, rusqlite::Error> {
-    conn.query_row(
-        &format!("SELECT {ALARM_COLUMNS} FROM alarms WHERE serial = ?1"),
-        [serial as i64],
-        alarm_row,
+pub async fn alarm(db: Conn<'_>, serial: u64) -> Result<Option<AlarmRow>, SqlError> {
+    db.row(
+        &format!("SELECT {ALARM_COLUMNS} FROM alarms WHERE serial = $1"),
+        args![serial],
     )
-    .optional()
+    .await?
+    .as_ref()
+    .map(alarm_row)
+    .transpose()
 }
 
 /// Which alarms a list asks for.
@@ -575,13 +653,13 @@ pub struct AlarmFilter {
 
 pub const MAX_LIST: usize = 1_000;
 
-pub fn list(conn: &Connection, f: &AlarmFilter) -> Result<Vec<AlarmRow>, RecordError> {
+pub async fn list(db: Conn<'_>, f: &AlarmFilter) -> Result<Vec<AlarmRow>, RecordError> {
     let state = match f.state.as_deref().unwrap_or("open") {
         "open" => "(cleared_at IS NULL OR ack_at IS NULL)",
         "active" => "cleared_at IS NULL",
         "unacknowledged" => "ack_at IS NULL",
         "cleared" => "cleared_at IS NOT NULL",
-        "all" => "1",
+        "all" => "TRUE",
         other => {
             return Err(RecordError::Invalid(format!(
                 "state {other:?} is not one of open, active, unacknowledged, cleared, all"
@@ -601,16 +679,18 @@ pub fn list(conn: &Connection, f: &AlarmFilter) -> Result<Vec<AlarmRow>, RecordE
     }
     let sql = format!(
         "SELECT {ALARM_COLUMNS} FROM alarms WHERE {state}
-           AND (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2) AND (?3 IS NULL OR rule = ?3)
-           AND (?4 IS NULL OR level <= ?4) AND (?5 IS NULL OR raised_at >= ?5) AND (?6 IS NULL OR raised_at < ?6)
-         ORDER BY level, raised_at DESC LIMIT ?7"
+           AND (CAST($1 AS TEXT) IS NULL OR site = $1) AND (CAST($2 AS TEXT) IS NULL OR room = $2) AND (CAST($3 AS TEXT) IS NULL OR rule = $3)
+           AND (CAST($4 AS BIGINT) IS NULL OR level <= $4) AND (CAST($5 AS BIGINT) IS NULL OR raised_at >= $5)
+           AND (CAST($6 AS BIGINT) IS NULL OR raised_at < $6)
+         ORDER BY level, raised_at DESC LIMIT $7"
     );
-    let mut st = conn.prepare(&sql)?;
-    let rows = st.query_map(
-        params![f.site, f.room, f.rule, f.level, f.from, f.to, limit as i64],
-        alarm_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = db
+        .rows(
+            &sql,
+            args![&f.site, &f.room, &f.rule, f.level, f.from, f.to, limit],
+        )
+        .await?;
+    Ok(rows.iter().map(alarm_row).collect::<Result<_, _>>()?)
 }
 
 /// One entry of an alarm's audit trail.
@@ -622,18 +702,22 @@ pub struct EventRow {
     pub text: Option<String>,
 }
 
-pub fn events(conn: &Connection, serial: u64) -> Result<Vec<EventRow>, rusqlite::Error> {
-    let mut st =
-        conn.prepare("SELECT at, kind, by, text FROM alarm_events WHERE serial = ?1 ORDER BY id")?;
-    let rows = st.query_map([serial as i64], |r| {
+pub async fn events(db: Conn<'_>, serial: u64) -> Result<Vec<EventRow>, SqlError> {
+    db.rows(
+        "SELECT at, kind, by, text FROM alarm_events WHERE serial = $1 ORDER BY id",
+        args![serial],
+    )
+    .await?
+    .iter()
+    .map(|r| {
         Ok(EventRow {
             at: r.get(0)?,
             kind: r.get(1)?,
             by: r.get(2)?,
             text: r.get(3)?,
         })
-    })?;
-    rows.collect()
+    })
+    .collect()
 }
 
 /// A person's action on an alarm.
@@ -643,10 +727,13 @@ pub enum Action<'a> {
     Assign { to: &'a str },
 }
 
-/// Applies a person's action in one transaction with its audit entry and,
-/// for an acknowledgement, its notification. Returns the alarm after.
-pub fn act(
-    conn: &mut Connection,
+/// Applies a person's action with its audit entry and, for an
+/// acknowledgement, its notification; `db` is a transaction the caller
+/// commits (on SQLite an IMMEDIATE one: it takes the write lock before
+/// reading, so it cannot fail to upgrade while the store writer commits).
+/// Returns the alarm after.
+pub async fn act(
+    db: Conn<'_>,
     rules: &RuleSet,
     routes: &[Route],
     serial: u64,
@@ -654,15 +741,20 @@ pub fn act(
     action: Action<'_>,
     now: Ts,
 ) -> Result<(AlarmRow, usize), RecordError> {
-    // IMMEDIATE: take the write lock first (waiting for the store writer).
-    // A deferred transaction that read first could not upgrade while the
-    // writer commits, and would fail with "database is locked".
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let Some(before) = alarm(&tx, serial)? else {
-        return Err(RecordError::NoAlarm(serial));
-    };
+    // On PostgreSQL the row is locked until commit, so two people
+    // acknowledging at once do not both succeed.
+    let lock = if db.is_postgres() { " FOR UPDATE" } else { "" };
+    let before = db
+        .row(
+            &format!("SELECT {ALARM_COLUMNS} FROM alarms WHERE serial = $1{lock}"),
+            args![serial],
+        )
+        .await?
+        .as_ref()
+        .map(alarm_row)
+        .transpose()?
+        .ok_or(RecordError::NoAlarm(serial))?;
     let mut queued = 0;
-    let s = serial as i64;
     match action {
         Action::Acknowledge { comment } => {
             if let (Some(who), Some(at)) = (&before.ack_by, before.ack_at) {
@@ -670,37 +762,43 @@ pub fn act(
                     "alarm {serial} was already acknowledged by {who} at {at}"
                 )));
             }
-            tx.execute(
-                "UPDATE alarms SET ack_by = ?2, ack_at = ?3, ack_comment = ?4, updated_at = ?3 WHERE serial = ?1",
-                params![s, by, now, comment],
-            )?;
-            tx.execute(
-                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'ack', ?3, ?4)",
-                params![s, now, by, comment],
-            )?;
+            db.exec(
+                "UPDATE alarms SET ack_by = $2, ack_at = $3, ack_comment = $4, updated_at = $3 WHERE serial = $1",
+                args![serial, by, now, comment],
+            )
+            .await?;
+            db.exec(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, 'ack', $3, $4)",
+                args![serial, now, by, comment],
+            )
+            .await?;
             if before.notified {
-                queued += enqueue(&tx, rules, routes, serial, Note::Ack, now)?;
+                queued += enqueue(db, rules, routes, serial, Note::Ack, now).await?;
             }
         }
         Action::Comment { text } => {
-            tx.execute(
-                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'comment', ?3, ?4)",
-                params![s, now, by, text],
-            )?;
+            db.exec(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, 'comment', $3, $4)",
+                args![serial, now, by, text],
+            )
+            .await?;
         }
         Action::Assign { to } => {
-            tx.execute(
-                "UPDATE alarms SET assignee = ?2, updated_at = ?3 WHERE serial = ?1",
-                params![s, to, now],
-            )?;
-            tx.execute(
-                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES (?1, ?2, 'assign', ?3, ?4)",
-                params![s, now, by, to],
-            )?;
+            db.exec(
+                "UPDATE alarms SET assignee = $2, updated_at = $3 WHERE serial = $1",
+                args![serial, to, now],
+            )
+            .await?;
+            db.exec(
+                "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, 'assign', $3, $4)",
+                args![serial, now, by, to],
+            )
+            .await?;
         }
     }
-    let after = alarm(&tx, serial)?.ok_or(RecordError::NoAlarm(serial))?;
-    tx.commit()?;
+    let after = alarm(db, serial)
+        .await?
+        .ok_or(RecordError::NoAlarm(serial))?;
     Ok((after, queued))
 }
 
@@ -722,7 +820,7 @@ pub struct NewSilence {
 /// Longest maintenance window accepted: hot work is days, not months.
 pub const MAX_SILENCE_MS: i64 = 30 * 86_400_000;
 
-pub fn create_silence(conn: &Connection, s: &NewSilence, now: Ts) -> Result<Silence, RecordError> {
+pub async fn create_silence(db: Conn<'_>, s: &NewSilence, now: Ts) -> Result<Silence, RecordError> {
     let starts = s.starts_at.unwrap_or(now);
     let bad = |m: &str| Err(RecordError::Invalid(m.to_owned()));
     if s.reason.trim().is_empty() {
@@ -748,43 +846,52 @@ pub fn create_silence(conn: &Connection, s: &NewSilence, now: Ts) -> Result<Sile
     {
         return bad("site, room, rule and owner are at most 128 characters, reason 1000");
     }
-    conn.execute(
-        "INSERT INTO silences (site, room, rule, reason, owner, starts_at, ends_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![s.site, s.room, s.rule, s.reason, s.owner, starts, s.ends_at, now],
-    )?;
-    let id = conn.last_insert_rowid();
-    silence(conn, id)
+    let id: i64 = db
+        .value(
+            "INSERT INTO silences (site, room, rule, reason, owner, starts_at, ends_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            args![&s.site, &s.room, &s.rule, &s.reason, &s.owner, starts, s.ends_at, now],
+        )
+        .await?;
+    silence(db, id).await
 }
 
-pub fn silence(conn: &Connection, id: i64) -> Result<Silence, RecordError> {
-    conn.query_row(
-        "SELECT id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by FROM silences WHERE id = ?1",
-        [id],
-        silence_row,
+pub async fn silence(db: Conn<'_>, id: i64) -> Result<Silence, RecordError> {
+    db.row(
+        &format!("SELECT {SILENCE_COLUMNS} FROM silences WHERE id = $1"),
+        args![id],
     )
-    .optional()?
+    .await?
+    .as_ref()
+    .map(silence_row)
+    .transpose()?
     .ok_or(RecordError::NoSilence(id))
 }
 
-pub fn list_silences(conn: &Connection, all: bool, now: Ts) -> Result<Vec<Silence>, RecordError> {
+pub async fn list_silences(db: Conn<'_>, all: bool, now: Ts) -> Result<Vec<Silence>, RecordError> {
     if !all {
-        return Ok(active_silences(conn, now)?);
+        return Ok(active_silences(db, now).await?);
     }
-    let mut st = conn.prepare(
-        "SELECT id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by FROM silences ORDER BY id DESC LIMIT 1000",
-    )?;
-    let rows = st.query_map([], silence_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(db
+        .rows(
+            &format!("SELECT {SILENCE_COLUMNS} FROM silences ORDER BY id DESC LIMIT 1000"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(silence_row)
+        .collect::<Result<_, _>>()?)
 }
 
-pub fn end_silence(conn: &Connection, id: i64, by: &str, now: Ts) -> Result<Silence, RecordError> {
+pub async fn end_silence(db: Conn<'_>, id: i64, by: &str, now: Ts) -> Result<Silence, RecordError> {
     // Ending an ended silence changes nothing and is not an error: the
     // answer shows who ended it and when.
-    conn.execute(
-        "UPDATE silences SET ended_at = ?2, ended_by = ?3 WHERE id = ?1 AND ended_at IS NULL",
-        params![id, now, by],
-    )?;
-    silence(conn, id)
+    db.exec(
+        "UPDATE silences SET ended_at = $2, ended_by = $3 WHERE id = $1 AND ended_at IS NULL",
+        args![id, now, by],
+    )
+    .await?;
+    silence(db, id).await
 }
 
 /// An alarm looked at for a hazard proposal.
@@ -800,16 +907,15 @@ pub struct Raised {
 }
 
 /// Alarms with a serial above `after`, oldest first, at most `limit`.
-pub fn raised_after(
-    c: &Connection,
-    after: i64,
-    limit: u32,
-) -> Result<Vec<Raised>, rusqlite::Error> {
-    let mut st = c.prepare_cached(
+pub async fn raised_after(db: Conn<'_>, after: i64, limit: u32) -> Result<Vec<Raised>, SqlError> {
+    db.rows(
         "SELECT serial, rule, name, level, site, room, category, raised_at FROM alarms
-         WHERE serial > ?1 ORDER BY serial LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![after, limit], |r| {
+         WHERE serial > $1 ORDER BY serial LIMIT $2",
+        args![after, limit],
+    )
+    .await?
+    .iter()
+    .map(|r| {
         Ok(Raised {
             serial: r.get(0)?,
             rule: r.get(1)?,
@@ -820,30 +926,32 @@ pub fn raised_after(
             category: r.get(6)?,
             raised_at: r.get(7)?,
         })
-    })?;
-    rows.collect()
+    })
+    .collect()
 }
 
 /// How often `rule` was raised in a room in `(from, to]`.
-pub fn raise_count(
-    c: &Connection,
+pub async fn raise_count(
+    db: Conn<'_>,
     (site, room, rule): (&str, &str, &str),
     from: i64,
     to: i64,
-) -> Result<i64, rusqlite::Error> {
-    c.query_row(
-        "SELECT count(*) FROM alarms WHERE site = ?1 AND room = ?2 AND rule = ?3
-         AND raised_at > ?4 AND raised_at <= ?5",
-        params![site, room, rule, from, to],
-        |r| r.get(0),
+) -> Result<i64, SqlError> {
+    db.value(
+        "SELECT count(*) FROM alarms WHERE site = $1 AND room = $2 AND rule = $3
+         AND raised_at > $4 AND raised_at <= $5",
+        args![site, room, rule, from, to],
     )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::{AlarmSetup, SqliteWriter};
+    use crate::store::sql::now as done;
+    use crate::store::sqlite::SqliteWriter;
     use roomguard_protocol::{Batch, PointMeta, Quality, Reading, PROTOCOL_VERSION};
+    use rusqlite::Connection;
     use std::path::PathBuf;
 
     const T0: i64 = 1_800_000_000_000;
@@ -949,6 +1057,24 @@ clear_delay = "0s"
         }
     }
 
+    /// `act` in its own IMMEDIATE transaction, as the API runs it.
+    fn acted(
+        conn: &mut Connection,
+        rules: &RuleSet,
+        routes: &[Route],
+        serial: u64,
+        by: &str,
+        action: Action<'_>,
+        now: Ts,
+    ) -> Result<(AlarmRow, usize), RecordError> {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        let r = done(act(Conn::Lite(&tx), rules, routes, serial, by, action, now))?;
+        tx.commit().unwrap();
+        Ok(r)
+    }
+
     #[test]
     fn an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowledged() {
         let mut f = fixture();
@@ -971,7 +1097,7 @@ clear_delay = "0s"
             ]
         );
         let mut conn = Connection::open(&f.path).unwrap();
-        let (a, queued) = act(
+        let (a, queued) = acted(
             &mut conn,
             &f.rules,
             &f.routes,
@@ -990,7 +1116,7 @@ clear_delay = "0s"
             "oncall 1:ack",
             "no repeats once acknowledged"
         );
-        let err = act(
+        let err = acted(
             &mut conn,
             &f.rules,
             &f.routes,
@@ -1015,10 +1141,16 @@ clear_delay = "0s"
             starts_at: None,
             ends_at: T0 + 10 * MIN,
         };
-        let s = create_silence(&conn, &new, T0 - 1).unwrap();
+        let s = done(create_silence(Conn::Lite(&conn), &new, T0 - 1)).unwrap();
         f.writer.write_batches(&[smoke(1, T0, 1.0)], T0).unwrap();
         assert!(f.outbox().is_empty());
-        assert_eq!(alarm(&conn, 1).unwrap().unwrap().silenced_by, Some(s.id));
+        assert_eq!(
+            done(alarm(Conn::Lite(&conn), 1))
+                .unwrap()
+                .unwrap()
+                .silenced_by,
+            Some(s.id)
+        );
         f.sweep(T0 + 5 * MIN);
         assert!(f.outbox().is_empty(), "still inside the window");
         f.sweep(T0 + 11 * MIN);
@@ -1042,16 +1174,16 @@ clear_delay = "0s"
             starts_at: None,
             ends_at: T0 + 10 * MIN,
         };
-        create_silence(&conn, &new, T0 - 1).unwrap();
+        done(create_silence(Conn::Lite(&conn), &new, T0 - 1)).unwrap();
         f.writer.write_batches(&[smoke(1, T0, 1.0)], T0).unwrap();
         f.writer
             .write_batches(&[smoke(2, T0 + MIN, 0.0)], T0 + MIN)
             .unwrap();
         f.sweep(T0 + 11 * MIN);
         assert!(f.outbox().is_empty());
-        let a = alarm(&conn, 1).unwrap().unwrap();
+        let a = done(alarm(Conn::Lite(&conn), 1)).unwrap().unwrap();
         assert_eq!(a.state, "cleared");
-        let kinds: Vec<String> = events(&conn, 1)
+        let kinds: Vec<String> = done(events(Conn::Lite(&conn), 1))
             .unwrap()
             .into_iter()
             .map(|e| e.kind)
@@ -1104,7 +1236,9 @@ clear_delay = "0s"
             ),
         ];
         for (s, why) in cases {
-            let err = create_silence(&conn, &s, T0).unwrap_err().to_string();
+            let err = done(create_silence(Conn::Lite(&conn), &s, T0))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{err}");
         }
     }

@@ -325,6 +325,26 @@ impl SqliteAuth {
     }
 }
 
+/// Records a write action in the audit log inside the caller's
+/// transaction, on either backend: the action and its entry commit together.
+pub async fn audit_in(
+    db: crate::store::sql::Conn<'_>,
+    user: &str,
+    action: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), crate::store::sql::SqlError> {
+    // `user` is reserved in PostgreSQL; the column is `user_name` there.
+    let sql = if db.is_postgres() {
+        "INSERT INTO audit_log (at, user_name, action, detail) VALUES ($1, $2, $3, $4)"
+    } else {
+        "INSERT INTO audit_log (at, user, action, detail) VALUES ($1, $2, $3, $4)"
+    };
+    db.exec(sql, crate::args![now, user, action, detail])
+        .await?;
+    Ok(())
+}
+
 /// Records a write action in the audit log, on `conn` (inside the caller's
 /// transaction where there is one: the action and its entry commit together).
 pub fn audit(

@@ -5,11 +5,13 @@
 //! and a trait object would have to hide that difference behind boxed
 //! futures in every method; a `match` keeps each side in its own idiom.
 
+use super::alarms::{AlarmSetup, Recorder, SWEEP_EVERY};
 use super::history::{Plan, PointFilter, PointRow, Series};
 use super::postgres::reader::PgReader;
 use super::postgres::writer::PgWriter;
-use super::postgres::{maintain, Target};
+use super::postgres::{maintain, PgError, Target};
 use super::retention::Policy;
+use super::sql::{self, Conn, SqlError};
 use super::sqlite::{Maintained, SqliteReader, SqliteWriter};
 use super::{AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Status};
@@ -33,14 +35,16 @@ impl Writer {
     ) -> Result<WriteStats, StoreError> {
         match self {
             Writer::Sqlite(w) => w.write_batches(batches, now_ms),
-            Writer::Postgres(p) => p.run(async |w| w.write_batches(batches, now_ms).await),
+            Writer::Postgres(p) => {
+                p.run(async |w, alarms| w.write_batches(batches, now_ms, alarms.recorder()).await)
+            }
         }
     }
 
     pub fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), StoreError> {
         match self {
             Writer::Sqlite(w) => w.write_status(status, now_ms),
-            Writer::Postgres(p) => p.run(async |w| w.write_status(status, now_ms).await),
+            Writer::Postgres(p) => p.run(async |w, _| w.write_status(status, now_ms).await),
         }
     }
 
@@ -62,7 +66,7 @@ impl Writer {
             // The newest readings still waiting for the catalogue.
             Writer::Postgres(p) => {
                 let now = roomguard_protocol::clock::now_ms();
-                p.run(async |w| w.flush_latest(now).await).map(|()| 0)
+                p.run(async |w, _| w.flush_latest(now).await).map(|()| 0)
             }
         }
     }
@@ -71,7 +75,7 @@ impl Writer {
     pub fn take_alarm_counts(&mut self) -> (u64, u64) {
         match self {
             Writer::Sqlite(w) => w.take_alarm_counts(),
-            Writer::Postgres(_) => (0, 0),
+            Writer::Postgres(p) => p.alarms.rec.as_mut().map_or((0, 0), Recorder::take_counts),
         }
     }
 
@@ -79,8 +83,88 @@ impl Writer {
     pub fn take_notifications(&mut self) -> usize {
         match self {
             Writer::Sqlite(w) => w.take_notifications(),
-            Writer::Postgres(_) => 0,
+            Writer::Postgres(p) => p.alarms.rec.as_mut().map_or(0, Recorder::take_queued),
         }
+    }
+
+    /// Turns the alarm engine on; its state is loaded from the store
+    /// (on PostgreSQL at the first connection, which may come later).
+    pub fn with_alarms(self, setup: AlarmSetup, now_ms: i64) -> Result<Writer, StoreError> {
+        Ok(match self {
+            Writer::Sqlite(w) => Writer::Sqlite(w.with_alarms(setup, now_ms)?),
+            Writer::Postgres(mut p) => {
+                p.alarms.setup = Some(setup);
+                Writer::Postgres(p)
+            }
+        })
+    }
+}
+
+/// The alarm engine of the PostgreSQL writer.
+#[derive(Default)]
+pub struct PgAlarms {
+    setup: Option<AlarmSetup>,
+    /// Loaded from the database at the first connection, and again after
+    /// a failed write (the engine ran ahead of what was committed).
+    rec: Option<Recorder>,
+    stale: bool,
+    /// Maintenance calls since the last sweep.
+    since_sweep: u32,
+}
+
+impl PgAlarms {
+    fn recorder(&mut self) -> Option<&mut Recorder> {
+        self.rec.as_mut()
+    }
+
+    /// Loads the engine when it is on and not (or no longer) current.
+    async fn load(&mut self, client: &tokio_postgres::Client) -> Result<(), PgError> {
+        let Some(setup) = self.setup.clone() else {
+            return Ok(());
+        };
+        if self.rec.is_some() && !self.stale {
+            return Ok(());
+        }
+        let now = roomguard_protocol::clock::now_ms();
+        self.rec = Some(
+            Recorder::load(
+                Conn::Pg(client),
+                setup.rules,
+                setup.routes,
+                setup.escalation,
+                now,
+            )
+            .await?,
+        );
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Timers of the engine and, every few calls, held notifications and
+    /// escalation; in a transaction of their own.
+    async fn tick(
+        &mut self,
+        client: &mut tokio_postgres::Client,
+        now_ms: i64,
+    ) -> Result<(), PgError> {
+        let Some(rec) = self.rec.as_mut() else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        rec.engine.tick(now_ms, &mut out);
+        self.since_sweep += 1;
+        let sweep = self.since_sweep >= SWEEP_EVERY;
+        if out.is_empty() && !sweep {
+            return Ok(());
+        }
+        let tx = client.transaction().await?;
+        rec.record(Conn::PgTx(&tx), &out, now_ms).await?;
+        if sweep {
+            self.since_sweep = 0;
+            rec.sweep(Conn::PgTx(&tx), now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -100,6 +184,7 @@ pub struct PgWriting {
     carried: std::collections::HashMap<i64, super::postgres::writer::Latest>,
     /// When retention last ran, ms.
     retained_at: i64,
+    alarms: PgAlarms,
 }
 
 /// Rollup minutes recomputed per maintenance step.
@@ -117,6 +202,7 @@ impl PgWriting {
             writer: None,
             carried: Default::default(),
             retained_at: 0,
+            alarms: PgAlarms::default(),
         }
     }
 
@@ -125,7 +211,7 @@ impl PgWriting {
     /// next call makes a new one.
     fn run<T>(
         &mut self,
-        f: impl AsyncFnOnce(&mut PgWriter) -> Result<T, super::postgres::PgError>,
+        f: impl AsyncFnOnce(&mut PgWriter, &mut PgAlarms) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
         if self.rt.is_none() {
             self.rt = Some(
@@ -140,6 +226,7 @@ impl PgWriting {
         let target = &self.target;
         let slot = &mut self.writer;
         let carried = &mut self.carried;
+        let alarms = &mut self.alarms;
         let result = rt.block_on(async {
             if slot.is_none() {
                 let mut w = PgWriter::open(target).await?;
@@ -147,9 +234,13 @@ impl PgWriting {
                 *slot = Some(w);
                 tracing::info!("connected to PostgreSQL");
             }
-            f(slot.as_mut().expect("connected above")).await
+            let w = slot.as_mut().expect("connected above");
+            alarms.load(w.client()).await?;
+            f(w, alarms).await
         });
         if result.is_err() {
+            // The engine may have run ahead of what was committed.
+            self.alarms.stale = true;
             self.drop_if_broken();
         }
         result.map_err(StoreError::from)
@@ -165,13 +256,14 @@ impl PgWriting {
     }
 
     fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
-        self.run(async |w| w.flush_latest(now_ms).await)?;
-        let minutes =
-            self.run(async |w| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
+        self.run(async |w, _| w.flush_latest(now_ms).await)?;
+        self.run(async |w, alarms| alarms.tick(w.client_mut(), now_ms).await)?;
+        let minutes = self
+            .run(async |w, _| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
         let mut expired = 0;
         if now_ms - self.retained_at >= RETENTION_EVERY_MS {
             let policy = self.retention.clone();
-            let (dropped, deleted) = self.run(async |w| {
+            let (dropped, deleted) = self.run(async |w, _| {
                 let step = maintain::retention_step(w.client_mut(), &policy, now_ms).await?;
                 // A late reading for a dropped day makes its partition again.
                 if step.0 > 0 {
@@ -217,6 +309,9 @@ pub struct PgReads {
     /// connection, so no read meets a database the writer has not yet
     /// migrated).
     migrated: std::sync::atomic::AtomicBool,
+    /// The connection for the record's transactions (acknowledgements,
+    /// silences, the outbox): a transaction needs a connection of its own.
+    writing: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl PgReads {
@@ -229,7 +324,24 @@ impl PgReads {
             next: Default::default(),
             failed: Default::default(),
             migrated: Default::default(),
+            writing: Default::default(),
         }
+    }
+
+    /// The connection for transactions, connected again if it broke;
+    /// held by one caller at a time.
+    pub async fn writing(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, tokio_postgres::Client>, StoreError> {
+        let mut slot = self.writing.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            // Through a reader first: it migrates and fails fast as they do.
+            self.reader().await?;
+            *slot = Some(super::postgres::connect_to(&self.target).await?);
+        }
+        Ok(tokio::sync::MutexGuard::map(slot, |c| {
+            c.as_mut().expect("connected above")
+        }))
     }
 
     /// The next client in turn, connected again if it broke.
@@ -288,6 +400,82 @@ async fn sqlite<T: Send + 'static>(
 }
 
 impl Reads {
+    /// Runs `f` on the record (alarms, outbox, inspection) for reading:
+    /// SQLite on a connection of its own on the blocking pool, PostgreSQL
+    /// on one of the readers. `f`'s future need not be `Send`: it is
+    /// driven on a blocking thread.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqlError> + Send + 'static,
+        F: AsyncFnOnce(Conn<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.run(false, f).await
+    }
+
+    /// Runs `f` on the record in one transaction, committed when it
+    /// succeeds (on SQLite an IMMEDIATE one: it holds the write lock from
+    /// its first read, so it never fails to upgrade while the store writer
+    /// commits).
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqlError> + Send + 'static,
+        F: AsyncFnOnce(Conn<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.run(true, f).await
+    }
+
+    async fn run<T, E, F>(&self, write: bool, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqlError> + Send + 'static,
+        F: AsyncFnOnce(Conn<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let task = match self {
+            Reads::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut c = rusqlite::Connection::open(&path).map_err(SqlError::from)?;
+                    c.busy_timeout(std::time::Duration::from_secs(5))
+                        .map_err(SqlError::from)?;
+                    if !write {
+                        return sql::now(f(Conn::Lite(&c)));
+                    }
+                    let tx = c
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(SqlError::from)?;
+                    let out = sql::now(f(Conn::Lite(&tx)))?;
+                    tx.commit().map_err(SqlError::from)?;
+                    Ok(out)
+                })
+            }
+            Reads::Postgres(pg) => {
+                let pg = pg.clone();
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    handle.block_on(async move {
+                        let pg_err = |e: StoreError| match e {
+                            StoreError::Postgres(p) => SqlError::Postgres(p),
+                            other => SqlError::Task(other.to_string()),
+                        };
+                        if !write {
+                            let reader = pg.reader().await.map_err(pg_err)?;
+                            return f(Conn::Pg(reader.client())).await;
+                        }
+                        let mut client = pg.writing().await.map_err(pg_err)?;
+                        let tx = client.transaction().await.map_err(SqlError::from)?;
+                        let out = f(Conn::PgTx(&tx)).await?;
+                        tx.commit().await.map_err(SqlError::from)?;
+                        Ok(out)
+                    })
+                })
+            }
+        };
+        task.await
+            .map_err(|e| E::from(SqlError::Task(e.to_string())))?
+    }
+
     /// The latest reading of every point, optionally of one site or room.
     pub async fn latest(
         &self,

@@ -16,6 +16,7 @@ pub mod reports;
 pub mod retention;
 pub mod rollup;
 pub mod schema;
+pub mod sql;
 pub mod sqlite;
 
 use crate::confirm::Confirmations;

@@ -2,9 +2,10 @@
 //! outcomes, the API's listing and the dead-letter retry. Rows are written by
 //! the alarm record in the transaction of the transition they tell
 //! (`store/alarms.rs`); the delivery loop (`alarm/notify/`) only reads and
-//! settles them here.
+//! settles them here. Every statement runs on either backend.
 
-use rusqlite::{params, Connection};
+use crate::args;
+use crate::store::sql::{Conn, SqlError};
 use serde_json::{json, Value};
 
 /// One queued notification.
@@ -34,41 +35,38 @@ pub enum Outcome {
 }
 
 /// Records the outcome of a delivery of `row` at `now`.
-pub fn settle(
-    conn: &Connection,
-    row: &Row,
-    outcome: &Outcome,
-    now: i64,
-) -> Result<(), rusqlite::Error> {
+pub async fn settle(db: Conn<'_>, row: &Row, outcome: &Outcome, now: i64) -> Result<(), SqlError> {
     let attempts = row.attempts + 1;
     match outcome {
-        Outcome::Sent => conn.execute(
-            "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-            params![row.id, now],
-        ),
-        Outcome::Dead { error } => conn.execute(
-            "UPDATE outbox SET state = 'dead', attempts = ?2, last_error = ?3 WHERE id = ?1",
-            params![row.id, attempts, error],
-        ),
-        Outcome::Retry { error, next_at } => conn.execute(
-            "UPDATE outbox SET attempts = ?2, last_error = ?3, next_at = ?4 WHERE id = ?1",
-            params![row.id, attempts, error, next_at],
-        ),
+        Outcome::Sent => db.exec(
+            "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1",
+            args![row.id, now],
+        ).await,
+        Outcome::Dead { error } => db.exec(
+            "UPDATE outbox SET state = 'dead', attempts = $2, last_error = $3 WHERE id = $1",
+            args![row.id, attempts, error],
+        ).await,
+        Outcome::Retry { error, next_at } => db.exec(
+            "UPDATE outbox SET attempts = $2, last_error = $3, next_at = $4 WHERE id = $1",
+            args![row.id, attempts, error, *next_at],
+        ).await,
     }
     .map(|_| ())
 }
 
 /// The documents of every raise told and not yet cleared (Alertmanager's
 /// minutely refresh), one per alarm.
-pub fn active_told(conn: &Connection) -> Result<Vec<Value>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
-        "SELECT payload FROM outbox o WHERE kind = 'raise' AND state = 'sent'
+pub async fn active_told(db: Conn<'_>) -> Result<Vec<Value>, SqlError> {
+    let rows = db
+        .rows(
+            "SELECT payload FROM outbox o WHERE kind = 'raise' AND state = 'sent'
            AND EXISTS (SELECT 1 FROM alarms a WHERE a.serial = o.serial AND a.cleared_at IS NULL)",
-    )?;
-    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            &[],
+        )
+        .await?;
     let mut out: Vec<Value> = Vec::new();
     for p in rows {
-        if let Ok(v) = serde_json::from_str(&p?) {
+        if let Ok(v) = serde_json::from_str(&p.get::<String>(0)?) {
             out.push(v);
         }
     }
@@ -79,81 +77,83 @@ pub fn active_told(conn: &Connection) -> Result<Vec<Value>, rusqlite::Error> {
 
 /// Notifications due now, the oldest first; for each alarm and channel only
 /// the first undelivered one, so a clear never overtakes its raise.
-pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Row>, rusqlite::Error> {
-    let mut st = conn.prepare_cached(
+pub async fn due(db: Conn<'_>, now: i64, limit: usize) -> Result<Vec<Row>, SqlError> {
+    let rows = db.rows(
         "SELECT id, channel, key, kind, payload, attempts FROM outbox o
-         WHERE state = 'pending' AND next_at <= ?1
+         WHERE state = 'pending' AND next_at <= $1
            AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel AND e.serial = o.serial
                            AND e.state = 'pending' AND e.id < o.id)
-         ORDER BY id LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![now, limit as i64], |r| {
-        Ok(Row {
-            id: r.get(0)?,
-            channel: r.get(1)?,
-            key: r.get(2)?,
-            kind: r.get(3)?,
-            payload: r.get(4)?,
-            attempts: r.get(5)?,
+         ORDER BY id LIMIT $2",
+        args![now, limit],
+    ).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Row {
+                id: r.get(0)?,
+                channel: r.get(1)?,
+                key: r.get(2)?,
+                kind: r.get(3)?,
+                payload: r.get(4)?,
+                attempts: r.get(5)?,
+            })
         })
-    })?;
-    rows.collect()
+        .collect()
 }
 
 /// Outbox rows by state, for the API.
-pub fn list(
-    conn: &Connection,
-    state: Option<&str>,
-    limit: usize,
-) -> Result<Vec<Value>, rusqlite::Error> {
-    let mut st = conn.prepare(
+pub async fn list(db: Conn<'_>, state: Option<&str>, limit: usize) -> Result<Vec<Value>, SqlError> {
+    let rows = db.rows(
         "SELECT id, channel, key, serial, kind, state, attempts, next_at, last_error, created_at, sent_at
-         FROM outbox WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = st.query_map(params![state, limit as i64], |r| {
-        Ok(json!({
-            "id": r.get::<_, i64>(0)?,
-            "channel": r.get::<_, String>(1)?,
-            "key": r.get::<_, String>(2)?,
-            "serial": r.get::<_, i64>(3)?,
-            "kind": r.get::<_, String>(4)?,
-            "state": r.get::<_, String>(5)?,
-            "attempts": r.get::<_, i64>(6)?,
-            "next_at": r.get::<_, i64>(7)?,
-            "last_error": r.get::<_, Option<String>>(8)?,
-            "created_at": r.get::<_, i64>(9)?,
-            "sent_at": r.get::<_, Option<i64>>(10)?,
-        }))
-    })?;
-    rows.collect()
+         FROM outbox WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
+        args![state, limit],
+    ).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(json!({
+                "id": r.get::<i64>(0)?,
+                "channel": r.get::<String>(1)?,
+                "key": r.get::<String>(2)?,
+                "serial": r.get::<i64>(3)?,
+                "kind": r.get::<String>(4)?,
+                "state": r.get::<String>(5)?,
+                "attempts": r.get::<i64>(6)?,
+                "next_at": r.get::<i64>(7)?,
+                "last_error": r.get::<Option<String>>(8)?,
+                "created_at": r.get::<i64>(9)?,
+                "sent_at": r.get::<Option<i64>>(10)?,
+            }))
+        })
+        .collect()
 }
 
 /// Puts a dead letter back in the queue (after the receiver is fixed).
 /// Not when a later notification of the same alarm reached the channel:
 /// sent now, an old raise would arrive after its clear.
-pub fn retry_dead(conn: &Connection, id: i64, now: i64) -> Result<bool, rusqlite::Error> {
-    let n = conn.execute(
-        "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2 WHERE id = ?1 AND state = 'dead'
+pub async fn retry_dead(db: Conn<'_>, id: i64, now: i64) -> Result<bool, SqlError> {
+    let n = db.exec(
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_at = $2 WHERE id = $1 AND state = 'dead'
            AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.serial = outbox.serial AND l.channel = outbox.channel
                            AND l.id > outbox.id AND l.state = 'sent')",
-        params![id, now],
-    )?;
+        args![id, now],
+    ).await?;
     Ok(n == 1)
 }
 
 /// Queues a notification that is not an alarm's (an overdue hazard: a
 /// negative serial) once per (channel, key); how many rows were added.
-pub fn enqueue(
-    c: &Connection,
+pub async fn enqueue(
+    db: Conn<'_>,
     (channel, key): (&str, &str),
     serial: i64,
     kind: &str,
     payload: &str,
     now: i64,
-) -> Result<usize, rusqlite::Error> {
-    c.execute(
-        "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING",
-        params![channel, key, serial, kind, payload, now],
-    )
+) -> Result<usize, SqlError> {
+    Ok(db
+        .exec(
+            "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
+            args![channel, key, serial, kind, payload, now],
+        )
+        .await? as usize)
 }

@@ -12,9 +12,8 @@
 use super::pending::{self, Pending, Sample, SharedPending, SLICES};
 use super::{retention, rollup, AgentRow, LatestRow, StoreError, WriteStats};
 use crate::alarm::engine::Transition;
-use crate::alarm::lifecycle::{Escalation, Route};
-use crate::alarm::rules::RuleSet;
-use crate::store::alarms::Recorder;
+use crate::store::alarms::{AlarmSetup, Recorder, SWEEP_EVERY};
+use crate::store::sql::{self, Conn};
 use roomguard_protocol::{Batch, Quality, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::{HashMap, VecDeque};
@@ -205,15 +204,6 @@ fn is_damage(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// What the alarm record is built from, kept to rebuild it after a failed
-/// transaction (its in-memory state ran ahead of what was committed).
-#[derive(Clone)]
-pub struct AlarmSetup {
-    pub rules: Arc<RuleSet>,
-    pub routes: Vec<Route>,
-    pub escalation: Escalation,
-}
-
 /// What one maintenance call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Maintained {
@@ -238,8 +228,6 @@ const MOVE_ALL_BELOW: usize = 50_000;
 
 /// Dirty minutes recomputed per maintenance call.
 const ROLLUP_STEP: usize = 2_000;
-/// Held notifications and escalation are looked at every this many maintenance calls.
-const SWEEP_EVERY: u32 = 5;
 /// Retention runs every this many maintenance calls.
 const RETENTION_EVERY: u32 = 10;
 
@@ -489,13 +477,13 @@ impl SqliteWriter {
 
     /// Turns the alarm engine on, restoring its state from the store.
     pub fn with_alarms(mut self, setup: AlarmSetup, now_ms: i64) -> Result<Self, StoreError> {
-        self.alarms = Some(Recorder::load(
-            &self.conn,
+        self.alarms = Some(sql::now(Recorder::load(
+            Conn::Lite(&self.conn),
             setup.rules.clone(),
             setup.routes.clone(),
             setup.escalation.clone(),
             now_ms,
-        )?);
+        ))?);
         self.alarm_setup = Some(setup);
         Ok(self)
     }
@@ -531,13 +519,13 @@ impl SqliteWriter {
         let Some(setup) = self.alarm_setup.clone() else {
             return;
         };
-        match Recorder::load(
-            &self.conn,
+        match sql::now(Recorder::load(
+            Conn::Lite(&self.conn),
             setup.rules,
             setup.routes,
             setup.escalation,
             now_ms,
-        ) {
+        )) {
             Ok(r) => self.alarms = Some(r),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reload the alarm engine; alarms are off until restart")
@@ -567,10 +555,10 @@ impl SqliteWriter {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        rec.record(&tx, &out, now_ms)?;
+        sql::now(rec.record(Conn::Lite(&tx), &out, now_ms))?;
         if sweep {
             self.since_sweep = 0;
-            rec.sweep(&tx, now_ms)?;
+            sql::now(rec.sweep(Conn::Lite(&tx), now_ms))?;
         }
         tx.commit()?;
         Ok(())
@@ -752,7 +740,7 @@ impl SqliteWriter {
             for &bi in &fresh {
                 rec.engine.observe(&batches[bi], now_ms, &mut out);
             }
-            rec.record(&tx, &out, now_ms)?;
+            sql::now(rec.record(Conn::Lite(&tx), &out, now_ms))?;
         }
         tx.commit()?;
         self.after_commit(new_samples, staged, next);

@@ -58,13 +58,13 @@ async fn main() -> Result<()> {
     .await?;
     let t0 = roomguard_protocol::clock::now_ms() - rounds as i64 * 1_000;
     // The first round makes the catalogue; it is not timed.
-    w.write_batches(&round(points, per_batch, 0, t0), t0)
+    w.write_batches(&round(points, per_batch, 0, t0), t0, None)
         .await?;
     let started = Instant::now();
     let mut stored = 0;
     for r in 1..=rounds {
         stored += w
-            .write_batches(&round(points, per_batch, r, t0), t0)
+            .write_batches(&round(points, per_batch, r, t0), t0, None)
             .await?
             .readings;
     }

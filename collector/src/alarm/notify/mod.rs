@@ -19,13 +19,13 @@ mod webhook;
 mod wecom;
 
 use crate::metrics::Metrics;
+use crate::store::backend::Reads;
 use crate::store::outbox::{self, Outcome, Row};
+use crate::store::sql::SqlError;
 use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::conf::{self, Secret};
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -204,7 +204,7 @@ pub struct Request {
 /// Sends the outbox. Runs until the process ends.
 pub struct Sender {
     channels: Vec<Channel>,
-    store: PathBuf,
+    records: Reads,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
@@ -224,7 +224,7 @@ const IN_FLIGHT: usize = 16;
 impl Sender {
     pub fn new(
         channels: &[ChannelConfig],
-        store: PathBuf,
+        records: Reads,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         time_zone: &str,
@@ -256,7 +256,7 @@ impl Sender {
             .map_err(|e| e.to_string())?;
         Ok(Sender {
             channels,
-            store,
+            records,
             wake,
             metrics,
             client,
@@ -267,15 +267,6 @@ impl Sender {
 
     pub async fn run(self) {
         let this = Arc::new(self);
-        let conn = match Connection::open(&this.store) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "notification sender cannot open the store; no notifications will be sent");
-                return;
-            }
-        };
-        let _ = conn.busy_timeout(Duration::from_secs(5));
-        let conn = Arc::new(std::sync::Mutex::new(conn));
         let mut refresh = tokio::time::interval(ALERTMANAGER_REFRESH);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -283,28 +274,16 @@ impl Sender {
                 () = this.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = refresh.tick() => {
-                    this.refresh_alertmanager(&conn).await;
+                    this.refresh_alertmanager().await;
                     continue;
                 }
             }
             // Until nothing is due: a burst larger than one round goes on at once.
             loop {
-                let rows = {
-                    let conn = conn.clone();
-                    tokio::task::spawn_blocking(move || {
-                        outbox::due(
-                            &conn.lock().unwrap_or_else(|p| p.into_inner()),
-                            now_ms(),
-                            IN_FLIGHT,
-                        )
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        // A panic reading the outbox: said, and tried again next round.
-                        tracing::error!(error = %e, "reading the notification outbox failed");
-                        Ok(Vec::new())
-                    })
-                };
+                let rows = this
+                    .records
+                    .read(async |db| outbox::due(db, now_ms(), IN_FLIGHT).await)
+                    .await;
                 let rows = match rows {
                     Ok(r) => r,
                     Err(e) => {
@@ -329,23 +308,35 @@ impl Sender {
                         results.push(r);
                     }
                 }
-                let conn2 = conn.clone();
-                let this2 = this.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    let conn = conn2.lock().unwrap_or_else(|p| p.into_inner());
-                    for (row, result) in results {
-                        this2.settle(&conn, &row, result);
-                    }
-                })
-                .await;
+                let settled: Vec<(Row, Outcome)> = results
+                    .into_iter()
+                    .map(|(row, result)| {
+                        let outcome = this.outcome(&row, result);
+                        (row, outcome)
+                    })
+                    .collect();
+                let now = now_ms();
+                let written = this
+                    .records
+                    .write(async move |db| {
+                        for (row, outcome) in &settled {
+                            if let Err(e) = outbox::settle(db, row, outcome, now).await {
+                                tracing::error!(error = %e, key = %row.key, "cannot record a delivery; it may be sent again");
+                            }
+                        }
+                        Ok::<_, SqlError>(())
+                    })
+                    .await;
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "cannot record deliveries; they may be sent again");
+                }
             }
         }
     }
 
-    /// Records the outcome of one delivery.
-    fn settle(&self, conn: &Connection, row: &Row, result: Result<(), String>) {
-        let now = now_ms();
-        let outcome = match result {
+    /// What one delivery's result means for its row (counted and logged).
+    fn outcome(&self, row: &Row, result: Result<(), String>) -> Outcome {
+        match result {
             Ok(()) => {
                 self.metrics.notifications_sent.inc();
                 tracing::info!(channel = %row.channel, key = %row.key, "notification delivered");
@@ -365,13 +356,10 @@ impl Sender {
                     tracing::warn!(channel = %row.channel, key = %row.key, attempts, retry_in_ms = backoff, error = %e, "notification failed; will retry");
                     Outcome::Retry {
                         error: e,
-                        next_at: now + backoff,
+                        next_at: now_ms() + backoff,
                     }
                 }
             }
-        };
-        if let Err(e) = outbox::settle(conn, row, &outcome, now) {
-            tracing::error!(error = %e, key = %row.key, "cannot record a delivery; it may be sent again");
         }
     }
 
@@ -437,7 +425,7 @@ impl Sender {
     }
 
     /// Re-sends every active, notified alarm to Alertmanager channels.
-    async fn refresh_alertmanager(&self, conn: &Arc<std::sync::Mutex<Connection>>) {
+    async fn refresh_alertmanager(&self) {
         let targets: Vec<&Channel> = self
             .channels
             .iter()
@@ -446,12 +434,17 @@ impl Sender {
         if targets.is_empty() {
             return;
         }
-        let conn = conn.clone();
-        let docs = tokio::task::spawn_blocking(move || {
-            outbox::active_told(&conn.lock().unwrap_or_else(|p| p.into_inner()))
-        })
-        .await;
-        let Ok(Ok(docs)) = docs else { return };
+        let docs = self
+            .records
+            .read(async |db| outbox::active_told(db).await)
+            .await;
+        let docs = match docs {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read active alarms for Alertmanager");
+                return;
+            }
+        };
         for ch in targets {
             let alerts: Vec<Value> = docs
                 .iter()

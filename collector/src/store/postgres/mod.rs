@@ -38,6 +38,20 @@ pub enum PgError {
     Newer { db: String, found: i32, known: i32 },
     #[error("postgres: {}", describe(.0))]
     Sql(#[from] tokio_postgres::Error),
+    /// The alarm record's statements failed otherwise (a column of an
+    /// unexpected type).
+    #[error("alarm record: {0}")]
+    Record(String),
+}
+
+impl From<crate::store::alarms::RecordError> for PgError {
+    fn from(e: crate::store::alarms::RecordError) -> Self {
+        use crate::store::{alarms::RecordError, sql::SqlError};
+        match e {
+            RecordError::Store(SqlError::Postgres(p)) => p,
+            other => PgError::Record(other.to_string()),
+        }
+    }
 }
 
 /// The server's own message and SQLSTATE where there is one (the client

@@ -9,6 +9,8 @@
 
 use super::migrate::{ensure_days, migrate};
 use super::{connect_to, PgError, Target};
+use crate::store::alarms::Recorder;
+use crate::store::sql::Conn;
 use crate::store::WriteStats;
 use futures_util::pin_mut;
 use roomguard_protocol::{Batch, Quality, Status};
@@ -73,13 +75,15 @@ impl PgWriter {
         })
     }
 
-    /// Stores `batches` in one transaction.
+    /// Stores `batches` in one transaction, with the alarm transitions
+    /// they cause when `alarms` is given.
     pub async fn write_batches(
         &mut self,
         batches: &[Batch],
         now_ms: i64,
+        alarms: Option<&mut Recorder>,
     ) -> Result<WriteStats, PgError> {
-        let result = self.write_batches_tx(batches, now_ms).await;
+        let result = self.write_batches_tx(batches, now_ms, alarms).await;
         if result.is_err() {
             self.points.clear();
             self.partitions.clear();
@@ -91,6 +95,7 @@ impl PgWriter {
         &mut self,
         batches: &[Batch],
         now_ms: i64,
+        alarms: Option<&mut Recorder>,
     ) -> Result<WriteStats, PgError> {
         // Borrowed apart: the transaction holds the client.
         let PgWriter {
@@ -108,6 +113,8 @@ impl PgWriter {
         let mut stats = WriteStats::default();
         // (point id, event time, value, text, bad) of every reading to store.
         let mut rows: Vec<Row<'_>> = Vec::new();
+        // The batches stored now (not repeats), for the alarm engine.
+        let mut stored: Vec<&Batch> = Vec::new();
         // The whole round into the batch register in one statement; what it
         // did not take is a repeat (or a reused number), looked at one by one.
         let mut fresh: std::collections::HashSet<(String, String, i64)> = {
@@ -208,6 +215,7 @@ impl PgWriter {
                 };
                 rows.push((id, r.ts, value, text, bad));
             }
+            stored.push(batch);
             stats.batches += 1;
         }
         if !rows.is_empty() {
@@ -289,6 +297,14 @@ impl PgWriter {
                 .await?;
             }
             newly_marked = seen.into_iter().filter(|&(_, m)| m >= current).collect();
+        }
+        // Alarm transitions commit with the readings that caused them.
+        if let Some(rec) = alarms {
+            let mut out = Vec::new();
+            for b in stored {
+                rec.engine.observe(b, now_ms, &mut out);
+            }
+            rec.record(Conn::PgTx(&tx), &out, now_ms).await?;
         }
         let due = latest_written.is_none_or(|t| t.elapsed() >= LATEST_EVERY);
         if due && !(pending_latest.is_empty() && round_latest.is_empty()) {
