@@ -145,7 +145,7 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
 
     if cfg.inspection.enabled {
         let inspector = crate::inspection::task::Inspector {
-            store: cfg.store.path.clone(),
+            records: reads.clone(),
             cfg: cfg.inspection.clone(),
             rules: alarms.as_ref().map(|a| a.rules.clone()),
             routes: cfg.alarms.routes(),
@@ -369,12 +369,31 @@ pub fn report(
     } else {
         None
     };
-    anyhow::ensure!(
-        cfg.store.backend == crate::config::Backend::Sqlite,
-        "report: not yet available with store.backend = \"postgres\""
-    );
     let schedule = cfg.inspection.schedule();
-    let reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+    // The store: the SQLite file, or a PostgreSQL connection driven by a
+    // runtime of one worker (the report's reads block this thread).
+    let reader;
+    let rt;
+    let client;
+    let db = match cfg.store.backend {
+        crate::config::Backend::Sqlite => {
+            reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+            store::sql::Db::lite(reader.conn())
+        }
+        crate::config::Backend::Postgres => {
+            let target = cfg.store.postgres().map_err(anyhow::Error::msg)?;
+            rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let mut c = rt.block_on(store::postgres::connect_to(&target))?;
+            // Refuses a newer schema, as the collector does.
+            let name = target.config.get_dbname().unwrap_or("").to_owned();
+            rt.block_on(store::postgres::migrate::migrate(&mut c, &name))?;
+            client = c;
+            store::sql::Db::pg(store::sql::Conn::Pg(&client), rt.handle())
+        }
+    };
     let inp = report::Inputs {
         rules: rules.as_ref(),
         schedule: &schedule,
@@ -391,9 +410,9 @@ pub fn report(
     let built = match (month, year) {
         (Some(m), _) => {
             let p = report::month(&m, &tz).map_err(anyhow::Error::msg)?;
-            Built::Month(report::build(reader.conn(), site, &p, &inp)?)
+            Built::Month(report::build(db, site, &p, &inp)?)
         }
-        (None, Some(y)) => Built::Year(report::build_year(reader.conn(), site, &y, &inp)?),
+        (None, Some(y)) => Built::Year(report::build_year(db, site, &y, &inp)?),
         (None, None) => anyhow::bail!("give --month or --year"),
     };
     let write = |path: &std::path::Path, text: String| {

@@ -716,16 +716,6 @@ impl CollectorConfig {
                     let (at, msg) = e.split_once(": ").unwrap_or(("store.url", &e));
                     p.push(at, msg);
                 }
-                // What is stored on PostgreSQL so far (issue 21): all but
-                // the inspection records. Said at load rather than found
-                // missing at run time.
-                if self.inspection.enabled {
-                    p.push(
-                        "inspection.enabled",
-                        "is not yet available with store.backend = \"postgres\" (readings, \
-                         history, alarms, agents, users and audit are); set it to false or use SQLite",
-                    );
-                }
             }
         }
         let r = &self.store.retention;
@@ -818,14 +808,12 @@ mod tests {
     }
 
     #[test]
-    fn the_postgres_backend_needs_its_url_and_is_refused_with_what_it_cannot_hold_yet() {
+    fn the_postgres_backend_needs_its_url_and_a_password_kept_out_of_it() {
         assert_eq!(
             problem_paths("[store]\nbackend = \"postgres\"\n"),
-            ["store.url", "inspection.enabled"]
+            ["store.url"]
         );
-        let off = "[alarms]\nenabled = false\n[inspection]\nenabled = false\n";
-        let pg =
-            |store: &str| problem_paths(&format!("[store]\nbackend = \"postgres\"\n{store}{off}"));
+        let pg = |store: &str| problem_paths(&format!("[store]\nbackend = \"postgres\"\n{store}"));
         assert!(pg("url = \"postgresql://rg@127.0.0.1:5432/rg\"\n").is_empty());
         assert_eq!(pg("url = \"mysql://rg@h/rg\"\n"), ["store.url"]);
         assert_eq!(

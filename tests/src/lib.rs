@@ -594,6 +594,47 @@ pub enum TestStore {
 }
 
 impl TestStore {
+    /// The store's writer and readers as the collector makes them (for a
+    /// test that drives the store itself), and the `[store]` body for a
+    /// collector on the same store afterwards; on PostgreSQL a new
+    /// database `db`.
+    pub fn open(
+        &self,
+        dir: &Path,
+        db: &str,
+    ) -> Result<(
+        roomguard_collector::store::backend::Writer,
+        roomguard_collector::store::backend::Reads,
+        String,
+    )> {
+        use roomguard_collector::store::{backend, postgres, retention, sqlite};
+        let toml = self.toml(dir, db)?;
+        Ok(match self {
+            TestStore::Sqlite => {
+                let path = dir.join("store.db");
+                (
+                    backend::Writer::Sqlite(sqlite::SqliteWriter::open(&path)?),
+                    backend::Reads::Sqlite(path),
+                    toml,
+                )
+            }
+            TestStore::Postgres(pg) => {
+                let target = postgres::Target {
+                    config: postgres::settings(&pg.url(db), Some(Postgres::PASSWORD))?,
+                    tls: None,
+                };
+                (
+                    backend::Writer::Postgres(backend::PgWriting::new(
+                        target.clone(),
+                        retention::Policy::default(),
+                    )),
+                    backend::Reads::Postgres(std::sync::Arc::new(backend::PgReads::new(target))),
+                    toml,
+                )
+            }
+        })
+    }
+
     /// PostgreSQL, or `None` (the test passes as skipped) outside CI when it
     /// is not installed.
     pub fn postgres() -> Result<Option<TestStore>> {
@@ -601,8 +642,7 @@ impl TestStore {
     }
 
     /// The `[store]` body for a collector in `dir`: on PostgreSQL a new
-    /// database `db`, its password in a file, and inspection off (not yet
-    /// on PostgreSQL).
+    /// database `db` and its password in a file.
     pub fn toml(&self, dir: &Path, db: &str) -> Result<String> {
         match self {
             TestStore::Sqlite => Ok(format!(
@@ -618,13 +658,12 @@ impl TestStore {
 }
 
 /// The `[store]` body for database `db` on `pg` with `password` (in a file
-/// in `dir`), and inspection off (not yet on PostgreSQL).
+/// in `dir`).
 pub fn pg_store_toml(dir: &Path, pg: &Postgres, db: &str, password: &str) -> Result<String> {
     let file = dir.join("pg-password");
     std::fs::write(&file, password)?;
     Ok(format!(
-        "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n\
-         [inspection]\nenabled = false\n",
+        "backend = \"postgres\"\nurl = {:?}\npassword = {{ file = {:?} }}\n",
         pg.url(db),
         file.display().to_string()
     ))

@@ -15,8 +15,8 @@ use roomguard_collector::inspection::task::Inspector;
 use roomguard_collector::inspection::{InspectionConfig, NewDrill};
 use roomguard_collector::store::alarms::AlarmSetup;
 use roomguard_collector::store::alarms::{self as record, Action as AlarmAction};
-use roomguard_collector::store::sql;
-use roomguard_collector::store::sqlite::SqliteWriter;
+use roomguard_collector::store::backend::Writer;
+use roomguard_collector::store::sql::Db;
 use roomguard_e2e::browser::Browser;
 use roomguard_e2e::*;
 use roomguard_protocol::{Batch, PointMeta, Quality, Reading, PROTOCOL_VERSION};
@@ -86,8 +86,8 @@ fn batch(seq: u64, device: &str, meta: Option<PointMeta>, r: Reading) -> Batch {
     }
 }
 
-/// Plays the month into `path`; returns the writer's rules.
-fn play(path: &Path, p: &Plan) -> Result<Arc<roomguard_collector::alarm::rules::RuleSet>> {
+/// Plays the month through `w`; returns the writer's rules.
+fn play(w: Writer, p: &Plan) -> Result<Arc<roomguard_collector::alarm::rules::RuleSet>> {
     let alarms = AlarmsConfig::default();
     let rules = Arc::new(alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);
     let setup = AlarmSetup {
@@ -95,7 +95,7 @@ fn play(path: &Path, p: &Plan) -> Result<Arc<roomguard_collector::alarm::rules::
         routes: alarms.routes(),
         escalation: alarms.escalation(),
     };
-    let mut w = SqliteWriter::open(path)?.with_alarms(setup, p.start)?;
+    let mut w = w.with_alarms(setup, p.start)?;
     let meta = |id: &str, room: &str, q: &str, unit: &str| PointMeta {
         id: id.into(),
         room: room.into(),
@@ -141,161 +141,78 @@ fn play(path: &Path, p: &Plan) -> Result<Arc<roomguard_collector::alarm::rules::
             while w.maintain(t)?.minutes > 0 {}
         }
     }
-    // Just after the last minute closed: no silence has started yet.
-    while w.maintain(p.end + 30_000)?.minutes > 0 {}
+    // A minute after the last minute closed (PostgreSQL rolls a minute up
+    // once a whole minute has passed since it closed, see its maintain.rs):
+    // no point has been silent long enough for an alarm yet.
+    while w.maintain(p.end + 60_000)?.minutes > 0 {}
     Ok(rules)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -> Result<()> {
+on_both!(a_month_of_history_gives_a_report_with_the_figures_that_were_put_in);
+
+async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
+    store: TestStore,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = dir.path().join("store.db");
+    let (writer, reads, store_toml) = store.open(dir.path(), "inspection")?;
     let p = plan();
-    let rules = play(&store, &p)?;
+    // Inspection on from the first day, as the collector would have it
+    // (hazards are proposed from alarms raised once it is on).
+    reads
+        .blocking(true, |c| {
+            roomguard_collector::store::inspection::start_proposals(c)
+        })
+        .await?;
+    // The writer blocks (on PostgreSQL it drives a runtime of its own).
+    let rules = tokio::task::spawn_blocking(move || play(writer, &plan())).await??;
     let tz = jiff::tz::TimeZone::get("Asia/Shanghai")?;
-    let mut c = rusqlite::Connection::open(&store)?;
 
     // The on-call engineer acknowledges the level-1 hydrogen alarm 10 minutes after it.
-    let (serial, raised_at): (i64, i64) = c.query_row(
-        "SELECT serial, raised_at FROM alarms WHERE rule = 'explosion.h2_alarm'",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let serial = u64::try_from(serial)?;
-    let tx = c.transaction()?;
-    sql::now(record::act(
-        sql::Conn::Lite(&tx),
-        &rules,
-        &[],
-        serial,
-        "oncall-1",
-        AlarmAction::Acknowledge {
-            comment: Some("fans on"),
-        },
-        raised_at + 10 * MIN,
-    ))?;
-    tx.commit()?;
-
-    // Hazards: one major found and closed in October, one general still
-    // open past its October deadline, one from September overdue since.
-    let o = p.start;
-    let new = |grade: &str, what: &str| NewHazard {
-        site: "s".into(),
-        room: "battery-room".into(),
-        category: "explosion".into(),
-        grade: grade.into(),
-        description: what.into(),
-        owner: Some("li".into()),
-        deadline: None,
-        plan: Some("fix it".into()),
-    };
-    let h1 = roomguard_collector::store::hazards::create(
-        &c,
-        &new("major", "exhaust fan seized"),
-        "inspector-1",
-        Status::Open,
-        "manual",
-        None,
-        o + 4 * DAY,
-    )?;
-    let deadline = |d: i64| Edit {
-        deadline: Some(d),
-        ..Default::default()
-    };
-    roomguard_collector::store::hazards::change(
-        &mut c,
-        h1.id,
-        &deadline(o + 14 * DAY),
-        Some(Action::StartRectification),
-        None,
-        "li",
-        o + 5 * DAY,
-    )?;
-    let evidence = Edit {
-        evidence: Some("new fan, photo".into()),
-        ..Default::default()
-    };
-    roomguard_collector::store::hazards::change(
-        &mut c,
-        h1.id,
-        &evidence,
-        Some(Action::SubmitForVerification),
-        None,
-        "li",
-        o + 10 * DAY,
-    )?;
-    roomguard_collector::store::hazards::change(
-        &mut c,
-        h1.id,
-        &Edit::default(),
-        Some(Action::Verify),
-        None,
-        "inspector-1",
-        o + 11 * DAY,
-    )?;
-    let h2 = roomguard_collector::store::hazards::create(
-        &c,
-        &new("general", "cable tray unsealed"),
-        "inspector-1",
-        Status::Open,
-        "manual",
-        None,
-        o + 7 * DAY,
-    )?;
-    roomguard_collector::store::hazards::change(
-        &mut c,
-        h2.id,
-        &deadline(o + 19 * DAY),
-        Some(Action::StartRectification),
-        None,
-        "li",
-        o + 8 * DAY,
-    )?;
-    let h3 = roomguard_collector::store::hazards::create(
-        &c,
-        &new("general", "extinguisher out of date"),
-        "inspector-1",
-        Status::Open,
-        "manual",
-        None,
-        o - 11 * DAY,
-    )?;
-    roomguard_collector::store::hazards::change(
-        &mut c,
-        h3.id,
-        &deadline(o - DAY),
-        Some(Action::StartRectification),
-        None,
-        "li",
-        o - 10 * DAY,
-    )?;
-    roomguard_collector::store::inspection::record_drill(
-        &c,
-        &NewDrill {
-            site: "s".into(),
-            room: "battery-room".into(),
-            scenario: "thermal_runaway".into(),
-            note: None,
-        },
-        o + 20 * DAY,
-        Some(o + 20 * DAY + HOUR),
-        "inspector-1",
-    )?;
+    let r2 = rules.clone();
+    reads
+        .write(async move |c| {
+            let a = c
+                .row(
+                    "SELECT serial, raised_at FROM alarms WHERE rule = 'explosion.h2_alarm'",
+                    &[],
+                )
+                .await?
+                .context("the hydrogen alarm")?;
+            let (serial, raised_at): (u64, i64) = (a.get(0)?, a.get(1)?);
+            record::act(
+                c,
+                &r2,
+                &[],
+                serial,
+                "oncall-1",
+                AlarmAction::Acknowledge {
+                    comment: Some("fans on"),
+                },
+                raised_at + 10 * MIN,
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    reads
+        .blocking(true, move |c| hazards_and_a_drill(c, &plan()))
+        .await?;
 
     // Patrols at every 2-hour slot of the first ten days.
+    let o = p.start;
     let cfg = InspectionConfig::default();
-    let inspector = Inspector {
-        store: store.clone(),
+    let inspector = Arc::new(Inspector {
+        records: reads.clone(),
         cfg: cfg.clone(),
         rules: Some(rules.clone()),
         routes: Vec::new(),
         tz: tz.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
         live: Arc::new(roomguard_collector::live::Live::default()),
-    };
+    });
     let mut proposed = 0;
     for slot in (0..120).map(|i| o + i * 2 * HOUR) {
-        let r = inspector.round(slot + MIN)?;
+        let r = inspector.round(slot + MIN).await?;
         assert_eq!(r.patrols, 2, "both rooms patrolled at slot {slot}");
         proposed += r.proposed;
     }
@@ -304,17 +221,22 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         "the level-1 hydrogen alarm proposes one hazard"
     );
 
-    let schedule = cfg.schedule();
-    let inp = Inputs {
-        rules: Some(&rules),
-        schedule: &schedule,
-        tz: &tz,
-        schedule_tz: &tz,
-        now: p.end + DAY,
-    };
     let month = report::month("2026-10", &tz).map_err(anyhow::Error::msg)?;
     assert_eq!((month.from, month.to), (p.start, p.end));
-    let r = report::build(&c, Some("s"), &month, &inp)?;
+    let (rules2, tz2, month2) = (rules.clone(), tz.clone(), month.clone());
+    let r = reads
+        .blocking(false, move |c| {
+            let schedule = cfg.schedule();
+            let inp = Inputs {
+                rules: Some(&rules2),
+                schedule: &schedule,
+                tz: &tz2,
+                schedule_tz: &tz2,
+                now: plan().end + DAY,
+            };
+            Ok::<_, anyhow::Error>(report::build(c, Some("s"), &month2, &inp)?)
+        })
+        .await?;
 
     // Alarms, by what was put in: each hot spell raises inlet-high (level 2)
     // and inlet-rising (level 3); the six silent hours raise sensor-silent
@@ -394,11 +316,16 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
     assert_eq!(r.drills.len(), 1);
 
     // A patrol record says what a person walking the room would see.
-    let rec: serde_json::Value = c.query_row(
-        "SELECT record FROM patrols WHERE room = 'machine-room' AND slot = ?1",
-        [p.hot[0].0 + 2 * HOUR],
-        |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?).unwrap_or_default()),
-    )?;
+    let slot = p.hot[0].0 + 2 * HOUR;
+    let text: String = reads
+        .blocking(false, move |c| {
+            c.value(
+                "SELECT record FROM patrols WHERE room = 'machine-room' AND slot = $1",
+                roomguard_collector::args![slot],
+            )
+        })
+        .await?;
+    let rec: serde_json::Value = serde_json::from_str(&text)?;
     let inlet = &rec["points"][0];
     assert_eq!(inlet["max"], 29.0, "{rec}");
     let high = inlet["limits"]
@@ -409,15 +336,124 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in() -
         })
         .context("inlet limit in the patrol")?;
     assert_eq!(high["minutes_beyond"], 95);
-    drop(c);
+    printable_report_and_csv(dir.path(), &store_toml).await
+}
 
-    printable_report_and_csv(dir.path()).await
+/// The hazards and the drill of October, at October times: one major
+/// found and closed, one general still open past its October deadline,
+/// one from September overdue since.
+fn hazards_and_a_drill(c: Db<'_>, p: &Plan) -> Result<()> {
+    let o = p.start;
+    let new = |grade: &str, what: &str| NewHazard {
+        site: "s".into(),
+        room: "battery-room".into(),
+        category: "explosion".into(),
+        grade: grade.into(),
+        description: what.into(),
+        owner: Some("li".into()),
+        deadline: None,
+        plan: Some("fix it".into()),
+    };
+    let h1 = roomguard_collector::store::hazards::create(
+        c,
+        &new("major", "exhaust fan seized"),
+        "inspector-1",
+        Status::Open,
+        "manual",
+        None,
+        o + 4 * DAY,
+    )?;
+    let deadline = |d: i64| Edit {
+        deadline: Some(d),
+        ..Default::default()
+    };
+    roomguard_collector::store::hazards::change(
+        c,
+        h1.id,
+        &deadline(o + 14 * DAY),
+        Some(Action::StartRectification),
+        None,
+        "li",
+        o + 5 * DAY,
+    )?;
+    let evidence = Edit {
+        evidence: Some("new fan, photo".into()),
+        ..Default::default()
+    };
+    roomguard_collector::store::hazards::change(
+        c,
+        h1.id,
+        &evidence,
+        Some(Action::SubmitForVerification),
+        None,
+        "li",
+        o + 10 * DAY,
+    )?;
+    roomguard_collector::store::hazards::change(
+        c,
+        h1.id,
+        &Edit::default(),
+        Some(Action::Verify),
+        None,
+        "inspector-1",
+        o + 11 * DAY,
+    )?;
+    let h2 = roomguard_collector::store::hazards::create(
+        c,
+        &new("general", "cable tray unsealed"),
+        "inspector-1",
+        Status::Open,
+        "manual",
+        None,
+        o + 7 * DAY,
+    )?;
+    roomguard_collector::store::hazards::change(
+        c,
+        h2.id,
+        &deadline(o + 19 * DAY),
+        Some(Action::StartRectification),
+        None,
+        "li",
+        o + 8 * DAY,
+    )?;
+    let h3 = roomguard_collector::store::hazards::create(
+        c,
+        &new("general", "extinguisher out of date"),
+        "inspector-1",
+        Status::Open,
+        "manual",
+        None,
+        o - 11 * DAY,
+    )?;
+    roomguard_collector::store::hazards::change(
+        c,
+        h3.id,
+        &deadline(o - DAY),
+        Some(Action::StartRectification),
+        None,
+        "li",
+        o - 10 * DAY,
+    )?;
+    roomguard_collector::store::inspection::record_drill(
+        c,
+        &NewDrill {
+            site: "s".into(),
+            room: "battery-room".into(),
+            scenario: "thermal_runaway".into(),
+            note: None,
+        },
+        o + 20 * DAY,
+        Some(o + 20 * DAY + HOUR),
+        "inspector-1",
+    )?;
+
+    Ok(())
 }
 
 /// The collector serves the printable report; Chromium prints it to PDF;
 /// the CLI writes the CSV tables.
-async fn printable_report_and_csv(dir: &Path) -> Result<()> {
-    let (_collector, http, _) = start_collector_with(dir, None, "")?;
+async fn printable_report_and_csv(dir: &Path, store_toml: &str) -> Result<()> {
+    let (_collector, http, _) = start_collector_stored(dir, store_toml, None, "")?;
     // The CLI: one CSV file per table, beside the running collector.
     let csv_dir = dir.join("csv");
     let status = std::process::Command::new(workspace_bin("roomguard-collector"))

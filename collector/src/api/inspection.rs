@@ -8,13 +8,13 @@ use crate::auth::{Role, User};
 use crate::inspection::hazard::{Action, Edit, Filter, Hazard, NewHazard, Status};
 use crate::inspection::report::{self, Inputs};
 use crate::inspection::{patrol, render, InspectionError, NewDrill};
+use crate::store::sql::Db;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use jiff::tz::TimeZone;
-use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -37,21 +37,22 @@ impl From<InspectionError> for ApiError {
     }
 }
 
-/// Runs `f` on a read-write connection of its own, on the blocking pool.
+/// Runs `f` in one transaction on the record, on the blocking pool.
 async fn with_conn<T, F>(st: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut Connection) -> Result<T, InspectionError> + Send + 'static,
+    F: FnOnce(Db<'_>) -> Result<T, InspectionError> + Send + 'static,
 {
-    let path = super::sqlite_records(st)?;
-    tokio::task::spawn_blocking(move || {
-        let mut c = Connection::open(&path)?;
-        c.busy_timeout(std::time::Duration::from_secs(5))?;
-        f(&mut c)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(ApiError::from)
+    Ok(st.reads.blocking(true, f).await?)
+}
+
+/// Runs `f`, which only reads, on the record, on the blocking pool.
+async fn reading<T, F>(st: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(Db<'_>) -> Result<T, InspectionError> + Send + 'static,
+{
+    Ok(st.reads.blocking(false, f).await?)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -125,7 +126,7 @@ pub async fn hazards(
         open_only: q.open,
     };
     let now = roomguard_protocol::clock::now_ms();
-    let list = with_conn(&st, move |c| crate::store::hazards::list(c, &f, limit)).await?;
+    let list = reading(&st, move |c| crate::store::hazards::list(c, &f, limit)).await?;
     Ok(Json(json!({
         "hazards": list.iter().map(|h| hazard_json(h, &tz, now)).collect::<Vec<_>>()
     })))
@@ -187,7 +188,7 @@ pub async fn hazard(
     let id = id_of(&id, "hazard")?;
     let tz = zone(None, &st)?;
     let now = roomguard_protocol::clock::now_ms();
-    let (h, events) = with_conn(&st, move |c| {
+    let (h, events) = reading(&st, move |c| {
         Ok((
             crate::store::hazards::get(c, id)?,
             crate::store::hazards::events(c, id)?,
@@ -300,7 +301,7 @@ pub async fn change_hazard(
 
 pub async fn zeroing(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let now = roomguard_protocol::clock::now_ms();
-    let sites = with_conn(&st, move |c| crate::store::hazards::zeroing(c, now)).await?;
+    let sites = reading(&st, move |c| crate::store::hazards::zeroing(c, now)).await?;
     Ok(Json(json!({ "sites": sites, "target": "open_major = 0" })))
 }
 
@@ -364,7 +365,7 @@ pub async fn patrols(
         from,
         to: to + 1,
     };
-    let mut list = with_conn(&st, move |c| crate::store::patrols::list(c, &f, limit)).await?;
+    let mut list = reading(&st, move |c| crate::store::patrols::list(c, &f, limit)).await?;
     for p in &mut list {
         times(p, &["slot", "at", "period_from", "period_to"], &tz);
     }
@@ -377,7 +378,7 @@ pub async fn patrol(
 ) -> Result<Json<Value>, ApiError> {
     let id = id_of(&id, "patrol")?;
     let tz = zone(None, &st)?;
-    let mut p = with_conn(&st, move |c| crate::store::patrols::get(c, id)).await?;
+    let mut p = reading(&st, move |c| crate::store::patrols::get(c, id)).await?;
     times(
         &mut p,
         &["at", "period_from", "period_to", "signed_at"],
@@ -399,7 +400,7 @@ pub async fn photo(
     let n: i64 = n
         .parse()
         .map_err(|_| bad(format!("{n:?} is not a photo number")))?;
-    let (ct, data) = with_conn(&st, move |c| crate::store::patrols::photo(c, id, n)).await?;
+    let (ct, data) = reading(&st, move |c| crate::store::patrols::photo(c, id, n)).await?;
     Ok(([(header::CONTENT_TYPE, ct)], data).into_response())
 }
 
@@ -493,7 +494,7 @@ pub async fn drills(
     let tz = zone(q.tz.as_deref(), &st)?;
     let (from, to) = period(q.from.as_deref(), q.to.as_deref(), "now-365d", &tz)?;
     let site = q.site;
-    let mut list = with_conn(&st, move |c| {
+    let mut list = reading(&st, move |c| {
         crate::store::inspection::drills(c, site.as_deref(), from, to + 1)
     })
     .await?;
@@ -573,7 +574,7 @@ pub async fn report(
                 .as_deref()
                 .ok_or_else(|| bad("month: give the month, like 2026-11"))?;
             let p = report::month(m, &tz).map_err(bad)?;
-            with_conn(&st, move |c| {
+            reading(&st, move |c| {
                 let inp = Inputs {
                     rules: rules.as_deref(),
                     schedule: &schedule,
@@ -608,7 +609,7 @@ pub async fn report(
                 .clone()
                 .ok_or_else(|| bad("year: give the year, like 2026"))?;
             report::months_of(&y, &tz).map_err(bad)?;
-            with_conn(&st, move |c| {
+            reading(&st, move |c| {
                 let inp = Inputs {
                     rules: rules.as_deref(),
                     schedule: &schedule,

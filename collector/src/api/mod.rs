@@ -156,21 +156,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The SQLite file of the records still kept only there (inspection); on
-/// PostgreSQL a clear refusal instead of a file opened (and
-/// made) beside a store that is not used.
-pub(crate) fn sqlite_records(st: &AppState) -> Result<PathBuf, ApiError> {
-    match &st.reads {
-        crate::store::backend::Reads::Sqlite(path) => Ok(path.clone()),
-        crate::store::backend::Reads::Postgres(_) => Err(ApiError(
-            StatusCode::NOT_IMPLEMENTED,
-            "not yet available with store.backend = \"postgres\" (inspection records \
-             are kept on SQLite only so far; docs/POSTGRES.md)"
-                .into(),
-        )),
-    }
-}
-
 /// A store read's failure as the API answers it.
 fn unavailable<T>(r: Result<T, StoreError>) -> Result<T, ApiError> {
     r.map_err(ApiError::from)

@@ -242,6 +242,7 @@ pub struct Edit {
 mod tests {
     use super::*;
     use crate::store::hazards::*;
+    use crate::store::sql::Db;
     use rusqlite::Connection;
     use serde_json::json;
 
@@ -323,9 +324,9 @@ mod tests {
 
     #[test]
     fn every_change_is_in_an_append_only_trail() {
-        let mut c = store();
+        let c = store();
         let h = create(
-            &c,
+            Db::lite(&c),
             &new_hazard(),
             "inspector-1",
             Status::Open,
@@ -341,7 +342,7 @@ mod tests {
             ..Default::default()
         };
         let h2 = change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &edit,
             Some(Action::StartRectification),
@@ -351,7 +352,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h2.status, Status::Rectifying);
-        let trail = events(&c, h.id).unwrap();
+        let trail = events(Db::lite(&c), h.id).unwrap();
         assert_eq!(trail.len(), 2);
         assert_eq!(trail[1]["changes"]["status"], json!(["open", "rectifying"]));
         assert_eq!(trail[1]["changes"]["owner"], json!([null, "li"]));
@@ -367,7 +368,7 @@ mod tests {
             ..Default::default()
         };
         change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &evidence,
             Some(Action::SubmitForVerification),
@@ -377,7 +378,7 @@ mod tests {
         )
         .unwrap();
         let e = change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &Edit::default(),
             Some(Action::Verify),
@@ -392,7 +393,7 @@ mod tests {
             ..Default::default()
         };
         assert!(change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &rename,
             Some(Action::Verify),
@@ -402,7 +403,7 @@ mod tests {
         )
         .is_err());
         assert!(change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &Edit::default(),
             Some(Action::Verify),
@@ -412,7 +413,7 @@ mod tests {
         )
         .is_err());
         let closed = change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &Edit::default(),
             Some(Action::Verify),
@@ -426,11 +427,20 @@ mod tests {
 
     #[test]
     fn zeroing_counts_open_major_hazards_and_overdue_per_site() {
-        let mut c = store();
-        let h = create(&c, &new_hazard(), "i", Status::Open, "manual", None, 0).unwrap();
+        let c = store();
+        let h = create(
+            Db::lite(&c),
+            &new_hazard(),
+            "i",
+            Status::Open,
+            "manual",
+            None,
+            0,
+        )
+        .unwrap();
         let mut general = new_hazard();
         general.grade = "general".into();
-        create(&c, &general, "i", Status::Open, "manual", None, 0).unwrap();
+        create(Db::lite(&c), &general, "i", Status::Open, "manual", None, 0).unwrap();
         let edit = Edit {
             owner: Some("li".into()),
             deadline: Some(1_000),
@@ -438,7 +448,7 @@ mod tests {
             ..Default::default()
         };
         change(
-            &mut c,
+            Db::lite(&c),
             h.id,
             &edit,
             Some(Action::StartRectification),
@@ -447,7 +457,7 @@ mod tests {
             10,
         )
         .unwrap();
-        let z = zeroing(&c, 2_000).unwrap();
+        let z = zeroing(Db::lite(&c), 2_000).unwrap();
         assert_eq!(z.len(), 1);
         assert_eq!(z[0]["open_major"], 2 - 1);
         assert_eq!(z[0]["open"], 2);

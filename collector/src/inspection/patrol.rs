@@ -12,7 +12,7 @@ use crate::alarm::rules::{PointLabels, RuleSet};
 use crate::store::inspection::{rollups, Tier};
 use crate::store::patrols as store;
 use crate::store::rollup::{bucket, MINUTE_MS};
-use rusqlite::Connection;
+use crate::store::sql::Db;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -29,7 +29,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The record of an automatic patrol of one room over `[from, to)`.
 pub fn build_auto(
-    c: &Connection,
+    c: Db<'_>,
     rules: Option<&RuleSet>,
     site: &str,
     room: &str,
@@ -134,7 +134,7 @@ pub fn build_auto(
 }
 
 fn open_hazards(
-    c: &Connection,
+    c: Db<'_>,
     site: &str,
     room: &str,
     now: i64,
@@ -191,7 +191,7 @@ pub struct ManualPatrol {
 /// Checks and records a walk-through by `by` at `now`; answers must name
 /// checklist items, photos must be JPEG, PNG or WebP within the limits.
 pub fn record_manual(
-    c: &mut Connection,
+    c: Db<'_>,
     m: &ManualPatrol,
     checklist: &[ChecklistItem],
     by: &str,
@@ -316,6 +316,8 @@ pub struct Filter {
 mod tests {
     use super::*;
     use crate::store::patrols::photo;
+    use crate::store::sql::Db;
+    use rusqlite::Connection;
 
     fn store() -> Connection {
         let c = Connection::open_in_memory().unwrap();
@@ -332,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_manual_patrol_is_signed_immutable_and_refuses_what_is_not_on_the_checklist() {
-        let mut c = store();
+        let c = store();
         let list = super::super::builtin_checklist();
         let png = b"\x89PNG\r\n\x1a\n0000";
         let m = ManualPatrol {
@@ -357,27 +359,27 @@ mod tests {
                 data: crate::base64::encode(png),
             }],
         };
-        let r = record_manual(&mut c, &m, &list, "li", 1_000).unwrap();
+        let r = record_manual(Db::lite(&c), &m, &list, "li", 1_000).unwrap();
         assert_eq!(r["by"], "li");
         assert_eq!(r["summary"]["failed"], 1);
         assert_eq!(r["summary"]["not_checked"], list.len() - 2);
         assert_eq!(r["digest_ok"], true);
         let id = r["id"].as_i64().unwrap();
-        assert_eq!(photo(&c, id, 0).unwrap().1, png.to_vec());
+        assert_eq!(photo(Db::lite(&c), id, 0).unwrap().1, png.to_vec());
         assert!(c.execute("UPDATE patrols SET by = 'x'", []).is_err());
         assert!(c.execute("DELETE FROM patrol_photos", []).is_err());
 
         let mut wrong = m.clone();
         wrong.items[0].id = "coffee_machine".into();
-        let e = record_manual(&mut c, &wrong, &list, "li", 2_000).unwrap_err();
+        let e = record_manual(Db::lite(&c), &wrong, &list, "li", 2_000).unwrap_err();
         assert!(e.to_string().contains("items[0].id"), "{e}");
         let mut fake = m.clone();
         fake.photos[0].content_type = "image/jpeg".into();
-        let e = record_manual(&mut c, &fake, &list, "li", 3_000).unwrap_err();
+        let e = record_manual(Db::lite(&c), &fake, &list, "li", 3_000).unwrap_err();
         assert!(e.to_string().contains("not a image/jpeg image"), "{e}");
         let mut nowhere = m.clone();
         nowhere.room = "kitchen".into();
-        let e = record_manual(&mut c, &nowhere, &list, "li", 4_000).unwrap_err();
+        let e = record_manual(Db::lite(&c), &nowhere, &list, "li", 4_000).unwrap_err();
         assert!(e.to_string().contains("no room"), "{e}");
     }
 }

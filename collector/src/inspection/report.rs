@@ -13,7 +13,7 @@ use crate::alarm::rules::{PointLabels, RuleSet};
 use crate::store::inspection::{rollups, Tier};
 use crate::store::reports::{self as store, PointRow};
 use crate::store::rollup::HOUR_MS;
-use rusqlite::Connection;
+use crate::store::sql::Db;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -176,13 +176,13 @@ pub struct Inputs<'a> {
 }
 
 pub fn build(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     period: &Period,
     inp: &Inputs,
 ) -> Result<Report, InspectionError> {
     let until = period.to.min(inp.now);
-    let alarms_on = crate::store::sqlite::table_exists(c, "alarms")?;
+    let alarms_on = c.has_table("alarms")?;
     Ok(Report {
         site: site.map(str::to_owned),
         period: period.clone(),
@@ -207,7 +207,7 @@ pub fn build(
 }
 
 pub fn build_year(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     year: &str,
     inp: &Inputs,
@@ -229,11 +229,7 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-fn alarms(
-    c: &Connection,
-    site: Option<&str>,
-    p: &Period,
-) -> Result<Vec<AlarmRow>, InspectionError> {
+fn alarms(c: Db<'_>, site: Option<&str>, p: &Period) -> Result<Vec<AlarmRow>, InspectionError> {
     type Acc = (i64, i64, Vec<f64>, Vec<f64>);
     let mut by: BTreeMap<(u8, String), Acc> = BTreeMap::new();
     for a in store::alarm_times(c, site, p.from, p.to)? {
@@ -264,7 +260,7 @@ fn alarms(
 }
 
 fn longest(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     p: &Period,
     until: i64,
@@ -293,19 +289,19 @@ fn longest(
 }
 
 /// Points with a room, in existence before `to`.
-fn points(c: &Connection, site: Option<&str>, to: i64) -> Result<Vec<PointRow>, InspectionError> {
+fn points(c: Db<'_>, site: Option<&str>, to: i64) -> Result<Vec<PointRow>, InspectionError> {
     Ok(store::points(c, site, to)?)
 }
 
 /// The hour of a point's first reading, by event time (`first_seen` is when
 /// the collector received it: late for a backlog).
-fn existed_from(c: &Connection, p: &PointRow) -> Result<i64, rusqlite::Error> {
+fn existed_from(c: Db<'_>, p: &PointRow) -> Result<i64, crate::store::sql::SqlError> {
     let first = store::first_hour(c, p.id)?;
     Ok(first.unwrap_or((p.first_seen + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS))
 }
 
 fn completeness(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     from: i64,
     until: i64,
@@ -349,7 +345,7 @@ fn completeness(
 }
 
 fn exceedance(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     from: i64,
     until: i64,
@@ -410,12 +406,12 @@ fn exceedance(
     Ok(out)
 }
 
-fn hazards(c: &Connection, site: Option<&str>, p: &Period) -> Result<Hazards, InspectionError> {
+fn hazards(c: Db<'_>, site: Option<&str>, p: &Period) -> Result<Hazards, InspectionError> {
     Ok(store::hazard_counts(c, site, p.from, p.to)?)
 }
 
 fn patrols(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     p: &Period,
     until: i64,

@@ -6,11 +6,10 @@
 use super::{figures, hazard, patrol, InspectionConfig, InspectionError};
 use crate::alarm::lifecycle::Route;
 use crate::alarm::rules::RuleSet;
-use crate::store::inspection::{state_get, state_set};
-use crate::store::sql::{self, Conn};
-use rusqlite::Connection;
+use crate::store::backend::Reads;
+use crate::store::inspection::{start_proposals, state_get, state_set};
+use crate::store::sql::Db;
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -23,7 +22,8 @@ const ROUND: Duration = Duration::from_secs(30);
 const ROLLUP_WAIT_MS: i64 = 10 * 60_000;
 
 pub struct Inspector {
-    pub store: PathBuf,
+    /// Where the inspection records are (either backend).
+    pub records: Reads,
     pub cfg: InspectionConfig,
     pub rules: Option<Arc<RuleSet>>,
     pub routes: Vec<Route>,
@@ -47,11 +47,8 @@ impl Inspector {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.round(roomguard_protocol::clock::now_ms()))
-                .await
-            {
-                Ok(Ok(r)) => {
+            match self.round(roomguard_protocol::clock::now_ms()).await {
+                Ok(r) => {
                     if r.overdue_told > 0 {
                         self.wake.notify_one();
                     }
@@ -64,33 +61,43 @@ impl Inspector {
                         );
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "inspection round failed; retried next round")
-                }
                 Err(e) => {
-                    tracing::error!(error = %e, "inspection round panicked; retried next round")
+                    tracing::error!(error = %e, "inspection round failed; retried next round")
                 }
             }
         }
     }
 
-    /// One round at `now`.
-    pub fn round(&self, now: i64) -> Result<Round, InspectionError> {
-        let mut c = Connection::open(&self.store)?;
-        c.busy_timeout(Duration::from_secs(5))?;
+    /// One round at `now`: the patrols, each written on its own (a
+    /// transaction across every room would hold SQLite's write lock, and
+    /// ingest, for the whole round), then the proposals and the overdue
+    /// messages, each in a transaction.
+    pub async fn round(self: &Arc<Self>, now: i64) -> Result<Round, InspectionError> {
+        let me = self.clone();
+        let (patrols, alarms_on) = self
+            .records
+            .blocking(false, move |c| {
+                Ok::<_, InspectionError>((me.patrols(c, now)?, c.has_table("alarms")?))
+            })
+            .await?;
         let mut r = Round {
-            patrols: self.patrols(&c, now)?,
+            patrols,
             ..Default::default()
         };
-        if crate::store::sqlite::table_exists(&c, "alarms")? {
-            r.proposed = self.propose(&mut c)?;
-            r.overdue_told = self.tell_overdue(&mut c, now)?;
+        if alarms_on {
+            let me = self.clone();
+            r.proposed = self.records.blocking(true, move |c| me.propose(c)).await?;
+            let me = self.clone();
+            r.overdue_told = self
+                .records
+                .blocking(true, move |c| me.tell_overdue(c, now))
+                .await?;
         }
         Ok(r)
     }
 
     /// The patrol of every room at the latest slot, if not written yet.
-    fn patrols(&self, c: &Connection, now: i64) -> Result<usize, InspectionError> {
+    fn patrols(&self, c: Db<'_>, now: i64) -> Result<usize, InspectionError> {
         let Some((from, slot)) =
             figures::current_slot(&self.cfg.schedule(), &self.tz, now - SETTLE_MS)
         else {
@@ -134,14 +141,11 @@ impl Inspector {
     }
 
     /// Hazards proposed from alarms raised since the last round.
-    fn propose(&self, c: &mut Connection) -> Result<usize, InspectionError> {
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let after = state_get(&tx, "proposed_after_serial")?.unwrap_or(0);
-        let alarms = sql::now(crate::store::alarms::raised_after(
-            Conn::Lite(&tx),
-            after,
-            500,
-        ))?;
+    fn propose(&self, c: Db<'_>) -> Result<usize, InspectionError> {
+        // A store that had alarms before inspection was on: from now on.
+        start_proposals(c)?;
+        let after = state_get(c, "proposed_after_serial")?.unwrap_or(0);
+        let alarms = c.wait(crate::store::alarms::raised_after(c.conn(), after, 500))?;
         let within = self.cfg.recurring_within.as_millis() as i64;
         let mut proposed = 0;
         for a in alarms.iter() {
@@ -155,13 +159,13 @@ impl Inspector {
                 category,
                 raised_at,
             } = a;
-            if room.is_empty() || crate::store::hazards::already_tracked(&tx, site, room, rule)? {
+            if room.is_empty() || crate::store::hazards::already_tracked(c, site, room, rule)? {
                 continue;
             }
             let critical = self.cfg.propose_from_critical && *level == 1;
             let times: i64 = if self.cfg.recurring_count > 0 {
-                sql::now(crate::store::alarms::raise_count(
-                    Conn::Lite(&tx),
+                c.wait(crate::store::alarms::raise_count(
+                    c.conn(),
                     (site, room, rule),
                     raised_at - within,
                     *raised_at,
@@ -204,7 +208,7 @@ impl Inspector {
                 plan: None,
             };
             crate::store::hazards::create(
-                &tx,
+                c,
                 &new,
                 "roomguard",
                 hazard::Status::Proposed,
@@ -215,17 +219,15 @@ impl Inspector {
             proposed += 1;
         }
         if let Some(last) = alarms.last() {
-            state_set(&tx, "proposed_after_serial", last.serial)?;
+            state_set(c, "proposed_after_serial", last.serial)?;
         }
-        tx.commit()?;
         Ok(proposed)
     }
 
     /// Outbox rows for hazards past their deadline, once per `overdue_repeat`.
-    fn tell_overdue(&self, c: &mut Connection, now: i64) -> Result<usize, InspectionError> {
+    fn tell_overdue(&self, c: Db<'_>, now: i64) -> Result<usize, InspectionError> {
         let repeat = self.cfg.overdue_repeat.as_millis() as i64;
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let due = crate::store::hazards::due_overdue(&tx, now, repeat)?;
+        let due = crate::store::hazards::due_overdue(c, now, repeat)?;
         let mut queued = 0;
         for h in &due {
             let level: u8 = if h.grade == "major" { 1 } else { 2 };
@@ -251,8 +253,8 @@ impl Inspector {
                 .filter(|r| r.lifecycle && !r.escalation_only && r.levels.contains(&level))
             {
                 let key = format!("hazard-{}:overdue:{round}", h.id);
-                queued += sql::now(crate::store::outbox::enqueue(
-                    Conn::Lite(&tx),
+                queued += c.wait(crate::store::outbox::enqueue(
+                    c.conn(),
                     (&route.channel, &key),
                     -h.id,
                     "hazard_overdue",
@@ -260,9 +262,8 @@ impl Inspector {
                     now,
                 ))?;
             }
-            crate::store::hazards::mark_told(&tx, h.id, now)?;
+            crate::store::hazards::mark_told(c, h.id, now)?;
         }
-        tx.commit()?;
         if !due.is_empty() {
             self.live.alarms_changed();
         }

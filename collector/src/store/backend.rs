@@ -11,7 +11,7 @@ use super::postgres::reader::PgReader;
 use super::postgres::writer::PgWriter;
 use super::postgres::{maintain, PgError, Target};
 use super::retention::Policy;
-use super::sql::{self, Conn, SqlError};
+use super::sql::{self, Conn, Db, SqlError};
 use super::sqlite::{Maintained, SqliteReader, SqliteWriter};
 use super::{AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Status};
@@ -94,6 +94,7 @@ impl Writer {
             Writer::Sqlite(w) => Writer::Sqlite(w.with_alarms(setup, now_ms)?),
             Writer::Postgres(mut p) => {
                 p.alarms.setup = Some(setup);
+                p.alarms.first_at = Some(now_ms);
                 Writer::Postgres(p)
             }
         })
@@ -108,6 +109,9 @@ pub struct PgAlarms {
     /// a failed write (the engine ran ahead of what was committed).
     rec: Option<Recorder>,
     stale: bool,
+    /// The engine's time at its first load (as SQLite's is loaded at
+    /// `with_alarms`); later loads take the clock's.
+    first_at: Option<i64>,
     /// Maintenance calls since the last sweep.
     since_sweep: u32,
 }
@@ -125,7 +129,9 @@ impl PgAlarms {
         if self.rec.is_some() && !self.stale {
             return Ok(());
         }
-        let now = roomguard_protocol::clock::now_ms();
+        let now = self
+            .first_at
+            .unwrap_or_else(roomguard_protocol::clock::now_ms);
         self.rec = Some(
             Recorder::load(
                 Conn::Pg(client),
@@ -137,6 +143,7 @@ impl PgAlarms {
             .await?,
         );
         self.stale = false;
+        self.first_at = None;
         Ok(())
     }
 
@@ -388,6 +395,14 @@ impl PgReads {
     }
 }
 
+/// A failure to reach PostgreSQL, as the record's statements report it.
+fn sql_error(e: StoreError) -> SqlError {
+    match e {
+        StoreError::Postgres(p) => SqlError::Postgres(p),
+        other => SqlError::Task(other.to_string()),
+    }
+}
+
 /// Runs a blocking SQLite read on its own connection.
 async fn sqlite<T: Send + 'static>(
     path: &std::path::Path,
@@ -426,6 +441,54 @@ impl Reads {
         self.run(true, f).await
     }
 
+    /// [`Reads::read`] (`write` false) or [`Reads::write`] for code that
+    /// blocks (the inspection records), on the blocking pool.
+    pub async fn blocking<T, E, F>(&self, write: bool, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqlError> + Send + 'static,
+        F: FnOnce(Db<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let task = match self {
+            Reads::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut c = rusqlite::Connection::open(&path).map_err(SqlError::from)?;
+                    c.busy_timeout(std::time::Duration::from_secs(5))
+                        .map_err(SqlError::from)?;
+                    if !write {
+                        return f(Db::lite(&c));
+                    }
+                    let tx = c
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(SqlError::from)?;
+                    let out = f(Db::lite(&tx))?;
+                    tx.commit().map_err(SqlError::from)?;
+                    Ok(out)
+                })
+            }
+            Reads::Postgres(pg) => {
+                let pg = pg.clone();
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    if !write {
+                        let reader = handle.block_on(pg.reader()).map_err(sql_error)?;
+                        return f(Db::pg(Conn::Pg(reader.client()), &handle));
+                    }
+                    let mut client = handle.block_on(pg.writing()).map_err(sql_error)?;
+                    let tx = handle
+                        .block_on(client.transaction())
+                        .map_err(SqlError::from)?;
+                    let out = f(Db::pg(Conn::PgTx(&tx), &handle))?;
+                    handle.block_on(tx.commit()).map_err(SqlError::from)?;
+                    Ok(out)
+                })
+            }
+        };
+        task.await
+            .map_err(|e| E::from(SqlError::Task(e.to_string())))?
+    }
+
     async fn run<T, E, F>(&self, write: bool, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -455,15 +518,11 @@ impl Reads {
                 let handle = tokio::runtime::Handle::current();
                 tokio::task::spawn_blocking(move || {
                     handle.block_on(async move {
-                        let pg_err = |e: StoreError| match e {
-                            StoreError::Postgres(p) => SqlError::Postgres(p),
-                            other => SqlError::Task(other.to_string()),
-                        };
                         if !write {
-                            let reader = pg.reader().await.map_err(pg_err)?;
+                            let reader = pg.reader().await.map_err(sql_error)?;
                             return f(Conn::Pg(reader.client())).await;
                         }
-                        let mut client = pg.writing().await.map_err(pg_err)?;
+                        let mut client = pg.writing().await.map_err(sql_error)?;
                         let tx = client.transaction().await.map_err(SqlError::from)?;
                         let out = f(Conn::PgTx(&tx)).await?;
                         tx.commit().await.map_err(SqlError::from)?;

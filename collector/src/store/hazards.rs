@@ -1,17 +1,18 @@
-//! The hazard register in the SQLite store: hazards and their append-only
-//! trail, one transaction per change. The status machine and the rules of a
+//! The hazard register in the store (either backend): hazards and their
+//! append-only trail, each change in the caller's transaction. The status machine and the rules of a
 //! new hazard are pure, in `inspection/hazard.rs`.
 
+use crate::args;
 use crate::inspection::hazard::{
     check_new, next, Action, Edit, Facts, Filter, Hazard, NewHazard, Status, GRADES,
 };
 use crate::inspection::InspectionError;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::sql::{Db, Row, SqlError};
 use serde_json::{json, Value};
 
 const COLUMNS: &str = "id, site, room, category, grade, description, found_by, found_at, owner, \
      deadline, plan, status, evidence, verifier, closed_at, source, rule, overdue_told_at, updated_at";
-fn from_row(r: &Row) -> rusqlite::Result<Hazard> {
+fn from_row(r: &Row) -> Result<Hazard, SqlError> {
     let status: String = r.get(11)?;
     Ok(Hazard {
         id: r.get(0)?,
@@ -37,7 +38,7 @@ fn from_row(r: &Row) -> rusqlite::Result<Hazard> {
 }
 /// Registers a hazard found by `by` (a person, or `roomguard` for proposals).
 pub fn create(
-    c: &Connection,
+    c: Db<'_>,
     h: &NewHazard,
     by: &str,
     status: Status,
@@ -46,27 +47,26 @@ pub fn create(
     now: i64,
 ) -> Result<Hazard, InspectionError> {
     check_new(h).map_err(InspectionError::Invalid)?;
-    c.execute(
+    let id: i64 = c.value(
         "INSERT INTO hazards (site, room, category, grade, description, found_by, found_at, owner,
                               deadline, plan, status, source, rule, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?7)",
-        params![
-            h.site,
-            h.room,
-            h.category,
-            h.grade,
-            h.description,
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $7) RETURNING id",
+        args![
+            &h.site,
+            &h.room,
+            &h.category,
+            &h.grade,
+            &h.description,
             by,
             now,
-            h.owner,
+            &h.owner,
             h.deadline,
-            h.plan,
+            &h.plan,
             status.as_str(),
             source,
             rule
         ],
     )?;
-    let id = c.last_insert_rowid();
     let mut changes = serde_json::Map::new();
     for (k, v) in [
         ("status", json!(status.as_str())),
@@ -87,70 +87,73 @@ pub fn create(
     get(c, id)
 }
 fn event(
-    c: &Connection,
+    c: Db<'_>,
     hazard: i64,
     at: i64,
     by: &str,
     action: &str,
     changes: &Value,
-) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO hazard_events (hazard, at, by, action, changes) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![hazard, at, by, action, changes.to_string()],
+) -> Result<(), SqlError> {
+    c.exec(
+        "INSERT INTO hazard_events (hazard, at, by, action, changes) VALUES ($1, $2, $3, $4, $5)",
+        args![hazard, at, by, action, &changes.to_string()],
     )?;
     Ok(())
 }
-pub fn get(c: &Connection, id: i64) -> Result<Hazard, InspectionError> {
-    c.query_row(
-        &format!("SELECT {COLUMNS} FROM hazards WHERE id = ?1"),
-        [id],
-        from_row,
-    )
-    .optional()?
+pub fn get(c: Db<'_>, id: i64) -> Result<Hazard, InspectionError> {
+    c.row(
+        &format!("SELECT {COLUMNS} FROM hazards WHERE id = $1"),
+        args![id],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()?
     .ok_or(InspectionError::NotFound(format!("no hazard {id}")))
 }
 /// Its trail, oldest first.
-pub fn events(c: &Connection, id: i64) -> Result<Vec<Value>, InspectionError> {
-    let mut st = c.prepare_cached(
-        "SELECT at, by, action, changes FROM hazard_events WHERE hazard = ?1 ORDER BY id",
+pub fn events(c: Db<'_>, id: i64) -> Result<Vec<Value>, InspectionError> {
+    let rows = c.rows(
+        "SELECT at, by, action, changes FROM hazard_events WHERE hazard = $1 ORDER BY id",
+        args![id],
     )?;
-    let rows = st.query_map([id], |r| {
-        let changes: String = r.get(3)?;
-        Ok(json!({
-            "at": r.get::<_, i64>(0)?,
-            "by": r.get::<_, String>(1)?,
-            "action": r.get::<_, String>(2)?,
-            "changes": serde_json::from_str::<Value>(&changes).unwrap_or(Value::Null),
-        }))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.iter()
+        .map(|r| {
+            let changes: String = r.get(3)?;
+            Ok(json!({
+                "at": r.get::<i64>(0)?,
+                "by": r.get::<String>(1)?,
+                "action": r.get::<String>(2)?,
+                "changes": serde_json::from_str::<Value>(&changes).unwrap_or(Value::Null),
+            }))
+        })
+        .collect()
 }
-pub fn list(c: &Connection, f: &Filter, limit: u32) -> Result<Vec<Hazard>, InspectionError> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hazards
-         WHERE (?1 IS NULL OR site = ?1) AND (?2 IS NULL OR room = ?2)
-           AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR grade = ?4)
-           AND (?5 = 0 OR status IN ('open', 'rectifying', 'awaiting_verification'))
-         ORDER BY CASE grade WHEN 'major' THEN 0 ELSE 1 END, found_at DESC, id DESC
-         LIMIT ?6"
-    ))?;
-    let rows = st.query_map(
-        params![
-            f.site,
-            f.room,
+pub fn list(c: Db<'_>, f: &Filter, limit: u32) -> Result<Vec<Hazard>, InspectionError> {
+    let rows = c.rows(
+        &format!(
+            "SELECT {COLUMNS} FROM hazards
+             WHERE (CAST($1 AS TEXT) IS NULL OR site = $1) AND (CAST($2 AS TEXT) IS NULL OR room = $2)
+               AND (CAST($3 AS TEXT) IS NULL OR status = $3) AND (CAST($4 AS TEXT) IS NULL OR grade = $4)
+               AND ($5 = FALSE OR status IN ('open', 'rectifying', 'awaiting_verification'))
+             ORDER BY CASE grade WHEN 'major' THEN 0 ELSE 1 END, found_at DESC, id DESC
+             LIMIT $6"
+        ),
+        args![
+            &f.site,
+            &f.room,
             f.status.map(Status::as_str),
-            f.grade,
+            &f.grade,
             f.open_only,
             limit
         ],
-        from_row,
     )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 /// Applies `edit` and then `action` (either may be empty) as one change by
-/// `by`, recorded in the trail with every field's old and new value.
+/// `by`, recorded in the trail with every field's old and new value; `c`
+/// is a transaction (the change and its trail commit together).
 pub fn change(
-    c: &mut Connection,
+    c: Db<'_>,
     id: i64,
     edit: &Edit,
     action: Option<Action>,
@@ -158,8 +161,7 @@ pub fn change(
     by: &str,
     now: i64,
 ) -> Result<Hazard, InspectionError> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let old = get(&tx, id)?;
+    let old = get(c, id)?;
     if matches!(old.status, Status::Closed | Status::Dismissed) {
         return Err(InspectionError::Conflict(format!(
             "hazard {id} is {}; it can no longer change",
@@ -180,14 +182,14 @@ pub fn change(
     }
     if action == Some(Action::Verify) {
         // Four eyes: neither the owner nor whoever handed it over may verify.
-        let submitted_by: Option<String> = tx
-            .query_row(
-                "SELECT by FROM hazard_events WHERE hazard = ?1 AND action = 'submit_for_verification'
+        let submitted_by: Option<String> = c
+            .row(
+                "SELECT by FROM hazard_events WHERE hazard = $1 AND action = 'submit_for_verification'
                  ORDER BY id DESC LIMIT 1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?;
+                args![id],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?;
         if submitted_by.as_deref() == Some(by) {
             return Err(InspectionError::Conflict(format!(
                 "{by} handed this fix over for verification; someone else must verify it"
@@ -253,95 +255,95 @@ pub fn change(
     if changes.is_empty() {
         return Err(InspectionError::Invalid("nothing to change".into()));
     }
-    tx.execute(
-        "UPDATE hazards SET owner = ?2, deadline = ?3, plan = ?4, evidence = ?5, grade = ?6,
-                description = ?7, status = ?8, verifier = ?9, closed_at = ?10, updated_at = ?11
-         WHERE id = ?1",
-        params![
+    c.exec(
+        "UPDATE hazards SET owner = $2, deadline = $3, plan = $4, evidence = $5, grade = $6,
+                description = $7, status = $8, verifier = $9, closed_at = $10, updated_at = $11
+         WHERE id = $1",
+        args![
             id,
-            new.owner,
+            &new.owner,
             new.deadline,
-            new.plan,
-            new.evidence,
-            new.grade,
-            new.description,
+            &new.plan,
+            &new.evidence,
+            &new.grade,
+            &new.description,
             new.status.as_str(),
-            new.verifier,
+            &new.verifier,
             new.closed_at,
             now
         ],
     )?;
     let action_name = action.map_or("edit", Action::as_str);
-    event(&tx, id, now, by, action_name, &Value::Object(changes))?;
-    let h = get(&tx, id)?;
-    tx.commit()?;
-    Ok(h)
+    event(c, id, now, by, action_name, &Value::Object(changes))?;
+    get(c, id)
 }
 /// Per site: open major hazards (the target is zero), all open, overdue, and
 /// the age of the oldest open one.
-pub fn zeroing(c: &Connection, now: i64) -> Result<Vec<Value>, InspectionError> {
-    let mut st = c.prepare_cached(
+pub fn zeroing(c: Db<'_>, now: i64) -> Result<Vec<Value>, InspectionError> {
+    // COUNT … FILTER, not SUM of a comparison: PostgreSQL's comparisons
+    // are booleans, which it does not add up.
+    let rows = c.rows(
         "SELECT site,
-                SUM(grade = 'major'),
+                COUNT(*) FILTER (WHERE grade = 'major'),
                 COUNT(*),
-                SUM(status IN ('open', 'rectifying') AND deadline IS NOT NULL AND deadline < ?1),
-                SUM(grade = 'major' AND status IN ('open', 'rectifying') AND deadline IS NOT NULL AND deadline < ?1),
+                COUNT(*) FILTER (WHERE status IN ('open', 'rectifying') AND deadline IS NOT NULL AND deadline < $1),
+                COUNT(*) FILTER (WHERE grade = 'major' AND status IN ('open', 'rectifying')
+                                   AND deadline IS NOT NULL AND deadline < $1),
                 MIN(found_at),
-                SUM(?1 - found_at <= 7 * 86400000),
-                SUM(?1 - found_at > 7 * 86400000 AND ?1 - found_at <= 30 * 86400000),
-                SUM(?1 - found_at > 30 * 86400000)
+                COUNT(*) FILTER (WHERE $1 - found_at <= 7 * 86400000),
+                COUNT(*) FILTER (WHERE $1 - found_at > 7 * 86400000 AND $1 - found_at <= 30 * 86400000),
+                COUNT(*) FILTER (WHERE $1 - found_at > 30 * 86400000)
          FROM hazards WHERE status IN ('open', 'rectifying', 'awaiting_verification')
          GROUP BY site ORDER BY site",
+        args![now],
     )?;
-    let rows = st.query_map([now], |r| {
-        let oldest: Option<i64> = r.get(5)?;
-        Ok(json!({
-            "site": r.get::<_, String>(0)?,
-            "open_major": r.get::<_, i64>(1)?,
-            "open": r.get::<_, i64>(2)?,
-            "overdue": r.get::<_, i64>(3)?,
-            "overdue_major": r.get::<_, i64>(4)?,
-            "oldest_open_days": oldest.map(|t| (now - t) / 86_400_000),
-            "age": { "under_7_days": r.get::<_, i64>(6)?, "7_to_30_days": r.get::<_, i64>(7)?,
-                     "over_30_days": r.get::<_, i64>(8)? },
-        }))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.iter()
+        .map(|r| {
+            let oldest: Option<i64> = r.get(5)?;
+            Ok(json!({
+                "site": r.get::<String>(0)?,
+                "open_major": r.get::<i64>(1)?,
+                "open": r.get::<i64>(2)?,
+                "overdue": r.get::<i64>(3)?,
+                "overdue_major": r.get::<i64>(4)?,
+                "oldest_open_days": oldest.map(|t| (now - t) / 86_400_000),
+                "age": { "under_7_days": r.get::<i64>(6)?, "7_to_30_days": r.get::<i64>(7)?,
+                         "over_30_days": r.get::<i64>(8)? },
+            }))
+        })
+        .collect()
 }
 /// Whether a hazard for this room and rule is already proposed or open, so
 /// an alarm that keeps firing proposes it once.
 pub fn already_tracked(
-    c: &Connection,
+    c: Db<'_>,
     site: &str,
     room: &str,
     rule: &str,
 ) -> Result<bool, InspectionError> {
-    Ok(c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM hazards WHERE site = ?1 AND room = ?2 AND rule = ?3
+    Ok(c.value(
+        "SELECT EXISTS (SELECT 1 FROM hazards WHERE site = $1 AND room = $2 AND rule = $3
                         AND status IN ('proposed', 'open', 'rectifying', 'awaiting_verification'))",
-        params![site, room, rule],
-        |r| r.get(0),
+        args![site, room, rule],
     )?)
 }
 /// Overdue hazards that were not told about in the last `repeat_ms`.
-pub fn due_overdue(
-    c: &Connection,
-    now: i64,
-    repeat_ms: i64,
-) -> Result<Vec<Hazard>, InspectionError> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM hazards
-         WHERE status IN ('open', 'rectifying') AND deadline IS NOT NULL AND deadline < ?1
-           AND (overdue_told_at IS NULL OR overdue_told_at <= ?1 - ?2)
-         ORDER BY id LIMIT 100"
-    ))?;
-    let rows = st.query_map(params![now, repeat_ms], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn due_overdue(c: Db<'_>, now: i64, repeat_ms: i64) -> Result<Vec<Hazard>, InspectionError> {
+    let rows = c.rows(
+        &format!(
+            "SELECT {COLUMNS} FROM hazards
+             WHERE status IN ('open', 'rectifying') AND deadline IS NOT NULL AND deadline < $1
+               AND (overdue_told_at IS NULL OR overdue_told_at <= $1 - $2)
+             ORDER BY id LIMIT 100"
+        ),
+        args![now, repeat_ms],
+    )?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
-pub fn mark_told(c: &Connection, id: i64, now: i64) -> Result<(), InspectionError> {
-    c.execute(
-        "UPDATE hazards SET overdue_told_at = ?2 WHERE id = ?1",
-        params![id, now],
+pub fn mark_told(c: Db<'_>, id: i64, now: i64) -> Result<(), InspectionError> {
+    c.exec(
+        "UPDATE hazards SET overdue_told_at = $2 WHERE id = $1",
+        args![id, now],
     )?;
     Ok(())
 }

@@ -1,9 +1,11 @@
-//! The inspection round's storage in the SQLite store: rollup buckets as the
-//! patrols and reports judge them, drills, and the round's own state.
+//! The inspection round's storage: rollup buckets as the patrols and
+//! reports judge them, drills, and the round's own state. Every statement
+//! runs on either backend (`store/sql.rs`).
 
+use crate::args;
 use crate::inspection::figures::Bucket;
 use crate::inspection::{InspectionError, NewDrill};
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::store::sql::{Db, SqlError};
 use serde_json::{json, Value};
 
 /// A rollup tier to read.
@@ -14,29 +16,30 @@ pub enum Tier {
 }
 /// A point's rollup buckets of `tier` in `[from, to)`, oldest first.
 pub fn rollups(
-    c: &Connection,
+    c: Db<'_>,
     tier: Tier,
     point_id: i64,
     from: i64,
     to: i64,
-) -> Result<Vec<Bucket>, rusqlite::Error> {
+) -> Result<Vec<Bucket>, SqlError> {
     let sql = match tier {
-        Tier::Minute => "SELECT bucket, n, min, max FROM rollup_1m WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket",
-        Tier::Hour => "SELECT bucket, n, min, max FROM rollup_1h WHERE point_id = ?1 AND bucket >= ?2 AND bucket < ?3 ORDER BY bucket",
+        Tier::Minute => "SELECT bucket, n, min, max FROM rollup_1m WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket",
+        Tier::Hour => "SELECT bucket, n, min, max FROM rollup_1h WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket",
     };
-    let mut st = c.prepare_cached(sql)?;
-    let rows = st.query_map(params![point_id, from, to], |r| {
-        Ok(Bucket {
-            start: r.get(0)?,
-            n: r.get(1)?,
-            min: r.get(2)?,
-            max: r.get(3)?,
+    c.rows(sql, args![point_id, from, to])?
+        .iter()
+        .map(|r| {
+            Ok(Bucket {
+                start: r.get(0)?,
+                n: r.get(1)?,
+                min: r.get(2)?,
+                max: r.get(3)?,
+            })
         })
-    })?;
-    rows.collect()
+        .collect()
 }
 pub fn record_drill(
-    c: &Connection,
+    c: Db<'_>,
     d: &NewDrill,
     started_at: i64,
     ended_at: Option<i64>,
@@ -52,52 +55,76 @@ pub fn record_drill(
             "ended_at: before started_at".into(),
         ));
     }
-    c.execute(
+    let id: i64 = c.value(
         "INSERT INTO drills (site, room, scenario, started_at, ended_at, by, note)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![d.site, d.room, d.scenario, started_at, ended_at, by, d.note],
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        args![
+            &d.site,
+            &d.room,
+            &d.scenario,
+            started_at,
+            ended_at,
+            by,
+            &d.note
+        ],
     )?;
-    let id = c.last_insert_rowid();
     Ok(
         json!({"id": id, "site": d.site, "room": d.room, "scenario": d.scenario,
               "started_at": started_at, "ended_at": ended_at, "by": by, "note": d.note}),
     )
 }
 pub fn drills(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     from: i64,
     to: i64,
 ) -> Result<Vec<Value>, InspectionError> {
-    let mut st = c.prepare_cached(
+    let rows = c.rows(
         "SELECT id, site, room, scenario, started_at, ended_at, by, note FROM drills
-         WHERE (?1 IS NULL OR site = ?1) AND started_at >= ?2 AND started_at < ?3
+         WHERE (CAST($1 AS TEXT) IS NULL OR site = $1) AND started_at >= $2 AND started_at < $3
          ORDER BY started_at",
+        args![site, from, to],
     )?;
-    let rows = st.query_map(params![site, from, to], |r| {
-        Ok(json!({
-            "id": r.get::<_, i64>(0)?, "site": r.get::<_, String>(1)?,
-            "room": r.get::<_, String>(2)?, "scenario": r.get::<_, String>(3)?,
-            "started_at": r.get::<_, i64>(4)?, "ended_at": r.get::<_, Option<i64>>(5)?,
-            "by": r.get::<_, String>(6)?, "note": r.get::<_, Option<String>>(7)?,
-        }))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.iter()
+        .map(|r| {
+            Ok(json!({
+                "id": r.get::<i64>(0)?, "site": r.get::<String>(1)?,
+                "room": r.get::<String>(2)?, "scenario": r.get::<String>(3)?,
+                "started_at": r.get::<i64>(4)?, "ended_at": r.get::<Option<i64>>(5)?,
+                "by": r.get::<String>(6)?, "note": r.get::<Option<String>>(7)?,
+            }))
+        })
+        .collect()
 }
 /// A number kept between rounds (the last alarm looked at, …).
-pub fn state_get(c: &Connection, key: &str) -> Result<Option<i64>, rusqlite::Error> {
-    c.query_row(
-        "SELECT value FROM inspection_state WHERE key = ?1",
-        [key],
-        |r| r.get(0),
-    )
-    .optional()
+pub fn state_get(c: Db<'_>, key: &str) -> Result<Option<i64>, SqlError> {
+    c.row(
+        "SELECT value FROM inspection_state WHERE key = $1",
+        args![key],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
-pub fn state_set(c: &Connection, key: &str, value: i64) -> Result<(), rusqlite::Error> {
-    c.execute(
-        "INSERT INTO inspection_state (key, value) VALUES (?1, ?2)
+pub fn state_set(c: Db<'_>, key: &str, value: i64) -> Result<(), SqlError> {
+    c.exec(
+        "INSERT INTO inspection_state (key, value) VALUES ($1, $2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
+        args![key, value],
     )?;
+    Ok(())
+}
+/// Hazards are proposed from alarms raised once inspection is on, not from
+/// a store's whole history (one upgraded with years of alarms): the first
+/// round starts after the newest alarm. (`WHERE TRUE`: SQLite would read
+/// `ON CONFLICT` after a bare `FROM` as a join's `ON`.)
+pub fn start_proposals(c: Db<'_>) -> Result<(), SqlError> {
+    if c.has_table("alarms")? {
+        c.exec(
+            "INSERT INTO inspection_state (key, value)
+             SELECT 'proposed_after_serial', COALESCE(MAX(serial), 0) FROM alarms WHERE TRUE
+             ON CONFLICT (key) DO NOTHING",
+            &[],
+        )?;
+    }
     Ok(())
 }

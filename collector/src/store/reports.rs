@@ -1,10 +1,11 @@
-//! The reads a safety report is made of, in the SQLite store: alarms of a
+//! The reads a safety report is made of, in the store (either backend): alarms of a
 //! period, the longest open, the catalogue's points with a room, hazard
 //! counts and patrols done. The figures are worked out in
 //! `inspection/report.rs`.
 
+use crate::args;
 use crate::inspection::report::Hazards;
-use rusqlite::{params, Connection};
+use crate::store::sql::{Db, SqlError};
 
 /// What the report needs of one alarm raised in the period.
 pub struct AlarmTimes {
@@ -18,26 +19,28 @@ pub struct AlarmTimes {
 
 /// Alarms raised in `[from, to)`, at `site` or everywhere.
 pub fn alarm_times(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     from: i64,
     to: i64,
-) -> Result<Vec<AlarmTimes>, rusqlite::Error> {
-    let mut st = c.prepare_cached(
+) -> Result<Vec<AlarmTimes>, SqlError> {
+    let rows = c.rows(
         "SELECT level, category, raised_at, ack_at, cleared_at, inhibited FROM alarms
-         WHERE raised_at >= ?1 AND raised_at < ?2 AND (?3 IS NULL OR site = ?3)",
+         WHERE raised_at >= $1 AND raised_at < $2 AND (CAST($3 AS TEXT) IS NULL OR site = $3)",
+        args![from, to, site],
     )?;
-    let rows = st.query_map(params![from, to, site], |r| {
-        Ok(AlarmTimes {
-            level: r.get(0)?,
-            category: r.get(1)?,
-            raised_at: r.get(2)?,
-            ack_at: r.get(3)?,
-            cleared_at: r.get(4)?,
-            inhibited: r.get(5)?,
+    rows.iter()
+        .map(|r| {
+            Ok(AlarmTimes {
+                level: r.get(0)?,
+                category: r.get(1)?,
+                raised_at: r.get(2)?,
+                ack_at: r.get(3)?,
+                cleared_at: r.get(4)?,
+                inhibited: r.get(5)?,
+            })
         })
-    })?;
-    rows.collect()
+        .collect()
 }
 
 /// An alarm of the period with how long it stayed open.
@@ -56,31 +59,33 @@ pub struct OpenAlarm {
 /// The `limit` alarms raised in `[from, to)` that stayed open longest,
 /// counting those still open until `until`.
 pub fn longest_open(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     (from, to, until): (i64, i64, i64),
     limit: u32,
-) -> Result<Vec<OpenAlarm>, rusqlite::Error> {
-    let mut st = c.prepare_cached(
+) -> Result<Vec<OpenAlarm>, SqlError> {
+    let rows = c.rows(
         "SELECT serial, rule, name, level, site, room, raised_at, cleared_at,
-                COALESCE(cleared_at, ?4) - raised_at AS open_ms
-         FROM alarms WHERE raised_at >= ?1 AND raised_at < ?2 AND (?3 IS NULL OR site = ?3)
-         ORDER BY open_ms DESC, serial LIMIT ?5",
+                COALESCE(cleared_at, $4) - raised_at AS open_ms
+         FROM alarms WHERE raised_at >= $1 AND raised_at < $2 AND (CAST($3 AS TEXT) IS NULL OR site = $3)
+         ORDER BY open_ms DESC, serial LIMIT $5",
+        args![from, to, site, until, limit],
     )?;
-    let rows = st.query_map(params![from, to, site, until, limit], |r| {
-        Ok(OpenAlarm {
-            serial: r.get(0)?,
-            rule: r.get(1)?,
-            name: r.get(2)?,
-            level: r.get(3)?,
-            site: r.get(4)?,
-            room: r.get(5)?,
-            raised_at: r.get(6)?,
-            cleared_at: r.get(7)?,
-            open_ms: r.get(8)?,
+    rows.iter()
+        .map(|r| {
+            Ok(OpenAlarm {
+                serial: r.get(0)?,
+                rule: r.get(1)?,
+                name: r.get(2)?,
+                level: r.get(3)?,
+                site: r.get(4)?,
+                room: r.get(5)?,
+                raised_at: r.get(6)?,
+                cleared_at: r.get(7)?,
+                open_ms: r.get(8)?,
+            })
         })
-    })?;
-    rows.collect()
+        .collect()
 }
 
 /// A catalogued point with a room.
@@ -95,82 +100,89 @@ pub struct PointRow {
 }
 
 /// Points with a room, in existence before `to`.
-pub fn points(
-    c: &Connection,
-    site: Option<&str>,
-    to: i64,
-) -> Result<Vec<PointRow>, rusqlite::Error> {
-    let mut st = c.prepare_cached(
+pub fn points(c: Db<'_>, site: Option<&str>, to: i64) -> Result<Vec<PointRow>, SqlError> {
+    let rows = c.rows(
         "SELECT id, site, room, point, device, quantity, first_seen FROM points
-         WHERE room <> '' AND first_seen < ?1 AND (?2 IS NULL OR site = ?2)
+         WHERE room <> '' AND first_seen < $1 AND (CAST($2 AS TEXT) IS NULL OR site = $2)
          ORDER BY site, room, point",
+        args![to, site],
     )?;
-    let rows = st.query_map(params![to, site], |r| {
-        Ok(PointRow {
-            id: r.get(0)?,
-            site: r.get(1)?,
-            room: r.get(2)?,
-            point: r.get(3)?,
-            device: r.get(4)?,
-            quantity: r.get(5)?,
-            first_seen: r.get(6)?,
+    rows.iter()
+        .map(|r| {
+            Ok(PointRow {
+                id: r.get(0)?,
+                site: r.get(1)?,
+                room: r.get(2)?,
+                point: r.get(3)?,
+                device: r.get(4)?,
+                quantity: r.get(5)?,
+                first_seen: r.get(6)?,
+            })
         })
-    })?;
-    rows.collect()
+        .collect()
 }
 
 /// The first hourly rollup bucket of a point (its first reading by event time).
-pub fn first_hour(c: &Connection, point_id: i64) -> Result<Option<i64>, rusqlite::Error> {
-    c.prepare_cached("SELECT MIN(bucket) FROM rollup_1h WHERE point_id = ?1")?
-        .query_row([point_id], |r| r.get(0))
+pub fn first_hour(c: Db<'_>, point_id: i64) -> Result<Option<i64>, SqlError> {
+    c.value(
+        "SELECT MIN(bucket) FROM rollup_1h WHERE point_id = $1",
+        args![point_id],
+    )
 }
 
 /// Hazards found, closed, overdue and open in `[from, to)` (proposals and
 /// dismissed ones are not hazards).
 pub fn hazard_counts(
-    c: &Connection,
+    c: Db<'_>,
     site: Option<&str>,
     from: i64,
     to: i64,
-) -> Result<Hazards, rusqlite::Error> {
-    c.query_row(
-        "SELECT
-           COALESCE(SUM(found_at >= ?1 AND found_at < ?2), 0),
-           COALESCE(SUM(found_at >= ?1 AND found_at < ?2 AND grade = 'major'), 0),
-           COALESCE(SUM(status = 'closed' AND closed_at >= ?1 AND closed_at < ?2), 0),
-           COALESCE(SUM(deadline IS NOT NULL AND deadline < ?2
-                        AND (closed_at IS NULL OR closed_at > deadline)
-                        AND (closed_at IS NULL OR closed_at >= ?1)), 0),
-           COALESCE(SUM(found_at < ?2 AND (closed_at IS NULL OR closed_at >= ?2)), 0),
-           COALESCE(SUM(found_at < ?2 AND (closed_at IS NULL OR closed_at >= ?2) AND grade = 'major'), 0)
-         FROM hazards
-         WHERE status NOT IN ('proposed', 'dismissed') AND (?3 IS NULL OR site = ?3)",
-        params![from, to, site],
-        |r| {
-            Ok(Hazards {
-                opened: r.get(0)?,
-                opened_major: r.get(1)?,
-                closed: r.get(2)?,
-                overdue: r.get(3)?,
-                open_at_end: r.get(4)?,
-                open_major_at_end: r.get(5)?,
-            })
-        },
-    )
+) -> Result<Hazards, SqlError> {
+    let r = c
+        .row(
+            "SELECT
+               COUNT(*) FILTER (WHERE found_at >= $1 AND found_at < $2),
+               COUNT(*) FILTER (WHERE found_at >= $1 AND found_at < $2 AND grade = 'major'),
+               COUNT(*) FILTER (WHERE status = 'closed' AND closed_at >= $1 AND closed_at < $2),
+               COUNT(*) FILTER (WHERE deadline IS NOT NULL AND deadline < $2
+                                  AND (closed_at IS NULL OR closed_at > deadline)
+                                  AND (closed_at IS NULL OR closed_at >= $1)),
+               COUNT(*) FILTER (WHERE found_at < $2 AND (closed_at IS NULL OR closed_at >= $2)),
+               COUNT(*) FILTER (WHERE found_at < $2 AND (closed_at IS NULL OR closed_at >= $2)
+                                  AND grade = 'major')
+             FROM hazards
+             WHERE status NOT IN ('proposed', 'dismissed') AND (CAST($3 AS TEXT) IS NULL OR site = $3)",
+            args![from, to, site],
+        )?
+        .ok_or(SqlError::Column {
+            index: 0,
+            wanted: "a row of counts",
+            found: "no row",
+        })?;
+    Ok(Hazards {
+        opened: r.get(0)?,
+        opened_major: r.get(1)?,
+        closed: r.get(2)?,
+        overdue: r.get(3)?,
+        open_at_end: r.get(4)?,
+        open_major_at_end: r.get(5)?,
+    })
 }
 
 /// Automatic and manual patrol records of a room with slots in `[from, to)`.
 pub fn patrols_done(
-    c: &Connection,
+    c: Db<'_>,
     (site, room): (&str, &str),
     from: i64,
     to: i64,
-) -> Result<(i64, i64), rusqlite::Error> {
-    c.prepare_cached(
-        "SELECT COALESCE(SUM(kind = 'auto'), 0), COALESCE(SUM(kind = 'manual'), 0) FROM patrols
-         WHERE site = ?1 AND room = ?2 AND slot >= ?3 AND slot < ?4",
-    )?
-    .query_row(params![site, room, from, to], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
+) -> Result<(i64, i64), SqlError> {
+    let r = c.row(
+        "SELECT COUNT(*) FILTER (WHERE kind = 'auto'), COUNT(*) FILTER (WHERE kind = 'manual')
+         FROM patrols WHERE site = $1 AND room = $2 AND slot >= $3 AND slot < $4",
+        args![site, room, from, to],
+    )?;
+    match r {
+        Some(r) => Ok((r.get(0)?, r.get(1)?)),
+        None => Ok((0, 0)),
+    }
 }

@@ -219,14 +219,8 @@ pub fn init_inspection(c: &Connection) -> Result<(), rusqlite::Error> {
     c.execute_batch(HAZARDS)?;
     c.execute_batch(PATROLS)?;
     c.execute_batch(DRILLS)?;
-    // A store upgraded with years of alarms: hazards are proposed from
-    // alarms raised from now on, not from its whole history.
-    if crate::store::sqlite::table_exists(c, "alarms")? {
-        c.execute(
-            "INSERT OR IGNORE INTO inspection_state (key, value)
-             SELECT 'proposed_after_serial', COALESCE(MAX(serial), 0) FROM alarms",
-            [],
-        )?;
-    }
-    Ok(())
+    crate::store::inspection::start_proposals(crate::store::sql::Db::lite(c)).map_err(|e| match e {
+        crate::store::sql::SqlError::Sqlite(e) => e,
+        other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
+    })
 }

@@ -449,6 +449,74 @@ impl Conn<'_> {
     }
 }
 
+/// A [`Conn`] for code that blocks: the inspection round and its API
+/// endpoints, which run on the blocking pool. On PostgreSQL each call is
+/// driven by the runtime's handle (allowed on a blocking thread); on
+/// SQLite it completes at once.
+#[derive(Clone, Copy)]
+pub struct Db<'a> {
+    conn: Conn<'a>,
+    handle: Option<&'a tokio::runtime::Handle>,
+}
+
+impl<'a> Db<'a> {
+    pub fn lite(c: &'a rusqlite::Connection) -> Db<'a> {
+        Db {
+            conn: Conn::Lite(c),
+            handle: None,
+        }
+    }
+
+    pub fn pg(conn: Conn<'a>, handle: &'a tokio::runtime::Handle) -> Db<'a> {
+        Db {
+            conn,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn conn(&self) -> Conn<'a> {
+        self.conn
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.conn.is_postgres()
+    }
+
+    /// Runs `f` to its end: at once on SQLite, on the runtime otherwise.
+    pub fn wait<F: Future>(&self, f: F) -> F::Output {
+        match self.handle {
+            Some(h) => h.block_on(f),
+            None => now(f),
+        }
+    }
+
+    pub fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, SqlError> {
+        self.wait(self.conn.exec(sql, args))
+    }
+
+    pub fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
+        self.wait(self.conn.rows(sql, args))
+    }
+
+    pub fn row(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, SqlError> {
+        self.wait(self.conn.row(sql, args))
+    }
+
+    pub fn value<T: FromVal>(&self, sql: &str, args: &[Arg<'_>]) -> Result<T, SqlError> {
+        self.wait(self.conn.value(sql, args))
+    }
+
+    /// Whether the store has table `name`: on SQLite the alarm and
+    /// inspection tables exist only once those are turned on; PostgreSQL's
+    /// schema has every table from the start.
+    pub fn has_table(&self, name: &str) -> Result<bool, SqlError> {
+        match self.conn {
+            Conn::Lite(c) => Ok(crate::store::sqlite::table_exists(c, name)?),
+            _ => Ok(true),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,7 +146,12 @@ fn main() -> Result<()> {
     let reader = roomguard_collector::store::sqlite::SqliteReader::open(&path)?;
     for run in 1..=runs {
         let t0 = Instant::now();
-        let r = report::build(reader.conn(), Some("bench"), &month, &inp)?;
+        let r = report::build(
+            roomguard_collector::store::sql::Db::lite(reader.conn()),
+            Some("bench"),
+            &month,
+            &inp,
+        )?;
         let html = roomguard_collector::inspection::render::html_month(
             &r,
             roomguard_collector::inspection::render::Lang::Zh,
