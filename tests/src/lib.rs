@@ -669,6 +669,27 @@ pub fn pg_store_toml(dir: &Path, pg: &Postgres, db: &str, password: &str) -> Res
     ))
 }
 
+/// Copies the SQLite store of the collector config `conf` into a new
+/// database `db` on `pg` with `roomguard-collector migrate` (its password
+/// in a file in `dir`).
+pub fn migrate_to_postgres(dir: &Path, conf: &Path, pg: &Postgres, db: &str) -> Result<()> {
+    pg.psql("postgres", &format!("CREATE DATABASE {db}"))?;
+    let pw = dir.join("pg-password");
+    std::fs::write(&pw, Postgres::PASSWORD)?;
+    let out = Command::new(workspace_bin("roomguard-collector"))
+        .arg("migrate")
+        .arg(conf)
+        .args(["--to", &pg.url(db), "--password-file"])
+        .arg(&pw)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// A collector in `dir` on `store` (a new database `db` on PostgreSQL),
 /// using `broker_url` or its embedded broker, ready; with its HTTP base URL
 /// and broker URL.

@@ -19,7 +19,6 @@ use roomguard_collector::store::sqlite::SqliteWriter;
 use roomguard_e2e::*;
 use roomguard_protocol::{Batch, Label, PointMeta, Quality, Reading, PROTOCOL_VERSION};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DAY: i64 = 86_400_000;
@@ -177,21 +176,8 @@ async fn main() -> Result<()> {
         // The same store moved into PostgreSQL by `migrate`, then served
         // from there.
         let pg = Postgres::start()?.context("PostgreSQL is not installed")?;
-        pg.psql("postgres", "CREATE DATABASE history")?;
-        let pw = dir.path().join("pg-password");
-        std::fs::write(&pw, Postgres::PASSWORD)?;
         let started = Instant::now();
-        let out = Command::new(workspace_bin("roomguard-collector"))
-            .arg("migrate")
-            .arg(&conf)
-            .args(["--to", &pg.url("history"), "--password-file"])
-            .arg(&pw)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "migrate: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        migrate_to_postgres(dir.path(), &conf, &pg, "history")?;
         let rows: i64 = pg.psql("history", "SELECT (SELECT count(*) FROM samples) + (SELECT count(*) FROM rollup_1m) + (SELECT count(*) FROM rollup_1h)")?.parse()?;
         let secs = started.elapsed().as_secs_f64();
         println!(

@@ -5,15 +5,22 @@
 //! with hot spells in a fifth of the rooms, a gap in some, and alarms. Then
 //! `report::build` runs for the whole site, as the API and the CLI do.
 //!
+//! With `--postgres 1` the same store is then moved into a PostgreSQL the
+//! bench starts (`roomguard-collector migrate`) and the report is made
+//! from there too.
+//!
 //!   cargo build --release --workspace --bins
-//!   cd /tmp && /work/main/target/release/bench-report [--rooms 200] [--sets 1] [--runs 5]
+//!   cd /tmp && /work/main/target/release/bench-report [--rooms 200] [--sets 1] [--runs 5] [--postgres 1]
 
+use anyhow::Context;
 use anyhow::Result;
 use roomguard_collector::config::AlarmsConfig;
 use roomguard_collector::inspection::report::{self, Inputs};
 use roomguard_collector::inspection::InspectionConfig;
+use roomguard_collector::store::postgres;
+use roomguard_collector::store::sql::{Conn, Db};
 use roomguard_collector::store::sqlite::SqliteWriter;
-use roomguard_e2e::arg;
+use roomguard_e2e::{arg, migrate_to_postgres, write_collector_config, Postgres};
 use rusqlite::params;
 use std::time::Instant;
 
@@ -144,27 +151,48 @@ fn main() -> Result<()> {
         now: month.to + HOUR,
     };
     let reader = roomguard_collector::store::sqlite::SqliteReader::open(&path)?;
-    for run in 1..=runs {
-        let t0 = Instant::now();
-        let r = report::build(
-            roomguard_collector::store::sql::Db::lite(reader.conn()),
-            Some("bench"),
-            &month,
-            &inp,
-        )?;
-        let html = roomguard_collector::inspection::render::html_month(
-            &r,
-            roomguard_collector::inspection::render::Lang::Zh,
-            &tz,
-        );
-        println!(
-            "run {run}: monthly report in {:.2} s ({} rooms' completeness, {} limits exceeded, {} alarm rows, {} KiB of HTML)",
+    let report = |db: Db<'_>, backend: &str| -> Result<()> {
+        for run in 1..=runs {
+            let t0 = Instant::now();
+            let r = report::build(db, Some("bench"), &month, &inp)?;
+            let html = roomguard_collector::inspection::render::html_month(
+                &r,
+                roomguard_collector::inspection::render::Lang::Zh,
+                &tz,
+            );
+            println!(
+            "{backend} run {run}: monthly report in {:.2} s ({} rooms' completeness, {} limits exceeded, {} alarm rows, {} KiB of HTML)",
             t0.elapsed().as_secs_f64(),
             r.completeness.len(),
             r.exceedance.len(),
             r.alarms.len(),
             html.len() / 1024
         );
+        }
+        Ok(())
+    };
+    report(Db::lite(reader.conn()), "SQLite")?;
+    if arg("--postgres", 0) == 1 {
+        let pg = Postgres::start()?.context("PostgreSQL is not installed")?;
+        let conf = write_collector_config(dir.path(), &path, None, "", "127.0.0.1:0")?;
+        let started = Instant::now();
+        migrate_to_postgres(dir.path(), &conf, &pg, "report")?;
+        println!(
+            "migrate to PostgreSQL in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        // A runtime of one worker drives the connection while the report's
+        // reads block this thread, as the `report` command does.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let target = postgres::Target {
+            config: postgres::settings(&pg.url("report"), Some(Postgres::PASSWORD))?,
+            tls: None,
+        };
+        let client = rt.block_on(postgres::connect_to(&target))?;
+        report(Db::pg(Conn::Pg(&client), rt.handle()), "PostgreSQL")?;
     }
     Ok(())
 }
