@@ -594,6 +594,29 @@ pub enum TestStore {
 }
 
 impl TestStore {
+    /// The audit log of the collector in `dir` (database `db` on
+    /// PostgreSQL), one "user action" line per entry, oldest first.
+    pub fn audit(&self, dir: &Path, db: &str) -> Result<Vec<String>> {
+        Ok(match self {
+            TestStore::Sqlite => {
+                let c = rusqlite::Connection::open(dir.join("store.db"))?;
+                let mut st =
+                    c.prepare("SELECT user || ' ' || action FROM audit_log ORDER BY id")?;
+                let lines = st.query_map([], |r| r.get(0))?;
+                lines.collect::<Result<_, _>>()?
+            }
+            // `user` is reserved in PostgreSQL: the column is `user_name`.
+            TestStore::Postgres(pg) => pg
+                .psql(
+                    db,
+                    "SELECT user_name || ' ' || action FROM audit_log ORDER BY id",
+                )?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
     /// The store's writer and readers as the collector makes them (for a
     /// test that drives the store itself), and the `[store]` body for a
     /// collector on the same store afterwards; on PostgreSQL a new

@@ -13,10 +13,11 @@ async fn status(r: reqwest::RequestBuilder) -> Result<(u16, Value, reqwest::head
     Ok((code, r.json().await.unwrap_or(Value::Null), headers))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_api_needs_a_login_and_each_role_may_do_only_its_part() -> Result<()> {
+on_both!(the_api_needs_a_login_and_each_role_may_do_only_its_part);
+
+async fn the_api_needs_a_login_and_each_role_may_do_only_its_part(store: TestStore) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (_collector, http, _) = start_collector(dir.path(), None)?;
+    let (_collector, http, _) = start_collector_on(dir.path(), &store, "auth", None)?;
     let anon = anonymous_client();
 
     // Health and metrics stay open; data does not.
@@ -139,9 +140,7 @@ async fn the_api_needs_a_login_and_each_role_may_do_only_its_part() -> Result<()
     assert_eq!(code, 201, "{body}");
 
     // Every write is in the audit log with its user.
-    let db = rusqlite::Connection::open(dir.path().join("store.db"))?;
-    let mut st = db.prepare("SELECT user || ' ' || action FROM audit_log ORDER BY id")?;
-    let log: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let log = store.audit(dir.path(), "auth")?;
     for line in [
         "admin user.create",
         "oncall-1 silence.create",

@@ -42,17 +42,6 @@ impl From<tokio_postgres::Error> for SqlError {
     }
 }
 
-impl SqlError {
-    /// PostgreSQL could not be reached (or went away mid-statement).
-    pub fn is_unreachable(&self) -> bool {
-        match self {
-            SqlError::Postgres(PgError::Unreachable { .. }) => true,
-            SqlError::Postgres(PgError::Sql(e)) => e.is_closed() || e.code().is_none(),
-            _ => false,
-        }
-    }
-}
-
 /// A connection (or transaction) to run record statements on.
 #[derive(Clone, Copy)]
 pub enum Conn<'a> {
