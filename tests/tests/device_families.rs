@@ -39,15 +39,19 @@ fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn each_device_family_drill_raises_exactly_its_rules_and_clears() -> Result<()> {
+on_both!(each_device_family_drill_raises_exactly_its_rules_and_clears);
+
+async fn each_device_family_drill_raises_exactly_its_rules_and_clears(
+    store: TestStore,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // Six simulated seconds a second: the machine room warms 6 °C a minute in
     // the AC drill, under the 8.3 °C/min of a rate-of-rise heat detector.
     let (_sim, addrs) = start_simulator(dir.path(), &["--speed", "6"])?;
     let extra =
         "[alarms]\n[[alarms.overrides]]\nrule = \"*\"\ndelay = \"0s\"\nclear_delay = \"0s\"\n";
-    let (_collector, http, mqtt) = start_collector_with(dir.path(), None, extra)?;
+    let store_toml = store.toml(dir.path(), "families")?;
+    let (_collector, http, mqtt) = start_collector_stored(dir.path(), &store_toml, None, extra)?;
     let agent_conf = demo_agent_config(&addrs, &mqtt, &dir.path().join("agent-state"))?;
     let mut agent = start_agent(dir.path(), &agent_conf)?;
     let client = http_client();

@@ -18,8 +18,10 @@ fn value(p: &Value) -> Option<f64> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both!(simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_shows_rising_h2);
+
 async fn simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_shows_rising_h2(
+    store: TestStore,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(broker) = Mosquitto::start(dir.path())? else {
@@ -28,7 +30,8 @@ async fn simulated_values_reach_the_api_through_mosquitto_and_thermal_runaway_sh
     // Double speed keeps the drill short without changing its shape.
     let (_sim, sim) = start_simulator(dir.path(), &["--speed", "2"])?;
     let control = sim.control.clone();
-    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let (_collector, http, _) =
+        start_collector_on(dir.path(), &store, "pipeline", Some(&broker.url()))?;
     let agent_conf = demo_agent_config(&sim, &broker.url(), &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
     let client = http_client();

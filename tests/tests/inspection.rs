@@ -20,6 +20,7 @@ use roomguard_collector::store::sql::Db;
 use roomguard_e2e::browser::Browser;
 use roomguard_e2e::*;
 use roomguard_protocol::{Batch, PointMeta, Quality, Reading, PROTOCOL_VERSION};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -303,6 +304,32 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         ),
         (2, 1, 1, 2, 2, 0),
         "{h:?}"
+    );
+    // The zeroing figures a day after the month: the two general hazards
+    // still open are overdue, one 25 days old, one 43; no major one is open.
+    let at = p.end + DAY;
+    let zeroing = reads
+        .blocking(false, move |c| {
+            roomguard_collector::store::hazards::zeroing(c, at)
+        })
+        .await?;
+    assert_eq!(zeroing.len(), 1, "{zeroing:?}");
+    let z = &zeroing[0];
+    assert_eq!(
+        (
+            &z["site"],
+            &z["open_major"],
+            &z["open"],
+            &z["overdue"],
+            &z["overdue_major"]
+        ),
+        (&json!("s"), &json!(0), &json!(2), &json!(2), &json!(0)),
+        "{z}"
+    );
+    assert_eq!(
+        z["age"],
+        json!({"under_7_days": 0, "7_to_30_days": 1, "over_30_days": 1}),
+        "{z}"
     );
     // Patrols: 12 a day planned for 31 days, done for the first 10.
     for row in &r.patrols {

@@ -417,8 +417,16 @@ pub async fn record_patrol(
     let list = st.inspection.checklist();
     let tz = zone(None, &st)?;
     let now = roomguard_protocol::clock::now_ms();
+    // Photos decoded and checked before the transaction (megabytes of them
+    // must not hold SQLite's write lock, and ingest, meanwhile).
+    let (m, list, photos) = tokio::task::spawn_blocking(move || {
+        let photos = patrol::check_manual(&m, &list)?;
+        Ok::<_, InspectionError>((m, list, photos))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let mut p = with_conn(&st, move |c| {
-        patrol::record_manual(c, &m, &list, &user.name, now)
+        patrol::record_checked(c, &m, &list, photos, &user.name, now)
     })
     .await?;
     times(

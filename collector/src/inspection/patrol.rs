@@ -197,6 +197,17 @@ pub fn record_manual(
     by: &str,
     now: i64,
 ) -> Result<Value, InspectionError> {
+    let photos = check_manual(m, checklist)?;
+    record_checked(c, m, checklist, photos, by, now)
+}
+
+/// What can be checked of a walk-through without the store, its photos
+/// decoded: done before a transaction is opened, so decoding megabytes of
+/// photos never holds the store's write lock.
+pub fn check_manual(
+    m: &ManualPatrol,
+    checklist: &[ChecklistItem],
+) -> Result<Vec<store::PhotoRow>, InspectionError> {
     let bad = |s: String| InspectionError::Invalid(s);
     for (field, v) in [("site", &m.site), ("room", &m.room)] {
         if v.trim().is_empty() || v.len() > 128 {
@@ -205,12 +216,6 @@ pub fn record_manual(
     }
     if m.note.as_ref().is_some_and(|n| n.len() > 4000) {
         return Err(bad("note: at most 4000 characters".into()));
-    }
-    if !store::room_known(c, &m.site, &m.room)? {
-        return Err(bad(format!(
-            "room: no room {:?} at site {:?} (GET /api/v1/points)",
-            m.room, m.site
-        )));
     }
     if m.items.is_empty() {
         return Err(bad("items: answer at least one checklist item".into()));
@@ -266,6 +271,26 @@ pub fn record_manual(
             .take(200)
             .collect();
         photos.push((name, p.content_type.clone(), sha256_hex(&data), data));
+    }
+    Ok(photos)
+}
+
+/// Records a walk-through [`check_manual`] passed, with its photos, in the
+/// caller's transaction.
+pub fn record_checked(
+    c: Db<'_>,
+    m: &ManualPatrol,
+    checklist: &[ChecklistItem],
+    photos: Vec<store::PhotoRow>,
+    by: &str,
+    now: i64,
+) -> Result<Value, InspectionError> {
+    let bad = |s: String| InspectionError::Invalid(s);
+    if !store::room_known(c, &m.site, &m.room)? {
+        return Err(bad(format!(
+            "room: no room {:?} at site {:?} (GET /api/v1/points)",
+            m.room, m.site
+        )));
     }
     // Records cannot be deleted: a day's photos per person are bounded so
     // that a runaway script cannot fill the disk.

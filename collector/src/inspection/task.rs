@@ -74,17 +74,17 @@ impl Inspector {
     /// messages, each in a transaction.
     pub async fn round(self: &Arc<Self>, now: i64) -> Result<Round, InspectionError> {
         let me = self.clone();
-        let (patrols, alarms_on) = self
+        let patrols = self
             .records
-            .blocking(false, move |c| {
-                Ok::<_, InspectionError>((me.patrols(c, now)?, c.has_table("alarms")?))
-            })
+            .blocking(false, move |c| me.patrols(c, now))
             .await?;
         let mut r = Round {
             patrols,
             ..Default::default()
         };
-        if alarms_on {
+        // Proposals and overdue messages only with the alarm engine on
+        // (PostgreSQL has the alarm tables either way).
+        if self.rules.is_some() {
             let me = self.clone();
             r.proposed = self.records.blocking(true, move |c| me.propose(c)).await?;
             let me = self.clone();

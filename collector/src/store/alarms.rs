@@ -438,10 +438,18 @@ impl Recorder {
         if e.repeat_every_ms <= 0 && e.escalate_after_ms <= 0 {
             return Ok(());
         }
+        // On PostgreSQL the rows are locked and the condition checked again
+        // after any wait: an acknowledgement committing meanwhile takes its
+        // alarm out, so no repeat or escalation follows it. (SQLite's write
+        // lock, held by the whole transaction, does the same.)
+        let lock = if db.is_postgres() { " FOR UPDATE" } else { "" };
         let due = db
             .rows(
-                "SELECT serial, level, notified_at, escalated FROM alarms
-                 WHERE cleared_at IS NULL AND ack_at IS NULL AND notified = TRUE AND notified_at IS NOT NULL",
+                &format!(
+                    "SELECT serial, level, notified_at, escalated FROM alarms
+                     WHERE cleared_at IS NULL AND ack_at IS NULL AND notified = TRUE
+                       AND notified_at IS NOT NULL{lock}"
+                ),
                 &[],
             )
             .await?;

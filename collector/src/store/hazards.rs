@@ -281,7 +281,9 @@ pub fn change(
 /// the age of the oldest open one.
 pub fn zeroing(c: Db<'_>, now: i64) -> Result<Vec<Value>, InspectionError> {
     // COUNT … FILTER, not SUM of a comparison: PostgreSQL's comparisons
-    // are booleans, which it does not add up.
+    // are booleans, which it does not add up. Ages in ms as literals (7 and
+    // 30 days): PostgreSQL multiplies two small literals as 32-bit integers,
+    // and 30 days of ms does not fit.
     let rows = c.rows(
         "SELECT site,
                 COUNT(*) FILTER (WHERE grade = 'major'),
@@ -290,9 +292,9 @@ pub fn zeroing(c: Db<'_>, now: i64) -> Result<Vec<Value>, InspectionError> {
                 COUNT(*) FILTER (WHERE grade = 'major' AND status IN ('open', 'rectifying')
                                    AND deadline IS NOT NULL AND deadline < $1),
                 MIN(found_at),
-                COUNT(*) FILTER (WHERE $1 - found_at <= 7 * 86400000),
-                COUNT(*) FILTER (WHERE $1 - found_at > 7 * 86400000 AND $1 - found_at <= 30 * 86400000),
-                COUNT(*) FILTER (WHERE $1 - found_at > 30 * 86400000)
+                COUNT(*) FILTER (WHERE $1 - found_at <= 604800000),
+                COUNT(*) FILTER (WHERE $1 - found_at > 604800000 AND $1 - found_at <= 2592000000),
+                COUNT(*) FILTER (WHERE $1 - found_at > 2592000000)
          FROM hazards WHERE status IN ('open', 'rectifying', 'awaiting_verification')
          GROUP BY site ORDER BY site",
         args![now],

@@ -37,6 +37,9 @@ pub enum Outcome {
 /// Records the outcome of a delivery of `row` at `now`.
 pub async fn settle(db: Conn<'_>, row: &Row, outcome: &Outcome, now: i64) -> Result<(), SqlError> {
     let attempts = row.attempts + 1;
+    // A receiver's answer is quoted in the error; PostgreSQL's text holds
+    // no NUL, and one would keep the row from ever being settled.
+    let clean = |e: &str| e.replace('\0', "\u{fffd}");
     match outcome {
         Outcome::Sent => db.exec(
             "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1",
@@ -44,11 +47,11 @@ pub async fn settle(db: Conn<'_>, row: &Row, outcome: &Outcome, now: i64) -> Res
         ).await,
         Outcome::Dead { error } => db.exec(
             "UPDATE outbox SET state = 'dead', attempts = $2, last_error = $3 WHERE id = $1",
-            args![row.id, attempts, error],
+            args![row.id, attempts, &clean(error)],
         ).await,
         Outcome::Retry { error, next_at } => db.exec(
             "UPDATE outbox SET attempts = $2, last_error = $3, next_at = $4 WHERE id = $1",
-            args![row.id, attempts, error, *next_at],
+            args![row.id, attempts, &clean(error), *next_at],
         ).await,
     }
     .map(|_| ())

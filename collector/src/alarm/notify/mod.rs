@@ -21,7 +21,6 @@ mod wecom;
 use crate::metrics::Metrics;
 use crate::store::backend::Reads;
 use crate::store::outbox::{self, Outcome, Row};
-use crate::store::sql::SqlError;
 use roomguard_protocol::clock::now_ms;
 use roomguard_protocol::conf::{self, Secret};
 use serde::{Deserialize, Serialize};
@@ -315,20 +314,26 @@ impl Sender {
                         (row, outcome)
                     })
                     .collect();
+                // Each outcome in a transaction of its own: on PostgreSQL a
+                // statement that fails spoils its whole transaction, and one
+                // row must not take the others' records with it.
                 let now = now_ms();
-                let written = this
-                    .records
-                    .write(async move |db| {
-                        for (row, outcome) in &settled {
-                            if let Err(e) = outbox::settle(db, row, outcome, now).await {
-                                tracing::error!(error = %e, key = %row.key, "cannot record a delivery; it may be sent again");
-                            }
-                        }
-                        Ok::<_, SqlError>(())
-                    })
-                    .await;
-                if let Err(e) = written {
-                    tracing::error!(error = %e, "cannot record deliveries; they may be sent again");
+                let mut unrecorded = 0;
+                for (row, outcome) in settled {
+                    let key = row.key.clone();
+                    let written = this
+                        .records
+                        .write(async move |db| outbox::settle(db, &row, &outcome, now).await)
+                        .await;
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, %key, "cannot record a delivery; it may be sent again");
+                        unrecorded += 1;
+                    }
+                }
+                // What could not be recorded is still due: wait for the
+                // next round rather than send it again at once.
+                if unrecorded > 0 {
+                    break;
                 }
             }
         }
