@@ -594,6 +594,15 @@ pub enum TestStore {
 }
 
 impl TestStore {
+    /// What the collector in `dir` (database `db` on PostgreSQL) has
+    /// stored, for the delivery ledger.
+    pub fn stored<'a>(&'a self, dir: &Path, db: &'a str) -> Box<dyn ledger::Stored + 'a> {
+        match self {
+            TestStore::Sqlite => Box::new(dir.join("store.db")),
+            TestStore::Postgres(pg) => Box::new(ledger::PgStored(pg, db)),
+        }
+    }
+
     /// The audit log of the collector in `dir` (database `db` on
     /// PostgreSQL), one "user action" line per entry, oldest first.
     pub fn audit(&self, dir: &Path, db: &str) -> Result<Vec<String>> {

@@ -663,3 +663,144 @@ async fn a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing
         .is_some_and(|e| !e.is_empty()));
     Ok(())
 }
+
+on_both!(an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowledged);
+
+/// The alarm record's timers through the store writer itself, on a clock
+/// of the test's: an unacknowledged level-1 alarm is repeated every 15
+/// minutes, escalated once after 30, and nothing more follows its
+/// acknowledgement (an acknowledgement made through the API's path).
+async fn an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowledged(
+    store: TestStore,
+) -> Result<()> {
+    use roomguard_collector::alarm::lifecycle::{Escalation, Route};
+    use roomguard_collector::alarm::rules::RuleSet;
+    use roomguard_collector::store::alarms::{self as record, Action, AlarmSetup};
+    use roomguard_collector::store::backend::Writer;
+    use roomguard_protocol::{Batch, PointMeta, Quality, Reading, PROTOCOL_VERSION};
+    use std::sync::Arc;
+    const T0: i64 = 1_800_000_000_000;
+    const MIN: i64 = 60_000;
+    let rules = Arc::new(
+        RuleSet::from_texts(
+            &[(
+                "t.toml".into(),
+                "pack = \"t\"\n[[rule]]\nid = \"t.smoke\"\nname = \"smoke\"\ncategory = \"fire\"\n\
+                 level = 1\nlife_safety = true\nsource = \"test\"\n\
+                 select = { quantity = [\"smoke\"] }\nwhen = { equals = 1 }\nclear_delay = \"0s\"\n"
+                    .into(),
+            )],
+            Vec::new(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let route = |channel: &str, escalation_only| Route {
+        channel: channel.into(),
+        levels: vec![1, 2, 3, 4],
+        escalation_only,
+        lifecycle: true,
+    };
+    let routes = vec![route("oncall", false), route("boss", true)];
+    let setup = AlarmSetup {
+        rules: rules.clone(),
+        routes: routes.clone(),
+        escalation: Escalation {
+            levels: vec![1, 2],
+            repeat_every_ms: 15 * MIN,
+            escalate_after_ms: 30 * MIN,
+        },
+    };
+    let dir = tempfile::tempdir()?;
+    let (writer, reads, _) = store.open(dir.path(), "escalation")?;
+    let smoke = Batch {
+        v: PROTOCOL_VERSION,
+        site: "s".into(),
+        agent: "a".into(),
+        seq: 1,
+        device: "d".into(),
+        polled_at: T0,
+        backfill: false,
+        points: vec![PointMeta {
+            id: "d.smoke".into(),
+            room: "mr".into(),
+            quantity: "smoke".into(),
+            unit: "".into(),
+        }],
+        readings: vec![Reading {
+            point: "d.smoke".into(),
+            value: Some(1.0),
+            text: None,
+            ts: T0,
+            quality: Quality::Good,
+        }],
+    };
+    // The writer blocks (on PostgreSQL it drives a runtime of its own), so
+    // the whole play runs on a blocking thread; people's actions and the
+    // outbox go through the API's path.
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut w = writer.with_alarms(setup, T0)?;
+        let outbox = || -> Result<Vec<String>> {
+            let rows = handle.block_on(reads.read(async |c| {
+                c.rows("SELECT channel || ' ' || key FROM outbox ORDER BY id", &[])
+                    .await
+            }))?;
+            Ok(rows.iter().map(|r| r.get(0)).collect::<Result<_, _>>()?)
+        };
+        // Enough maintenance calls at `now` for one sweep.
+        let sweep = |w: &mut Writer, now: i64| -> Result<()> {
+            for _ in 0..5 {
+                w.maintain(now)?;
+            }
+            Ok(())
+        };
+        let act = |by: &'static str, comment: Option<&'static str>, at: i64| {
+            let (rules, routes) = (rules.clone(), routes.clone());
+            handle.block_on(reads.write(async move |c| {
+                record::act(
+                    c,
+                    &rules,
+                    &routes,
+                    1,
+                    by,
+                    Action::Acknowledge { comment },
+                    at,
+                )
+                .await
+            }))
+        };
+        w.write_batches(&[smoke], T0)?;
+        assert_eq!(outbox()?, ["oncall 1:raise"]);
+        sweep(&mut w, T0 + 14 * MIN)?;
+        assert_eq!(outbox()?.len(), 1, "not yet");
+        sweep(&mut w, T0 + 16 * MIN)?;
+        sweep(&mut w, T0 + 17 * MIN)?;
+        assert_eq!(outbox()?, ["oncall 1:raise", "oncall 1:repeat1"]);
+        sweep(&mut w, T0 + 31 * MIN)?;
+        sweep(&mut w, T0 + 32 * MIN)?;
+        assert_eq!(
+            outbox()?,
+            [
+                "oncall 1:raise",
+                "oncall 1:repeat1",
+                "oncall 1:repeat2",
+                "boss 1:escalate"
+            ]
+        );
+        let (a, queued) = act("oncall-1", Some("on it"), T0 + 33 * MIN)?;
+        assert_eq!((a.state, queued), ("acknowledged", 1));
+        sweep(&mut w, T0 + 46 * MIN)?;
+        assert_eq!(
+            outbox()?.last().map(String::as_str),
+            Some("oncall 1:ack"),
+            "no repeats once acknowledged"
+        );
+        assert!(matches!(
+            act("x", None, T0 + 47 * MIN),
+            Err(record::RecordError::Conflict(_))
+        ));
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}

@@ -13,7 +13,7 @@
 
 use anyhow::{Context, Result};
 use roomguard_e2e::ledger::{
-    account, agent_metrics_url, drained, start_run, stored_batches, Ledger,
+    account, agent_metrics_url, drained, start_run, stored_batches, Ledger, Stored,
 };
 use roomguard_e2e::*;
 use serde_json::Value;
@@ -154,22 +154,26 @@ async fn flowing(client: &reqwest::Client, http: &str) -> Result<()> {
 }
 
 /// The stored count of batches, to wait for progress.
-async fn stored_more_than(db: &Path, n: usize) -> Result<usize> {
+async fn stored_more_than(db: &dyn Stored, n: usize) -> Result<usize> {
     eventually(Duration::from_secs(60), "more batches stored", || async {
-        let have = stored_batches(db).ok()?.len();
+        let have = db.batches().ok()?.len();
         (have > n).then_some(have)
     })
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> Result<()> {
+on_both!(broker_stopped_mid_stream_and_restarted_every_reading_stored_once);
+
+async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once(
+    store: TestStore,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(mut broker) = Mosquitto::start_persistent(dir.path())? else {
         return Ok(());
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let (_collector, http, _) =
+        start_collector_on(dir.path(), &store, "delivery", Some(&broker.url()))?;
     let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "")?;
@@ -179,9 +183,9 @@ async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> 
     broker.terminate()?;
     tokio::time::sleep(Duration::from_secs(5)).await; // polls go on into the spool
     broker.restart(dir.path())?;
-    let db = dir.path().join("store.db");
-    let before = stored_batches(&db)?.len();
-    stored_more_than(&db, before + 20).await?;
+    let db = store.stored(dir.path(), "delivery");
+    let before = db.batches()?.len();
+    stored_more_than(&*db, before + 20).await?;
     drained(&client, &agent_metrics_url(&ready)?)
         .await
         .with_context(|| agent.log_tail())?;
@@ -193,18 +197,22 @@ async fn broker_stopped_mid_stream_and_restarted_every_reading_stored_once() -> 
     );
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
-    account("broker outage", &db, &ledger, 0..=0, dups).await?;
+    account("broker outage", &*db, &ledger, 0..=0, dups).await?;
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing() -> Result<()> {
+on_both!(agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing);
+
+async fn agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing(
+    store: TestStore,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(broker) = Mosquitto::start(dir.path())? else {
         return Ok(());
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let (_collector, http, _) =
+        start_collector_on(dir.path(), &store, "delivery", Some(&broker.url()))?;
     let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "")?;
@@ -223,7 +231,7 @@ async fn agent_killed_repeatedly_while_publishing_loses_and_repeats_nothing() ->
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
     account(
         "agent SIGKILLs",
-        &dir.path().join("store.db"),
+        &*store.stored(dir.path(), "delivery"),
         &ledger,
         0..=0,
         dups,
@@ -370,15 +378,21 @@ async fn a_damaged_spool_is_reported_and_the_agent_keeps_the_rest_and_goes_on() 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both!(
+    broker_restarted_without_persistence_loses_nothing_because_the_spool_waits_for_the_collector
+);
+
 async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_waits_for_the_collector(
+    store: TestStore,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(mut broker) = Mosquitto::start(dir.path())? else {
         return Ok(());
     };
     let (_sim, sim) = start_simulator(dir.path(), &[])?;
-    let (mut collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
+    let store_toml = store.toml(dir.path(), "delivery")?;
+    let (mut collector, http, _) =
+        start_collector_stored(dir.path(), &store_toml, Some(&broker.url()), "")?;
     let client = http_client();
     let mut ledger = Ledger::default();
     let conf = agent_config(&sim, &broker.url(), dir.path(), "confirm_timeout = \"3s\"")?;
@@ -394,10 +408,11 @@ async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_wa
     broker.stop();
     broker.restart(dir.path())?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let db = dir.path().join("store.db");
-    let before = stored_batches(&db)?.len();
-    stored_more_than(&db, before + 20).await?;
+    let (_collector, http, _) =
+        start_collector_stored(dir.path(), &store_toml, Some(&broker.url()), "")?;
+    let db = store.stored(dir.path(), "delivery");
+    let before = db.batches()?.len();
+    stored_more_than(&*db, before + 20).await?;
     // The batches the broker lost are sent again: at once, because the
     // broker lost the agent's session too, and (when that was before the
     // collector subscribed again) once more when no confirmation came.
@@ -408,7 +423,7 @@ async fn broker_restarted_without_persistence_loses_nothing_because_the_spool_wa
     assert!(resent > 0, "nothing was sent again, so nothing was tested");
     ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
     let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
-    account("broker lost its state", &db, &ledger, 0..=0, dups).await?;
+    account("broker lost its state", &*db, &ledger, 0..=0, dups).await?;
     Ok(())
 }
 

@@ -1008,8 +1008,6 @@ clear_delay = "0s"
         _dir: tempfile::TempDir,
         path: PathBuf,
         writer: SqliteWriter,
-        rules: Arc<RuleSet>,
-        routes: Vec<Route>,
     }
 
     fn fixture() -> Fixture {
@@ -1026,8 +1024,8 @@ clear_delay = "0s"
         };
         let routes = vec![route("oncall", false), route("boss", true)];
         let setup = AlarmSetup {
-            rules: rules.clone(),
-            routes: routes.clone(),
+            rules,
+            routes,
             escalation: Escalation {
                 levels: vec![1, 2],
                 repeat_every_ms: 15 * MIN,
@@ -1042,8 +1040,6 @@ clear_delay = "0s"
             _dir: dir,
             path,
             writer,
-            rules,
-            routes,
         }
     }
 
@@ -1063,77 +1059,6 @@ clear_delay = "0s"
             let rows = st.query_map([], |r| r.get(0)).unwrap();
             rows.collect::<Result<_, _>>().unwrap()
         }
-    }
-
-    /// `act` in its own IMMEDIATE transaction, as the API runs it.
-    fn acted(
-        conn: &mut Connection,
-        rules: &RuleSet,
-        routes: &[Route],
-        serial: u64,
-        by: &str,
-        action: Action<'_>,
-        now: Ts,
-    ) -> Result<(AlarmRow, usize), RecordError> {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .unwrap();
-        let r = done(act(Conn::Lite(&tx), rules, routes, serial, by, action, now))?;
-        tx.commit().unwrap();
-        Ok(r)
-    }
-
-    #[test]
-    fn an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowledged() {
-        let mut f = fixture();
-        f.writer.write_batches(&[smoke(1, T0, 1.0)], T0).unwrap();
-        assert_eq!(f.outbox(), ["oncall 1:raise"]);
-        f.sweep(T0 + 14 * MIN);
-        assert_eq!(f.outbox().len(), 1, "not yet");
-        f.sweep(T0 + 16 * MIN);
-        f.sweep(T0 + 17 * MIN);
-        assert_eq!(f.outbox(), ["oncall 1:raise", "oncall 1:repeat1"]);
-        f.sweep(T0 + 31 * MIN);
-        f.sweep(T0 + 32 * MIN);
-        assert_eq!(
-            f.outbox(),
-            [
-                "oncall 1:raise",
-                "oncall 1:repeat1",
-                "oncall 1:repeat2",
-                "boss 1:escalate"
-            ]
-        );
-        let mut conn = Connection::open(&f.path).unwrap();
-        let (a, queued) = acted(
-            &mut conn,
-            &f.rules,
-            &f.routes,
-            1,
-            "oncall-1",
-            Action::Acknowledge {
-                comment: Some("on it"),
-            },
-            T0 + 33 * MIN,
-        )
-        .unwrap();
-        assert_eq!((a.state, queued), ("acknowledged", 1));
-        f.sweep(T0 + 46 * MIN);
-        assert_eq!(
-            f.outbox().last().unwrap(),
-            "oncall 1:ack",
-            "no repeats once acknowledged"
-        );
-        let err = acted(
-            &mut conn,
-            &f.rules,
-            &f.routes,
-            1,
-            "x",
-            Action::Acknowledge { comment: None },
-            T0 + 47 * MIN,
-        );
-        assert!(matches!(err, Err(RecordError::Conflict(_))));
     }
 
     #[test]
