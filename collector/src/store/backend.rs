@@ -11,7 +11,7 @@ use super::postgres::reader::PgReader;
 use super::postgres::writer::PgWriter;
 use super::postgres::{maintain, PgError, Target};
 use super::retention::Policy;
-use super::sql::{self, Conn, Db, SqlError};
+use super::sql::{Conn, Db, SqlError};
 use super::sqlite::{Maintained, SqliteReader, SqliteWriter};
 use super::{AgentRow, LatestRow, StoreError, WriteStats};
 use roomguard_protocol::{Batch, Status};
@@ -489,50 +489,15 @@ impl Reads {
             .map_err(|e| E::from(SqlError::Task(e.to_string())))?
     }
 
+    /// [`Reads::blocking`] with `f`'s future driven to its end on that
+    /// thread: it need not be `Send`.
     async fn run<T, E, F>(&self, write: bool, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<SqlError> + Send + 'static,
         F: AsyncFnOnce(Conn<'_>) -> Result<T, E> + Send + 'static,
     {
-        let task = match self {
-            Reads::Sqlite(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut c = rusqlite::Connection::open(&path).map_err(SqlError::from)?;
-                    c.busy_timeout(std::time::Duration::from_secs(5))
-                        .map_err(SqlError::from)?;
-                    if !write {
-                        return sql::now(f(Conn::Lite(&c)));
-                    }
-                    let tx = c
-                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                        .map_err(SqlError::from)?;
-                    let out = sql::now(f(Conn::Lite(&tx)))?;
-                    tx.commit().map_err(SqlError::from)?;
-                    Ok(out)
-                })
-            }
-            Reads::Postgres(pg) => {
-                let pg = pg.clone();
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || {
-                    handle.block_on(async move {
-                        if !write {
-                            let reader = pg.reader().await.map_err(sql_error)?;
-                            return f(Conn::Pg(reader.client())).await;
-                        }
-                        let mut client = pg.writing().await.map_err(sql_error)?;
-                        let tx = client.transaction().await.map_err(SqlError::from)?;
-                        let out = f(Conn::PgTx(&tx)).await?;
-                        tx.commit().await.map_err(SqlError::from)?;
-                        Ok(out)
-                    })
-                })
-            }
-        };
-        task.await
-            .map_err(|e| E::from(SqlError::Task(e.to_string())))?
+        self.blocking(write, move |db| db.wait(f(db.conn()))).await
     }
 
     /// The latest reading of every point, optionally of one site or room.
