@@ -114,16 +114,6 @@ impl<'a, T: Into<Arg<'a>>> From<Option<T>> for Arg<'a> {
         v.map_or(Arg::Null, Into::into)
     }
 }
-impl From<&Option<i64>> for Arg<'_> {
-    fn from(v: &Option<i64>) -> Self {
-        v.map_or(Arg::Null, Arg::Int)
-    }
-}
-impl From<&Option<f64>> for Arg<'_> {
-    fn from(v: &Option<f64>) -> Self {
-        v.map_or(Arg::Null, Arg::Real)
-    }
-}
 impl<'a> From<&'a Option<String>> for Arg<'a> {
     fn from(v: &'a Option<String>) -> Self {
         v.as_deref().map_or(Arg::Null, Arg::Text)
