@@ -72,6 +72,29 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     };
     let (writer, reads) = open_store(&cfg).await?;
     let mut writer = writer;
+    // In a cluster the leases decide which sites this node writes for; the
+    // lease rounds start now, before ingest, so its first subscriptions
+    // follow them.
+    let mut cluster_stop = None;
+    let cluster = if cfg.cluster.enabled {
+        let c = crate::cluster::Cluster::new(&cfg.cluster, format!("http://{}", cfg.http.listen));
+        writer = match writer {
+            store::backend::Writer::Postgres(p) => {
+                store::backend::Writer::Postgres(p.in_cluster(c.clone()))
+            }
+            store::backend::Writer::Sqlite(_) => {
+                anyhow::bail!("cluster.enabled: needs store.backend = \"postgres\"")
+            }
+        };
+        let target = cfg.store.postgres().map_err(anyhow::Error::msg)?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::cluster::lease::run(c.clone(), target, done_tx));
+        cluster_stop = Some(done_rx);
+        tracing::info!(node = %c.node, partitions = c.partitions, lease = ?c.lease, "cluster mode: sites are shared with the other nodes");
+        Some(c)
+    } else {
+        None
+    };
     let wake = Arc::new(tokio::sync::Notify::new());
     let alarms = if cfg.alarms.enabled {
         let rules = Arc::new(cfg.alarms.rules().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -90,6 +113,10 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             cfg.alarms.link.clone(),
         )
         .map_err(anyhow::Error::msg)?;
+        let sender = match &cluster {
+            Some(c) => sender.claiming(c.node.clone()),
+            None => sender,
+        };
         tokio::spawn(sender.run());
         tracing::info!(
             rules = rules.rules.len(),
@@ -153,6 +180,7 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
                 .context("http.time_zone: unknown time zone")?,
             wake: wake_inspection,
             live: live.clone(),
+            cluster: cluster.clone(),
         };
         tokio::spawn(Arc::new(inspector).run());
     }
@@ -189,6 +217,7 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         live: live.clone(),
         ui_dir: cfg.http.ui_dir.clone(),
         inspection: cfg.inspection.clone(),
+        cluster: cluster.clone(),
     }));
 
     // Files named in [mqtt.security] were read at load; read them again now
@@ -203,7 +232,11 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         ingest::Settings {
             broker: broker_url.clone(),
             security,
-            client_id: cfg.mqtt.client_id.clone(),
+            // One session per node: each subscribes to its own sites.
+            client_id: match &cluster {
+                Some(c) => format!("{}-{}", cfg.mqtt.client_id, c.node),
+                None => cfg.mqtt.client_id.clone(),
+            },
             max_points_per_agent: cfg.store.max_points_per_agent,
             secret: Arc::new(
                 roomguard_protocol::AgentSecret::new(
@@ -211,6 +244,7 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
                 )
                 .map_err(|e| anyhow::anyhow!("agents.secret: {e}"))?,
             ),
+            cluster: cluster.clone(),
         },
         metrics.clone(),
         store_tx,
@@ -250,6 +284,15 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     // The writer stops once the last sender (held by ingest) is gone, after
     // committing what was queued.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    if let (Some(c), Some(done)) = (&cluster, cluster_stop) {
+        // Written what was queued: hand the partitions over now rather
+        // than at their expiry.
+        c.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
+        match tokio::time::timeout(c.lease, done).await {
+            Ok(_) => tracing::info!("cluster: leases handed over"),
+            Err(_) => tracing::warn!("cluster: could not hand the leases over; they expire by themselves"),
+        }
+    }
     Ok(())
 }
 

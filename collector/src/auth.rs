@@ -69,6 +69,8 @@ pub fn required(method: &str, path: &str, open_health: bool, open_metrics: bool)
         ("GET" | "HEAD", p) if p.starts_with("/ui/") => Need::Open,
         ("POST", "/api/v1/logout") => Need::Read,
         (_, p) if p == "/api/v1/tokens" || p.starts_with("/api/v1/tokens/") => Need::Admin,
+        // Node addresses and lease details: for whoever runs the cluster.
+        (_, "/api/v1/cluster") => Need::Admin,
         (_, p) if p == "/api/v1/users" || p.starts_with("/api/v1/users/") => {
             // Changing one's own password is the handler's check.
             if method == "POST" && p.ends_with("/password") {

@@ -41,6 +41,9 @@ pub struct CollectorConfig {
     /// How agents and the collector tell each other from impostors.
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// Several collectors sharing the sites (docs/SCALING.md); off by default.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[agents]`: the secret each agent's key is derived from
@@ -734,6 +737,8 @@ impl CollectorConfig {
             i.check(&mut p);
         }
         self.alarms.check(&mut p);
+        self.cluster
+            .check(matches!(self.store.backend, Backend::Postgres), &mut p);
         if let Some(t) = &self.http.tls {
             if let Err(e) = crate::api::tls::server_config(&t.cert_file, &t.key_file) {
                 p.push("http.tls", e);

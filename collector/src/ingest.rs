@@ -34,6 +34,8 @@ pub struct Settings {
     pub max_points_per_agent: usize,
     /// `[agents] secret`: every agent's key is derived from it.
     pub secret: Arc<AgentSecret>,
+    /// In a cluster: batches are subscribed to for the sites held only.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Connects to the broker and ingests until the store's queue closes.
@@ -49,6 +51,7 @@ pub async fn run(
         client_id,
         max_points_per_agent,
         secret,
+        cluster,
     } = settings;
     // Persistent sessions: QoS 1 messages published while we are away are
     // kept by the broker and delivered on reconnect, and rumqttc keeps our
@@ -85,6 +88,12 @@ pub async fn run(
     // (2,000 advised, the embedded broker's) wait in it, so it fills only
     // under a broker allowing more than it holds (see `Acker`).
     // Confirmations have their own connection (see `confirm::run`).
+    if cluster.is_some() {
+        // The first connection of a node starts a clean session: one left
+        // by its previous run subscribes to sites it may no longer hold
+        // (whatever that session still queued, the agents send again).
+        opts.set_clean_session(true);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
     let _confirmer = AbortOnDrop(tokio::spawn(confirm::run(
         confirmations.clone(),
@@ -92,7 +101,14 @@ pub async fn run(
         secret.clone(),
         metrics.clone(),
     )));
-    let filters = Topic::collector_filters();
+    let filters = match &cluster {
+        // Every status (it names the sites there are); batches per site held.
+        Some(_) => vec![format!("{}/+/+/+/status", roomguard_protocol::TOPIC_ROOT)],
+        None => Topic::collector_filters().to_vec(),
+    };
+    let _router = cluster
+        .as_ref()
+        .map(|c| AbortOnDrop(tokio::spawn(route(client.clone(), c.sites()))));
     let mut handler = Handler {
         secret,
         metrics: metrics.clone(),
@@ -100,6 +116,7 @@ pub async fn run(
         confirmations,
         catalogue: Catalogue::new(max_points_per_agent),
         budget: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_READINGS)),
+        cluster: cluster.clone(),
     };
     let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));
     let mut backoff = Duration::from_millis(250);
@@ -114,11 +131,17 @@ pub async fn run(
                 metrics.broker_connected.set(1);
                 metrics.broker_connects.inc();
                 acker.reset();
+                eventloop.mqtt_options.set_clean_session(false);
                 backoff = Duration::from_millis(250);
                 // Subscribe on every connection: a broker that lost our
                 // session (restart without persistence) has lost it too.
-                for filter in &filters {
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                let held = cluster.as_ref().map(|c| c.sites().borrow().clone());
+                for filter in filters
+                    .iter()
+                    .cloned()
+                    .chain(held.iter().flatten().map(|s| site_filter(s)))
+                {
+                    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot subscribe");
                     }
                 }
@@ -139,6 +162,43 @@ pub async fn run(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
+        }
+    }
+}
+
+/// The batches of one site, in every protocol version (an unknown one is
+/// seen and refused rather than never noticed).
+fn site_filter(site: &str) -> String {
+    format!("{}/+/{site}/+/batch", roomguard_protocol::TOPIC_ROOT)
+}
+
+/// Follows the sites this node holds: subscribes to the batches of those
+/// it gained and unsubscribes from those it lost (plain subscriptions, any
+/// broker). A batch that still arrives for a site given up is not stored
+/// or confirmed by this node; its agent sends it again to the holder.
+async fn route(
+    client: AsyncClient,
+    mut sites: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+) {
+    let mut subscribed = std::collections::BTreeSet::new();
+    loop {
+        let now = sites.borrow_and_update().clone();
+        for gone in subscribed.difference(&now) {
+            if let Err(e) = client.unsubscribe(site_filter(gone)).await {
+                tracing::warn!(error = %e, site = %gone, "cannot unsubscribe");
+            }
+        }
+        for new in now.difference(&subscribed) {
+            if let Err(e) = client.subscribe(site_filter(new), QoS::AtLeastOnce).await {
+                tracing::warn!(error = %e, site = %new, "cannot subscribe");
+            }
+        }
+        if now != subscribed {
+            tracing::info!(sites = now.len(), "subscribed to the batches of the sites held");
+        }
+        subscribed = now;
+        if sites.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -367,6 +427,7 @@ struct Handler {
     confirmations: Arc<Confirmations>,
     catalogue: Catalogue,
     budget: Arc<tokio::sync::Semaphore>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Handler {
@@ -380,6 +441,7 @@ impl Handler {
             confirmations,
             catalogue,
             budget,
+            cluster,
         } = self;
         metrics.messages_received.inc();
         // Refused messages are acknowledged (in their turn): they will never be
@@ -413,6 +475,10 @@ impl Handler {
                 refuse("unauthenticated", ticket);
                 return true;
             }
+        }
+        // Signed by its agent: a site that exists (a forged one is not).
+        if let Some(c) = cluster {
+            c.saw(&topic.site);
         }
         let cmd = match topic.kind {
             TopicKind::Batch => match decode_batch(&topic, &p.payload, now_ms()) {

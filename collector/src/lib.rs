@@ -13,6 +13,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod base64;
+pub mod cluster;
 pub mod broker;
 pub mod config;
 pub mod confirm;

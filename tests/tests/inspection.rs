@@ -210,6 +210,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         tz: tz.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
         live: Arc::new(roomguard_collector::live::Live::default()),
+        cluster: None,
     });
     let mut proposed = 0;
     for slot in (0..120).map(|i| o + i * 2 * HOUR) {

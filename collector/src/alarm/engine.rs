@@ -123,6 +123,24 @@ pub struct Transition {
     pub inhibited: bool,
 }
 
+/// Serials `from..end` moved to start at `to` ([`Engine::renumber`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Renumbered {
+    from: u64,
+    to: u64,
+    end: u64,
+}
+
+impl Renumbered {
+    pub fn apply(&self, serial: u64) -> u64 {
+        if (self.from..self.end).contains(&serial) {
+            serial - self.from + self.to
+        } else {
+            serial
+        }
+    }
+}
+
 /// What an instance watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -1047,9 +1065,39 @@ impl Engine {
         }
     }
 
-    /// Active alarms by instance, for the record.
+    /// The serial the next new alarm gets.
     pub fn next_serial(&self) -> u64 {
         self.next_serial
+    }
+
+    /// Moves the serials numbered since `from` (those in `from..next`) to
+    /// start at `to` instead: in a cluster the store hands out serials from
+    /// one counter, and another node may have taken the ones this engine
+    /// counted on. Returns the mapping to apply to transitions already out.
+    pub fn renumber(&mut self, from: u64, to: u64) -> Renumbered {
+        let r = Renumbered {
+            from,
+            to,
+            end: self.next_serial,
+        };
+        let phase = |p: &mut Phase| match p {
+            Phase::Active { serial, .. } | Phase::Clearing { serial, .. } => *serial = r.apply(*serial),
+            _ => {}
+        };
+        for inst in &mut self.instances {
+            phase(&mut inst.live.phase);
+            if let Some((late, _)) = &mut inst.late {
+                phase(&mut late.phase);
+            }
+        }
+        for (_, serial, _) in &mut self.releases {
+            *serial = r.apply(*serial);
+        }
+        for t in &mut self.retired_out {
+            t.serial = r.apply(t.serial);
+        }
+        self.next_serial = r.apply(self.next_serial - 1) + 1;
+        r
     }
 
     /// The longest rate-of-rise window watching a point, if any.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub ui_dir: Option<PathBuf>,
     /// Patrol schedule and checklist, for the inspection endpoints.
     pub inspection: crate::inspection::InspectionConfig,
+    /// This node's view of the cluster, when there is one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -56,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/points", get(history::points))
         .route("/api/v1/history", get(history::history))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/alarms", get(alarms::list))
         .route("/api/v1/alarms/{serial}", get(alarms::one))
@@ -188,14 +191,58 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut text = st.metrics.render();
+    if let Some(c) = &st.cluster {
+        text.push_str(&c.render_metrics());
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.metrics.render(),
+        text,
     )
         .into_response()
+}
+
+/// `GET /api/v1/cluster` (admins): the nodes, the partitions with their
+/// owners, epochs and lease ages, and the sites in each, as the database
+/// shows them; `this_node` is the node that answered.
+async fn cluster(State(st): State<Arc<AppState>>) -> Response {
+    let Some(c) = &st.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "this collector is not in a cluster ([cluster] enabled = false)"})),
+        )
+            .into_response();
+    };
+    let lease = c.lease;
+    let answer = st
+        .reads
+        .read(async move |db| {
+            Ok::<_, crate::store::sql::SqlError>(match db {
+                crate::store::sql::Conn::Pg(client) => {
+                    crate::cluster::lease::status(client, lease)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                _ => Err("the cluster needs the PostgreSQL store".to_owned()),
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match answer {
+        Ok(mut v) => {
+            v["this_node"] = json!(c.node);
+            v["lease_ms"] = json!(lease.as_millis() as u64);
+            Json(v).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": format!("cannot read the cluster's state: {e}")})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

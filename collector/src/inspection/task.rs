@@ -31,6 +31,8 @@ pub struct Inspector {
     /// Wakes the notification sender.
     pub wake: Arc<Notify>,
     pub live: Arc<crate::live::Live>,
+    /// In a cluster the round is the maintenance lease holder's alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What one round did.
@@ -47,6 +49,9 @@ impl Inspector {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
+            if self.cluster.as_ref().is_some_and(|c| !c.holds_maintenance()) {
+                continue;
+            }
             match self.round(roomguard_protocol::clock::now_ms()).await {
                 Ok(r) => {
                     if r.overdue_told > 0 {

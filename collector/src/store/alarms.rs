@@ -65,7 +65,14 @@ pub struct Recorder {
     queued: usize,
     /// Raises and clears recorded since the last `take_counts`.
     counts: (u64, u64),
+    /// The engine's next serial as far as the store's counter has handed
+    /// serials out to it (PostgreSQL).
+    serial_mark: u64,
 }
+
+/// Which sites an engine judges: in a cluster, those of the partitions its
+/// node holds; otherwise every one.
+pub type SiteFilter<'a> = Option<&'a dyn Fn(&str) -> bool>;
 
 const SILENCE_COLUMNS: &str =
     "id, site, room, rule, reason, owner, starts_at, ends_at, created_at, ended_at, ended_by";
@@ -115,13 +122,24 @@ impl Recorder {
         routes: Vec<Route>,
         escalation: Escalation,
         now: Ts,
+        only: SiteFilter<'_>,
     ) -> Result<Recorder, RecordError> {
-        let next: i64 = db
+        let mut next: i64 = db
             .value("SELECT coalesce(max(serial), 0) + 1 FROM alarms", &[])
             .await?;
+        if db.is_postgres() {
+            // Serials come from one counter there (see `record`).
+            let counter: i64 = db.value("SELECT next FROM alarm_serial", &[]).await?;
+            next = next.max(counter);
+        }
+        let ours = |site: &str| only.is_none_or(|f| f(site));
         let mut saved = HashMap::new();
         for r in db.rows("SELECT key, state FROM alarm_state", &[]).await? {
             let key: String = r.get(0)?;
+            // `rule|site|scope|id`: another node's sites are its own.
+            if !ours(key.split('|').nth(1).unwrap_or_default()) {
+                continue;
+            }
             let text: String = r.get(1)?;
             match serde_json::from_str::<Saved>(&text) {
                 Ok(s) => {
@@ -143,6 +161,9 @@ impl Recorder {
             .await?
         {
             let site: String = r.get(1)?;
+            if !ours(&site) {
+                continue;
+            }
             let agent: String = r.get(2)?;
             let point: String = r.get(3)?;
             let device: String = r.get(5)?;
@@ -195,6 +216,7 @@ impl Recorder {
             }
         }
         Ok(Recorder {
+            serial_mark: engine.next_serial(),
             engine,
             routes,
             escalation,
@@ -221,6 +243,34 @@ impl Recorder {
         transitions: &[Transition],
         now: Ts,
     ) -> Result<(), RecordError> {
+        // On PostgreSQL the serials this engine numbered since the last
+        // record are taken from the shared counter (its row lock held to
+        // the commit); when another node's engine took those numbers, ours
+        // move to the ones the counter gave.
+        let next = self.engine.next_serial();
+        let moved: Vec<Transition>;
+        let mut transitions = transitions;
+        if db.is_postgres() && next > self.serial_mark {
+            let (from, k) = (self.serial_mark as i64, (next - self.serial_mark) as i64);
+            let base: i64 = db
+                .value(
+                    "UPDATE alarm_serial SET next = GREATEST(next, $1) + $2 RETURNING next - $2",
+                    args![from, k],
+                )
+                .await?;
+            if base != from {
+                let r = self.engine.renumber(from as u64, base as u64);
+                moved = transitions
+                    .iter()
+                    .map(|t| Transition {
+                        serial: r.apply(t.serial),
+                        ..t.clone()
+                    })
+                    .collect();
+                transitions = &moved;
+            }
+        }
+        self.serial_mark = self.engine.next_serial();
         if !transitions.is_empty() {
             let silences = active_silences(db, now).await?;
             for t in transitions {

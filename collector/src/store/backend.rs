@@ -33,18 +33,34 @@ impl Writer {
         batches: &[Batch],
         now_ms: i64,
     ) -> Result<WriteStats, StoreError> {
+        self.write_held(&mut batches.to_vec(), now_ms)
+    }
+
+    /// Stores `batches` in one transaction. In a cluster, those of sites
+    /// whose partitions this node does not hold are taken out first (the
+    /// caller confirms only what is left).
+    pub fn write_held(
+        &mut self,
+        batches: &mut Vec<Batch>,
+        now_ms: i64,
+    ) -> Result<WriteStats, StoreError> {
         match self {
             Writer::Sqlite(w) => w.write_batches(batches, now_ms),
-            Writer::Postgres(p) => {
-                p.run(async |w, alarms| w.write_batches(batches, now_ms, alarms.recorder()).await)
-            }
+            Writer::Postgres(p) => p.write_batches(batches, now_ms),
         }
     }
 
     pub fn write_status(&mut self, status: &Status, now_ms: i64) -> Result<(), StoreError> {
         match self {
             Writer::Sqlite(w) => w.write_status(status, now_ms),
-            Writer::Postgres(p) => p.run(async |w, _| w.write_status(status, now_ms).await),
+            Writer::Postgres(p) => {
+                // Every node hears every status; the holder records it.
+                p.refresh_fence();
+                if p.fence.as_ref().is_some_and(|f| !f.holds_site(&status.site)) {
+                    return Ok(());
+                }
+                p.run(async |w, _, _| w.write_status(status, now_ms).await)
+            }
         }
     }
 
@@ -66,7 +82,7 @@ impl Writer {
             // The newest readings still waiting for the catalogue.
             Writer::Postgres(p) => {
                 let now = roomguard_protocol::clock::now_ms();
-                p.run(async |w, _| w.flush_latest(now).await).map(|()| 0)
+                p.run(async |w, _, _| w.flush_latest(now).await).map(|()| 0)
             }
         }
     }
@@ -121,8 +137,13 @@ impl PgAlarms {
         self.rec.as_mut()
     }
 
-    /// Loads the engine when it is on and not (or no longer) current.
-    async fn load(&mut self, client: &tokio_postgres::Client) -> Result<(), PgError> {
+    /// Loads the engine when it is on and not (or no longer) current; in a
+    /// cluster, with the sites of the partitions held.
+    async fn load(
+        &mut self,
+        client: &tokio_postgres::Client,
+        fence: Option<&Fence>,
+    ) -> Result<(), PgError> {
         let Some(setup) = self.setup.clone() else {
             return Ok(());
         };
@@ -132,6 +153,7 @@ impl PgAlarms {
         let now = self
             .first_at
             .unwrap_or_else(roomguard_protocol::clock::now_ms);
+        let ours = |site: &str| fence.is_none_or(|f| f.holds_site(site));
         self.rec = Some(
             Recorder::load(
                 Conn::Pg(client),
@@ -139,9 +161,16 @@ impl PgAlarms {
                 setup.routes,
                 setup.escalation,
                 now,
+                Some(&ours),
             )
             .await?,
         );
+        if let Some(f) = fence {
+            tracing::info!(
+                partitions = f.held.parts.keys().filter(|p| **p >= 0).count(),
+                "alarm engine loaded for the sites of the partitions held"
+            );
+        }
         self.stale = false;
         self.first_at = None;
         Ok(())
@@ -149,10 +178,15 @@ impl PgAlarms {
 
     /// Timers of the engine and, every few calls, held notifications and
     /// escalation; in a transaction of their own.
+    /// In a cluster the engine's transitions are fenced by the leases it
+    /// was loaded with, and the sweep (repeats, escalation, held
+    /// notifications of every site) is done by the maintenance lease's
+    /// holder only.
     async fn tick(
         &mut self,
         client: &mut tokio_postgres::Client,
         now_ms: i64,
+        fence: Option<&Fence>,
     ) -> Result<(), PgError> {
         let Some(rec) = self.rec.as_mut() else {
             return Ok(());
@@ -160,7 +194,8 @@ impl PgAlarms {
         let mut out = Vec::new();
         rec.engine.tick(now_ms, &mut out);
         self.since_sweep += 1;
-        let sweep = self.since_sweep >= SWEEP_EVERY;
+        let sweep = self.since_sweep >= SWEEP_EVERY
+            && fence.is_none_or(|f| f.held.holds(crate::cluster::MAINTENANCE));
         if out.is_empty() && !sweep {
             return Ok(());
         }
@@ -170,8 +205,28 @@ impl PgAlarms {
             self.since_sweep = 0;
             rec.sweep(Conn::PgTx(&tx), now_ms).await?;
         }
+        if let Some(f) = fence {
+            if !out.is_empty() {
+                let parts: Vec<i32> = f.held.parts.keys().copied().filter(|p| *p >= 0).collect();
+                crate::cluster::lease::check(&tx, &f.cluster.node, &f.held, &parts).await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The cluster's leases as the writer last took them: it writes for these
+/// partitions only, and every commit checks them (docs/SCALING.md).
+#[derive(Clone)]
+pub struct Fence {
+    pub cluster: Arc<crate::cluster::Cluster>,
+    pub held: Arc<crate::cluster::Held>,
+}
+
+impl Fence {
+    pub fn holds_site(&self, site: &str) -> bool {
+        self.held.holds(self.cluster.part_of(site))
     }
 }
 
@@ -192,6 +247,8 @@ pub struct PgWriting {
     /// When retention last ran, ms.
     retained_at: i64,
     alarms: PgAlarms,
+    /// In a cluster: the leases writes are for.
+    fence: Option<Fence>,
 }
 
 /// Rollup minutes recomputed per maintenance step.
@@ -210,6 +267,63 @@ impl PgWriting {
             carried: Default::default(),
             retained_at: 0,
             alarms: PgAlarms::default(),
+            fence: None,
+        }
+    }
+
+    /// Writes only for the partitions `cluster` holds, each commit fenced.
+    pub fn in_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> PgWriting {
+        let held = cluster.held();
+        self.fence = Some(Fence { cluster, held });
+        self
+    }
+
+    /// Takes the cluster's leases anew when they changed since; the engine
+    /// is then loaded again for the sites they hold.
+    fn refresh_fence(&mut self) {
+        if let Some(f) = &mut self.fence {
+            if f.cluster.version() != f.held.version {
+                f.held = f.cluster.held();
+                self.alarms.stale = true;
+            }
+        }
+    }
+
+    fn write_batches(
+        &mut self,
+        batches: &mut Vec<Batch>,
+        now_ms: i64,
+    ) -> Result<WriteStats, StoreError> {
+        loop {
+            self.refresh_fence();
+            if let Some(f) = &self.fence {
+                let before = batches.len();
+                batches.retain(|b| f.holds_site(&b.site));
+                let dropped = (before - batches.len()) as u64;
+                if dropped > 0 {
+                    f.cluster
+                        .counts
+                        .not_ours
+                        .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(dropped, "batches of sites held by other nodes: not stored, not confirmed");
+                }
+            }
+            if batches.is_empty() {
+                return Ok(WriteStats::default());
+            }
+            let result = self.run(async |w, alarms, fence| {
+                w.write_fenced(batches, now_ms, alarms.recorder(), fence)
+                    .await
+            });
+            match result {
+                // Rolled back: what is left of the round is written at once.
+                Err(StoreError::Postgres(PgError::Fenced(lost))) => {
+                    if let Some(f) = &self.fence {
+                        f.cluster.lost(&lost);
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -218,7 +332,7 @@ impl PgWriting {
     /// next call makes a new one.
     fn run<T>(
         &mut self,
-        f: impl AsyncFnOnce(&mut PgWriter, &mut PgAlarms) -> Result<T, PgError>,
+        f: impl AsyncFnOnce(&mut PgWriter, &mut PgAlarms, Option<&Fence>) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
         if self.rt.is_none() {
             self.rt = Some(
@@ -229,6 +343,8 @@ impl PgWriting {
             );
         }
         self.drop_if_broken();
+        self.refresh_fence();
+        let fence = self.fence.clone();
         let rt = self.rt.as_ref().expect("made above");
         let target = &self.target;
         let slot = &mut self.writer;
@@ -237,13 +353,22 @@ impl PgWriting {
         let result = rt.block_on(async {
             if slot.is_none() {
                 let mut w = PgWriter::open(target).await?;
+                if let Some(f) = &fence {
+                    // A node frozen inside a transaction (its lease rows
+                    // locked for the check) delays a takeover by at most
+                    // a lease: PostgreSQL ends the session then.
+                    let ms = f.cluster.lease.as_millis();
+                    w.client()
+                        .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+                        .await?;
+                }
                 w.keep_pending_latest(std::mem::take(carried));
                 *slot = Some(w);
                 tracing::info!("connected to PostgreSQL");
             }
             let w = slot.as_mut().expect("connected above");
-            alarms.load(w.client()).await?;
-            f(w, alarms).await
+            alarms.load(w.client(), fence.as_ref()).await?;
+            f(w, alarms, fence.as_ref()).await
         });
         if result.is_err() {
             // The engine may have run ahead of what was committed.
@@ -263,14 +388,25 @@ impl PgWriting {
     }
 
     fn maintain(&mut self, now_ms: i64) -> Result<Maintained, StoreError> {
-        self.run(async |w, _| w.flush_latest(now_ms).await)?;
-        self.run(async |w, alarms| alarms.tick(w.client_mut(), now_ms).await)?;
+        self.run(async |w, _, _| w.flush_latest(now_ms).await)?;
+        match self.run(async |w, alarms, fence| alarms.tick(w.client_mut(), now_ms, fence).await) {
+            Err(StoreError::Postgres(PgError::Fenced(lost))) => {
+                if let Some(f) = &self.fence {
+                    f.cluster.lost(&lost);
+                }
+            }
+            other => other?,
+        }
+        // Rollups and retention are for every site: one node does them.
+        if self.fence.as_ref().is_some_and(|f| !f.held.holds(crate::cluster::MAINTENANCE)) {
+            return Ok(Maintained::default());
+        }
         let minutes = self
-            .run(async |w, _| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
+            .run(async |w, _, _| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
         let mut expired = 0;
         if now_ms - self.retained_at >= RETENTION_EVERY_MS {
             let policy = self.retention.clone();
-            let (dropped, deleted) = self.run(async |w, _| {
+            let (dropped, deleted) = self.run(async |w, _, _| {
                 let step = maintain::retention_step(w.client_mut(), &policy, now_ms).await?;
                 // A late reading for a dropped day makes its partition again.
                 if step.0 > 0 {

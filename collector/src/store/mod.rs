@@ -212,7 +212,7 @@ pub fn spawn_writer(
                     let started = Instant::now();
                     let written = until_written("batches", &metrics, &rx, || {
                         intact(&writer, &metrics)?;
-                        writer.write_batches(&batches, now_ms())
+                        writer.write_held(&mut batches, now_ms())
                     });
                     match written {
                         Some(stats) => {

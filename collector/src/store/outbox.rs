@@ -78,18 +78,48 @@ pub async fn active_told(db: Conn<'_>) -> Result<Vec<Value>, SqlError> {
     Ok(out)
 }
 
+/// How long a node's claim on outbox rows keeps other nodes off them: far
+/// longer than one delivery round (every channel has a timeout below it).
+const CLAIM_SECS: i64 = 120;
+
 /// Notifications due now, the oldest first; for each alarm and channel only
 /// the first undelivered one, so a clear never overtakes its raise.
-pub async fn due(db: Conn<'_>, now: i64, limit: usize) -> Result<Vec<Row>, SqlError> {
-    let rows = db.rows(
-        "SELECT id, channel, key, kind, payload, attempts FROM outbox o
-         WHERE state = 'pending' AND next_at <= $1
-           AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel AND e.serial = o.serial
-                           AND e.state = 'pending' AND e.id < o.id)
-         ORDER BY id LIMIT $2",
-        args![now, limit],
-    ).await?;
-    rows.iter()
+///
+/// In a cluster (`claim` is the node), the rows are claimed for
+/// [`CLAIM_SECS`] by the database's clock, skipping rows another node is
+/// claiming at this moment (`SKIP LOCKED`) or holds a live claim on; a
+/// node that died mid-delivery leaves its claim to expire, and the row is
+/// sent again with the same idempotency key.
+pub async fn due(
+    db: Conn<'_>,
+    now: i64,
+    limit: usize,
+    claim: Option<&str>,
+) -> Result<Vec<Row>, SqlError> {
+    let rows = match claim {
+        None => db.rows(
+            "SELECT id, channel, key, kind, payload, attempts FROM outbox o
+             WHERE state = 'pending' AND next_at <= $1
+               AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel AND e.serial = o.serial
+                               AND e.state = 'pending' AND e.id < o.id)
+             ORDER BY id LIMIT $2",
+            args![now, limit],
+        ).await?,
+        Some(node) => db.rows(
+            "UPDATE outbox SET claimed_by = $3, claim_until = now() + make_interval(secs => $4)
+             WHERE id IN (
+                 SELECT id FROM outbox o
+                 WHERE state = 'pending' AND next_at <= $1
+                   AND (claim_until IS NULL OR claim_until < now() OR claimed_by = $3)
+                   AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel AND e.serial = o.serial
+                                   AND e.state = 'pending' AND e.id < o.id)
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id, channel, key, kind, payload, attempts",
+            args![now, limit, node, CLAIM_SECS as f64],
+        ).await?,
+    };
+    let mut rows: Vec<Row> = rows
+        .iter()
         .map(|r| {
             Ok(Row {
                 id: r.get(0)?,
@@ -100,7 +130,9 @@ pub async fn due(db: Conn<'_>, now: i64, limit: usize) -> Result<Vec<Row>, SqlEr
                 attempts: r.get(5)?,
             })
         })
-        .collect()
+        .collect::<Result<_, SqlError>>()?;
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
 }
 
 /// Outbox rows by state, for the API.

@@ -483,6 +483,7 @@ impl SqliteWriter {
             setup.routes.clone(),
             setup.escalation.clone(),
             now_ms,
+            None,
         ))?);
         self.alarm_setup = Some(setup);
         Ok(self)
@@ -525,6 +526,7 @@ impl SqliteWriter {
             setup.routes,
             setup.escalation,
             now_ms,
+            None,
         )) {
             Ok(r) => self.alarms = Some(r),
             Err(e) => {

@@ -106,6 +106,7 @@ async fn main() -> Result<()> {
             cfg.routes(),
             cfg.escalation(),
             t0,
+            None,
         );
         rec = Some(loaded.await?);
     } else {

@@ -210,6 +210,8 @@ pub struct Sender {
     time_zone: jiff::tz::TimeZone,
     /// Site URL put in links of messages, if known.
     link: Option<String>,
+    /// In a cluster, this node: rows are claimed before they are sent.
+    claim: Option<String>,
 }
 
 /// How often active alarms are sent to Alertmanager again; it resolves an
@@ -261,7 +263,15 @@ impl Sender {
             client,
             time_zone: jiff::tz::TimeZone::get(time_zone).unwrap_or(jiff::tz::TimeZone::UTC),
             link,
+            claim: None,
         })
+    }
+
+    /// Claims rows as node `node` before sending them (a cluster's nodes
+    /// all send the outbox; see `outbox::due`).
+    pub fn claiming(mut self, node: String) -> Sender {
+        self.claim = Some(node);
+        self
     }
 
     pub async fn run(self) {
@@ -279,10 +289,21 @@ impl Sender {
             }
             // Until nothing is due: a burst larger than one round goes on at once.
             loop {
-                let rows = this
-                    .records
-                    .read(async |db| outbox::due(db, now_ms(), IN_FLIGHT).await)
-                    .await;
+                let claim = this.claim.clone();
+                let rows = match claim {
+                    None => {
+                        this.records
+                            .read(async |db| outbox::due(db, now_ms(), IN_FLIGHT, None).await)
+                            .await
+                    }
+                    Some(node) => {
+                        this.records
+                            .write(async move |db| {
+                                outbox::due(db, now_ms(), IN_FLIGHT, Some(&node)).await
+                            })
+                            .await
+                    }
+                };
                 let rows = match rows {
                     Ok(r) => r,
                     Err(e) => {

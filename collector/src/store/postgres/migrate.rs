@@ -11,7 +11,7 @@ use tokio_postgres::{Client, GenericClient};
 const LOCK: i64 = 0x5247_5343_4845_4d41;
 
 /// (version, SQL), in order. Never edit one that has shipped: add another.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The readings core, as in SQLite: the point catalogue, samples keyed by
 /// (point, event time), the batch register that makes a resent batch a
@@ -90,6 +90,46 @@ CREATE TABLE agents (
 /// (`store/schema.rs`). `user` is a reserved word here: the columns that
 /// SQLite calls `user` are `user_name`. Append-only tables refuse updates
 /// and deletes by trigger, as in SQLite.
+/// The cluster (docs/SCALING.md): nodes and their heartbeats, a fenced
+/// lease per site partition (and negative ones for work done by one node at
+/// a time), the sites seen and their partitions, one counter for alarm
+/// serials shared by every node's engine, and claims on outbox rows so any
+/// node may deliver them. Times are the database's (`now()`), never a
+/// host's clock. A single collector uses the serial counter too, so a store
+/// may turn into a cluster's without renumbering.
+const V3: &str = r#"
+CREATE TABLE cluster_nodes (
+    node       TEXT PRIMARY KEY,
+    http       TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    seen_at    TIMESTAMPTZ NOT NULL,
+    leaving    BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE TABLE cluster_leases (
+    part       INTEGER PRIMARY KEY,
+    owner      TEXT,
+    epoch      BIGINT NOT NULL DEFAULT 0,
+    expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch',
+    taken_at   TIMESTAMPTZ,
+    renewed_at TIMESTAMPTZ
+);
+CREATE TABLE cluster_settings (
+    id         BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
+    partitions INTEGER NOT NULL
+);
+CREATE TABLE cluster_sites (
+    site       TEXT PRIMARY KEY,
+    part       INTEGER NOT NULL,
+    first_seen TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE alarm_serial (
+    id   BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
+    next BIGINT NOT NULL
+);
+INSERT INTO alarm_serial (next) SELECT coalesce(max(serial), 0) + 1 FROM alarms;
+ALTER TABLE outbox ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until TIMESTAMPTZ;
+"#;
+
 const V2: &str = r#"
 CREATE TABLE alarms (
     serial      BIGINT PRIMARY KEY,

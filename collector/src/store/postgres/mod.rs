@@ -42,6 +42,13 @@ pub enum PgError {
     /// unexpected type).
     #[error("alarm record: {0}")]
     Record(String),
+    /// The lease check before a commit found partitions another node took
+    /// over (docs/SCALING.md, Fencing); the transaction was rolled back.
+    #[error("cluster: partitions {0:?} are held by another node now; the transaction was rolled back")]
+    Fenced(Vec<i32>),
+    /// A cluster setting the database refuses.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl From<crate::store::alarms::RecordError> for PgError {

@@ -10,6 +10,7 @@
 use super::migrate::{ensure_days, migrate};
 use super::{connect_to, PgError, Target};
 use crate::store::alarms::Recorder;
+use crate::store::backend::Fence;
 use crate::store::sql::Conn;
 use crate::store::WriteStats;
 use futures_util::pin_mut;
@@ -83,7 +84,19 @@ impl PgWriter {
         now_ms: i64,
         alarms: Option<&mut Recorder>,
     ) -> Result<WriteStats, PgError> {
-        let result = self.write_batches_tx(batches, now_ms, alarms).await;
+        self.write_fenced(batches, now_ms, alarms, None).await
+    }
+
+    /// As [`PgWriter::write_batches`], checking the cluster's leases of
+    /// the batches' sites before the commit when `fence` is given.
+    pub async fn write_fenced(
+        &mut self,
+        batches: &[Batch],
+        now_ms: i64,
+        alarms: Option<&mut Recorder>,
+        fence: Option<&Fence>,
+    ) -> Result<WriteStats, PgError> {
+        let result = self.write_batches_tx(batches, now_ms, alarms, fence).await;
         if result.is_err() {
             self.points.clear();
             self.partitions.clear();
@@ -96,6 +109,7 @@ impl PgWriter {
         batches: &[Batch],
         now_ms: i64,
         alarms: Option<&mut Recorder>,
+        fence: Option<&Fence>,
     ) -> Result<WriteStats, PgError> {
         // Borrowed apart: the transaction holds the client.
         let PgWriter {
@@ -305,6 +319,12 @@ impl PgWriter {
                 rec.engine.observe(b, now_ms, &mut out);
             }
             rec.record(Conn::PgTx(&tx), &out, now_ms).await?;
+        }
+        // In a cluster, last before the commit: do this node's leases of
+        // these sites still stand (cluster/lease.rs)?
+        if let Some(f) = fence {
+            let parts: Vec<i32> = batches.iter().map(|b| f.cluster.part_of(&b.site)).collect();
+            crate::cluster::lease::check(&tx, &f.cluster.node, &f.held, &parts).await?;
         }
         let due = latest_written.is_none_or(|t| t.elapsed() >= LATEST_EVERY);
         if due && !(pending_latest.is_empty() && round_latest.is_empty()) {
