@@ -290,7 +290,9 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         c.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
         match tokio::time::timeout(c.lease, done).await {
             Ok(_) => tracing::info!("cluster: leases handed over"),
-            Err(_) => tracing::warn!("cluster: could not hand the leases over; they expire by themselves"),
+            Err(_) => {
+                tracing::warn!("cluster: could not hand the leases over; they expire by themselves")
+            }
         }
     }
     Ok(())

@@ -194,7 +194,10 @@ async fn route(
             }
         }
         if now != subscribed {
-            tracing::info!(sites = now.len(), "subscribed to the batches of the sites held");
+            tracing::info!(
+                sites = now.len(),
+                "subscribed to the batches of the sites held"
+            );
         }
         subscribed = now;
         if sites.changed().await.is_err() {

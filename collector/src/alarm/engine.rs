@@ -80,6 +80,12 @@ pub struct Machine {
     pub value: Option<f64>,
     /// When the condition last became true.
     pub began: Option<Ts>,
+    /// The last episode that ended: raised at, cleared at. A late reading
+    /// inside it is part of an alarm already recorded (a node taking over
+    /// a site is sent, after newer ones, batches its previous holder
+    /// received but never committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<(Ts, Ts)>,
     #[serde(skip)]
     window: VecDeque<(Ts, f64)>,
 }
@@ -871,6 +877,7 @@ impl Engine {
         }
         late.cond = cond;
         let live_phase = inst.live.phase;
+        let live_ended = inst.live.ended;
         let late_serial = late.phase.serial();
         let mut scratch = self.next_serial;
         let step = advance(late, params, ts, &mut scratch);
@@ -891,6 +898,13 @@ impl Engine {
                 }
                 // An alarm from before the gap, still going: nothing new.
                 Some(_) => {
+                    late.phase = Phase::Active {
+                        serial: NOT_OWN,
+                        raised_at: at,
+                    };
+                }
+                // Inside the episode the live machine raised and cleared.
+                None if live_ended.is_some_and(|(from, to)| from <= at && at <= to) => {
                     late.phase = Phase::Active {
                         serial: NOT_OWN,
                         raised_at: at,
@@ -1081,7 +1095,9 @@ impl Engine {
             end: self.next_serial,
         };
         let phase = |p: &mut Phase| match p {
-            Phase::Active { serial, .. } | Phase::Clearing { serial, .. } => *serial = r.apply(*serial),
+            Phase::Active { serial, .. } | Phase::Clearing { serial, .. } => {
+                *serial = r.apply(*serial)
+            }
             _ => {}
         };
         for inst in &mut self.instances {
@@ -1223,6 +1239,20 @@ fn evaluate(
 /// Moves a machine's phase for its (already updated) condition at `ts`.
 /// Returns the transition, if one happened: (kind, serial, at, began).
 fn advance(
+    m: &mut Machine,
+    p: Params,
+    ts: Ts,
+    next_serial: &mut u64,
+) -> Option<(Kind, u64, Ts, Ts)> {
+    let raised_at = m.phase.raised_at();
+    let step = advance_phase(m, p, ts, next_serial);
+    if let (Some((Kind::Clear, _, at, _)), Some(raised)) = (step, raised_at) {
+        m.ended = Some((raised, at));
+    }
+    step
+}
+
+fn advance_phase(
     m: &mut Machine,
     p: Params,
     ts: Ts,
@@ -2069,6 +2099,40 @@ clear_delay = "0s"
         r.send("temp", T0 + 91 * S, 20.0);
         assert_eq!(r.of("t.hot_slow"), vec![(Kind::Clear, T0 + 90 * S, false)]);
         assert_eq!(r.of("t.hot"), vec![(Kind::Clear, T0 + 70 * S, false)]);
+    }
+
+    #[test]
+    fn a_node_taking_over_a_site_raises_nothing_again_for_older_readings_it_is_sent() {
+        // The first node judged smoke up to +10 s and committed.
+        let mut s = Site::new();
+        for k in 0..=10 {
+            s.send("smoke1", T0 + k * S, 1.0);
+        }
+        assert_eq!(s.of("t.smoke").len(), 1);
+        let saved: HashMap<String, Saved> = s.engine.take_dirty().into_iter().collect();
+        let mut r = Site::restored(s.engine.next_serial(), saved);
+        // The new holder gets a live batch first, then the batches the
+        // first node received but never committed (older).
+        r.send("smoke1", T0 + 14 * S, 1.0);
+        for k in 11..=13 {
+            r.send("smoke1", T0 + k * S, 1.0);
+        }
+        r.tick(T0 + 200 * S);
+        assert!(r.of("t.smoke").is_empty(), "raised again: {:?}", r.out);
+        // The smoke is gone and the alarm cleared; then come older readings
+        // still showing it (sent again after the newer ones).
+        r.send("smoke1", T0 + 30 * S, 0.0);
+        assert_eq!(r.of("t.smoke"), vec![(Kind::Clear, T0 + 30 * S, false)]);
+        for k in 15..=29 {
+            r.send("smoke1", T0 + k * S, 1.0);
+        }
+        r.tick(T0 + 400 * S);
+        assert_eq!(
+            r.of("t.smoke").len(),
+            1,
+            "no late alarm inside the episode already recorded: {:?}",
+            r.out
+        );
     }
 
     #[test]

@@ -212,7 +212,9 @@ async fn cluster(State(st): State<Arc<AppState>>) -> Response {
     let Some(c) = &st.cluster else {
         return (
             StatusCode::NOT_FOUND,
-            Json(json!({"error": "this collector is not in a cluster ([cluster] enabled = false)"})),
+            Json(
+                json!({"error": "this collector is not in a cluster ([cluster] enabled = false)"}),
+            ),
         )
             .into_response();
     };
@@ -221,11 +223,9 @@ async fn cluster(State(st): State<Arc<AppState>>) -> Response {
         .reads
         .read(async move |db| {
             Ok::<_, crate::store::sql::SqlError>(match db {
-                crate::store::sql::Conn::Pg(client) => {
-                    crate::cluster::lease::status(client, lease)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+                crate::store::sql::Conn::Pg(client) => crate::cluster::lease::status(client, lease)
+                    .await
+                    .map_err(|e| e.to_string()),
                 _ => Err("the cluster needs the PostgreSQL store".to_owned()),
             })
         })

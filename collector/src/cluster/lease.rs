@@ -191,11 +191,11 @@ async fn round(c: &Client, cluster: &Cluster, first: bool) -> Result<bool, PgErr
         // its commit holds the row; this partition waits for a later round.
         let taken = c
             .query_opt(
-                "WITH old AS (SELECT owner FROM cluster_leases WHERE part = $1 FOR UPDATE)
-                 UPDATE cluster_leases SET owner = $2, epoch = epoch + 1,
+                "UPDATE cluster_leases l SET owner = $2, epoch = l.epoch + 1,
                      expires_at = now() + make_interval(secs => $3), taken_at = now(), renewed_at = now()
-                 WHERE part = $1 AND (owner IS NULL OR expires_at <= now())
-                 RETURNING epoch, (SELECT owner FROM old)",
+                 FROM (SELECT part, owner FROM cluster_leases WHERE part = $1 FOR UPDATE) old
+                 WHERE l.part = old.part AND (l.owner IS NULL OR l.expires_at <= now())
+                 RETURNING l.epoch, old.owner",
                 &[part, me, &lease_s],
             )
             .await;
@@ -341,14 +341,14 @@ pub async fn status(c: &Client, lease: Duration) -> Result<serde_json::Value, Pg
             })
         })
         .collect();
-    let sites: HashMap<i32, Vec<String>> =
-        c.query("SELECT site, part FROM cluster_sites ORDER BY site", &[])
-            .await?
-            .iter()
-            .fold(HashMap::new(), |mut m, r| {
-                m.entry(r.get(1)).or_default().push(r.get(0));
-                m
-            });
+    let sites: HashMap<i32, Vec<String>> = c
+        .query("SELECT site, part FROM cluster_sites ORDER BY site", &[])
+        .await?
+        .iter()
+        .fold(HashMap::new(), |mut m, r| {
+            m.entry(r.get(1)).or_default().push(r.get(0));
+            m
+        });
     let partitions: Vec<serde_json::Value> = c
         .query(
             "SELECT part, owner, epoch, expires_at > now(),

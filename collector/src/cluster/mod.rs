@@ -256,8 +256,7 @@ impl Cluster {
         let mut line = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{}\"}} {v}",
-                self.node
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         };
         let c = &self.counts;
@@ -280,13 +279,41 @@ impl Cluster {
             self.sites.borrow().len() as u64,
         );
         for (name, help, v) in [
-            ("roomguard_cluster_takeovers_total", "Leases taken over from a node that stopped renewing them.", &c.takeovers),
-            ("roomguard_cluster_leases_taken_total", "Free leases taken (given up by another node, or never held).", &c.taken),
-            ("roomguard_cluster_leases_released_total", "Leases given up (balancing, leaving).", &c.released),
-            ("roomguard_cluster_leases_lost_total", "Leases found taken by another node at renewal.", &c.lost),
-            ("roomguard_cluster_fenced_total", "Write transactions refused by the lease check and rolled back.", &c.fenced),
-            ("roomguard_cluster_batches_not_ours_total", "Batches of sites held by other nodes: neither stored nor confirmed here.", &c.not_ours),
-            ("roomguard_cluster_round_failures_total", "Lease rounds that failed.", &c.round_failures),
+            (
+                "roomguard_cluster_takeovers_total",
+                "Leases taken over from a node that stopped renewing them.",
+                &c.takeovers,
+            ),
+            (
+                "roomguard_cluster_leases_taken_total",
+                "Free leases taken (given up by another node, or never held).",
+                &c.taken,
+            ),
+            (
+                "roomguard_cluster_leases_released_total",
+                "Leases given up (balancing, leaving).",
+                &c.released,
+            ),
+            (
+                "roomguard_cluster_leases_lost_total",
+                "Leases found taken by another node at renewal.",
+                &c.lost,
+            ),
+            (
+                "roomguard_cluster_fenced_total",
+                "Write transactions refused by the lease check and rolled back.",
+                &c.fenced,
+            ),
+            (
+                "roomguard_cluster_batches_not_ours_total",
+                "Batches of sites held by other nodes: neither stored nor confirmed here.",
+                &c.not_ours,
+            ),
+            (
+                "roomguard_cluster_round_failures_total",
+                "Lease rounds that failed.",
+                &c.round_failures,
+            ),
         ] {
             line(name, "counter", help, v.load(Relaxed));
         }

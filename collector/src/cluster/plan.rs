@@ -39,7 +39,11 @@ pub fn plan(me: &str, live: &[String], leases: &[Lease], leaving: bool) -> Plan 
     let is_mine = |l: &Lease| l.owner.as_deref() == Some(me);
     let is_free = |l: &Lease| !is_mine(l) && (l.owner.is_none() || l.expired);
     if leaving {
-        plan.release = leases.iter().filter(|l| is_mine(l)).map(|l| l.part).collect();
+        plan.release = leases
+            .iter()
+            .filter(|l| is_mine(l))
+            .map(|l| l.part)
+            .collect();
         plan.release.sort_unstable();
         return plan;
     }
@@ -52,14 +56,22 @@ pub fn plan(me: &str, live: &[String], leases: &[Lease], leaving: bool) -> Plan 
     let sites: Vec<&Lease> = leases.iter().filter(|l| l.part >= 0).collect();
     let n = live.len() + usize::from(!live.iter().any(|l| l == me));
     let target = share(sites.len(), n);
-    let mut mine: Vec<i32> = sites.iter().filter(|l| is_mine(l)).map(|l| l.part).collect();
+    let mut mine: Vec<i32> = sites
+        .iter()
+        .filter(|l| is_mine(l))
+        .map(|l| l.part)
+        .collect();
     if mine.len() > target {
         // Give up the ones this node wants least.
         mine.sort_by_key(|p| std::cmp::Reverse(rank(me, *p)));
         plan.release = mine.split_off(target);
         plan.release.sort_unstable();
     } else {
-        let mut free: Vec<i32> = sites.iter().filter(|l| is_free(l)).map(|l| l.part).collect();
+        let mut free: Vec<i32> = sites
+            .iter()
+            .filter(|l| is_free(l))
+            .map(|l| l.part)
+            .collect();
         free.sort_by_key(|p| std::cmp::Reverse(rank(me, *p)));
         free.truncate(target - mine.len());
         free.sort_unstable();
@@ -146,7 +158,10 @@ mod tests {
             let c = count(&all, n);
             assert!((20..=22).contains(&c), "{n} holds {c}");
         }
-        assert!(all.iter().all(|l| l.owner.is_some()), "every partition held");
+        assert!(
+            all.iter().all(|l| l.owner.is_some()),
+            "every partition held"
+        );
     }
 
     #[test]
@@ -183,6 +198,9 @@ mod tests {
         let mut all = leases(&[]);
         assert!(plan("a", &names(&["a"]), &all, false).take.is_empty());
         all[0].expired = true;
-        assert_eq!(plan("a", &names(&["a"]), &all, false).take, vec![MAINTENANCE]);
+        assert_eq!(
+            plan("a", &names(&["a"]), &all, false).take,
+            vec![MAINTENANCE]
+        );
     }
 }

@@ -49,7 +49,11 @@ impl Inspector {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            if self.cluster.as_ref().is_some_and(|c| !c.holds_maintenance()) {
+            if self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.holds_maintenance())
+            {
                 continue;
             }
             match self.round(roomguard_protocol::clock::now_ms()).await {

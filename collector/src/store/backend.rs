@@ -56,7 +56,10 @@ impl Writer {
             Writer::Postgres(p) => {
                 // Every node hears every status; the holder records it.
                 p.refresh_fence();
-                if p.fence.as_ref().is_some_and(|f| !f.holds_site(&status.site)) {
+                if p.fence
+                    .as_ref()
+                    .is_some_and(|f| !f.holds_site(&status.site))
+                {
                     return Ok(());
                 }
                 p.run(async |w, _, _| w.write_status(status, now_ms).await)
@@ -305,7 +308,10 @@ impl PgWriting {
                         .counts
                         .not_ours
                         .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(dropped, "batches of sites held by other nodes: not stored, not confirmed");
+                    tracing::debug!(
+                        dropped,
+                        "batches of sites held by other nodes: not stored, not confirmed"
+                    );
                 }
             }
             if batches.is_empty() {
@@ -398,11 +404,16 @@ impl PgWriting {
             other => other?,
         }
         // Rollups and retention are for every site: one node does them.
-        if self.fence.as_ref().is_some_and(|f| !f.held.holds(crate::cluster::MAINTENANCE)) {
+        if self
+            .fence
+            .as_ref()
+            .is_some_and(|f| !f.held.holds(crate::cluster::MAINTENANCE))
+        {
             return Ok(Maintained::default());
         }
-        let minutes = self
-            .run(async |w, _, _| maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await)?;
+        let minutes = self.run(async |w, _, _| {
+            maintain::rollup_step(w.client_mut(), now_ms, ROLLUP_STEP).await
+        })?;
         let mut expired = 0;
         if now_ms - self.retained_at >= RETENTION_EVERY_MS {
             let policy = self.retention.clone();

@@ -44,7 +44,9 @@ pub enum PgError {
     Record(String),
     /// The lease check before a commit found partitions another node took
     /// over (docs/SCALING.md, Fencing); the transaction was rolled back.
-    #[error("cluster: partitions {0:?} are held by another node now; the transaction was rolled back")]
+    #[error(
+        "cluster: partitions {0:?} are held by another node now; the transaction was rolled back"
+    )]
     Fenced(Vec<i32>),
     /// A cluster setting the database refuses.
     #[error("{0}")]
