@@ -64,6 +64,11 @@ fn default_state_dir() -> PathBuf {
 pub struct MqttConfig {
     /// Broker URL, `mqtt://host:port`.
     pub url: String,
+    /// Other nodes of the same broker cluster (production brokers are
+    /// clusters without a load balancer in front): when the current one
+    /// cannot be reached, the next is tried, in turn. Same login and TLS.
+    #[serde(default)]
+    pub fallback_urls: Vec<String>,
     /// Client id; default `roomguard-agent-{site}-{agent}`. Fixed, so the
     /// broker can keep the agent's session across reconnects.
     #[serde(default)]
@@ -272,6 +277,14 @@ impl AgentConfig {
         self.mqtt.url.parse()
     }
 
+    /// `mqtt.url` and then `mqtt.fallback_urls`, in the order tried.
+    pub fn brokers(&self) -> Result<Vec<BrokerUrl>, String> {
+        std::iter::once(&self.mqtt.url)
+            .chain(&self.mqtt.fallback_urls)
+            .map(|u| u.parse())
+            .collect()
+    }
+
     fn resolve(self, file: &Path) -> Result<Agent, ConfigError> {
         let mut p = Problems::default();
         if let Err(e) = validate_id(&self.site) {
@@ -283,6 +296,12 @@ impl AgentConfig {
         match self.broker() {
             Err(e) => p.push("mqtt.url", e),
             Ok(url) => self.mqtt.security.check(&url, "mqtt.security", &mut p),
+        }
+        for (i, u) in self.mqtt.fallback_urls.iter().enumerate() {
+            match u.parse::<BrokerUrl>() {
+                Err(e) => p.push(format!("mqtt.fallback_urls[{i}]"), e),
+                Ok(url) => self.mqtt.security.check(&url, "mqtt.security", &mut p),
+            }
         }
         if self.mqtt.keep_alive < Duration::from_secs(1) {
             p.push("mqtt.keep_alive", "must be at least 1s");

@@ -80,36 +80,43 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     let first_seq = seq.peek();
     let (spool, report) = Spool::open(&cfg.state_dir.join("spool"), cfg.spool.limits())?;
     log_recovery(&report);
-    let broker = cfg.broker().map_err(AgentError::Broker)?;
-
-    let mut opts = MqttOptions::new(cfg.client_id(), broker.host.clone(), broker.port);
-    opts.set_keep_alive(cfg.mqtt.keep_alive);
-    cfg.mqtt
-        .security
-        .apply(&broker, &mut opts)
-        .map_err(AgentError::Broker)?;
-    // A persistent session, so the broker keeps our confirmation subscription
-    // (and what was sent to it) while we are away. What we publish is
-    // resent from the spool, not from rumqttc's in-memory state.
-    opts.set_clean_session(false);
-    opts.set_inflight(WINDOW as u16);
-    opts.set_max_packet_size(
-        roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
-        roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
-    );
+    let brokers = cfg.brokers().map_err(AgentError::Broker)?;
+    // One set of options per broker node, all else the same.
+    let mut each = Vec::with_capacity(brokers.len());
+    for broker in &brokers {
+        let mut opts = MqttOptions::new(cfg.client_id(), broker.host.clone(), broker.port);
+        cfg.mqtt
+            .security
+            .apply(broker, &mut opts)
+            .map_err(AgentError::Broker)?;
+        each.push(opts);
+    }
     let status_topic = Topic::status(&cfg.site, &cfg.agent);
     let will = Status::offline(&cfg.site, &cfg.agent).to_json();
-    opts.set_last_will(LastWill::new(
-        status_topic.clone(),
-        match &key {
-            Some(k) => k.sign(&status_topic, &will),
-            None => will,
-        },
-        QoS::AtLeastOnce,
-        true,
-    ));
+    let will = match &key {
+        Some(k) => k.sign(&status_topic, &will),
+        None => will,
+    };
+    for opts in &mut each {
+        opts.set_keep_alive(cfg.mqtt.keep_alive);
+        // A persistent session, so the broker keeps our confirmation
+        // subscription (and what was sent to it) while we are away. What we
+        // publish is resent from the spool, not from rumqttc's in-memory state.
+        opts.set_clean_session(false);
+        opts.set_inflight(WINDOW as u16);
+        opts.set_max_packet_size(
+            roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
+            roomguard_protocol::MAX_PAYLOAD_BYTES + 1024,
+        );
+        opts.set_last_will(LastWill::new(
+            status_topic.clone(),
+            will.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     // Room for the whole window plus statuses and subscriptions.
-    let (client, eventloop) = AsyncClient::new(opts, WINDOW * 2 + 16);
+    let (client, eventloop) = AsyncClient::new(each[0].clone(), WINDOW * 2 + 16);
     let link: SharedLink = Arc::new(Mutex::new(Link::new(
         spool,
         client.clone(),
@@ -199,6 +206,7 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
     );
     let connection = tokio::spawn(drive_connection(
         eventloop,
+        each,
         link.clone(),
         connected.clone(),
         pace.clone(),
@@ -404,8 +412,14 @@ async fn trap_listener(
 /// Keeps the MQTT connection up and tells the link what happened to each
 /// publish: rumqttc reconnects on the next poll after an error, so this loop
 /// only paces the retries (capped exponential backoff with jitter).
+///
+/// With several brokers (`mqtt.fallback_urls`), a failed connection moves
+/// on to the next one in turn. A broker that does not have this agent's
+/// session (separate brokers, not one cluster) says so at connection, and
+/// the link sends what is unconfirmed again.
 async fn drive_connection(
     mut eventloop: EventLoop,
+    brokers: Vec<MqttOptions>,
     link: SharedLink,
     connected: Arc<Notify>,
     pace: Arc<Notify>,
@@ -413,11 +427,13 @@ async fn drive_connection(
 ) {
     let mut backoff = Duration::from_millis(250);
     let max_backoff = Duration::from_secs(30);
+    let mut current = 0;
     loop {
         let event = eventloop.poll().await;
         let wait = match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                tracing::info!(session_present = ack.session_present, "connected to broker");
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                tracing::info!(session_present = ack.session_present, broker = %format!("{host}:{port}"), "connected to broker");
                 backoff = Duration::from_millis(250);
                 metrics.broker_connected.store(1, Relaxed);
                 lock(&link).on_connected(ack.session_present);
@@ -450,7 +466,14 @@ async fn drive_connection(
             Err(e) => {
                 metrics.broker_connected.store(0, Relaxed);
                 lock(&link).on_disconnected(&mut eventloop.pending);
-                tracing::warn!(error = %e, retry_in = ?backoff, "broker connection failed");
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                tracing::warn!(error = %e, broker = %format!("{host}:{port}"), retry_in = ?backoff, "broker connection failed");
+                if brokers.len() > 1 {
+                    current = (current + 1) % brokers.len();
+                    eventloop.mqtt_options = brokers[current].clone();
+                    let (host, port) = eventloop.mqtt_options.broker_address();
+                    tracing::info!(broker = %format!("{host}:{port}"), "trying the next broker");
+                }
                 tokio::time::sleep(backoff + jitter(backoff / 2)).await;
                 backoff = (backoff * 2).min(max_backoff);
                 None

@@ -114,7 +114,7 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         let sender = match &cluster {
-            Some(c) => sender.claiming(c.node.clone()),
+            Some(c) => sender.claiming(c.node.clone(), c.lease),
             None => sender,
         };
         tokio::spawn(sender.run());
@@ -206,6 +206,9 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         );
     }
     let http_addr = listener.local_addr()?;
+    if let Some(c) = &cluster {
+        c.bound(http_addr);
+    }
     let app = api::router(Arc::new(api::AppState {
         secure_cookies: cfg.http.tls.is_some(),
         reads,

@@ -106,9 +106,16 @@ pub async fn run(
         Some(_) => vec![format!("{}/+/+/+/status", roomguard_protocol::TOPIC_ROOT)],
         None => Topic::collector_filters().to_vec(),
     };
-    let _router = cluster
-        .as_ref()
-        .map(|c| AbortOnDrop(tokio::spawn(route(client.clone(), c.sites()))));
+    // Per-site subscriptions are the router's alone; a new connection asks
+    // it to make them again.
+    let resubscribe = Arc::new(tokio::sync::Notify::new());
+    let _router = cluster.as_ref().map(|c| {
+        AbortOnDrop(tokio::spawn(route(
+            client.clone(),
+            c.sites(),
+            resubscribe.clone(),
+        )))
+    });
     let mut handler = Handler {
         secret,
         metrics: metrics.clone(),
@@ -135,16 +142,12 @@ pub async fn run(
                 backoff = Duration::from_millis(250);
                 // Subscribe on every connection: a broker that lost our
                 // session (restart without persistence) has lost it too.
-                let held = cluster.as_ref().map(|c| c.sites().borrow().clone());
-                for filter in filters
-                    .iter()
-                    .cloned()
-                    .chain(held.iter().flatten().map(|s| site_filter(s)))
-                {
-                    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                for filter in &filters {
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                         tracing::error!(error = %e, "cannot subscribe");
                     }
                 }
+                resubscribe.notify_one();
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let ticket = acker.receive(&p);
@@ -179,6 +182,7 @@ fn site_filter(site: &str) -> String {
 async fn route(
     client: AsyncClient,
     mut sites: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    resubscribe: Arc<tokio::sync::Notify>,
 ) {
     let mut subscribed = std::collections::BTreeSet::new();
     loop {
@@ -200,8 +204,22 @@ async fn route(
             );
         }
         subscribed = now;
-        if sites.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = sites.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = resubscribe.notified() => {
+                // A new connection (the broker may have lost the session):
+                // everything held, again.
+                for site in std::mem::take(&mut subscribed) {
+                    if let Err(e) = client.subscribe(site_filter(&site), QoS::AtLeastOnce).await {
+                        tracing::warn!(error = %e, %site, "cannot subscribe");
+                    }
+                    subscribed.insert(site);
+                }
+            }
         }
     }
 }

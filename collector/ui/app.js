@@ -8,6 +8,7 @@
 //   #/hazards               the hazard register and its zeroing panel
 //   #/patrols               patrol records, and recording a walk-through
 //   #/reports               monthly and yearly safety reports
+//   #/cluster               the collector nodes and their sites (admins, cluster mode)
 // No build step: the browser loads these ES modules as they are.
 
 import * as api from "./api.js";
@@ -26,6 +27,7 @@ import alarms from "./views/alarms.js";
 import hazards from "./views/hazards.js";
 import patrols from "./views/patrols.js";
 import reports from "./views/reports.js";
+import cluster from "./views/cluster.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -49,7 +51,7 @@ function parseHash() {
   if (parts[0] === "room" && parts.length === 3) return { view: room, params: { site: parts[1], room: parts[2] } };
   if (parts[0] === "point" && parts.length === 3) return { view: point, params: { site: parts[1], point: parts[2] } };
   if (parts[0] === "alarms" && parts.length <= 2) return { view: alarms, params: { tab: parts[1] === "recent" ? "recent" : "open" } };
-  const plain = new Map([["hazards", hazards], ["patrols", patrols], ["reports", reports]]).get(parts[0]);
+  const plain = new Map([["hazards", hazards], ["patrols", patrols], ["reports", reports], ["cluster", cluster]]).get(parts[0]);
   if (plain && parts.length === 1) return { view: plain, params: {} };
   return { view: notfound, params: {} };
 }
@@ -192,6 +194,14 @@ async function startSession(me) {
   $("live-status").hidden = false;
   document.querySelector(".mainnav").hidden = false;
   $("view-login").hidden = true;
+  // The cluster view is for admins of a cluster: shown when the API has one.
+  $("nav-cluster").hidden = true;
+  if (me.role === "admin") {
+    api
+      .get("/api/v1/cluster", null, { quiet401: true })
+      .then(() => ($("nav-cluster").hidden = false))
+      .catch(() => {});
+  }
   renderHeader();
   startLive({
     onState: renderLive,

@@ -256,16 +256,27 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts Mosquitto; `None` when it is not installed outside CI.
     pub fn start(dir: &Path) -> Result<Option<Mosquitto>> {
-        Self::start_with(dir, false)
+        Self::start_with(dir, false, "")
+    }
+
+    /// Starts Mosquitto bridged to `hub`: every `roomguard/#` message goes
+    /// both ways, so the two act as one broker of two nodes (as a cluster's
+    /// nodes do) until this one dies.
+    pub fn start_bridged(dir: &Path, hub: &Mosquitto) -> Result<Option<Mosquitto>> {
+        let bridge = format!(
+            "connection hub\naddress 127.0.0.1:{}\ntopic roomguard/# both 1\ncleansession true\n",
+            hub.port
+        );
+        Self::start_with(dir, false, &bridge)
     }
 
     /// Starts Mosquitto keeping sessions and queued messages on disk (in
     /// `dir`) across a graceful stop ([`Mosquitto::terminate`]).
     pub fn start_persistent(dir: &Path) -> Result<Option<Mosquitto>> {
-        Self::start_with(dir, true)
+        Self::start_with(dir, true, "")
     }
 
-    fn start_with(dir: &Path, persistent: bool) -> Result<Option<Mosquitto>> {
+    fn start_with(dir: &Path, persistent: bool, extra: &str) -> Result<Option<Mosquitto>> {
         let persistence = if persistent {
             format!(
                 "persistence true\npersistence_location {}/\n",
@@ -285,7 +296,7 @@ impl Mosquitto {
             let conf = dir.join(format!("mosquitto-{port}.conf"));
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 100000\nmax_inflight_messages 2000\n"),
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 100000\nmax_inflight_messages 2000\n{extra}"),
             )?;
             let mut cmd = Command::new(&program);
             cmd.arg("-c").arg(&conf);

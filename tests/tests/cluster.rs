@@ -231,6 +231,34 @@ async fn balanced(
     }
 }
 
+/// A browser logged in as admin on `http`, showing the cluster view with
+/// `node` live in it; `None` when Chromium is not installed outside CI.
+async fn watch_cluster(
+    root: &Path,
+    http: &str,
+    node: &str,
+) -> Result<Option<roomguard_e2e::browser::Browser>> {
+    let Some(b) = roomguard_e2e::browser::Browser::start(root, 1200, 900).await? else {
+        return Ok(None);
+    };
+    b.goto(&format!("{http}/")).await?;
+    b.type_into("#login-user", "admin", PATIENCE).await?;
+    b.type_into("#login-password", "admin-test-password", PATIENCE)
+        .await?;
+    b.click("#login-submit", PATIENCE).await?;
+    // The nav link appears for an admin of a cluster.
+    b.click("#nav-cluster:not([hidden])", PATIENCE).await?;
+    b.wait_for(
+        "the node shown live",
+        PATIENCE,
+        &format!(
+            "const n = document.querySelector('[data-node={node:?}]'); return n && n.dataset.live === 'true';"
+        ),
+    )
+    .await?;
+    Ok(Some(b))
+}
+
 /// An alarm in the shared database: serial, rule, site, point, cleared.
 type AlarmRow = (u64, String, String, String, bool);
 
@@ -351,6 +379,12 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
         .position(|n| n.id == victim)
         .context("victim")?;
     let its = h[&victim].clone();
+    // An admin watches the cluster view on another node.
+    let watcher = nodes
+        .iter()
+        .find(|n| n.id != victim)
+        .context("a survivor")?;
+    let browser = watch_cluster(&root, &watcher.http, &victim).await?;
     println!("killing {victim}, holder of partitions {its:?}");
     nodes[vi].proc.kill();
     let killed = Instant::now();
@@ -369,6 +403,23 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
         .context("a survivor")?;
     balanced(&client, ask, &survivors, &mut epochs).await?;
     let moved = killed.elapsed();
+    if let Some(b) = &browser {
+        // The page shows it: the node not seen, none of its partitions left.
+        b.wait_for(
+            "the killed node shown gone and its partitions moved",
+            PATIENCE,
+            &format!(
+                "const n = document.querySelector('[data-node={victim:?}]'); \
+                 return n && n.dataset.live === 'false' && \
+                 ![...document.querySelectorAll('[data-owner]')].some((e) => e.dataset.owner === {victim:?});"
+            ),
+        )
+        .await?;
+        let shots =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts/screenshots");
+        std::fs::create_dir_all(&shots)?;
+        b.screenshot(&shots.join("cluster-after-kill.png")).await?;
+    }
     // How late each takeover came after the dead node's lease ran out, by
     // the database's clock.
     let late = pg.psql(

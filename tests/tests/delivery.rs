@@ -530,3 +530,50 @@ async fn forged_confirmations_are_refused_and_counted_and_nothing_leaves_the_spo
     account("forged confirmations", &db, &ledger, 0..=0, dups).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_broker_dies_goes_on_through_the_next_one_and_loses_nothing() -> Result<()> {
+    // Two brokers acting as one (a bridge), as a cluster's nodes do: the
+    // collector on the hub, the agent on the edge node with the hub as its
+    // fallback.
+    let dir = tempfile::tempdir()?;
+    let (hub_dir, edge_dir) = (dir.path().join("hub"), dir.path().join("edge"));
+    std::fs::create_dir_all(&hub_dir)?;
+    std::fs::create_dir_all(&edge_dir)?;
+    let Some(hub) = Mosquitto::start(&hub_dir)? else {
+        return Ok(());
+    };
+    let Some(mut edge) = Mosquitto::start_bridged(&edge_dir, &hub)? else {
+        return Ok(());
+    };
+    let (_sim, sim) = start_simulator(dir.path(), &[])?;
+    let (_collector, http, _) =
+        start_collector_on(dir.path(), &TestStore::Sqlite, "delivery", Some(&hub.url()))?;
+    let client = http_client();
+    let mut ledger = Ledger::default();
+    let conf = agent_config(&sim, &edge.url(), dir.path(), "")?.replacen(
+        &format!("url = {:?}", edge.url()),
+        &format!("url = {:?}\nfallback_urls = [{:?}]", edge.url(), hub.url()),
+        1,
+    );
+    anyhow::ensure!(
+        conf.contains("fallback_urls"),
+        "the agent config names its broker"
+    );
+    let (mut agent, ready) = start_run(dir.path(), &conf, &mut ledger)?;
+    flowing(&client, &http).await?;
+    let db = dir.path().join("store.db");
+    let before = stored_more_than(&db, 0).await?;
+    // The edge broker dies; the agent goes on through the hub.
+    edge.stop();
+    stored_more_than(&db, before + 20)
+        .await
+        .with_context(|| agent.log_tail())?;
+    drained(&client, &agent_metrics_url(&ready)?)
+        .await
+        .with_context(|| agent.log_tail())?;
+    ledger.stopped(&agent.terminate(Duration::from_secs(15))?)?;
+    let dups = metric(&client, &http, "roomguard_batches_duplicate_total").await;
+    account("edge broker died", &db, &ledger, 0..=0, dups).await?;
+    Ok(())
+}

@@ -129,18 +129,21 @@ pub struct Transition {
     pub inhibited: bool,
 }
 
-/// Serials `from..end` moved to start at `to` ([`Engine::renumber`]).
-#[derive(Debug, Clone, Copy)]
+/// Serials `from..end` given the numbers `to` ([`Engine::renumber`]).
+#[derive(Debug, Clone)]
 pub struct Renumbered {
     from: u64,
-    to: u64,
     end: u64,
+    to: Vec<u64>,
 }
 
 impl Renumbered {
     pub fn apply(&self, serial: u64) -> u64 {
         if (self.from..self.end).contains(&serial) {
-            serial - self.from + self.to
+            self.to
+                .get((serial - self.from) as usize)
+                .copied()
+                .unwrap_or(serial)
         } else {
             serial
         }
@@ -1084,16 +1087,16 @@ impl Engine {
         self.next_serial
     }
 
-    /// Moves the serials numbered since `from` (those in `from..next`) to
-    /// start at `to` instead: in a cluster the store hands out serials from
-    /// one counter, and another node may have taken the ones this engine
-    /// counted on. Returns the mapping to apply to transitions already out.
-    pub fn renumber(&mut self, from: u64, to: u64) -> Renumbered {
-        let r = Renumbered {
-            from,
-            to,
-            end: self.next_serial,
-        };
+    /// Gives the serials numbered since `from` (those in `from..next`) the
+    /// numbers `to` instead, in order: on PostgreSQL serials come from one
+    /// sequence shared by every node's engine, and another node may have
+    /// taken the ones this engine counted on. Returns the mapping to apply
+    /// to transitions already handed out.
+    pub fn renumber(&mut self, from: u64, to: Vec<u64>) -> Renumbered {
+        let end = self.next_serial;
+        debug_assert_eq!(to.len() as u64, end - from);
+        let next = to.last().map_or(end, |l| l + 1);
+        let r = Renumbered { from, end, to };
         let phase = |p: &mut Phase| match p {
             Phase::Active { serial, .. } | Phase::Clearing { serial, .. } => {
                 *serial = r.apply(*serial)
@@ -1112,7 +1115,7 @@ impl Engine {
         for t in &mut self.retired_out {
             t.serial = r.apply(t.serial);
         }
-        self.next_serial = r.apply(self.next_serial - 1) + 1;
+        self.next_serial = next;
         r
     }
 
@@ -2099,6 +2102,32 @@ clear_delay = "0s"
         r.send("temp", T0 + 91 * S, 20.0);
         assert_eq!(r.of("t.hot_slow"), vec![(Kind::Clear, T0 + 90 * S, false)]);
         assert_eq!(r.of("t.hot"), vec![(Kind::Clear, T0 + 70 * S, false)]);
+    }
+
+    #[test]
+    fn renumbered_alarms_clear_under_the_numbers_the_store_gave() {
+        let mut s = Site::new();
+        s.send("smoke1", T0, 1.0);
+        let n = s.engine.next_serial() - 1;
+        assert!(n >= 1);
+        // Another node took 1..: the store gave 100, 102, ….
+        let to: Vec<u64> = (0..n).map(|i| 100 + 2 * i).collect();
+        let r = s.engine.renumber(1, to.clone());
+        assert_eq!(r.apply(1), 100);
+        assert_eq!(r.apply(0), 0, "outside the range: unchanged");
+        assert_eq!(s.engine.next_serial(), to[to.len() - 1] + 1);
+        s.send("smoke1", T0 + S, 0.0);
+        s.tick(T0 + 100 * S);
+        let cleared: Vec<u64> = s
+            .out
+            .iter()
+            .filter(|t| t.kind == Kind::Clear)
+            .map(|t| t.serial)
+            .collect();
+        assert!(
+            cleared.contains(&100),
+            "cleared under its new number: {cleared:?}"
+        );
     }
 
     #[test]

@@ -65,9 +65,10 @@ pub async fn check(
 }
 
 /// Makes the lease rows and checks this node's partition count is the
-/// cluster's; gives up whatever an earlier run of this node left held (its
-/// state in memory is gone, so it takes them again under a new epoch).
-async fn setup(c: &Client, cluster: &Cluster) -> Result<(), PgError> {
+/// cluster's; at the process's first connection, gives up whatever an
+/// earlier run of this node left held (its state in memory is gone, so it
+/// takes them again under a new epoch). A reconnection keeps what it holds.
+async fn setup(c: &Client, cluster: &Cluster, first: bool) -> Result<(), PgError> {
     let parts = cluster.partitions as i32;
     c.execute(
         "INSERT INTO cluster_settings (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -91,11 +92,13 @@ async fn setup(c: &Client, cluster: &Cluster) -> Result<(), PgError> {
         &[&MAINTENANCE, &parts],
     )
     .await?;
-    c.execute(
-        "UPDATE cluster_leases SET owner = NULL, expires_at = now() WHERE owner = $1",
-        &[&cluster.node],
-    )
-    .await?;
+    if first {
+        c.execute(
+            "UPDATE cluster_leases SET owner = NULL, expires_at = now() WHERE owner = $1",
+            &[&cluster.node],
+        )
+        .await?;
+    }
     // Sites stored before the cluster existed (or before this node knew them).
     for r in c
         .query(
@@ -120,20 +123,28 @@ async fn round(c: &Client, cluster: &Cluster, first: bool) -> Result<bool, PgErr
          ON CONFLICT (node) DO UPDATE SET http = excluded.http, seen_at = now(),
              leaving = excluded.leaving,
              started_at = CASE WHEN $4 THEN now() ELSE cluster_nodes.started_at END",
-        &[me, &cluster.http, &leaving, &first],
+        &[me, &cluster.http(), &leaving, &first],
     )
     .await?;
-    // Renewed in partition order (as writers lock them).
+    // Renewed in partition order (as writers lock them); only what this
+    // process took, at the epoch it took it (rows under its name at
+    // another epoch are another process's with the same node_id).
+    let before = cluster.held();
+    let mine: Vec<i32> = before.parts.keys().copied().collect();
     let renewed = c
         .query(
             "UPDATE cluster_leases SET expires_at = now() + make_interval(secs => $2), renewed_at = now()
-             WHERE part IN (SELECT part FROM cluster_leases WHERE owner = $1 ORDER BY part FOR UPDATE)
+             WHERE part IN (SELECT part FROM cluster_leases WHERE owner = $1 AND part = ANY($3)
+                            ORDER BY part FOR UPDATE)
              RETURNING part, epoch",
-            &[me, &lease_s],
+            &[me, &lease_s, &mine],
         )
         .await?;
-    let mut held: HashMap<i32, i64> = renewed.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let before = cluster.held();
+    let mut held: HashMap<i32, i64> = renewed
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        .filter(|(p, e)| before.parts.get(p) == Some(e))
+        .collect();
     let lost = before
         .parts
         .iter()
@@ -146,12 +157,17 @@ async fn round(c: &Client, cluster: &Cluster, first: bool) -> Result<bool, PgErr
     let discovered = cluster.take_discovered();
     if !discovered.is_empty() {
         let parts: Vec<i32> = discovered.iter().map(|s| cluster.part_of(s)).collect();
-        c.execute(
-            "INSERT INTO cluster_sites (site, part) SELECT * FROM unnest($1::TEXT[], $2::INTEGER[])
-             ON CONFLICT DO NOTHING",
-            &[&discovered, &parts],
-        )
-        .await?;
+        let registered = c
+            .execute(
+                "INSERT INTO cluster_sites (site, part) SELECT * FROM unnest($1::TEXT[], $2::INTEGER[])
+                 ON CONFLICT DO NOTHING",
+                &[&discovered, &parts],
+            )
+            .await;
+        if let Err(e) = registered {
+            cluster.rediscover(discovered);
+            return Err(e.into());
+        }
     }
     let leases: Vec<Lease> = c
         .query(
@@ -178,13 +194,24 @@ async fn round(c: &Client, cluster: &Cluster, first: bool) -> Result<bool, PgErr
         .collect();
     let plan = plan::plan(me, &live, &leases, leaving);
     for part in &plan.release {
-        held.remove(part);
-        c.execute(
-            "UPDATE cluster_leases SET owner = NULL, expires_at = now() WHERE part = $1 AND owner = $2",
-            &[part, me],
-        )
-        .await?;
-        cluster.counts.released.fetch_add(1, Relaxed);
+        let released = c
+            .execute(
+                "UPDATE cluster_leases SET owner = NULL, expires_at = now() WHERE part = $1 AND owner = $2",
+                &[part, me],
+            )
+            .await;
+        match released {
+            Ok(_) => {
+                held.remove(part);
+                cluster.counts.released.fetch_add(1, Relaxed);
+            }
+            // Our own writer is committing on it: given up next round.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {}
+            Err(e) => {
+                cluster.set_held(held);
+                return Err(e.into());
+            }
+        }
     }
     for part in &plan.take {
         // Bounded by lock_timeout: a writer frozen between its check and
@@ -217,7 +244,10 @@ async fn round(c: &Client, cluster: &Cluster, first: bool) -> Result<bool, PgErr
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 tracing::debug!(part, "lease row locked by a writer; tried again next round");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                cluster.set_held(held);
+                return Err(e.into());
+            }
         }
     }
     let changed = cluster.set_held(held);
@@ -244,7 +274,7 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
         let leaving = cluster.leaving.load(Relaxed);
         if client.as_ref().is_none_or(Client::is_closed) {
             client = None;
-            match connect(&target, &cluster).await {
+            match connect(&target, &cluster, first).await {
                 Ok(c) => {
                     client = Some(c);
                     wait = Duration::from_millis(500);
@@ -252,14 +282,31 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
                 Err(e) => {
                     cluster.counts.round_failures.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "cluster: cannot reach PostgreSQL for the leases");
+                    if matches!(e, PgError::Cluster(_)) {
+                        // A setting the cluster refuses: hold nothing.
+                        cluster.set_held(HashMap::new());
+                    }
                 }
             }
         }
         if let Some(c) = &client {
-            match round(c, &cluster, first).await {
+            // Leases renewed in a round count from its start, and a round
+            // that hangs (a lost server) ends within a lease.
+            let started = Instant::now();
+            let result = match tokio::time::timeout(cluster.lease, round(c, &cluster, first)).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    client = None;
+                    Err(PgError::Cluster(
+                        "cluster: a lease round took longer than a lease; connecting again".into(),
+                    ))
+                }
+            };
+            match result {
                 Ok(changed) => {
                     first = false;
-                    renewed_at = Instant::now();
+                    renewed_at = started;
                     if changed {
                         let held = cluster.held();
                         tracing::info!(
@@ -276,10 +323,6 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
                 Err(e) => {
                     cluster.counts.round_failures.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "cluster: lease round failed");
-                    if matches!(e, PgError::Cluster(_)) {
-                        // A setting the cluster refuses: hold nothing.
-                        cluster.set_held(HashMap::new());
-                    }
                 }
             }
         }
@@ -302,11 +345,11 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
     }
 }
 
-async fn connect(target: &Target, cluster: &Cluster) -> Result<Client, PgError> {
+async fn connect(target: &Target, cluster: &Cluster, first: bool) -> Result<Client, PgError> {
     let c = connect_to(target).await?;
     // A take never waits long for a frozen writer's row lock.
     c.batch_execute("SET lock_timeout = '1s'").await?;
-    setup(&c, cluster).await?;
+    setup(&c, cluster, first).await?;
     Ok(c)
 }
 

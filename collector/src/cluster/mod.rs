@@ -135,7 +135,9 @@ pub struct Cluster {
     pub partitions: u32,
     pub lease: Duration,
     pub renew_every: Duration,
-    pub http: String,
+    /// This node's address as `/api/v1/cluster` shows it.
+    http: Mutex<String>,
+    advertised: bool,
     held: RwLock<Arc<Held>>,
     /// The sites of the partitions held: ingest subscribes to their batches.
     sites: tokio::sync::watch::Sender<BTreeSet<String>>,
@@ -174,7 +176,8 @@ impl Cluster {
             partitions: cfg.partitions,
             lease: cfg.lease,
             renew_every: cfg.renew_every,
-            http: cfg.advertise.clone().unwrap_or(http),
+            http: Mutex::new(cfg.advertise.clone().unwrap_or(http)),
+            advertised: cfg.advertise.is_some(),
             held: RwLock::new(Arc::new(Held::default())),
             sites: tokio::sync::watch::Sender::new(BTreeSet::new()),
             known: Mutex::new(HashSet::new()),
@@ -182,6 +185,18 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             counts: Counts::default(),
         })
+    }
+
+    /// The address HTTP was bound to (port 0 in the config becomes the
+    /// port the system gave), unless `cluster.advertise` says otherwise.
+    pub fn bound(&self, addr: std::net::SocketAddr) {
+        if !self.advertised {
+            *self.http.lock().unwrap_or_else(|e| e.into_inner()) = format!("http://{addr}");
+        }
+    }
+
+    pub fn http(&self) -> String {
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn part_of(&self, site: &str) -> i32 {
@@ -215,12 +230,15 @@ impl Cluster {
     }
 
     /// The writer found these leases taken by another node (its
-    /// transaction was refused): they are not held any more.
-    pub fn lost(&self, parts: &[i32]) {
+    /// transaction was refused): they are not held any more, unless a round
+    /// has taken one again since, at a newer epoch than the writer's `seen`.
+    pub fn lost(&self, parts: &[i32], seen: &Held) {
         self.counts.fenced.fetch_add(1, Relaxed);
         let mut now = self.held().parts.clone();
         for p in parts {
-            now.remove(p);
+            if now.get(p) == seen.parts.get(p) {
+                now.remove(p);
+            }
         }
         if self.set_held(now) {
             tracing::warn!(partitions = ?parts, "leases taken by another node: their sites are left to it");
@@ -241,6 +259,14 @@ impl Cluster {
 
     fn take_discovered(&self) -> Vec<String> {
         std::mem::take(&mut *self.discovered.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sites whose registration failed: tried again next round.
+    fn rediscover(&self, sites: Vec<String>) {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(sites);
     }
 
     /// Ingest's view of the sites to subscribe to.

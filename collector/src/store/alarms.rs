@@ -128,8 +128,13 @@ impl Recorder {
             .value("SELECT coalesce(max(serial), 0) + 1 FROM alarms", &[])
             .await?;
         if db.is_postgres() {
-            // Serials come from one counter there (see `record`).
-            let counter: i64 = db.value("SELECT next FROM alarm_serial", &[]).await?;
+            // Serials come from one sequence there (see `record`).
+            let counter: i64 = db
+                .value(
+                    "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM alarm_serials",
+                    &[],
+                )
+                .await?;
             next = next.max(counter);
         }
         let ours = |site: &str| only.is_none_or(|f| f(site));
@@ -244,22 +249,28 @@ impl Recorder {
         now: Ts,
     ) -> Result<(), RecordError> {
         // On PostgreSQL the serials this engine numbered since the last
-        // record are taken from the shared counter (its row lock held to
-        // the commit); when another node's engine took those numbers, ours
-        // move to the ones the counter gave.
+        // record are taken from one sequence every node shares (no lock, so
+        // a frozen node holds nobody up; a rolled-back transaction leaves a
+        // gap); where they differ from the engine's own, the engine's move.
         let next = self.engine.next_serial();
         let moved: Vec<Transition>;
         let mut transitions = transitions;
         if db.is_postgres() && next > self.serial_mark {
-            let (from, k) = (self.serial_mark as i64, (next - self.serial_mark) as i64);
-            let base: i64 = db
-                .value(
-                    "UPDATE alarm_serial SET next = GREATEST(next, $1) + $2 RETURNING next - $2",
-                    args![from, k],
+            let from = self.serial_mark;
+            let k = (next - from) as i64;
+            let mut given: Vec<u64> = Vec::with_capacity(k as usize);
+            for r in db
+                .rows(
+                    "SELECT nextval('alarm_serials') FROM generate_series(1, $1::BIGINT)",
+                    args![k],
                 )
-                .await?;
-            if base != from {
-                let r = self.engine.renumber(from as u64, base as u64);
+                .await?
+            {
+                given.push(r.get::<i64>(0)? as u64);
+            }
+            given.sort_unstable();
+            if given.iter().copied().ne(from..next) {
+                let r = self.engine.renumber(from, given);
                 moved = transitions
                     .iter()
                     .map(|t| Transition {

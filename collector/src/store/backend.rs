@@ -209,10 +209,11 @@ impl PgAlarms {
             rec.sweep(Conn::PgTx(&tx), now_ms).await?;
         }
         if let Some(f) = fence {
-            if !out.is_empty() {
-                let parts: Vec<i32> = f.held.parts.keys().copied().filter(|p| *p >= 0).collect();
-                crate::cluster::lease::check(&tx, &f.cluster.node, &f.held, &parts).await?;
+            let mut parts = f.site_parts();
+            if sweep {
+                parts.push(crate::cluster::MAINTENANCE);
             }
+            crate::cluster::lease::check(&tx, &f.cluster.node, &f.held, &parts).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -230,6 +231,16 @@ pub struct Fence {
 impl Fence {
     pub fn holds_site(&self, site: &str) -> bool {
         self.held.holds(self.cluster.part_of(site))
+    }
+
+    /// The site partitions held (not the maintenance lease).
+    pub fn site_parts(&self) -> Vec<i32> {
+        self.held
+            .parts
+            .keys()
+            .copied()
+            .filter(|p| *p >= 0)
+            .collect()
     }
 }
 
@@ -282,12 +293,27 @@ impl PgWriting {
     }
 
     /// Takes the cluster's leases anew when they changed since; the engine
-    /// is then loaded again for the sites they hold.
+    /// is then loaded again when its site partitions (or their epochs)
+    /// changed, not for the maintenance lease alone: a load restarts the
+    /// engine's silence timing.
     fn refresh_fence(&mut self) {
         if let Some(f) = &mut self.fence {
             if f.cluster.version() != f.held.version {
-                f.held = f.cluster.held();
-                self.alarms.stale = true;
+                let now = f.cluster.held();
+                let sites = |h: &crate::cluster::Held| {
+                    let mut v: Vec<(i32, i64)> = h
+                        .parts
+                        .iter()
+                        .filter(|(p, _)| **p >= 0)
+                        .map(|(p, e)| (*p, *e))
+                        .collect();
+                    v.sort_unstable();
+                    v
+                };
+                if sites(&now) != sites(&f.held) {
+                    self.alarms.stale = true;
+                }
+                f.held = now;
             }
         }
     }
@@ -325,7 +351,7 @@ impl PgWriting {
                 // Rolled back: what is left of the round is written at once.
                 Err(StoreError::Postgres(PgError::Fenced(lost))) => {
                     if let Some(f) = &self.fence {
-                        f.cluster.lost(&lost);
+                        f.cluster.lost(&lost, &f.held);
                     }
                 }
                 other => return other,
@@ -398,7 +424,7 @@ impl PgWriting {
         match self.run(async |w, alarms, fence| alarms.tick(w.client_mut(), now_ms, fence).await) {
             Err(StoreError::Postgres(PgError::Fenced(lost))) => {
                 if let Some(f) = &self.fence {
-                    f.cluster.lost(&lost);
+                    f.cluster.lost(&lost, &f.held);
                 }
             }
             other => other?,

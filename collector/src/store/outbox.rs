@@ -85,16 +85,17 @@ const CLAIM_SECS: i64 = 120;
 /// Notifications due now, the oldest first; for each alarm and channel only
 /// the first undelivered one, so a clear never overtakes its raise.
 ///
-/// In a cluster (`claim` is the node), the rows are claimed for
-/// [`CLAIM_SECS`] by the database's clock, skipping rows another node is
-/// claiming at this moment (`SKIP LOCKED`) or holds a live claim on; a
-/// node that died mid-delivery leaves its claim to expire, and the row is
-/// sent again with the same idempotency key.
+/// In a cluster (`claim`: this node and the lease in seconds), the rows
+/// are claimed for [`CLAIM_SECS`] by the database's clock, skipping rows
+/// another node is claiming at this moment (`SKIP LOCKED`) or holds a live
+/// claim on. The claim of a node no longer live (not seen within a lease,
+/// or gone cleanly) counts for nothing: its rows are sent again at once,
+/// with the same idempotency key.
 pub async fn due(
     db: Conn<'_>,
     now: i64,
     limit: usize,
-    claim: Option<&str>,
+    claim: Option<(&str, f64)>,
 ) -> Result<Vec<Row>, SqlError> {
     let rows = match claim {
         None => db.rows(
@@ -105,17 +106,19 @@ pub async fn due(
              ORDER BY id LIMIT $2",
             args![now, limit],
         ).await?,
-        Some(node) => db.rows(
+        Some((node, lease_s)) => db.rows(
             "UPDATE outbox SET claimed_by = $3, claim_until = now() + make_interval(secs => $4)
              WHERE id IN (
                  SELECT id FROM outbox o
                  WHERE state = 'pending' AND next_at <= $1
-                   AND (claim_until IS NULL OR claim_until < now() OR claimed_by = $3)
+                   AND (claim_until IS NULL OR claim_until < now() OR claimed_by = $3
+                        OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node = o.claimed_by
+                                         AND NOT n.leaving AND n.seen_at > now() - make_interval(secs => $5)))
                    AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel AND e.serial = o.serial
                                    AND e.state = 'pending' AND e.id < o.id)
                  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, channel, key, kind, payload, attempts",
-            args![now, limit, node, CLAIM_SECS as f64],
+            args![now, limit, node, CLAIM_SECS as f64, lease_s],
         ).await?,
     };
     let mut rows: Vec<Row> = rows

@@ -210,8 +210,9 @@ pub struct Sender {
     time_zone: jiff::tz::TimeZone,
     /// Site URL put in links of messages, if known.
     link: Option<String>,
-    /// In a cluster, this node: rows are claimed before they are sent.
-    claim: Option<String>,
+    /// In a cluster, this node and the lease: rows are claimed before
+    /// they are sent.
+    claim: Option<(String, Duration)>,
 }
 
 /// How often active alarms are sent to Alertmanager again; it resolves an
@@ -269,8 +270,8 @@ impl Sender {
 
     /// Claims rows as node `node` before sending them (a cluster's nodes
     /// all send the outbox; see `outbox::due`).
-    pub fn claiming(mut self, node: String) -> Sender {
-        self.claim = Some(node);
+    pub fn claiming(mut self, node: String, lease: Duration) -> Sender {
+        self.claim = Some((node, lease));
         self
     }
 
@@ -296,10 +297,11 @@ impl Sender {
                             .read(async |db| outbox::due(db, now_ms(), IN_FLIGHT, None).await)
                             .await
                     }
-                    Some(node) => {
+                    Some((node, lease)) => {
                         this.records
                             .write(async move |db| {
-                                outbox::due(db, now_ms(), IN_FLIGHT, Some(&node)).await
+                                let claim = Some((node.as_str(), lease.as_secs_f64()));
+                                outbox::due(db, now_ms(), IN_FLIGHT, claim).await
                             })
                             .await
                     }

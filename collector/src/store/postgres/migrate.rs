@@ -92,10 +92,10 @@ CREATE TABLE agents (
 /// and deletes by trigger, as in SQLite.
 /// The cluster (docs/SCALING.md): nodes and their heartbeats, a fenced
 /// lease per site partition (and negative ones for work done by one node at
-/// a time), the sites seen and their partitions, one counter for alarm
+/// a time), the sites seen and their partitions, one sequence for alarm
 /// serials shared by every node's engine, and claims on outbox rows so any
 /// node may deliver them. Times are the database's (`now()`), never a
-/// host's clock. A single collector uses the serial counter too, so a store
+/// host's clock. A single collector takes its serials from it too, so a store
 /// may turn into a cluster's without renumbering.
 const V3: &str = r#"
 CREATE TABLE cluster_nodes (
@@ -122,11 +122,8 @@ CREATE TABLE cluster_sites (
     part       INTEGER NOT NULL,
     first_seen TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE TABLE alarm_serial (
-    id   BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
-    next BIGINT NOT NULL
-);
-INSERT INTO alarm_serial (next) SELECT coalesce(max(serial), 0) + 1 FROM alarms;
+CREATE SEQUENCE alarm_serials;
+SELECT setval('alarm_serials', coalesce(max(serial), 0) + 1, false) FROM alarms;
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until TIMESTAMPTZ;
 "#;
 

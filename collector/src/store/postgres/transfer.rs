@@ -369,6 +369,11 @@ async fn columns(
     for r in rows {
         let pg_name: String = r.get(0);
         let data_type: String = r.get(1);
+        // The cluster's claims on outbox rows exist only on PostgreSQL
+        // (a copied row is unclaimed).
+        if table == "outbox" && matches!(pg_name.as_str(), "claimed_by" | "claim_until") {
+            continue;
+        }
         let sqlite = if pg_name == "user_name" {
             "user".to_owned()
         } else {

@@ -320,11 +320,12 @@ impl PgWriter {
             }
             rec.record(Conn::PgTx(&tx), &out, now_ms).await?;
         }
-        // In a cluster, last before the commit: do this node's leases of
-        // these sites still stand (cluster/lease.rs)?
+        // In a cluster, last before the commit: do this node's leases
+        // still stand (cluster/lease.rs)? All of them, not only these
+        // batches' sites: the engine's changed state of any held site is
+        // written with them.
         if let Some(f) = fence {
-            let parts: Vec<i32> = batches.iter().map(|b| f.cluster.part_of(&b.site)).collect();
-            crate::cluster::lease::check(&tx, &f.cluster.node, &f.held, &parts).await?;
+            crate::cluster::lease::check(&tx, &f.cluster.node, &f.held, &f.site_parts()).await?;
         }
         let due = latest_written.is_none_or(|t| t.elapsed() >= LATEST_EVERY);
         if due && !(pending_latest.is_empty() && round_latest.is_empty()) {
