@@ -38,8 +38,9 @@ pids=()
 cleanup() {
   trap - EXIT INT TERM
   for p in "${pids[@]}" $(cat "$out"/n*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true
+  # The collectors write what they queued before PostgreSQL goes.
   wait 2>/dev/null || true
+  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$pgdir"
 }
 trap cleanup EXIT INT TERM
@@ -127,7 +128,7 @@ RoomGuard cluster demo is running: three collectors on one PostgreSQL.
 Type: kill n2 | stop n2 | start n2 | status | a drill (smoke, normal, mains_failure, …)
 Ctrl-C stops everything.
 MSG
-while IFS= read -r cmd node; do
+while read -r cmd node; do
   case "$cmd" in
     kill|stop)
       sig=TERM; [ "$cmd" = kill ] && sig=KILL

@@ -10,6 +10,9 @@ use tokio_postgres::{Client, GenericClient};
 /// The advisory lock key the migrations take ("RGSCHEMA" in ASCII).
 const LOCK: i64 = 0x5247_5343_4845_4d41;
 
+/// The advisory lock key making a day's partition takes ("RGPARTIT").
+const PARTITION_LOCK: i64 = 0x5247_5041_5254_4954;
+
 /// (version, SQL), in order. Never edit one that has shipped: add another.
 pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
@@ -408,11 +411,22 @@ pub async fn ensure_partitions<C: GenericClient>(
             continue;
         }
         let (name, lo, hi) = partition_for(day);
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples FOR VALUES FROM ({lo}) TO ({hi})"
-            ))
-            .await?;
+        let exists = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?
+            .get::<_, bool>(0);
+        if !exists {
+            // Collectors sharing the database (a cluster) make a new day's
+            // partition at the same moment; `IF NOT EXISTS` alone does not
+            // keep two from colliding, so they take turns (the lock lasts to
+            // the end of the transaction).
+            client
+                .batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock({PARTITION_LOCK});
+                     CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples FOR VALUES FROM ({lo}) TO ({hi})"
+                ))
+                .await?;
+        }
         known.insert(day);
         day += DAY_MS;
     }
