@@ -762,6 +762,49 @@ pub fn start_collector_stored(
     Ok((collector, http, mqtt))
 }
 
+/// The tables a cluster node of the tests and benchmarks adds to its
+/// configuration: `[cluster]` with node `id`, `partitions`, the lease and
+/// its renewal in seconds, and alarms to the webhook `hook` with fire
+/// alarms clearing `fire_clear` after the smoke is gone.
+pub fn cluster_node_toml(
+    id: &str,
+    partitions: u32,
+    lease_s: u64,
+    renew_s: u64,
+    hook: &str,
+    fire_clear: &str,
+) -> String {
+    format!(
+        "[cluster]\nenabled = true\nnode_id = {id:?}\npartitions = {partitions}\n\
+         lease = \"{lease_s}s\"\nrenew_every = \"{renew_s}s\"\n\
+         [alarms]\n[[alarms.channels]]\nid = \"hook\"\nkind = \"webhook\"\nurl = {hook:?}\ntimeout = \"2s\"\n\
+         [[alarms.overrides]]\nrule = \"fire.*\"\nclear_delay = {fire_clear:?}\n"
+    )
+}
+
+/// A small agent for site `site`: the simulator's machine-room inlet
+/// sensor and both smoke heads, polled every second, publishing to `broker`.
+pub fn small_site_agent_toml(site: &str, sim: &SimAddrs, broker: &str, state: &Path) -> String {
+    let mut t = format!(
+        "site = {site:?}\nagent = \"edge-1\"\nstate_dir = {:?}\n[mqtt]\nurl = {broker:?}\nstatus_interval = \"5s\"\n{}\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[modbus_buses]]\nid = \"gw\"\ntransport = \"tcp\"\naddress = {:?}\ntimeout = \"1s\"\n",
+        state.display().to_string(),
+        agent_mqtt_toml(site, "edge-1"),
+        sim.modbus,
+    );
+    for (id, unit, profile) in [
+        ("mr-th-inlet", 1, "generic-th-sensor"),
+        ("mr-smoke-1", 3, "smoke-detector"),
+        ("mr-smoke-2", 5, "smoke-detector"),
+    ] {
+        t.push_str(&format!(
+            "[[modbus]]\nid = {id:?}\nroom = \"machine-room\"\nbus = \"gw\"\nunit = {unit}\nprofile = {profile:?}\ninterval = \"1s\"\n"
+        ));
+    }
+    t
+}
+
 /// An agent running `config_text`.
 pub fn start_agent(dir: &Path, config_text: &str) -> Result<Proc> {
     let conf = dir.join("agent.toml");

@@ -28,19 +28,11 @@ struct Node {
     http: String,
 }
 
-fn node_toml(id: &str, hook: &str) -> String {
-    format!(
-        "[cluster]\nenabled = true\nnode_id = {id:?}\npartitions = {PARTITIONS}\n\
-         lease = \"{LEASE_S}s\"\nrenew_every = \"{RENEW_S}s\"\n\
-         [alarms]\n[[alarms.channels]]\nid = \"hook\"\nkind = \"webhook\"\nurl = {hook:?}\ntimeout = \"2s\"\n\
-         [[alarms.overrides]]\nrule = \"fire.*\"\nclear_delay = \"2s\"\n"
-    )
-}
-
 fn start_node(root: &Path, id: &str, store: &str, broker: &str, hook: &str) -> Result<Node> {
     let dir = root.join(id);
     std::fs::create_dir_all(&dir)?;
-    let (proc, http, _) = start_collector_stored(&dir, store, Some(broker), &node_toml(id, hook))?;
+    let conf = cluster_node_toml(id, PARTITIONS, LEASE_S, RENEW_S, hook, "2s");
+    let (proc, http, _) = start_collector_stored(&dir, store, Some(broker), &conf)?;
     Ok(Node {
         id: id.to_owned(),
         proc,
@@ -58,34 +50,11 @@ struct Site {
     ledger: Ledger,
 }
 
-/// A small agent: the machine room's inlet sensor and both smoke heads of
-/// the simulator, polled every second, for site `site`.
-fn agent_toml(site: &str, sim: &SimAddrs, broker: &str, state: &Path) -> String {
-    let mut t = format!(
-        "site = {site:?}\nagent = \"edge-1\"\nstate_dir = {:?}\n[mqtt]\nurl = {broker:?}\nstatus_interval = \"5s\"\n{}\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [[modbus_buses]]\nid = \"gw\"\ntransport = \"tcp\"\naddress = {:?}\ntimeout = \"1s\"\n",
-        state.display().to_string(),
-        agent_mqtt_toml(site, "edge-1"),
-        sim.modbus,
-    );
-    for (id, unit, profile) in [
-        ("mr-th-inlet", 1, "generic-th-sensor"),
-        ("mr-smoke-1", 3, "smoke-detector"),
-        ("mr-smoke-2", 5, "smoke-detector"),
-    ] {
-        t.push_str(&format!(
-            "[[modbus]]\nid = {id:?}\nroom = \"machine-room\"\nbus = \"gw\"\nunit = {unit}\nprofile = {profile:?}\ninterval = \"1s\"\n"
-        ));
-    }
-    t
-}
-
 fn start_site(root: &Path, id: &str, broker: &str) -> Result<Site> {
     let dir = root.join(id);
     std::fs::create_dir_all(&dir)?;
     let (sim, addrs) = start_simulator(&dir, &[])?;
-    let conf = agent_toml(id, &addrs, broker, &dir.join("state"));
+    let conf = small_site_agent_toml(id, &addrs, broker, &dir.join("state"));
     let mut ledger = Ledger::default();
     let (agent, ready) = ledger::start_run(&dir, &conf, &mut ledger)?;
     Ok(Site {
