@@ -96,16 +96,7 @@ pub struct PgStored<'a>(pub &'a Postgres, pub &'a str);
 
 impl Stored for PgStored<'_> {
     fn batches(&self) -> Result<BTreeMap<u64, i64>> {
-        let text = self
-            .0
-            .psql(self.1, "SELECT seq || ' ' || readings FROM batches")?;
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (seq, n) = l.split_once(' ').context("seq and readings")?;
-                Ok((seq.parse()?, n.parse()?))
-            })
-            .collect()
+        pg_batches(self.0, self.1, "")
     }
 
     fn samples(&self) -> Result<i64> {
@@ -114,6 +105,45 @@ impl Stored for PgStored<'_> {
             .psql(self.1, "SELECT count(*) FROM samples")?
             .parse()?)
     }
+}
+
+/// One site's batches and samples in a PostgreSQL store several sites
+/// share (a cluster's): the server, the database and the site.
+pub struct PgSiteStored<'a>(pub &'a Postgres, pub &'a str, pub &'a str);
+
+impl Stored for PgSiteStored<'_> {
+    fn batches(&self) -> Result<BTreeMap<u64, i64>> {
+        pg_batches(self.0, self.1, &format!("WHERE site = '{}'", self.2))
+    }
+
+    fn samples(&self) -> Result<i64> {
+        Ok(self
+            .0
+            .psql(
+                self.1,
+                &format!(
+                    "SELECT count(*) FROM samples s JOIN points p ON p.id = s.point_id WHERE p.site = '{}'",
+                    self.2
+                ),
+            )?
+            .parse()?)
+    }
+}
+
+/// Batches in a PostgreSQL store (`filter`: a WHERE clause or nothing):
+/// sequence number → readings carried.
+fn pg_batches(pg: &Postgres, db: &str, filter: &str) -> Result<BTreeMap<u64, i64>> {
+    let text = pg.psql(
+        db,
+        &format!("SELECT seq || ' ' || readings FROM batches {filter}"),
+    )?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (seq, n) = l.split_once(' ').context("seq and readings")?;
+            Ok((seq.parse()?, n.parse()?))
+        })
+        .collect()
 }
 
 /// The agent's batches in a SQLite store: sequence number → readings carried.

@@ -1096,6 +1096,26 @@ pub struct Received {
     pub uri: String,
 }
 
+/// From each alarm notification `keep` selects to its arrival: the
+/// reading's own event time (`raised_at` of a raise, `cleared_at` of a
+/// clear) to the receiver holding it, ms, sorted.
+pub fn notification_latencies(received: &[Received], keep: impl Fn(&Received) -> bool) -> Vec<i64> {
+    let mut ms: Vec<i64> = received
+        .iter()
+        .filter(|r| keep(r))
+        .filter_map(|r| {
+            let event = match r.body["kind"].as_str()? {
+                "raise" => r.body["raised_at"].as_i64()?,
+                "clear" => r.body["cleared_at"].as_i64()?,
+                _ => return None,
+            };
+            Some(r.at_ms - event)
+        })
+        .collect();
+    ms.sort_unstable();
+    ms
+}
+
 /// An HTTP endpoint that records every JSON POST, the receiving end of the
 /// collector's webhook channel. It can be told to fail (HTTP 503), to test
 /// retries; a failed request is not recorded.

@@ -7,10 +7,10 @@
 //! reaches the receiver once, and lease epochs never go back.
 
 use anyhow::{ensure, Context, Result};
-use roomguard_e2e::ledger::{self, Ledger, Stored};
+use roomguard_e2e::ledger::{self, Ledger, PgSiteStored};
 use roomguard_e2e::*;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -80,41 +80,6 @@ impl Site {
             r.status()
         );
         Ok(())
-    }
-}
-
-/// One site's batches and samples in the shared database, for the ledger.
-struct SiteStored<'a>(&'a Postgres, &'a str);
-
-impl Stored for SiteStored<'_> {
-    fn batches(&self) -> Result<BTreeMap<u64, i64>> {
-        let text = self.0.psql(
-            DB,
-            &format!(
-                "SELECT seq || ' ' || readings FROM batches WHERE site = '{}'",
-                self.1
-            ),
-        )?;
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (seq, n) = l.split_once(' ').context("seq and readings")?;
-                Ok((seq.parse()?, n.parse()?))
-            })
-            .collect()
-    }
-
-    fn samples(&self) -> Result<i64> {
-        Ok(self
-            .0
-            .psql(
-                DB,
-                &format!(
-                    "SELECT count(*) FROM samples s JOIN points p ON p.id = s.point_id WHERE p.site = '{}'",
-                    self.1
-                ),
-            )?
-            .parse()?)
     }
 }
 
@@ -461,7 +426,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
         s.ledger.stopped(&out)?;
     }
     for s in &sites {
-        ledger::account(&s.id, &SiteStored(pg, &s.id), &s.ledger, 0..=0, 0).await?;
+        ledger::account(&s.id, &PgSiteStored(pg, DB, &s.id), &s.ledger, 0..=0, 0).await?;
     }
 
     // Each drilled site: the drill's alarms, each raised once and cleared;
@@ -564,7 +529,7 @@ async fn accounted(
         s.ledger.stopped(&out)?;
     }
     for s in sites.iter() {
-        ledger::account(&s.id, &SiteStored(pg, &s.id), &s.ledger, 0..=0, 0).await?;
+        ledger::account(&s.id, &PgSiteStored(pg, DB, &s.id), &s.ledger, 0..=0, 0).await?;
     }
     let all = alarms(pg)?;
     let mut by_cause: HashMap<(String, String, String), u32> = HashMap::new();

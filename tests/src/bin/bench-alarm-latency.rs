@@ -57,20 +57,8 @@ async fn main() -> Result<()> {
         .await?;
     }
 
-    let mut samples: Vec<i64> = hook
-        .received()
-        .iter()
-        .filter(|r| r.body["point"] == "mr-smoke-1.smoke")
-        .filter_map(|r| {
-            let event = match r.body["kind"].as_str()? {
-                "raise" => r.body["raised_at"].as_i64()?,
-                "clear" => r.body["cleared_at"].as_i64()?,
-                _ => return None,
-            };
-            Some(r.at_ms - event)
-        })
-        .collect();
-    samples.sort_unstable();
+    let samples =
+        notification_latencies(&hook.received(), |r| r.body["point"] == "mr-smoke-1.smoke");
     let pct = |p: f64| -> Result<i64> {
         let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
         samples.get(i).copied().context("no samples")

@@ -133,20 +133,7 @@ async fn main() -> Result<()> {
         })
         .await?;
     }
-    let mut lat: Vec<i64> = hook
-        .received()
-        .iter()
-        .filter(|r| r.body["rule"] == "fire.smoke")
-        .filter_map(|r| {
-            let event = match r.body["kind"].as_str()? {
-                "raise" => r.body["raised_at"].as_i64()?,
-                "clear" => r.body["cleared_at"].as_i64()?,
-                _ => return None,
-            };
-            Some(r.at_ms - event)
-        })
-        .collect();
-    lat.sort_unstable();
+    let lat = notification_latencies(&hook.received(), |r| r.body["rule"] == "fire.smoke");
     println!(
         "{{\"figure\":\"alarm_latency\",\"nodes\":3,\"sites\":{sites},\"notifications\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"repeated_keys\":{}}}",
         lat.len(),
