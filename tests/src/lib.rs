@@ -1096,6 +1096,21 @@ pub struct Received {
     pub uri: String,
 }
 
+/// Switches the simulator whose control port is `control` to drill
+/// `scenario` (`normal` ends it).
+pub async fn drill(client: &reqwest::Client, control: &str, scenario: &str) -> Result<()> {
+    let r = client
+        .post(format!("http://{control}/scenario/{scenario}"))
+        .send()
+        .await?;
+    ensure!(
+        r.status().is_success(),
+        "scenario {scenario}: {}",
+        r.status()
+    );
+    Ok(())
+}
+
 /// From each alarm notification `keep` selects to its arrival: the
 /// reading's own event time (`raised_at` of a raise, `cleared_at` of a
 /// clear) to the receiver holding it, ms, sorted.

@@ -67,22 +67,6 @@ fn start_site(root: &Path, id: &str, broker: &str) -> Result<Site> {
     })
 }
 
-impl Site {
-    async fn drill(&self, client: &reqwest::Client, scenario: &str) -> Result<()> {
-        let r = client
-            .post(format!("http://{}/scenario/{scenario}", self.control))
-            .send()
-            .await?;
-        ensure!(
-            r.status().is_success(),
-            "{}: scenario {scenario}: {}",
-            self.id,
-            r.status()
-        );
-        Ok(())
-    }
-}
-
 /// `/api/v1/cluster` as `node` answers it.
 async fn cluster(client: &reqwest::Client, node: &Node) -> Option<Value> {
     get_json(client, &format!("{}/api/v1/cluster", node.http)).await
@@ -278,7 +262,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     // Fire drills on three sites; their first smoke heads are told.
     let drilled_first = &sites[..3];
     for s in drilled_first {
-        s.drill(&client, "smoke").await?;
+        drill(&client, &s.control, "smoke").await?;
     }
     let raised_at = |site: &str| {
         hook.received()
@@ -325,7 +309,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     // More drills while its sites have no holder.
     let drilled_then = &sites[3..5];
     for s in drilled_then {
-        s.drill(&client, "smoke").await?;
+        drill(&client, &s.control, "smoke").await?;
     }
     let survivors: Vec<&str> = ["n1", "n2", "n3"]
         .into_iter()
@@ -389,7 +373,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
 
     // The drills end; every alarm clears.
     for s in &sites[..5] {
-        s.drill(&client, "normal").await?;
+        drill(&client, &s.control, "normal").await?;
     }
     eventually(PATIENCE, "every alarm cleared", || async {
         let a = alarms(pg).ok()?;
@@ -578,7 +562,7 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
     signal(&nodes[0].proc, "STOP")?;
     balanced(&client, &nodes[1], &["n2"], &mut epochs).await?;
     for s in &sites {
-        s.drill(&client, "smoke").await?;
+        drill(&client, &s.control, "smoke").await?;
     }
     let raised = |site: &str| {
         hook.received()
@@ -628,7 +612,7 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
 
     // The drills end; every alarm clears.
     for s in &sites {
-        s.drill(&client, "normal").await?;
+        drill(&client, &s.control, "normal").await?;
     }
     eventually(PATIENCE, "every alarm cleared and told", || async {
         let a = alarms(&pg).ok()?;

@@ -33,7 +33,11 @@ impl Writer {
         batches: &[Batch],
         now_ms: i64,
     ) -> Result<WriteStats, StoreError> {
-        self.write_held(&mut batches.to_vec(), now_ms)
+        match self {
+            Writer::Sqlite(w) => w.write_batches(batches, now_ms),
+            // A cluster's writer may take batches out: it needs its own list.
+            Writer::Postgres(p) => p.write_batches(&mut batches.to_vec(), now_ms),
+        }
     }
 
     /// Stores `batches` in one transaction. In a cluster, those of sites

@@ -33,11 +33,7 @@ async fn main() -> Result<()> {
     })
     .await?;
 
-    let switch = |scenario: &'static str| {
-        let client = client.clone();
-        let url = format!("http://{}/scenario/{scenario}", sim.control);
-        async move { client.post(url).send().await }
-    };
+    let switch = |scenario: &'static str| drill(&client, &sim.control, scenario);
     let count = |kind: &'static str| {
         hook.received()
             .iter()

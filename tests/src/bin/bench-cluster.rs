@@ -109,11 +109,7 @@ async fn main() -> Result<()> {
 
     // Alarm latency: every site's smoke heads raise and clear together.
     let client = http_client();
-    let switch = |scenario: &'static str| {
-        let client = client.clone();
-        let url = format!("http://{}/scenario/{scenario}", sim.control);
-        async move { client.post(url).send().await }
-    };
+    let switch = |scenario: &'static str| drill(&client, &sim.control, scenario);
     let count = |kind: &'static str| {
         hook.received()
             .iter()

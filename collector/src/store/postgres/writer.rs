@@ -87,8 +87,8 @@ impl PgWriter {
         self.write_fenced(batches, now_ms, alarms, None).await
     }
 
-    /// As [`PgWriter::write_batches`], checking the cluster's leases of
-    /// the batches' sites before the commit when `fence` is given.
+    /// As [`PgWriter::write_batches`], checking before the commit, when
+    /// `fence` is given, that every site lease it holds still stands.
     pub async fn write_fenced(
         &mut self,
         batches: &[Batch],
