@@ -6,13 +6,17 @@
 //! stream shares. So the cost of a reading is one map update however many
 //! dashboards are open, and the cost of a dashboard is copying frames to its
 //! socket. Nothing is gathered while no dashboard is open.
+//!
+//! In a cluster a dashboard may be open on a node that holds none of the
+//! sites it shows: frames also go to the other nodes (`cluster/push.rs`),
+//! and are gathered while a dashboard is open anywhere.
 
 use roomguard_protocol::{Batch, Quality};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// How often gathered readings go out: well inside the one second a
 /// dashboard may lag ingest, without a frame per batch.
@@ -21,8 +25,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Frames a stream may fall behind before it is told to start over.
 const BACKLOG: usize = 64;
 
+/// A readings frame is cut before it grows past this, so that it fits one
+/// PostgreSQL notification (under 8,000 bytes) on its way to other nodes.
+pub const MAX_FRAME: usize = 7_000;
+
 /// What an event stream sends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// `{"points":[…]}`, serialized once for every stream.
     Readings(Arc<str>),
@@ -30,6 +38,8 @@ pub enum Frame {
     Alarms,
     /// An agent's status changed.
     Agents,
+    /// Frames may have been missed: refetch the snapshot.
+    Resync,
 }
 
 impl Frame {
@@ -39,13 +49,14 @@ impl Frame {
             Frame::Readings(_) => "readings",
             Frame::Alarms => "alarms",
             Frame::Agents => "agents",
+            Frame::Resync => "resync",
         }
     }
 
     pub fn data(&self) -> &str {
         match self {
             Frame::Readings(s) => s,
-            Frame::Alarms | Frame::Agents => "{}",
+            Frame::Alarms | Frame::Agents | Frame::Resync => "{}",
         }
     }
 }
@@ -79,6 +90,19 @@ pub struct Live {
     sent: Mutex<HashMap<String, HashMap<String, i64>>>,
     tx: broadcast::Sender<Frame>,
     closed: watch::Sender<bool>,
+    /// Set in a cluster.
+    peers: OnceLock<Peers>,
+}
+
+/// The other nodes of a cluster, as the flusher sees them.
+struct Peers {
+    /// Frames on their way to the other nodes.
+    out: mpsc::Sender<Frame>,
+    /// Until when a dashboard is open on some other node.
+    watched_until: Mutex<Option<Instant>>,
+    /// A frame could not be queued for the other nodes: their dashboards
+    /// are told to refetch with the next one.
+    behind: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Live {
@@ -88,14 +112,57 @@ impl Default for Live {
             sent: Mutex::default(),
             tx: broadcast::channel(BACKLOG).0,
             closed: watch::channel(false).0,
+            peers: OnceLock::new(),
         }
     }
 }
 
 impl Live {
-    /// Whether any event stream is open.
+    /// Whether any event stream is open, here or (in a cluster) on another
+    /// node.
     pub fn watched(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.local_streams() > 0 || self.peers_watching()
+    }
+
+    /// Event streams open on this node.
+    pub fn local_streams(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    fn peers_watching(&self) -> bool {
+        self.peers
+            .get()
+            .is_some_and(|p| lock(&p.watched_until).is_some_and(|until| Instant::now() < until))
+    }
+
+    /// In a cluster: frames made here go to `out` too, while another node
+    /// has a dashboard open.
+    pub fn share_with_peers(&self, out: mpsc::Sender<Frame>) {
+        let _ = self.peers.set(Peers {
+            out,
+            watched_until: Mutex::new(None),
+            behind: false.into(),
+        });
+    }
+
+    /// Another node has a dashboard open; it says so again before `lasting`
+    /// runs out.
+    pub fn peer_watching(&self, lasting: Duration) {
+        if let Some(p) = self.peers.get() {
+            *lock(&p.watched_until) = Some(Instant::now() + lasting);
+        }
+    }
+
+    /// A frame made by another node, for the streams open here.
+    pub fn from_peer(&self, frame: Frame) {
+        if self.local_streams() > 0 {
+            let _ = self.tx.send(frame);
+        }
+    }
+
+    /// Tells the streams open here to refetch (frames were missed).
+    pub fn resync(&self) {
+        let _ = self.tx.send(Frame::Resync);
     }
 
     /// Readings the store committed. Backfill is history, not news.
@@ -154,21 +221,43 @@ impl Live {
     /// Sends what gathered since the last call.
     pub fn flush(&self) {
         let g = std::mem::take(&mut *lock(&self.gathered));
-        if !g.points.is_empty() {
-            let frame = self.readings_frame(g.points);
-            if let Some(f) = frame {
-                let _ = self.tx.send(f);
-            }
-        }
+        let mut frames = if g.points.is_empty() {
+            Vec::new()
+        } else {
+            self.readings_frames(g.points)
+        };
         if g.alarms {
-            let _ = self.tx.send(Frame::Alarms);
+            frames.push(Frame::Alarms);
         }
         if g.agents {
-            let _ = self.tx.send(Frame::Agents);
+            frames.push(Frame::Agents);
+        }
+        for f in frames {
+            self.send(f);
         }
     }
 
-    fn readings_frame(&self, points: HashMap<String, HashMap<String, Update>>) -> Option<Frame> {
+    fn send(&self, f: Frame) {
+        // Every node hears its agents' status itself; only what this node
+        // alone knows goes to the others.
+        if !matches!(f, Frame::Agents) && self.peers_watching() {
+            let p = self.peers.get().expect("peers watching");
+            use std::sync::atomic::Ordering::Relaxed;
+            if p.behind.load(Relaxed) && p.out.try_send(Frame::Resync).is_ok() {
+                p.behind.store(false, Relaxed);
+            }
+            if p.out.try_send(f.clone()).is_err() {
+                p.behind.store(true, Relaxed);
+            }
+        }
+        if self.local_streams() > 0 {
+            let _ = self.tx.send(f);
+        }
+    }
+
+    /// The gathered readings, as frames of at most [`MAX_FRAME`] bytes
+    /// (a lone reading larger than that goes alone).
+    fn readings_frames(&self, points: HashMap<String, HashMap<String, Update>>) -> Vec<Frame> {
         #[derive(Serialize)]
         struct Row<'a> {
             site: &'a str,
@@ -198,17 +287,41 @@ impl Live {
                 });
             }
         }
-        if rows.is_empty() {
-            return None;
+        const HEAD: &str = "{\"points\":[";
+        const TAIL: &str = "]}";
+        let mut frames = Vec::new();
+        let mut json = String::from(HEAD);
+        for row in rows {
+            let Ok(row) = serde_json::to_string(&row) else {
+                continue;
+            };
+            if json.len() > HEAD.len() && json.len() + row.len() + 1 + TAIL.len() > MAX_FRAME {
+                json.push_str(TAIL);
+                frames.push(Frame::Readings(
+                    std::mem::replace(&mut json, HEAD.into()).into(),
+                ));
+            }
+            if json.len() > HEAD.len() {
+                json.push(',');
+            }
+            json.push_str(&row);
         }
-        let json = serde_json::json!({ "points": rows }).to_string();
-        Some(Frame::Readings(json.into()))
+        if json.len() > HEAD.len() {
+            json.push_str(TAIL);
+            frames.push(Frame::Readings(json.into()));
+        }
+        frames
     }
 
     /// A new event stream: frames from now on, and whether the collector is
     /// shutting down (open streams would otherwise hold the HTTP server up).
     pub fn subscribe(&self) -> (broadcast::Receiver<Frame>, watch::Receiver<bool>) {
         (self.tx.subscribe(), self.closed.subscribe())
+    }
+
+    /// Whether the collector is shutting down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
     /// Ends every event stream.
@@ -323,6 +436,65 @@ mod tests {
         live.stored(&[batch("p", now + 10_000, 2.0, false)]);
         live.flush();
         assert_eq!(next_readings(&mut rx)["points"][0]["value"], 2.0);
+    }
+
+    #[test]
+    fn many_readings_go_out_in_frames_small_enough_for_a_notification() {
+        let live = Live::default();
+        let (mut rx, _) = live.subscribe();
+        let batches: Vec<Batch> = (0..500)
+            .map(|i| batch(&format!("point-{i}"), 1_000, f64::from(i), false))
+            .collect();
+        live.stored(&batches);
+        live.flush();
+        let mut seen = 0;
+        let mut frames = 0;
+        while let Ok(Frame::Readings(s)) = rx.try_recv() {
+            assert!(s.len() <= MAX_FRAME, "{} bytes", s.len());
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            seen += v["points"].as_array().unwrap().len();
+            frames += 1;
+        }
+        assert_eq!(seen, 500);
+        assert!(frames > 1);
+    }
+
+    #[test]
+    fn frames_go_to_the_other_nodes_only_while_one_of_them_watches() {
+        let live = Live::default();
+        let (out, mut peers) = mpsc::channel(4);
+        live.share_with_peers(out);
+        live.stored(&[batch("p", 1_000, 1.0, false)]);
+        live.flush();
+        assert!(peers.try_recv().is_err(), "nobody watches anywhere");
+
+        live.peer_watching(Duration::from_secs(60));
+        live.stored(&[batch("p", 2_000, 2.0, false)]);
+        live.alarms_changed();
+        live.agents_changed();
+        live.flush();
+        assert!(matches!(peers.try_recv(), Ok(Frame::Readings(_))));
+        assert!(matches!(peers.try_recv(), Ok(Frame::Alarms)));
+        assert!(
+            peers.try_recv().is_err(),
+            "agents are heard by every node itself"
+        );
+    }
+
+    #[test]
+    fn peers_that_missed_frames_are_told_to_refetch() {
+        let live = Live::default();
+        let (out, mut peers) = mpsc::channel(1);
+        live.share_with_peers(out);
+        live.peer_watching(Duration::from_secs(60));
+        live.alarms_changed();
+        live.flush();
+        live.alarms_changed();
+        live.flush(); // the queue is full: this one is lost
+        assert!(matches!(peers.try_recv(), Ok(Frame::Alarms)));
+        live.alarms_changed();
+        live.flush();
+        assert!(matches!(peers.try_recv(), Ok(Frame::Resync)));
     }
 
     #[test]

@@ -1111,6 +1111,74 @@ pub async fn drill(client: &reqwest::Client, control: &str, scenario: &str) -> R
     Ok(())
 }
 
+/// Reads a server-sent event stream (`/api/v1/events`) until it ends,
+/// handing each event's name and data to `on_event`, and the bytes of each
+/// chunk to `on_bytes`.
+pub async fn read_events(
+    mut response: reqwest::Response,
+    mut on_bytes: impl FnMut(usize),
+    mut on_event: impl FnMut(&str, &str) -> Result<()>,
+) -> Result<()> {
+    ensure!(
+        response.status().is_success(),
+        "events: {}",
+        response.status()
+    );
+    let mut buf = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        on_bytes(chunk.len());
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let event = frame.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(event), Some(data)) = (event, data) {
+                on_event(event, data)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The events of one `/api/v1/events` stream, gathered in the background.
+pub struct EventLog {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventLog {
+    pub async fn open(client: &reqwest::Client, http: &str) -> Result<EventLog> {
+        let r = client.get(format!("{http}/api/v1/events")).send().await?;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = events.clone();
+        let task = tokio::spawn(async move {
+            let _ = read_events(
+                r,
+                |_| {},
+                |event, data| {
+                    log.lock()
+                        .unwrap()
+                        .push((event.to_owned(), data.to_owned()));
+                    Ok(())
+                },
+            )
+            .await;
+        });
+        Ok(EventLog { events, task })
+    }
+
+    /// The events seen so far: name and data.
+    pub fn seen(&self) -> Vec<(String, String)> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// From each alarm notification `keep` selects to its arrival: the
 /// reading's own event time (`raised_at` of a raise, `cleared_at` of a
 /// clear) to the receiver holding it, ms, sorted.

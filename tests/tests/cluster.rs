@@ -4,13 +4,15 @@
 //! SIGKILL mid-drill loses nothing and repeats nothing: every agent's
 //! numbered batches are stored exactly once, each site's alarms are the
 //! drill's (no doubled raise, no lost clear), each notification key
-//! reaches the receiver once, and lease epochs never go back.
+//! reaches the receiver once, and lease epochs never go back. A fourth
+//! node joining takes its share; a dashboard on any node shows every
+//! site live.
 
 use anyhow::{ensure, Context, Result};
 use roomguard_e2e::ledger::{self, Ledger, PgSiteStored};
 use roomguard_e2e::*;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -371,6 +373,10 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     nodes[vi] = back;
     balanced(&client, &nodes[0], &["n1", "n2", "n3"], &mut epochs).await?;
 
+    // A fourth node joins mid-run and takes its share from the others.
+    nodes.push(start_node(&root, "n4", &store, &broker.url(), &hook.url)?);
+    balanced(&client, &nodes[0], &["n1", "n2", "n3", "n4"], &mut epochs).await?;
+
     // The drills end; every alarm clears.
     for s in &sites[..5] {
         drill(&client, &s.control, "normal").await?;
@@ -558,6 +564,38 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
     }
     balanced(&client, &nodes[1], &["n1", "n2"], &mut epochs).await?;
 
+    // A dashboard on either node shows every site's readings, whichever
+    // node holds the site (live push through PostgreSQL).
+    let logs = [
+        EventLog::open(&client, &nodes[0].http).await?,
+        EventLog::open(&client, &nodes[1].http).await?,
+    ];
+    for (log, node) in logs.iter().zip(&nodes) {
+        eventually(
+            PATIENCE,
+            &format!("every site live on {}", node.id),
+            || async {
+                let shown: HashSet<String> = log
+                    .seen()
+                    .iter()
+                    .filter(|(event, _)| event == "readings")
+                    .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
+                    .flat_map(|doc| {
+                        doc["points"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|p| p["site"].as_str().map(str::to_owned))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                sites.iter().all(|s| shown.contains(&s.id)).then_some(())
+            },
+        )
+        .await?;
+    }
+    drop(logs);
+
     // n1 freezes past its lease: n2 takes everything.
     signal(&nodes[0].proc, "STOP")?;
     balanced(&client, &nodes[1], &["n2"], &mut epochs).await?;
@@ -599,7 +637,12 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
         "the frozen node never noticed its leases were gone"
     );
 
-    // PostgreSQL restarts under load: the nodes stall and go on.
+    // PostgreSQL restarts under load: the nodes stall and go on; open
+    // dashboards are told to refetch what the push missed meanwhile.
+    let logs = [
+        EventLog::open(&client, &nodes[0].http).await?,
+        EventLog::open(&client, &nodes[1].http).await?,
+    ];
     pg.restart()?;
     for n in &nodes {
         eventually(PATIENCE, &format!("{} healthy again", n.id), || async {
@@ -609,6 +652,12 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
         .await?;
     }
     balanced(&client, &nodes[1], &["n1", "n2"], &mut epochs).await?;
+    for (log, node) in logs.iter().zip(&nodes) {
+        eventually(PATIENCE, &format!("resync on {}", node.id), || async {
+            log.seen().iter().any(|(e, _)| e == "resync").then_some(())
+        })
+        .await?;
+    }
 
     // The drills end; every alarm clears.
     for s in &sites {
@@ -626,6 +675,22 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
         .then_some(())
     })
     .await?;
+
+    // An acknowledgement made on n1 reaches a dashboard on n2 (the alarms
+    // are quiet by now, so nothing else nudges it).
+    let before = logs[1].seen().iter().filter(|(e, _)| e == "alarms").count();
+    let serial = alarms(&pg)?.first().context("an alarm")?.0;
+    let r = client
+        .post(format!("{}/api/v1/alarms/{serial}/ack", nodes[0].http))
+        .json(&serde_json::json!({"by": "oncall"}))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "ack: {}", r.status());
+    eventually(PATIENCE, "the acknowledgement shown on n2", || async {
+        (logs[1].seen().iter().filter(|(e, _)| e == "alarms").count() > before).then_some(())
+    })
+    .await?;
+    drop(logs);
 
     // n2 stops cleanly: n1 takes its leases as free ones, not by expiry.
     let takeovers = metric(&client, &nodes[0].http, "roomguard_cluster_takeovers_total").await;

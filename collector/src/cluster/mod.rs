@@ -14,6 +14,7 @@
 
 pub mod lease;
 pub mod plan;
+pub mod push;
 
 use roomguard_protocol::conf::{self, Problems};
 use serde::{Deserialize, Serialize};
@@ -167,6 +168,12 @@ pub struct Counts {
     pub not_ours: AtomicU64,
     /// Lease rounds that failed (PostgreSQL out of reach).
     pub round_failures: AtomicU64,
+    /// Live-push notifications sent to the other nodes.
+    pub push_sent: AtomicU64,
+    /// Live-push notifications heard (this node's own included).
+    pub push_received: AtomicU64,
+    /// Frames too large for a notification, shown on this node only.
+    pub push_dropped: AtomicU64,
 }
 
 impl Cluster {
@@ -339,6 +346,21 @@ impl Cluster {
                 "roomguard_cluster_round_failures_total",
                 "Lease rounds that failed.",
                 &c.round_failures,
+            ),
+            (
+                "roomguard_cluster_push_sent_total",
+                "Live-push notifications sent to the other nodes (dashboards open elsewhere).",
+                &c.push_sent,
+            ),
+            (
+                "roomguard_cluster_push_received_total",
+                "Live-push notifications heard, this node's own included.",
+                &c.push_received,
+            ),
+            (
+                "roomguard_cluster_push_dropped_total",
+                "Frames too large for a notification, shown on this node's dashboards only.",
+                &c.push_dropped,
             ),
         ] {
             line(name, "counter", help, v.load(Relaxed));

@@ -69,21 +69,16 @@ struct Seen {
 /// One dashboard: reads the event stream, counts readings and their delay.
 async fn dashboard(http: String, seen: Arc<Seen>) -> Result<()> {
     let client = http_client();
-    let mut r = client.get(format!("{http}/api/v1/events")).send().await?;
-    anyhow::ensure!(r.status().is_success(), "events: {}", r.status());
-    let mut buf = String::new();
-    while let Some(chunk) = r.chunk().await? {
-        seen.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let Some(data) = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .filter(|_| frame.contains("event: readings"))
-            else {
-                continue;
-            };
+    let r = client.get(format!("{http}/api/v1/events")).send().await?;
+    read_events(
+        r,
+        |n| {
+            seen.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        },
+        |event, data| {
+            if event != "readings" {
+                return Ok(());
+            }
             let now = roomguard_protocol::clock::now_ms();
             let doc: serde_json::Value = serde_json::from_str(data)?;
             let points = doc["points"].as_array().context("points")?;
@@ -98,9 +93,10 @@ async fn dashboard(http: String, seen: Arc<Seen>) -> Result<()> {
             if let Some(ts) = oldest {
                 seen.latencies_ms.lock().unwrap().push(now - ts);
             }
-        }
-    }
-    Ok(())
+            Ok(())
+        },
+    )
+    .await
 }
 
 fn cpu(pid: u32) -> Result<f64> {

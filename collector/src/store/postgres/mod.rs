@@ -18,7 +18,7 @@ use std::str::FromStr;
 use thiserror::Error;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
 
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -172,6 +172,61 @@ pub async fn connect_to(target: &Target) -> Result<Client, PgError> {
             .map(|(client, connection)| run(client, connection)),
     };
     result.map_err(|e| classify(e, &db, &user, cfg))
+}
+
+/// Connects like [`connect_to`], and hands over the notifications the
+/// session receives (after a `LISTEN`). The channel closes when the
+/// connection ends; a slow reader holds the socket back rather than losing
+/// any (PostgreSQL queues them meanwhile).
+pub async fn connect_listening(
+    target: &Target,
+) -> Result<(Client, tokio::sync::mpsc::Receiver<Notification>), PgError> {
+    let cfg = &target.config;
+    let db = cfg.get_dbname().unwrap_or("").to_owned();
+    let user = cfg.get_user().unwrap_or("").to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let client = match &target.tls {
+        Some(tls) => cfg
+            .connect(tls.clone())
+            .await
+            .map(|(client, connection)| listen(client, connection, tx)),
+        None => cfg
+            .connect(NoTls)
+            .await
+            .map(|(client, connection)| listen(client, connection, tx)),
+    };
+    client
+        .map(|c| (c, rx))
+        .map_err(|e| classify(e, &db, &user, cfg))
+}
+
+fn listen<S, T>(
+    client: Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::Sender<Notification>,
+) -> Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "PostgreSQL connection ended");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    client
 }
 
 /// Drives a connection until its client is dropped (or the server goes).
