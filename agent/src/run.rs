@@ -193,6 +193,8 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         "{}",
         serde_json::json!({
             "event": "ready",
+            "site": cfg.site,
+            "agent": cfg.agent,
             "metrics": metrics_addr,
             "traps": traps_addr,
             "first_seq": first_seq,
@@ -266,6 +268,8 @@ pub async fn run(agent: Agent, shutdown: impl Future<Output = ()>) -> Result<(),
         "{}",
         serde_json::json!({
             "event": "stopped",
+            "site": cfg.site,
+            "agent": cfg.agent,
             "last_seq": l.spool().last_seq(),
             "pending": l.spool().pending_batches(),
         })

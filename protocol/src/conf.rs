@@ -31,11 +31,16 @@ impl fmt::Display for Problem {
 pub struct Problems(Vec<Problem>);
 
 impl Problems {
+    /// Adds a problem; one already reported (a setting checked once per
+    /// broker URL, say) is not repeated.
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
+        let problem = Problem {
             path: path.into(),
             message: message.into(),
-        });
+        };
+        if !self.0.contains(&problem) {
+            self.0.push(problem);
+        }
     }
 
     pub fn is_empty(&self) -> bool {

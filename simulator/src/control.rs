@@ -3,6 +3,9 @@
 //! `GET /scenario` tells the scenario and how long it has run, `PUT /scenario`
 //! with `{"scenario":"thermal_runaway"}` (or `POST /scenario/thermal_runaway`)
 //! switches it, `GET /values` shows what every sensor reads now.
+//!
+//! A fleet (`roomguard-sim fleet`) serves the same under `/sites/{site}`
+//! for each of its sites, and `GET /sites` lists them with their scenarios.
 
 use crate::model::{Scenario, SiteValues};
 use crate::Simulator;
@@ -22,6 +25,46 @@ pub fn router(sim: Arc<Simulator>) -> Router {
         .route("/scenario/{name}", post(switch_path))
         .route("/values", get(values))
         .with_state(sim)
+}
+
+/// The control API of a fleet: each site's own under `/sites/{site}`.
+pub fn fleet_router(sites: Arc<Vec<crate::fleet::FleetSite>>) -> Router {
+    let mut r = Router::new();
+    for site in sites.iter() {
+        r = r.nest(&format!("/sites/{}", site.id), router(site.sim.clone()));
+    }
+    let known = sites.clone();
+    r.route(
+        "/sites/{site}/{*rest}",
+        axum::routing::any(move |Path((site, _)): Path<(String, String)>| async move {
+            let why = match crate::fleet::find(&known, &site) {
+                Err(e) => e,
+                Ok(_) => {
+                    "no such request: GET …/scenario, PUT or POST …/scenario/NAME, GET …/values"
+                        .into()
+                }
+            };
+            (StatusCode::NOT_FOUND, Json(json!({ "error": why })))
+        }),
+    )
+    .route(
+        "/sites",
+        get(move || async move {
+            let list: Vec<_> = sites
+                .iter()
+                .map(|s| {
+                    let (scenario, elapsed) = s.sim.scenario();
+                    json!({
+                        "site": s.id,
+                        "modbus": s.modbus,
+                        "scenario": scenario,
+                        "running_for_s": elapsed.as_secs_f64(),
+                    })
+                })
+                .collect();
+            Json(list)
+        }),
+    )
 }
 
 async fn current(State(sim): State<Arc<Simulator>>) -> Json<serde_json::Value> {

@@ -4,6 +4,7 @@
 //! all run against it.
 
 pub mod control;
+pub mod fleet;
 pub mod modbus;
 pub mod model;
 pub mod registers;

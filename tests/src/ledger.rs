@@ -107,13 +107,17 @@ impl Stored for PgStored<'_> {
     }
 }
 
-/// One site's batches and samples in a PostgreSQL store several sites
-/// share (a cluster's): the server, the database and the site.
-pub struct PgSiteStored<'a>(pub &'a Postgres, pub &'a str, pub &'a str);
+/// One agent's batches and samples in a PostgreSQL store several agents
+/// share (a cluster's): the server, the database, the site and the agent.
+pub struct PgAgentStored<'a>(pub &'a Postgres, pub &'a str, pub &'a str, pub &'a str);
 
-impl Stored for PgSiteStored<'_> {
+impl Stored for PgAgentStored<'_> {
     fn batches(&self) -> Result<BTreeMap<u64, i64>> {
-        pg_batches(self.0, self.1, &format!("WHERE site = '{}'", self.2))
+        pg_batches(
+            self.0,
+            self.1,
+            &format!("WHERE site = '{}' AND agent = '{}'", self.2, self.3),
+        )
     }
 
     fn samples(&self) -> Result<i64> {
@@ -122,8 +126,9 @@ impl Stored for PgSiteStored<'_> {
             .psql(
                 self.1,
                 &format!(
-                    "SELECT count(*) FROM samples s JOIN points p ON p.id = s.point_id WHERE p.site = '{}'",
-                    self.2
+                    "SELECT count(*) FROM samples s JOIN points p ON p.id = s.point_id \
+                     WHERE p.site = '{}' AND p.agent = '{}'",
+                    self.2, self.3
                 ),
             )?
             .parse()?)

@@ -4,6 +4,7 @@
 //! test ends. A process's logs are printed when the test fails.
 
 pub mod browser;
+pub mod fleet;
 pub mod ledger;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -165,6 +166,30 @@ impl Proc {
                 Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     std::thread::sleep(Duration::from_millis(50))
+                }
+            }
+        }
+    }
+
+    /// The next line that is a JSON document, waiting until `deadline`.
+    pub fn next_json(&mut self, deadline: Instant) -> Result<Value> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("{}: no more lines in time:\n{}", self.name, self.log_tail());
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        return Ok(v);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("{} exited:\n{}", self.name, self.log_tail())
                 }
             }
         }

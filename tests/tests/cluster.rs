@@ -1,6 +1,7 @@
 //! Collector cluster (issue 22): three collectors on one PostgreSQL share
-//! the sites through fenced leases, behind a real Mosquitto, with a real
-//! simulator and agent per site and a webhook receiver. A node killed with
+//! the sites through fenced leases, behind a real Mosquitto, with a
+//! webhook receiver and many small sites with two real agents each, played
+//! by one simulator process (`roomguard-sim fleet`). A node killed with
 //! SIGKILL mid-drill loses nothing and repeats nothing: every agent's
 //! numbered batches are stored exactly once, each site's alarms are the
 //! drill's (no doubled raise, no lost clear), each notification key
@@ -9,7 +10,8 @@
 //! site live.
 
 use anyhow::{ensure, Context, Result};
-use roomguard_e2e::ledger::{self, Ledger, PgSiteStored};
+use roomguard_e2e::fleet::Fleet;
+use roomguard_e2e::ledger::{self, Ledger, PgAgentStored};
 use roomguard_e2e::*;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -22,6 +24,8 @@ const LEASE_S: u64 = 4;
 const RENEW_S: u64 = 1;
 const PARTITIONS: u32 = 16;
 const DB: &str = "cluster";
+/// Sites the fleet plays in the node-kill test, two agents each.
+const SITES: usize = 10;
 
 /// One collector node: its directory, process and HTTP base URL.
 struct Node {
@@ -242,21 +246,27 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     for id in ["n1", "n2", "n3"] {
         nodes.push(start_node(&root, id, &store, &broker.url(), &hook.url)?);
     }
-    let mut sites = Vec::new();
-    for i in 1..=6 {
-        sites.push(start_site(&root, &format!("site-{i}"), &broker.url())?);
-    }
-    // Data from every site, stored by whichever node holds it.
-    for s in &sites {
-        eventually(PATIENCE, &format!("readings of {}", s.id), || async {
-            let n = pg
-                .psql(
-                    DB,
-                    &format!("SELECT count(*) FROM batches WHERE site = '{}'", s.id),
-                )
-                .ok()?;
-            (n.parse::<u64>().ok()? > 3).then_some(())
-        })
+    // Many small sites, each with two agents, in one simulator process.
+    let mut fleet = Fleet::start(&root.join("fleet"), &broker.url(), SITES, 2)?;
+    let sites = fleet.sites.clone();
+    // Data from every agent, stored by whichever node holds its site.
+    for a in &fleet.agents {
+        eventually(
+            PATIENCE,
+            &format!("readings of {}/{}", a.site, a.agent),
+            || async {
+                let n = pg
+                    .psql(
+                        DB,
+                        &format!(
+                            "SELECT count(*) FROM batches WHERE site = '{}' AND agent = '{}'",
+                            a.site, a.agent
+                        ),
+                    )
+                    .ok()?;
+                (n.parse::<u64>().ok()? > 3).then_some(())
+            },
+        )
         .await?;
     }
     balanced(&client, &nodes[0], &["n1", "n2", "n3"], &mut epochs).await?;
@@ -264,7 +274,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     // Fire drills on three sites; their first smoke heads are told.
     let drilled_first = &sites[..3];
     for s in drilled_first {
-        drill(&client, &s.control, "smoke").await?;
+        drill(&client, &fleet.site_control(s), "smoke").await?;
     }
     let raised_at = |site: &str| {
         hook.received()
@@ -277,8 +287,8 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
             .count()
     };
     for s in drilled_first {
-        eventually(PATIENCE, &format!("smoke raise of {}", s.id), || async {
-            (raised_at(&s.id) >= 1).then_some(())
+        eventually(PATIENCE, &format!("smoke raise of {s}"), || async {
+            (raised_at(s) >= 1).then_some(())
         })
         .await?;
     }
@@ -311,7 +321,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     // More drills while its sites have no holder.
     let drilled_then = &sites[3..5];
     for s in drilled_then {
-        drill(&client, &s.control, "smoke").await?;
+        drill(&client, &fleet.site_control(s), "smoke").await?;
     }
     let survivors: Vec<&str> = ["n1", "n2", "n3"]
         .into_iter()
@@ -362,8 +372,8 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     for s in sites[..5].iter() {
         eventually(
             PATIENCE,
-            &format!("smoke raises of both heads of {}", s.id),
-            || async { (raised_at(&s.id) >= 2).then_some(()) },
+            &format!("smoke raises of both heads of {s}"),
+            || async { (raised_at(s) >= 2).then_some(()) },
         )
         .await?;
     }
@@ -379,7 +389,7 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
 
     // The drills end; every alarm clears.
     for s in &sites[..5] {
-        drill(&client, &s.control, "normal").await?;
+        drill(&client, &fleet.site_control(s), "normal").await?;
     }
     eventually(PATIENCE, "every alarm cleared", || async {
         let a = alarms(pg).ok()?;
@@ -408,48 +418,38 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
     .await?;
 
     // The agents drain their spools and stop; the ledger of each is checked.
-    for s in sites.iter_mut() {
-        ledger::drained(&client, &s.agent_http)
-            .await
-            .with_context(|| s.agent.log_tail())?;
-        let out = s.agent.terminate(Duration::from_secs(20))?;
-        s.ledger.stopped(&out)?;
-    }
-    for s in &sites {
-        ledger::account(&s.id, &PgSiteStored(pg, DB, &s.id), &s.ledger, 0..=0, 0).await?;
+    fleet.drain_and_stop(&client).await?;
+    for a in &fleet.agents {
+        let name = format!("{}/{}", a.site, a.agent);
+        let stored = PgAgentStored(pg, DB, &a.site, &a.agent);
+        ledger::account(&name, &stored, &a.ledger, 0..=0, 0).await?;
     }
 
     // Each drilled site: the drill's alarms, each raised once and cleared;
     // the others: none.
     let all = alarms(pg)?;
     for s in &sites {
-        let mine: Vec<_> = all.iter().filter(|a| a.2 == s.id).collect();
+        let mine: Vec<_> = all.iter().filter(|a| a.2 == *s).collect();
         let mut by_cause: HashMap<(String, String), u32> = HashMap::new();
         for a in &mine {
             *by_cause.entry((a.1.clone(), a.3.clone())).or_default() += 1;
         }
-        println!("{}: {:?}", s.id, by_cause);
+        println!("{s}: {by_cause:?}");
         ensure!(
             by_cause.values().all(|n| *n == 1),
-            "{}: an alarm raised twice: {by_cause:?}",
-            s.id
+            "{s}: an alarm raised twice: {by_cause:?}"
         );
-        let drilled = sites[..5].iter().any(|d| d.id == s.id);
+        let drilled = sites[..5].contains(s);
         if drilled {
             for head in ["mr-smoke-1.smoke", "mr-smoke-2.smoke"] {
                 ensure!(
                     mine.iter()
                         .any(|a| a.1 == "fire.smoke" && a.3.ends_with(head)),
-                    "{}: no smoke alarm of {head}: {mine:?}",
-                    s.id
+                    "{s}: no smoke alarm of {head}: {mine:?}"
                 );
             }
         } else {
-            ensure!(
-                mine.is_empty(),
-                "{}: alarms without a drill: {mine:?}",
-                s.id
-            );
+            ensure!(mine.is_empty(), "{s}: alarms without a drill: {mine:?}");
         }
     }
     // Each alarm's events: one raise, one clear.
@@ -519,7 +519,8 @@ async fn accounted(
         s.ledger.stopped(&out)?;
     }
     for s in sites.iter() {
-        ledger::account(&s.id, &PgSiteStored(pg, DB, &s.id), &s.ledger, 0..=0, 0).await?;
+        let stored = PgAgentStored(pg, DB, &s.id, "edge-1");
+        ledger::account(&s.id, &stored, &s.ledger, 0..=0, 0).await?;
     }
     let all = alarms(pg)?;
     let mut by_cause: HashMap<(String, String, String), u32> = HashMap::new();
