@@ -898,6 +898,32 @@ pub fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     Ok((utime / ticks, stime / ticks))
 }
 
+/// CPU seconds (user + system) of a process and its children alive now
+/// (PostgreSQL's backends under the postmaster).
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut total = cpu_seconds(pid).map_or(0.0, |(u, s)| u + s);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            total += cpu_seconds(child).map_or(0.0, |(u, s)| u + s);
+        }
+    }
+    total
+}
+
 /// A benchmark's batch (site `bench`), signed: `readings` good readings of
 /// points `{prefix}.p{i}`, all at `at`, values changing with `seq`.
 pub fn bench_batch(
@@ -908,10 +934,23 @@ pub fn bench_batch(
     seq: u64,
     at: i64,
 ) -> Vec<u8> {
+    bench_batch_of("bench", agent, device, prefix, readings, seq, at)
+}
+
+/// [`bench_batch`] of site `site`.
+pub fn bench_batch_of(
+    site: &str,
+    agent: &str,
+    device: &str,
+    prefix: &str,
+    readings: usize,
+    seq: u64,
+    at: i64,
+) -> Vec<u8> {
     use roomguard_protocol::{Batch, Label, Quality, Reading, Topic, PROTOCOL_VERSION};
     let json = Batch {
         v: PROTOCOL_VERSION,
-        site: "bench".into(),
+        site: site.into(),
         agent: agent.into(),
         seq,
         device: device.into(),
@@ -929,7 +968,7 @@ pub fn bench_batch(
             .collect(),
     }
     .to_json();
-    signed(&Topic::batch("bench", agent), &json)
+    signed(&Topic::batch(site, agent), &json)
 }
 
 /// `--name value` from the command line, for the benchmark programs.
@@ -1481,6 +1520,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     owner: Option<(u32, u32)>,
     pub port: u16,
+    /// `-c` settings beyond the test defaults.
+    settings: Vec<String>,
 }
 
 impl Postgres {
@@ -1490,6 +1531,12 @@ impl Postgres {
     /// Starts a fresh cluster; `None` outside CI when PostgreSQL is not
     /// installed (Debian package `postgresql`).
     pub fn start() -> Result<Option<Postgres>> {
+        Postgres::start_with(&[])
+    }
+
+    /// [`Postgres::start`] with server settings (`name=value`) beyond the
+    /// tests' small defaults; benchmarks size the server as production would.
+    pub fn start_with(settings: &[&str]) -> Result<Option<Postgres>> {
         let Some(bin) = postgres_bin() else {
             let msg = "PostgreSQL is not installed (Debian package postgresql); the README's test command installs it";
             assert!(!in_ci(), "{msg}");
@@ -1537,6 +1584,7 @@ impl Postgres {
             dir,
             owner,
             port: 0,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         pg.run()?;
         Ok(Some(pg))
@@ -1564,6 +1612,9 @@ impl Postgres {
                 // (crash tests kill the collector, or the server with its WAL).
                 .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
                 .args(["-c", "max_connections=50", "-c", "shared_buffers=64MB"]);
+            for s in &self.settings {
+                cmd.arg("-c").arg(s);
+            }
             as_owner(&mut cmd, self.owner);
             let mut proc = Proc::spawn("postgres", cmd, self.dir.path())?;
             match wait_port(&mut proc, port, Duration::from_secs(30)) {
@@ -1594,6 +1645,56 @@ impl Postgres {
             ensure!(Instant::now() < deadline, "PostgreSQL did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The server's (postmaster's) process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Proc::pid)
+    }
+
+    /// A bare binary `COPY` of `rounds` rounds of `points` readings (one
+    /// per point, ids known) into a new table `bare` of the samples' shape
+    /// (partitioned, same primary key) in database `db`: readings/s. The
+    /// ceiling the store's writer is measured against.
+    pub async fn bare_copy_rate(&self, db: &str, points: usize, rounds: usize) -> Result<f64> {
+        use futures_util::pin_mut;
+        use roomguard_collector::store::postgres;
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        use tokio_postgres::types::Type;
+        let cfg = postgres::settings(&self.url(db), Some(Postgres::PASSWORD))?;
+        let c = postgres::connect(&cfg).await?;
+        c.batch_execute(
+            "CREATE TABLE bare (point_id BIGINT NOT NULL, ts BIGINT NOT NULL, value DOUBLE PRECISION,
+               text TEXT, bad TEXT, PRIMARY KEY (point_id, ts)) PARTITION BY RANGE (ts);",
+        )
+        .await?;
+        let t0 = roomguard_protocol::clock::now_ms() - rounds as i64 * 1_000;
+        let (_, lo, _) = postgres::migrate::partition_for(t0);
+        c.batch_execute(&format!(
+            "CREATE TABLE bare_p PARTITION OF bare FOR VALUES FROM ({lo}) TO ({})",
+            lo + 2 * 86_400_000
+        ))
+        .await?;
+        let started = Instant::now();
+        let mut copied = 0u64;
+        for r in 1..=rounds {
+            let ts = t0 + r as i64 * 1_000;
+            let sink = c
+                .copy_in("COPY bare (point_id, ts, value, text, bad) FROM STDIN (FORMAT binary)")
+                .await?;
+            let writer = BinaryCopyInWriter::new(
+                sink,
+                &[Type::INT8, Type::INT8, Type::FLOAT8, Type::TEXT, Type::TEXT],
+            );
+            pin_mut!(writer);
+            let none: Option<&str> = None;
+            for p in 0..points as i64 {
+                let v = Some(20.0 + ((r as i64 + p) % 97) as f64 / 10.0);
+                writer.as_mut().write(&[&p, &ts, &v, &none, &none]).await?;
+            }
+            copied += writer.finish().await?;
+        }
+        Ok(copied as f64 / started.elapsed().as_secs_f64())
     }
 
     /// `postgresql://postgres@127.0.0.1:{port}/{db}` (the password is [`Postgres::PASSWORD`]).

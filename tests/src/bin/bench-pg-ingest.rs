@@ -14,7 +14,6 @@
 //!   target/release/bench-pg-ingest [--rounds 20] [--points 50000] [--per-batch 50] [--alarms 1]
 
 use anyhow::Result;
-use futures_util::pin_mut;
 use roomguard_collector::config::AlarmsConfig;
 use roomguard_collector::store::alarms::Recorder;
 use roomguard_collector::store::postgres::{self, writer::PgWriter};
@@ -22,8 +21,6 @@ use roomguard_collector::store::sql::Conn;
 use roomguard_e2e::*;
 use roomguard_protocol::{Batch, Label, PointMeta, Quality, Reading, PROTOCOL_VERSION};
 use std::time::Instant;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 
 /// Round `r`; `described` puts each point in the catalogue as a
 /// machine-room inlet temperature (the first round of an alarm run), and
@@ -125,38 +122,7 @@ async fn main() -> Result<()> {
     let writer_rate = stored as f64 / started.elapsed().as_secs_f64();
 
     // The bare COPY: the same rows, ids known, into a table of the same shape.
-    let c = postgres::connect(&cfg).await?;
-    c.batch_execute(
-        "CREATE TABLE bare (point_id BIGINT NOT NULL, ts BIGINT NOT NULL, value DOUBLE PRECISION,
-           text TEXT, bad TEXT, PRIMARY KEY (point_id, ts)) PARTITION BY RANGE (ts);",
-    )
-    .await?;
-    let (_, lo, _) = postgres::migrate::partition_for(t0);
-    c.batch_execute(&format!(
-        "CREATE TABLE bare_p PARTITION OF bare FOR VALUES FROM ({lo}) TO ({})",
-        lo + 2 * 86_400_000
-    ))
-    .await?;
-    let started = Instant::now();
-    let mut copied = 0u64;
-    for r in 1..=rounds {
-        let ts = t0 + r as i64 * 1_000;
-        let sink = c
-            .copy_in("COPY bare (point_id, ts, value, text, bad) FROM STDIN (FORMAT binary)")
-            .await?;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[Type::INT8, Type::INT8, Type::FLOAT8, Type::TEXT, Type::TEXT],
-        );
-        pin_mut!(writer);
-        let none: Option<&str> = None;
-        for p in 0..points as i64 {
-            let v = Some(20.0 + ((r as i64 + p) % 97) as f64 / 10.0);
-            writer.as_mut().write(&[&p, &ts, &v, &none, &none]).await?;
-        }
-        copied += writer.finish().await?;
-    }
-    let bare_rate = copied as f64 / started.elapsed().as_secs_f64();
+    let bare_rate = pg.bare_copy_rate("roomguard", points, rounds).await?;
     println!(
         "{}",
         serde_json::json!({
