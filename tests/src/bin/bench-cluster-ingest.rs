@@ -239,14 +239,18 @@ async fn main() -> Result<()> {
             .publish(topic, QoS::AtLeastOnce, true, payload)
             .await?;
     }
-    eventually(Duration::from_secs(120), "every site registered", || async {
-        let n: usize = pg
-            .psql(DB, "SELECT count(*) FROM cluster_sites")
-            .ok()?
-            .parse()
-            .ok()?;
-        (n == sites).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "every site registered",
+        || async {
+            let n: usize = pg
+                .psql(DB, "SELECT count(*) FROM cluster_sites")
+                .ok()?
+                .parse()
+                .ok()?;
+            (n == sites).then_some(())
+        },
+    )
     .await?;
     let mut seq = 0;
     // Every node holds its share before the load starts, and every point
