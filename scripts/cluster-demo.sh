@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # RoomGuard cluster demo (docs/SCALING.md): a PostgreSQL and a Mosquitto of
-# their own, three collectors sharing the sites through leases, one
-# simulator and three agents playing sites site-a, site-b and site-c.
+# their own, three collectors sharing the sites through leases, and one
+# simulator process playing twelve small sites (site-1 … site-12) with two
+# real agents each (`roomguard-sim fleet`, docs/SIMULATOR.md).
 # Type below to act on it:
 #   kill n2    SIGKILL node n2: its sites move to the others within ~15 s
 #   stop n2    stop it cleanly: its sites move at once
 #   start n2   start it again: it takes its share back
 #   status     who holds which partition and site
-#   smoke | normal | …   a drill on the simulator (every site sees it)
+#   site-3 smoke | site-3 normal | …   a drill at one site
 # Ctrl-C stops everything. Logs and data go to var/cluster-demo/.
 # Needs Debian's postgresql and mosquitto packages.
 set -euo pipefail
@@ -86,33 +87,21 @@ for n in n1 n2 n3; do
   for _ in $(seq 1 100); do grep -q '"event":"ready"' "$out/$n.out" 2>/dev/null && break; sleep 0.1; done
 done
 
+# Twelve sites with two agents each, in one process; each agent signs with
+# the key derived from the collectors' [agents] secret.
+printf '%s' "$secret" >"$out/agent-secret"
 rm -f "$out/sim.in" && mkfifo "$out/sim.in"
-"$bin/roomguard-sim" --modbus 127.0.0.1:5021 --control 127.0.0.1:5081 \
-  --snmp-ups 127.0.0.1:1171 --snmp-pdu 127.0.0.1:1172 --snmp-annex 127.0.0.1:1174 \
+"$bin/roomguard-sim" fleet --sites 12 --agents 2 --broker mqtt://127.0.0.1:11884 \
+  --agent-secret-file "$out/agent-secret" --state-dir "$out/fleet" --control 127.0.0.1:5081 \
   <"$out/sim.in" >"$out/sim.out" 2>"$out/sim.log" &
 pids+=($!)
 exec 3>"$out/sim.in"
-
-# One agent per site, each the demo agent under another site id and key.
-for site in site-a site-b site-c; do
-  key=$("$bin/roomguard-collector" agent-key "$out/n1.toml" "$site" edge-01)
-  sed -e "s/^site = .*/site = \"$site\"/" \
-      -e "s#mqtt://127.0.0.1:11883#mqtt://127.0.0.1:11884#" \
-      -e "s#127.0.0.1:5020#127.0.0.1:5021#; s#127.0.0.1:1161#127.0.0.1:1171#" \
-      -e "s#127.0.0.1:1162#127.0.0.1:1172#; s#127.0.0.1:1164#127.0.0.1:1174#" \
-      -e "s#127.0.0.1:9102#127.0.0.1:0#" \
-      -e "s#\"var/demo/agent\"#\"$out/agent-$site\"#" \
-      -e "s#^key = .*#key = { value = \"$key\" }#" \
-      configs/demo/agent.toml >"$out/agent-$site.toml"
-  "$bin/roomguard-agent" run "$out/agent-$site.toml" >"$out/agent-$site.out" 2>"$out/agent-$site.log" &
-  pids+=($!)
-done
 
 status() {
   # What /api/v1/cluster shows (that needs an admin's login), read from
   # the database directly.
   "${as_pg[@]}" "$pgbin/psql" -h 127.0.0.1 -p 55432 -U postgres -d roomguard -q -c \
-    "SELECT l.owner AS node, count(*) FILTER (WHERE l.part >= 0) AS partitions,
+    "SELECT l.owner AS node, count(DISTINCT l.part) FILTER (WHERE l.part >= 0) AS partitions,
             string_agg(DISTINCT s.site, ' ') AS sites, bool_or(l.part = -1) AS maintenance
        FROM cluster_leases l LEFT JOIN cluster_sites s ON s.part = l.part
       WHERE l.expires_at > now() GROUP BY l.owner ORDER BY 1"
@@ -125,7 +114,8 @@ RoomGuard cluster demo is running: three collectors on one PostgreSQL.
   cluster API  http://127.0.0.1:8081/api/v1/cluster  (log in first; admins only)
   logs         $out/*.log
 
-Type: kill n2 | stop n2 | start n2 | status | a drill (smoke, normal, mains_failure, …)
+Type: kill n2 | stop n2 | start n2 | status | a drill at one site: site-3 smoke, site-3 normal,
+      site-7 mains_failure, … (http://127.0.0.1:5081/sites lists the sites and their drills)
 Ctrl-C stops everything.
 MSG
 while read -r cmd node; do
@@ -143,6 +133,9 @@ while read -r cmd node; do
       else echo "$node: unknown or already running"; fi ;;
     status) status ;;
     "") ;;
-    *) echo "$cmd" >&3; echo "scenario -> $cmd (see $out/sim.log)" ;;
+    site-[1-9]|site-1[0-2])
+      echo "$cmd $node" >&3; echo "$cmd: scenario -> $node (see $out/sim.log)" ;;
+    site-*) echo "no $cmd: the sites are site-1 … site-12" ;;
+    *) echo "unknown: $cmd (kill, stop, start, status, or SITE SCENARIO)" ;;
   esac
 done
