@@ -160,6 +160,18 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
     let live = Arc::new(crate::live::Live::default());
     let wake_inspection = wake.clone();
     tokio::spawn(live.clone().run());
+    if let Some(c) = &cluster {
+        // Dashboards open on this node show every site, wherever it is held.
+        let (to_peers, frames) = tokio::sync::mpsc::channel(64);
+        live.share_with_peers(to_peers);
+        let target = cfg.store.postgres().map_err(anyhow::Error::msg)?;
+        tokio::spawn(crate::cluster::push::run(
+            live.clone(),
+            c.clone(),
+            target,
+            frames,
+        ));
+    }
     let (store_tx, writer_thread) = store::spawn_writer(
         writer,
         metrics.clone(),

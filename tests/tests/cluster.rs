@@ -572,7 +572,7 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
         EventLog::open(&client, &nodes[1].http).await?,
     ];
     for (log, node) in logs.iter().zip(&nodes) {
-        eventually(
+        let r = eventually(
             PATIENCE,
             &format!("every site live on {}", node.id),
             || async {
@@ -593,7 +593,34 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
                 sites.iter().all(|s| shown.contains(&s.id)).then_some(())
             },
         )
-        .await?;
+        .await;
+        if r.is_err() {
+            // What each node says of the push, to tell a silent one.
+            for n in &nodes {
+                let page = client
+                    .get(format!("{}/metrics", n.http))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                let push: Vec<&str> = page
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("roomguard_cluster_push")
+                            || l.starts_with("roomguard_cluster_sites_held")
+                    })
+                    .collect();
+                println!("{}: {push:?}\n{}", n.id, n.proc.log_tail());
+            }
+        }
+        r.with_context(|| {
+            let seen: Vec<String> = log
+                .seen()
+                .iter()
+                .map(|(e, d)| format!("{e} {}", &d[..d.len().min(100)]))
+                .collect();
+            format!("events seen on {}: {seen:?}", node.id)
+        })?;
     }
     drop(logs);
 
@@ -692,6 +719,27 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
     })
     .await?;
     drop(logs);
+
+    // A second process started by mistake under n2's id is refused and
+    // says so on /healthz; the cluster goes on as it was.
+    let mut twin = start_node(&root.join("twin"), "n2", &store, &broker.url(), &hook.url)?;
+    eventually(PATIENCE, "the twin refused", || async {
+        let r = client
+            .get(format!("{}/healthz", twin.http))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status();
+        let body: Value = r.json().await.ok()?;
+        (status == 503 && body["reasons"].to_string().contains("already used")).then_some(())
+    })
+    .await?;
+    ensure!(
+        metric(&client, &twin.http, "roomguard_cluster_partitions_held").await == 0,
+        "the twin holds partitions"
+    );
+    balanced(&client, &nodes[0], &["n1", "n2"], &mut epochs).await?;
+    twin.proc.terminate(Duration::from_secs(30))?;
 
     // n2 stops cleanly: n1 takes its leases as free ones, not by expiry.
     let takeovers = metric(&client, &nodes[0].http, "roomguard_cluster_takeovers_total").await;

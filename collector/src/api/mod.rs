@@ -172,7 +172,13 @@ async fn not_found() -> ApiError {
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
-    let health = st.metrics.health();
+    let mut health = st.metrics.health();
+    if let Some(why) = st.cluster.as_ref().and_then(|c| c.refused()) {
+        health
+            .reasons
+            .push(format!("cluster refuses this node: {why}"));
+        health.status = "degraded";
+    }
     let code = if health.reasons.is_empty() {
         StatusCode::OK
     } else {

@@ -80,7 +80,7 @@ async fn setup(c: &Client, cluster: &Cluster, first: bool) -> Result<(), PgError
         .await?
         .get(0);
     if have != parts {
-        return Err(PgError::Cluster(format!(
+        return Err(PgError::Refused(format!(
             "cluster.partitions: this node says {parts}, the cluster's database says {have}; \
              every node must say the same (changing it means stopping every node first, then \
              `DELETE FROM cluster_settings; DELETE FROM cluster_leases; DELETE FROM cluster_sites`)"
@@ -93,6 +93,7 @@ async fn setup(c: &Client, cluster: &Cluster, first: bool) -> Result<(), PgError
     )
     .await?;
     if first {
+        namesake(c, cluster).await?;
         c.execute(
             "UPDATE cluster_leases SET owner = NULL, expires_at = now() WHERE owner = $1",
             &[&cluster.node],
@@ -112,20 +113,74 @@ async fn setup(c: &Client, cluster: &Cluster, first: bool) -> Result<(), PgError
     Ok(())
 }
 
+/// Refuses to start under a node id a live process already uses: the two
+/// would count as one node, and this one's start would free the other's
+/// leases. A row seen within a lease may be a run that just crashed (a
+/// quick restart): its heartbeat has stopped, which waiting two renewals
+/// shows.
+async fn namesake(c: &Client, cluster: &Cluster) -> Result<(), PgError> {
+    let me = &cluster.node;
+    let lease_s = cluster.lease.as_secs_f64();
+    let Some((before, _)) = heartbeat_of(c, me, lease_s).await? else {
+        return Ok(());
+    };
+    tokio::time::sleep(cluster.renew_every * 2 + std::time::Duration::from_millis(500)).await;
+    match heartbeat_of(c, me, lease_s).await? {
+        Some((after, http)) if after != before => Err(PgError::Refused(format!(
+            "cluster.node_id: {me:?} is already used by a live collector (at {http}); \
+             give every node its own id (this one holds nothing until that one stops)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// When `node` was last seen (as text, compared for change only) and its
+/// address, if it was seen within a lease and is not leaving.
+async fn heartbeat_of(
+    c: &Client,
+    node: &str,
+    lease_s: f64,
+) -> Result<Option<(String, String)>, PgError> {
+    Ok(c.query_opt(
+        "SELECT seen_at::TEXT, http FROM cluster_nodes
+             WHERE node = $1 AND NOT leaving AND seen_at > now() - make_interval(secs => $2)",
+        &[&node, &lease_s],
+    )
+    .await?
+    .map(|r| (r.get(0), r.get(1))))
+}
+
 /// One round; returns whether what is held changed.
 async fn round(c: &Client, cluster: &Cluster, first: bool) -> Result<bool, PgError> {
     let me = &cluster.node;
     let lease_s = cluster.lease.as_secs_f64();
     let leaving = cluster.leaving.load(Relaxed);
-    c.execute(
-        "INSERT INTO cluster_nodes (node, http, started_at, seen_at, leaving)
-         VALUES ($1, $2, now(), now(), $3)
-         ON CONFLICT (node) DO UPDATE SET http = excluded.http, seen_at = now(),
-             leaving = excluded.leaving,
-             started_at = CASE WHEN $4 THEN now() ELSE cluster_nodes.started_at END",
-        &[me, &cluster.http(), &leaving, &first],
-    )
-    .await?;
+    let started: i64 = c
+        .query_one(
+            "INSERT INTO cluster_nodes (node, http, started_at, seen_at, leaving)
+             VALUES ($1, $2, now(), now(), $3)
+             ON CONFLICT (node) DO UPDATE SET http = excluded.http, seen_at = now(),
+                 leaving = excluded.leaving,
+                 started_at = CASE WHEN $4 THEN now() ELSE cluster_nodes.started_at END
+             RETURNING (extract(epoch FROM started_at) * 1000000)::BIGINT",
+            &[me, &cluster.http(), &leaving, &first],
+        )
+        .await?
+        .get(0);
+    {
+        // Another process started under this id since this one's first
+        // round (both started at once, past the check in `setup`).
+        let mut mine = cluster.started_us.lock().unwrap_or_else(|e| e.into_inner());
+        match *mine {
+            Some(m) if !first && m != started => {
+                return Err(PgError::Refused(format!(
+                    "cluster.node_id: another collector started under {me:?}; \
+                     give every node its own id (this one holds nothing)"
+                )));
+            }
+            _ => *mine = Some(started),
+        }
+    }
     // Renewed in partition order (as writers lock them); only what this
     // process took, at the epoch it took it (rows under its name at
     // another epoch are another process's with the same node_id).
@@ -282,10 +337,7 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
                 Err(e) => {
                     cluster.counts.round_failures.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "cluster: cannot reach PostgreSQL for the leases");
-                    if matches!(e, PgError::Cluster(_)) {
-                        // A setting the cluster refuses: hold nothing.
-                        cluster.set_held(HashMap::new());
-                    }
+                    refused(&cluster, &e);
                 }
             }
         }
@@ -307,6 +359,7 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
                 Ok(changed) => {
                     first = false;
                     renewed_at = started;
+                    cluster.set_refused(None);
                     if changed {
                         let held = cluster.held();
                         tracing::info!(
@@ -323,6 +376,7 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
                 Err(e) => {
                     cluster.counts.round_failures.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "cluster: lease round failed");
+                    refused(&cluster, &e);
                 }
             }
         }
@@ -342,6 +396,14 @@ pub async fn run(cluster: Arc<Cluster>, target: Target, done: tokio::sync::onesh
             wait
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// A refusal: hold nothing, and say why on `/healthz`.
+fn refused(cluster: &Cluster, e: &PgError) {
+    if let PgError::Refused(why) = e {
+        cluster.set_held(HashMap::new());
+        cluster.set_refused(Some(why.clone()));
     }
 }
 

@@ -148,6 +148,13 @@ pub struct Cluster {
     /// Stopping: the lease task gives everything up and takes nothing more.
     pub leaving: AtomicBool,
     pub counts: Counts,
+    /// Why the cluster refuses this node (a partition count of its own, a
+    /// node id a live process already uses), while it does: it holds
+    /// nothing, and `/healthz` says so.
+    refused: Mutex<Option<String>>,
+    /// `started_at` of this process's row in `cluster_nodes` (µs): another
+    /// process starting under the same id changes it.
+    pub(crate) started_us: Mutex<Option<i64>>,
 }
 
 /// What `/metrics` says of the cluster.
@@ -191,7 +198,21 @@ impl Cluster {
             discovered: Mutex::new(Vec::new()),
             leaving: AtomicBool::new(false),
             counts: Counts::default(),
+            refused: Mutex::new(None),
+            started_us: Mutex::new(None),
         })
+    }
+
+    /// Why the cluster refuses this node, if it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_refused(&self, why: Option<String>) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     /// The address HTTP was bound to (port 0 in the config becomes the

@@ -48,9 +48,13 @@ pub enum PgError {
         "cluster: partitions {0:?} are held by another node now; the transaction was rolled back"
     )]
     Fenced(Vec<i32>),
-    /// A cluster setting the database refuses.
+    /// Something went wrong with the cluster's own connections.
     #[error("{0}")]
     Cluster(String),
+    /// The cluster refuses this node (a setting of its own, a node id
+    /// already in use): it holds nothing until that changes.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<crate::store::alarms::RecordError> for PgError {
