@@ -220,6 +220,8 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info,rumqttd=warn".into()),
                 )
                 .with_writer(std::io::stderr)
+                // Colour codes only on a terminal, never in a log file or journal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let cfg = match CollectorConfig::load(&config) {
                 Ok(cfg) => {

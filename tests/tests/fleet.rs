@@ -135,5 +135,11 @@ async fn drills_scheduled_or_sent_to_one_site_raise_its_alarms_and_no_others() -
     // Every agent drains its spool and stops cleanly, saying so.
     drill(&client, &fleet.site_control("site-3"), "normal").await?;
     fleet.drain_and_stop(&client).await?;
+    // Written to files, the logs carry no terminal colour codes.
+    for log in ["fleet/fleet.stderr.log", "collector.stderr.log"] {
+        let text = std::fs::read_to_string(tmp.path().join(log))?;
+        ensure!(!text.is_empty(), "{log} is empty");
+        ensure!(!text.contains('\u{1b}'), "{log} has colour codes");
+    }
     Ok(())
 }

@@ -247,7 +247,7 @@ pub async fn one(
     Ok(Json(v))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     /// Only when authentication is off; otherwise the logged-in user acts.
@@ -326,9 +326,14 @@ pub async fn acknowledge(
     State(st): State<Arc<AppState>>,
     Extension(user): Extension<User>,
     Path(serial): Path<String>,
-    b: Result<Json<AckBody>, JsonRejection>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let b = body(b)?;
+    // The body is optional: a bare POST acknowledges as the caller.
+    let b: AckBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        AckBody::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| bad(format!("body: {e}")))?
+    };
     if let Some(c) = &b.comment {
         text("comment", c)?;
     }
