@@ -1160,6 +1160,34 @@ pub struct Received {
     pub uri: String,
 }
 
+/// `connections` MQTT clients of a benchmark's load, `{prefix}-{n}`, with
+/// the test broker login, room for large batches and 200 in flight each;
+/// their event loops run (reconnecting) until the program ends.
+pub async fn bench_publishers(
+    port: u16,
+    prefix: &str,
+    connections: usize,
+) -> Result<Vec<rumqttc::AsyncClient>> {
+    let mut clients = Vec::new();
+    for c in 0..connections {
+        let mut opts = rumqttc::MqttOptions::new(format!("{prefix}-{c}"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_credentials(MQTT_USER, MQTT_PASSWORD);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_inflight(200);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1_000);
+        tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
 /// Switches the simulator whose control port is `control` to drill
 /// `scenario` (`normal` ends it).
 pub async fn drill(client: &reqwest::Client, control: &str, scenario: &str) -> Result<()> {

@@ -66,17 +66,7 @@ async fn site(store: &TestStore, speed: &str, extra: &str) -> Result<Option<Site
 
 impl Site {
     async fn drill(&self, scenario: &str) -> Result<()> {
-        let r = self
-            .client
-            .post(format!("http://{}/scenario/{scenario}", self.control))
-            .send()
-            .await?;
-        ensure!(
-            r.status().is_success(),
-            "scenario {scenario}: {}",
-            r.status()
-        );
-        Ok(())
+        drill(&self.client, &self.control, scenario).await
     }
 
     async fn alarms(&self, query: &str) -> Vec<Value> {

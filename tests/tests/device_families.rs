@@ -144,15 +144,7 @@ async fn each_device_family_drill_raises_exactly_its_rules_and_clears(
     ];
     for (scenario, expected) in drills {
         let expected = set(&expected);
-        let r = client
-            .post(format!("http://{}/scenario/{scenario}", addrs.control))
-            .send()
-            .await?;
-        ensure!(
-            r.status().is_success(),
-            "scenario {scenario}: {}",
-            r.status()
-        );
+        drill(&client, &addrs.control, scenario).await?;
         let got = eventually(PATIENCE, &format!("{scenario}: {expected:?}"), || async {
             let now = active(&client, &http).await?;
             expected.is_subset(&now).then_some(now)

@@ -340,19 +340,6 @@ fn number(v: &Value) -> Result<f64> {
         .with_context(|| format!("no number in {t:?}"))
 }
 
-async fn drill(client: &reqwest::Client, control: &str, scenario: &str) -> Result<()> {
-    let r = client
-        .post(format!("http://{control}/scenario/{scenario}"))
-        .send()
-        .await?;
-    ensure!(
-        r.status().is_success(),
-        "scenario {scenario}: {}",
-        r.status()
-    );
-    Ok(())
-}
-
 /// Clicks the language switch, or picks zh-CN when it is a select.
 async fn switch_language(b: &Browser) -> Result<()> {
     let switch = b.find("#lang-switch", PATIENCE).await?;

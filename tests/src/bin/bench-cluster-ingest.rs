@@ -14,7 +14,7 @@
 use anyhow::{Context, Result};
 use roomguard_e2e::*;
 use roomguard_protocol::Topic;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -28,27 +28,6 @@ const DB: &str = "bench";
 /// Agent `i`'s site: agents are spread evenly over `sites`.
 fn site_of(i: usize, sites: usize) -> String {
     format!("bench-{:03}", i % sites)
-}
-
-async fn publishers(port: u16) -> Result<Vec<AsyncClient>> {
-    let mut clients = Vec::new();
-    for c in 0..CONNECTIONS {
-        let mut opts = MqttOptions::new(format!("load-{c}"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_credentials(MQTT_USER, MQTT_PASSWORD);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        opts.set_inflight(200);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1_000);
-        tokio::spawn(async move {
-            loop {
-                if eventloop.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        });
-        clients.push(client);
-    }
-    Ok(clients)
 }
 
 /// The three nodes' metric `name`, summed or the largest.
@@ -222,7 +201,7 @@ async fn main() -> Result<()> {
     procs.push(("mosquitto".into(), broker.proc.pid()));
     procs.push(("this load".into(), std::process::id()));
 
-    let clients = publishers(broker.port).await?;
+    let clients = bench_publishers(broker.port, "load", CONNECTIONS).await?;
     // Each agent says it is online, as a real one does when it connects:
     // that is how the nodes find the sites and subscribe to their batches.
     for agent in 0..AGENTS {

@@ -12,7 +12,7 @@
 use anyhow::{Context, Result};
 use roomguard_e2e::*;
 use roomguard_protocol::Topic;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,27 +70,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-async fn publishers(port: u16, prefix: &str) -> Result<Vec<AsyncClient>> {
-    let mut clients = Vec::new();
-    for c in 0..CONNECTIONS {
-        let mut opts = MqttOptions::new(format!("{prefix}-{c}"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_credentials(MQTT_USER, MQTT_PASSWORD);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        opts.set_inflight(200);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1_000);
-        tokio::spawn(async move {
-            loop {
-                if eventloop.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        });
-        clients.push(client);
-    }
-    Ok(clients)
-}
-
 /// The broker's ceiling: `count` 1 KiB QoS 1 messages to mosquitto_sub > /dev/null.
 async fn broker_ceiling(broker: &Mosquitto, count: usize) -> Result<f64> {
     let sub = external("mosquitto_sub", "mosquitto-clients").context("mosquitto_sub")?;
@@ -100,7 +79,7 @@ async fn broker_ceiling(broker: &Mosquitto, count: usize) -> Result<f64> {
         .stdout(Stdio::null())
         .spawn()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let clients = publishers(broker.port, "ceiling").await?;
+    let clients = bench_publishers(broker.port, "ceiling", CONNECTIONS).await?;
     let payload = vec![b'x'; 1024];
     let started = Instant::now();
     let per = count / CONNECTIONS + 1;
@@ -221,7 +200,7 @@ async fn main() -> Result<()> {
     println!("broker ceiling: {ceiling:.0} messages/s (1 KiB, QoS 1, {CONNECTIONS} publishers, to mosquitto_sub > /dev/null) = {:.0} readings/s at {READINGS} a message", ceiling * READINGS as f64);
 
     let (_collector, http, _) = start_collector(dir.path(), Some(&broker.url()))?;
-    let clients = publishers(broker.port, "load").await?;
+    let clients = bench_publishers(broker.port, "load", CONNECTIONS).await?;
     let mut seq = 0;
     println!("| offered readings/s | stored readings/s | worst ingest lag |");
     println!("|---|---|---|");
