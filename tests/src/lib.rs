@@ -1160,6 +1160,34 @@ pub struct Received {
     pub uri: String,
 }
 
+/// Paces a benchmark's load: `per_second` messages spread over 20 ms
+/// ticks, the fraction left over carried to the next tick.
+pub struct Pacer {
+    per_tick: f64,
+    owed: f64,
+    ticks: tokio::time::Interval,
+}
+
+impl Pacer {
+    pub fn new(per_second: f64) -> Pacer {
+        let tick = Duration::from_millis(20);
+        Pacer {
+            per_tick: per_second * tick.as_secs_f64(),
+            owed: 0.0,
+            ticks: tokio::time::interval(tick),
+        }
+    }
+
+    /// Waits for the next tick; how many messages are due in it.
+    pub async fn due(&mut self) -> usize {
+        self.ticks.tick().await;
+        self.owed += self.per_tick;
+        let n = self.owed.floor();
+        self.owed -= n;
+        n as usize
+    }
+}
+
 /// `connections` MQTT clients of a benchmark's load, `{prefix}-{n}`, with
 /// the test broker login, room for large batches and 200 in flight each;
 /// their event loops run (reconnecting) until the program ends.

@@ -78,25 +78,20 @@ async fn ingest_at(
     seq: &mut u64,
 ) -> Result<Step> {
     let client = http_client();
-    let per_tick_ms = 20;
-    let per_tick = rate / READINGS as f64 * per_tick_ms as f64 / 1_000.0;
     let (stored_before, _) = across(&client, nodes, "roomguard_readings_stored_total").await;
     let cpu_before = cpu(procs);
     let started = Instant::now();
-    let mut owed = 0.0;
     let mut sent = 0u64;
     let mut agent = 0usize;
     // A fresh round of sequence numbers (see bench-ingest).
     *seq += 1;
     let mut worst_lag = 0.0f64;
-    let mut interval = tokio::time::interval(Duration::from_millis(per_tick_ms));
+    let mut pacer = Pacer::new(rate / READINGS as f64);
     let mut next_sample = Instant::now() + Duration::from_secs(1);
     while started.elapsed() < Duration::from_secs(seconds) {
-        interval.tick().await;
-        owed += per_tick;
+        let due = pacer.due().await;
         let now = roomguard_protocol::clock::now_ms();
-        while owed >= 1.0 {
-            owed -= 1.0;
+        for _ in 0..due {
             agent = (agent + 1) % AGENTS;
             if agent == 0 {
                 *seq += 1;

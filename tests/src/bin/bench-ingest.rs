@@ -133,25 +133,20 @@ async fn ingest_at(
 ) -> Result<(f64, f64, f64)> {
     let client = http_client();
     let batches_per_s = rate / READINGS as f64;
-    let tick = Duration::from_millis(20);
-    let per_tick = batches_per_s * tick.as_secs_f64();
     let stored_before = metric(&client, http, "roomguard_readings_stored_total").await;
     let started = Instant::now();
-    let mut owed = 0.0;
     let mut sent = 0u64;
     let mut agent = 0usize;
     // A fresh round of sequence numbers: the previous step stopped part way
     // through one, and reusing its numbers would store batches as "reused".
     *seq += 1;
     let mut worst_lag = 0.0f64;
-    let mut interval = tokio::time::interval(tick);
+    let mut pacer = Pacer::new(batches_per_s);
     let mut next_sample = Instant::now() + Duration::from_secs(1);
     while started.elapsed() < Duration::from_secs(seconds) {
-        interval.tick().await;
-        owed += per_tick;
+        let due = pacer.due().await;
         let now = roomguard_protocol::clock::now_ms();
-        while owed >= 1.0 {
-            owed -= 1.0;
+        for _ in 0..due {
             agent = (agent + 1) % AGENTS;
             if agent == 0 {
                 *seq += 1;
