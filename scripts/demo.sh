@@ -56,32 +56,70 @@ RoomGuard demo is running.
   dashboard     http://127.0.0.1:8080   (admin / roomguard-demo)
   latest API    http://127.0.0.1:8080/api/v1/latest
   metrics       http://127.0.0.1:8080/metrics
-  drill control http://127.0.0.1:5080/scenario   (or type below)
   logs          var/demo/*.log
 
-Type a scenario and press Enter: normal, ac_failure, thermal_runaway, mains_failure, smoke,
-phase_unbalance, gas_leak, co_rise, earth_leakage, insulation_fault, door_open,
-ventilation_failure, ats_transfer, battery_test.
+Type a scenario and press Enter to run a drill: ac_failure, thermal_runaway,
+mains_failure, smoke, phase_unbalance, gas_leak, co_rise, earth_leakage,
+insulation_fault, door_open, ventilation_failure, ats_transfer, battery_test.
+Each is declared as a drill in the collector (its alarms are marked as drill
+alarms and kept out of the real counts of reports); normal ends it.
 Ctrl-C stops the demo.
 MSG
-# Records a drill in the collector (reports count drills), with bash's own
-# /dev/tcp so the demo needs no curl.
-record_drill() {
-  local body="{\"site\":\"demo-site\",\"scenario\":\"$1\",\"note\":\"typed in the demo terminal\"}"
-  if exec 4<>/dev/tcp/127.0.0.1/8080; then
-    printf 'POST /api/v1/drills HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer demo-drills-token-0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
-      "${#body}" "$body" >&4
-    head -n 1 <&4 | grep -q ' 201 ' && echo "drill recorded" || echo "drill not recorded (see var/demo/collector.log)"
-    exec 4<&-
+# Drills are declared in the collector, so the alarms they raise are marked
+# as drill alarms and kept out of the real counts of reports. Bash's own
+# /dev/tcp, so the demo needs no curl. `api PATH BODY` prints the response.
+api() {
+  exec 4<>/dev/tcp/127.0.0.1/8080 || return 1
+  printf 'POST %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer demo-drills-token-0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+    "$1" "${#2}" "$2" >&4
+  cat <&4
+  exec 4<&-
+}
+drill=""
+end_drill() {
+  [ -n "$drill" ] || return 0
+  api "/api/v1/drills/$drill/end" "" | head -n 1 | grep -q ' 200 ' \
+    && echo "drill $drill ended" || echo "drill $drill not ended (see var/demo/collector.log)"
+  drill=""
+}
+declare_drill() { # scenario, room ("" = the whole site)
+  local body="{\"site\":\"demo-site\",\"room\":\"$2\",\"scenario\":\"$1\",\"note\":\"typed in the demo terminal\"}"
+  local reply
+  reply=$(api /api/v1/drills "$body") || true
+  drill=$(printf '%s' "$reply" | grep -o '"id":[0-9]*' | head -n 1 | cut -d: -f2)
+  if [ -n "$drill" ]; then
+    echo "drill $drill declared in ${2:-the whole site} for 30 minutes (type normal to end it)"
+  else
+    echo "drill not declared (see var/demo/collector.log)"
   fi
 }
-while IFS= read -r line; do
-  echo "$line" >&3
-  echo "scenario -> $line"
-  case "$line" in
-    ac_failure|thermal_runaway|mains_failure|smoke|phase_unbalance|gas_leak|co_rise|earth_leakage|insulation_fault|door_open|ventilation_failure|ats_transfer|battery_test)
-      record_drill "$line" ;;
+# The room each scenario's drill takes place in (docs/SIMULATOR.md).
+room_of() {
+  case "$1" in
+    ac_failure|smoke) echo machine-room ;;
+    thermal_runaway|co_rise|insulation_fault|door_open|ventilation_failure) echo battery-room ;;
+    phase_unbalance|gas_leak|earth_leakage|ats_transfer|battery_test) echo distribution-room ;;
+    mains_failure) echo "" ;;
+    *) return 1 ;;
   esac
+}
+while IFS= read -r line; do
+  line="${line//[[:space:]]/}"
+  [ -n "$line" ] || continue
+  if [ "$line" = normal ]; then
+    echo "$line" >&3
+    echo "scenario -> normal"
+    end_drill
+  elif room=$(room_of "$line"); then
+    end_drill
+    echo "$line" >&3
+    echo "scenario -> $line"
+    declare_drill "$line" "$room"
+  else
+    echo "unknown scenario \"$line\"; one of: normal, ac_failure, thermal_runaway, mains_failure, smoke,"
+    echo "  phase_unbalance, gas_leak, co_rise, earth_leakage, insulation_fault, door_open,"
+    echo "  ventilation_failure, ats_transfer, battery_test"
+  fi
 done
 # stdin closed (not a terminal): keep running until interrupted.
 wait

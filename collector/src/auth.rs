@@ -86,6 +86,7 @@ pub fn required(method: &str, path: &str, open_health: bool, open_metrics: bool)
         ("POST", p)
             if p == "/api/v1/patrols"
                 || p == "/api/v1/drills"
+                || (p.starts_with("/api/v1/drills/") && p.ends_with("/end"))
                 || p == "/api/v1/hazards"
                 || p.starts_with("/api/v1/hazards/") =>
         {

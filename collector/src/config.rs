@@ -152,6 +152,7 @@ impl AlarmsConfig {
                 levels: c.levels.clone(),
                 escalation_only: c.escalation_only,
                 lifecycle: c.lifecycle(),
+                drills: c.drills,
             })
             .collect()
     }

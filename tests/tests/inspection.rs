@@ -47,6 +47,10 @@ struct Plan {
     gap: (i64, i64),
     /// Hydrogen at 30 % LFL: [start, start + minutes).
     gas: (i64, i64),
+    /// A declared drill in the battery room, [start, end), with hydrogen at
+    /// 30 % LFL inside it for `gas.1` minutes from its fifth minute: its
+    /// alarms are the drill's, never real ones.
+    drill: (i64, i64),
 }
 
 fn plan() -> Plan {
@@ -60,6 +64,7 @@ fn plan() -> Plan {
         ],
         gap: (o + 9 * DAY + 10 * HOUR, o + 9 * DAY + 16 * HOUR),
         gas: (o + 19 * DAY + 3 * HOUR, 10),
+        drill: (o + 25 * DAY + 9 * HOUR, o + 25 * DAY + 9 * HOUR + 30 * MIN),
     }
 }
 
@@ -109,7 +114,9 @@ fn play(w: Writer, p: &Plan) -> Result<Arc<roomguard_collector::alarm::rules::Ru
     while t < p.end {
         let hot = p.hot.iter().any(|(s, m)| t >= *s && t < s + m * MIN);
         let silent = t >= p.gap.0 && t < p.gap.1;
-        let gas = t >= p.gas.0 && t < p.gas.0 + p.gas.1 * MIN;
+        let drill_gas = p.drill.0 + 5 * MIN;
+        let gas = (t >= p.gas.0 && t < p.gas.0 + p.gas.1 * MIN)
+            || (t >= drill_gas && t < drill_gas + p.gas.1 * MIN);
         let first = t == p.start;
         if !silent {
             seq += 1;
@@ -164,6 +171,24 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
             roomguard_collector::store::inspection::start_proposals(c)
         })
         .await?;
+    // The hydrogen drill is declared before it runs, as on the day.
+    let drill = reads
+        .blocking(true, move |c| {
+            roomguard_collector::store::inspection::record_drill(
+                c,
+                &NewDrill {
+                    site: "s".into(),
+                    room: "battery-room".into(),
+                    scenario: "gas_leak".into(),
+                    note: None,
+                },
+                p.drill.0,
+                Some(p.drill.1),
+                "inspector-1",
+            )
+        })
+        .await?;
+    let drill_id = drill["id"].as_i64().context("drill id")?;
     // The writer blocks (on PostgreSQL it drives a runtime of its own).
     let rules = tokio::task::spawn_blocking(move || play(writer, &plan())).await??;
     let tz = jiff::tz::TimeZone::get("Asia/Shanghai")?;
@@ -174,7 +199,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         .write(async move |c| {
             let a = c
                 .row(
-                    "SELECT serial, raised_at FROM alarms WHERE rule = 'explosion.h2_alarm'",
+                    "SELECT serial, raised_at FROM alarms WHERE rule = 'explosion.h2_alarm' AND drill IS NULL",
                     &[],
                 )
                 .await?
@@ -220,7 +245,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
     }
     assert_eq!(
         proposed, 1,
-        "the level-1 hydrogen alarm proposes one hazard"
+        "the real level-1 hydrogen alarm proposes one hazard, the drill's none"
     );
 
     let month = report::month("2026-10", &tz).map_err(anyhow::Error::msg)?;
@@ -243,6 +268,7 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
     // Alarms, by what was put in: each hot spell raises inlet-high (level 2)
     // and inlet-rising (level 3); the six silent hours raise sensor-silent
     // (level 3); the gas raises the 10 % (level 2) and 25 % (level 1) alarms.
+    // The drill's gas raises the same two, counted only in the drill's row.
     let row = |level: u8, category: &str| {
         r.alarms
             .iter()
@@ -279,8 +305,9 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
             .map(|e| e.minutes)
     };
     assert_eq!(beyond("environment.inlet_temp_high"), Some(95 + 40));
-    assert_eq!(beyond("explosion.h2_warning"), Some(10));
-    assert_eq!(beyond("explosion.h2_alarm"), Some(10));
+    // Minutes beyond a limit come from the readings, the drill's included.
+    assert_eq!(beyond("explosion.h2_warning"), Some(20));
+    assert_eq!(beyond("explosion.h2_alarm"), Some(20));
     assert_eq!(r.exceedance.len(), 3, "{:?}", r.exceedance);
 
     // Completeness: six hours missing of 744.
@@ -341,7 +368,23 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         );
     }
     assert_eq!(r.patrols.len(), 2);
-    assert_eq!(r.drills.len(), 1);
+    assert_eq!(r.drills.len(), 2);
+    // The hydrogen drill, with what it showed: both gas alarms, the first
+    // (10 % LFL, at the first reading of 30 %) five minutes after its start.
+    let d = r
+        .drills
+        .iter()
+        .find(|d| d["id"] == json!(drill_id))
+        .context("the hydrogen drill in the report")?;
+    assert_eq!(
+        (&d["room"], &d["alarms"], &d["worst_level"], &d["first_ack_s"]),
+        (&json!("battery-room"), &json!(2), &json!(1), &json!(null)),
+        "{d}"
+    );
+    let first = d["first_alarm_s"].as_i64().context("time to first alarm")?;
+    ensure!((300..=300 + 60).contains(&first), "{d}");
+    // The other drill raised nothing.
+    assert!(r.drills.iter().any(|d| d["alarms"] == json!(0)));
 
     // A patrol record says what a person walking the room would see.
     let slot = p.hot[0].0 + 2 * HOUR;
@@ -502,6 +545,12 @@ async fn printable_report_and_csv(dir: &Path, store_toml: &str) -> Result<()> {
         alarms.contains("2026-10,1,explosion,1,0,1,600.0,600.0"),
         "{alarms}"
     );
+    let drills = std::fs::read_to_string(csv_dir.join("drills.csv"))?;
+    ensure!(
+        drills.starts_with("period,site,room,scenario,started_at,ended_at,alarms,worst_level"),
+        "{drills}"
+    );
+    ensure!(drills.contains(",gas_leak,"), "{drills}");
     let exceed = std::fs::read_to_string(csv_dir.join("exceedance.csv"))?;
     ensure!(
         exceed.contains("environment.inlet_temp_high,2,above,27,135"),

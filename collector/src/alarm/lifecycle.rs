@@ -38,6 +38,41 @@ impl Silence {
     }
 }
 
+/// A declared drill: alarms raised inside it, in its site (and room, when
+/// it names one), are drill alarms — marked, notified as drills where a
+/// channel wants them, and kept out of the real counts of reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drill {
+    pub id: i64,
+    pub site: String,
+    /// Empty: the whole site.
+    pub room: String,
+    pub started_at: Ts,
+    pub ended_at: Ts,
+}
+
+impl Drill {
+    /// Whether an alarm in `site`/`room` whose event happened at `at` was
+    /// raised inside this drill. Event time, not the time it was recorded:
+    /// a drill's alarms that arrive late from a spool are still the drill's.
+    pub fn covers(&self, site: &str, room: &str, at: Ts) -> bool {
+        self.site == site
+            && (self.room.is_empty() || self.room == room)
+            && self.started_at <= at
+            && at < self.ended_at
+    }
+}
+
+/// The drill an alarm belongs to, if any (the latest started, should two
+/// overlap).
+pub fn drill_of(drills: &[Drill], (site, room): (&str, &str), at: Ts) -> Option<i64> {
+    drills
+        .iter()
+        .filter(|d| d.covers(site, room, at))
+        .max_by_key(|d| (d.started_at, d.id))
+        .map(|d| d.id)
+}
+
 /// Where notifications go, as the lifecycle needs to know it: which levels
 /// and which kinds of notification a channel takes.
 #[derive(Debug, Clone)]
@@ -49,6 +84,8 @@ pub struct Route {
     /// Takes acknowledgements and repeats (Alertmanager does not: it has
     /// its own repeat and no acknowledgement).
     pub lifecycle: bool,
+    /// Takes drill alarms (marked as drills).
+    pub drills: bool,
 }
 
 /// Unacknowledged alarms of `levels` are sent again every `repeat_every_ms`,
@@ -158,9 +195,10 @@ impl Note {
         }
     }
 
-    /// Whether `route` takes this notification of an alarm of `level`.
-    pub fn goes_to(self, route: &Route, level: u8) -> bool {
-        if !route.levels.contains(&level) {
+    /// Whether `route` takes this notification of an alarm of `level`
+    /// (`drill`: raised inside a declared drill).
+    pub fn goes_to(self, route: &Route, level: u8, drill: bool) -> bool {
+        if !route.levels.contains(&level) || (drill && !route.drills) {
             return false;
         }
         match self {
@@ -232,6 +270,7 @@ mod tests {
             levels: vec![1, 2, 3],
             escalation_only,
             lifecycle,
+            drills: true,
         }
     }
 
@@ -274,6 +313,27 @@ mod tests {
     }
 
     #[test]
+    fn an_alarm_belongs_to_the_drill_of_its_site_and_room_while_the_drill_runs() {
+        let d = |id, room: &str, from, to| Drill {
+            id,
+            site: "s".into(),
+            room: room.into(),
+            started_at: from,
+            ended_at: to,
+        };
+        let drills = [d(1, "battery-room", 0, 10 * MIN), d(2, "", 5 * MIN, 20 * MIN)];
+        assert_eq!(drill_of(&drills, ("s", "battery-room"), MIN), Some(1));
+        // Another room of the site: only the site-wide drill covers it.
+        assert_eq!(drill_of(&drills, ("s", "machine-room"), MIN), None);
+        assert_eq!(drill_of(&drills, ("s", "machine-room"), 6 * MIN), Some(2));
+        // Both cover it: the one started last.
+        assert_eq!(drill_of(&drills, ("s", "battery-room"), 6 * MIN), Some(2));
+        // The end is not inside; another site never is.
+        assert_eq!(drill_of(&drills, ("s", "battery-room"), 20 * MIN), None);
+        assert_eq!(drill_of(&drills, ("t", "battery-room"), MIN), None);
+    }
+
+    #[test]
     fn a_late_raise_is_judged_by_the_windows_open_when_it_is_recorded() {
         // Raised during an outage inside a window that ended since: the
         // backlog is told now, not held by a window long gone.
@@ -300,7 +360,7 @@ mod tests {
         let takes = |n: Note| -> Vec<&str> {
             [&pager, &alertmanager, &boss]
                 .into_iter()
-                .filter(|r| n.goes_to(r, 2))
+                .filter(|r| n.goes_to(r, 2, false))
                 .map(|r| r.channel.as_str())
                 .collect()
         };
@@ -314,7 +374,15 @@ mod tests {
         assert_eq!(takes(Note::Repeat(1)), ["pager"]);
         assert_eq!(takes(Note::Escalate), ["boss"]);
         // A level the channel does not take: nothing.
-        assert!(!Note::Raise.goes_to(&pager, 4));
+        assert!(!Note::Raise.goes_to(&pager, 4, false));
+        // A channel that does not take drills hears nothing of them.
+        let quiet = Route {
+            drills: false,
+            ..pager.clone()
+        };
+        assert!(Note::Raise.goes_to(&quiet, 1, false));
+        assert!(!Note::Raise.goes_to(&quiet, 1, true));
+        assert!(Note::Raise.goes_to(&pager, 1, true));
     }
 
     #[test]

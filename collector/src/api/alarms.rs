@@ -136,6 +136,7 @@ fn alarm_json(a: &AlarmRow, rules: &RuleSet, tz: &TimeZone) -> Value {
         "inhibited": a.inhibited,
         "silenced_by": a.silenced_by,
         "notified": a.notified,
+        "drill": a.drill,
         "acknowledged_by": a.ack_by,
         "acknowledged_at": t(a.ack_at),
         "comment": a.ack_comment,
@@ -172,6 +173,7 @@ pub struct ListQuery {
     level: Option<u8>,
     from: Option<String>,
     to: Option<String>,
+    drill: Option<bool>,
     limit: Option<usize>,
     tz: Option<String>,
 }
@@ -206,6 +208,7 @@ pub async fn list(
         level: q.level,
         from,
         to,
+        drill: q.drill,
         limit: q.limit,
     };
     let rows = reading(&st, async move |c| record::list(c, &filter).await).await?;

@@ -478,11 +478,52 @@ pub async fn record_drill(
         note: b.note,
     };
     let mut d = with_conn(&st, move |c| {
-        crate::store::inspection::record_drill(c, &drill, started, ended, &user.name)
+        let d = crate::store::inspection::record_drill(c, &drill, started, ended, &user.name)?;
+        let detail = format!(
+            "{} ({} in {} {}, until {})",
+            d["id"], drill.scenario, drill.site, drill.room, d["ended_at"]
+        );
+        c.wait(crate::store::auth::audit_in(
+            c.conn(),
+            &user.name,
+            "drill.declare",
+            &detail,
+            roomguard_protocol::clock::now_ms(),
+        ))?;
+        Ok(d)
+    })
+    .await?;
+    tracing::info!(id = %d["id"], site = %d["site"], room = %d["room"], scenario = %d["scenario"], "drill declared");
+    times(&mut d, &["started_at", "ended_at"], &tz);
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+/// Ends a running drill now (`POST /api/v1/drills/{id}/end`, no body):
+/// alarms raised from now on are real again.
+pub async fn end_drill(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| InspectionError::Invalid(format!("{id:?} is not a drill id")))?;
+    let tz = zone(None, &st)?;
+    let mut d = with_conn(&st, move |c| {
+        let now = roomguard_protocol::clock::now_ms();
+        let d = crate::store::inspection::end_drill(c, id, now)?;
+        c.wait(crate::store::auth::audit_in(
+            c.conn(),
+            &user.name,
+            "drill.end",
+            &id.to_string(),
+            now,
+        ))?;
+        Ok(d)
     })
     .await?;
     times(&mut d, &["started_at", "ended_at"], &tz);
-    Ok((StatusCode::CREATED, Json(d)))
+    Ok(Json(d))
 }
 
 #[derive(Debug, Deserialize)]

@@ -98,6 +98,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/drills",
             get(inspection::drills).post(inspection::record_drill),
         )
+        .route("/api/v1/drills/{id}/end", post(inspection::end_drill))
         .route("/api/v1/reports/{kind}", get(inspection::report))
         .route("/api/v1/login", post(session::login))
         .route("/api/v1/logout", post(session::logout))

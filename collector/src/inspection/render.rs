@@ -223,6 +223,10 @@ pub fn csv(r: &Report, table: &str, tz: &jiff::tz::TimeZone) -> Option<String> {
                 "scenario",
                 "started_at",
                 "ended_at",
+                "alarms",
+                "worst_level",
+                "first_alarm_s",
+                "first_ack_s",
                 "by",
                 "note",
             ]
@@ -231,6 +235,7 @@ pub fn csv(r: &Report, table: &str, tz: &jiff::tz::TimeZone) -> Option<String> {
             for d in &r.drills {
                 let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
                 let t = |k: &str| d[k].as_i64().map(|v| time(v, tz)).unwrap_or_default();
+                let n = |k: &str| d[k].as_i64().map(|v| v.to_string()).unwrap_or_default();
                 row(vec![
                     period.clone(),
                     s("site"),
@@ -238,6 +243,10 @@ pub fn csv(r: &Report, table: &str, tz: &jiff::tz::TimeZone) -> Option<String> {
                     s("scenario"),
                     t("started_at"),
                     t("ended_at"),
+                    n("alarms"),
+                    n("worst_level"),
+                    n("first_alarm_s"),
+                    n("first_ack_s"),
                     s("by"),
                     s("note"),
                 ]);
@@ -336,6 +345,12 @@ struct Words {
     drills: &'static str,
     scenario: &'static str,
     started: &'static str,
+    ended: &'static str,
+    drill_alarms: &'static str,
+    to_first_alarm: &'static str,
+    to_first_ack: &'static str,
+    whole_site: &'static str,
+    drills_apart: &'static str,
     by: &'static str,
     none: &'static str,
     month_by_month: &'static str,
@@ -384,6 +399,12 @@ const EN: Words = Words {
     drills: "Drills",
     scenario: "Scenario",
     started: "Started",
+    ended: "Ended",
+    drill_alarms: "Alarms (worst)",
+    to_first_alarm: "Start to first alarm",
+    to_first_ack: "First alarm to acknowledgement",
+    whole_site: "whole site",
+    drills_apart: "Alarms raised inside a declared drill are counted here, not in the alarm tables above.",
     by: "By",
     none: "None.",
     month_by_month: "Month by month",
@@ -432,6 +453,12 @@ const ZH: Words = Words {
     drills: "应急演练",
     scenario: "演练科目",
     started: "开始时间",
+    ended: "结束时间",
+    drill_alarms: "告警数（最高级别）",
+    to_first_alarm: "开始至首个告警",
+    to_first_ack: "首个告警至确认",
+    whole_site: "全站",
+    drills_apart: "演练期间产生的告警只计入本节，不计入上方告警统计。",
     by: "组织人",
     none: "无。",
     month_by_month: "逐月情况",
@@ -660,21 +687,32 @@ fn month_body(r: &Report, lang: Lang, tz: &jiff::tz::TimeZone, out: &mut String)
     } else {
         let _ = write!(
             out,
-            "<table><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
-            w.scenario, w.room, w.started, w.by
+            "<p>{}</p><table><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            w.drills_apart, w.scenario, w.room, w.started, w.ended, w.drill_alarms, w.to_first_alarm, w.to_first_ack, w.by
         );
         for d in &r.drills {
             let s = |k: &str| esc(d[k].as_str().unwrap_or(""));
+            let t = |k: &str| d[k].as_i64().map(|t| time(t, tz)).unwrap_or_default();
+            let secs = |k: &str| d[k].as_f64().map(duration).unwrap_or_else(|| "-".into());
+            let room = match d["room"].as_str().unwrap_or("") {
+                "" => w.whole_site.to_owned(),
+                r => esc(r),
+            };
+            let alarms = match (d["alarms"].as_i64().unwrap_or(0), d["worst_level"].as_u64()) {
+                (0, _) | (_, None) => "0".to_owned(),
+                (n, Some(l)) => format!("{n} ({})", w.levels[(l.clamp(1, 4) - 1) as usize]),
+            };
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>",
                 s("scenario"),
                 s("site"),
-                s("room"),
-                d["started_at"]
-                    .as_i64()
-                    .map(|t| time(t, tz))
-                    .unwrap_or_default(),
+                room,
+                t("started_at"),
+                t("ended_at"),
+                alarms,
+                secs("first_alarm_s"),
+                secs("first_ack_s"),
                 s("by")
             );
         }

@@ -7,7 +7,7 @@
 
 use crate::alarm::engine::{Engine, Kind, Saved, Transition, Ts};
 use crate::alarm::lifecycle::{self, Note, LATE_AFTER_MS};
-use crate::alarm::lifecycle::{level_name, Escalation, Route, Silence};
+use crate::alarm::lifecycle::{level_name, Drill, Escalation, Route, Silence};
 use crate::alarm::rules::RuleSet;
 use crate::args;
 use crate::store::sql::{Conn, Row, SqlError};
@@ -85,6 +85,26 @@ pub async fn active_silences(db: Conn<'_>, now: Ts) -> Result<Vec<Silence>, SqlE
     .await?
     .iter()
     .map(silence_row)
+    .collect()
+}
+
+/// Declared drills whose time overlaps `[from, to]` (event times).
+pub async fn drills_between(db: Conn<'_>, from: Ts, to: Ts) -> Result<Vec<Drill>, SqlError> {
+    db.rows(
+        "SELECT id, site, room, started_at, ended_at FROM drills WHERE ended_at > $1 AND started_at <= $2",
+        args![from, to],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Drill {
+            id: r.get(0)?,
+            site: r.get(1)?,
+            room: r.get(2)?,
+            started_at: r.get(3)?,
+            ended_at: r.get(4)?,
+        })
+    })
     .collect()
 }
 
@@ -284,8 +304,13 @@ impl Recorder {
         self.serial_mark = self.engine.next_serial();
         if !transitions.is_empty() {
             let silences = active_silences(db, now).await?;
+            let raises = transitions.iter().filter(|t| t.kind == Kind::Raise);
+            let drills = match (raises.clone().map(|t| t.at).min(), raises.map(|t| t.at).max()) {
+                (Some(from), Some(to)) => drills_between(db, from, to).await?,
+                _ => Vec::new(),
+            };
             for t in transitions {
-                self.record_one(db, t, &silences, now).await?;
+                self.record_one(db, t, (&silences, &drills), now).await?;
             }
         }
         for (key, saved) in self.engine.take_dirty() {
@@ -304,7 +329,7 @@ impl Recorder {
         &mut self,
         db: Conn<'_>,
         t: &Transition,
-        silences: &[Silence],
+        (silences, drills): (&[Silence], &[Drill]),
         now: Ts,
     ) -> Result<(), RecordError> {
         let inst = self.engine.instance(t.instance);
@@ -329,10 +354,11 @@ impl Recorder {
                     t.at,
                     now,
                 );
+                let drill = lifecycle::drill_of(drills, (&inst.site, &inst.room), t.at);
                 db.exec(
                     "INSERT INTO alarms (serial, rule, name, level, category, site, agent, room, device, point,
-                        began_at, raised_at, value, late, inhibited, silenced_by, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                        began_at, raised_at, value, late, inhibited, silenced_by, updated_at, drill)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                      ON CONFLICT DO NOTHING",
                     args![
                         serial,
@@ -351,11 +377,15 @@ impl Recorder {
                         t.late,
                         t.inhibited,
                         raise.silenced_by,
-                        now
+                        now,
+                        drill
                     ],
                 )
                 .await?;
                 event("raise", raise.why).await?;
+                if let Some(id) = drill {
+                    event("drill", Some(format!("raised inside drill {id}"))).await?;
+                }
                 self.counts.0 += 1;
                 if raise.tell {
                     self.notify_raise(db, t.serial, now).await?;
@@ -552,12 +582,13 @@ async fn enqueue(
         return Ok(0);
     };
     let level = doc["level"].as_u64().unwrap_or(4) as u8;
+    let drill = !doc["drill"].is_null();
     let key = note.key(serial);
     // The body names the same key as the Idempotency-Key header.
     doc["key"] = json!(key);
     let payload = doc.to_string();
     let mut queued = 0;
-    for r in routes.iter().filter(|r| note.goes_to(r, level)) {
+    for r in routes.iter().filter(|r| note.goes_to(r, level, drill)) {
         queued += db
             .exec(
                 "INSERT INTO outbox (channel, key, serial, kind, payload, next_at, created_at)
@@ -617,6 +648,8 @@ pub async fn document(
         "advice": rule.map(|r| r.advice.as_str()).unwrap_or(""),
         "advice_zh": rule.map(|r| r.advice_zh.as_str()).unwrap_or(""),
         "source": rule.map(|r| r.source.as_str()).unwrap_or(""),
+        // Raised inside a declared drill: receivers show it as a drill.
+        "drill": a.drill,
         "sent_at": now,
     })))
 }
@@ -647,12 +680,14 @@ pub struct AlarmRow {
     pub ack_at: Option<i64>,
     pub ack_comment: Option<String>,
     pub assignee: Option<String>,
+    /// The declared drill it was raised inside, if any.
+    pub drill: Option<i64>,
     /// active | acknowledged | cleared (not yet acknowledged) | closed
     pub state: &'static str,
 }
 
 const ALARM_COLUMNS: &str = "serial, rule, name, level, category, site, agent, room, device, point, began_at, raised_at,
-    value, cleared_at, clear_value, late, inhibited, silenced_by, notified, ack_by, ack_at, ack_comment, assignee";
+    value, cleared_at, clear_value, late, inhibited, silenced_by, notified, ack_by, ack_at, ack_comment, assignee, drill";
 
 fn alarm_row(r: &Row) -> Result<AlarmRow, SqlError> {
     let cleared_at: Option<i64> = r.get(13)?;
@@ -687,6 +722,7 @@ fn alarm_row(r: &Row) -> Result<AlarmRow, SqlError> {
         ack_at,
         ack_comment: r.get(21)?,
         assignee: r.get(22)?,
+        drill: r.get(23)?,
         state,
     })
 }
@@ -717,6 +753,8 @@ pub struct AlarmFilter {
     pub from: Option<i64>,
     /// Raised before, ms.
     pub to: Option<i64>,
+    /// `true`: only alarms raised inside a declared drill; `false`: only real ones.
+    pub drill: Option<bool>,
     pub limit: Option<usize>,
 }
 
@@ -751,12 +789,13 @@ pub async fn list(db: Conn<'_>, f: &AlarmFilter) -> Result<Vec<AlarmRow>, Record
            AND (CAST($1 AS TEXT) IS NULL OR site = $1) AND (CAST($2 AS TEXT) IS NULL OR room = $2) AND (CAST($3 AS TEXT) IS NULL OR rule = $3)
            AND (CAST($4 AS BIGINT) IS NULL OR level <= $4) AND (CAST($5 AS BIGINT) IS NULL OR raised_at >= $5)
            AND (CAST($6 AS BIGINT) IS NULL OR raised_at < $6)
+           AND (CAST($8 AS BOOLEAN) IS NULL OR (drill IS NOT NULL) = $8)
          ORDER BY level, raised_at DESC LIMIT $7"
     );
     let rows = db
         .rows(
             &sql,
-            args![&f.site, &f.room, &f.rule, f.level, f.from, f.to, limit],
+            args![&f.site, &f.room, &f.rule, f.level, f.from, f.to, limit, f.drill],
         )
         .await?;
     Ok(rows.iter().map(alarm_row).collect::<Result<_, _>>()?)
@@ -975,11 +1014,12 @@ pub struct Raised {
     pub raised_at: i64,
 }
 
-/// Alarms with a serial above `after`, oldest first, at most `limit`.
+/// Real alarms (not a drill's) with a serial above `after`, oldest first,
+/// at most `limit`: what hazards are proposed from.
 pub async fn raised_after(db: Conn<'_>, after: i64, limit: u32) -> Result<Vec<Raised>, SqlError> {
     db.rows(
         "SELECT serial, rule, name, level, site, room, category, raised_at FROM alarms
-         WHERE serial > $1 ORDER BY serial LIMIT $2",
+         WHERE serial > $1 AND drill IS NULL ORDER BY serial LIMIT $2",
         args![after, limit],
     )
     .await?
@@ -999,7 +1039,7 @@ pub async fn raised_after(db: Conn<'_>, after: i64, limit: u32) -> Result<Vec<Ra
     .collect()
 }
 
-/// How often `rule` was raised in a room in `(from, to]`.
+/// How often `rule` was raised for real (not in a drill) in a room in `(from, to]`.
 pub async fn raise_count(
     db: Conn<'_>,
     (site, room, rule): (&str, &str, &str),
@@ -1008,7 +1048,7 @@ pub async fn raise_count(
 ) -> Result<i64, SqlError> {
     db.value(
         "SELECT count(*) FROM alarms WHERE site = $1 AND room = $2 AND rule = $3
-         AND raised_at > $4 AND raised_at <= $5",
+         AND raised_at > $4 AND raised_at <= $5 AND drill IS NULL",
         args![site, room, rule, from, to],
     )
     .await
@@ -1082,6 +1122,7 @@ clear_delay = "0s"
             levels: vec![1, 2, 3, 4],
             escalation_only,
             lifecycle: true,
+            drills: true,
         };
         let routes = vec![route("oncall", false), route("boss", true)];
         let setup = AlarmSetup {

@@ -38,6 +38,14 @@ pub fn rollups(
         })
         .collect()
 }
+/// The longest a declared drill may last: every alarm inside one is kept
+/// out of the real counts, so a drill may not cover a day of real alarms.
+pub const DRILL_MAX_MS: i64 = 4 * 3_600_000;
+
+/// Declares a drill (`ended_at`: its planned end; 30 minutes when not
+/// given). Alarms raised inside it from now on are drill alarms; alarms
+/// already recorded are never relabelled, so a drill cannot be declared
+/// afterwards over real alarms.
 pub fn record_drill(
     c: Db<'_>,
     d: &NewDrill,
@@ -50,10 +58,18 @@ pub fn record_drill(
             "site and scenario must be given".into(),
         ));
     }
-    if ended_at.is_some_and(|e| e < started_at) {
+    let ended_at =
+        ended_at.unwrap_or(started_at + crate::store::schema::DRILL_DEFAULT_MS);
+    if ended_at <= started_at {
         return Err(InspectionError::Invalid(
-            "ended_at: before started_at".into(),
+            "ended_at: not after started_at".into(),
         ));
+    }
+    if ended_at - started_at > DRILL_MAX_MS {
+        return Err(InspectionError::Invalid(format!(
+            "ended_at: a drill lasts at most {} hours (alarms inside it are kept out of the real counts)",
+            DRILL_MAX_MS / 3_600_000
+        )));
     }
     let id: i64 = c.value(
         "INSERT INTO drills (site, room, scenario, started_at, ended_at, by, note)
@@ -68,11 +84,54 @@ pub fn record_drill(
             &d.note
         ],
     )?;
-    Ok(
-        json!({"id": id, "site": d.site, "room": d.room, "scenario": d.scenario,
-              "started_at": started_at, "ended_at": ended_at, "by": by, "note": d.note}),
-    )
+    drill(c, id)
 }
+
+/// Ends drill `id` at `now` if it is still running; its end stays where it
+/// was if it has already passed.
+pub fn end_drill(c: Db<'_>, id: i64, now: i64) -> Result<Value, InspectionError> {
+    c.exec(
+        "UPDATE drills SET ended_at = $2 WHERE id = $1 AND ended_at > $2 AND started_at <= $2",
+        args![id, now],
+    )?;
+    drill(c, id)
+}
+
+pub fn drill(c: Db<'_>, id: i64) -> Result<Value, InspectionError> {
+    let r = c.row(&format!("{DRILL_SELECT} WHERE d.id = $1"), args![id])?;
+    match r {
+        Some(r) => drill_json(&r),
+        None => Err(InspectionError::NotFound(format!("no drill with id {id}"))),
+    }
+}
+
+/// A drill with what its alarms show: how many, the worst level, how long
+/// from its start to the first alarm, and from that to the first
+/// acknowledgement.
+const DRILL_SELECT: &str = "SELECT d.id, d.site, d.room, d.scenario, d.started_at, d.ended_at, d.by, d.note,
+        (SELECT count(*) FROM alarms a WHERE a.drill = d.id),
+        (SELECT min(a.level) FROM alarms a WHERE a.drill = d.id),
+        (SELECT min(a.raised_at) FROM alarms a WHERE a.drill = d.id),
+        (SELECT min(a.ack_at) FROM alarms a WHERE a.drill = d.id)
+    FROM drills d";
+
+fn drill_json(r: &crate::store::sql::Row) -> Result<Value, InspectionError> {
+    let started: i64 = r.get(4)?;
+    let first: Option<i64> = r.get(10)?;
+    let ack: Option<i64> = r.get(11)?;
+    let secs = |ms: i64| (ms.max(0) as f64 / 1000.0).round() as i64;
+    Ok(json!({
+        "id": r.get::<i64>(0)?, "site": r.get::<String>(1)?,
+        "room": r.get::<String>(2)?, "scenario": r.get::<String>(3)?,
+        "started_at": started, "ended_at": r.get::<i64>(5)?,
+        "by": r.get::<String>(6)?, "note": r.get::<Option<String>>(7)?,
+        "alarms": r.get::<i64>(8)?,
+        "worst_level": r.get::<Option<i64>>(9)?,
+        "first_alarm_s": first.map(|f| secs(f - started)),
+        "first_ack_s": first.zip(ack).map(|(f, a)| secs(a - f)),
+    }))
+}
+
 pub fn drills(
     c: Db<'_>,
     site: Option<&str>,
@@ -80,21 +139,14 @@ pub fn drills(
     to: i64,
 ) -> Result<Vec<Value>, InspectionError> {
     let rows = c.rows(
-        "SELECT id, site, room, scenario, started_at, ended_at, by, note FROM drills
-         WHERE (CAST($1 AS TEXT) IS NULL OR site = $1) AND started_at >= $2 AND started_at < $3
-         ORDER BY started_at",
+        &format!(
+            "{DRILL_SELECT}
+             WHERE (CAST($1 AS TEXT) IS NULL OR d.site = $1) AND d.started_at >= $2 AND d.started_at < $3
+             ORDER BY d.started_at"
+        ),
         args![site, from, to],
     )?;
-    rows.iter()
-        .map(|r| {
-            Ok(json!({
-                "id": r.get::<i64>(0)?, "site": r.get::<String>(1)?,
-                "room": r.get::<String>(2)?, "scenario": r.get::<String>(3)?,
-                "started_at": r.get::<i64>(4)?, "ended_at": r.get::<Option<i64>>(5)?,
-                "by": r.get::<String>(6)?, "note": r.get::<Option<String>>(7)?,
-            }))
-        })
-        .collect()
+    rows.iter().map(drill_json).collect()
 }
 /// A number kept between rounds (the last alarm looked at, …).
 pub fn state_get(c: Db<'_>, key: &str) -> Result<Option<i64>, SqlError> {

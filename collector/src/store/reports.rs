@@ -26,7 +26,8 @@ pub fn alarm_times(
 ) -> Result<Vec<AlarmTimes>, SqlError> {
     let rows = c.rows(
         "SELECT level, category, raised_at, ack_at, cleared_at, inhibited FROM alarms
-         WHERE raised_at >= $1 AND raised_at < $2 AND (CAST($3 AS TEXT) IS NULL OR site = $3)",
+         WHERE raised_at >= $1 AND raised_at < $2 AND (CAST($3 AS TEXT) IS NULL OR site = $3)
+           AND drill IS NULL",
         args![from, to, site],
     )?;
     rows.iter()
@@ -68,6 +69,7 @@ pub fn longest_open(
         "SELECT serial, rule, name, level, site, room, raised_at, cleared_at,
                 COALESCE(cleared_at, $4) - raised_at AS open_ms
          FROM alarms WHERE raised_at >= $1 AND raised_at < $2 AND (CAST($3 AS TEXT) IS NULL OR site = $3)
+           AND drill IS NULL
          ORDER BY open_ms DESC, serial LIMIT $5",
         args![from, to, site, until, limit],
     )?;

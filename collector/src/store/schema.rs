@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS alarms (
     ack_at      INTEGER,
     ack_comment TEXT,
     assignee    TEXT,
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    drill       INTEGER
 );
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms (cleared_at, ack_at);
 CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (raised_at);
@@ -84,6 +85,10 @@ CREATE INDEX IF NOT EXISTS outbox_by_alarm ON outbox (serial, channel, id);
 CREATE INDEX IF NOT EXISTS alarms_unacknowledged ON alarms (raised_at) WHERE ack_at IS NULL;
 CREATE INDEX IF NOT EXISTS alarms_active ON alarms (raised_at) WHERE cleared_at IS NULL;
 "#;
+
+/// After [`ALARMS`] on a file of any version (the column may be new).
+pub const ALARMS_BY_DRILL: &str =
+    "CREATE INDEX IF NOT EXISTS alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;";
 
 /// Users, sessions, tokens and the audit log.
 pub const AUTH: &str = r#"
@@ -208,11 +213,34 @@ CREATE TABLE IF NOT EXISTS drills (
     note       TEXT
 );
 CREATE INDEX IF NOT EXISTS drills_by_time ON drills (started_at);
+CREATE INDEX IF NOT EXISTS drills_by_end ON drills (ended_at);
 CREATE TABLE IF NOT EXISTS inspection_state (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 "#;
+
+/// How long a drill declared without an end lasts.
+pub const DRILL_DEFAULT_MS: i64 = 30 * 60_000;
+
+/// Version 8's changes to a file made by an older version (a no-op on a
+/// new file, whose tables already have them).
+pub fn upgrade_to_8(c: &Connection) -> Result<(), rusqlite::Error> {
+    let has_drill: bool = c.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('alarms') WHERE name = 'drill'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_drill {
+        c.execute_batch("ALTER TABLE alarms ADD COLUMN drill INTEGER")?;
+    }
+    c.execute_batch(ALARMS_BY_DRILL)?;
+    c.execute(
+        "UPDATE drills SET ended_at = started_at + ?1 WHERE ended_at IS NULL",
+        [DRILL_DEFAULT_MS],
+    )?;
+    Ok(())
+}
 
 /// The inspection tables, after the alarm record they read.
 pub fn init_inspection(c: &Connection) -> Result<(), rusqlite::Error> {

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Bumped whenever the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// The store's own tables (alarms and inspection add theirs).
 pub(crate) const SCHEMA: &str = r#"
@@ -316,10 +316,13 @@ impl SqliteWriter {
             // New file, or an older version, which lacked only tables that
             // are created here; rollups of existing samples are computed by
             // the maintenance steps after the upgrade.
-            (0, 0) | (2, _) | (3, _) | (4, _) | (5, _) | (6, _) => {
+            (0, 0) | (2, _) | (3, _) | (4, _) | (5, _) | (6, _) | (7, _) => {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
                 conn.execute_batch(super::schema::ALARMS).map_err(open_err)?;
                 super::schema::init_inspection(&conn).map_err(open_err)?;
+                // Version 8: alarms name the drill they were raised in, and
+                // every drill has an end (a planned one where none was given).
+                super::schema::upgrade_to_8(&conn).map_err(open_err)?;
                 if (1..4).contains(&version) {
                     conn.execute_batch(
                         "INSERT OR IGNORE INTO rollup_dirty (point_id, bucket)

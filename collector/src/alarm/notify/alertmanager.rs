@@ -53,6 +53,10 @@ pub fn alert(d: &Value, link: Option<&str>) -> Value {
     if let Some(end) = d["cleared_at"].as_i64() {
         alert["endsAt"] = json!(rfc3339(end));
     }
+    // A label, so Alertmanager routes can send drills elsewhere or nowhere.
+    if let Some(id) = d["drill"].as_i64() {
+        alert["labels"]["drill"] = json!(id.to_string());
+    }
     if let Some(link) = link {
         alert["generatorURL"] = json!(format!("{link}/#alarm/{}", d["serial"]));
     }

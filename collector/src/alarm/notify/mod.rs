@@ -57,6 +57,11 @@ pub struct ChannelConfig {
     /// Receives only escalations of unacknowledged alarms (the second target).
     #[serde(default)]
     pub escalation_only: bool,
+    /// Takes alarms raised inside a declared drill, marked as drills
+    /// (default): a drill exercises the on-call path too. `false` keeps a
+    /// channel (a manager's, a regulator's) for real alarms only.
+    #[serde(default = "yes")]
+    pub drills: bool,
     #[serde(default = "default_timeout", with = "conf::duration")]
     pub timeout: Duration,
     /// Attempts before a notification becomes a dead letter.
@@ -76,6 +81,9 @@ pub struct ChannelConfig {
     pub username: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
 fn all_levels() -> Vec<u8> {
     vec![1, 2, 3, 4]
 }

@@ -28,6 +28,13 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
         (_, false) => format!("[escalated] {}", s("name")),
         (_, true) => s("name_zh"),
     };
+    // A drill's alarm says so before anything else: nobody should run for
+    // an extinguisher because of an exercise.
+    let head = match (d["drill"].as_i64(), zh) {
+        (Some(id), true) => format!("【演练 #{id}】{head}"),
+        (Some(id), false) => format!("[DRILL #{id}] {head}"),
+        (None, _) => head,
+    };
     let time = |k: &str| {
         d[k].as_i64()
             .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
@@ -107,6 +114,16 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_drill_alarm_says_drill_first_in_either_language() {
+        let d = json!({"kind": "raise", "level": 1, "name": "Smoke", "name_zh": "烟感", "drill": 4});
+        let tz = TimeZone::UTC;
+        assert!(text(&d, "en", &tz, None).starts_with("[DRILL #4] [critical alarm] Smoke"));
+        assert!(text(&d, "zh", &tz, None).starts_with("【演练 #4】【一级告警】烟感"));
+        let real = json!({"kind": "raise", "level": 1, "name": "Smoke", "drill": null});
+        assert!(!text(&real, "en", &tz, None).contains("DRILL"));
+    }
 
     #[test]
     fn a_raise_reads_level_place_value_and_advice_in_either_language() {

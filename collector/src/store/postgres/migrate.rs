@@ -14,7 +14,17 @@ const LOCK: i64 = 0x5247_5343_4845_4d41;
 const PARTITION_LOCK: i64 = 0x5247_5041_5254_4954;
 
 /// (version, SQL), in order. Never edit one that has shipped: add another.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
+
+/// Drills kept apart: an alarm raised inside a declared drill names it, and
+/// every drill has an end (a planned one where none was given).
+const V4: &str = r#"
+ALTER TABLE alarms ADD COLUMN drill BIGINT;
+CREATE INDEX alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;
+UPDATE drills SET ended_at = started_at + 1800000 WHERE ended_at IS NULL;
+ALTER TABLE drills ALTER COLUMN ended_at SET NOT NULL;
+CREATE INDEX drills_by_end ON drills (ended_at);
+"#;
 
 /// The readings core, as in SQLite: the point catalogue, samples keyed by
 /// (point, event time), the batch register that makes a resent batch a
