@@ -138,6 +138,7 @@ on_both!(thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reache
 on_both!(mains_failure_inhibits_what_it_explains_and_is_told_once);
 on_both!(a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_alone);
 on_both!(a_silenced_room_is_recorded_and_told_after_the_window_through_a_failing_receiver);
+on_both!(a_declared_drill_marks_its_alarms_and_keeps_them_from_channels_that_take_no_drills);
 
 fn serial(a: &Value) -> u64 {
     a["serial"].as_u64().unwrap_or(0)
@@ -689,6 +690,7 @@ async fn an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowled
         levels: vec![1, 2, 3, 4],
         escalation_only,
         lifecycle: true,
+        drills: true,
     };
     let routes = vec![route("oncall", false), route("boss", true)];
     let setup = AlarmSetup {
@@ -792,5 +794,94 @@ async fn an_unacknowledged_alarm_is_repeated_then_escalated_once_until_acknowled
         Ok(())
     })
     .await??;
+    Ok(())
+}
+
+async fn a_declared_drill_marks_its_alarms_and_keeps_them_from_channels_that_take_no_drills(
+    store: TestStore,
+) -> Result<()> {
+    // A second channel, for real alarms only; the door alarm clears at once.
+    let managers = Receiver::start().await?;
+    let extra = format!(
+        "[[alarms.channels]]\nid = \"managers\"\nkind = \"webhook\"\nurl = {:?}\ntimeout = \"2s\"\ndrills = false\n\
+         [[alarms.overrides]]\nrule = \"environment.door_open\"\nclear_delay = \"0s\"\n",
+        managers.url
+    );
+    let Some(s) = site(&store, "1", &extra).await? else {
+        return Ok(());
+    };
+    const DOOR: &str = "environment.door_open";
+    // Declared for the battery room without an end: it gets one.
+    let (status, d) = s
+        .post(
+            "/api/v1/drills",
+            json!({"site": "demo-site", "room": "battery-room", "scenario": "door_open"}),
+        )
+        .await?;
+    ensure!(status == 201, "{status} {d}");
+    let id = d["id"].as_i64().context("drill id")?;
+    ensure!(d["ended_at"].is_string(), "{d}");
+    s.drill("door_open").await?;
+    let told = s.told(DOOR, "raise").await?;
+    let alarms = s.of_rule(DOOR).await;
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0]["drill"], json!(id), "{}", alarms[0]);
+    let drill_serial = serial(&alarms[0]);
+    assert_eq!(told, [drill_serial]);
+    let body = s
+        .hook
+        .received()
+        .into_iter()
+        .find(|r| r.body["rule"] == DOOR)
+        .context("the drill's raise")?
+        .body;
+    assert_eq!(body["drill"], json!(id), "{body}");
+
+    // Over: the drill is ended early, and the door left open again is real.
+    s.drill("normal").await?;
+    s.told(DOOR, "clear").await?;
+    let (status, ended) = s.post(&format!("/api/v1/drills/{id}/end"), json!({})).await?;
+    ensure!(status == 200, "{status} {ended}");
+    let (status, missing) = s.post("/api/v1/drills/99999/end", json!({})).await?;
+    ensure!(status == 404, "an unknown drill: {status} {missing}");
+    s.drill("door_open").await?;
+    let real = eventually(PATIENCE, "the real door alarm told to the managers", || async {
+        managers
+            .of_rule(DOOR)
+            .into_iter()
+            .find(|(k, _)| k == "raise")
+            .map(|(_, serial)| serial)
+    })
+    .await?;
+    assert_ne!(real, drill_serial);
+    // The managers' channel never heard of the drill.
+    assert!(
+        managers.of_rule(DOOR).iter().all(|(_, s)| *s != drill_serial),
+        "{:?}",
+        managers.of_rule(DOOR)
+    );
+    let real_alarm = s
+        .of_rule(DOOR)
+        .await
+        .into_iter()
+        .find(|a| serial(a) == real)
+        .context("the real alarm")?;
+    assert_eq!(real_alarm["drill"], Value::Null, "{real_alarm}");
+    // Lists can keep them apart.
+    let only_drills = s.alarms(&format!("state=all&rule={DOOR}&drill=true")).await;
+    assert_eq!(only_drills.iter().map(serial).collect::<Vec<_>>(), [drill_serial]);
+    let only_real = s.alarms(&format!("state=all&rule={DOOR}&drill=false")).await;
+    assert_eq!(only_real.iter().map(serial).collect::<Vec<_>>(), [real]);
+    // The drill's record: one alarm, the first within seconds of its start.
+    let list = get_json(&s.client, &format!("{}/api/v1/drills", s.http))
+        .await
+        .context("drills")?;
+    let d = list["drills"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["id"] == json!(id)).cloned())
+        .context("the drill in the list")?;
+    assert_eq!((&d["alarms"], &d["worst_level"]), (&json!(1), &json!(4)), "{d}");
+    ensure!(d["first_alarm_s"].as_i64().is_some(), "{d}");
+    s.no_duplicates()?;
     Ok(())
 }
