@@ -81,7 +81,8 @@ function renderBanner() {
     return;
   }
   const list = [...pending.values()];
-  const names = list.map((a) => `#${a.serial} ${(getLang() === "zh-CN" && a.name_zh) || a.name} — ${a.room || a.site}`);
+  // A drill's alarm says so first: nobody should evacuate for an exercise.
+  const names = list.map((a) => `${a.drill != null ? `[${t("banner.drill")}] ` : ""}#${a.serial} ${(getLang() === "zh-CN" && a.name_zh) || a.name} — ${a.room || a.site}`);
   el.replaceChildren(
     h("span", { class: "banner-icon", "aria-hidden": "true" }, "✖"),
     h("strong", null, t("banner.critical")),

@@ -840,23 +840,32 @@ async fn a_declared_drill_marks_its_alarms_and_keeps_them_from_channels_that_tak
     // Over: the drill is ended early, and the door left open again is real.
     s.drill("normal").await?;
     s.told(DOOR, "clear").await?;
-    let (status, ended) = s.post(&format!("/api/v1/drills/{id}/end"), json!({})).await?;
+    let (status, ended) = s
+        .post(&format!("/api/v1/drills/{id}/end"), json!({}))
+        .await?;
     ensure!(status == 200, "{status} {ended}");
     let (status, missing) = s.post("/api/v1/drills/99999/end", json!({})).await?;
     ensure!(status == 404, "an unknown drill: {status} {missing}");
     s.drill("door_open").await?;
-    let real = eventually(PATIENCE, "the real door alarm told to the managers", || async {
-        managers
-            .of_rule(DOOR)
-            .into_iter()
-            .find(|(k, _)| k == "raise")
-            .map(|(_, serial)| serial)
-    })
+    let real = eventually(
+        PATIENCE,
+        "the real door alarm told to the managers",
+        || async {
+            managers
+                .of_rule(DOOR)
+                .into_iter()
+                .find(|(k, _)| k == "raise")
+                .map(|(_, serial)| serial)
+        },
+    )
     .await?;
     assert_ne!(real, drill_serial);
     // The managers' channel never heard of the drill.
     assert!(
-        managers.of_rule(DOOR).iter().all(|(_, s)| *s != drill_serial),
+        managers
+            .of_rule(DOOR)
+            .iter()
+            .all(|(_, s)| *s != drill_serial),
         "{:?}",
         managers.of_rule(DOOR)
     );
@@ -869,8 +878,13 @@ async fn a_declared_drill_marks_its_alarms_and_keeps_them_from_channels_that_tak
     assert_eq!(real_alarm["drill"], Value::Null, "{real_alarm}");
     // Lists can keep them apart.
     let only_drills = s.alarms(&format!("state=all&rule={DOOR}&drill=true")).await;
-    assert_eq!(only_drills.iter().map(serial).collect::<Vec<_>>(), [drill_serial]);
-    let only_real = s.alarms(&format!("state=all&rule={DOOR}&drill=false")).await;
+    assert_eq!(
+        only_drills.iter().map(serial).collect::<Vec<_>>(),
+        [drill_serial]
+    );
+    let only_real = s
+        .alarms(&format!("state=all&rule={DOOR}&drill=false"))
+        .await;
     assert_eq!(only_real.iter().map(serial).collect::<Vec<_>>(), [real]);
     // The drill's record: one alarm, the first within seconds of its start.
     let list = get_json(&s.client, &format!("{}/api/v1/drills", s.http))
@@ -880,7 +894,11 @@ async fn a_declared_drill_marks_its_alarms_and_keeps_them_from_channels_that_tak
         .as_array()
         .and_then(|l| l.iter().find(|d| d["id"] == json!(id)).cloned())
         .context("the drill in the list")?;
-    assert_eq!((&d["alarms"], &d["worst_level"]), (&json!(1), &json!(4)), "{d}");
+    assert_eq!(
+        (&d["alarms"], &d["worst_level"]),
+        (&json!(1), &json!(4)),
+        "{d}"
+    );
     ensure!(d["first_alarm_s"].as_i64().is_some(), "{d}");
     s.no_duplicates()?;
     Ok(())

@@ -377,7 +377,12 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         .find(|d| d["id"] == json!(drill_id))
         .context("the hydrogen drill in the report")?;
     assert_eq!(
-        (&d["room"], &d["alarms"], &d["worst_level"], &d["first_ack_s"]),
+        (
+            &d["room"],
+            &d["alarms"],
+            &d["worst_level"],
+            &d["first_ack_s"]
+        ),
         (&json!("battery-room"), &json!(2), &json!(1), &json!(null)),
         "{d}"
     );

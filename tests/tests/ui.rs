@@ -224,6 +224,87 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         "the page reloaded"
     );
 
+    // A drill declared from the console: its alarm carries the drill badge,
+    // and ending it from the console ends it in the store.
+    browser.goto(&format!("{http}/#/alarms")).await?;
+    browser.click(".drill-new", PATIENCE).await?;
+    browser
+        .find("#drill-room option[value=\"battery-room\"]", PATIENCE)
+        .await?;
+    browser
+        .eval(
+            "const r = document.querySelector('#drill-room'); r.value = 'battery-room'; \
+             r.dispatchEvent(new Event('change', { bubbles: true }));",
+            vec![],
+        )
+        .await?;
+    browser
+        .type_into("#drill-scenario", "door_open", PATIENCE)
+        .await?;
+    browser
+        .screenshot(&shots().join("drill-dialog.png"))
+        .await?;
+    browser.click("#drill-confirm", PATIENCE).await?;
+    let declared = eventually(PATIENCE, "drill declared", || async {
+        get_json(&client, &format!("{http}/api/v1/drills"))
+            .await
+            .and_then(|v| v["drills"].as_array().and_then(|a| a.first().cloned()))
+    })
+    .await?;
+    assert_eq!(
+        (&declared["room"], &declared["scenario"], &declared["by"]),
+        (&json!("battery-room"), &json!("door_open"), &json!("admin")),
+        "{declared}"
+    );
+    let drill_id = declared["id"].as_i64().context("drill id")?;
+    browser
+        .find(&format!("[data-drill=\"{drill_id}\"]"), PATIENCE)
+        .await?;
+    drill(&client, &addrs.control, "door_open").await?;
+    let door = eventually(PATIENCE, "door alarm in the API", || async {
+        get_json(
+            &client,
+            &format!("{http}/api/v1/alarms?rule=environment.door_open"),
+        )
+        .await
+        .and_then(|v| v["alarms"].as_array().and_then(|a| a.first().cloned()))
+    })
+    .await?;
+    assert_eq!(door["drill"], json!(drill_id), "{door}");
+    browser
+        .find(
+            &format!("[data-alarm=\"{}\"] .badge-drill", door["serial"]),
+            PATIENCE,
+        )
+        .await?;
+    browser
+        .screenshot(&shots().join("alarms-drill.png"))
+        .await?;
+    browser
+        .click(
+            &format!("[data-drill=\"{drill_id}\"] [data-action=\"end-drill\"]"),
+            PATIENCE,
+        )
+        .await?;
+    browser
+        .wait_for(
+            "the drill gone from the running list",
+            PATIENCE,
+            &format!("return !document.querySelector('[data-drill=\"{drill_id}\"]');"),
+        )
+        .await?;
+    let ended = get_json(&client, &format!("{http}/api/v1/drills"))
+        .await
+        .and_then(|v| v["drills"].as_array().and_then(|a| a.first().cloned()))
+        .context("the drill")?;
+    let end = ended["ended_at"].as_str().context("ended_at")?;
+    let end: jiff::Timestamp = end.parse()?;
+    ensure!(
+        end <= jiff::Timestamp::now(),
+        "ended from the console: {ended}"
+    );
+    drill(&client, &addrs.control, "normal").await?;
+
     // An inspector's work: a walk-through signed by the logged-in user, and a
     // hazard opened from the register.
     browser.goto(&format!("{http}/#/patrols")).await?;

@@ -321,7 +321,10 @@ mod tests {
             started_at: from,
             ended_at: to,
         };
-        let drills = [d(1, "battery-room", 0, 10 * MIN), d(2, "", 5 * MIN, 20 * MIN)];
+        let drills = [
+            d(1, "battery-room", 0, 10 * MIN),
+            d(2, "", 5 * MIN, 20 * MIN),
+        ];
         assert_eq!(drill_of(&drills, ("s", "battery-room"), MIN), Some(1));
         // Another room of the site: only the site-wide drill covers it.
         assert_eq!(drill_of(&drills, ("s", "machine-room"), MIN), None);

@@ -404,7 +404,8 @@ const EN: Words = Words {
     to_first_alarm: "Start to first alarm",
     to_first_ack: "First alarm to acknowledgement",
     whole_site: "whole site",
-    drills_apart: "Alarms raised inside a declared drill are counted here, not in the alarm tables above.",
+    drills_apart:
+        "Alarms raised inside a declared drill are counted here, not in the alarm tables above.",
     by: "By",
     none: "None.",
     month_by_month: "Month by month",

@@ -305,7 +305,10 @@ impl Recorder {
         if !transitions.is_empty() {
             let silences = active_silences(db, now).await?;
             let raises = transitions.iter().filter(|t| t.kind == Kind::Raise);
-            let drills = match (raises.clone().map(|t| t.at).min(), raises.map(|t| t.at).max()) {
+            let drills = match (
+                raises.clone().map(|t| t.at).min(),
+                raises.map(|t| t.at).max(),
+            ) {
                 (Some(from), Some(to)) => drills_between(db, from, to).await?,
                 _ => Vec::new(),
             };

@@ -58,8 +58,7 @@ pub fn record_drill(
             "site and scenario must be given".into(),
         ));
     }
-    let ended_at =
-        ended_at.unwrap_or(started_at + crate::store::schema::DRILL_DEFAULT_MS);
+    let ended_at = ended_at.unwrap_or(started_at + crate::store::schema::DRILL_DEFAULT_MS);
     if ended_at <= started_at {
         return Err(InspectionError::Invalid(
             "ended_at: not after started_at".into(),
@@ -108,7 +107,8 @@ pub fn drill(c: Db<'_>, id: i64) -> Result<Value, InspectionError> {
 /// A drill with what its alarms show: how many, the worst level, how long
 /// from its start to the first alarm, and from that to the first
 /// acknowledgement.
-const DRILL_SELECT: &str = "SELECT d.id, d.site, d.room, d.scenario, d.started_at, d.ended_at, d.by, d.note,
+const DRILL_SELECT: &str =
+    "SELECT d.id, d.site, d.room, d.scenario, d.started_at, d.ended_at, d.by, d.note,
         (SELECT count(*) FROM alarms a WHERE a.drill = d.id),
         (SELECT min(a.level) FROM alarms a WHERE a.drill = d.id),
         (SELECT min(a.raised_at) FROM alarms a WHERE a.drill = d.id),

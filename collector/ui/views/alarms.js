@@ -2,7 +2,8 @@
 // but not acknowledged, most severe first, then newest; "Recent" lists the
 // last 200 of any state, newest first. Responders and admins acknowledge,
 // comment, assign and silence a room for maintenance; everyone sees the
-// active silences. Rows are keyed by serial, so a refresh after an event
+// active silences and the drills running (declared here by anyone who records
+// patrols), whose alarms carry a drill badge. Rows are keyed by serial, so a refresh after an event
 // touches only rows that changed and keyboard focus stays where it was.
 
 import * as api from "../api.js";
@@ -11,13 +12,14 @@ import { h, reconcile, roomHref } from "../dom.js";
 import { t, getLang, stateWord } from "../i18n.js";
 import { fmtDateTime, fmtValue, stateOf, timeZone } from "../format.js";
 import { levelBadge, badge, metaItem, openDialog, showError, siteRoomPicker } from "../widgets.js";
-import { canRespond, currentUser } from "../session.js";
+import { canRecord, canRespond, currentUser } from "../session.js";
 
 let root = null;
 let tab = "open";
 let recent = [];
 let rowCache = new Map();
 let silenceCache = new Map();
+let drills = [];
 let unsubs = [];
 let viewGen = 0;
 
@@ -44,6 +46,7 @@ function renderRow(a) {
   if (a.late) flags.push(badge("late", t("alarm.flag.late"), t("alarm.flag.late_title")));
   if (a.inhibited) flags.push(badge("inhibited", t("alarm.flag.inhibited"), t("alarm.flag.inhibited_title")));
   if (a.silenced_by != null) flags.push(badge("silenced", t("alarm.flag.silenced", { id: a.silenced_by })));
+  if (a.drill != null) flags.push(badge("drill", t("alarm.flag.drill", { id: a.drill }), t("alarm.flag.drill_title")));
   const place = a.room ? h("a", { href: roomHref(a.site, a.room) }, `${a.site} / ${a.room}`) : `${a.site} / ${t("alarms.site_wide")}`;
   const ack = a.acknowledged_by ? [a.acknowledged_by, a.acknowledged_at ? h("span", { class: "muted" }, ` ${fmtDateTime(Date.parse(a.acknowledged_at))}`) : null] : [t("common.none")];
   const actions = [];
@@ -246,11 +249,101 @@ async function endSilence(id, btn) {
   }
 }
 
+// ---------------------------------------------------------------- drills
+
+/** Drills running now: their alarms are marked as drill alarms and kept out of the reports' real counts. */
+async function loadDrills() {
+  const gen = viewGen;
+  try {
+    const body = await api.get("/api/v1/drills", { from: "now-1d" });
+    if (gen !== viewGen) return;
+    const now = data.serverNow();
+    drills = (body.drills ?? []).filter((d) => Date.parse(d.started_at) <= now && Date.parse(d.ended_at) > now);
+    renderDrills();
+  } catch (e) {
+    if (e.status !== 401) showError(e.message);
+  }
+}
+
+function renderDrills() {
+  const box = root?.querySelector(".drills");
+  if (!box) return;
+  const rows = drills.map((d) =>
+    h(
+      "tr",
+      { dataset: { drill: String(d.id) } },
+      h("td", null, `#${d.id} ${d.scenario}`),
+      h("td", null, `${d.site} / ${d.room || t("drills.whole_site")}`),
+      h("td", null, `${fmtDateTime(Date.parse(d.started_at))} → ${fmtDateTime(Date.parse(d.ended_at))}`),
+      h("td", null, d.by),
+      h("td", null, canRecord() ? h("button", { type: "button", dataset: { action: "end-drill", id: String(d.id) } }, t("action.end_drill")) : null),
+    ),
+  );
+  box.replaceChildren(
+    h("h2", null, t("drills.title")),
+    drills.length
+      ? h(
+          "div",
+          { class: "table-wrap" },
+          h(
+            "table",
+            { class: "drill-table" },
+            h("thead", null, h("tr", null, ["drills.scenario", "drills.where", "drills.window", "drills.by"].map((k) => h("th", { scope: "col" }, t(k))), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_drill"))))),
+            h("tbody", null, rows),
+          ),
+        )
+      : h("p", { class: "muted" }, t("drills.none")),
+  );
+}
+
+function drillDialog() {
+  openDialog("dlg-drill", {
+    init: (form) => {
+      const roomSel = form.querySelector("#drill-room");
+      siteRoomPicker(form.querySelector("#drill-site"), roomSel, null, null);
+      // A drill may take the whole site (a mains failure does).
+      const wholeSite = () => roomSel.prepend(h("option", { value: "" }, t("drills.whole_site")));
+      wholeSite();
+      roomSel.value = "";
+      const siteSel = form.querySelector("#drill-site");
+      const refill = siteSel.onchange;
+      siteSel.onchange = () => {
+        refill();
+        wholeSite();
+        roomSel.value = "";
+      };
+    },
+    submit: async (form) => {
+      const note = form.querySelector("#drill-note").value.trim();
+      await api.post("/api/v1/drills", {
+        site: form.querySelector("#drill-site").value,
+        room: form.querySelector("#drill-room").value,
+        scenario: form.querySelector("#drill-scenario").value.trim(),
+        ended_at: `now+${form.querySelector("#drill-duration").value}`,
+        ...(note ? { note } : {}),
+      });
+      loadDrills();
+    },
+  });
+}
+
+async function endDrill(id, btn) {
+  btn.disabled = true;
+  try {
+    await api.post(`/api/v1/drills/${encodeURIComponent(id)}/end`, {});
+    loadDrills();
+  } catch (e) {
+    btn.disabled = false;
+    showError(e.message);
+  }
+}
+
 function onClick(e) {
   const btn = e.target.closest("button[data-action]");
   if (!btn || !root?.contains(btn)) return;
   const action = btn.dataset.action;
   if (action === "end-silence") return endSilence(btn.dataset.id, btn);
+  if (action === "end-drill") return endDrill(btn.dataset.id, btn);
   const row = btn.closest("[data-alarm]");
   if (!row) return;
   const serial = Number(row.dataset.alarm);
@@ -278,9 +371,11 @@ export default {
         h("h1", null, t("alarms.title")),
         h("nav", { class: "tabs", "aria-label": t("alarms.title") }, tabLink("open", "#/alarms", h("span", { class: "tab-count" })), tabLink("recent", "#/alarms/recent")),
         canRespond() ? h("button", { type: "button", class: "silence-new", onclick: () => silenceDialog(null, null) }, t("action.silence_new")) : null,
+        canRecord() ? h("button", { type: "button", class: "drill-new", onclick: drillDialog }, t("action.drill_new")) : null,
       ),
       h("p", { class: "alarm-empty empty", hidden: true }),
       h("div", { class: "alarm-list" }),
+      h("section", { class: "drills card" }),
       h("section", { class: "silences card" }),
     );
     el.addEventListener("click", onClick);
@@ -288,12 +383,16 @@ export default {
     renderList();
     renderSilences();
     refreshSilences();
+    drills = [];
+    renderDrills();
+    loadDrills();
     if (tab === "recent") loadRecent();
     unsubs = [
       data.on("alarms", () => {
         renderList();
         // The stream's "alarms" event also covers silences.
         refreshSilences();
+        loadDrills();
         if (tab === "recent") loadRecent();
       }),
       data.on("silences", renderSilences),

@@ -117,7 +117,8 @@ mod tests {
 
     #[test]
     fn a_drill_alarm_says_drill_first_in_either_language() {
-        let d = json!({"kind": "raise", "level": 1, "name": "Smoke", "name_zh": "烟感", "drill": 4});
+        let d =
+            json!({"kind": "raise", "level": 1, "name": "Smoke", "name_zh": "烟感", "drill": 4});
         let tz = TimeZone::UTC;
         assert!(text(&d, "en", &tz, None).starts_with("[DRILL #4] [critical alarm] Smoke"));
         assert!(text(&d, "zh", &tz, None).starts_with("【演练 #4】【一级告警】烟感"));
