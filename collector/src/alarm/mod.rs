@@ -1,4 +1,5 @@
 //! Safety alarms: rule packs (`rules`), the pure rule engine (`engine`), the
+//! grouping of alarms into incidents by cause (`incident`), the
 //! pure lifecycle decisions (`lifecycle`: silences, who is told what, repeats
 //! and escalation), and delivery to people (`notify`). The alarm record (its
 //! tables, the transitions written with the readings that caused them, the
@@ -10,6 +11,7 @@
 //! lose a transition nor raise one twice.
 
 pub mod engine;
+pub mod incident;
 pub mod lifecycle;
 pub mod notify;
 pub mod rules;

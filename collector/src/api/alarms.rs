@@ -137,6 +137,7 @@ fn alarm_json(a: &AlarmRow, rules: &RuleSet, tz: &TimeZone) -> Value {
         "silenced_by": a.silenced_by,
         "notified": a.notified,
         "drill": a.drill,
+        "incident": a.incident,
         "acknowledged_by": a.ack_by,
         "acknowledged_at": t(a.ack_at),
         "comment": a.ack_comment,
@@ -344,6 +345,84 @@ pub async fn acknowledge(
         OwnedAction::Ack(b.comment)
     })
     .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkAckBody {
+    serials: Vec<u64>,
+    /// Only when authentication is off; otherwise the logged-in user acts.
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// How many alarms one bulk acknowledgement may name.
+const BULK_MAX: usize = 1_000;
+
+/// Acknowledges a selection at once (`POST /api/v1/alarms/ack`), each with
+/// its incident, in one transaction: `acknowledged` lists every alarm this
+/// acknowledged (incident members included), `already` those acknowledged
+/// before, `unknown` serials with no alarm.
+pub async fn acknowledge_many(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<User>,
+    b: Result<Json<BulkAckBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let a = api(&st)?;
+    let b = body(b)?;
+    if b.serials.is_empty() || b.serials.len() > BULK_MAX {
+        return Err(bad(format!("serials: give 1 to {BULK_MAX} alarm serials")));
+    }
+    if let Some(c) = &b.comment {
+        text("comment", c)?;
+    }
+    let by = actor(&user, b.by);
+    name("by", &by)?;
+    let (rules, routes) = (a.rules.clone(), a.routes.clone());
+    let (done, already, unknown, queued) = with_store(&st, async move |c| {
+        let now = roomguard_protocol::clock::now_ms();
+        let (mut done, mut already, mut unknown, mut queued) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for serial in b.serials {
+            if done.contains(&serial) {
+                continue;
+            }
+            let act = Action::Acknowledge {
+                comment: b.comment.as_deref(),
+            };
+            match record::act(c, &rules, &routes, serial, &by, act, now).await {
+                Ok((alarm, q)) => {
+                    queued += q;
+                    // The incident's members were acknowledged with it.
+                    for r in c
+                        .rows(
+                            "SELECT serial FROM alarms WHERE (incident = $1 OR serial = $1) AND ack_at = $2",
+                            crate::args![alarm.incident, now],
+                        )
+                        .await?
+                    {
+                        let s: u64 = r.get(0)?;
+                        if !done.contains(&s) {
+                            done.push(s);
+                        }
+                    }
+                }
+                // Checked before anything is written: the transaction goes on.
+                Err(RecordError::Conflict(_)) => already.push(serial),
+                Err(RecordError::NoAlarm(_)) => unknown.push(serial),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((done, already, unknown, queued))
+    })
+    .await?;
+    if queued > 0 {
+        a.wake.notify_one();
+    }
+    st.live.alarms_changed();
+    tracing::info!(count = done.len(), "alarms acknowledged together");
+    Ok(Json(json!({ "acknowledged": done, "already": already, "unknown": unknown })))
 }
 
 pub async fn comment(

@@ -61,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/alarms", get(alarms::list))
+        .route("/api/v1/alarms/ack", post(alarms::acknowledge_many))
         .route("/api/v1/alarms/{serial}", get(alarms::one))
         .route("/api/v1/alarms/{serial}/ack", post(alarms::acknowledge))
         .route("/api/v1/alarms/{serial}/comment", post(alarms::comment))

@@ -6,6 +6,7 @@
 //! runs on either backend (`store/sql.rs`).
 
 use crate::alarm::engine::{Engine, Kind, Saved, Transition, Ts};
+use crate::alarm::incident::{self, Member, Raising};
 use crate::alarm::lifecycle::{self, Note, LATE_AFTER_MS};
 use crate::alarm::lifecycle::{level_name, Drill, Escalation, Route, Silence};
 use crate::alarm::rules::RuleSet;
@@ -86,6 +87,44 @@ pub async fn active_silences(db: Conn<'_>, now: Ts) -> Result<Vec<Silence>, SqlE
     .iter()
     .map(silence_row)
     .collect()
+}
+
+/// The active alarms of `site` with their incidents, for grouping a new one.
+async fn active_members(db: Conn<'_>, rules: &RuleSet, site: &str) -> Result<Vec<Member>, SqlError> {
+    let mut out = Vec::new();
+    for r in db
+        .rows(
+            "SELECT COALESCE(incident, serial), rule, room, category, raised_at, drill FROM alarms
+             WHERE cleared_at IS NULL AND site = $1",
+            args![site],
+        )
+        .await?
+    {
+        // A rule since removed from the packs links nothing.
+        let Some(rule) = rules.index(&r.get::<String>(1)?) else {
+            continue;
+        };
+        out.push(Member {
+            incident: r.get(0)?,
+            rule,
+            room: r.get(2)?,
+            category: r.get(3)?,
+            raised_at: r.get(4)?,
+            drill: r.get(5)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The most severe level told so far about incident `lead`.
+async fn told_level(db: Conn<'_>, lead: u64) -> Result<Option<u8>, SqlError> {
+    let level: Option<i64> = db
+        .value(
+            "SELECT min(level) FROM alarms WHERE (incident = $1 OR serial = $1) AND notified = TRUE",
+            args![lead],
+        )
+        .await?;
+    Ok(level.map(|l| l.clamp(1, 4) as u8))
 }
 
 /// Declared drills whose time overlaps `[from, to]` (event times).
@@ -358,10 +397,21 @@ impl Recorder {
                     now,
                 );
                 let drill = lifecycle::drill_of(drills, (&inst.site, &inst.room), t.at);
+                let joins = incident::place(
+                    self.engine.rules(),
+                    &Raising {
+                        rule: inst.rule,
+                        room: &inst.room,
+                        category: rule.category.as_str(),
+                        at: t.at,
+                        drill,
+                    },
+                    &active_members(db, self.engine.rules(), &inst.site).await?,
+                );
                 db.exec(
                     "INSERT INTO alarms (serial, rule, name, level, category, site, agent, room, device, point,
-                        began_at, raised_at, value, late, inhibited, silenced_by, updated_at, drill)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                        began_at, raised_at, value, late, inhibited, silenced_by, updated_at, drill, incident)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                      ON CONFLICT DO NOTHING",
                     args![
                         serial,
@@ -381,7 +431,8 @@ impl Recorder {
                         t.inhibited,
                         raise.silenced_by,
                         now,
-                        drill
+                        drill,
+                        joins.unwrap_or(t.serial)
                     ],
                 )
                 .await?;
@@ -390,7 +441,19 @@ impl Recorder {
                     event("drill", Some(format!("raised inside drill {id}"))).await?;
                 }
                 self.counts.0 += 1;
-                if raise.tell {
+                let mut tell = raise.tell;
+                if let Some(lead) = joins {
+                    let told = told_level(db, lead).await?;
+                    let worse = incident::tell_joining(inst.params.level, told);
+                    let text = match (raise.tell, worse, told) {
+                        (true, true, Some(l)) => format!("part of incident {lead}; told as a follow-up: worse than level {l}, the worst told so far"),
+                        (true, false, Some(l)) => format!("part of incident {lead}; not told: level {l} was already told for it"),
+                        _ => format!("part of incident {lead}"),
+                    };
+                    event("incident", Some(text)).await?;
+                    tell &= worse;
+                }
+                if tell {
                     self.notify_raise(db, t.serial, now).await?;
                 }
             }
@@ -621,6 +684,23 @@ pub async fn document(
         _ => a.raised_at,
     };
     let (level_en, level_zh) = level_name(a.level);
+    // The incident as it stands: a follow-up or a clear lists what it holds.
+    let members: Vec<Value> = db
+        .rows(
+            "SELECT serial, rule, name, level, room, cleared_at FROM alarms
+             WHERE incident = $1 OR serial = $1 ORDER BY serial LIMIT 50",
+            args![a.incident],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "serial": r.get::<i64>(0)?, "rule": r.get::<String>(1)?, "name": r.get::<String>(2)?,
+                "level": r.get::<i64>(3)?, "room": r.get::<String>(4)?,
+                "cleared": r.get::<Option<i64>>(5)?.is_some(),
+            }))
+        })
+        .collect::<Result<_, SqlError>>()?;
     Ok(Some(json!({
         "key": format!("{serial}:{kind}"),
         "kind": kind,
@@ -653,6 +733,8 @@ pub async fn document(
         "source": rule.map(|r| r.source.as_str()).unwrap_or(""),
         // Raised inside a declared drill: receivers show it as a drill.
         "drill": a.drill,
+        "incident": a.incident,
+        "incident_alarms": members,
         "sent_at": now,
     })))
 }
@@ -685,12 +767,15 @@ pub struct AlarmRow {
     pub assignee: Option<String>,
     /// The declared drill it was raised inside, if any.
     pub drill: Option<i64>,
+    /// The serial of its incident's first alarm (its own when it leads one).
+    pub incident: u64,
     /// active | acknowledged | cleared (not yet acknowledged) | closed
     pub state: &'static str,
 }
 
 const ALARM_COLUMNS: &str = "serial, rule, name, level, category, site, agent, room, device, point, began_at, raised_at,
-    value, cleared_at, clear_value, late, inhibited, silenced_by, notified, ack_by, ack_at, ack_comment, assignee, drill";
+    value, cleared_at, clear_value, late, inhibited, silenced_by, notified, ack_by, ack_at, ack_comment, assignee, drill,
+    COALESCE(incident, serial)";
 
 fn alarm_row(r: &Row) -> Result<AlarmRow, SqlError> {
     let cleared_at: Option<i64> = r.get(13)?;
@@ -726,6 +811,7 @@ fn alarm_row(r: &Row) -> Result<AlarmRow, SqlError> {
         ack_comment: r.get(21)?,
         assignee: r.get(22)?,
         drill: r.get(23)?,
+        incident: r.get(24)?,
         state,
     })
 }
@@ -839,7 +925,7 @@ pub enum Action<'a> {
 }
 
 /// Applies a person's action with its audit entry and, for an
-/// acknowledgement, its notification; `db` is a transaction the caller
+/// acknowledgement (which takes the alarm's whole incident), its notification; `db` is a transaction the caller
 /// commits (on SQLite an IMMEDIATE one: it takes the write lock before
 /// reading, so it cannot fail to upgrade while the store writer commits).
 /// Returns the alarm after.
@@ -885,6 +971,37 @@ pub async fn act(
             .await?;
             if before.notified {
                 queued += enqueue(db, rules, routes, serial, Note::Ack, now).await?;
+            }
+            // One acknowledgement for the incident: its other alarms not yet
+            // acknowledged are acknowledged with it, each in its own trail.
+            let others = db
+                .rows(
+                    &format!(
+                        "SELECT serial, notified FROM alarms
+                         WHERE (incident = $1 OR serial = $1) AND serial <> $2 AND ack_at IS NULL{lock}"
+                    ),
+                    args![before.incident, serial],
+                )
+                .await?;
+            let text = match comment {
+                Some(c) => format!("with incident {} (#{serial}): {c}", before.incident),
+                None => format!("with incident {} (#{serial})", before.incident),
+            };
+            for r in others {
+                let (other, notified): (u64, bool) = (r.get(0)?, r.get(1)?);
+                db.exec(
+                    "UPDATE alarms SET ack_by = $2, ack_at = $3, ack_comment = $4, updated_at = $3 WHERE serial = $1",
+                    args![other, by, now, comment],
+                )
+                .await?;
+                db.exec(
+                    "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, 'ack', $3, $4)",
+                    args![other, now, by, &text],
+                )
+                .await?;
+                if notified {
+                    queued += enqueue(db, rules, routes, other, Note::Ack, now).await?;
+                }
             }
         }
         Action::Comment { text } => {
@@ -1081,9 +1198,25 @@ source = "test"
 select = { quantity = ["smoke"] }
 when = { equals = 1 }
 clear_delay = "0s"
+
+[[rule]]
+id = "t.heat"
+name = "heat"
+category = "fire"
+level = 2
+source = "test"
+select = { quantity = ["heat"] }
+when = { equals = 1 }
+delay = "0s"
+clear_delay = "0s"
 "#;
 
     fn smoke(seq: u64, ts: i64, v: f64) -> Batch {
+        one(seq, ts, ("d.smoke", "smoke"), v)
+    }
+
+    /// One reading of `point` (of `quantity`) in room `mr`.
+    fn one(seq: u64, ts: i64, (point, quantity): (&str, &str), v: f64) -> Batch {
         Batch {
             v: PROTOCOL_VERSION,
             site: "s".into(),
@@ -1093,13 +1226,13 @@ clear_delay = "0s"
             polled_at: ts,
             backfill: false,
             points: vec![PointMeta {
-                id: "d.smoke".into(),
+                id: point.into(),
                 room: "mr".into(),
-                quantity: "smoke".into(),
+                quantity: quantity.into(),
                 unit: "".into(),
             }],
             readings: vec![Reading {
-                point: "d.smoke".into(),
+                point: point.into(),
                 value: Some(v),
                 text: None,
                 ts,
@@ -1227,6 +1360,71 @@ clear_delay = "0s"
             .map(|e| e.kind)
             .collect();
         assert_eq!(kinds, ["raise", "clear"]);
+    }
+
+    #[test]
+    fn one_fault_is_one_incident_told_once_and_again_only_when_it_gets_worse() {
+        let mut f = fixture();
+        let conn = Connection::open(&f.path).unwrap();
+        // Heat first (level 2), then smoke (level 1) and a second smoke
+        // head in the same room within seconds: one fire.
+        f.writer
+            .write_batches(&[one(1, T0, ("d.heat", "heat"), 1.0)], T0)
+            .unwrap();
+        f.writer
+            .write_batches(&[one(2, T0 + 10_000, ("d.smoke", "smoke"), 1.0)], T0 + 10_000)
+            .unwrap();
+        f.writer
+            .write_batches(&[one(3, T0 + 20_000, ("d2.smoke", "smoke"), 1.0)], T0 + 20_000)
+            .unwrap();
+        let all: Vec<AlarmRow> = (1..=3)
+            .map(|s| done(alarm(Conn::Lite(&conn), s)).unwrap().unwrap())
+            .collect();
+        assert!(all.iter().all(|a| a.incident == 1), "{all:?}");
+        // The first, and the smoke that made it worse; not the second head.
+        assert_eq!(f.outbox(), ["oncall 1:raise", "oncall 2:raise"]);
+        assert_eq!(
+            all.iter().map(|a| a.notified).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        // One acknowledgement takes the incident; only told alarms tell it.
+        let rules =
+            RuleSet::from_texts(&[(PathBuf::from("t.toml"), RULES.into())], Vec::new()).unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        done(act(
+            Conn::Lite(&tx),
+            &rules,
+            &[Route {
+                channel: "oncall".into(),
+                levels: vec![1, 2, 3, 4],
+                escalation_only: false,
+                lifecycle: true,
+                drills: true,
+            }],
+            3,
+            "eng",
+            Action::Acknowledge { comment: None },
+            T0 + MIN,
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+        for s in 1..=3 {
+            let a = done(alarm(Conn::Lite(&conn), s)).unwrap().unwrap();
+            assert_eq!(a.ack_by.as_deref(), Some("eng"), "{a:?}");
+        }
+        assert_eq!(
+            f.outbox(),
+            ["oncall 1:raise", "oncall 2:raise", "oncall 1:ack", "oncall 2:ack"]
+        );
+        // A heat alarm in the room after the window is a new incident.
+        f.writer
+            .write_batches(&[one(4, T0 + MIN, ("d.heat", "heat"), 0.0)], T0 + MIN)
+            .unwrap();
+        f.writer
+            .write_batches(&[one(5, T0 + 12 * MIN, ("d.heat", "heat"), 1.0)], T0 + 12 * MIN)
+            .unwrap();
+        let later = done(alarm(Conn::Lite(&conn), 4)).unwrap().unwrap();
+        assert_eq!((later.rule.as_str(), later.incident), ("t.heat", 4));
     }
 
     #[test]

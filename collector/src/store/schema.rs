@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS alarms (
     ack_comment TEXT,
     assignee    TEXT,
     updated_at  INTEGER NOT NULL,
-    drill       INTEGER
+    drill       INTEGER,
+    incident    INTEGER
 );
 CREATE INDEX IF NOT EXISTS alarms_open ON alarms (cleared_at, ack_at);
 CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (raised_at);
@@ -88,7 +89,8 @@ CREATE INDEX IF NOT EXISTS alarms_active ON alarms (raised_at) WHERE cleared_at 
 
 /// After [`ALARMS`] on a file of any version (the column may be new).
 pub const ALARMS_BY_DRILL: &str =
-    "CREATE INDEX IF NOT EXISTS alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;";
+    "CREATE INDEX IF NOT EXISTS alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;
+     CREATE INDEX IF NOT EXISTS alarms_by_incident ON alarms (incident);";
 
 /// Users, sessions, tokens and the audit log.
 pub const AUTH: &str = r#"
@@ -223,16 +225,19 @@ CREATE TABLE IF NOT EXISTS inspection_state (
 /// How long a drill declared without an end lasts.
 pub const DRILL_DEFAULT_MS: i64 = 30 * 60_000;
 
-/// Version 8's changes to a file made by an older version (a no-op on a
+/// Version 8's changes (drills kept apart, alarms grouped into incidents)
+/// to a file made by an older version (a no-op on a
 /// new file, whose tables already have them).
 pub fn upgrade_to_8(c: &Connection) -> Result<(), rusqlite::Error> {
-    let has_drill: bool = c.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('alarms') WHERE name = 'drill'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_drill {
-        c.execute_batch("ALTER TABLE alarms ADD COLUMN drill INTEGER")?;
+    for column in ["drill", "incident"] {
+        let has: bool = c.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('alarms') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            c.execute_batch(&format!("ALTER TABLE alarms ADD COLUMN {column} INTEGER"))?;
+        }
     }
     c.execute_batch(ALARMS_BY_DRILL)?;
     c.execute(

@@ -320,8 +320,9 @@ impl SqliteWriter {
                 conn.execute_batch(SCHEMA).map_err(open_err)?;
                 conn.execute_batch(super::schema::ALARMS).map_err(open_err)?;
                 super::schema::init_inspection(&conn).map_err(open_err)?;
-                // Version 8: alarms name the drill they were raised in, and
-                // every drill has an end (a planned one where none was given).
+                // Version 8: alarms name the drill they were raised in and
+                // their incident, and every drill has an end (a planned one
+                // where none was given).
                 super::schema::upgrade_to_8(&conn).map_err(open_err)?;
                 if (1..4).contains(&version) {
                     conn.execute_batch(

@@ -50,6 +50,41 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
         .map(|v| format!("{v}"))
         .unwrap_or_else(|| "-".into());
     let mut lines = vec![head];
+    // Part of an incident: say which, and what else it holds, so one message
+    // tells the whole fault (a follow-up is sent only when it got worse).
+    let serial = d["serial"].as_u64();
+    let lead = d["incident"].as_u64();
+    let others: Vec<String> = d["incident_alarms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|m| m["serial"].as_u64() != serial)
+                .take(8)
+                .map(|m| {
+                    let (en, lz) = level_name(m["level"].as_u64().unwrap_or(4) as u8);
+                    let name = m["name"].as_str().unwrap_or("");
+                    match zh {
+                        true => format!("#{} {name}（{lz}）", m["serial"]),
+                        false => format!("#{} {name} ({en})", m["serial"]),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(lead) = lead.filter(|l| Some(*l) != serial) {
+        lines.push(match (zh, kind) {
+            (true, "raise") => format!("事件 #{lead} 升级：此前已通知的告警级别较低"),
+            (true, _) => format!("属于事件 #{lead}"),
+            (false, "raise") => format!("Incident #{lead} got worse than anything told about it before"),
+            (false, _) => format!("Part of incident #{lead}"),
+        });
+    }
+    if !others.is_empty() {
+        lines.push(match zh {
+            true => format!("同一事件：{}", others.join("，")),
+            false => format!("Same incident: {}", others.join(", ")),
+        });
+    }
     if zh {
         lines.push(format!("站点：{}　房间：{}", s("site"), s("room")));
         lines.push(format!(
@@ -114,6 +149,26 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_follow_up_names_its_incident_and_what_else_it_holds() {
+        let d = json!({"kind": "raise", "level": 1, "serial": 9, "name": "Mains failure",
+            "name_zh": "市电停电", "incident": 7, "incident_alarms": [
+                {"serial": 7, "name": "Phase loss", "level": 2},
+                {"serial": 9, "name": "Mains failure", "level": 1}]});
+        let tz = TimeZone::UTC;
+        let en = text(&d, "en", &tz, None);
+        assert!(en.contains("Incident #7 got worse"), "{en}");
+        assert!(en.contains("Same incident: #7 Phase loss (major)"), "{en}");
+        assert!(!en.contains("#9 Mains failure (critical)"), "{en}");
+        let zh = text(&d, "zh", &tz, None);
+        assert!(zh.contains("事件 #7 升级") && zh.contains("#7 Phase loss（二级）"), "{zh}");
+        // The incident's first alarm alone: no incident lines.
+        let lead = json!({"kind": "raise", "level": 2, "serial": 7, "name": "Phase loss",
+            "incident": 7, "incident_alarms": [{"serial": 7, "name": "Phase loss", "level": 2}]});
+        let en = text(&lead, "en", &tz, None);
+        assert!(!en.contains("ncident"), "{en}");
+    }
 
     #[test]
     fn a_drill_alarm_says_drill_first_in_either_language() {

@@ -16,11 +16,14 @@ const PARTITION_LOCK: i64 = 0x5247_5041_5254_4954;
 /// (version, SQL), in order. Never edit one that has shipped: add another.
 pub const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
 
-/// Drills kept apart: an alarm raised inside a declared drill names it, and
-/// every drill has an end (a planned one where none was given).
+/// Drills kept apart and one fault one incident: an alarm raised inside a
+/// declared drill names it, every alarm names its incident (the serial of
+/// the incident's first alarm), and every drill has an end (a planned one
+/// where none was given).
 const V4: &str = r#"
-ALTER TABLE alarms ADD COLUMN drill BIGINT;
+ALTER TABLE alarms ADD COLUMN drill BIGINT, ADD COLUMN incident BIGINT;
 CREATE INDEX alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;
+CREATE INDEX alarms_by_incident ON alarms (incident);
 UPDATE drills SET ended_at = started_at + 1800000 WHERE ended_at IS NULL;
 ALTER TABLE drills ALTER COLUMN ended_at SET NOT NULL;
 CREATE INDEX drills_by_end ON drills (ended_at);
