@@ -162,10 +162,15 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
     };
     s.drill("smoke").await?;
 
-    // First head: smoke; second head: two heads confirm; heat: smoke + heat confirm.
-    s.told("fire.smoke", "raise").await?;
+    // First head: smoke; second head: two heads confirm; heat: smoke + heat
+    // confirm. One fire, one incident: told at its first alarm and again
+    // when two heads make it critical; the rest is recorded under it.
+    let first = s.told("fire.smoke", "raise").await?;
     s.told("fire.confirmed_two_heads", "raise").await?;
-    s.told("fire.confirmed_smoke_heat", "raise").await?;
+    let by_heat = eventually(PATIENCE, "smoke and heat confirm the fire", || async {
+        s.of_rule("fire.confirmed_smoke_heat").await.into_iter().next()
+    })
+    .await?;
     let smoke = s.of_rule("fire.smoke").await;
     assert_eq!(smoke.len(), 2, "one alarm per smoke head: {smoke:?}");
     assert!(smoke
@@ -175,6 +180,23 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
     assert_eq!(confirmed.len(), 1, "{confirmed:?}");
     assert_eq!(confirmed[0]["level"], 1);
     assert_eq!(confirmed[0]["room"], "machine-room");
+    let incident = json!(first[0]);
+    for a in smoke.iter().chain(&confirmed).chain([&by_heat]) {
+        assert_eq!(a["incident"], incident, "one incident: {a}");
+    }
+    assert_eq!(by_heat["notified"], false, "{by_heat}");
+    let fire_raises: Vec<u64> = s
+        .hook
+        .received()
+        .iter()
+        .filter(|r| r.body["kind"] == "raise" && r.body["category"] == "fire")
+        .filter_map(|r| r.body["serial"].as_u64())
+        .collect();
+    assert_eq!(
+        fire_raises,
+        [first[0], serial(&confirmed[0])],
+        "the first alarm and the follow-up that made it critical"
+    );
 
     // The collector dies mid-fire and comes back: nothing is raised again.
     // It dies once what it had to tell is told: a notification in flight at
@@ -262,7 +284,12 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
         .iter()
         .filter_map(|e| e["kind"].as_str())
         .collect();
-    assert_eq!(kinds, ["raise", "ack", "comment", "assign"]);
+    assert_eq!(kinds, ["raise", "incident", "ack", "comment", "assign"]);
+    // One acknowledgement for the incident: the smoke heads are acknowledged with it.
+    let head = get_json(&s.client, &format!("{}/api/v1/alarms/{}", s.http, first[0]))
+        .await
+        .context("first smoke alarm")?;
+    assert_eq!(head["acknowledged_by"], "tests", "{head}");
 
     // The fire is out: every alarm raised is cleared, each told once.
     s.drill("normal").await?;
@@ -290,14 +317,19 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
     .await?;
     assert!(s.hook.received().len() > raises_before);
     s.no_duplicates()?;
-    // Cleared but acknowledged: closed. The others wait for acknowledgement.
+    // Cleared and acknowledged with the incident: closed, nothing left open.
     let closed = s.alarms("state=all&rule=fire.confirmed_two_heads").await;
     assert_eq!(closed[0]["state"], "closed");
     assert!(s
+        .alarms("state=all&rule=fire.smoke")
+        .await
+        .iter()
+        .all(|a| a["state"] == "closed"));
+    assert!(!s
         .alarms("state=open")
         .await
         .iter()
-        .any(|a| a["rule"] == "fire.smoke" && a["state"] == "cleared"));
+        .any(|a| a["category"] == "fire"));
     // Alertmanager learns the end of the alert. Its API leaves out alerts
     // that have ended; one never told of its end would stay active for its
     // resolve_timeout (5 min), far longer than this test waits.
@@ -338,13 +370,18 @@ async fn thermal_runaway_raises_the_explosion_alarms_in_order_and_level_1_reache
         return Ok(());
     };
     s.drill("thermal_runaway").await?;
-    for rule in [
-        "explosion.h2_warning",
-        "explosion.h2_alarm",
-        "explosion.bms_fault",
-        "explosion.cell_overtemp",
-    ] {
-        s.told(rule, "raise").await?;
+    // One incident in the battery room: told at the first hydrogen alarm and
+    // again when 25 % LFL makes it critical; the BMS's own alarms that
+    // follow are recorded under it, not told again.
+    let first = s.told("explosion.h2_warning", "raise").await?;
+    s.told("explosion.h2_alarm", "raise").await?;
+    for rule in ["explosion.bms_fault", "explosion.cell_overtemp"] {
+        let a = eventually(PATIENCE, &format!("{rule} recorded"), || async {
+            s.of_rule(rule).await.into_iter().next()
+        })
+        .await?;
+        assert_eq!(a["incident"], json!(first[0]), "{a}");
+        assert_eq!(a["notified"], false, "{a}");
     }
     let raised = |rule: &'static str| {
         let s = &s;
@@ -528,13 +565,19 @@ async fn a_loose_neutral_raises_voltage_unbalance_from_the_agents_derived_point_
     s.drill("phase_unbalance").await?;
     s.told("electrical.voltage_unbalance", "raise").await?;
     // Both meters and the Eaton UPS's input (an SNMP derived point) read
-    // the same phases: one alarm each, each told once.
-    let alarms = eventually(PATIENCE, "every source's unbalance told", || async {
+    // the same phases: one alarm each, in one incident told once.
+    let alarms = eventually(PATIENCE, "every source's unbalance recorded", || async {
         let alarms = s.of_rule("electrical.voltage_unbalance").await;
-        let told = s.hook.of_rule("electrical.voltage_unbalance");
-        (alarms.len() == 3 && told.len() == 3).then_some(alarms)
+        (alarms.len() == 3).then_some(alarms)
     })
     .await?;
+    let lead = alarms.iter().map(serial).min().context("first")?;
+    assert!(
+        alarms.iter().all(|a| a["incident"] == json!(lead)),
+        "{alarms:?}"
+    );
+    let told = s.hook.of_rule("electrical.voltage_unbalance");
+    assert_eq!(told, [("raise".to_owned(), lead)]);
     for point in [
         "pd-meter-1.voltage_unbalance",
         "pd-meter-2.voltage_unbalance",
