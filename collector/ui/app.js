@@ -127,12 +127,13 @@ function renderHeader() {
   renderAlarmCount();
 }
 
+/** Open incidents, as the console's Open tab and the overview's summary count them. */
 function renderAlarmCount() {
   const el = $("alarm-count");
-  const n = data.openAlarms.length;
+  const n = data.incidents(data.openAlarms).length;
   el.hidden = n === 0;
   el.textContent = String(n);
-  el.title = t("alarms.count", { n });
+  el.title = t("alarms.count", { n, alarms: data.openAlarms.length });
   const worst = data.openAlarms.reduce((w, a) => (!a.cleared_at && (w === 0 || a.level < w) ? a.level : w), 0);
   el.dataset.level = String(worst);
 }

@@ -220,6 +220,25 @@ function sortAlarms(list) {
   return list.slice().sort(LEVEL_ORDER);
 }
 
+/**
+ * Alarms grouped by incident (one fault; `incident` is the serial of its
+ * first alarm): `{ id, alarms, main }`, each incident's alarms most severe
+ * first, `main` the one that speaks for it; incidents in that same order.
+ */
+export function incidents(list) {
+  const by = new Map();
+  for (const a of list) {
+    const id = a.incident ?? a.serial;
+    if (!by.has(id)) by.set(id, []);
+    by.get(id).push(a);
+  }
+  const groups = [...by].map(([id, alarms]) => {
+    alarms.sort(LEVEL_ORDER);
+    return { id, alarms, main: alarms[0] };
+  });
+  return groups.sort((x, y) => LEVEL_ORDER(x.main, y.main));
+}
+
 export async function loadAlarms() {
   const body = await api.get("/api/v1/alarms", { state: "open", limit: 1000 });
   openAlarms = sortAlarms(body.alarms ?? []);

@@ -168,7 +168,10 @@ async fn a_fire_drill_confirms_the_fire_and_every_transition_is_told_once_across
     let first = s.told("fire.smoke", "raise").await?;
     s.told("fire.confirmed_two_heads", "raise").await?;
     let by_heat = eventually(PATIENCE, "smoke and heat confirm the fire", || async {
-        s.of_rule("fire.confirmed_smoke_heat").await.into_iter().next()
+        s.of_rule("fire.confirmed_smoke_heat")
+            .await
+            .into_iter()
+            .next()
     })
     .await?;
     let smoke = s.of_rule("fire.smoke").await;

@@ -189,7 +189,10 @@ type AlarmRow = (u64, String, String, String, bool);
 /// The serials of the alarms told to someone (an incident's first alarm and
 /// its follow-ups; the rest are recorded under their incident).
 fn told(pg: &Postgres) -> Result<Vec<u64>> {
-    let text = pg.psql(DB, "SELECT serial FROM alarms WHERE notified ORDER BY serial")?;
+    let text = pg.psql(
+        DB,
+        "SELECT serial FROM alarms WHERE notified ORDER BY serial",
+    )?;
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|l| Ok(l.trim().parse()?))
@@ -415,16 +418,20 @@ async fn node_killed_mid_drill(pg: &Postgres, root: &Path) -> Result<()> {
         )
     })?;
     // Every clear told too.
-    eventually(PATIENCE, "every told alarm's clear at the receiver", || async {
-        let a = told(pg).ok()?;
-        let got = hook.received();
-        a.iter()
-            .all(|x| {
-                got.iter()
-                    .any(|r| r.body["serial"].as_u64() == Some(*x) && r.body["kind"] == "clear")
-            })
-            .then_some(())
-    })
+    eventually(
+        PATIENCE,
+        "every told alarm's clear at the receiver",
+        || async {
+            let a = told(pg).ok()?;
+            let got = hook.received();
+            a.iter()
+                .all(|x| {
+                    got.iter()
+                        .any(|r| r.body["serial"].as_u64() == Some(*x) && r.body["kind"] == "clear")
+                })
+                .then_some(())
+        },
+    )
     .await?;
 
     // The agents drain their spools and stop; the ledger of each is checked.
@@ -702,18 +709,22 @@ async fn a_frozen_node_is_fenced_off_and_rejoins_a_postgres_restart_stalls_nothi
     for s in &sites {
         drill(&client, &s.control, "normal").await?;
     }
-    eventually(PATIENCE, "every alarm cleared, every told one's clear told", || async {
-        let a = alarms(&pg).ok()?;
-        let told = told(&pg).ok()?;
-        let got = hook.received();
-        (!a.is_empty()
-            && a.iter().all(|x| x.4)
-            && told.iter().all(|x| {
-                got.iter()
-                    .any(|r| r.body["serial"].as_u64() == Some(*x) && r.body["kind"] == "clear")
-            }))
-        .then_some(())
-    })
+    eventually(
+        PATIENCE,
+        "every alarm cleared, every told one's clear told",
+        || async {
+            let a = alarms(&pg).ok()?;
+            let told = told(&pg).ok()?;
+            let got = hook.received();
+            (!a.is_empty()
+                && a.iter().all(|x| x.4)
+                && told.iter().all(|x| {
+                    got.iter()
+                        .any(|r| r.body["serial"].as_u64() == Some(*x) && r.body["kind"] == "clear")
+                }))
+            .then_some(())
+        },
+    )
     .await?;
 
     // An acknowledgement made on n1 (a bare POST: the body is optional)

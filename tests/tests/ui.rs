@@ -141,6 +141,27 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
     .await?;
     assert_eq!(acked["acknowledged_by"], "admin", "{acked}");
     assert_eq!(acked["comment"], "ventilation started, on my way");
+    // One fault, one incident: the 10 % warning before it is in the same
+    // card and was acknowledged with it.
+    let incident = acked["incident"].as_u64().context("incident")?;
+    let warning = get_json(
+        &client,
+        &format!("{http}/api/v1/alarms?state=all&rule=explosion.h2_warning"),
+    )
+    .await
+    .and_then(|v| v["alarms"].as_array().and_then(|a| a.first().cloned()))
+    .context("hydrogen warning")?;
+    assert_eq!(warning["incident"], json!(incident), "{warning}");
+    assert_eq!(warning["acknowledged_by"], "admin", "{warning}");
+    browser
+        .find(
+            &format!(
+                "[data-incident=\"{incident}\"] [data-alarm=\"{}\"]",
+                warning["serial"]
+            ),
+            PATIENCE,
+        )
+        .await?;
     browser
         .wait_for(
             "the console shows it acknowledged",
@@ -280,6 +301,23 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
     browser
         .screenshot(&shots().join("alarms-drill.png"))
         .await?;
+    // Selected and acknowledged together from the console.
+    browser
+        .click(
+            &format!(
+                "[data-incident=\"{}\"] input.pick-incident",
+                door["incident"]
+            ),
+            PATIENCE,
+        )
+        .await?;
+    browser.click(".ack-selected", PATIENCE).await?;
+    eventually(PATIENCE, "the selection acknowledged", || async {
+        get_json(&client, &format!("{http}/api/v1/alarms/{}", door["serial"]))
+            .await
+            .filter(|a| a["acknowledged_by"] == "admin")
+    })
+    .await?;
     browser
         .click(
             &format!("[data-drill=\"{drill_id}\"] [data-action=\"end-drill\"]"),

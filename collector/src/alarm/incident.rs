@@ -46,7 +46,12 @@ pub struct Raising<'a> {
 
 /// Whether the packs say one of the two rules explains the other.
 fn related(rules: &RuleSet, a: usize, b: usize) -> bool {
-    let by = |x: usize, y: usize| rules.rules.get(x).is_some_and(|r| r.inhibited_by.contains(&y));
+    let by = |x: usize, y: usize| {
+        rules
+            .rules
+            .get(x)
+            .is_some_and(|r| r.inhibited_by.contains(&y))
+    };
     by(a, b) || by(b, a)
 }
 
@@ -119,13 +124,25 @@ mod tests {
     #[test]
     fn what_a_mains_failure_causes_joins_its_incident_in_any_room() {
         let r = rules();
-        let open = [member(&r, 7, "electrical.mains_failure", "distribution-room", 0)];
+        let open = [member(
+            &r,
+            7,
+            "electrical.mains_failure",
+            "distribution-room",
+            0,
+        )];
         // The machine room warms because its cooling lost power.
         let warm = raising(&r, "environment.inlet_temp_high", "machine-room", 20 * MIN);
         assert_eq!(place(&r, &warm, &open), Some(7));
         // A phase lost before the mains failure was confirmed: the mains
         // failure joins the phase loss's incident.
-        let open = [member(&r, 3, "electrical.phase_loss", "distribution-room", 0)];
+        let open = [member(
+            &r,
+            3,
+            "electrical.phase_loss",
+            "distribution-room",
+            0,
+        )];
         let mains = raising(&r, "electrical.mains_failure", "distribution-room", 6_000);
         assert_eq!(place(&r, &mains, &open), Some(3));
     }
@@ -173,7 +190,12 @@ mod tests {
             member(&r, 2, "electrical.mains_failure", "distribution-room", 0),
             member(&r, 3, "electrical.breaker_trip", "distribution-room", MIN),
         ];
-        let ups = raising(&r, "electrical.ups_on_battery", "distribution-room", 2 * MIN);
+        let ups = raising(
+            &r,
+            "electrical.ups_on_battery",
+            "distribution-room",
+            2 * MIN,
+        );
         assert_eq!(place(&r, &ups, &open), Some(2));
         let trip = raising(&r, "electrical.spd_failed", "distribution-room", 2 * MIN);
         assert_eq!(place(&r, &trip, &open), Some(3));

@@ -422,7 +422,9 @@ pub async fn acknowledge_many(
     }
     st.live.alarms_changed();
     tracing::info!(count = done.len(), "alarms acknowledged together");
-    Ok(Json(json!({ "acknowledged": done, "already": already, "unknown": unknown })))
+    Ok(Json(
+        json!({ "acknowledged": done, "already": already, "unknown": unknown }),
+    ))
 }
 
 pub async fn comment(

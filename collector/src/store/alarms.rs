@@ -90,7 +90,11 @@ pub async fn active_silences(db: Conn<'_>, now: Ts) -> Result<Vec<Silence>, SqlE
 }
 
 /// The active alarms of `site` with their incidents, for grouping a new one.
-async fn active_members(db: Conn<'_>, rules: &RuleSet, site: &str) -> Result<Vec<Member>, SqlError> {
+async fn active_members(
+    db: Conn<'_>,
+    rules: &RuleSet,
+    site: &str,
+) -> Result<Vec<Member>, SqlError> {
     let mut out = Vec::new();
     for r in db
         .rows(
@@ -1372,10 +1376,16 @@ clear_delay = "0s"
             .write_batches(&[one(1, T0, ("d.heat", "heat"), 1.0)], T0)
             .unwrap();
         f.writer
-            .write_batches(&[one(2, T0 + 10_000, ("d.smoke", "smoke"), 1.0)], T0 + 10_000)
+            .write_batches(
+                &[one(2, T0 + 10_000, ("d.smoke", "smoke"), 1.0)],
+                T0 + 10_000,
+            )
             .unwrap();
         f.writer
-            .write_batches(&[one(3, T0 + 20_000, ("d2.smoke", "smoke"), 1.0)], T0 + 20_000)
+            .write_batches(
+                &[one(3, T0 + 20_000, ("d2.smoke", "smoke"), 1.0)],
+                T0 + 20_000,
+            )
             .unwrap();
         let all: Vec<AlarmRow> = (1..=3)
             .map(|s| done(alarm(Conn::Lite(&conn), s)).unwrap().unwrap())
@@ -1414,14 +1424,22 @@ clear_delay = "0s"
         }
         assert_eq!(
             f.outbox(),
-            ["oncall 1:raise", "oncall 2:raise", "oncall 1:ack", "oncall 2:ack"]
+            [
+                "oncall 1:raise",
+                "oncall 2:raise",
+                "oncall 1:ack",
+                "oncall 2:ack"
+            ]
         );
         // A heat alarm in the room after the window is a new incident.
         f.writer
             .write_batches(&[one(4, T0 + MIN, ("d.heat", "heat"), 0.0)], T0 + MIN)
             .unwrap();
         f.writer
-            .write_batches(&[one(5, T0 + 12 * MIN, ("d.heat", "heat"), 1.0)], T0 + 12 * MIN)
+            .write_batches(
+                &[one(5, T0 + 12 * MIN, ("d.heat", "heat"), 1.0)],
+                T0 + 12 * MIN,
+            )
             .unwrap();
         let later = done(alarm(Conn::Lite(&conn), 4)).unwrap().unwrap();
         assert_eq!((later.rule.as_str(), later.incident), ("t.heat", 4));

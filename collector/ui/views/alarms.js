@@ -1,6 +1,9 @@
 // #/alarms — the alarm console. "Open" lists alarms still active or cleared
 // but not acknowledged, most severe first, then newest; "Recent" lists the
-// last 200 of any state, newest first. Responders and admins acknowledge,
+// last 200 of any state, newest first. Alarms of one incident (one fault)
+// share a card: its most severe alarm, the rest folded beneath; acknowledging
+// acknowledges the incident, and incidents can be selected and acknowledged
+// together. Responders and admins acknowledge,
 // comment, assign and silence a room for maintenance; everyone sees the
 // active silences and the drills running (declared here by anyone who records
 // patrols), whose alarms carry a drill badge. Rows are keyed by serial, so a refresh after an event
@@ -20,6 +23,10 @@ let recent = [];
 let rowCache = new Map();
 let silenceCache = new Map();
 let drills = [];
+let drillCache = new Map();
+/** Incidents selected for a bulk acknowledgement, and those shown unfolded. */
+let picked = new Set();
+let expanded = new Set();
 let unsubs = [];
 let viewGen = 0;
 
@@ -40,7 +47,7 @@ function shownAlarms() {
   return tab === "open" ? data.openAlarms : recent;
 }
 
-function renderRow(a) {
+function renderRow(a, g) {
   const respond = canRespond();
   const flags = [];
   if (a.late) flags.push(badge("late", t("alarm.flag.late"), t("alarm.flag.late_title")));
@@ -51,8 +58,10 @@ function renderRow(a) {
   const ack = a.acknowledged_by ? [a.acknowledged_by, a.acknowledged_at ? h("span", { class: "muted" }, ` ${fmtDateTime(Date.parse(a.acknowledged_at))}`) : null] : [t("common.none")];
   const actions = [];
   if (respond) {
-    // Only an unacknowledged alarm can be acknowledged (the API answers 409 otherwise).
-    if (!a.acknowledged_at) actions.push(h("button", { type: "button", class: "primary", dataset: { action: "ack" } }, t("action.ack")));
+    // Only an unacknowledged alarm can be acknowledged (the API answers 409
+    // otherwise); acknowledging one acknowledges its whole incident.
+    const waiting = g ? g.alarms.filter((x) => !x.acknowledged_at).length : 0;
+    if (!a.acknowledged_at) actions.push(h("button", { type: "button", class: "primary", dataset: { action: "ack" } }, waiting > 1 ? t("action.ack_incident", { n: waiting }) : t("action.ack")));
     actions.push(h("button", { type: "button", dataset: { action: "comment" } }, t("action.comment")));
     actions.push(h("button", { type: "button", dataset: { action: "assign" } }, t("action.assign")));
     if (a.room) actions.push(h("button", { type: "button", dataset: { action: "silence" } }, t("action.silence_room")));
@@ -61,7 +70,15 @@ function renderRow(a) {
   return h(
     "article",
     { class: "alarm", tabindex: "0", "aria-labelledby": nameId, dataset: { alarm: String(a.serial), state: a.state, level: String(a.level) } },
-    h("div", { class: "alarm-level" }, levelBadge(a.level)),
+    h(
+      "div",
+      { class: "alarm-level" },
+      levelBadge(a.level),
+      // The incident's main alarm carries its selection for a bulk acknowledgement.
+      respond && g && g.alarms.some((x) => !x.acknowledged_at)
+        ? h("label", { class: "pick" }, h("input", { type: "checkbox", class: "pick-incident", checked: picked.has(g.id), dataset: { incident: String(g.id) } }), h("span", { class: "sr-only" }, t("incident.pick", { id: g.id })))
+        : null,
+    ),
     h(
       "div",
       { class: "alarm-main" },
@@ -85,17 +102,81 @@ function renderRow(a) {
   );
 }
 
+/**
+ * One fault, one card: an incident shows its most severe alarm in full and
+ * the others folded beneath it (kept open once opened). The card stays the
+ * same element while alarms join or change; only the rows that changed are
+ * rebuilt, so a button is not pulled from under a finger when another alarm
+ * joins the incident.
+ */
+function incidentShell(g) {
+  const more = h("details", { class: "incident-more", hidden: true, open: expanded.has(g.id) }, h("summary"), h("div", { class: "incident-rest" }));
+  more.addEventListener("toggle", () => (more.open ? expanded.add(g.id) : expanded.delete(g.id)));
+  const el = h("section", { class: "incident", dataset: { incident: String(g.id) } }, h("p", { class: "incident-head muted", hidden: true }), h("div", { class: "incident-main" }), more);
+  el._rows = { main: new Map(), rest: new Map() };
+  return el;
+}
+
+function fillIncident(el, g, extra) {
+  const many = g.alarms.length > 1;
+  if (many) el.dataset.count = String(g.alarms.length);
+  else delete el.dataset.count;
+  const head = el.querySelector(".incident-head");
+  head.hidden = !many;
+  head.textContent = many ? t("incident.title", { id: g.id, n: g.alarms.length }) : "";
+  const waiting = g.alarms.filter((a) => !a.acknowledged_at).length;
+  reconcile(el.querySelector(".incident-main"), [g.main], { key: (a) => a.serial, sig: (a) => `${JSON.stringify(a)}${extra}|${waiting}`, render: (a) => renderRow(a, g), cache: el._rows.main });
+  const more = el.querySelector(".incident-more");
+  more.hidden = !many;
+  more.querySelector("summary").textContent = many ? t("incident.more", { n: g.alarms.length - 1 }) : "";
+  reconcile(el.querySelector(".incident-rest"), g.alarms.slice(1), { key: (a) => a.serial, sig: (a) => JSON.stringify(a) + extra, render: (a) => renderRow(a, null), cache: el._rows.rest });
+}
+
 function renderList() {
   if (!root) return;
   const list = root.querySelector(".alarm-list");
-  const items = shownAlarms();
+  const groups = data.incidents(shownAlarms());
+  if (tab === "recent") groups.sort((x, y) => Date.parse(y.main.raised_at) - Date.parse(x.main.raised_at));
   const empty = root.querySelector(".alarm-empty");
-  empty.hidden = items.length > 0;
+  empty.hidden = groups.length > 0;
   empty.textContent = tab === "open" ? t("alarms.none_open") : t("alarms.none_recent");
+  // A selection of incidents no longer shown (acknowledged, gone) is dropped.
+  for (const id of picked) if (!groups.some((g) => g.id === id && g.alarms.some((a) => !a.acknowledged_at))) picked.delete(id);
   const extra = `${getLang()}|${canRespond()}`;
-  reconcile(list, items, { key: (a) => a.serial, sig: (a) => JSON.stringify(a) + extra, render: renderRow, cache: rowCache });
+  reconcile(list, groups, { key: (g) => g.id, sig: () => extra, render: incidentShell, cache: rowCache });
+  for (const g of groups) fillIncident(rowCache.get(g.id).el, g, extra);
   const count = root.querySelector(".tab-count");
-  if (count) count.textContent = ` (${data.openAlarms.length})`;
+  if (count) count.textContent = ` (${data.incidents(data.openAlarms).length})`;
+  renderPicked();
+}
+
+/** The bulk acknowledgement button says how many incidents are selected. */
+function renderPicked() {
+  const btn = root?.querySelector(".ack-selected");
+  if (!btn) return;
+  btn.hidden = picked.size === 0;
+  btn.textContent = t("action.ack_selected", { n: picked.size });
+}
+
+async function ackSelected(btn) {
+  // The first unacknowledged alarm of each incident: the API takes the rest of it.
+  const serials = data
+    .incidents(shownAlarms())
+    .filter((g) => picked.has(g.id))
+    .map((g) => g.alarms.find((a) => !a.acknowledged_at)?.serial)
+    .filter((s) => s != null);
+  if (serials.length === 0) return;
+  btn.disabled = true;
+  try {
+    await api.post("/api/v1/alarms/ack", { serials });
+    picked.clear();
+    afterAction();
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    btn.disabled = false;
+    renderPicked();
+  }
 }
 
 function silenceRow(s) {
@@ -265,35 +346,46 @@ async function loadDrills() {
   }
 }
 
+function drillRow(d) {
+  return h(
+    "tr",
+    { dataset: { drill: String(d.id) } },
+    h("td", null, `#${d.id} ${d.scenario}`),
+    h("td", null, `${d.site} / ${d.room || t("drills.whole_site")}`),
+    h("td", null, `${fmtDateTime(Date.parse(d.started_at))} → ${fmtDateTime(Date.parse(d.ended_at))}`),
+    h("td", null, d.by),
+    h("td", null, canRecord() ? h("button", { type: "button", dataset: { action: "end-drill", id: String(d.id) } }, t("action.end_drill")) : null),
+  );
+}
+
+function renderDrillsFrame(box) {
+  box.append(
+    h("h2", null, t("drills.title")),
+    h("p", { class: "muted drills-empty" }, t("drills.none")),
+    h(
+      "div",
+      { class: "table-wrap" },
+      h(
+        "table",
+        { class: "drill-table" },
+        h("thead", null, h("tr", null, ["drills.scenario", "drills.where", "drills.window", "drills.by"].map((k) => h("th", { scope: "col" }, t(k))), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_drill"))))),
+        h("tbody"),
+      ),
+    ),
+  );
+}
+
+/**
+ * Keyed by drill, as the silences are, and rebuilt only when what a row shows
+ * changes (not when its alarm figures do): a refresh never replaces an "End
+ * drill" button being pressed.
+ */
 function renderDrills() {
   const box = root?.querySelector(".drills");
   if (!box) return;
-  const rows = drills.map((d) =>
-    h(
-      "tr",
-      { dataset: { drill: String(d.id) } },
-      h("td", null, `#${d.id} ${d.scenario}`),
-      h("td", null, `${d.site} / ${d.room || t("drills.whole_site")}`),
-      h("td", null, `${fmtDateTime(Date.parse(d.started_at))} → ${fmtDateTime(Date.parse(d.ended_at))}`),
-      h("td", null, d.by),
-      h("td", null, canRecord() ? h("button", { type: "button", dataset: { action: "end-drill", id: String(d.id) } }, t("action.end_drill")) : null),
-    ),
-  );
-  box.replaceChildren(
-    h("h2", null, t("drills.title")),
-    drills.length
-      ? h(
-          "div",
-          { class: "table-wrap" },
-          h(
-            "table",
-            { class: "drill-table" },
-            h("thead", null, h("tr", null, ["drills.scenario", "drills.where", "drills.window", "drills.by"].map((k) => h("th", { scope: "col" }, t(k))), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_drill"))))),
-            h("tbody", null, rows),
-          ),
-        )
-      : h("p", { class: "muted" }, t("drills.none")),
-  );
+  box.querySelector(".drills-empty").hidden = drills.length > 0;
+  box.querySelector(".table-wrap").hidden = drills.length === 0;
+  reconcile(box.querySelector("tbody"), drills, { key: (d) => d.id, sig: (d) => [d.scenario, d.site, d.room, d.started_at, d.ended_at, d.by, canRecord()].join("|"), render: drillRow, cache: drillCache });
 }
 
 function drillDialog() {
@@ -338,12 +430,22 @@ async function endDrill(id, btn) {
   }
 }
 
+function onChange(e) {
+  const box = e.target.closest("input.pick-incident");
+  if (!box || !root?.contains(box)) return;
+  const id = Number(box.dataset.incident);
+  if (box.checked) picked.add(id);
+  else picked.delete(id);
+  renderPicked();
+}
+
 function onClick(e) {
   const btn = e.target.closest("button[data-action]");
   if (!btn || !root?.contains(btn)) return;
   const action = btn.dataset.action;
   if (action === "end-silence") return endSilence(btn.dataset.id, btn);
   if (action === "end-drill") return endDrill(btn.dataset.id, btn);
+  if (action === "ack-selected") return ackSelected(btn);
   const row = btn.closest("[data-alarm]");
   if (!row) return;
   const serial = Number(row.dataset.alarm);
@@ -370,6 +472,7 @@ export default {
         { class: "view-head" },
         h("h1", null, t("alarms.title")),
         h("nav", { class: "tabs", "aria-label": t("alarms.title") }, tabLink("open", "#/alarms", h("span", { class: "tab-count" })), tabLink("recent", "#/alarms/recent")),
+        canRespond() ? h("button", { type: "button", class: "primary ack-selected", hidden: true, dataset: { action: "ack-selected" } }) : null,
         canRespond() ? h("button", { type: "button", class: "silence-new", onclick: () => silenceDialog(null, null) }, t("action.silence_new")) : null,
         canRecord() ? h("button", { type: "button", class: "drill-new", onclick: drillDialog }, t("action.drill_new")) : null,
       ),
@@ -379,11 +482,14 @@ export default {
       h("section", { class: "silences card" }),
     );
     el.addEventListener("click", onClick);
+    el.addEventListener("change", onChange);
     renderSilencesFrame(el.querySelector(".silences"));
     renderList();
     renderSilences();
     refreshSilences();
     drills = [];
+    drillCache = new Map();
+    renderDrillsFrame(el.querySelector(".drills"));
     renderDrills();
     loadDrills();
     if (tab === "recent") loadRecent();
@@ -404,6 +510,8 @@ export default {
     for (const u of unsubs) u();
     unsubs = [];
     root?.removeEventListener("click", onClick);
+    root?.removeEventListener("change", onChange);
+    picked = new Set();
     rowCache = new Map();
     recent = [];
     root = null;

@@ -183,13 +183,21 @@ function updateLevel(tile) {
 function renderSummary() {
   const box = root?.querySelector(".summary");
   if (!box) return;
+  // Open incidents, as the header's badge counts them: those still active by
+  // the worst level active in them, and those over but not yet acknowledged.
   const counts = [0, 0, 0, 0, 0];
-  for (const a of data.openAlarms) if (!a.cleared_at && a.level >= 1 && a.level <= 4) counts[a.level]++;
+  let waiting = 0;
+  for (const g of data.incidents(data.openAlarms)) {
+    const active = g.alarms.filter((a) => !a.cleared_at);
+    if (active.length === 0) waiting++;
+    else counts[Math.min(4, Math.max(1, active[0].level))]++;
+  }
   const items = [];
   for (let l = 1; l <= 4; l++) {
-    if (counts[l]) items.push(h("a", { href: "#/alarms", class: "sum-chip", dataset: { level: String(l) } }, levelBadge(l, { short: true }), h("span", { class: "sum-n" }, String(counts[l]))));
+    if (counts[l]) items.push(h("a", { href: "#/alarms", class: "sum-chip", dataset: { level: String(l) }, title: t("overview.summary.incidents") }, levelBadge(l, { short: true }), h("span", { class: "sum-n" }, String(counts[l]))));
   }
   if (items.length === 0) items.push(h("span", { class: "sum-ok" }, levelBadge(0), " ", t("overview.summary.none")));
+  if (waiting) items.push(h("a", { href: "#/alarms", class: "sum-chip sum-waiting" }, t("overview.summary.waiting", { n: waiting })));
   const offline = [...data.agents.values()].filter((a) => a.state !== "online").map((a) => a.agent);
   if (offline.length) items.push(badge("offline", t("overview.summary.agents_offline", { list: offline.join(", ") })));
   box.replaceChildren(...items);

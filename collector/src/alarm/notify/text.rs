@@ -75,7 +75,9 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
         lines.push(match (zh, kind) {
             (true, "raise") => format!("事件 #{lead} 升级：此前已通知的告警级别较低"),
             (true, _) => format!("属于事件 #{lead}"),
-            (false, "raise") => format!("Incident #{lead} got worse than anything told about it before"),
+            (false, "raise") => {
+                format!("Incident #{lead} got worse than anything told about it before")
+            }
             (false, _) => format!("Part of incident #{lead}"),
         });
     }
@@ -162,7 +164,10 @@ mod tests {
         assert!(en.contains("Same incident: #7 Phase loss (major)"), "{en}");
         assert!(!en.contains("#9 Mains failure (critical)"), "{en}");
         let zh = text(&d, "zh", &tz, None);
-        assert!(zh.contains("事件 #7 升级") && zh.contains("#7 Phase loss（二级）"), "{zh}");
+        assert!(
+            zh.contains("事件 #7 升级") && zh.contains("#7 Phase loss（二级）"),
+            "{zh}"
+        );
         // The incident's first alarm alone: no incident lines.
         let lead = json!({"kind": "raise", "level": 2, "serial": 7, "name": "Phase loss",
             "incident": 7, "incident_alarms": [{"serial": 7, "name": "Phase loss", "level": 2}]});
