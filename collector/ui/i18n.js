@@ -123,7 +123,7 @@ const en = {
   "alarms.site_wide": "whole site",
   "alarms.count": "{n} open incidents ({alarms} alarms)",
   "incident.title": "Incident #{id}: {n} alarms",
-  "incident.more": "{n} more alarms in this incident",
+  "incident.more": "{n} more in this incident",
   "incident.pick": "Select incident #{id}",
   "action.ack_incident": "Acknowledge all {n}",
   "action.ack_selected": "Acknowledge selected ({n})",
