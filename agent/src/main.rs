@@ -57,10 +57,16 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(2);
-            }
+            Err(e) => match e.only_unset_env() {
+                Some(unset) => {
+                    roomguard_protocol::conf::print_unset_env(&config, &unset);
+                    Ok(())
+                }
+                None => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            },
         },
         Command::Run { config } => {
             tracing_subscriber::fmt()

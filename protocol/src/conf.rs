@@ -77,7 +77,21 @@ pub enum ConfigError {
     },
 }
 
+/// The message of a secret whose environment variable is not set, ending in the name.
+const UNSET_ENV: &str = "environment variable ";
+
 impl ConfigError {
+    /// When the only problems are secrets' environment variables not set
+    /// here: those problems. `validate` may run where the service's
+    /// environment is not (a workstation, CI), so it reports them as what
+    /// `run` will need rather than as errors; `run` refuses to start.
+    pub fn only_unset_env(&self) -> Option<Vec<Problem>> {
+        let all = self.problems();
+        let unset = |p: &Problem| p.message.starts_with(UNSET_ENV) && p.message.ends_with(" is not set");
+        (matches!(self, ConfigError::Invalid { .. } | ConfigError::Field { .. }) && all.iter().all(unset))
+            .then_some(all)
+    }
+
     /// Every problem named, for callers that print or test them one by one.
     pub fn problems(&self) -> Vec<Problem> {
         match self {
@@ -326,7 +340,7 @@ impl Secret {
             (Some(v), None, None) => Ok(Some(v.clone())),
             (None, Some(var), None) => std::env::var(var)
                 .map(Some)
-                .map_err(|_| format!("environment variable {var} is not set")),
+                .map_err(|_| format!("{UNSET_ENV}{var} is not set")),
             (None, None, Some(path)) => std::fs::read_to_string(path)
                 .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
@@ -337,6 +351,18 @@ impl Secret {
 
     pub fn is_inline(&self) -> bool {
         self.value.is_some()
+    }
+}
+
+/// What `validate` says of a configuration that is valid but for secrets
+/// whose environment variables are not set where it ran.
+pub fn print_unset_env(file: &Path, unset: &[Problem]) {
+    println!(
+        "{}: ok, once these environment variables are set (`run` refuses to start without them, and checks their values then):",
+        file.display()
+    );
+    for p in unset {
+        println!("  - {}: {}", p.path, p.message);
     }
 }
 
