@@ -154,13 +154,29 @@ export function siteRoomPicker(siteSel, roomSel, site, room) {
   siteSel.onchange = () => fill(null);
 }
 
-/** A table in its scrolling wrapper: `head` the column titles, `rows` arrays of cells; numbers are right-aligned. */
+/**
+ * A table in its scrolling wrapper: `head` the column titles, `rows` arrays
+ * of cells; numbers are right-aligned. On a phone its rows become cards,
+ * each cell under its column's title (see `labelCells`).
+ */
 export function table(head, rows, attrs) {
   const num = rows[0]?.map((c) => typeof c === "number") ?? [];
   const cell = (tag, c, isNum) => h(tag, { class: isNum ? "num" : null, scope: tag === "th" ? "col" : null }, c);
-  return h(
+  const wrap = h(
     "div",
     { class: "table-wrap" },
-    h("table", attrs, h("thead", null, h("tr", null, head.map((c, i) => cell("th", c, num[i])))), h("tbody", null, rows.map((r) => h("tr", null, r.map((c) => cell("td", c, typeof c === "number")))))),
+    h("table", { ...attrs, class: `cards ${attrs?.class ?? ""}`.trim() }, h("thead", null, h("tr", null, head.map((c, i) => cell("th", c, num[i])))), h("tbody", null, rows.map((r) => h("tr", null, r.map((c) => cell("td", c, typeof c === "number")))))),
   );
+  labelCells(wrap.querySelector("table"));
+  return wrap;
+}
+
+/** Each body cell gets its column's title (`data-label`), which a phone shows beside it once the rows are cards. */
+export function labelCells(tableEl) {
+  const titles = [...tableEl.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const tr of tableEl.querySelectorAll("tbody tr")) {
+    [...tr.children].forEach((cell, i) => {
+      if (titles[i] && cell.dataset.label !== titles[i]) cell.dataset.label = titles[i];
+    });
+  }
 }

@@ -87,9 +87,13 @@ impl ConfigError {
     /// `run` will need rather than as errors; `run` refuses to start.
     pub fn only_unset_env(&self) -> Option<Vec<Problem>> {
         let all = self.problems();
-        let unset = |p: &Problem| p.message.starts_with(UNSET_ENV) && p.message.ends_with(" is not set");
-        (matches!(self, ConfigError::Invalid { .. } | ConfigError::Field { .. }) && all.iter().all(unset))
-            .then_some(all)
+        let unset =
+            |p: &Problem| p.message.starts_with(UNSET_ENV) && p.message.ends_with(" is not set");
+        (matches!(
+            self,
+            ConfigError::Invalid { .. } | ConfigError::Field { .. }
+        ) && all.iter().all(unset))
+        .then_some(all)
     }
 
     /// Every problem named, for callers that print or test them one by one.

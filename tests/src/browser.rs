@@ -25,6 +25,21 @@ impl Browser {
     /// Starts ChromeDriver and a headless Chromium window of `width`×`height`;
     /// `None` when they are not installed outside CI.
     pub async fn start(dir: &Path, width: u32, height: u32) -> Result<Option<Browser>> {
+        Self::start_as(dir, (width, height), false).await
+    }
+
+    /// A phone: Chromium's mobile emulation with a viewport of exactly
+    /// `width`×`height` CSS pixels (a desktop window cannot be made that
+    /// narrow), touch and a device pixel ratio of 2.
+    pub async fn start_phone(dir: &Path, width: u32, height: u32) -> Result<Option<Browser>> {
+        Self::start_as(dir, (width, height), true).await
+    }
+
+    async fn start_as(
+        dir: &Path,
+        (width, height): (u32, u32),
+        phone: bool,
+    ) -> Result<Option<Browser>> {
         let Some(driver) = external("chromedriver", "chromium-driver") else {
             return Ok(None);
         };
@@ -41,7 +56,7 @@ impl Browser {
                 last = e;
                 continue;
             }
-            return Self::open(proc, port, &chromium, width, height)
+            return Self::open(proc, port, &chromium, (width, height), phone)
                 .await
                 .map(Some);
         }
@@ -52,8 +67,8 @@ impl Browser {
         driver: Proc,
         port: u16,
         chromium: &PathBuf,
-        width: u32,
-        height: u32,
+        (width, height): (u32, u32),
+        phone: bool,
     ) -> Result<Browser> {
         let profile = tempfile::tempdir()?;
         // The machine has no network beyond loopback: no background
@@ -72,13 +87,19 @@ impl Browser {
             format!("--window-size={width},{height}"),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        let mut options = json!({
+            "binary": chromium,
+            "args": args,
+            "prefs": { "intl.accept_languages": "en-US,en" },
+        });
+        if phone {
+            options["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": width, "height": height, "pixelRatio": 2.0, "touch": true },
+            });
+        }
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": args,
-                "prefs": { "intl.accept_languages": "en-US,en" },
-            },
+            "goog:chromeOptions": options,
         } } });
         crate::install_crypto();
         let http = reqwest::Client::builder()

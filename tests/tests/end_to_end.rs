@@ -397,7 +397,9 @@ type = "int16"
 fn each_sample_config_passes_validate_and_run_refuses_it_until_its_secrets_are_set() -> Result<()> {
     let dir = tempfile::tempdir()?;
     for bin in ["roomguard-agent", "roomguard-collector"] {
-        let out = Command::new(workspace_bin(bin)).arg("sample-config").output()?;
+        let out = Command::new(workspace_bin(bin))
+            .arg("sample-config")
+            .output()?;
         assert!(out.status.success(), "{bin} sample-config");
         let conf = dir.path().join(format!("{bin}.toml"));
         std::fs::write(&conf, &out.stdout)?;

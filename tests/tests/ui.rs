@@ -480,3 +480,132 @@ async fn switch_language(b: &Browser) -> Result<()> {
     }
     Ok(())
 }
+
+/// JavaScript: "" when the page is no wider than the viewport and no table
+/// scrolls sideways in its wrapper, else what sticks out: the widths and the
+/// elements past the viewport's right edge, or the tables.
+const OVERFLOW: &str = "const w = window.innerWidth; const sw = document.documentElement.scrollWidth; \
+    const scrolled = [...document.querySelectorAll('.table-wrap')] \
+      .filter((t) => t.getClientRects().length && t.scrollWidth > t.clientWidth + 1) \
+      .map((t) => 'a table scrolls sideways: ' + t.scrollWidth + ' in ' + t.clientWidth + ' (' + (t.querySelector('th') || {}).textContent + ')'); \
+    if (sw <= w) return scrolled.join(', '); \
+    const wide = [...document.querySelectorAll('body *')] \
+      .filter((e) => e.getBoundingClientRect().right > w + 0.5 && e.getClientRects().length) \
+      .slice(-8) \
+      .map((e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + \
+        (typeof e.className === 'string' && e.className ? '.' + e.className.trim().split(/\\s+/).join('.') : '') + \
+        ' ' + Math.round(e.getBoundingClientRect().right)); \
+    return sw + ' > ' + w + ': ' + wide.join(', ');";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_view_fits_a_phone_360_px_wide_without_horizontal_scroll() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(broker) = Mosquitto::start(dir.path())? else {
+        return Ok(());
+    };
+    let Some(browser) = Browser::start_phone(dir.path(), 360, 780).await? else {
+        return Ok(());
+    };
+    let (_sim, addrs) = start_simulator(dir.path(), &["--speed", "4"])?;
+    let (_collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), "")?;
+    let agent_conf = demo_agent_config(&addrs, &broker.url(), &dir.path().join("agent-state"))?;
+    let _agent = start_agent(dir.path(), &agent_conf)?;
+    let client = http_client();
+    browser.goto(&format!("{http}/")).await?;
+    let width = browser.eval("return window.innerWidth;", vec![]).await?;
+    assert_eq!(width, json!(360), "the emulated phone's viewport");
+    browser.type_into("#login-user", "admin", PATIENCE).await?;
+    browser
+        .type_into("#login-password", "admin-test-password", PATIENCE)
+        .await?;
+    browser.click("#login-submit", PATIENCE).await?;
+    browser
+        .find("[data-room=\"demo-site/battery-room\"]", PATIENCE)
+        .await?;
+    // Alarms to show: a hydrogen incident in the battery room, and a drill.
+    drill(&client, &addrs.control, "thermal_runaway").await?;
+    eventually(PATIENCE, "hydrogen alarm raised", || async {
+        get_json(
+            &client,
+            &format!("{http}/api/v1/alarms?rule=explosion.h2_alarm"),
+        )
+        .await
+        .and_then(|v| v["alarms"].as_array().and_then(|a| a.first().cloned()))
+    })
+    .await?;
+
+    // Each view, once what it shows is there.
+    let views = [
+        (
+            "overview",
+            "#/",
+            "[data-room=\"demo-site/battery-room\"] .value",
+        ),
+        ("room", "#/room/demo-site/battery-room", "#view-room .value"),
+        (
+            "point",
+            "#/point/demo-site/br-h2-1.h2",
+            "#view-point canvas",
+        ),
+        ("alarms", "#/alarms", "[data-incident] .alarm"),
+        ("alarms-recent", "#/alarms/recent", "[data-incident] .alarm"),
+        ("hazards", "#/hazards", "#hazard-new"),
+        ("patrols", "#/patrols", "#patrol-new"),
+        ("reports", "#/reports", "#report-print"),
+    ];
+    let mut failures = Vec::new();
+    for lang in ["en", "zh-CN"] {
+        if lang == "zh-CN" {
+            switch_language(&browser).await?;
+            browser
+                .wait_for(
+                    "Chinese",
+                    PATIENCE,
+                    "return document.documentElement.lang === 'zh-CN';",
+                )
+                .await?;
+        }
+        for (name, hash, ready) in views {
+            browser.goto(&format!("{http}/{hash}")).await?;
+            browser.find(ready, PATIENCE).await?;
+            // Late layout (fonts, charts sized after first paint).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            browser
+                .screenshot(&shots().join(format!("phone-{name}-{lang}.png")))
+                .await?;
+            let over = browser.eval(OVERFLOW, vec![]).await?;
+            if over != json!("") {
+                failures.push(format!("{name} ({lang}): {over}"));
+            }
+        }
+        // A dialog, too: acknowledging from the console.
+        browser.goto(&format!("{http}/#/alarms")).await?;
+        browser
+            .click("[data-incident] [data-action=\"ack\"]", PATIENCE)
+            .await?;
+        browser.find("#dlg-ack[open]", PATIENCE).await?;
+        let over = browser.eval(OVERFLOW, vec![]).await?;
+        if over != json!("") {
+            failures.push(format!("ack dialog ({lang}): {over}"));
+        }
+        browser.click("#dlg-ack [data-close]", PATIENCE).await?;
+    }
+    // The header leaves the screen to the content: at most a sixth of it.
+    browser.goto(&format!("{http}/#/")).await?;
+    browser
+        .find("[data-room=\"demo-site/battery-room\"]", PATIENCE)
+        .await?;
+    let header = browser
+        .eval(
+            "return document.querySelector('.topbar').getBoundingClientRect().height;",
+            vec![],
+        )
+        .await?;
+    let header = header.as_f64().context("header height")?;
+    eprintln!("phone header: {header} px of 780");
+    if header > 780.0 / 6.0 {
+        failures.push(format!("the header takes {header} px of 780"));
+    }
+    ensure!(failures.is_empty(), "at 360 px:\n{}", failures.join("\n"));
+    Ok(())
+}

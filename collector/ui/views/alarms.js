@@ -14,7 +14,7 @@ import * as data from "../data.js";
 import { h, reconcile, roomHref } from "../dom.js";
 import { t, getLang, stateWord } from "../i18n.js";
 import { fmtDateTime, fmtValue, stateOf, timeZone } from "../format.js";
-import { levelBadge, badge, metaItem, openDialog, showError, siteRoomPicker } from "../widgets.js";
+import { levelBadge, badge, labelCells, metaItem, openDialog, showError, siteRoomPicker } from "../widgets.js";
 import { canRecord, canRespond, currentUser } from "../session.js";
 
 let root = null;
@@ -200,7 +200,7 @@ function renderSilencesFrame(box) {
       { class: "table-wrap" },
       h(
         "table",
-        { class: "silence-table" },
+        { class: "silence-table cards" },
         h("thead", null, h("tr", null, h("th", { scope: "col" }, t("silences.scope")), h("th", { scope: "col" }, t("silences.reason")), h("th", { scope: "col" }, t("silences.owner")), h("th", { scope: "col" }, t("silences.window")), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_silence"))))),
         h("tbody"),
       ),
@@ -216,6 +216,7 @@ function renderSilences() {
   box.querySelector(".silences-empty").hidden = list.length > 0;
   box.querySelector(".table-wrap").hidden = list.length === 0;
   reconcile(box.querySelector("tbody"), list, { key: (s) => s.id, sig: (s) => JSON.stringify(s), render: silenceRow, cache: silenceCache });
+  labelCells(box.querySelector("table"));
 }
 
 async function loadRecent() {
@@ -367,7 +368,7 @@ function renderDrillsFrame(box) {
       { class: "table-wrap" },
       h(
         "table",
-        { class: "drill-table" },
+        { class: "drill-table cards" },
         h("thead", null, h("tr", null, ["drills.scenario", "drills.where", "drills.window", "drills.by"].map((k) => h("th", { scope: "col" }, t(k))), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_drill"))))),
         h("tbody"),
       ),
@@ -386,6 +387,7 @@ function renderDrills() {
   box.querySelector(".drills-empty").hidden = drills.length > 0;
   box.querySelector(".table-wrap").hidden = drills.length === 0;
   reconcile(box.querySelector("tbody"), drills, { key: (d) => d.id, sig: (d) => [d.scenario, d.site, d.room, d.started_at, d.ended_at, d.by, canRecord()].join("|"), render: drillRow, cache: drillCache });
+  labelCells(box.querySelector("table"));
 }
 
 function drillDialog() {

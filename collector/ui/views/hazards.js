@@ -9,7 +9,7 @@ import * as data from "../data.js";
 import { h, reconcile } from "../dom.js";
 import { t, word, getLang } from "../i18n.js";
 import { fmtTime, fmtDate } from "../format.js";
-import { badge, metaItem, openDialog, picker, rowOpener, showError, siteRoomPicker, table } from "../widgets.js";
+import { badge, labelCells, metaItem, openDialog, picker, rowOpener, showError, siteRoomPicker, table } from "../widgets.js";
 import { canRecord, canInspect } from "../session.js";
 
 const STATUSES = ["proposed", "open", "rectifying", "awaiting_verification", "closed", "dismissed"];
@@ -87,6 +87,7 @@ async function load() {
     root.querySelector(".empty").hidden = hazards.length > 0;
     root.querySelector("table").hidden = hazards.length === 0;
     reconcile(root.querySelector("tbody"), hazards, { key: (x) => x.id, sig: (x) => JSON.stringify(x) + getLang(), render: renderRow, cache: rowCache });
+    labelCells(root.querySelector("table"));
   } catch (e) {
     if (e.status !== 401) showError(e.message);
   }

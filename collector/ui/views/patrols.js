@@ -8,7 +8,7 @@ import * as data from "../data.js";
 import { h, reconcile, pointHref } from "../dom.js";
 import { t, word, getLang, stateWord } from "../i18n.js";
 import { fmtTime, fmtPct, fmtValue, stateOf } from "../format.js";
-import { badge, levelBadge, metaItem, openDialog, picker, rowOpener, showError, siteRoomPicker, table } from "../widgets.js";
+import { badge, labelCells, levelBadge, metaItem, openDialog, picker, rowOpener, showError, siteRoomPicker, table } from "../widgets.js";
 import { canRecord } from "../session.js";
 
 const PHOTO_TYPES = ["image/jpeg", "image/png", "image/webp"];
@@ -54,6 +54,7 @@ async function load() {
     root.querySelector(".empty").hidden = list.length > 0;
     root.querySelector("table").hidden = list.length === 0;
     reconcile(root.querySelector("tbody"), list, { key: (p) => p.id, sig: (p) => JSON.stringify(p) + getLang(), render: renderRow, cache: rowCache });
+    labelCells(root.querySelector("table"));
   } catch (e) {
     if (e.status !== 401) showError(e.message);
   }

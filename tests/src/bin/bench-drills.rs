@@ -42,9 +42,11 @@ const SCENARIOS: [&str; 13] = [
 fn room_of(scenario: &str) -> &'static str {
     match scenario {
         "ac_failure" | "smoke" => "machine-room",
-        "thermal_runaway" | "co_rise" | "insulation_fault" | "door_open" | "ventilation_failure" => {
-            "battery-room"
-        }
+        "thermal_runaway"
+        | "co_rise"
+        | "insulation_fault"
+        | "door_open"
+        | "ventilation_failure" => "battery-room",
         "mains_failure" => "",
         _ => "distribution-room",
     }
@@ -90,11 +92,17 @@ async fn main() -> Result<()> {
     for scenario in &scenarios {
         let r = client
             .post(format!("{http}/api/v1/drills"))
-            .json(&json!({"site": "demo-site", "room": room_of(scenario), "scenario": scenario,
-                          "ended_at": "now+2h", "note": "bench-drills"}))
+            .json(
+                &json!({"site": "demo-site", "room": room_of(scenario), "scenario": scenario,
+                          "ended_at": "now+2h", "note": "bench-drills"}),
+            )
             .send()
             .await?;
-        ensure!(r.status().as_u16() == 201, "declare {scenario}: {}", r.status());
+        ensure!(
+            r.status().as_u16() == 201,
+            "declare {scenario}: {}",
+            r.status()
+        );
         let id = r.json::<Value>().await?["id"]
             .as_i64()
             .context("drill id")?;
@@ -143,7 +151,13 @@ async fn main() -> Result<()> {
             .received()
             .iter()
             .filter(|r| r.body["drill"] == json!(id) && r.body["kind"] == "raise")
-            .map(|r| format!("{} L{}", r.body["rule"].as_str().unwrap_or("?"), r.body["level"]))
+            .map(|r| {
+                format!(
+                    "{} L{}",
+                    r.body["rule"].as_str().unwrap_or("?"),
+                    r.body["level"]
+                )
+            })
             .collect();
         let managers_got = managers
             .received()
