@@ -66,6 +66,25 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         .await?;
     let before = number(&before)?;
     ensure!(before < 5.0, "normal air: {before}");
+    // The figures of a power incident: the hottest cell and the batteries'
+    // charge in the battery room, the UPS's runtime left and load.
+    for (room, group, unit) in [
+        ("battery-room", "cell", "°C"),
+        ("battery-room", "soc", "%"),
+        ("distribution-room", "runtime", "min"),
+        ("distribution-room", "load", "%"),
+    ] {
+        browser
+            .wait_for(
+                &format!("{group} on the {room} tile"),
+                PATIENCE,
+                &format!(
+                    "const r = document.querySelector('[data-room=\"demo-site/{room}\"] .kv-row[data-group=\"{group}\"] dd'); \
+                     const t = r ? r.textContent : ''; return t.includes('{unit}') ? t : '';"
+                ),
+            )
+            .await?;
+    }
     browser.screenshot(&shots().join("overview.png")).await?;
 
     // The simulator starts off-gassing; the page follows without a reload.
@@ -120,6 +139,20 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
     .await?;
     let serial = alarm["serial"].as_u64().context("serial")?;
     browser.click("a[data-nav=\"alarms\"]", PATIENCE).await?;
+    // Beside the value at the raise, what the point reads now, live, and
+    // which point it is.
+    browser
+        .wait_for(
+            "the hydrogen reading now, in the alarm",
+            PATIENCE,
+            &format!(
+                "const r = document.querySelector('[data-alarm=\"{serial}\"]'); \
+                 const now = r && r.querySelector('.pv .value'); \
+                 const point = r && r.querySelector('a[href=\"#/point/demo-site/br-h2-1.h2\"]'); \
+                 return now && point && now.textContent.includes('%LFL') ? now.textContent : '';"
+            ),
+        )
+        .await?;
     browser
         .click(
             &format!("[data-alarm=\"{serial}\"] [data-action=\"ack\"]"),
@@ -608,4 +641,32 @@ async fn every_view_fits_a_phone_360_px_wide_without_horizontal_scroll() -> Resu
     }
     ensure!(failures.is_empty(), "at 360 px:\n{}", failures.join("\n"));
     Ok(())
+}
+
+#[test]
+fn every_quantity_of_the_shipped_profiles_has_a_name_in_both_languages() {
+    let i18n = include_str!("../../collector/ui/i18n.js");
+    let zh_at = i18n.find("\nconst zh = {").expect("the Chinese dictionary");
+    let (en, zh) = i18n.split_at(zh_at);
+    let mut missing = Vec::new();
+    for (file, text) in roomguard_agent::profiles::Profiles::built_in() {
+        for q in text
+            .split("quantity = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+        {
+            for (lang, dict) in [("en", en), ("zh-CN", zh)] {
+                if !dict.contains(&format!("\"q.{q}\":")) {
+                    missing.push(format!("{lang}: q.{q} (used in {file})"));
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "quantities shown raw in the UI:\n{}",
+        missing.join("\n")
+    );
 }

@@ -11,7 +11,8 @@
 
 import * as api from "../api.js";
 import * as data from "../data.js";
-import { h, reconcile, roomHref } from "../dom.js";
+import { h, pointHref, reconcile, roomHref } from "../dom.js";
+import { pointValue } from "../bind.js";
 import { t, getLang, stateWord } from "../i18n.js";
 import { fmtDateTime, fmtValue, stateOf, timeZone } from "../format.js";
 import { levelBadge, badge, labelCells, metaItem, openDialog, showError, siteRoomPicker } from "../widgets.js";
@@ -33,14 +34,21 @@ let viewGen = 0;
 const alarmName = (a) => (getLang() === "zh-CN" && a.name_zh) || a.name;
 const advice = (a) => (getLang() === "zh-CN" && a.advice_zh) || a.advice;
 
-/** An alarm's value as its point shows values: "42.3 °C", or "ALARM" for a smoke head's 1. */
-function valueOf(a) {
+/** A value of an alarm's point as the point shows values: "42.3 °C", or "ALARM" for a smoke head's 1. */
+function valueOf(a, v = a.value) {
   const p = a.point ? data.points.get(data.pointKey(a.site, a.point)) : null;
-  if (p && a.value != null) {
-    const state = stateOf({ quantity: p.quantity, value: a.value, text: null });
+  if (p && v != null) {
+    const state = stateOf({ quantity: p.quantity, value: v, text: null });
     if (state != null) return stateWord(state);
   }
-  return fmtValue(a.value, p?.unit ?? "");
+  return fmtValue(v, p?.unit ?? "");
+}
+
+/** Which point raised it (a cell, a phase, a BMS fault bit), linked to its history. */
+function pointOf(a) {
+  if (!a.point) return null;
+  const short = a.device && a.point.startsWith(a.device + ".") ? a.point.slice(a.device.length + 1) : a.point;
+  return h("a", { href: pointHref(a.site, a.point) }, a.device ? `${a.device} · ${short}` : short);
 }
 
 function shownAlarms() {
@@ -91,7 +99,11 @@ function renderRow(a, g) {
       "dl",
       { class: "alarm-meta" },
       metaItem(t("alarms.room"), place),
+      a.point ? metaItem(t("alarms.point"), pointOf(a)) : null,
       metaItem(t("alarms.value"), valueOf(a)),
+      // The figure that matters during an incident: what it reads now, live.
+      a.point && !a.cleared_at ? metaItem(t("alarms.now"), pointValue(data.pointKey(a.site, a.point))) : null,
+      a.cleared_at && a.clear_value != null ? metaItem(t("alarms.clear_value"), valueOf(a, a.clear_value)) : null,
       metaItem(t("alarms.raised"), fmtDateTime(Date.parse(a.raised_at))),
       a.cleared_at ? metaItem(t("alarms.cleared"), fmtDateTime(Date.parse(a.cleared_at))) : null,
       metaItem(t("alarms.state"), h("span", { class: "state", dataset: { state: a.state } }, t("alarm.state." + a.state))),

@@ -19,6 +19,12 @@ const GROUPS = [
   { id: "h2", label: "tile.h2", quantities: ["h2_lfl"], kind: "number" },
   { id: "voltage", label: "tile.voltage", quantities: ["voltage"], kind: "number", rangeFrom: 2 },
   { id: "ups", label: "tile.ups", quantities: ["ups_output_source"], kind: "state" },
+  // What an engineer asks first in a power incident: how long the UPS holds
+  // and how loaded it is, how charged the batteries are, how hot the hottest cell.
+  { id: "runtime", label: "tile.ups_runtime", quantities: ["ups_runtime_remaining"], kind: "number" },
+  { id: "load", label: "tile.ups_load", quantities: ["ups_load"], kind: "number" },
+  { id: "soc", label: "tile.soc", quantities: ["state_of_charge"], kind: "number" },
+  { id: "cell", label: "tile.hottest_cell", quantities: ["cell_temperature"], kind: "max", rangeFrom: 1 },
   { id: "smoke", label: "tile.smoke", quantities: ["smoke"], kind: "state" },
   { id: "leak", label: "tile.leak", quantities: ["water_leak"], kind: "state" },
 ];
@@ -73,7 +79,7 @@ function buildTile(r) {
         dd.append(pv);
       }
     }
-    kv.append(h("div", { class: "kv-row" }, h("dt", null, t(g.label)), dd));
+    kv.append(h("div", { class: "kv-row", dataset: { group: g.id } }, h("dt", null, t(g.label)), dd));
   }
   if (aggs.length === 0 && kv.childElementCount === 0) kv.append(h("div", { class: "kv-empty" }, t("tile.no_key_values")));
   // Every point of the room counts for its stale/bad/offline badges, shown or not.
@@ -103,7 +109,11 @@ function updateAggregates(tile) {
     if (fallback) good = all.filter((p) => p.quality === "good");
     let text;
     let alert = false;
-    if (a.group.kind === "number") {
+    if (a.group.kind === "max") {
+      const vals = good.map((p) => p.value).filter((v) => typeof v === "number");
+      const unit = good[0]?.unit ? ` ${good[0].unit}` : "";
+      text = vals.length ? `${fmtNumber(Math.max(...vals))}${unit}` : t("common.none");
+    } else if (a.group.kind === "number") {
       const vals = good.map((p) => p.value).filter((v) => typeof v === "number");
       if (vals.length === 0) text = t("common.none");
       else {
