@@ -531,20 +531,39 @@ impl Recorder {
     }
 
     /// Queues the raise of `serial` once (it may have been held back).
+    /// `notified_at` records that it was handled; `notified` means what it
+    /// says: some channel took it. An alarm no channel takes (its level,
+    /// a drill where no channel takes drills, no channel at all) stays
+    /// `notified = false`, says why in its trail, and has no clear,
+    /// acknowledgement or reminder sent either.
     async fn notify_raise(
         &mut self,
         db: Conn<'_>,
         serial: u64,
         now: Ts,
     ) -> Result<(), RecordError> {
-        let done = db
+        let first = db
             .exec(
-                "UPDATE alarms SET notified = TRUE, notified_at = $2 WHERE serial = $1 AND notified = FALSE",
+                "UPDATE alarms SET notified_at = $2 WHERE serial = $1 AND notified = FALSE AND notified_at IS NULL",
                 args![serial, now],
             )
             .await?;
-        if done == 1 {
-            self.enqueue(db, serial, Note::Raise, now).await?;
+        if first == 1 {
+            let queued = enqueue(db, self.engine.rules(), &self.routes, serial, Note::Raise, now).await?;
+            self.queued += queued;
+            if queued > 0 {
+                db.exec(
+                    "UPDATE alarms SET notified = TRUE WHERE serial = $1",
+                    args![serial],
+                )
+                .await?;
+            } else {
+                db.exec(
+                    "INSERT INTO alarm_events (serial, at, kind, by, text) VALUES ($1, $2, 'untold', 'rule', 'no channel takes this alarm (its level, or a drill)')",
+                    args![serial as i64, now],
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -568,7 +587,8 @@ impl Recorder {
         let held = db
             .rows(
                 "SELECT serial, site, room, rule FROM alarms
-                 WHERE cleared_at IS NULL AND notified = FALSE AND inhibited = FALSE AND silenced_by IS NOT NULL",
+                 WHERE cleared_at IS NULL AND notified = FALSE AND notified_at IS NULL
+                   AND inhibited = FALSE AND silenced_by IS NOT NULL",
                 &[],
             )
             .await?;
@@ -1252,6 +1272,11 @@ clear_delay = "0s"
     }
 
     fn fixture() -> Fixture {
+        fixture_taking(vec![1, 2, 3, 4])
+    }
+
+    /// Channels that take alarms of `levels` only.
+    fn fixture_taking(levels: Vec<u8>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let rules = Arc::new(
@@ -1259,7 +1284,7 @@ clear_delay = "0s"
         );
         let route = |channel: &str, escalation_only| Route {
             channel: channel.into(),
-            levels: vec![1, 2, 3, 4],
+            levels: levels.clone(),
             escalation_only,
             lifecycle: true,
             drills: true,
@@ -1443,6 +1468,34 @@ clear_delay = "0s"
             .unwrap();
         let later = done(alarm(Conn::Lite(&conn), 4)).unwrap().unwrap();
         assert_eq!((later.rule.as_str(), later.incident), ("t.heat", 4));
+    }
+
+    #[test]
+    fn an_alarm_no_channel_takes_is_not_marked_notified_and_its_trail_says_why() {
+        let mut f = fixture_taking(vec![1]);
+        let conn = Connection::open(&f.path).unwrap();
+        f.writer
+            .write_batches(&[one(1, T0, ("d.heat", "heat"), 1.0)], T0)
+            .unwrap();
+        f.sweep(T0 + 10_000);
+        let a = done(alarm(Conn::Lite(&conn), 1)).unwrap().unwrap();
+        assert!(!a.notified, "{a:?}");
+        assert!(f.outbox().is_empty());
+        let kinds: Vec<String> = done(events(Conn::Lite(&conn), 1))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["raise", "untold"]);
+        // Its clear is not told either; a level-1 alarm is.
+        f.writer
+            .write_batches(&[one(2, T0 + MIN, ("d.heat", "heat"), 0.0)], T0 + MIN)
+            .unwrap();
+        f.writer
+            .write_batches(&[smoke(3, T0 + 2 * MIN, 1.0)], T0 + 2 * MIN)
+            .unwrap();
+        assert_eq!(f.outbox(), ["oncall 2:raise"]);
+        assert!(done(alarm(Conn::Lite(&conn), 2)).unwrap().unwrap().notified);
     }
 
     #[test]
