@@ -127,6 +127,14 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
             rules,
             routes: cfg.alarms.routes(),
             wake: wake.clone(),
+            inboxes: cfg
+                .alarms
+                .channels
+                .iter()
+                .filter(|c| c.kind == alarm::notify::ChannelKind::Inbox)
+                .map(|c| c.id.clone())
+                .collect(),
+            link: cfg.alarms.link.clone(),
         }))
     } else {
         tracing::warn!("alarms are off (alarms.enabled = false)");

@@ -6,6 +6,7 @@
 //   #/point/<site>/<point>  one point's history
 //   #/alarms                the alarm console (#/alarms/recent for the recent tab)
 //   #/hazards               the hazard register and its zeroing panel
+//   #/inbox                 notifications the inbox channels received
 //   #/patrols               patrol records, and recording a walk-through
 //   #/reports               monthly and yearly safety reports
 //   #/cluster               the collector nodes and their sites (admins, cluster mode)
@@ -25,6 +26,7 @@ import room from "./views/room.js";
 import point from "./views/point.js";
 import alarms from "./views/alarms.js";
 import hazards from "./views/hazards.js";
+import inbox from "./views/inbox.js";
 import patrols from "./views/patrols.js";
 import reports from "./views/reports.js";
 import cluster from "./views/cluster.js";
@@ -51,7 +53,7 @@ function parseHash() {
   if (parts[0] === "room" && parts.length === 3) return { view: room, params: { site: parts[1], room: parts[2] } };
   if (parts[0] === "point" && parts.length === 3) return { view: point, params: { site: parts[1], point: parts[2] } };
   if (parts[0] === "alarms" && parts.length <= 2) return { view: alarms, params: { tab: parts[1] === "recent" ? "recent" : "open" } };
-  const plain = new Map([["hazards", hazards], ["patrols", patrols], ["reports", reports], ["cluster", cluster]]).get(parts[0]);
+  const plain = new Map([["hazards", hazards], ["patrols", patrols], ["reports", reports], ["inbox", inbox], ["cluster", cluster]]).get(parts[0]);
   if (plain && parts.length === 1) return { view: plain, params: {} };
   return { view: notfound, params: {} };
 }

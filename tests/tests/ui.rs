@@ -32,7 +32,9 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         return Ok(());
     };
     let (_sim, addrs) = start_simulator(dir.path(), &["--speed", "1"])?;
-    let (collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), "")?;
+    // Notifications go to the collector's own inbox, as in the demo.
+    let inbox = "[alarms]\n[[alarms.channels]]\nid = \"inbox\"\nkind = \"inbox\"\n";
+    let (collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), inbox)?;
     let agent_conf = demo_agent_config(&addrs, &broker.url(), &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
     let client = http_client();
@@ -206,6 +208,24 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         )
         .await?;
     browser.screenshot(&shots().join("alarms.png")).await?;
+
+    // The Notifications page shows what on-call staff were told: the
+    // hydrogen incident's first message and its follow-up, as robot text.
+    browser.click("a[data-nav=\"inbox\"]", PATIENCE).await?;
+    let told = browser
+        .wait_for(
+            "the hydrogen alarm in the inbox",
+            PATIENCE,
+            "const m = [...document.querySelectorAll('.inbox-msg[data-kind=\"raise\"] .inbox-text')] \
+               .map((e) => e.textContent).find((t) => t.includes('Hydrogen at 25')); return m || '';",
+        )
+        .await?;
+    let told = told.as_str().unwrap_or("");
+    ensure!(
+        told.contains("[critical alarm]") && told.contains("battery-room"),
+        "{told}"
+    );
+    browser.screenshot(&shots().join("inbox.png")).await?;
 
     // Room view and point history.
     browser

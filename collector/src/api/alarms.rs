@@ -30,6 +30,10 @@ pub struct AlarmsApi {
     pub routes: Vec<Route>,
     /// Wakes the notification sender after an acknowledgement is queued.
     pub wake: Arc<Notify>,
+    /// Channels of kind `inbox`, shown by `GET /api/v1/inbox`.
+    pub inboxes: Vec<String>,
+    /// `alarms.link`, for the message text.
+    pub link: Option<String>,
 }
 
 /// Who acts: the logged-in user; with authentication off, whoever the body
@@ -665,6 +669,63 @@ pub async fn notifications(
     })
     .await?;
     Ok(Json(json!({ "notifications": rows })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    lang: Option<String>,
+    limit: Option<usize>,
+    tz: Option<String>,
+}
+
+/// The messages the inbox channels received, newest first, each as the
+/// text a robot or an email would carry (`lang`: `zh-CN` or `en`).
+pub async fn inbox(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<InboxQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let a = api(&st)?;
+    let q = query(q)?;
+    let lang = match q.lang.as_deref().unwrap_or("zh-CN") {
+        "zh-CN" | "zh" => "zh",
+        "en" => "en",
+        other => return Err(bad(format!("lang: {other:?} is not zh-CN or en"))),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > record::MAX_LIST {
+        return Err(bad(format!("limit must be 1 to {}", record::MAX_LIST)));
+    }
+    let tz = zone(q.tz.as_deref(), &st)?;
+    let channels = a.inboxes.clone();
+    let rows = reading(&st, async move |c| {
+        let mut all = Vec::new();
+        for ch in &channels {
+            all.extend(crate::store::outbox::sent_to(c, ch, limit).await?);
+        }
+        Ok(all)
+    })
+    .await?;
+    let mut messages: Vec<(i64, Value)> = rows
+        .into_iter()
+        .map(|(id, channel, sent_at, doc)| {
+            let text = crate::alarm::notify::text::text(&doc, lang, &tz, a.link.as_deref());
+            (
+                id,
+                json!({
+                    "id": id, "channel": channel, "key": doc["key"], "kind": doc["kind"],
+                    "serial": doc["serial"], "level": doc["level"], "drill": doc["drill"],
+                    "incident": doc["incident"], "sent_at": show(sent_at, &tz), "text": text,
+                }),
+            )
+        })
+        .collect();
+    messages.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    messages.truncate(limit);
+    Ok(Json(json!({
+        "inbox": !a.inboxes.is_empty(),
+        "messages": messages.into_iter().map(|(_, m)| m).collect::<Vec<_>>(),
+    })))
 }
 
 pub async fn retry(

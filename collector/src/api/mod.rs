@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/rules", get(alarms::rules))
         .route("/api/v1/limits", get(alarms::limits))
         .route("/api/v1/notifications", get(alarms::notifications))
+        .route("/api/v1/inbox", get(alarms::inbox))
         .route("/api/v1/notifications/{id}/retry", post(alarms::retry))
         .route(
             "/api/v1/hazards",

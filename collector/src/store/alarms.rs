@@ -549,7 +549,15 @@ impl Recorder {
             )
             .await?;
         if first == 1 {
-            let queued = enqueue(db, self.engine.rules(), &self.routes, serial, Note::Raise, now).await?;
+            let queued = enqueue(
+                db,
+                self.engine.rules(),
+                &self.routes,
+                serial,
+                Note::Raise,
+                now,
+            )
+            .await?;
             self.queued += queued;
             if queued > 0 {
                 db.exec(

@@ -164,6 +164,33 @@ pub async fn list(db: Conn<'_>, state: Option<&str>, limit: usize) -> Result<Vec
         .collect()
 }
 
+/// The newest `limit` notifications delivered to `channel`: (id, channel,
+/// sent at, document).
+pub async fn sent_to(
+    db: Conn<'_>,
+    channel: &str,
+    limit: usize,
+) -> Result<Vec<(i64, String, i64, Value)>, SqlError> {
+    let rows = db
+        .rows(
+            "SELECT id, channel, sent_at, payload FROM outbox
+             WHERE channel = $1 AND state = 'sent' ORDER BY id DESC LIMIT $2",
+            args![channel, limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let payload: String = r.get(3)?;
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<Option<i64>>(2)?.unwrap_or_default(),
+                serde_json::from_str(&payload).unwrap_or(Value::Null),
+            ))
+        })
+        .collect()
+}
+
 /// Puts a dead letter back in the queue (after the receiver is fixed).
 /// Not when a later notification of the same alarm reached the channel:
 /// sent now, an old raise would arrive after its clear.

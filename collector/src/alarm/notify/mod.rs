@@ -38,6 +38,10 @@ pub enum ChannelKind {
     Wecom,
     Feishu,
     Email,
+    /// Kept in the collector and shown on its Notifications page
+    /// (`GET /api/v1/inbox`), as a robot's text: what on-call staff would
+    /// receive, with no receiver to set up (the demo's channel).
+    Inbox,
 }
 
 /// A notification channel as configured (`[[alarms.channels]]`).
@@ -46,7 +50,9 @@ pub enum ChannelKind {
 pub struct ChannelConfig {
     pub id: String,
     pub kind: ChannelKind,
-    /// Webhook or robot URL; Alertmanager's base URL (`/api/v2/alerts` is added).
+    /// Webhook or robot URL; Alertmanager's base URL (`/api/v2/alerts` is
+    /// added); an SMTP URL. None for the inbox.
+    #[serde(default)]
     pub url: String,
     /// Signing secret of DingTalk and Feishu robots: `{ env = "…" }` or `{ file = "…" }`.
     #[serde(default)]
@@ -104,6 +110,10 @@ impl ChannelConfig {
         }
         if self.kind == ChannelKind::Email {
             self.check_email(path, p);
+        } else if self.kind == ChannelKind::Inbox {
+            if !self.url.is_empty() {
+                p.push(format!("{path}.url"), "an inbox channel takes no url");
+            }
         } else if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             p.push(
                 format!("{path}.url"),
@@ -419,6 +429,8 @@ impl Sender {
         };
         let (url, secret) = (ch.cfg.url.as_str(), ch.secret.as_deref());
         let req = match ch.cfg.kind {
+            // Kept where it is: a sent row of the outbox is the message.
+            ChannelKind::Inbox => return Ok(()),
             ChannelKind::Email => {
                 let Some(mailer) = &ch.mailer else {
                     return Err("email channel without an SMTP transport".into());
