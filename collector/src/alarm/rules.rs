@@ -887,6 +887,11 @@ mod tests {
         assert!(set.rules.len() >= 30, "{} rules", set.rules.len());
         for r in &set.rules {
             assert!(!r.source.is_empty(), "{}", r.id);
+            // Shown to users: the standard, or site practice to confirm;
+            // never our own working notes.
+            for internal in [".md", "(read)", "unverified"] {
+                assert!(!r.source.contains(internal), "{}: {}", r.id, r.source);
+            }
             assert!(!r.advice.is_empty(), "{} has no advice", r.id);
         }
     }
