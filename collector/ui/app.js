@@ -5,6 +5,7 @@
 //   #/room/<site>/<room>    one room's devices and points
 //   #/point/<site>/<point>  one point's history
 //   #/alarms                the alarm console (#/alarms/recent for the recent tab)
+//   #/alarm/<serial>        one alarm with its trail, above the console (notifications link here)
 //   #/hazards               the hazard register and its zeroing panel
 //   #/inbox                 notifications the inbox channels received
 //   #/patrols               patrol records, and recording a walk-through
@@ -53,6 +54,8 @@ function parseHash() {
   if (parts[0] === "room" && parts.length === 3) return { view: room, params: { site: parts[1], room: parts[2] } };
   if (parts[0] === "point" && parts.length === 3) return { view: point, params: { site: parts[1], point: parts[2] } };
   if (parts[0] === "alarms" && parts.length <= 2) return { view: alarms, params: { tab: parts[1] === "recent" ? "recent" : "open" } };
+  // One alarm with its trail: the link every notification carries (#alarm/12).
+  if (parts[0] === "alarm" && parts.length === 2 && /^\d+$/.test(parts[1])) return { view: alarms, params: { tab: "open", focus: Number(parts[1]) } };
   const plain = new Map([["hazards", hazards], ["patrols", patrols], ["reports", reports], ["inbox", inbox], ["cluster", cluster]]).get(parts[0]);
   if (plain && parts.length === 1) return { view: plain, params: {} };
   return { view: notfound, params: {} };

@@ -226,6 +226,20 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         "{told}"
     );
     browser.screenshot(&shots().join("inbox.png")).await?;
+    // The link a notification carries opens that alarm with its trail.
+    browser.goto(&format!("{http}/#alarm/{serial}")).await?;
+    browser
+        .wait_for(
+            "the linked alarm and its trail",
+            PATIENCE,
+            &format!(
+                "const f = document.querySelector('.alarm-focus:not([hidden])'); \
+                 return f && f.querySelector('[data-alarm=\"{serial}\"]') && \
+                   /acknowledged/.test(f.querySelector('.trail')?.textContent || '') ? 'ok' : '';"
+            ),
+        )
+        .await?;
+    browser.screenshot(&shots().join("alarm-linked.png")).await?;
 
     // Room view and point history.
     browser

@@ -13,7 +13,7 @@ import * as api from "../api.js";
 import * as data from "../data.js";
 import { h, pointHref, reconcile, roomHref } from "../dom.js";
 import { pointValue } from "../bind.js";
-import { t, getLang, stateWord } from "../i18n.js";
+import { t, getLang, has, stateWord } from "../i18n.js";
 import { fmtDateTime, fmtValue, stateOf, timeZone } from "../format.js";
 import { levelBadge, badge, labelCells, metaItem, openDialog, showError, siteRoomPicker } from "../widgets.js";
 import { canRecord, canRespond, currentUser } from "../session.js";
@@ -25,6 +25,8 @@ let rowCache = new Map();
 let silenceCache = new Map();
 let drills = [];
 let drillCache = new Map();
+/** The alarm a link named, shown above the list (its buttons act on it too). */
+let focused = null;
 /** Incidents selected for a bulk acknowledgement, and those shown unfolded. */
 let picked = new Set();
 let expanded = new Set();
@@ -343,6 +345,30 @@ async function endSilence(id, btn) {
   }
 }
 
+// ---------------------------------------------------------------- one alarm
+
+/** The alarm a link named (#alarm/12): in full, with its trail, above the console. */
+async function loadFocus(serial) {
+  const gen = viewGen;
+  const box = root?.querySelector(".alarm-focus");
+  if (!box) return;
+  try {
+    const a = await api.get(`/api/v1/alarms/${serial}`);
+    if (gen !== viewGen || !root) return;
+    focused = a;
+    const trail = (a.events ?? []).map((e) =>
+      h("li", null, h("span", { class: "muted" }, fmtDateTime(Date.parse(e.at))), " ", h("strong", null, has("alarm.event." + e.kind) ? t("alarm.event." + e.kind) : e.kind), ` · ${e.by}`, e.text ? ` · ${e.text}` : ""),
+    );
+    box.replaceChildren(h("h2", null, t("alarms.focus", { serial })), renderRow(a, null), h("h3", null, t("alarms.trail")), h("ol", { class: "trail" }, trail));
+    box.hidden = false;
+    box.scrollIntoView({ block: "start" });
+  } catch (e) {
+    if (gen !== viewGen || !root) return;
+    box.replaceChildren(h("p", { class: "error" }, e.status === 404 ? t("alarms.no_such", { serial }) : e.message));
+    box.hidden = false;
+  }
+}
+
 // ---------------------------------------------------------------- drills
 
 /** Drills running now: their alarms are marked as drill alarms and kept out of the reports' real counts. */
@@ -463,7 +489,7 @@ function onClick(e) {
   const row = btn.closest("[data-alarm]");
   if (!row) return;
   const serial = Number(row.dataset.alarm);
-  const a = shownAlarms().find((x) => x.serial === serial);
+  const a = shownAlarms().find((x) => x.serial === serial) ?? (focused?.serial === serial ? focused : null);
   if (!a) return;
   if (action === "ack") ackDialog(a);
   else if (action === "comment") commentDialog(a);
@@ -490,6 +516,7 @@ export default {
         canRespond() ? h("button", { type: "button", class: "silence-new", onclick: () => silenceDialog(null, null) }, t("action.silence_new")) : null,
         canRecord() ? h("button", { type: "button", class: "drill-new", onclick: drillDialog }, t("action.drill_new")) : null,
       ),
+      h("section", { class: "alarm-focus card", hidden: true, tabindex: "-1" }),
       h("p", { class: "alarm-empty empty", hidden: true }),
       h("div", { class: "alarm-list" }),
       h("section", { class: "drills card" }),
@@ -507,6 +534,7 @@ export default {
     renderDrills();
     loadDrills();
     if (tab === "recent") loadRecent();
+    if (p.focus != null) loadFocus(p.focus);
     unsubs = [
       data.on("alarms", () => {
         renderList();
@@ -526,6 +554,7 @@ export default {
     root?.removeEventListener("click", onClick);
     root?.removeEventListener("change", onChange);
     picked = new Set();
+    focused = null;
     rowCache = new Map();
     recent = [];
     root = null;
