@@ -9,7 +9,7 @@
 
 use anyhow::{ensure, Context, Result};
 use roomguard_collector::config::AlarmsConfig;
-use roomguard_collector::inspection::hazard::{Action, Edit, NewHazard, Status};
+use roomguard_collector::inspection::hazard::{Action, Edit, NewHazard, Origin, Status};
 use roomguard_collector::inspection::report::{self, Inputs};
 use roomguard_collector::inspection::task::Inspector;
 use roomguard_collector::inspection::{InspectionConfig, NewDrill};
@@ -247,6 +247,19 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         proposed, 1,
         "the real level-1 hydrogen alarm proposes one hazard, the drill's none"
     );
+    // The proposal names the alarm it came from.
+    let (from, real_h2): (Option<i64>, i64) = reads
+        .blocking(false, |c| {
+            Ok::<_, anyhow::Error>((
+                c.value("SELECT alarm FROM hazards WHERE status = 'proposed'", &[])?,
+                c.value(
+                    "SELECT serial FROM alarms WHERE rule = 'explosion.h2_alarm' AND drill IS NULL",
+                    &[],
+                )?,
+            ))
+        })
+        .await?;
+    assert_eq!(from, Some(real_h2));
 
     let month = report::month("2026-10", &tz).map_err(anyhow::Error::msg)?;
     assert_eq!((month.from, month.to), (p.start, p.end));
@@ -354,6 +367,9 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
         (&json!("s"), &json!(0), &json!(2), &json!(2), &json!(0)),
         "{z}"
     );
+    // The hazard proposed from the level-1 alarm is major and still waits
+    // for a decision: counted apart from the zeroing figure.
+    assert_eq!(z["proposed_major"], json!(1), "{z}");
     assert_eq!(
         z["age"],
         json!({"under_7_days": 0, "7_to_30_days": 1, "over_30_days": 1}),
@@ -435,8 +451,7 @@ fn hazards_and_a_drill(c: Db<'_>, p: &Plan) -> Result<()> {
         &new("major", "exhaust fan seized"),
         "inspector-1",
         Status::Open,
-        "manual",
-        None,
+        Origin::MANUAL,
         o + 4 * DAY,
     )?;
     let deadline = |d: i64| Edit {
@@ -479,8 +494,7 @@ fn hazards_and_a_drill(c: Db<'_>, p: &Plan) -> Result<()> {
         &new("general", "cable tray unsealed"),
         "inspector-1",
         Status::Open,
-        "manual",
-        None,
+        Origin::MANUAL,
         o + 7 * DAY,
     )?;
     roomguard_collector::store::hazards::change(
@@ -497,8 +511,7 @@ fn hazards_and_a_drill(c: Db<'_>, p: &Plan) -> Result<()> {
         &new("general", "extinguisher out of date"),
         "inspector-1",
         Status::Open,
-        "manual",
-        None,
+        Origin::MANUAL,
         o - 11 * DAY,
     )?;
     roomguard_collector::store::hazards::change(

@@ -239,7 +239,9 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
             ),
         )
         .await?;
-    browser.screenshot(&shots().join("alarm-linked.png")).await?;
+    browser
+        .screenshot(&shots().join("alarm-linked.png"))
+        .await?;
 
     // Room view and point history.
     browser

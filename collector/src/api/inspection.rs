@@ -5,7 +5,7 @@
 use super::history::{bad, parse_time, show, zone};
 use super::{body, ApiError, AppState};
 use crate::auth::{Role, User};
-use crate::inspection::hazard::{Action, Edit, Filter, Hazard, NewHazard, Status};
+use crate::inspection::hazard::{Action, Edit, Filter, Hazard, NewHazard, Origin, Status};
 use crate::inspection::report::{self, Inputs};
 use crate::inspection::{patrol, render, InspectionError, NewDrill};
 use crate::store::sql::Db;
@@ -81,7 +81,7 @@ fn hazard_json(h: &Hazard, tz: &TimeZone, now: i64) -> Value {
         "description": h.description, "found_by": h.found_by, "found_at": show(h.found_at, tz),
         "owner": h.owner, "deadline": t(h.deadline), "plan": h.plan, "status": h.status,
         "evidence": h.evidence, "verifier": h.verifier, "closed_at": t(h.closed_at),
-        "source": h.source, "rule": h.rule, "overdue": h.overdue_at(now),
+        "source": h.source, "rule": h.rule, "alarm": h.alarm, "overdue": h.overdue_at(now),
         "updated_at": show(h.updated_at, tz),
     })
 }
@@ -174,7 +174,7 @@ pub async fn create_hazard(
     };
     let now = roomguard_protocol::clock::now_ms();
     let h = with_conn(&st, move |c| {
-        crate::store::hazards::create(c, &new, &user.name, Status::Open, "manual", None, now)
+        crate::store::hazards::create(c, &new, &user.name, Status::Open, Origin::MANUAL, now)
     })
     .await?;
     st.live.alarms_changed();

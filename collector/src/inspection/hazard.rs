@@ -170,6 +170,25 @@ pub struct Hazard {
     pub rule: Option<String>,
     pub overdue_told_at: Option<i64>,
     pub updated_at: i64,
+    /// The serial of the alarm that proposed it, so the register links to it.
+    pub alarm: Option<i64>,
+}
+
+/// Where a hazard came from: `manual`, `alarm` (a level-1 alarm) or
+/// `recurring` (a rule that kept firing), with that rule and alarm.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub source: &'a str,
+    pub rule: Option<&'a str>,
+    pub alarm: Option<i64>,
+}
+
+impl Origin<'_> {
+    pub const MANUAL: Origin<'static> = Origin {
+        source: "manual",
+        rule: None,
+        alarm: None,
+    };
 }
 
 impl Hazard {

@@ -221,8 +221,11 @@ impl Inspector {
                 &new,
                 "roomguard",
                 hazard::Status::Proposed,
-                source,
-                Some(rule),
+                hazard::Origin {
+                    source,
+                    rule: Some(rule),
+                    alarm: Some(*serial),
+                },
                 *raised_at,
             )?;
             proposed += 1;

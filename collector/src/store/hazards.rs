@@ -4,14 +4,14 @@
 
 use crate::args;
 use crate::inspection::hazard::{
-    check_new, next, Action, Edit, Facts, Filter, Hazard, NewHazard, Status, GRADES,
+    check_new, next, Action, Edit, Facts, Filter, Hazard, NewHazard, Origin, Status, GRADES,
 };
 use crate::inspection::InspectionError;
 use crate::store::sql::{Db, Row, SqlError};
 use serde_json::{json, Value};
 
 const COLUMNS: &str = "id, site, room, category, grade, description, found_by, found_at, owner, \
-     deadline, plan, status, evidence, verifier, closed_at, source, rule, overdue_told_at, updated_at";
+     deadline, plan, status, evidence, verifier, closed_at, source, rule, overdue_told_at, updated_at, alarm";
 fn from_row(r: &Row) -> Result<Hazard, SqlError> {
     let status: String = r.get(11)?;
     Ok(Hazard {
@@ -34,6 +34,7 @@ fn from_row(r: &Row) -> Result<Hazard, SqlError> {
         rule: r.get(16)?,
         overdue_told_at: r.get(17)?,
         updated_at: r.get(18)?,
+        alarm: r.get(19)?,
     })
 }
 /// Registers a hazard found by `by` (a person, or `roomguard` for proposals).
@@ -42,15 +43,14 @@ pub fn create(
     h: &NewHazard,
     by: &str,
     status: Status,
-    source: &str,
-    rule: Option<&str>,
+    origin: Origin<'_>,
     now: i64,
 ) -> Result<Hazard, InspectionError> {
     check_new(h).map_err(InspectionError::Invalid)?;
     let id: i64 = c.value(
         "INSERT INTO hazards (site, room, category, grade, description, found_by, found_at, owner,
-                              deadline, plan, status, source, rule, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $7) RETURNING id",
+                              deadline, plan, status, source, rule, updated_at, alarm)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $7, $14) RETURNING id",
         args![
             &h.site,
             &h.room,
@@ -63,8 +63,9 @@ pub fn create(
             h.deadline,
             &h.plan,
             status.as_str(),
-            source,
-            rule
+            origin.source,
+            origin.rule,
+            origin.alarm
         ],
     )?;
     let mut changes = serde_json::Map::new();
@@ -284,18 +285,22 @@ pub fn zeroing(c: Db<'_>, now: i64) -> Result<Vec<Value>, InspectionError> {
     // are booleans, which it does not add up. Ages in ms as literals (7 and
     // 30 days): PostgreSQL multiplies two small literals as 32-bit integers,
     // and 30 days of ms does not fit.
+    // Proposed hazards are not open ones (nobody has accepted them yet), but
+    // a proposed major one is counted on its own: it may become the site's
+    // zeroing figure once someone looks at it.
     let rows = c.rows(
         "SELECT site,
-                COUNT(*) FILTER (WHERE grade = 'major'),
-                COUNT(*),
+                COUNT(*) FILTER (WHERE grade = 'major' AND status <> 'proposed'),
+                COUNT(*) FILTER (WHERE status <> 'proposed'),
                 COUNT(*) FILTER (WHERE status IN ('open', 'rectifying') AND deadline IS NOT NULL AND deadline < $1),
                 COUNT(*) FILTER (WHERE grade = 'major' AND status IN ('open', 'rectifying')
                                    AND deadline IS NOT NULL AND deadline < $1),
-                MIN(found_at),
-                COUNT(*) FILTER (WHERE $1 - found_at <= 604800000),
-                COUNT(*) FILTER (WHERE $1 - found_at > 604800000 AND $1 - found_at <= 2592000000),
-                COUNT(*) FILTER (WHERE $1 - found_at > 2592000000)
-         FROM hazards WHERE status IN ('open', 'rectifying', 'awaiting_verification')
+                MIN(found_at) FILTER (WHERE status <> 'proposed'),
+                COUNT(*) FILTER (WHERE status <> 'proposed' AND $1 - found_at <= 604800000),
+                COUNT(*) FILTER (WHERE status <> 'proposed' AND $1 - found_at > 604800000 AND $1 - found_at <= 2592000000),
+                COUNT(*) FILTER (WHERE status <> 'proposed' AND $1 - found_at > 2592000000),
+                COUNT(*) FILTER (WHERE grade = 'major' AND status = 'proposed')
+         FROM hazards WHERE status IN ('proposed', 'open', 'rectifying', 'awaiting_verification')
          GROUP BY site ORDER BY site",
         args![now],
     )?;
@@ -308,6 +313,7 @@ pub fn zeroing(c: Db<'_>, now: i64) -> Result<Vec<Value>, InspectionError> {
                 "open": r.get::<i64>(2)?,
                 "overdue": r.get::<i64>(3)?,
                 "overdue_major": r.get::<i64>(4)?,
+                "proposed_major": r.get::<i64>(9)?,
                 "oldest_open_days": oldest.map(|t| (now - t) / 86_400_000),
                 "age": { "under_7_days": r.get::<i64>(6)?, "7_to_30_days": r.get::<i64>(7)?,
                          "over_30_days": r.get::<i64>(8)? },

@@ -148,7 +148,8 @@ CREATE TABLE IF NOT EXISTS hazards (
     source      TEXT NOT NULL,
     rule        TEXT,
     overdue_told_at INTEGER,
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    alarm       INTEGER
 );
 CREATE INDEX IF NOT EXISTS hazards_by_site ON hazards (site, status);
 CREATE TABLE IF NOT EXISTS hazard_events (
@@ -225,18 +226,23 @@ CREATE TABLE IF NOT EXISTS inspection_state (
 /// How long a drill declared without an end lasts.
 pub const DRILL_DEFAULT_MS: i64 = 30 * 60_000;
 
-/// Version 8's changes (drills kept apart, alarms grouped into incidents)
+/// Version 8's changes (drills kept apart, alarms grouped into incidents,
+/// hazards naming the alarm that proposed them)
 /// to a file made by an older version (a no-op on a
 /// new file, whose tables already have them).
 pub fn upgrade_to_8(c: &Connection) -> Result<(), rusqlite::Error> {
-    for column in ["drill", "incident"] {
+    for (table, column) in [
+        ("alarms", "drill"),
+        ("alarms", "incident"),
+        ("hazards", "alarm"),
+    ] {
         let has: bool = c.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('alarms') WHERE name = ?1",
-            [column],
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
             |r| r.get(0),
         )?;
         if !has {
-            c.execute_batch(&format!("ALTER TABLE alarms ADD COLUMN {column} INTEGER"))?;
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER"))?;
         }
     }
     c.execute_batch(ALARMS_BY_DRILL)?;

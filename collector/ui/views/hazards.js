@@ -49,6 +49,8 @@ function renderZeroing() {
         "dl",
         { class: "alarm-meta" },
         metaItem(t("hz.open_all"), String(z.open)),
+        // Not yet accepted, so not in the zeroing figure; but waiting for a decision.
+        z.proposed_major ? metaItem(t("hz.proposed_major"), h("span", { class: "bad-n" }, String(z.proposed_major))) : null,
         metaItem(t("hz.overdue"), h("span", { class: z.overdue ? "bad-n" : null }, t("hz.overdue_n", { n: z.overdue, major: z.overdue_major }))),
         z.open ? metaItem(t("hz.age"), t("hz.age_v", { a: a.under_7_days, b: a["7_to_30_days"], c: a.over_30_days, d: z.oldest_open_days })) : null,
       ),
@@ -69,7 +71,7 @@ function renderRow(x) {
     h("td", null, statusBadge(x.status)),
     h("td", null, x.owner || t("common.none")),
     h("td", null, fmtDate(x.deadline) || t("common.none"), overdueBadge(x)),
-    h("td", null, word("hz.source", x.source), x.rule ? h("span", { class: "muted" }, ` · ${x.rule}`) : null),
+    h("td", null, word("hz.source", x.source), x.rule ? h("span", { class: "muted" }, ` · ${x.rule}`) : null, x.alarm != null ? [" · ", h("a", { href: `#/alarm/${x.alarm}`, onclick: (e) => e.stopPropagation() }, `#${x.alarm}`)] : null),
   );
 }
 
@@ -172,7 +174,7 @@ async function openHazard(id) {
         { class: "alarm-meta" },
         metaItem(t("hz.f.found"), `${x.found_by} · ${fmtTime(x.found_at)}`),
         fact("owner", x.owner),
-        fact("deadline", fmtDate(x.deadline)),
+        fact("deadline", fmtDate(x.deadline) || t("common.none")),
         fact("plan", x.plan),
         fact("evidence", x.evidence, false),
         fact("verifier", x.verifier, false),

@@ -24,6 +24,7 @@ const V4: &str = r#"
 ALTER TABLE alarms ADD COLUMN drill BIGINT, ADD COLUMN incident BIGINT;
 CREATE INDEX alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;
 CREATE INDEX alarms_by_incident ON alarms (incident);
+ALTER TABLE hazards ADD COLUMN alarm BIGINT;
 UPDATE drills SET ended_at = started_at + 1800000 WHERE ended_at IS NULL;
 ALTER TABLE drills ALTER COLUMN ended_at SET NOT NULL;
 CREATE INDEX drills_by_end ON drills (ended_at);
