@@ -569,6 +569,28 @@ async fn printable_report_and_csv(dir: &Path, store_toml: &str) -> Result<()> {
         "{drills}"
     );
     ensure!(drills.contains(",gas_leak,"), "{drills}");
+    // The API's JSON gives times as RFC 3339 in the report's zone, as every
+    // other answer does, never as raw milliseconds.
+    let json = get_json(
+        &http_client(),
+        &format!("{http}/api/v1/reports/monthly?month=2026-10&site=s"),
+    )
+    .await
+    .context("monthly report as JSON")?;
+    assert_eq!(
+        json["period"]["from"], "2026-10-01T00:00:00+08:00",
+        "{}",
+        json["period"]
+    );
+    let d = &json["drills"][0];
+    ensure!(
+        d["started_at"]
+            .as_str()
+            .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok())
+            && d["ended_at"].is_string(),
+        "{d}"
+    );
+    ensure!(json["until"].is_string(), "{}", json["until"]);
     let exceed = std::fs::read_to_string(csv_dir.join("exceedance.csv"))?;
     ensure!(
         exceed.contains("environment.inlet_temp_high,2,above,27,135"),

@@ -987,6 +987,10 @@ pub async fn act(
     match action {
         Action::Acknowledge { comment } => {
             if let (Some(who), Some(at)) = (&before.ack_by, before.ack_at) {
+                // An RFC 3339 time (UTC), never raw milliseconds, in what people read.
+                let at = jiff::Timestamp::from_millisecond(at)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| format!("{at} ms"));
                 return Err(RecordError::Conflict(format!(
                     "alarm {serial} was already acknowledged by {who} at {at}"
                 )));

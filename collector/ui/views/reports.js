@@ -43,7 +43,8 @@ function monthBody(r) {
       h("dl", { class: "alarm-meta" }, metaItem(t("rp.opened"), major(hz.opened, hz.opened_major)), metaItem(t("rp.closed"), String(hz.closed)), metaItem(t("hz.overdue"), String(hz.overdue)), metaItem(t("rp.open_at_end"), major(hz.open_at_end, hz.open_major_at_end))),
     ),
     section("patrols", "hz.f.place planned done manual coverage", r.patrols.map((p) => [place(p), p.planned, p.done, p.manual, p.planned ? fmtPct(p.done / p.planned) : t("common.none")])),
-    section("drills", "scenario hz.f.place started ended pt.by hz.f.note", r.drills.map((d) => [d.scenario, place(d), fmtTime(d.started_at), fmtTime(d.ended_at), d.by ?? "", d.note ?? ""])),
+    // Drills apart: their alarms are counted here, never in the tables above.
+    section("drills", "scenario hz.f.place started ended drill_alarms to_first_alarm to_first_ack pt.by hz.f.note", r.drills.map((d) => [d.scenario, d.room ? `${d.site} / ${d.room}` : `${d.site} / ${t("drills.whole_site")}`, fmtTime(d.started_at), fmtTime(d.ended_at), d.alarms ? h("span", null, lvl(d.worst_level), ` ${d.alarms}`) : "0", dur(d.first_alarm_s), dur(d.first_ack_s), d.by ?? "", d.note ?? ""])),
   ];
 }
 
@@ -90,7 +91,7 @@ async function load() {
         ` · ${r.site ?? t("rp.all_sites")} · ${r.time_zone}`,
         monthly ? ` · ${fmtTime(r.period.from)} → ${fmtTime(r.period.to)}` : "",
         // A month still running (or the collector's first): the figures stop at `until`.
-        monthly && r.until < r.period.to ? h("span", { class: "muted" }, ` · ${t("rp.until", { at: fmtTime(r.until) })}`) : null,
+        monthly && Date.parse(r.until) < Date.parse(r.period.to) ? h("span", { class: "muted" }, ` · ${t("rp.until", { at: fmtTime(r.until) })}`) : null,
       ),
       h("div", { class: "rp-sections" }, monthly ? monthBody(r) : yearBody(r)),
     );
