@@ -483,7 +483,20 @@ pub fn report(
         (None, Some(y)) => Built::Year(report::build_year(db, site, &y, &inp)?),
         (None, None) => anyhow::bail!("give --month or --year"),
     };
+    // `--out -`: the report on standard output (html and json), to pipe or mail.
+    let to_stdout = out == std::path::Path::new("-");
+    anyhow::ensure!(
+        !(to_stdout && format == "csv"),
+        "--out -: csv is a folder of tables; give a folder, or use --format html or json for standard output"
+    );
     let write = |path: &std::path::Path, text: String| {
+        if to_stdout {
+            use std::io::Write;
+            return std::io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .context("standard output");
+        }
         std::fs::write(path, text).with_context(|| path.display().to_string())
     };
     let mut written = Vec::new();
@@ -500,12 +513,12 @@ pub fn report(
                 written.push(path);
             }
         }
-        ("json", Built::Month(r)) => write(out, serde_json::to_string_pretty(r)?)?,
-        ("json", Built::Year(r)) => write(out, serde_json::to_string_pretty(r)?)?,
+        ("json", Built::Month(r)) => write(out, render::json(r, &tz))?,
+        ("json", Built::Year(r)) => write(out, render::json(r, &tz))?,
         (_, Built::Month(r)) => write(out, render::html_month(r, lang, &tz))?,
         (_, Built::Year(r)) => write(out, render::html_year(r, lang, &tz))?,
     }
-    if format != "csv" {
+    if format != "csv" && !to_stdout {
         written.push(out.to_owned());
     }
     Ok(written)

@@ -85,7 +85,8 @@ enum Command {
         /// zh-CN or en (html only).
         #[arg(long, default_value = "zh-CN")]
         lang: String,
-        /// The file (html, json) or folder (csv) to write.
+        /// The file (html, json) or folder (csv) to write; `-` for standard
+        /// output (html, json).
         #[arg(long)]
         out: PathBuf,
     },
@@ -191,13 +192,16 @@ fn main() -> anyhow::Result<()> {
             let cfg = load_or_exit(&config);
             let started = std::time::Instant::now();
             let written = app::report(&cfg, month, year, site, &format, &lang, &out)?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "event": "report", "files": written,
-                    "seconds": started.elapsed().as_secs_f64(),
-                })
-            );
+            let done = serde_json::json!({
+                "event": "report", "files": written,
+                "seconds": started.elapsed().as_secs_f64(),
+            });
+            // Standard output carries the report itself when `--out -`.
+            if out.as_os_str() == "-" {
+                eprintln!("{done}");
+            } else {
+                println!("{done}");
+            }
             Ok(())
         }
         Command::Validate { config } => match CollectorConfig::load(&config) {

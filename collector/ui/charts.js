@@ -123,7 +123,8 @@ function thresholdPlugin(getLimits) {
             ctx.lineTo(bbox.left + bbox.width, y);
             ctx.stroke();
             ctx.fillStyle = colour;
-            const label = `${l.kind === "below" ? "≤" : "≥"} ${fmtNumber(l.value)}  ${l.label ?? ""}`;
+            // Strict, as the rules judge: raised above (below) the value, not at it.
+            const label = `${l.kind === "below" ? "<" : ">"} ${fmtNumber(l.value)}  ${l.label ?? ""}`;
             ctx.fillText(label, bbox.left + 6 * dpr, y - 2 * dpr);
           }
           ctx.restore();

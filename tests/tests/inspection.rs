@@ -569,6 +569,21 @@ async fn printable_report_and_csv(dir: &Path, store_toml: &str) -> Result<()> {
         "{drills}"
     );
     ensure!(drills.contains(",gas_leak,"), "{drills}");
+    // `--out -`: the report on standard output, to pipe or mail.
+    let piped = std::process::Command::new(workspace_bin("roomguard-collector"))
+        .args(["report"])
+        .arg(dir.join("collector.toml"))
+        .args([
+            "--month", "2026-10", "--site", "s", "--format", "json", "--out", "-",
+        ])
+        .output()?;
+    ensure!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let piped: serde_json::Value = serde_json::from_slice(&piped.stdout)?;
+    assert_eq!(piped["period"]["from"], "2026-10-01T00:00:00+08:00");
     // The API's JSON gives times as RFC 3339 in the report's zone, as every
     // other answer does, never as raw milliseconds.
     let json = get_json(

@@ -74,37 +74,6 @@ fn may_inspect(user: &User) -> Result<(), ApiError> {
     }
 }
 
-/// A report as JSON with its times in RFC 3339 in the report's zone, as
-/// every other answer of the API gives them (the report itself keeps ms).
-fn json_with_times<T: serde::Serialize>(r: &T, tz: &TimeZone) -> String {
-    const TIMES: [&str; 7] = [
-        "from",
-        "to",
-        "until",
-        "raised_at",
-        "cleared_at",
-        "started_at",
-        "ended_at",
-    ];
-    fn walk(v: &mut Value, tz: &TimeZone) {
-        match v {
-            Value::Object(m) => {
-                for (k, x) in m.iter_mut() {
-                    match x.as_i64() {
-                        Some(ms) if TIMES.contains(&k.as_str()) => *x = json!(show(ms, tz)),
-                        _ => walk(x, tz),
-                    }
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, tz)),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-    walk(&mut v, tz);
-    v.to_string()
-}
-
 fn hazard_json(h: &Hazard, tz: &TimeZone, now: i64) -> Value {
     let t = |v: Option<i64>| v.map(|ms| show(ms, tz));
     json!({
@@ -675,7 +644,7 @@ pub async fn report(
                         format!("report-{}.html", p.label),
                     ),
                     _ => (
-                        json_with_times(&rep, &tz2),
+                        render::json(&rep, &tz2),
                         "application/json",
                         format!("report-{}.json", p.label),
                     ),
@@ -711,7 +680,7 @@ pub async fn report(
                         format!("report-{y}.html"),
                     ),
                     _ => (
-                        json_with_times(&rep, &tz2),
+                        render::json(&rep, &tz2),
                         "application/json",
                         format!("report-{y}.json"),
                     ),

@@ -349,8 +349,7 @@ mod tests {
             &new_hazard(),
             "inspector-1",
             Status::Open,
-            "manual",
-            None,
+            Origin::MANUAL,
             1_000,
         )
         .unwrap();
@@ -452,14 +451,13 @@ mod tests {
             &new_hazard(),
             "i",
             Status::Open,
-            "manual",
-            None,
+            Origin::MANUAL,
             0,
         )
         .unwrap();
         let mut general = new_hazard();
         general.grade = "general".into();
-        create(Db::lite(&c), &general, "i", Status::Open, "manual", None, 0).unwrap();
+        create(Db::lite(&c), &general, "i", Status::Open, Origin::MANUAL, 0).unwrap();
         let edit = Edit {
             owner: Some("li".into()),
             deadline: Some(1_000),

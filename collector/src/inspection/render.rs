@@ -51,6 +51,42 @@ fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.1}")).unwrap_or_default()
 }
 
+/// A report as JSON with its times in RFC 3339 in the report's zone, as
+/// every answer of the API gives times (the report itself keeps ms).
+pub fn json<T: serde::Serialize>(r: &T, tz: &jiff::tz::TimeZone) -> String {
+    const TIMES: [&str; 7] = [
+        "from",
+        "to",
+        "until",
+        "raised_at",
+        "cleared_at",
+        "started_at",
+        "ended_at",
+    ];
+    fn walk(v: &mut serde_json::Value, tz: &jiff::tz::TimeZone) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    let at = x.as_i64().filter(|_| TIMES.contains(&k.as_str()));
+                    match at.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()) {
+                        Some(t) => {
+                            *x = serde_json::json!(t
+                                .display_with_offset(tz.to_offset(t))
+                                .to_string())
+                        }
+                        None => walk(x, tz),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, tz)),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+    walk(&mut v, tz);
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 fn time(ms: i64, tz: &jiff::tz::TimeZone) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| {
@@ -474,16 +510,15 @@ fn words(lang: Lang) -> &'static Words {
     }
 }
 
+/// A duration in one style throughout the report (and the page):
+/// "45 s", "1 min 49 s", "2 h 5 min", "3 d 4 h".
 fn duration(s: f64) -> String {
-    let s = s.max(0.0);
-    if s < 120.0 {
-        format!("{s:.0} s")
-    } else if s < 7200.0 {
-        format!("{:.0} min", s / 60.0)
-    } else if s < 172_800.0 {
-        format!("{:.1} h", s / 3600.0)
-    } else {
-        format!("{:.1} d", s / 86_400.0)
+    let n = s.max(0.0).round() as u64;
+    match n {
+        0..60 => format!("{n} s"),
+        60..3600 => format!("{} min {} s", n / 60, n % 60),
+        3600..86_400 => format!("{} h {} min", n / 3600, n % 3600 / 60),
+        _ => format!("{} d {} h", n / 86_400, n % 86_400 / 3600),
     }
 }
 
@@ -855,7 +890,7 @@ mod tests {
         assert!(!zh.contains("<script"));
         let en = html_month(&report(), Lang::En, &tz);
         assert!(
-            en.contains("Monthly safety report") && en.contains("90 s / 90 s"),
+            en.contains("Monthly safety report") && en.contains("1 min 30 s / 1 min 30 s"),
             "{en}"
         );
     }

@@ -6,7 +6,7 @@ import * as api from "../api.js";
 import * as data from "../data.js";
 import { h } from "../dom.js";
 import { t, getLang, LANGS } from "../i18n.js";
-import { fmtTime, fmtDate, fmtPct, fmtAge, fmtNumber } from "../format.js";
+import { fmtTime, fmtDate, fmtPct, fmtNumber } from "../format.js";
 import { levelBadge, metaItem, picker, showError, table } from "../widgets.js";
 
 const TABLES = ["alarms", "longest_open", "completeness", "exceedance", "hazards", "patrols", "drills"];
@@ -20,7 +20,15 @@ const valid = () => (sel.kind === "monthly" ? /^\d{4}-\d{2}$/.test(sel.month) : 
 /** The report's address with `extra` parameters (format=html or csv; JSON without). */
 const reportUrl = (extra) => api.url(`/api/v1/reports/${sel.kind}`, { ...(sel.kind === "monthly" ? { month: sel.month } : { year: sel.year }), site: sel.site, ...extra });
 const place = (x) => (x.room ? `${x.site} / ${x.room}` : x.site);
-const dur = (s) => (s == null ? t("common.none") : fmtAge(s * 1000));
+/** A duration in one style throughout: "45 s", "1 min 49 s", "2 h 5 min", "3 d 4 h". */
+function dur(s) {
+  if (s == null) return t("common.none");
+  const n = Math.max(0, Math.round(s));
+  if (n < 60) return `${n} s`;
+  if (n < 3600) return `${Math.floor(n / 60)} min ${n % 60} s`;
+  if (n < 86400) return `${Math.floor(n / 3600)} h ${Math.floor((n % 3600) / 60)} min`;
+  return `${Math.floor(n / 86400)} d ${Math.floor((n % 86400) / 3600)} h`;
+}
 const lvl = (l) => levelBadge(l, { short: true });
 const cols = (keys) => keys.split(" ").map((k) => t(/^\w\w+$/.test(k) ? "rp." + k : k));
 
@@ -102,6 +110,18 @@ async function load() {
   }
 }
 
+function months() {
+  const [y, m] = fmtDate(Date.now()).split("-").map(Number);
+  const name = new Intl.DateTimeFormat(getLang(), { year: "numeric", month: "long", timeZone: "UTC" });
+  const out = [];
+  for (let i = 0; i < 36; i++) {
+    const d = new Date(Date.UTC(y, m - 1 - i, 1));
+    const value = `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, "0")}`;
+    out.push([value, i === 0 ? `${name.format(d)} (${t("rp.to_date")})` : name.format(d)]);
+  }
+  return out;
+}
+
 function controls() {
   const set = (k) => (v) => {
     sel[k] = v;
@@ -115,7 +135,9 @@ function controls() {
     "div",
     { class: "controls filters" },
     picker(t("rp.kind"), "report-kind", sel.kind, [["monthly", t("rp.monthly")], ["yearly", t("rp.yearly")]], set("kind")),
-    sel.kind === "monthly" ? input("month", { type: "month" }) : input("year", { type: "number", min: "2000", max: "2100" }),
+    // Months named in the page's language (a browser's month input follows the
+    // browser's, not ours): this month to date first, then the 35 before it.
+    sel.kind === "monthly" ? picker(t("rp.month"), "report-month", sel.month, months(), set("month")) : input("year", { type: "number", min: "2000", max: "2100" }),
     picker(t("hz.f.site"), "report-site", sel.site, [["", t("rp.all_sites")], ...sites.map((s) => [s, s])], set("site")),
     picker(t("rp.lang"), "report-lang", sel.lang, LANGS.map((l) => [l, l === "zh-CN" ? "中文" : "English"]), set("lang")),
   );
@@ -126,7 +148,8 @@ export default {
   mount(el) {
     root = el;
     const [y, m] = fmtDate(Date.now()).split("-").map(Number); // today in the site's zone
-    sel.month ||= m === 1 ? `${y - 1}-12` : `${y}-${String(m - 1).padStart(2, "0")}`;
+    // This month to date: what an inspector opening the page asks first.
+    sel.month ||= `${y}-${String(m).padStart(2, "0")}`;
     sel.year ||= String(y);
     sel.lang ||= getLang();
     el.append(h("div", { class: "view-head" }, h("h1", null, t("nav.reports"))), controls(), h("div", { class: "rp-links controls" }), h("div", { class: "rp-body" }));
