@@ -230,6 +230,7 @@ pub async fn run(cfg: CollectorConfig) -> anyhow::Result<()> {
         c.bound(http_addr);
     }
     let app = api::router(Arc::new(api::AppState {
+        names: cfg.names.clone(),
         secure_cookies: cfg.http.tls.is_some(),
         reads,
         metrics: metrics.clone(),

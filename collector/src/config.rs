@@ -44,6 +44,47 @@ pub struct CollectorConfig {
     /// Several collectors sharing the sites (docs/SCALING.md); off by default.
     #[serde(default)]
     pub cluster: crate::cluster::ClusterConfig,
+    /// The names people use for rooms and devices (`[[names]]`), shown with
+    /// the ids engineers use.
+    #[serde(default)]
+    pub names: Vec<DisplayName>,
+}
+
+/// `[[names]]`: "3F 电池室" for a site's room (`room`) or device (`device`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayName {
+    pub site: String,
+    #[serde(default)]
+    pub room: Option<String>,
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The name (in Chinese, the default language of the pages).
+    pub name: String,
+    /// In English; `name` when absent.
+    #[serde(default)]
+    pub name_en: Option<String>,
+}
+
+impl DisplayName {
+    fn check(&self, path: &str, p: &mut Problems) {
+        if self.site.trim().is_empty() {
+            p.push(format!("{path}.site"), "must name the site");
+        }
+        if self.room.is_some() == self.device.is_some() {
+            p.push(path.to_owned(), "give exactly one of room, device");
+        }
+        for (k, v) in [
+            ("name", Some(&self.name)),
+            ("name_en", self.name_en.as_ref()),
+        ] {
+            if let Some(v) = v {
+                if v.trim().is_empty() || v.chars().count() > 64 {
+                    p.push(format!("{path}.{k}"), "must be 1–64 characters");
+                }
+            }
+        }
+    }
 }
 
 /// `[agents]`: the secret each agent's key is derived from
@@ -599,6 +640,14 @@ impl CollectorConfig {
 
     fn check(&self) -> Problems {
         let mut p = Problems::default();
+        let mut named = std::collections::HashSet::new();
+        for (i, n) in self.names.iter().enumerate() {
+            let path = format!("names[{i}]");
+            n.check(&path, &mut p);
+            if !named.insert((&n.site, &n.room, &n.device)) {
+                p.push(path, "names that room or device a second time");
+            }
+        }
         match self.broker() {
             Some(Err(e)) => p.push("mqtt.url", e),
             Some(Ok(url)) => self.mqtt.security.check(&url, "mqtt.security", &mut p),

@@ -166,7 +166,7 @@ function showLogin(expired) {
 let snapshotTimer = null;
 /** Everything the page shows comes from these three; the stream keeps them current. */
 async function loadSnapshot() {
-  const results = await Promise.allSettled([data.loadLatest(), data.loadAlarms(), data.loadAgents()]);
+  const results = await Promise.allSettled([data.loadLatest(), data.loadAlarms(), data.loadAgents(), data.loadNames()]);
   const failed = results.find((r) => r.status === "rejected");
   if (failed && failed.reason?.status !== 401) showError(failed.reason.message);
 }

@@ -11,6 +11,7 @@
 
 import * as api from "./api.js";
 import { markDirty, markAllDirty } from "./bind.js";
+import { getLang } from "./i18n.js";
 
 /** "site/point" → {site, point, agent, room, device, quantity, unit, ts, tsMs, value, text, quality, reason} */
 export const points = new Map();
@@ -43,6 +44,20 @@ export function serverNow() {
 
 export const pointKey = (site, point) => `${site}/${point}`;
 export const roomKey = (site, room) => `${site}/${room}`;
+
+/** `[[names]]` of the collector: "site/room" and "site/device" → {name, name_en}. */
+const displayNames = { rooms: new Map(), devices: new Map() };
+export async function loadNames() {
+  const body = await api.get("/api/v1/names");
+  displayNames.rooms = new Map((body.rooms ?? []).map((n) => [`${n.site}/${n.room}`, n]));
+  displayNames.devices = new Map((body.devices ?? []).map((n) => [`${n.site}/${n.device}`, n]));
+  emit("structure");
+}
+const inLang = (n) => (n ? (getLang() === "en" ? n.name_en : n.name) : null);
+/** The name people use for a room, in the page's language, or its id. */
+export const roomName = (site, room) => inLang(displayNames.rooms.get(`${site}/${room}`)) ?? room;
+/** The name people use for a device, or its id. */
+export const deviceName = (site, device) => inLang(displayNames.devices.get(`${site}/${device}`)) ?? device;
 
 const subscribers = new Map();
 export function on(topic, fn) {

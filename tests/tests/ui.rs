@@ -33,7 +33,9 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
     };
     let (_sim, addrs) = start_simulator(dir.path(), &["--speed", "1"])?;
     // Notifications go to the collector's own inbox, as in the demo.
-    let inbox = "[alarms]\n[[alarms.channels]]\nid = \"inbox\"\nkind = \"inbox\"\n";
+    // Rooms are named as people name them.
+    let inbox = "[alarms]\n[[alarms.channels]]\nid = \"inbox\"\nkind = \"inbox\"\n\
+                 [[names]]\nsite = \"demo-site\"\nroom = \"battery-room\"\nname = \"3F 电池室\"\nname_en = \"3F battery room\"\n";
     let (collector, http, _) = start_collector_with(dir.path(), Some(&broker.url()), inbox)?;
     let agent_conf = demo_agent_config(&addrs, &broker.url(), &dir.path().join("agent-state"))?;
     let _agent = start_agent(dir.path(), &agent_conf)?;
@@ -68,6 +70,16 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         .await?;
     let before = number(&before)?;
     ensure!(before < 5.0, "normal air: {before}");
+    browser
+        .wait_for(
+            "the battery room by its name",
+            PATIENCE,
+            &format!(
+                "return {} === '3F battery room' ? 'ok' : '';",
+                js_text("[data-room=\"demo-site/battery-room\"] .tile-name")
+            ),
+        )
+        .await?;
     // The figures of a power incident: the hottest cell and the batteries'
     // charge in the battery room, the UPS's runtime left and load.
     for (room, group, unit) in [
@@ -286,7 +298,8 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
             "return document.querySelector('#live-status').dataset.state !== 'live';",
         )
         .await?;
-    let (_collector, http2, _) = start_collector_at(dir.path(), Some(&broker.url()), "", &listen)?;
+    let (_collector, http2, _) =
+        start_collector_at(dir.path(), Some(&broker.url()), inbox, &listen)?;
     assert_eq!(http2, http);
     browser
         .wait_for(
@@ -510,6 +523,16 @@ async fn the_dashboard_shows_live_values_acknowledges_alarms_and_speaks_chinese(
         )
         .await?;
     eprintln!("alarm console link in Chinese: {nav}");
+    browser
+        .wait_for(
+            "the battery room by its Chinese name",
+            PATIENCE,
+            &format!(
+                "return {} === '3F 电池室' ? 'ok' : '';",
+                js_text("[data-room=\"demo-site/battery-room\"] .tile-name")
+            ),
+        )
+        .await?;
     browser.screenshot(&shots().join("overview-zh.png")).await?;
     Ok(())
 }

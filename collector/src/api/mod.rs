@@ -46,6 +46,26 @@ pub struct AppState {
     pub inspection: crate::inspection::InspectionConfig,
     /// This node's view of the cluster, when there is one.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `[[names]]`: the names people use for rooms and devices.
+    pub names: Vec<crate::config::DisplayName>,
+}
+
+/// `GET /api/v1/names`: the display names of rooms and devices
+/// (`[[names]]`), for pages to show beside the ids.
+async fn names(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let of = |room: bool| {
+        st.names
+            .iter()
+            .filter(|n| n.room.is_some() == room)
+            .map(|n| {
+                serde_json::json!({
+                    "site": n.site, "room": n.room, "device": n.device,
+                    "name": n.name, "name_en": n.name_en.as_deref().unwrap_or(&n.name),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    Json(serde_json::json!({ "rooms": of(true), "devices": of(false) }))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -75,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/limits", get(alarms::limits))
         .route("/api/v1/notifications", get(alarms::notifications))
         .route("/api/v1/inbox", get(alarms::inbox))
+        .route("/api/v1/names", get(names))
         .route("/api/v1/notifications/{id}/retry", post(alarms::retry))
         .route(
             "/api/v1/hazards",

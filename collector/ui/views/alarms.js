@@ -64,7 +64,7 @@ function renderRow(a, g) {
   if (a.inhibited) flags.push(badge("inhibited", t("alarm.flag.inhibited"), t("alarm.flag.inhibited_title")));
   if (a.silenced_by != null) flags.push(badge("silenced", t("alarm.flag.silenced", { id: a.silenced_by })));
   if (a.drill != null) flags.push(badge("drill", t("alarm.flag.drill", { id: a.drill }), t("alarm.flag.drill_title")));
-  const place = a.room ? h("a", { href: roomHref(a.site, a.room) }, `${a.site} / ${a.room}`) : `${a.site} / ${t("alarms.site_wide")}`;
+  const place = a.room ? h("a", { href: roomHref(a.site, a.room), title: a.room }, `${a.site} / ${data.roomName(a.site, a.room)}`) : `${a.site} / ${t("alarms.site_wide")}`;
   const ack = a.acknowledged_by ? [a.acknowledged_by, a.acknowledged_at ? h("span", { class: "muted" }, ` ${fmtDateTime(Date.parse(a.acknowledged_at))}`) : null] : [t("common.none")];
   const actions = [];
   if (respond) {

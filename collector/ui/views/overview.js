@@ -87,7 +87,7 @@ function buildTile(r) {
   const el = h(
     "a",
     { class: "tile", href: roomHref(r.site, r.room), dataset: { room: rk, level: "0" } },
-    h("div", { class: "tile-head" }, h("span", { class: "tile-name" }, r.room), levelBox),
+    h("div", { class: "tile-head" }, h("span", { class: "tile-name", title: r.room }, data.roomName(r.site, r.room)), levelBox),
     alarmLine,
     flags,
     kv,

@@ -37,7 +37,8 @@ function renderHead() {
     "div",
     { class: "view-head" },
     h("nav", { class: "crumbs", "aria-label": "breadcrumb" }, h("a", { href: "#/" }, t("room.back")), h("span", { "aria-hidden": "true" }, " › "), h("span", null, params.site)),
-    h("h1", { class: "room-title" }, h("span", null, params.room), " ", h("span", { class: "room-level" }, levelBadge(level))),
+    // The name people use, with the id engineers use beside it.
+    h("h1", { class: "room-title" }, h("span", null, data.roomName(params.site, params.room)), data.roomName(params.site, params.room) !== params.room ? h("span", { class: "muted room-id" }, ` ${params.room}`) : null, " ", h("span", { class: "room-level" }, levelBadge(level))),
   );
 }
 
@@ -93,7 +94,7 @@ function renderDevices() {
       h(
         "section",
         { class: "device card", dataset: { device } },
-        h("h2", { class: "device-name" }, device, h("span", { class: "muted device-agent" }, t("room.agent", { agent })), h("span", { class: "device-health", dataset: { agent } }, deviceHealth(params.site, agent, device))),
+        h("h2", { class: "device-name" }, data.deviceName(params.site, device), data.deviceName(params.site, device) !== device ? h("span", { class: "muted" }, ` ${device}`) : null, h("span", { class: "muted device-agent" }, t("room.agent", { agent })), h("span", { class: "device-health", dataset: { agent } }, deviceHealth(params.site, agent, device))),
         h(
           "div",
           { class: "table-wrap" },
