@@ -111,10 +111,11 @@ while IFS= read -r line; do
     echo "scenario -> normal"
     end_drill
   elif room=$(room_of "$line"); then
+    # Declared before it starts, so its first alarm is already the drill's.
     end_drill
+    declare_drill "$line" "$room"
     echo "$line" >&3
     echo "scenario -> $line"
-    declare_drill "$line" "$room"
   else
     echo "unknown scenario \"$line\"; one of: normal, ac_failure, thermal_runaway, mains_failure, smoke,"
     echo "  phase_unbalance, gas_leak, co_rise, earth_leakage, insulation_fault, door_open,"

@@ -447,6 +447,18 @@ pub fn report(
     let db = match cfg.store.backend {
         crate::config::Backend::Sqlite => {
             reader = store::sqlite::SqliteReader::open(&cfg.store.path)?;
+            // The report reads only; an older file is upgraded by the
+            // collector when it starts, not here.
+            let version: i64 = reader
+                .conn()
+                .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            anyhow::ensure!(
+                version == store::sqlite::SCHEMA_VERSION,
+                "{}: store schema version {version}, this build reads {}: start the collector once \
+                 (it upgrades the store), then make the report",
+                cfg.store.path.display(),
+                store::sqlite::SCHEMA_VERSION
+            );
             store::sql::Db::lite(reader.conn())
         }
         crate::config::Backend::Postgres => {

@@ -182,9 +182,9 @@ async fn a_month_of_history_gives_a_report_with_the_figures_that_were_put_in(
                     scenario: "gas_leak".into(),
                     note: None,
                 },
-                p.drill.0,
-                Some(p.drill.1),
+                (p.drill.0, Some(p.drill.1)),
                 "inspector-1",
+                p.drill.0 - HOUR,
             )
         })
         .await?;
@@ -531,9 +531,9 @@ fn hazards_and_a_drill(c: Db<'_>, p: &Plan) -> Result<()> {
             scenario: "thermal_runaway".into(),
             note: None,
         },
-        o + 20 * DAY,
-        Some(o + 20 * DAY + HOUR),
+        (o + 20 * DAY, Some(o + 20 * DAY + HOUR)),
         "inspector-1",
+        o + 20 * DAY,
     )?;
 
     Ok(())

@@ -12,10 +12,13 @@
 //! a leak must be told as a fire. Drill alarms group only with alarms of the
 //! same drill, real ones only with real ones.
 //!
-//! A joining alarm is told only when it makes the incident worse than
-//! anything told about it so far (a follow-up); otherwise it is recorded
-//! under the incident and shown there. Clears, acknowledgements, reminders
-//! and escalation follow each told alarm as before.
+//! A joining alarm is told only when it is news (see [`tell_joining`]):
+//! worse than what was told and is still active (a follow-up), a fire or
+//! explosion alarm joining an equipment fault, or anything while nothing
+//! told is active; otherwise it is recorded under the incident and shown
+//! there. Clears, acknowledgements, reminders and escalation follow each
+//! told alarm as before; when the last told one clears while others of the
+//! incident go on, the most severe of those is told (the store does that).
 
 use super::engine::Ts;
 use super::rules::RuleSet;
@@ -81,11 +84,20 @@ pub fn place(rules: &RuleSet, new: &Raising, active: &[Member]) -> Option<u64> {
         .map(|m| m.incident)
 }
 
-/// Whether a joining alarm of `level` is told, given the most severe level
-/// told about its incident so far (`None`: nothing told yet, e.g. the lead
-/// was explained by another alarm or held by a maintenance window).
-pub fn tell_joining(level: u8, told: Option<u8>) -> bool {
-    told.is_none_or(|t| level < t)
+/// A told alarm of the incident that is still active: its level, and
+/// whether it is a life-safety (fire, explosion) alarm.
+pub type Told = (u8, bool);
+
+/// Whether a joining alarm of `level` is told, given the told alarms of its
+/// incident that are still active. Told when nothing told is active (the
+/// lead was explained, held by a window, or has cleared: what goes on is
+/// news), when it is worse than all of them (a follow-up), or when it is a
+/// life-safety alarm and none of them is (smoke after a detector went
+/// silent, hydrogen after a BMS fault: the hazard itself is news).
+pub fn tell_joining(level: u8, life_safety: bool, told: &[Told]) -> bool {
+    told.is_empty()
+        || told.iter().all(|(l, _)| level < *l)
+        || (life_safety && !told.iter().any(|(_, ls)| *ls))
 }
 
 #[cfg(test)]
@@ -202,10 +214,17 @@ mod tests {
     }
 
     #[test]
-    fn a_joining_alarm_is_told_only_when_it_makes_the_incident_worse() {
-        assert!(tell_joining(2, None));
-        assert!(tell_joining(1, Some(2)));
-        assert!(!tell_joining(2, Some(2)));
-        assert!(!tell_joining(3, Some(1)));
+    fn a_joining_alarm_is_told_only_when_it_is_news() {
+        // Nothing told is active: told.
+        assert!(tell_joining(2, false, &[]));
+        // Worse than every told alarm still active: a follow-up.
+        assert!(tell_joining(1, false, &[(2, false)]));
+        assert!(!tell_joining(2, false, &[(2, false)]));
+        assert!(!tell_joining(3, false, &[(1, false)]));
+        assert!(!tell_joining(1, false, &[(2, false), (1, true)]));
+        // Smoke (level 2) after a detector went silent (level 2): the fire is news.
+        assert!(tell_joining(2, true, &[(2, false)]));
+        // The second smoke head after the first: not news.
+        assert!(!tell_joining(2, true, &[(2, true)]));
     }
 }

@@ -49,16 +49,24 @@ pub struct Drill {
     pub room: String,
     pub started_at: Ts,
     pub ended_at: Ts,
+    /// When it was declared: nothing before that is its (less a minute,
+    /// for agents' clocks), so a drill declared afterwards over a past time
+    /// cannot turn real alarms, even ones still in a spool, into its own.
+    pub declared_at: Ts,
 }
 
+/// How far before its declaration a drill still takes alarms: the agents'
+/// clocks and the collector's differ a little.
+pub const DECLARED_SLACK_MS: Ts = 60_000;
+
 impl Drill {
-    /// Whether an alarm in `site`/`room` whose event happened at `at` was
-    /// raised inside this drill. Event time, not the time it was recorded:
-    /// a drill's alarms that arrive late from a spool are still the drill's.
+    /// Whether an alarm in `site`/`room` whose condition began at `at`
+    /// belongs to this drill. Event time, not the time it was recorded: a
+    /// drill's alarms that arrive late from a spool are still the drill's.
     pub fn covers(&self, site: &str, room: &str, at: Ts) -> bool {
         self.site == site
             && (self.room.is_empty() || self.room == room)
-            && self.started_at <= at
+            && self.started_at.max(self.declared_at - DECLARED_SLACK_MS) <= at
             && at < self.ended_at
     }
 }
@@ -320,6 +328,7 @@ mod tests {
             room: room.into(),
             started_at: from,
             ended_at: to,
+            declared_at: from,
         };
         let drills = [
             d(1, "battery-room", 0, 10 * MIN),
@@ -334,6 +343,17 @@ mod tests {
         // The end is not inside; another site never is.
         assert_eq!(drill_of(&drills, ("s", "battery-room"), 20 * MIN), None);
         assert_eq!(drill_of(&drills, ("t", "battery-room"), MIN), None);
+        // Declared afterwards over a past time: it takes nothing from before
+        // its declaration (less the clocks' slack).
+        let late = [Drill {
+            declared_at: 30 * MIN,
+            ..d(3, "", 0, 60 * MIN)
+        }];
+        assert_eq!(drill_of(&late, ("s", "battery-room"), 10 * MIN), None);
+        assert_eq!(
+            drill_of(&late, ("s", "battery-room"), 29 * MIN + 30_000),
+            Some(3)
+        );
     }
 
     #[test]

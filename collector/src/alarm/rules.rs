@@ -257,6 +257,9 @@ pub struct Rule {
     /// Indexes of rules that inhibit this one.
     pub inhibited_by: Vec<usize>,
     pub feeds_only: bool,
+    /// A fire or explosion alarm (the pack's `life_safety`): never grouped
+    /// away behind an equipment alarm of its incident.
+    pub life_safety: bool,
 }
 
 /// What a rule selects a point by.
@@ -653,6 +656,7 @@ fn placeholder(d: &RuleDef) -> Rule {
         },
         inhibited_by: Vec::new(),
         feeds_only: false,
+        life_safety: false,
     }
 }
 
@@ -844,6 +848,7 @@ fn compile(
             d.name_zh.clone()
         },
         category: d.category,
+        life_safety: d.life_safety,
         source: d.source.clone(),
         advice: d.advice.clone(),
         advice_zh: d.advice_zh.clone(),

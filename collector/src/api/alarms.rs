@@ -385,10 +385,15 @@ pub async fn acknowledge_many(
     let by = actor(&user, b.by);
     name("by", &by)?;
     let (rules, routes) = (a.rules.clone(), a.routes.clone());
+    // In serial order, as every acknowledgement and the sweep lock: two
+    // selections that overlap wait for each other rather than deadlock.
+    let mut serials = b.serials;
+    serials.sort_unstable();
+    serials.dedup();
     let (done, already, unknown, queued) = with_store(&st, async move |c| {
         let now = roomguard_protocol::clock::now_ms();
         let (mut done, mut already, mut unknown, mut queued) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        for serial in b.serials {
+        for serial in serials {
             if done.contains(&serial) {
                 continue;
             }

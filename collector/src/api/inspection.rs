@@ -478,10 +478,17 @@ pub async fn record_drill(
         note: b.note,
     };
     let mut d = with_conn(&st, move |c| {
-        let d = crate::store::inspection::record_drill(c, &drill, started, ended, &user.name)?;
+        let now = roomguard_protocol::clock::now_ms();
+        let d =
+            crate::store::inspection::record_drill(c, &drill, (started, ended), &user.name, now)?;
+        let until = d["ended_at"]
+            .as_i64()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         let detail = format!(
-            "{} ({} in {} {}, until {})",
-            d["id"], drill.scenario, drill.site, drill.room, d["ended_at"]
+            "{} ({} in {} {}, until {until})",
+            d["id"], drill.scenario, drill.site, drill.room
         );
         c.wait(crate::store::auth::audit_in(
             c.conn(),

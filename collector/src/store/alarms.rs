@@ -120,21 +120,36 @@ async fn active_members(
     Ok(out)
 }
 
-/// The most severe level told so far about incident `lead`.
-async fn told_level(db: Conn<'_>, lead: u64) -> Result<Option<u8>, SqlError> {
-    let level: Option<i64> = db
-        .value(
-            "SELECT min(level) FROM alarms WHERE (incident = $1 OR serial = $1) AND notified = TRUE",
+/// The told alarms of incident `lead` that are still active.
+async fn told_active(
+    db: Conn<'_>,
+    rules: &RuleSet,
+    lead: u64,
+) -> Result<Vec<incident::Told>, SqlError> {
+    let mut out = Vec::new();
+    for r in db
+        .rows(
+            "SELECT level, rule FROM alarms
+             WHERE (incident = $1 OR serial = $1) AND notified = TRUE AND cleared_at IS NULL",
             args![lead],
         )
-        .await?;
-    Ok(level.map(|l| l.clamp(1, 4) as u8))
+        .await?
+    {
+        let level: i64 = r.get(0)?;
+        let rule: String = r.get(1)?;
+        let ls = rules
+            .index(&rule)
+            .is_some_and(|i| rules.rules[i].life_safety);
+        out.push((level.clamp(1, 4) as u8, ls));
+    }
+    Ok(out)
 }
 
 /// Declared drills whose time overlaps `[from, to]` (event times).
 pub async fn drills_between(db: Conn<'_>, from: Ts, to: Ts) -> Result<Vec<Drill>, SqlError> {
     db.rows(
-        "SELECT id, site, room, started_at, ended_at FROM drills WHERE ended_at > $1 AND started_at <= $2",
+        "SELECT id, site, room, started_at, ended_at, COALESCE(declared_at, started_at) FROM drills
+         WHERE ended_at > $1 AND started_at <= $2",
         args![from, to],
     )
     .await?
@@ -146,6 +161,7 @@ pub async fn drills_between(db: Conn<'_>, from: Ts, to: Ts) -> Result<Vec<Drill>
             room: r.get(2)?,
             started_at: r.get(3)?,
             ended_at: r.get(4)?,
+            declared_at: r.get(5)?,
         })
     })
     .collect()
@@ -349,8 +365,8 @@ impl Recorder {
             let silences = active_silences(db, now).await?;
             let raises = transitions.iter().filter(|t| t.kind == Kind::Raise);
             let drills = match (
-                raises.clone().map(|t| t.at).min(),
-                raises.map(|t| t.at).max(),
+                raises.clone().map(|t| t.began_at).min(),
+                raises.map(|t| t.began_at).max(),
             ) {
                 (Some(from), Some(to)) => drills_between(db, from, to).await?,
                 _ => Vec::new(),
@@ -400,7 +416,10 @@ impl Recorder {
                     t.at,
                     now,
                 );
-                let drill = lifecycle::drill_of(drills, (&inst.site, &inst.room), t.at);
+                // By when its condition began: an alarm whose delay runs out
+                // after the drill ended is still the drill's, and a fault that
+                // began before the drill was declared is real.
+                let drill = lifecycle::drill_of(drills, (&inst.site, &inst.room), t.began_at);
                 let joins = incident::place(
                     self.engine.rules(),
                     &Raising {
@@ -447,15 +466,15 @@ impl Recorder {
                 self.counts.0 += 1;
                 let mut tell = raise.tell;
                 if let Some(lead) = joins {
-                    let told = told_level(db, lead).await?;
-                    let worse = incident::tell_joining(inst.params.level, told);
-                    let text = match (raise.tell, worse, told) {
-                        (true, true, Some(l)) => format!("part of incident {lead}; told as a follow-up: worse than level {l}, the worst told so far"),
-                        (true, false, Some(l)) => format!("part of incident {lead}; not told: level {l} was already told for it"),
+                    let told = told_active(db, self.engine.rules(), lead).await?;
+                    let news = incident::tell_joining(inst.params.level, rule.life_safety, &told);
+                    let text = match (raise.tell, news, told.is_empty()) {
+                        (true, true, false) => format!("part of incident {lead}; told: news beside what was told of it"),
+                        (true, false, _) => format!("part of incident {lead}; not told: what is told of it and still active covers it"),
                         _ => format!("part of incident {lead}"),
                     };
                     event("incident", Some(text)).await?;
-                    tell &= worse;
+                    tell &= news;
                 }
                 if tell {
                     self.notify_raise(db, t.serial, now).await?;
@@ -635,9 +654,15 @@ impl Recorder {
         let due = db
             .rows(
                 &format!(
-                    "SELECT serial, level, notified_at, escalated FROM alarms
-                     WHERE cleared_at IS NULL AND ack_at IS NULL AND notified = TRUE
-                       AND notified_at IS NOT NULL{lock}"
+                    // A told alarm is repeated while it is active, or while
+                    // anything of its incident is active and unacknowledged:
+                    // its other alarms were grouped behind it, not told.
+                    "SELECT serial, level, notified_at, escalated FROM alarms a
+                     WHERE a.ack_at IS NULL AND a.notified = TRUE AND a.notified_at IS NOT NULL
+                       AND (a.cleared_at IS NULL OR EXISTS (
+                            SELECT 1 FROM alarms m WHERE m.incident = COALESCE(a.incident, a.serial)
+                              AND m.cleared_at IS NULL AND m.ack_at IS NULL))
+                     ORDER BY serial{lock}"
                 ),
                 &[],
             )
@@ -971,8 +996,27 @@ pub async fn act(
     now: Ts,
 ) -> Result<(AlarmRow, usize), RecordError> {
     // On PostgreSQL the row is locked until commit, so two people
-    // acknowledging at once do not both succeed.
+    // acknowledging at once do not both succeed. An acknowledgement takes
+    // the whole incident: its rows are locked first, in serial order (as the
+    // sweep locks), so two people acknowledging two alarms of one incident,
+    // or the sweep, wait for each other rather than deadlock.
     let lock = if db.is_postgres() { " FOR UPDATE" } else { "" };
+    if db.is_postgres() {
+        if let Some(r) = db
+            .row(
+                "SELECT COALESCE(incident, serial) FROM alarms WHERE serial = $1",
+                args![serial],
+            )
+            .await?
+        {
+            let inc: i64 = r.get(0)?;
+            db.rows(
+                "SELECT serial FROM alarms WHERE incident = $1 OR serial = $1 ORDER BY serial FOR UPDATE",
+                args![inc],
+            )
+            .await?;
+        }
+    }
     let before = db
         .row(
             &format!("SELECT {ALARM_COLUMNS} FROM alarms WHERE serial = $1{lock}"),
@@ -1480,6 +1524,41 @@ clear_delay = "0s"
             .unwrap();
         let later = done(alarm(Conn::Lite(&conn), 4)).unwrap().unwrap();
         assert_eq!((later.rule.as_str(), later.incident), ("t.heat", 4));
+    }
+
+    #[test]
+    fn a_told_alarm_that_cleared_is_repeated_while_its_incident_goes_on_unacknowledged() {
+        let mut f = fixture();
+        // Two heat detectors of one room: the second is grouped, not told.
+        f.writer
+            .write_batches(&[one(1, T0, ("d.heat", "heat"), 1.0)], T0)
+            .unwrap();
+        f.writer
+            .write_batches(
+                &[one(2, T0 + 10_000, ("d2.heat", "heat"), 1.0)],
+                T0 + 10_000,
+            )
+            .unwrap();
+        // The told one clears; the other goes on, unacknowledged.
+        f.writer
+            .write_batches(&[one(3, T0 + MIN, ("d.heat", "heat"), 0.0)], T0 + MIN)
+            .unwrap();
+        assert_eq!(f.outbox(), ["oncall 1:raise", "oncall 1:clear"]);
+        f.sweep(T0 + 16 * MIN);
+        assert_eq!(
+            f.outbox(),
+            ["oncall 1:raise", "oncall 1:clear", "oncall 1:repeat1"],
+            "the incident is still unwatched"
+        );
+        // Once nothing of the incident is active, the reminders stop.
+        f.writer
+            .write_batches(
+                &[one(4, T0 + 17 * MIN, ("d2.heat", "heat"), 0.0)],
+                T0 + 17 * MIN,
+            )
+            .unwrap();
+        f.sweep(T0 + 31 * MIN);
+        assert_eq!(f.outbox().len(), 3, "{:?}", f.outbox());
     }
 
     #[test]

@@ -42,16 +42,16 @@ pub fn rollups(
 /// out of the real counts, so a drill may not cover a day of real alarms.
 pub const DRILL_MAX_MS: i64 = 4 * 3_600_000;
 
-/// Declares a drill (`ended_at`: its planned end; 30 minutes when not
-/// given). Alarms raised inside it from now on are drill alarms; alarms
-/// already recorded are never relabelled, so a drill cannot be declared
-/// afterwards over real alarms.
+/// Declares a drill at `declared_at` (`ended_at`: its planned end; 30
+/// minutes when not given). Alarms whose condition begins inside it, and
+/// not before its declaration, are drill alarms; nothing already recorded
+/// is relabelled, so a drill declared afterwards cannot hide real alarms.
 pub fn record_drill(
     c: Db<'_>,
     d: &NewDrill,
-    started_at: i64,
-    ended_at: Option<i64>,
+    (started_at, ended_at): (i64, Option<i64>),
     by: &str,
+    declared_at: i64,
 ) -> Result<Value, InspectionError> {
     if d.site.trim().is_empty() || d.scenario.trim().is_empty() {
         return Err(InspectionError::Invalid(
@@ -71,8 +71,8 @@ pub fn record_drill(
         )));
     }
     let id: i64 = c.value(
-        "INSERT INTO drills (site, room, scenario, started_at, ended_at, by, note)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO drills (site, room, scenario, started_at, ended_at, by, note, declared_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         args![
             &d.site,
             &d.room,
@@ -80,7 +80,8 @@ pub fn record_drill(
             started_at,
             ended_at,
             by,
-            &d.note
+            &d.note,
+            declared_at
         ],
     )?;
     drill(c, id)

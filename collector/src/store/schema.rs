@@ -213,7 +213,8 @@ CREATE TABLE IF NOT EXISTS drills (
     started_at INTEGER NOT NULL,
     ended_at   INTEGER,
     by         TEXT NOT NULL,
-    note       TEXT
+    note       TEXT,
+    declared_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS drills_by_time ON drills (started_at);
 CREATE INDEX IF NOT EXISTS drills_by_end ON drills (ended_at);
@@ -235,6 +236,7 @@ pub fn upgrade_to_8(c: &Connection) -> Result<(), rusqlite::Error> {
         ("alarms", "drill"),
         ("alarms", "incident"),
         ("hazards", "alarm"),
+        ("drills", "declared_at"),
     ] {
         let has: bool = c.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
@@ -250,6 +252,7 @@ pub fn upgrade_to_8(c: &Connection) -> Result<(), rusqlite::Error> {
         "UPDATE drills SET ended_at = started_at + ?1 WHERE ended_at IS NULL",
         [DRILL_DEFAULT_MS],
     )?;
+    c.execute_batch("UPDATE drills SET declared_at = started_at WHERE declared_at IS NULL")?;
     Ok(())
 }
 

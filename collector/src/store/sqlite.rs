@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Bumped whenever the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 8;
+pub(crate) const SCHEMA_VERSION: i64 = 8;
 
 /// The store's own tables (alarms and inspection add theirs).
 pub(crate) const SCHEMA: &str = r#"
@@ -312,7 +312,9 @@ impl SqliteWriter {
             )
             .map_err(open_err)?;
         match (version, tables) {
-            (SCHEMA_VERSION, _) => {}
+            // Idempotent: a file made by a development build of this
+            // version may lack a column added to it later.
+            (SCHEMA_VERSION, _) => super::schema::upgrade_to_8(&conn).map_err(open_err)?,
             // New file, or an older version, which lacked only tables that
             // are created here; rollups of existing samples are computed by
             // the maintenance steps after the upgrade.

@@ -500,6 +500,8 @@ impl Sender {
                     ch.cfg
                         .levels
                         .contains(&(d["level"].as_u64().unwrap_or(4) as u8))
+                        // A channel that takes no drills hears none, refreshed or not.
+                        && (ch.cfg.drills || d["drill"].is_null())
                 })
                 .map(|d| alertmanager::alert(d, self.link.as_deref()))
                 .collect();

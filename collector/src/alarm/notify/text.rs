@@ -51,7 +51,7 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
         .unwrap_or_else(|| "-".into());
     let mut lines = vec![head];
     // Part of an incident: say which, and what else it holds, so one message
-    // tells the whole fault (a follow-up is sent only when it got worse).
+    // tells the whole fault (another alarm of it is sent only when it is news).
     let serial = d["serial"].as_u64();
     let lead = d["incident"].as_u64();
     let others: Vec<String> = d["incident_alarms"]
@@ -63,22 +63,21 @@ pub fn text(d: &Value, language: &str, tz: &TimeZone, link: Option<&str>) -> Str
                 .map(|m| {
                     let (en, lz) = level_name(m["level"].as_u64().unwrap_or(4) as u8);
                     let name = m["name"].as_str().unwrap_or("");
-                    match zh {
-                        true => format!("#{} {name}（{lz}）", m["serial"]),
-                        false => format!("#{} {name} ({en})", m["serial"]),
+                    let over = m["cleared"].as_bool() == Some(true);
+                    match (zh, over) {
+                        (true, false) => format!("#{} {name}（{lz}）", m["serial"]),
+                        (true, true) => format!("#{} {name}（{lz}，已恢复）", m["serial"]),
+                        (false, false) => format!("#{} {name} ({en})", m["serial"]),
+                        (false, true) => format!("#{} {name} ({en}, cleared)", m["serial"]),
                     }
                 })
                 .collect()
         })
         .unwrap_or_default();
     if let Some(lead) = lead.filter(|l| Some(*l) != serial) {
-        lines.push(match (zh, kind) {
-            (true, "raise") => format!("事件 #{lead} 升级：此前已通知的告警级别较低"),
-            (true, _) => format!("属于事件 #{lead}"),
-            (false, "raise") => {
-                format!("Incident #{lead} got worse than anything told about it before")
-            }
-            (false, _) => format!("Part of incident #{lead}"),
+        lines.push(match zh {
+            true => format!("属于事件 #{lead}"),
+            false => format!("Part of incident #{lead}"),
         });
     }
     if !others.is_empty() {
@@ -160,12 +159,12 @@ mod tests {
                 {"serial": 9, "name": "Mains failure", "level": 1}]});
         let tz = TimeZone::UTC;
         let en = text(&d, "en", &tz, None);
-        assert!(en.contains("Incident #7 got worse"), "{en}");
+        assert!(en.contains("Part of incident #7"), "{en}");
         assert!(en.contains("Same incident: #7 Phase loss (major)"), "{en}");
         assert!(!en.contains("#9 Mains failure (critical)"), "{en}");
         let zh = text(&d, "zh", &tz, None);
         assert!(
-            zh.contains("事件 #7 升级") && zh.contains("#7 Phase loss（二级）"),
+            zh.contains("属于事件 #7") && zh.contains("#7 Phase loss（二级）"),
             "{zh}"
         );
         // The incident's first alarm alone: no incident lines.

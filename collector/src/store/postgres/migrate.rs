@@ -26,6 +26,8 @@ CREATE INDEX alarms_by_drill ON alarms (drill) WHERE drill IS NOT NULL;
 CREATE INDEX alarms_by_incident ON alarms (incident);
 ALTER TABLE hazards ADD COLUMN alarm BIGINT;
 UPDATE drills SET ended_at = started_at + 1800000 WHERE ended_at IS NULL;
+ALTER TABLE drills ADD COLUMN declared_at BIGINT;
+UPDATE drills SET declared_at = started_at;
 ALTER TABLE drills ALTER COLUMN ended_at SET NOT NULL;
 CREATE INDEX drills_by_end ON drills (ended_at);
 "#;
