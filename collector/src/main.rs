@@ -212,16 +212,10 @@ fn main() -> anyhow::Result<()> {
                 println!("{}: ok", config.display());
                 Ok(())
             }
-            Err(e) => match e.only_unset_env() {
-                Some(unset) => {
-                    roomguard_protocol::conf::print_unset_env(&config, &unset);
-                    Ok(())
-                }
-                None => {
-                    eprintln!("{e}");
-                    std::process::exit(2);
-                }
-            },
+            Err(e) => {
+                roomguard_protocol::conf::refused_by_validate(&config, &e);
+                Ok(())
+            }
         },
         Command::Run { config } => {
             tracing_subscriber::fmt()

@@ -358,9 +358,15 @@ impl Secret {
     }
 }
 
-/// What `validate` says of a configuration that is valid but for secrets
-/// whose environment variables are not set where it ran.
-pub fn print_unset_env(file: &Path, unset: &[Problem]) {
+/// What `validate` does with a configuration it refused: one valid but for
+/// secrets whose environment variables are not set where it ran is listed
+/// as needing them (and `validate` succeeds); anything else is printed and
+/// the process exits with status 2.
+pub fn refused_by_validate(file: &Path, e: &ConfigError) {
+    let Some(unset) = e.only_unset_env() else {
+        eprintln!("{e}");
+        std::process::exit(2);
+    };
     println!(
         "{}: ok, once these environment variables are set (`run` refuses to start without them, and checks their values then):",
         file.display()
