@@ -205,21 +205,30 @@ function silenceRow(s) {
   );
 }
 
-function renderSilencesFrame(box) {
+/**
+ * A card listing rows keyed by id with an action in the last column (the
+ * silences, the drills): its title, what it says when empty, the table's
+ * class and column titles, and the action's name for screen readers.
+ */
+function listFrame(box, { title, none, empty, cls, heads, action }) {
   box.append(
-    h("h2", null, t("silences.title")),
-    h("p", { class: "muted silences-empty" }, t("silences.none")),
+    h("h2", null, t(title)),
+    h("p", { class: `muted ${empty}` }, t(none)),
     h(
       "div",
       { class: "table-wrap" },
       h(
         "table",
-        { class: "silence-table cards" },
-        h("thead", null, h("tr", null, h("th", { scope: "col" }, t("silences.scope")), h("th", { scope: "col" }, t("silences.reason")), h("th", { scope: "col" }, t("silences.owner")), h("th", { scope: "col" }, t("silences.window")), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_silence"))))),
+        { class: `${cls} cards` },
+        h("thead", null, h("tr", null, heads.map((k) => h("th", { scope: "col" }, t(k))), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t(action))))),
         h("tbody"),
       ),
     ),
   );
+}
+
+function renderSilencesFrame(box) {
+  listFrame(box, { title: "silences.title", none: "silences.none", empty: "silences-empty", cls: "silence-table", heads: ["silences.scope", "silences.reason", "silences.owner", "silences.window"], action: "action.end_silence" });
 }
 
 /** Keyed like the alarm rows: a refresh never pulls an "End now" button from under a finger or the focus. */
@@ -398,20 +407,7 @@ function drillRow(d) {
 }
 
 function renderDrillsFrame(box) {
-  box.append(
-    h("h2", null, t("drills.title")),
-    h("p", { class: "muted drills-empty" }, t("drills.none")),
-    h(
-      "div",
-      { class: "table-wrap" },
-      h(
-        "table",
-        { class: "drill-table cards" },
-        h("thead", null, h("tr", null, ["drills.scenario", "drills.where", "drills.window", "drills.by"].map((k) => h("th", { scope: "col" }, t(k))), h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("action.end_drill"))))),
-        h("tbody"),
-      ),
-    ),
-  );
+  listFrame(box, { title: "drills.title", none: "drills.none", empty: "drills-empty", cls: "drill-table", heads: ["drills.scenario", "drills.where", "drills.window", "drills.by"], action: "action.end_drill" });
 }
 
 /**
